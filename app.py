@@ -1,0 +1,38 @@
+"""Parley's entry point: a router that offers pages by login state and role."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app_pages import state
+from parley.errors import ParleyError
+
+st.set_page_config(page_title="Parley", page_icon=":speech_balloon:", layout="centered")
+
+try:
+    services = state.services()
+except ParleyError as exc:
+    st.error(exc.user_message)
+    st.stop()
+
+principal = state.current_principal(services)
+
+
+def log_out_page() -> None:
+    state.log_out(notice="You are logged out.")
+    st.rerun()
+
+
+if not services.accounts.has_users():
+    pages = [st.Page("app_pages/first_run.py", title="Welcome", icon=":material/rocket_launch:")]
+elif principal is None:
+    pages = [st.Page("app_pages/login.py", title="Log in", icon=":material/login:")]
+else:
+    pages = [st.Page("app_pages/chat.py", title="Chat", icon=":material/chat:", default=True)]
+    if principal.is_admin:
+        pages.append(st.Page("app_pages/admin_users.py", title="Users", icon=":material/group:"))
+    pages.append(
+        st.Page(log_out_page, title="Log out", icon=":material/logout:", url_path="logout")
+    )
+
+st.navigation(pages).run()

@@ -1,0 +1,1 @@
+"""Streamlit pages. They stay thin: they read `state`, call services and render."""

@@ -1,0 +1,141 @@
+"""The chat page: the user's conversations in the sidebar, the current one replayed and streamed."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app_pages import state
+from auth.principal import Principal
+from chat import ChatMessage, ReplyStream
+from parley.errors import NotFound, ParleyError
+from parley.services import Services
+from store.models import MessageRole, MessageStatus
+
+services = state.services()
+ui = state.ui_state()
+principal = state.current_principal(services)
+if principal is None:  # the router shows this page only after login; a session may expire
+    st.rerun()
+assert principal is not None
+
+
+def render_sidebar(svc: Services, who: Principal) -> None:
+    with st.sidebar:
+        st.caption(f"Logged in as **{who.name}** · answers by `{svc.chat.model}`")
+        if st.button("New conversation", icon=":material/add:", use_container_width=True):
+            ui.conversation_id = None
+            ui.confirm_delete = None
+            st.rerun()
+        conversations = svc.conversations.list_for(who)
+        if not conversations:
+            st.caption("No conversations yet.")
+        for conversation in conversations:
+            current = conversation.id == ui.conversation_id
+            if st.button(
+                conversation.title,
+                key=f"conversation-{conversation.id}",
+                type="primary" if current else "secondary",
+                use_container_width=True,
+            ):
+                ui.conversation_id = conversation.id
+                ui.confirm_delete = None
+                st.rerun()
+
+
+def render_conversation_settings(svc: Services, who: Principal, conversation_id: int) -> None:
+    with st.sidebar.expander("This conversation"):
+        title = svc.conversations.get(who, conversation_id).title
+        new_title = st.text_input("Title", value=title, max_chars=200, key="rename")
+        if st.button("Rename", key="rename-button") and new_title != title:
+            try:
+                svc.conversations.rename(who, conversation_id, new_title)
+            except ParleyError as exc:
+                st.error(exc.user_message)
+            else:
+                st.rerun()
+        if ui.confirm_delete != conversation_id:
+            if st.button("Delete", key="delete-button", icon=":material/delete:"):
+                ui.confirm_delete = conversation_id
+                st.rerun()
+        else:
+            st.warning("Delete this conversation and all its messages?")
+            left, right = st.columns(2)
+            if left.button("Yes, delete", key="delete-confirm", type="primary"):
+                svc.conversations.delete(who, conversation_id)
+                ui.conversation_id = None
+                ui.confirm_delete = None
+                st.rerun()
+            if right.button("Keep it", key="delete-cancel"):
+                ui.confirm_delete = None
+                st.rerun()
+
+
+def render_message(message: ChatMessage) -> None:
+    avatar = "user" if message.role is MessageRole.USER else "assistant"
+    with st.chat_message(avatar):
+        if message.content:
+            st.markdown(message.content)
+        if message.status is MessageStatus.INTERRUPTED:
+            st.caption(":warning: This answer broke off; the text above is what arrived.")
+        elif message.status is MessageStatus.ERROR:
+            st.caption(f":warning: {message.error or 'No answer arrived.'}")
+
+
+def stream_reply(reply: ReplyStream) -> None:
+    with st.chat_message("assistant"):
+        try:
+            st.write_stream(reply)
+        finally:
+            reply.close()  # stores the partial answer if the page stopped early
+    ui.conversation_id = reply.conversation_id
+    st.rerun()
+
+
+render_sidebar(services, principal)
+
+conversation_id = ui.conversation_id
+messages: list[ChatMessage] = []
+if conversation_id is not None:
+    try:
+        messages = services.conversations.messages(principal, conversation_id)
+    except NotFound:
+        ui.conversation_id = conversation_id = None
+if conversation_id is not None:
+    render_conversation_settings(services, principal, conversation_id)
+    st.subheader(services.conversations.get(principal, conversation_id).title)
+else:
+    st.subheader("New conversation")
+    st.caption(f"Answers come from `{services.chat.model}`.")
+
+for message in messages:
+    if message.status is not MessageStatus.SUPERSEDED:
+        render_message(message)
+
+if conversation_id is not None and services.chat.needs_retry(principal, conversation_id):
+    last = messages[-1] if messages else None
+    reason = last.error if last and last.error else "This message has no answer yet."
+    st.error(reason)
+    if st.button("Retry", icon=":material/refresh:", type="primary"):
+        stream_reply(services.chat.retry(principal, conversation_id))
+
+if ui.rejected_reason:
+    st.error(ui.rejected_reason)
+    if ui.rejected_text:
+        st.text_area("Your message was not sent; here it is to copy:", ui.rejected_text, height=120)
+    if st.button("Dismiss"):
+        ui.rejected_text = ui.rejected_reason = None
+        st.rerun()
+
+prompt = st.chat_input("Message Parley")
+if prompt is not None:
+    try:
+        reply = services.chat.send(principal, conversation_id, prompt)
+    except ParleyError as exc:
+        ui.rejected_text = prompt if prompt.strip() else None
+        ui.rejected_reason = exc.user_message
+        st.rerun()
+    else:
+        ui.rejected_text = ui.rejected_reason = None
+        with st.chat_message("user"):
+            st.markdown(prompt)
+        stream_reply(reply)

@@ -1,0 +1,29 @@
+"""The only page a visitor who is not logged in can see."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app_pages import state
+from parley.errors import ParleyError
+
+services = state.services()
+ui = state.ui_state()
+
+st.title("Parley")
+if ui.notice:
+    st.info(ui.notice)
+
+with st.form("login"):
+    name = st.text_input("User name", max_chars=64)
+    password = st.text_input("Password", type="password")
+    submitted = st.form_submit_button("Log in", type="primary")
+
+if submitted:
+    try:
+        principal = services.accounts.authenticate(name=name, password=password)
+    except ParleyError as exc:
+        st.error(exc.user_message)
+    else:
+        state.log_in(principal)
+        st.rerun()

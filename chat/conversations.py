@@ -1,0 +1,129 @@
+"""A user's conversations: list, create, rename, delete, read. Ownership is in every query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from auth.principal import Principal
+from parley.errors import InvalidInput, NotFound
+from store.db import Database
+from store.models import Conversation, Message, MessageRole, MessageStatus, utcnow
+
+MAX_TITLE_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationInfo:
+    id: int
+    title: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    id: int
+    role: MessageRole
+    content: str
+    status: MessageStatus
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    error: str | None
+    created_at: datetime
+
+
+def to_info(conversation: Conversation) -> ConversationInfo:
+    return ConversationInfo(
+        conversation.id, conversation.title, conversation.created_at, conversation.updated_at
+    )
+
+
+def to_chat_message(message: Message) -> ChatMessage:
+    return ChatMessage(
+        id=message.id,
+        role=message.role,
+        content=message.content,
+        status=message.status,
+        model=message.model,
+        input_tokens=message.input_tokens,
+        output_tokens=message.output_tokens,
+        error=message.error,
+        created_at=message.created_at,
+    )
+
+
+def owned_conversation(
+    session: Session, principal: Principal, conversation_id: int
+) -> Conversation:
+    """The conversation if `principal` owns it; NotFound otherwise (whether or not it exists)."""
+    conversation = session.scalar(
+        select(Conversation).where(
+            Conversation.id == conversation_id, Conversation.user_id == principal.user_id
+        )
+    )
+    if conversation is None:
+        raise NotFound(f"conversation {conversation_id} not found for user {principal.user_id}")
+    return conversation
+
+
+def clean_title(title: str) -> str:
+    title = " ".join(title.split())
+    if not title:
+        raise InvalidInput("A title cannot be empty.")
+    return title[:MAX_TITLE_CHARS]
+
+
+class ConversationService:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def list_for(self, principal: Principal) -> list[ConversationInfo]:
+        with self._db.session() as session:
+            rows = session.scalars(
+                select(Conversation)
+                .where(Conversation.user_id == principal.user_id)
+                .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+            ).all()
+            return [to_info(c) for c in rows]
+
+    def get(self, principal: Principal, conversation_id: int) -> ConversationInfo:
+        with self._db.session() as session:
+            return to_info(owned_conversation(session, principal, conversation_id))
+
+    def create(self, principal: Principal, *, title: str = "New conversation") -> ConversationInfo:
+        with self._db.session() as session:
+            now = utcnow()
+            conversation = Conversation(
+                user_id=principal.user_id, title=clean_title(title), created_at=now, updated_at=now
+            )
+            session.add(conversation)
+            session.flush()
+            return to_info(conversation)
+
+    def rename(self, principal: Principal, conversation_id: int, title: str) -> ConversationInfo:
+        with self._db.session() as session:
+            conversation = owned_conversation(session, principal, conversation_id)
+            conversation.title = clean_title(title)
+            return to_info(conversation)
+
+    def delete(self, principal: Principal, conversation_id: int) -> None:
+        with self._db.session() as session:
+            conversation = owned_conversation(session, principal, conversation_id)
+            session.execute(delete(Message).where(Message.conversation_id == conversation.id))
+            session.delete(conversation)
+
+    def messages(self, principal: Principal, conversation_id: int) -> list[ChatMessage]:
+        """Every message in order, superseded attempts included (pages may hide them)."""
+        with self._db.session() as session:
+            conversation = owned_conversation(session, principal, conversation_id)
+            rows = session.scalars(
+                select(Message)
+                .where(Message.conversation_id == conversation.id)
+                .order_by(Message.id)
+            ).all()
+            return [to_chat_message(m) for m in rows]

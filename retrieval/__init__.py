@@ -1,0 +1,1 @@
+"""Retrieval: embeddings and the vector store (Chroma) behind memory recall and documents."""
