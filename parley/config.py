@@ -15,8 +15,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from parley.errors import ConfigurationError
 
 DEFAULT_CLAUDE_MODEL = "claude-sonnet-5-5"
 DEFAULT_SECRETS_DIR = Path("/run/secrets")
@@ -111,6 +113,16 @@ def get_settings(**overrides: Any) -> Settings:
     exists; each file there is named after a setting (`anthropic_api_key`).
     """
     secrets_dir = os.environ.get("PARLEY_SECRETS_DIR")
+    if secrets_dir is not None and not Path(secrets_dir).is_dir():
+        raise ConfigurationError(f"PARLEY_SECRETS_DIR={secrets_dir} is not a directory.")
     if secrets_dir is None and DEFAULT_SECRETS_DIR.is_dir():
         secrets_dir = str(DEFAULT_SECRETS_DIR)
-    return Settings(_secrets_dir=secrets_dir, **overrides)
+    try:
+        return Settings(_secrets_dir=secrets_dir, **overrides)
+    except ValidationError as exc:
+        # Without the offending input: it might be a secret.
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigurationError(f"Invalid settings: {problems}") from None

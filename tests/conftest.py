@@ -1,0 +1,66 @@
+"""Shared fixtures. Every test gets its own data directory; nothing reaches the internet."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from auth.principal import Principal
+from chat.providers.scripted import ScriptedProvider
+from parley.config import ProviderChoice, Settings
+from parley.services import Services, build_services
+from store.db import Database
+from store.migrate import upgrade
+from store.models import Role
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No developer's key, .env or settings leak into a test."""
+    for name in list(os.environ):
+        if name.startswith(("PARLEY_", "ANTHROPIC_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PARLEY_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "no-secrets").mkdir()
+    monkeypatch.setenv("PARLEY_SECRETS_DIR", str(tmp_path / "no-secrets"))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", provider=ProviderChoice.LOCAL)
+
+
+@pytest.fixture
+def database(settings: Settings) -> Iterator[Database]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url)
+    upgrade(db)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def scripted() -> ScriptedProvider:
+    return ScriptedProvider()
+
+
+@pytest.fixture
+def services(settings: Settings, database: Database, scripted: ScriptedProvider) -> Services:
+    del database  # migrated by its fixture
+    return build_services(settings, provider=scripted)
+
+
+@pytest.fixture
+def alice(services: Services) -> Principal:
+    return services.accounts.create_user(name="alice", password="alice-password")
+
+
+@pytest.fixture
+def bob(services: Services) -> Principal:
+    return services.accounts.create_user(name="bob", password="bob-password", role=Role.USER)
