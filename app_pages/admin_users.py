@@ -25,7 +25,7 @@ st.dataframe(
         }
         for u in services.accounts.list_users()
     ],
-    use_container_width=True,
+    width="stretch",
     hide_index=True,
 )
 

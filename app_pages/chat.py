@@ -22,7 +22,7 @@ assert principal is not None
 def render_sidebar(svc: Services, who: Principal) -> None:
     with st.sidebar:
         st.caption(f"Logged in as **{who.name}** · answers by `{svc.chat.model}`")
-        if st.button("New conversation", icon=":material/add:", use_container_width=True):
+        if st.button("New conversation", icon=":material/add:", width="stretch"):
             ui.conversation_id = None
             ui.confirm_delete = None
             st.rerun()
@@ -35,7 +35,7 @@ def render_sidebar(svc: Services, who: Principal) -> None:
                 conversation.title,
                 key=f"conversation-{conversation.id}",
                 type="primary" if current else "secondary",
-                use_container_width=True,
+                width="stretch",
             ):
                 ui.conversation_id = conversation.id
                 ui.confirm_delete = None

@@ -48,7 +48,12 @@ class AuthError(ParleyError):
 
 
 class ConfigurationError(ParleyError):
-    user_message = "Parley is not set up correctly; an administrator has been told in the log."
+    """Written for the operator, and shown as it is: it names the setting to fix, never a secret."""
+
+    user_message = "Parley is not set up correctly."
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, user_message=message)
 
 
 class ProviderError(ParleyError):

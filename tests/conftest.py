@@ -15,6 +15,7 @@ from parley.services import Services, build_services
 from store.db import Database
 from store.migrate import upgrade
 from store.models import Role
+from tests.fake_anthropic import FakeAnthropic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -64,3 +65,18 @@ def alice(services: Services) -> Principal:
 @pytest.fixture
 def bob(services: Services) -> Principal:
     return services.accounts.create_user(name="bob", password="bob-password", role=Role.USER)
+
+
+@pytest.fixture
+def fake_anthropic() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture
+def claude_env(monkeypatch: pytest.MonkeyPatch, fake_anthropic: FakeAnthropic) -> FakeAnthropic:
+    """Point the whole app (settings read from the environment) at the fake server."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_anthropic.base_url)
+    monkeypatch.setenv("PARLEY_ANTHROPIC_MAX_RETRIES", "0")
+    return fake_anthropic

@@ -1,0 +1,103 @@
+"""The `parley` console script, run as a real subprocess against a temporary data dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.fake_anthropic import FakeAnthropic, Fault, Reply
+
+PARLEY = str(Path(sys.executable).with_name("parley"))
+
+
+def run(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PARLEY, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_user_add_reads_the_password_from_stdin_and_list_shows_it(tmp_path: Path) -> None:
+    assert run("db", "upgrade").returncode == 0
+    assert (tmp_path / "data" / "parley.db").is_file()  # everything under PARLEY_DATA_DIR
+    created = run("user", "add", "alice", "--admin", stdin="alice-password\n")
+    assert created.returncode == 0, created.stderr
+    assert "Created admin 'alice'" in created.stdout
+    listing = run("user", "list")
+    assert "alice" in listing.stdout and "admin" in listing.stdout
+    duplicate = run("user", "add", "alice", stdin="other-password\n")
+    assert duplicate.returncode == 1
+    assert "already exists" in duplicate.stderr and "Traceback" not in duplicate.stderr
+
+
+def test_commands_before_migration_say_what_to_do() -> None:
+    result = run("user", "list")
+    assert result.returncode == 1
+    assert "parley db upgrade" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_chat_streams_to_stdout_and_prints_the_conversation_id_last(
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    env = {
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
+        "PARLEY_ANTHROPIC_MAX_RETRIES": "0",
+    }
+    run("db", "upgrade")
+    run("user", "add", "alice", stdin="alice-password\n")
+    fake_anthropic.enqueue(Reply(text="Four."), Reply(text="Eight."))
+    first = run("chat", "--user", "alice", "What is 2+2?", env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "Four."
+    conversation_id = first.stderr.strip().splitlines()[-1]
+    assert conversation_id.isdigit()
+    second = run(
+        "chat",
+        "--user",
+        "alice",
+        "--conversation",
+        conversation_id,
+        "-",
+        stdin="Double it",
+        env=env,
+    )
+    assert second.stdout.strip() == "Eight."
+    assert second.stderr.strip().splitlines()[-1] == conversation_id
+    sent = [m["content"] for m in fake_anthropic.requests[-1].body["messages"]]
+    assert sent == ["What is 2+2?", "Four.", "Double it"]
+
+
+def test_chat_failure_ends_with_a_sentence_and_keeps_the_partial_answer(
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    env = {
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
+        "PARLEY_ANTHROPIC_MAX_RETRIES": "0",
+    }
+    run("db", "upgrade")
+    run("user", "add", "alice", stdin="alice-password\n")
+    fake_anthropic.enqueue(Fault("drop_mid_stream", text="The answer is", after_chunks=2))
+    result = run("chat", "--user", "alice", "Question?", env=env)
+    assert result.returncode == 1
+    assert result.stdout.strip()  # the partial text was streamed
+    lines = result.stderr.strip().splitlines()
+    assert "broke off" in lines[-2] and lines[-1].isdigit()
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_user_is_a_clear_error() -> None:
+    run("db", "upgrade")
+    result = run("chat", "--user", "ghost", "hello")
+    assert result.returncode == 1
+    assert "No user named 'ghost'" in result.stderr
