@@ -34,7 +34,8 @@ def render_sidebar(svc: Services, who: Principal) -> None:
             if st.button(
                 conversation.title,
                 key=f"conversation-{conversation.id}",
-                type="primary" if current else "secondary",
+                type="secondary" if current else "tertiary",
+                icon=":material/chat_bubble:" if current else None,
                 width="stretch",
             ):
                 ui.conversation_id = conversation.id
