@@ -71,6 +71,24 @@ def render_conversation_settings(svc: Services, who: Principal, conversation_id:
                 st.rerun()
 
 
+def usage_line(message: ChatMessage) -> str:
+    """`312 in · 85 out · 1,024 cached · $0.0021 · model` for an answer."""
+    parts = []
+    if message.input_tokens is not None:
+        parts.append(f"{message.input_tokens:,} in")
+    if message.output_tokens is not None:
+        parts.append(f"{message.output_tokens:,} out")
+    if message.cache_read_input_tokens:
+        parts.append(f"{message.cache_read_input_tokens:,} from cache")
+    if message.cache_creation_input_tokens:
+        parts.append(f"{message.cache_creation_input_tokens:,} cached")
+    if message.cost_usd is not None:
+        parts.append(f"${message.cost_usd:.4f}")
+    if message.model:
+        parts.append(message.model)
+    return " · ".join(parts)
+
+
 def render_message(message: ChatMessage) -> None:
     avatar = "user" if message.role is MessageRole.USER else "assistant"
     with st.chat_message(avatar):
@@ -80,14 +98,26 @@ def render_message(message: ChatMessage) -> None:
             st.caption(":warning: This answer broke off; the text above is what arrived.")
         elif message.status is MessageStatus.ERROR:
             st.caption(f":warning: {message.error or 'No answer arrived.'}")
+        if message.role is MessageRole.ASSISTANT and (line := usage_line(message)):
+            st.caption(line)
 
 
 def stream_reply(reply: ReplyStream) -> None:
     with st.chat_message("assistant"):
+        queue_note = st.empty()
+
+        def show_position(position: int) -> None:
+            queue_note.caption(
+                f":hourglass: Many people are asking right now: you are number {position} "
+                "in the queue."
+            )
+
+        reply.on_queue = show_position
         try:
             st.write_stream(reply)
         finally:
             reply.close()  # stores the partial answer if the page stopped early
+        queue_note.empty()
     ui.conversation_id = reply.conversation_id
     st.rerun()
 
@@ -127,6 +157,13 @@ if ui.rejected_reason:
         ui.rejected_text = ui.rejected_reason = None
         st.rerun()
 
+estimate = services.chat.estimate_next(principal, conversation_id)
+if estimate.input_cost_usd or estimate.max_output_cost_usd:
+    st.caption(
+        f"Next message: about {estimate.input_tokens:,} tokens of context "
+        f"(≈ ${estimate.input_cost_usd:.4f}) plus your text; "
+        f"the answer at most ≈ ${estimate.max_output_cost_usd:.4f}."
+    )
 prompt = st.chat_input("Message Parley")
 if prompt is not None:
     try:

@@ -33,6 +33,9 @@ class ChatMessage:
     model: str | None
     input_tokens: int | None
     output_tokens: int | None
+    cache_read_input_tokens: int | None
+    cache_creation_input_tokens: int | None
+    cost_usd: float | None
     error: str | None
     created_at: datetime
 
@@ -52,6 +55,9 @@ def to_chat_message(message: Message) -> ChatMessage:
         model=message.model,
         input_tokens=message.input_tokens,
         output_tokens=message.output_tokens,
+        cache_read_input_tokens=message.cache_read_input_tokens,
+        cache_creation_input_tokens=message.cache_creation_input_tokens,
+        cost_usd=message.cost_usd,
         error=message.error,
         created_at=message.created_at,
     )

@@ -1,31 +1,40 @@
 """Sending a message and streaming the answer, with nothing lost on the way.
 
-The order is fixed: validate the text, assemble the context, **commit the user's
-message**, then call the provider. The answer is committed when the stream ends:
-`complete`, or the partial text as `interrupted` (or `error` when nothing
-arrived) with one sentence for the user. The page and the CLI both use this.
+The order is fixed: validate the text, check the user's daily quota, assemble
+the context, **commit the user's message**, then call the provider (through the
+concurrency queue and the rate limiter). The answer is committed when the
+stream ends: `complete`, or the partial text as `interrupted` (or `error` when
+nothing arrived) with one sentence for the user. A stream that breaks after
+some text is continued once by sending the partial answer back as a prefill.
+The page and the CLI both use this.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import unicodedata
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from auth.principal import Principal
 from chat.conversations import owned_conversation
+from chat.limits import ConcurrencyGate, RateLimiter
 from chat.providers.base import (
     ChatProvider,
     ChatRequest,
+    PromptMessage,
     PromptRole,
     StreamEnd,
+    StreamEvent,
     TextDelta,
     Usage,
 )
+from chat.titles import fallback_title, generate_title
+from chat.usage import UsageService
 from memory.base import ContextWindow, MemoryStrategy, Turn
 from parley.config import Settings
 from parley.errors import InvalidInput, ParleyError, ProviderError, StreamInterrupted
@@ -34,9 +43,18 @@ from store.models import Conversation, Message, MessageRole, MessageStatus, utcn
 
 log = logging.getLogger(__name__)
 
-TITLE_CHARS = 60
 # cl100k counts run a little below Claude's and SmolLM2's tokenizers; keep headroom.
 BUDGET_MARGIN = 0.9
+
+Background = Callable[[Callable[[], None]], None]
+
+
+def run_in_thread(task: Callable[[], None]) -> None:
+    threading.Thread(target=task, name="parley-background", daemon=True).start()
+
+
+def run_inline(task: Callable[[], None]) -> None:
+    task()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +66,21 @@ class ReplyResult:
     text: str
     model: str
     usage: Usage | None
+    cost_usd: float | None
     error: str | None
 
     @property
     def ok(self) -> bool:
         return self.status is MessageStatus.COMPLETE
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What the next message is expected to cost, before it is sent."""
+
+    input_tokens: int
+    input_cost_usd: float
+    max_output_cost_usd: float
 
 
 def clean_message_text(text: str, *, max_chars: int) -> str:
@@ -77,13 +105,16 @@ class ReplyStream:
 
     Iterate it to the end, or call `close()` when giving up early (the partial
     answer is then stored as interrupted). It never raises a provider error.
+    Set `on_queue` to hear the queue position while the call waits for a slot.
     """
 
-    def __init__(self, conversation_id: int, user_message_id: int, chunks: Iterator[str]) -> None:
+    def __init__(self, conversation_id: int, user_message_id: int, estimate: int) -> None:
         self.conversation_id = conversation_id
         self.user_message_id = user_message_id
+        self.estimated_input_tokens = estimate
         self.result: ReplyResult | None = None
-        self._chunks = chunks
+        self.on_queue: Callable[[int], None] | None = None
+        self._chunks: Iterator[str] = iter(())
 
     def __iter__(self) -> Iterator[str]:
         return self._chunks
@@ -102,22 +133,34 @@ class ChatService:
         provider: ChatProvider,
         memory: MemoryStrategy,
         settings: Settings,
+        usage: UsageService,
+        limiter: RateLimiter,
+        gate: ConcurrencyGate,
+        background: Background = run_in_thread,
     ) -> None:
         self._db = database
         self._provider = provider
         self._memory = memory
         self._settings = settings
+        self._usage = usage
+        self._limiter = limiter
+        self._gate = gate
+        self._background = background
 
     @property
     def model(self) -> str:
         return self._provider.model
 
     def send(self, principal: Principal, conversation_id: int | None, text: str) -> ReplyStream:
-        """Store the user's message and start the answer. Raises `InvalidInput`/`NotFound`."""
+        """Store the user's message and start the answer.
+
+        Raises `InvalidInput`, `NotFound` or `QuotaExceeded` before anything is stored.
+        """
         text = clean_message_text(text, max_chars=self._settings.max_message_chars)
+        self._usage.check_quota(principal)
         with self._db.session() as session:
             if conversation_id is None:
-                conversation = Conversation(user_id=principal.user_id, title=_title_from(text))
+                conversation = Conversation(user_id=principal.user_id, title=fallback_title(text))
                 session.add(conversation)
                 session.flush()
             else:
@@ -129,6 +172,7 @@ class ChatService:
                 role=MessageRole.USER,
                 content=text,
                 status=MessageStatus.COMPLETE,
+                estimated_input_tokens=context.total_tokens,
                 completed_at=utcnow(),
             )
             session.add(user_message)
@@ -140,6 +184,7 @@ class ChatService:
 
     def retry(self, principal: Principal, conversation_id: int) -> ReplyStream:
         """Answer the last user message again; a failed answer to it is kept as superseded."""
+        self._usage.check_quota(principal)
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
             rows = _visible_messages(session, conversation.id)
@@ -169,6 +214,23 @@ class ChatService:
         last = rows[-1]
         return last.role is MessageRole.USER or last.status is not MessageStatus.COMPLETE
 
+    def estimate_next(self, principal: Principal, conversation_id: int | None) -> Estimate:
+        """Cost of sending the history again (the new message adds its own tokens)."""
+        history: list[Turn] = []
+        if conversation_id is not None:
+            with self._db.session() as session:
+                conversation = owned_conversation(session, principal, conversation_id)
+                history = _prompt_turns(session, conversation.id)
+        context = self._build_context(history, "?")
+        model = self._provider.model
+        return Estimate(
+            input_tokens=context.total_tokens,
+            input_cost_usd=self._usage.estimate_cost(model, input_tokens=context.total_tokens),
+            max_output_cost_usd=self._usage.estimate_cost(
+                model, input_tokens=0, output_tokens=self._settings.max_output_tokens
+            ),
+        )
+
     def _build_context(self, history: Sequence[Turn], question: str) -> ContextWindow:
         budget = int(
             (self._provider.context_window - self._settings.max_output_tokens) * BUDGET_MARGIN
@@ -186,22 +248,66 @@ class ChatService:
             max_tokens=self._settings.max_output_tokens,
             temperature=self._settings.temperature.chat,
         )
-        stream = ReplyStream(conversation_id, user_message_id, iter(()))
+        estimate = context.total_tokens
+        counter = getattr(self._provider, "count_tokens", None)
+        if self._settings.anthropic_count_tokens and counter is not None:
+            try:
+                estimate = int(counter(request))
+            except ProviderError as exc:  # an estimate is not worth failing a turn for
+                log.info("count_tokens failed (%s); using the local estimate.", type(exc).__name__)
+        stream = ReplyStream(conversation_id, user_message_id, estimate)
         stream._chunks = self._generate(stream, request)
         return stream
 
+    def _call(
+        self, request: ChatRequest, *, estimate: int, on_queue: Callable[[int], None] | None
+    ) -> Generator[StreamEvent, None, None]:
+        """One provider call through the queue and the rate limiter."""
+        with self._gate.slot(on_queue):
+            self._limiter.acquire(input_tokens=estimate)
+            for event in self._provider.stream(request):
+                if isinstance(event, StreamEnd):
+                    self._limiter.record_output(event.usage.output_tokens)
+                yield event
+
     def _generate(self, stream: ReplyStream, request: ChatRequest) -> Iterator[str]:
         parts: list[str] = []
-        end: StreamEnd | None = None
-        error: ProviderError | None = None
-        events = self._provider.stream(request)
+        ends: list[StreamEnd] = []
+        error: ParleyError | None = None
+        attempt = request
+        continued = False
+        strip_leading_space = False
         try:
-            for event in events:
-                if isinstance(event, TextDelta):
-                    parts.append(event.text)
-                    yield event.text
-                else:
-                    end = event
+            while True:
+                events = self._call(
+                    attempt, estimate=stream.estimated_input_tokens, on_queue=stream.on_queue
+                )
+                try:
+                    for event in events:
+                        if isinstance(event, TextDelta):
+                            text = event.text
+                            if strip_leading_space:
+                                text, strip_leading_space = text.lstrip(), not text.strip()
+                            if text:
+                                parts.append(text)
+                                yield text
+                        else:
+                            ends.append(event)
+                    break
+                except StreamInterrupted:
+                    if continued or not parts:
+                        raise
+                    continued = True
+                    so_far = "".join(parts)
+                    prefill = so_far.rstrip()  # the API refuses a prefill ending in whitespace
+                    strip_leading_space = prefill != so_far
+                    log.info("Stream broke after %d chars; continuing once.", len(so_far))
+                    attempt = replace(
+                        request,
+                        messages=(*request.messages, PromptMessage("assistant", prefill)),
+                    )
+                finally:
+                    events.close()
         except ProviderError as exc:
             error = exc
         except GeneratorExit:
@@ -212,15 +318,18 @@ class ChatService:
             log.exception("Provider %s failed unexpectedly", self._provider.model)
             error = ProviderError(f"unexpected {type(exc).__name__}")
         finally:
-            events_close = getattr(events, "close", None)
-            if events_close is not None:
-                events_close()
-            stream.result = self._store_answer(stream, "".join(parts), end, error)
+            stream.result = self._store_answer(stream, "".join(parts), ends, error)
+            if stream.result.ok:
+                self._maybe_title(stream.conversation_id)
 
     def _store_answer(
-        self, stream: ReplyStream, text: str, end: StreamEnd | None, error: ParleyError | None
+        self,
+        stream: ReplyStream,
+        text: str,
+        ends: list[StreamEnd],
+        error: ParleyError | None,
     ) -> ReplyResult:
-        if error is None and end is not None:
+        if error is None and ends:
             status, sentence = MessageStatus.COMPLETE, None
         else:
             error = error or StreamInterrupted("stream ended without a result")
@@ -229,7 +338,9 @@ class ChatService:
             log.warning(
                 "Answer in conversation %s ended %s: %s", stream.conversation_id, status, error
             )
-        model = end.model if end else self._provider.model
+        model = ends[-1].model if ends else self._provider.model
+        usage = _sum_usage(ends) if ends else None
+        cost = self._usage.cost(model, usage) if usage else None
         with self._db.session() as session:
             message = Message(
                 conversation_id=stream.conversation_id,
@@ -237,9 +348,13 @@ class ChatService:
                 content=text,
                 status=status,
                 model=model,
-                input_tokens=end.usage.input_tokens if end else None,
-                output_tokens=end.usage.output_tokens if end else None,
-                stop_reason=end.stop_reason if end else None,
+                input_tokens=usage.input_tokens if usage else None,
+                output_tokens=usage.output_tokens if usage else None,
+                cache_creation_input_tokens=usage.cache_creation_input_tokens if usage else None,
+                cache_read_input_tokens=usage.cache_read_input_tokens if usage else None,
+                estimated_input_tokens=stream.estimated_input_tokens,
+                cost_usd=cost,
+                stop_reason=ends[-1].stop_reason if ends else None,
                 error=sentence,
                 completed_at=utcnow(),
             )
@@ -254,16 +369,55 @@ class ChatService:
             status=status,
             text=text,
             model=model,
-            usage=end.usage if end else None,
+            usage=usage,
+            cost_usd=cost,
             error=sentence,
         )
 
+    def _maybe_title(self, conversation_id: int) -> None:
+        """After the first complete answer, ask the model for a title, off the hot path."""
+        with self._db.session() as session:
+            rows = session.execute(
+                select(Message.role, Message.content)
+                .where(
+                    Message.conversation_id == conversation_id,
+                    Message.status == MessageStatus.COMPLETE,
+                )
+                .order_by(Message.id)
+                .limit(3)
+            ).all()
+        if len(rows) != 2 or not self._settings.model_titles:
+            return
+        question, answer = rows[0][1], rows[1][1]
 
-def _title_from(text: str) -> str:
-    first_line = " ".join(text.split())
-    if len(first_line) <= TITLE_CHARS:
-        return first_line
-    return first_line[: TITLE_CHARS - 1].rstrip() + "…"
+        def make_title() -> None:
+            try:
+                title, calls = generate_title(
+                    lambda r: self._call(r, estimate=400, on_queue=None),
+                    question=question,
+                    answer=answer,
+                    temperature=self._settings.temperature.title,
+                    attempts=self._settings.title_attempts,
+                )
+                with self._db.session() as session:
+                    conversation = session.get(Conversation, conversation_id)
+                    # Keep a title the user has set meanwhile.
+                    if conversation is not None and conversation.title == fallback_title(question):
+                        conversation.title = title
+                log.info("Titled conversation %s after %d call(s).", conversation_id, calls)
+            except Exception:  # a title must never break anything
+                log.exception("Titling conversation %s failed", conversation_id)
+
+        self._background(make_title)
+
+
+def _sum_usage(ends: Sequence[StreamEnd]) -> Usage:
+    return Usage(
+        input_tokens=sum(e.usage.input_tokens for e in ends),
+        output_tokens=sum(e.usage.output_tokens for e in ends),
+        cache_creation_input_tokens=sum(e.usage.cache_creation_input_tokens for e in ends),
+        cache_read_input_tokens=sum(e.usage.cache_read_input_tokens for e in ends),
+    )
 
 
 def _visible_messages(session: Session, conversation_id: int) -> list[Message]:

@@ -4,6 +4,9 @@
     parley user add NAME [--admin]      password: asked twice on a terminal, else one line of stdin
     parley user list
     parley chat --user NAME [--conversation ID] MESSAGE     (MESSAGE '-' reads stdin)
+    parley quota show NAME
+    parley quota set NAME [--messages N] [--tokens N]      (0: no limit; 'default': the setting)
+    parley usage [--days N]                                 tokens and cost per user and day
 
 Everything goes through the same services the page uses, under `PARLEY_DATA_DIR`.
 """
@@ -16,8 +19,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from auth.principal import Principal
+from chat.service import run_inline
 from parley.config import get_settings
 from parley.errors import ParleyError
+from parley.logs import RedactSecrets
 from parley.services import Services, build_services
 from store.db import Database
 from store.migrate import upgrade
@@ -28,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactSecrets())
     try:
         result: int = args.func(args)
         return result
@@ -60,11 +68,41 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--conversation", type=int, help="continue this conversation")
     chat.add_argument("message", help="the message, or - to read it from stdin")
     chat.set_defaults(func=_chat)
+
+    quota = commands.add_parser("quota", help="per-user daily quotas").add_subparsers(required=True)
+    quota_show = quota.add_parser("show", help="a user's quotas and today's use")
+    quota_show.add_argument("name")
+    quota_show.set_defaults(func=_quota_show)
+    quota_set = quota.add_parser("set", help="override a user's daily quotas")
+    quota_set.add_argument("name")
+    quota_set.add_argument("--messages", type=_quota_value, help="messages per day")
+    quota_set.add_argument("--tokens", type=_quota_value, help="tokens per day")
+    quota_set.set_defaults(func=_quota_set)
+
+    usage = commands.add_parser("usage", help="tokens and cost per user and day")
+    usage.add_argument("--days", type=int, default=7)
+    usage.set_defaults(func=_usage)
     return parser
 
 
+_DEFAULT = -1  # `parley quota set --messages default`: back to the setting
+
+
+def _quota_value(text: str) -> int:
+    if text == "default":
+        return _DEFAULT
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a whole number, 0 for no limit, or 'default'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a whole number, 0 for no limit, or 'default'")
+    return value
+
+
 def _services() -> Services:
-    return build_services(get_settings())
+    # Background work (titles) runs inline: a daemon thread would die with the command.
+    return build_services(get_settings(), background=run_inline)
 
 
 def _db_upgrade(_args: argparse.Namespace) -> int:
@@ -110,9 +148,7 @@ def _user_list(_args: argparse.Namespace) -> int:
 
 def _chat(args: argparse.Namespace) -> int:
     services = _services()
-    principal = services.accounts.find_principal(args.user)
-    if principal is None:
-        raise ParleyError(user_message=f"No user named {args.user!r}.")
+    principal = _principal(services, args.user)
     text = sys.stdin.read() if args.message == "-" else args.message
     reply = services.chat.send(principal, args.conversation, text)
     try:
@@ -128,6 +164,67 @@ def _chat(args: argparse.Namespace) -> int:
         print(f"parley: {result.error}", file=sys.stderr)
     print(reply.conversation_id, file=sys.stderr)
     return 0 if result is not None and result.ok else 1
+
+
+def _principal(services: Services, name: str) -> Principal:
+    principal = services.accounts.find_principal(name)
+    if principal is None:
+        raise ParleyError(user_message=f"No user named {name!r}.")
+    return principal
+
+
+def _limit(value: int) -> str:
+    return "no limit" if value == 0 else f"{value:,}"
+
+
+def _quota_show(args: argparse.Namespace) -> int:
+    services = _services()
+    principal = _principal(services, args.name)
+    quota = services.usage.quota(principal)
+    used = services.usage.today(principal)
+    print(
+        f"{principal.name}: today {used.messages:,} messages, {used.tokens:,} tokens, "
+        f"${used.cost_usd:.4f}"
+    )
+    print(f"  messages per day: {_limit(quota.messages_per_day)}")
+    print(f"  tokens per day:   {_limit(quota.tokens_per_day)}")
+    return 0
+
+
+def _quota_set(args: argparse.Namespace) -> int:
+    services = _services()
+    principal = _principal(services, args.name)
+    current = services.usage.stored_quota(principal)
+
+    def choose(new: int | None, old: int | None) -> int | None:
+        if new is None:
+            return old
+        return None if new == _DEFAULT else new
+
+    services.usage.set_quota(
+        principal.name,
+        messages_per_day=choose(args.messages, current[0]),
+        tokens_per_day=choose(args.tokens, current[1]),
+    )
+    return _quota_show(args)
+
+
+def _usage(args: argparse.Namespace) -> int:
+    rows = _services().usage.by_user_and_day(days=max(1, args.days))
+    if not rows:
+        print(f"No answers in the last {args.days} day(s).")
+        return 0
+    print(
+        f"{'day':<10}  {'user':<16} {'answers':>7} {'input':>10} {'output':>9} "
+        f"{'cache rd':>9} {'cache wr':>9} {'cost $':>9}"
+    )
+    for r in rows:
+        print(
+            f"{r.day.isoformat():<10}  {r.user:<16} {r.messages:>7} {r.input_tokens:>10,} "
+            f"{r.output_tokens:>9,} {r.cache_read_tokens:>9,} {r.cache_write_tokens:>9,} "
+            f"{r.cost_usd:>9.4f}"
+        )
+    return 0
 
 
 if __name__ == "__main__":

@@ -41,6 +41,32 @@ class Temperatures(BaseModel):
     extract: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
+class KeySourceChoice(StrEnum):
+    ENV = "env"
+    FILE = "file"
+    COMMAND = "command"
+
+
+class ModelPrice(BaseModel):
+    """US dollars per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_write: float = Field(ge=0)
+    cache_read: float = Field(ge=0)
+
+
+def _default_prices() -> dict[str, ModelPrice]:
+    # Matched by longest prefix of the model name. Check them against the price list
+    # of your contract; an unknown model is logged and costed at 0.
+    return {
+        "claude-opus": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
+        "claude-sonnet": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
+        "claude-haiku": ModelPrice(input=1.0, output=5.0, cache_write=1.25, cache_read=0.1),
+        "SmolLM2": ModelPrice(input=0.0, output=0.0, cache_write=0.0, cache_read=0.0),
+    }
+
+
 class Settings(BaseSettings):
     """Every setting Parley reads. The README's settings table mirrors this class."""
 
@@ -72,6 +98,21 @@ class Settings(BaseSettings):
     claude_context_window: int = Field(default=200_000, gt=0)
     anthropic_timeout_s: float = Field(default=60.0, gt=0)
     anthropic_max_retries: int = Field(default=2, ge=0)
+    anthropic_fallback_model: str | None = Field(
+        default=None, description="Answers when the main Claude model is overloaded."
+    )
+    anthropic_max_retry_wait_s: float = Field(
+        default=20.0,
+        ge=0,
+        description="Longest retry-after Parley waits; longer becomes 'try again at HH:MM'.",
+    )
+    anthropic_key_source: KeySourceChoice = KeySourceChoice.ENV
+    anthropic_key_file: Path | None = None
+    anthropic_key_command: str | None = None
+    anthropic_key_ttl_s: float = Field(default=300.0, gt=0)
+    anthropic_count_tokens: bool = Field(
+        default=False, description="Ask the API's count_tokens endpoint for estimates."
+    )
     anthropic_send_temperature: bool = Field(
         default=False,
         description="Send the task temperature to Claude (models before the 5 series take it).",
@@ -90,6 +131,18 @@ class Settings(BaseSettings):
         "Use Markdown when it helps."
     )
 
+    requests_per_minute: float = Field(default=50, gt=0)
+    input_tokens_per_minute: float = Field(default=200_000, gt=0)
+    output_tokens_per_minute: float = Field(default=40_000, gt=0)
+    max_concurrent_calls: int = Field(default=4, ge=1)
+    quota_messages_per_day: int = Field(default=500, ge=0, description="0: no limit")
+    quota_tokens_per_day: int = Field(default=2_000_000, ge=0, description="0: no limit")
+    prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
+    model_titles: bool = Field(default=True, description="Ask the model to title conversations.")
+    title_attempts: int = Field(default=3, ge=1)
+
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
     max_message_chars: int = Field(default=20_000, gt=0)
     session_idle_minutes: int = Field(default=30, gt=0)
 
@@ -99,10 +152,17 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'parley.db').resolve()}"
 
+    def price_for(self, model: str) -> ModelPrice | None:
+        matches = [prefix for prefix in self.prices if model.startswith(prefix)]
+        return self.prices[max(matches, key=len)] if matches else None
+
     @property
     def uses_anthropic(self) -> bool:
         if self.provider is ProviderChoice.AUTO:
-            return self.anthropic_api_key is not None
+            return (
+                self.anthropic_api_key is not None
+                or self.anthropic_key_source is not KeySourceChoice.ENV
+            )
         return self.provider is ProviderChoice.ANTHROPIC
 
 

@@ -6,15 +6,24 @@
     ├── PermissionDenied        the object exists and you may not do that
     ├── AuthError               wrong name or password, expired session
     ├── ConfigurationError      the operator's set-up is wrong (missing model file, bad URL)
-    └── ProviderError           the model could not answer
+    ├── QuotaExceeded           a per-user daily quota is used up; `resets_at` says when
+    └── ProviderError           the model could not answer            (`retryable` says if a
+        ├── RateLimited         429, or our own limiter; `retry_at`     later try may work)
+        ├── Overloaded          529, or an overloaded error mid-stream
+        ├── ProviderUnavailable 5xx, connection failure, timeout
+        ├── AuthenticationFailed 401/403: the key is wrong; never retried, operators alerted
+        ├── InvalidRequest      400: a bug in what Parley sent; never retried
+        ├── ContextTooLong      the prompt does not fit the model
         └── StreamInterrupted   the answer broke off; `partial_text` holds what arrived
 
 Provider SDK exceptions are translated into this tree in one place
-(`chat.providers.errors.translate`); database errors surface as `ParleyError`
-from `store`. Pages show `err.user_message` and never a traceback.
+(`chat.providers.errors.translate`). Pages and the CLI show `err.user_message`
+and never a traceback. No message here ever contains a key.
 """
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta
 
 
 class ParleyError(Exception):
@@ -56,8 +65,62 @@ class ConfigurationError(ParleyError):
         super().__init__(message, user_message=message)
 
 
+def _clock(moment: datetime) -> str:
+    return moment.strftime("%H:%M UTC")
+
+
+class QuotaExceeded(ParleyError):
+    def __init__(self, what: str, *, resets_at: datetime) -> None:
+        self.resets_at = resets_at
+        super().__init__(
+            f"quota exceeded: {what}",
+            user_message=f"You have used your {what} for today. "
+            f"Your quota resets at {_clock(resets_at)} on {resets_at:%d %b}.",
+        )
+
+
 class ProviderError(ParleyError):
     user_message = "The model could not answer. Please try again."
+    retryable = True
+
+
+class RateLimited(ProviderError):
+    def __init__(self, message: str = "rate limited", *, retry_after: float, now: datetime) -> None:
+        self.retry_after = max(0.0, retry_after)
+        self.retry_at = now + timedelta(seconds=self.retry_after)
+        # Round up to the next minute so "try again at" is never too early.
+        shown = (self.retry_at + timedelta(seconds=59)).replace(second=0, microsecond=0)
+        super().__init__(
+            message,
+            user_message="The model service is at its request limit. "
+            f"Please try again at {_clock(shown)}.",
+        )
+
+
+class Overloaded(ProviderError):
+    user_message = "The model service is overloaded right now. Please try again in a minute."
+
+
+class ProviderUnavailable(ProviderError):
+    user_message = "The model service cannot be reached right now. Please try again shortly."
+
+
+class AuthenticationFailed(ProviderError):
+    user_message = "The model service rejected Parley's API key. An administrator has been alerted."
+    retryable = False
+
+
+class InvalidRequest(ProviderError):
+    user_message = "The model service refused Parley's request. This is a bug and has been logged."
+    retryable = False
+
+
+class ContextTooLong(ProviderError):
+    user_message = (
+        "This conversation is too long for the model. "
+        "Start a new conversation or shorten your message."
+    )
+    retryable = False
 
 
 class StreamInterrupted(ProviderError):

@@ -10,6 +10,7 @@ import pytest
 
 from auth.principal import Principal
 from chat.providers.scripted import ScriptedProvider
+from chat.service import run_inline
 from parley.config import ProviderChoice, Settings
 from parley.services import Services, build_services
 from store.db import Database
@@ -18,6 +19,17 @@ from store.models import Role
 from tests.fake_anthropic import FakeAnthropic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SUMMARY_LINES: list[str] = []  # figures tests report (e.g. the chaos completion rate)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SUMMARY_LINES:
+        terminalreporter.section("Parley figures")
+        for line in SUMMARY_LINES:
+            terminalreporter.write_line(line)
+
+
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 
@@ -34,7 +46,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", provider=ProviderChoice.LOCAL)
+    # Titles are off by default: a title call would take a scripted answer meant for a turn.
+    return Settings(data_dir=tmp_path / "data", provider=ProviderChoice.LOCAL, model_titles=False)
 
 
 @pytest.fixture
@@ -54,7 +67,7 @@ def scripted() -> ScriptedProvider:
 @pytest.fixture
 def services(settings: Settings, database: Database, scripted: ScriptedProvider) -> Services:
     del database  # migrated by its fixture
-    return build_services(settings, provider=scripted)
+    return build_services(settings, provider=scripted, background=run_inline)
 
 
 @pytest.fixture
@@ -79,4 +92,5 @@ def claude_env(monkeypatch: pytest.MonkeyPatch, fake_anthropic: FakeAnthropic) -
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-key")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_anthropic.base_url)
     monkeypatch.setenv("PARLEY_ANTHROPIC_MAX_RETRIES", "0")
+    monkeypatch.setenv("PARLEY_MODEL_TITLES", "false")
     return fake_anthropic

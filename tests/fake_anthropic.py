@@ -195,6 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _send_error(self, kind: str, extra: dict[str, str] | None = None) -> None:
+        extra = {**self.fake.error_headers, **(extra or {})}
         status, err_type, message = _HTTP_ERRORS[kind]
         error = {"type": err_type, "message": message}
         self._send_json(
@@ -367,6 +368,7 @@ class FakeAnthropic:
         seed: int = 0,
         default_reply: Reply | None = None,
         api_keys: set[str] | None = None,
+        error_headers: dict[str, str] | None = None,
     ) -> None:
         kinds = tuple(fault_kinds) if fault_kinds is not None else DEFAULT_RANDOM_KINDS
         for kind in kinds:
@@ -378,6 +380,8 @@ class FakeAnthropic:
         self.fault_kinds = kinds
         self.default_reply = default_reply if default_reply is not None else Reply()
         self.api_keys = api_keys
+        # Sent with every error response, e.g. {"retry-after-ms": "5"} to keep SDK retries quick.
+        self.error_headers = dict(error_headers or {})
         self.requests: list[RecordedRequest] = []
         self.base_url = ""
         self._rng = random.Random(seed)

@@ -64,6 +64,7 @@ def test_stream_that_breaks_keeps_partial_text_as_interrupted(
     services: Services, scripted: ScriptedProvider, alice: Principal
 ) -> None:
     scripted.enqueue_error(StreamInterrupted(partial_text="Once upon"), chunks=["Once ", "upon"])
+    scripted.enqueue_error(StreamInterrupted(partial_text=""), chunks=[])  # the continuation fails
     reply = services.chat.send(alice, None, "Tell me a story")
     assert "".join(reply) == "Once upon"  # no exception reaches the caller
     assert reply.result is not None and not reply.result.ok
@@ -71,6 +72,33 @@ def test_stream_that_breaks_keeps_partial_text_as_interrupted(
     answer = stored(services, reply.conversation_id)[-1]
     assert (answer.status, answer.content) == (MessageStatus.INTERRUPTED, "Once upon")
     assert answer.error == StreamInterrupted.user_message
+
+
+def test_broken_stream_is_continued_once_with_the_partial_answer_as_prefill(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue_error(StreamInterrupted(), chunks=["Once upon ", "a "])
+    scripted.enqueue(" time.")
+    reply = services.chat.send(alice, None, "Tell me a story")
+    assert "".join(reply) == "Once upon a time."
+    continuation = scripted.requests[-1].messages
+    assert (continuation[-1].role, continuation[-1].content) == ("assistant", "Once upon a")
+    assert continuation[-2].content == "Tell me a story"
+    answer = stored(services, reply.conversation_id)[-1]
+    assert (answer.status, answer.content) == (MessageStatus.COMPLETE, "Once upon a time.")
+
+
+def test_a_second_break_is_not_continued(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue_error(StreamInterrupted(), chunks=["one"])
+    scripted.enqueue_error(StreamInterrupted(), chunks=[" two"])
+    scripted.enqueue("never asked for")
+    reply = services.chat.send(alice, None, "Count")
+    assert "".join(reply) == "one two"
+    assert len(scripted.requests) == 2
+    answer = stored(services, reply.conversation_id)[-1]
+    assert (answer.status, answer.content) == (MessageStatus.INTERRUPTED, "one two")
 
 
 def test_failure_before_any_text_is_stored_as_error(

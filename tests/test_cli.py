@@ -52,6 +52,7 @@ def test_chat_streams_to_stdout_and_prints_the_conversation_id_last(
         "ANTHROPIC_API_KEY": "sk-ant-test",
         "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
         "PARLEY_ANTHROPIC_MAX_RETRIES": "0",
+        "PARLEY_MODEL_TITLES": "false",
     }
     run("db", "upgrade")
     run("user", "add", "alice", stdin="alice-password\n")
@@ -84,13 +85,19 @@ def test_chat_failure_ends_with_a_sentence_and_keeps_the_partial_answer(
         "ANTHROPIC_API_KEY": "sk-ant-test",
         "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
         "PARLEY_ANTHROPIC_MAX_RETRIES": "0",
+        "PARLEY_MODEL_TITLES": "false",
     }
     run("db", "upgrade")
     run("user", "add", "alice", stdin="alice-password\n")
-    fake_anthropic.enqueue(Fault("drop_mid_stream", text="The answer is", after_chunks=2))
+    # The first break is continued once automatically; the second one ends the answer.
+    fake_anthropic.enqueue(
+        Fault("drop_mid_stream", text="The answer is", after_chunks=2),
+        Fault("drop_mid_stream", text=" forty", after_chunks=1),
+    )
     result = run("chat", "--user", "alice", "Question?", env=env)
     assert result.returncode == 1
-    assert result.stdout.strip()  # the partial text was streamed
+    # "The answer " arrived (two chunks), then " forty" after the prefill "The answer".
+    assert result.stdout.strip() == "The answer forty"
     lines = result.stderr.strip().splitlines()
     assert "broke off" in lines[-2] and lines[-1].isdigit()
     assert "Traceback" not in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chat.providers.anthropic import AnthropicProvider, HeadersObserver
 from chat.providers.base import (
     ChatProvider,
     ChatRequest,
@@ -11,26 +12,47 @@ from chat.providers.base import (
     TextDelta,
     Usage,
 )
+from chat.providers.keys import CommandKey, FileKey, KeySource, StaticKey
 from chat.providers.scripted import ScriptedProvider
-from parley.config import Settings
+from parley.config import KeySourceChoice, Settings, get_settings
 from parley.errors import ConfigurationError
 
 
-def build_provider(settings: Settings) -> ChatProvider:
+def build_key_source(settings: Settings) -> KeySource:
+    """The key source the settings choose (see `chat.providers.keys`)."""
+    if settings.anthropic_key_source is KeySourceChoice.FILE:
+        if settings.anthropic_key_file is None:
+            raise ConfigurationError(
+                "PARLEY_ANTHROPIC_KEY_SOURCE=file needs PARLEY_ANTHROPIC_KEY_FILE."
+            )
+        return FileKey(settings.anthropic_key_file)
+    if settings.anthropic_key_source is KeySourceChoice.COMMAND:
+        if not settings.anthropic_key_command:
+            raise ConfigurationError(
+                "PARLEY_ANTHROPIC_KEY_SOURCE=command needs PARLEY_ANTHROPIC_KEY_COMMAND."
+            )
+        return CommandKey(settings.anthropic_key_command, ttl_s=settings.anthropic_key_ttl_s)
+    if settings.anthropic_api_key is None:
+        raise ConfigurationError("PARLEY_PROVIDER=anthropic needs ANTHROPIC_API_KEY.")
+    return StaticKey(settings.anthropic_api_key, reload=lambda: get_settings().anthropic_api_key)
+
+
+def build_provider(
+    settings: Settings, *, on_headers: HeadersObserver | None = None
+) -> ChatProvider:
     """Claude when a key is set (or forced), else the embedded local model."""
     if settings.uses_anthropic:
-        from chat.providers.anthropic import AnthropicProvider
-
-        if settings.anthropic_api_key is None:
-            raise ConfigurationError("PARLEY_PROVIDER=anthropic needs ANTHROPIC_API_KEY.")
         return AnthropicProvider(
-            api_key=settings.anthropic_api_key.get_secret_value(),
+            keys=build_key_source(settings),
             model=settings.claude_model,
             base_url=settings.anthropic_base_url,
             context_window=settings.claude_context_window,
             timeout_s=settings.anthropic_timeout_s,
             max_retries=settings.anthropic_max_retries,
+            max_retry_wait_s=settings.anthropic_max_retry_wait_s,
+            fallback_model=settings.anthropic_fallback_model,
             send_temperature=settings.anthropic_send_temperature,
+            on_headers=on_headers,
         )
     from chat.providers.local import LocalProvider
 
@@ -42,6 +64,7 @@ def build_provider(settings: Settings) -> ChatProvider:
 
 
 __all__ = [
+    "AnthropicProvider",
     "ChatProvider",
     "ChatRequest",
     "PromptMessage",
@@ -50,5 +73,6 @@ __all__ = [
     "StreamEvent",
     "TextDelta",
     "Usage",
+    "build_key_source",
     "build_provider",
 ]

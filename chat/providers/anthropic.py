@@ -1,35 +1,108 @@
-"""Claude through the official SDK: `messages.stream`, the SDK's own retries and timeouts."""
+"""Claude through the official SDK: `messages.stream`, the SDK's own retries and timeouts.
+
+What Parley adds around the SDK, and why:
+
+- `_RetryPolicy` is SDK middleware (it runs inside the SDK's retry loop, once per
+  attempt). It caps the SDK's unbounded `retry-after` wait: a longer wait ends
+  the call with `RateLimited`, whose sentence says when to try again. It also
+  hands every response's headers to the rate limiter (`anthropic-ratelimit-*`).
+- The key comes from a `KeySource` before each call; after a 401 the key is
+  reloaded once and the call retried if the key changed (rotation without restart).
+- When the main model is overloaded before any text arrives, the fallback model
+  answers; `StreamEnd.model` says which one did.
+- The system prompt is sent as a block marked `cache_control` so the stable
+  prefix is cached between turns.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import anthropic
-from anthropic.types import AssistantMessageParam, MessageParam, UserMessageParam
+from anthropic.types import (
+    AssistantMessageParam,
+    MessageParam,
+    TextBlockParam,
+    UserMessageParam,
+)
 
-from chat.providers.base import ChatRequest, PromptMessage, StreamEnd, StreamEvent, TextDelta, Usage
-from chat.providers.errors import translate
-from parley.errors import StreamInterrupted
+from chat.providers.base import (
+    ChatRequest,
+    PromptMessage,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
+from chat.providers.errors import retry_after_seconds, translate
+from chat.providers.keys import KeySource
+from parley.errors import (
+    AuthenticationFailed,
+    Overloaded,
+    RateLimited,
+    StreamInterrupted,
+)
+
+log = logging.getLogger(__name__)
+
+HeadersObserver = Callable[[Mapping[str, str]], None]
+
+
+class _RetryPolicy(anthropic.Middleware):
+    def __init__(self, *, max_wait_s: float, on_headers: HeadersObserver | None) -> None:
+        self._max_wait_s = max_wait_s
+        self._on_headers = on_headers
+
+    def handle(self, request: Any, call_next: Any) -> Any:
+        response = call_next(request)
+        headers = response.headers
+        if self._on_headers is not None:
+            self._on_headers(headers)
+        if response.status_code in (429, 503, 529):
+            wait = retry_after_seconds(headers)
+            if wait is not None and wait > self._max_wait_s:
+                # Raised inside the SDK's retry loop: not retried, reaches the caller as is.
+                raise RateLimited(
+                    f"retry-after {wait:.0f}s exceeds the cap",
+                    retry_after=wait,
+                    now=datetime.now(UTC),
+                )
+        return response
 
 
 class AnthropicProvider:
     def __init__(
         self,
         *,
-        api_key: str,
+        keys: KeySource,
         model: str,
         base_url: str | None = None,
         context_window: int = 200_000,
         timeout_s: float = 60.0,
         max_retries: int = 2,
+        max_retry_wait_s: float = 20.0,
+        fallback_model: str | None = None,
         send_temperature: bool = False,
+        on_headers: HeadersObserver | None = None,
     ) -> None:
+        self._keys = keys
         self._model = model
-        self._send_temperature = send_temperature
+        self._fallback_model = fallback_model
         self._context_window = context_window
-        self._client = anthropic.Anthropic(
-            api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries
-        )
+        self._send_temperature = send_temperature
+        self._client_options: dict[str, Any] = {
+            "base_url": base_url,
+            "timeout": timeout_s,
+            "max_retries": max_retries,
+            "middleware": [_RetryPolicy(max_wait_s=max_retry_wait_s, on_headers=on_headers)],
+        }
+        self._lock = threading.Lock()
+        self._client: anthropic.Anthropic | None = None
+        self._client_key: str | None = None
 
     @property
     def model(self) -> str:
@@ -39,20 +112,47 @@ class AnthropicProvider:
     def context_window(self) -> int:
         return self._context_window
 
+    def _client_for(self, key: str) -> anthropic.Anthropic:
+        with self._lock:
+            if self._client is None or key != self._client_key:
+                self._client = anthropic.Anthropic(api_key=key, **self._client_options)
+                self._client_key = key
+            return self._client
+
     def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
-        messages = [_message_param(m) for m in request.messages]
-        # The current Messages API has no sampling parameters; older models take
-        # `temperature` through the body when the operator asks for it.
-        extra_body = {"temperature": request.temperature} if self._send_temperature else None
+        models = [self._model] + ([self._fallback_model] if self._fallback_model else [])
+        key = self._keys.get()
+        rotated = False
+        index = 0
+        while True:
+            model = models[index]
+            produced = False
+            try:
+                for event in self._stream_once(self._client_for(key), model, request):
+                    produced = True
+                    yield event
+                return
+            except AuthenticationFailed:
+                if produced or rotated:
+                    raise
+                rotated = True
+                fresh = self._keys.refresh()
+                if fresh == key:
+                    raise
+                log.warning("The API key was rejected; retrying once with the reloaded key.")
+                key = fresh
+            except Overloaded:
+                if produced or index + 1 >= len(models):
+                    raise
+                index += 1
+                log.warning("%s is overloaded; answering with %s.", model, models[index])
+
+    def _stream_once(
+        self, client: anthropic.Anthropic, model: str, request: ChatRequest
+    ) -> Iterator[StreamEvent]:
         parts: list[str] = []
         try:
-            with self._client.messages.stream(
-                model=self._model,
-                system=request.system,
-                messages=messages,
-                max_tokens=request.max_tokens,
-                extra_body=extra_body,
-            ) as stream:
+            with client.messages.stream(**self._params(model, request)) as stream:
                 for text in stream.text_stream:
                     parts.append(text)
                     yield TextDelta(text)
@@ -76,8 +176,45 @@ class AnthropicProvider:
             stop_reason=final.stop_reason,
         )
 
+    def count_tokens(self, request: ChatRequest) -> int:
+        """The API's own count of the prompt's input tokens."""
+        params = self._params(self._model, request)
+        try:
+            result = self._client_for(self._keys.get()).messages.count_tokens(
+                model=params["model"], system=params["system"], messages=params["messages"]
+            )
+        except Exception as exc:
+            raise translate(exc) from exc
+        return result.input_tokens
+
+    def _params(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        system: list[TextBlockParam] = []
+        if request.system:
+            system.append(
+                TextBlockParam(
+                    type="text", text=request.system, cache_control={"type": "ephemeral"}
+                )
+            )
+        params: dict[str, Any] = {
+            "model": model,
+            "system": system,
+            "messages": [_message_param(m) for m in request.messages],
+            "max_tokens": request.max_tokens,
+        }
+        if request.json_schema is not None:
+            params["output_config"] = {
+                "format": {"type": "json_schema", "schema": request.json_schema}
+            }
+        if self._send_temperature:
+            # The current Messages API has no sampling parameters; older models take one.
+            params["extra_body"] = {"temperature": request.temperature}
+        return params
+
 
 def _message_param(message: PromptMessage) -> MessageParam:
     if message.role == "user":
         return UserMessageParam(role="user", content=message.content)
     return AssistantMessageParam(role="assistant", content=message.content)
+
+
+__all__ = ["AnthropicProvider", "HeadersObserver"]

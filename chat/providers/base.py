@@ -21,6 +21,7 @@ class ChatRequest:
     messages: Sequence[PromptMessage]
     max_tokens: int
     temperature: float
+    json_schema: dict[str, object] | None = None  # ask for JSON of this shape (titles, extraction)
 
 
 @dataclass(frozen=True, slots=True)

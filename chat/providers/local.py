@@ -76,11 +76,17 @@ class LocalProvider:
         stop_reason: str | None = None
         with self._generate_lock:
             try:
+                response_format = (
+                    {"type": "json_object", "schema": request.json_schema}
+                    if request.json_schema is not None
+                    else None
+                )
                 chunks = llama.create_chat_completion(
                     messages=messages,
                     stream=True,
                     temperature=request.temperature,
                     max_tokens=request.max_tokens,
+                    response_format=response_format,
                 )
                 for chunk in chunks:
                     choice = chunk["choices"][0]
