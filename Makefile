@@ -50,5 +50,9 @@ pytest: install-dev system-deps
 
 test: lint typecheck pytest
 
+# Benchmarks print tables; their figures are quoted in the README. Not part of `make test`.
+bench: install-dev
+	$(BIN)/python -m bench.ttft
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -113,6 +113,41 @@ def test_chat_streams_an_answer_from_claude_and_persists_it(claude_env: FakeAnth
     assert [m.markdown[0].value for m in again.chat_message] == chat
 
 
+def test_costs_are_shown_before_and_after(claude_env: FakeAnthropic) -> None:
+    add_user("alice", "alice-password")
+    claude_env.enqueue(Reply(text="Answer.", input_tokens=1200, output_tokens=300))
+    at = app()
+    log_in(at, "alice", "alice-password")
+    assert any("Next message" in c.value and "$" in c.value for c in at.caption)
+    at.chat_input[0].set_value("How much does this cost?").run()
+    line = at.chat_message[1].caption[0].value
+    # Sonnet prices: 1,200 in at $3/MTok + 300 out at $15/MTok = $0.0081
+    assert line.startswith("1,200 in · 300 out") and "$0.0081" in line
+
+
+def test_long_retry_after_says_when_to_try_again(claude_env: FakeAnthropic) -> None:
+    add_user("alice", "alice-password")
+    claude_env.enqueue(Fault("rate_limit", retry_after=3600))
+    at = app()
+    log_in(at, "alice", "alice-password")
+    at.chat_input[0].set_value("Hello?").run()
+    assert not at.exception
+    assert any("try again at" in e.value and "UTC" in e.value for e in at.error)
+    assert any(b.label == "Retry" for b in at.button)
+
+
+def test_quota_message_names_the_reset_time(claude_env: FakeAnthropic) -> None:
+    add_user("alice", "alice-password")
+    assert cli_main(["quota", "set", "alice", "--messages", "1"]) == 0
+    claude_env.enqueue(Reply(text="one"))
+    at = app()
+    log_in(at, "alice", "alice-password")
+    at.chat_input[0].set_value("first").run()
+    at.chat_input[0].set_value("second").run()
+    assert "resets at 00:00 UTC" in at.error[0].value
+    assert at.text_area[0].value == "second"  # not lost: shown back to copy
+
+
 def test_failed_answer_shows_a_sentence_and_retry(claude_env: FakeAnthropic) -> None:
     add_user("alice", "alice-password")
     claude_env.enqueue(Fault("overloaded"))
