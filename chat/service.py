@@ -35,9 +35,17 @@ from chat.providers.base import (
 )
 from chat.titles import fallback_title, generate_title
 from chat.usage import UsageService
-from memory.base import ContextWindow, MemoryStrategy, Turn
+from memory.base import ContextRequest, ContextWindow, Turn
+from memory.registry import StrategyRegistry
 from parley.config import Settings
-from parley.errors import InvalidInput, ParleyError, ProviderError, StreamInterrupted
+from parley.errors import (
+    InvalidInput,
+    NotFound,
+    ParleyError,
+    PermissionDenied,
+    ProviderError,
+    StreamInterrupted,
+)
 from store.db import Database
 from store.models import Conversation, Message, MessageRole, MessageStatus, utcnow
 
@@ -108,10 +116,13 @@ class ReplyStream:
     Set `on_queue` to hear the queue position while the call waits for a slot.
     """
 
-    def __init__(self, conversation_id: int, user_message_id: int, estimate: int) -> None:
+    def __init__(
+        self, conversation_id: int, user_message_id: int, estimate: int, context: ContextWindow
+    ) -> None:
         self.conversation_id = conversation_id
         self.user_message_id = user_message_id
         self.estimated_input_tokens = estimate
+        self.context = context
         self.result: ReplyResult | None = None
         self.on_queue: Callable[[int], None] | None = None
         self._chunks: Iterator[str] = iter(())
@@ -131,13 +142,15 @@ class ChatService:
         *,
         database: Database,
         provider: ChatProvider,
-        memory: MemoryStrategy,
+        memory: StrategyRegistry,
         settings: Settings,
         usage: UsageService,
         limiter: RateLimiter,
         gate: ConcurrencyGate,
         background: Background = run_in_thread,
+        model_titles: bool = True,
     ) -> None:
+        self._model_titles = model_titles
         self._db = database
         self._provider = provider
         self._memory = memory
@@ -166,7 +179,7 @@ class ChatService:
             else:
                 conversation = owned_conversation(session, principal, conversation_id)
             history = _prompt_turns(session, conversation.id)
-            context = self._build_context(history, text)
+            context = self._build_context(conversation, history, text)
             user_message = Message(
                 conversation_id=conversation.id,
                 role=MessageRole.USER,
@@ -200,7 +213,7 @@ class ChatService:
             for failed in later:
                 failed.status = MessageStatus.SUPERSEDED
             history = [_to_turn(m) for m in rows[:last_user_index] if _in_prompt(m)]
-            context = self._build_context(history, question.content)
+            context = self._build_context(conversation, history, question.content)
             ids = (conversation.id, question.id)
         return self._start(ids[0], ids[1], context)
 
@@ -215,14 +228,19 @@ class ChatService:
         return last.role is MessageRole.USER or last.status is not MessageStatus.COMPLETE
 
     def estimate_next(self, principal: Principal, conversation_id: int | None) -> Estimate:
-        """Cost of sending the history again (the new message adds its own tokens)."""
-        history: list[Turn] = []
-        if conversation_id is not None:
-            with self._db.session() as session:
+        """Cost of the next message's context (the new message adds its own tokens)."""
+        model = self._provider.model
+        price = self._usage.price(model)
+        if price is None or not (price.input or price.output):
+            return Estimate(input_tokens=0, input_cost_usd=0.0, max_output_cost_usd=0.0)
+        with self._db.session() as session:
+            if conversation_id is None:
+                conversation = Conversation(id=0, user_id=principal.user_id)
+                history: list[Turn] = []
+            else:
                 conversation = owned_conversation(session, principal, conversation_id)
                 history = _prompt_turns(session, conversation.id)
-        context = self._build_context(history, "?")
-        model = self._provider.model
+            context = self._build_context(conversation, history, "?")
         return Estimate(
             input_tokens=context.total_tokens,
             input_cost_usd=self._usage.estimate_cost(model, input_tokens=context.total_tokens),
@@ -231,13 +249,57 @@ class ChatService:
             ),
         )
 
-    def _build_context(self, history: Sequence[Turn], question: str) -> ContextWindow:
+    def set_memory_strategy(
+        self, principal: Principal, conversation_id: int, name: str | None
+    ) -> None:
+        """Admins choose a conversation's strategy (None: back to the default)."""
+        if not principal.is_admin:
+            raise PermissionDenied(user_message="Only administrators choose memory strategies.")
+        if name is not None:
+            self._memory.get(name)  # validates the name with a clear sentence
+        with self._db.session() as session:
+            conversation = session.get(Conversation, conversation_id)
+            if conversation is None:
+                raise NotFound(user_message=f"There is no conversation {conversation_id}.")
+            conversation.memory_strategy = name
+
+    def strategy_of(self, conversation_id: int | None) -> str:
+        if conversation_id is None:
+            return self._memory.default
+        with self._db.session() as session:
+            conversation = session.get(Conversation, conversation_id)
+            chosen = conversation.memory_strategy if conversation else None
+        return chosen or self._memory.default
+
+    def _build_context(
+        self, conversation: Conversation, history: Sequence[Turn], question: str
+    ) -> ContextWindow:
         budget = int(
             (self._provider.context_window - self._settings.max_output_tokens) * BUDGET_MARGIN
         )
-        return self._memory.build(
-            system=self._settings.system_prompt, history=history, question=question, budget=budget
+        strategy = self._memory.get(conversation.memory_strategy)
+        return strategy.build(
+            ContextRequest(
+                conversation_id=conversation.id,
+                system=self._settings.system_prompt,
+                history=history,
+                question=question,
+                budget=budget,
+            )
         )
+
+    def _observe(self, conversation_id: int) -> None:
+        """Let the conversation's strategy index new turns and fold summaries (background)."""
+        try:
+            with self._db.session() as session:
+                conversation = session.get(Conversation, conversation_id)
+                if conversation is None:
+                    return
+                name = conversation.memory_strategy
+                history = _prompt_turns(session, conversation_id)
+            self._memory.get(name).observe(conversation_id, history)
+        except Exception:  # memory upkeep must never break a turn
+            log.exception("Memory upkeep for conversation %s failed", conversation_id)
 
     def _start(
         self, conversation_id: int, user_message_id: int, context: ContextWindow
@@ -255,7 +317,7 @@ class ChatService:
                 estimate = int(counter(request))
             except ProviderError as exc:  # an estimate is not worth failing a turn for
                 log.info("count_tokens failed (%s); using the local estimate.", type(exc).__name__)
-        stream = ReplyStream(conversation_id, user_message_id, estimate)
+        stream = ReplyStream(conversation_id, user_message_id, estimate, context)
         stream._chunks = self._generate(stream, request)
         return stream
 
@@ -319,6 +381,7 @@ class ChatService:
             error = ProviderError(f"unexpected {type(exc).__name__}")
         finally:
             stream.result = self._store_answer(stream, "".join(parts), ends, error)
+            self._background(lambda: self._observe(stream.conversation_id))
             if stream.result.ok:
                 self._maybe_title(stream.conversation_id)
 
@@ -354,6 +417,7 @@ class ChatService:
                 cache_read_input_tokens=usage.cache_read_input_tokens if usage else None,
                 estimated_input_tokens=stream.estimated_input_tokens,
                 cost_usd=cost,
+                context=stream.context.provenance(),
                 stop_reason=ends[-1].stop_reason if ends else None,
                 error=sentence,
                 completed_at=utcnow(),
@@ -386,7 +450,7 @@ class ChatService:
                 .order_by(Message.id)
                 .limit(3)
             ).all()
-        if len(rows) != 2 or not self._settings.model_titles:
+        if len(rows) != 2 or not self._model_titles:
             return
         question, answer = rows[0][1], rows[1][1]
 

@@ -1,6 +1,9 @@
-"""Memory strategies: how stored history becomes a bounded prompt."""
+"""Memory strategies: how stored history becomes a bounded prompt.
 
-from memory.base import ContextWindow, MemoryStrategy, Turn
-from memory.token_window import TokenWindow
+Strategies are found by name through the entry-point group `parley.memory_strategies`
+(`memory.registry`); see docs/ARCHITECTURE.md for how to write one.
+"""
 
-__all__ = ["ContextWindow", "MemoryStrategy", "TokenWindow", "Turn"]
+from memory.base import ContextRequest, ContextWindow, MemoryStrategy, RecalledItem, Turn
+
+__all__ = ["ContextRequest", "ContextWindow", "MemoryStrategy", "RecalledItem", "Turn"]

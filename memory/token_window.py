@@ -4,44 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from chat.providers.base import PromptMessage
-from memory.base import ContextWindow, Turn, message_tokens
-from parley.errors import InvalidInput
+from memory.assembly import assemble, newest_that_fit, too_long
+from memory.base import ContextRequest, ContextWindow, Turn, message_tokens
+from memory.registry import MemoryDeps
 from parley.tokens import count_tokens
 
 
 class TokenWindow:
     name = "token_window"
 
-    def build(
-        self, *, system: str, history: Sequence[Turn], question: str, budget: int
-    ) -> ContextWindow:
-        system_tokens = count_tokens(system)
-        question_tokens = message_tokens(question)
-        remaining = budget - system_tokens - question_tokens
-        if remaining < 0:
-            raise InvalidInput(
-                "This message is too long for the model's context window; please shorten it."
-            )
-        chosen: list[Turn] = []
-        for turn in reversed(history):
-            cost = message_tokens(turn.content)
-            if cost > remaining:
-                break
-            chosen.append(turn)
-            remaining -= cost
-        chosen.reverse()
-        # A prompt must start with a user turn.
-        while chosen and chosen[0].role != "user":
-            chosen.pop(0)
-        messages = tuple(PromptMessage(t.role, t.content) for t in chosen)
-        return ContextWindow(
-            system=system,
-            messages=(*messages, PromptMessage("user", question)),
-            turn_ids=tuple(t.id for t in chosen),
-            section_tokens={
-                "system": system_tokens,
-                "recent": sum(message_tokens(t.content) for t in chosen),
-                "question": question_tokens,
-            },
+    def __init__(self, deps: MemoryDeps | None = None) -> None:
+        del deps  # needs nothing
+
+    def observe(self, conversation_id: int, history: Sequence[Turn]) -> None:
+        del conversation_id, history  # stateless
+
+    def build(self, request: ContextRequest) -> ContextWindow:
+        room = request.budget - count_tokens(request.system) - message_tokens(request.question)
+        if room < 0:
+            raise too_long()
+        return assemble(
+            strategy=self.name,
+            system_prompt=request.system,
+            summary=None,
+            window=newest_that_fit(request.history, room),
+            recalled=(),
+            question=request.question,
+            budget=request.budget,
         )

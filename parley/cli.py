@@ -7,6 +7,9 @@
     parley quota show NAME
     parley quota set NAME [--messages N] [--tokens N]      (0: no limit; 'default': the setting)
     parley usage [--days N]                                 tokens and cost per user and day
+    parley conversation strategy ID NAME|default --as ADMIN    memory strategy per conversation
+    parley memory strategies                                the installed memory strategies
+    parley bench memory --data FILE --strategy NAME --budget TOKENS [--json]
 
 Everything goes through the same services the page uses, under `PARLEY_DATA_DIR`.
 """
@@ -15,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from auth.principal import Principal
 from chat.service import run_inline
@@ -82,6 +87,29 @@ def _parser() -> argparse.ArgumentParser:
     usage = commands.add_parser("usage", help="tokens and cost per user and day")
     usage.add_argument("--days", type=int, default=7)
     usage.set_defaults(func=_usage)
+
+    conversation = commands.add_parser("conversation", help="conversations").add_subparsers(
+        required=True
+    )
+    strategy = conversation.add_parser("strategy", help="set a conversation's memory strategy")
+    strategy.add_argument("id", type=int)
+    strategy.add_argument("name", help="a strategy name, or 'default'")
+    strategy.add_argument("--as", dest="admin", required=True, help="the admin making the change")
+    strategy.set_defaults(func=_conversation_strategy)
+
+    memory = commands.add_parser("memory", help="memory strategies").add_subparsers(required=True)
+    memory.add_parser("strategies", help="list installed strategies").set_defaults(
+        func=_memory_strategies
+    )
+
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(required=True)
+    bench_memory = bench.add_parser("memory", help="a memory strategy on LoCoMo-format data")
+    bench_memory.add_argument("--data", type=Path, required=True)
+    bench_memory.add_argument("--strategy", required=True)
+    bench_memory.add_argument("--budget", type=int, required=True, action="append")
+    bench_memory.add_argument("--limit", type=int, help="only the first N conversations")
+    bench_memory.add_argument("--json", action="store_true", help="end with one JSON line")
+    bench_memory.set_defaults(func=_bench_memory)
     return parser
 
 
@@ -223,6 +251,46 @@ def _usage(args: argparse.Namespace) -> int:
             f"{r.day.isoformat():<10}  {r.user:<16} {r.messages:>7} {r.input_tokens:>10,} "
             f"{r.output_tokens:>9,} {r.cache_read_tokens:>9,} {r.cache_write_tokens:>9,} "
             f"{r.cost_usd:>9.4f}"
+        )
+    return 0
+
+
+def _conversation_strategy(args: argparse.Namespace) -> int:
+    services = _services()
+    admin = _principal(services, args.admin)
+    name = None if args.name == "default" else args.name
+    services.chat.set_memory_strategy(admin, args.id, name)
+    print(f"Conversation {args.id} now uses {services.chat.strategy_of(args.id)!r}.")
+    return 0
+
+
+def _memory_strategies(_args: argparse.Namespace) -> int:
+    from memory.registry import available
+
+    default = get_settings().memory_strategy
+    for name in sorted(available()):
+        print(f"{name}{'  (default)' if name == default else ''}")
+    return 0
+
+
+def _bench_memory(args: argparse.Namespace) -> int:
+    from memory.benchmark import format_table, run
+
+    if not args.data.is_file():
+        raise ParleyError(user_message=f"No such data file: {args.data}")
+    results = run(args.data, args.strategy, args.budget, settings=get_settings(), limit=args.limit)
+    print(format_table(results))
+    for result in results:
+        d = result.as_dict()
+        print(
+            f"{result.strategy} @ {result.budget:,}: {d['questions']} questions, "
+            f"ingestion {d['ingest_turns_per_s']} turns/s, {result.over_budget} over budget"
+        )
+    if args.json:
+        print(
+            json.dumps(
+                results[-1].as_dict() if len(results) == 1 else [r.as_dict() for r in results]
+            )
         )
     return 0
 

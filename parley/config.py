@@ -141,6 +141,17 @@ class Settings(BaseSettings):
     model_titles: bool = Field(default=True, description="Ask the model to title conversations.")
     title_attempts: int = Field(default=3, ge=1)
 
+    memory_strategy: str = Field(default="hybrid", description="default memory strategy")
+    memory_window_turns: int = Field(default=6, ge=1, description="turns kept by `window`")
+    memory_fold_tokens: int = Field(
+        default=3000, ge=200, description="unsummarized tokens that trigger a summary fold"
+    )
+    memory_summary_tokens: int = Field(default=400, ge=50, description="longest summary")
+    chroma_url: str | None = Field(
+        default=None, description="Chroma server (http://host:port); default: files in data dir"
+    )
+    embedding_threads: int = Field(default=1, ge=1)
+
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     max_message_chars: int = Field(default=20_000, gt=0)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from auth.accounts import AccountService
 from chat.conversations import ConversationService
 from chat.limits import ConcurrencyGate, RateLimiter
-from chat.providers import ChatProvider, build_provider
+from chat.providers import ChatProvider, ChatRequest, StreamEvent, build_provider
 from chat.service import Background, ChatService, run_in_thread
 from chat.usage import UsageService
-from memory.token_window import TokenWindow
+from memory.registry import MemoryDeps, StrategyRegistry
+from memory.summaries import ExtractiveSummarizer, ModelSummarizer, Summarizer, SummaryStore
 from parley.config import Settings
 from parley.errors import ConfigurationError
 from parley.logs import configure_logging
+from parley.tokens import count_tokens
+from retrieval.embeddings import MiniLMEmbedder
+from retrieval.recall import RecallIndex
+from retrieval.vector_store import VectorStore
 from store.db import Database
 from store.migrate import is_current
 
@@ -28,6 +35,7 @@ class Services:
     usage: UsageService
     limiter: RateLimiter
     gate: ConcurrencyGate
+    memory: StrategyRegistry
     chat: ChatService
 
 
@@ -52,8 +60,28 @@ def build_services(
         max_wait_s=settings.anthropic_max_retry_wait_s,
     )
     gate = ConcurrencyGate(settings.max_concurrent_calls)
+    explicit_provider = provider is not None
     provider = provider or build_provider(settings, on_headers=limiter.observe_headers)
     usage = UsageService(database, settings)
+    # The embedded 135M model is no use as a summarizer or titler; Claude (or a provider a
+    # caller chose on purpose) is.
+    capable = explicit_provider or settings.uses_anthropic
+    gate_and_limit = _limited(provider, gate, limiter)
+    summarizer: Summarizer = (
+        ModelSummarizer(
+            gate_and_limit, model=provider.model, temperature=settings.temperature.summarize
+        )
+        if capable
+        else ExtractiveSummarizer()
+    )
+    memory = StrategyRegistry(
+        MemoryDeps(
+            settings=settings,
+            summaries=SummaryStore(database),
+            summarizer=summarizer,
+            recall_factory=lambda: build_recall_index(settings),
+        )
+    )
     return Services(
         settings=settings,
         database=database,
@@ -63,14 +91,41 @@ def build_services(
         usage=usage,
         limiter=limiter,
         gate=gate,
+        memory=memory,
         chat=ChatService(
             database=database,
             provider=provider,
-            memory=TokenWindow(),
+            memory=memory,
             settings=settings,
             usage=usage,
             limiter=limiter,
             gate=gate,
             background=background,
+            model_titles=settings.model_titles and capable,
         ),
     )
+
+
+def build_recall_index(settings: Settings) -> RecallIndex:
+    """MiniLM embeddings persisted in Chroma: a server if `PARLEY_CHROMA_URL`, else files."""
+    if settings.chroma_url:
+        url = urlsplit(settings.chroma_url)
+        if not url.hostname:
+            raise ConfigurationError("PARLEY_CHROMA_URL must look like http://host:port.")
+        store = VectorStore.http(url.hostname, url.port or 8000)
+    else:
+        store = VectorStore.persistent(settings.data_dir / "chroma")
+    return RecallIndex(embedder=MiniLMEmbedder(threads=settings.embedding_threads), store=store)
+
+
+def _limited(
+    provider: ChatProvider, gate: ConcurrencyGate, limiter: RateLimiter
+) -> Callable[[ChatRequest], Iterator[StreamEvent]]:
+    """Background calls (summaries) wait in the same queue and buckets as chat turns."""
+
+    def call(request: ChatRequest) -> Iterator[StreamEvent]:
+        with gate.slot():
+            limiter.acquire(input_tokens=count_tokens(request.system) + 1000)
+            yield from provider.stream(request)
+
+    return call

@@ -40,6 +40,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith(("PARLEY_", "ANTHROPIC_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("PARLEY_DATA_DIR", str(tmp_path / "data"))
+    # Unit, page and CLI tests run without the embedding model; memory tests opt in.
+    monkeypatch.setenv("PARLEY_MEMORY_STRATEGY", "token_window")
     (tmp_path / "no-secrets").mkdir()
     monkeypatch.setenv("PARLEY_SECRETS_DIR", str(tmp_path / "no-secrets"))
 
@@ -47,7 +49,13 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     # Titles are off by default: a title call would take a scripted answer meant for a turn.
-    return Settings(data_dir=tmp_path / "data", provider=ProviderChoice.LOCAL, model_titles=False)
+    # token_window keeps unit tests free of the embedding model; memory tests choose their own.
+    return Settings(
+        data_dir=tmp_path / "data",
+        provider=ProviderChoice.LOCAL,
+        model_titles=False,
+        memory_strategy="token_window",
+    )
 
 
 @pytest.fixture

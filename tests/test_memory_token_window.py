@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memory.base import Turn
+from memory.base import ContextRequest, ContextWindow, Turn
 from memory.token_window import TokenWindow
 from parley.errors import InvalidInput
 
@@ -18,36 +18,35 @@ def conversation(lengths: list[int]) -> list[Turn]:
     ]
 
 
+def build(history: list[Turn], question: str, budget: int, system: str = "sys") -> ContextWindow:
+    return TokenWindow().build(
+        ContextRequest(
+            conversation_id=1, system=system, history=history, question=question, budget=budget
+        )
+    )
+
+
 def test_keeps_the_newest_turns_that_fit() -> None:
-    history = conversation([50, 50, 50, 50, 10, 10])
-    window = TokenWindow().build(system="sys", history=history, question="q?", budget=100)
+    window = build(conversation([50, 50, 50, 50, 10, 10]), "q?", 100)
     assert window.turn_ids == (4, 5)
     assert window.messages[-1].content == "q?"
     assert window.total_tokens <= 100
+    assert window.provenance()["strategy"] == "token_window"
 
 
 def test_prompt_starts_with_a_user_turn() -> None:
-    history = conversation([10, 10, 10])  # user, assistant, user
-    window = TokenWindow().build(system="", history=history, question="q", budget=38)
+    window = build(conversation([10, 10, 10]), "q", 38, system="")
     assert window.messages[0].role == "user"
 
 
 def test_question_alone_over_budget_is_invalid_input() -> None:
     with pytest.raises(InvalidInput):
-        TokenWindow().build(system="", history=[], question="word " * 500, budget=100)
+        build([], "word " * 500, 100, system="")
 
 
-@given(
-    lengths=st.lists(st.integers(0, 200), max_size=40),
-    budget=st.integers(60, 3000),
-)
+@given(lengths=st.lists(st.integers(0, 200), max_size=40), budget=st.integers(60, 3000))
 def test_never_exceeds_the_budget(lengths: list[int], budget: int) -> None:
-    window = TokenWindow().build(
-        system="You are helpful.",
-        history=conversation(lengths),
-        question="What now?",
-        budget=budget,
-    )
+    window = build(conversation(lengths), "What now?", budget, system="You are helpful.")
     assert window.total_tokens <= budget
     if window.turn_ids:  # a contiguous run that ends with the newest turn
         assert window.turn_ids == tuple(range(window.turn_ids[0], len(lengths)))

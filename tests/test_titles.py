@@ -8,7 +8,8 @@ from auth.principal import Principal
 from chat.providers.scripted import ScriptedProvider
 from chat.titles import TITLE_CHARS, fallback_title, generate_title, parse_title
 from parley.errors import Overloaded
-from parley.services import Services
+from chat.service import run_inline
+from parley.services import Services, build_services
 
 
 def test_valid_json_is_accepted_and_cleaned() -> None:
@@ -75,7 +76,8 @@ def test_provider_failure_falls_back_without_raising() -> None:
 def test_first_answer_titles_the_conversation(
     services: Services, scripted: ScriptedProvider, alice: Principal
 ) -> None:
-    services.settings.model_titles = True
+    settings = services.settings.model_copy(update={"model_titles": True})
+    services = build_services(settings, provider=scripted, background=run_inline)
     scripted.enqueue("Lisbon is lovely in spring.")
     scripted.enqueue('{"title": "Spring in Lisbon"}')
     reply = services.chat.send(alice, None, "Where should I go in April?")

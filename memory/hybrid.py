@@ -1,0 +1,72 @@
+"""`hybrid` (the default): system prompt + rolling summary + recalled turns + recent window.
+
+Per-section allotments of the budget (after the system prompt and the question):
+the summary takes at most 10 % (its oldest lines give way first), the recent window
+at most 20 % and six turns, and recall gets the rest. Recall ranks every earlier
+turn by a fusion of BM25 and MiniLM similarity, lifted by neighbouring turns, the
+turn's session and the speaker named in the question (`retrieval.scoring`), then
+packs the best turns whole, grouped under one header per session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from memory.assembly import assemble, newest_that_fit, pack_by_score, system_with_summary, too_long
+from memory.base import ContextRequest, ContextWindow, Turn, message_tokens
+from memory.registry import MemoryDeps
+from memory.summaries import RollingSummary, fit_summary
+from memory.vector_recall import indexed
+from parley.tokens import count_tokens
+
+SUMMARY_SHARE = 0.10
+RECENT_SHARE = 0.20
+RECENT_TURNS = 6
+
+
+class Hybrid:
+    name = "hybrid"
+
+    def __init__(self, deps: MemoryDeps) -> None:
+        self._deps = deps
+        self._rolling = RollingSummary(
+            deps.summaries,
+            deps.summarizer,
+            fold_tokens=deps.settings.memory_fold_tokens,
+            summary_tokens=deps.settings.memory_summary_tokens,
+        )
+
+    def observe(self, conversation_id: int, history: Sequence[Turn]) -> None:
+        self._deps.recall.observe(conversation_id, [indexed(t) for t in history])
+        self._rolling.maybe_fold(conversation_id, history)
+
+    def build(self, request: ContextRequest) -> ContextWindow:
+        base = count_tokens(request.system) + message_tokens(request.question)
+        room = request.budget - base
+        if room < 0:
+            raise too_long()
+        summary = fit_summary(
+            self._rolling.latest(request.conversation_id), int(room * SUMMARY_SHARE)
+        )
+        system = system_with_summary(request.system, summary)
+        room = request.budget - count_tokens(system) - message_tokens(request.question)
+        window = newest_that_fit(request.history, int(room * RECENT_SHARE), max_turns=RECENT_TURNS)
+        room -= sum(message_tokens(t.content) for t in window)
+        in_window = {t.id for t in window}
+        candidates = [t for t in request.history if t.id not in in_window]
+        ranked: list[tuple[Turn, float]] = []
+        if candidates and room > 0:
+            by_id = {t.id: t for t in candidates}
+            scores = self._deps.recall.score(
+                request.conversation_id, [indexed(t) for t in request.history], request.question
+            )
+            ranked = sorted(((by_id[i], s) for i, s in scores if i in by_id), key=lambda p: -p[1])
+        return assemble(
+            strategy=self.name,
+            system_prompt=request.system,
+            summary=summary,
+            window=window,
+            recalled=pack_by_score(ranked, room),
+            question=request.question,
+            budget=request.budget,
+        )

@@ -1,0 +1,99 @@
+"""Memory strategies by name, through the entry-point group `parley.memory_strategies`.
+
+Built-ins are registered in Parley's own `pyproject.toml` exactly as a third-party
+package would register one:
+
+    [project.entry-points."parley.memory_strategies"]
+    my_strategy = "my_package.memory:MyStrategy"
+
+The entry point names a factory: anything called with a `MemoryDeps` that
+returns a `MemoryStrategy` (a class whose `__init__(self, deps)` does, usually).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+from memory.base import MemoryStrategy
+from memory.summaries import Summarizer, SummaryStore
+from parley.config import Settings
+from parley.errors import ConfigurationError, InvalidInput
+from retrieval.recall import RecallIndex
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "parley.memory_strategies"
+
+
+@dataclass
+class MemoryDeps:
+    """What a strategy may use. The recall index (embeddings, Chroma) is built on first use."""
+
+    settings: Settings
+    summaries: SummaryStore
+    summarizer: Summarizer
+    recall_factory: Callable[[], RecallIndex]
+    _recall: RecallIndex | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    @property
+    def recall(self) -> RecallIndex:
+        with self._lock:
+            if self._recall is None:
+                self._recall = self.recall_factory()
+            return self._recall
+
+
+StrategyFactory = Callable[[MemoryDeps], MemoryStrategy]
+
+
+def available() -> dict[str, StrategyFactory]:
+    """Every installed strategy factory by name (built-in and third-party alike)."""
+    found: dict[str, StrategyFactory] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found[entry.name] = entry.load()
+        except Exception:  # one broken plugin must not take the app down
+            log.exception("Memory strategy %r (%s) failed to load", entry.name, entry.value)
+    return found
+
+
+class StrategyRegistry:
+    """One instance per strategy name per process; `get` validates the name."""
+
+    def __init__(self, deps: MemoryDeps) -> None:
+        self._deps = deps
+        self._factories = available()
+        self._instances: dict[str, MemoryStrategy] = {}
+        self._lock = threading.Lock()
+        if deps.settings.memory_strategy not in self._factories:
+            raise ConfigurationError(
+                f"PARLEY_MEMORY_STRATEGY={deps.settings.memory_strategy!r} is not installed; "
+                f"choose one of {', '.join(sorted(self._factories))}."
+            )
+
+    @property
+    def default(self) -> str:
+        return self._deps.settings.memory_strategy
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def get(self, name: str | None = None) -> MemoryStrategy:
+        name = name or self.default
+        with self._lock:
+            strategy = self._instances.get(name)
+            if strategy is None:
+                factory = self._factories.get(name)
+                if factory is None:
+                    raise InvalidInput(
+                        f"There is no memory strategy named {name!r}; "
+                        f"choose one of {', '.join(self.names())}."
+                    )
+                strategy = factory(self._deps)
+                self._instances[name] = strategy
+            return strategy

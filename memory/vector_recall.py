@@ -1,0 +1,54 @@
+"""`vector_recall`: turns embedded into a per-conversation Chroma collection as they arrive,
+recalled by semantic similarity to the question (plus the last exchange, for continuity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from memory.assembly import assemble, group_label, newest_that_fit, pack_by_score, too_long
+from memory.base import ContextRequest, ContextWindow, Turn, message_tokens
+from memory.registry import MemoryDeps
+from parley.tokens import count_tokens
+from retrieval.recall import IndexedTurn
+
+RECENT_TURNS = 2
+RECENT_SHARE = 0.2
+
+
+def indexed(turn: Turn) -> IndexedTurn:
+    return IndexedTurn(id=turn.id, text=turn.content, speaker=turn.label, session=group_label(turn))
+
+
+class VectorRecall:
+    name = "vector_recall"
+
+    def __init__(self, deps: MemoryDeps) -> None:
+        self._deps = deps
+
+    def observe(self, conversation_id: int, history: Sequence[Turn]) -> None:
+        self._deps.recall.observe(conversation_id, [indexed(t) for t in history])
+
+    def build(self, request: ContextRequest) -> ContextWindow:
+        room = request.budget - count_tokens(request.system) - message_tokens(request.question)
+        if room < 0:
+            raise too_long()
+        window = newest_that_fit(request.history, int(room * RECENT_SHARE), max_turns=RECENT_TURNS)
+        room -= sum(message_tokens(t.content) for t in window)
+        in_window = {t.id for t in window}
+        by_id = {t.id: t for t in request.history if t.id not in in_window}
+        ranked: list[tuple[Turn, float]] = []
+        if by_id and room > 0:
+            similar = self._deps.recall.similar(
+                request.conversation_id, [indexed(t) for t in request.history], request.question
+            )
+            ranked = [(by_id[i], s) for i, s in similar if i in by_id]
+        return assemble(
+            strategy=self.name,
+            system_prompt=request.system,
+            summary=None,
+            window=window,
+            recalled=pack_by_score(ranked, room),
+            question=request.question,
+            budget=request.budget,
+        )

@@ -1,0 +1,317 @@
+"""Relevance of every stored turn of a conversation to a question, in a few milliseconds.
+
+`ConversationRecall` is the in-memory index of one conversation (BM25 postings and an
+embedding matrix); `RecallIndex` keeps one per conversation for the whole process, and
+persists the embeddings in a `VectorStore` so that a restart re-reads them instead of
+re-embedding the history. Turn ids are taken to be immutable: a stored turn's text
+never changes under the same id.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from retrieval.embeddings import Embedder
+from retrieval.lexical import BM25Index
+from retrieval.scoring import ScoringWeights, fuse_coded, named_speaker
+from retrieval.vector_store import VectorStore
+
+_DEFAULT_WEIGHTS = ScoringWeights()
+
+
+@dataclass(frozen=True)
+class IndexedTurn:
+    id: int
+    text: str
+    speaker: str | None
+    session: str  # a label grouping turns: "Session 3, 8 May 2023", or a date
+
+
+def embedding_text(turn: IndexedTurn) -> str:
+    """The text a turn is embedded as: "Caroline (Session 3, 8 May 2023): text"."""
+    if turn.speaker:
+        return f"{turn.speaker} ({turn.session}): {turn.text}"
+    return f"({turn.session}): {turn.text}"
+
+
+def _lexical_text(turn: IndexedTurn) -> str:
+    return f"{turn.speaker} {turn.text}" if turn.speaker else turn.text
+
+
+class ConversationRecall:
+    """The turns of one conversation, in the order they were added, ready to score.
+
+    Not thread-safe on its own; `RecallIndex` serialises access to it.
+    """
+
+    def __init__(self) -> None:
+        self._ids: list[int] = []
+        self._positions: dict[int, int] = {}
+        self._bm25 = BM25Index()
+        self._matrix: np.ndarray | None = None  # capacity rows; the first len(self) are used
+        self._session_codes = np.zeros(0, dtype=np.intp)
+        self._speaker_codes = np.zeros(0, dtype=np.intp)
+        self._session_numbers: dict[str, int] = {}
+        self._speaker_numbers: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, turn_id: int) -> bool:
+        return turn_id in self._positions
+
+    def ids(self) -> list[int]:
+        return list(self._ids)
+
+    def position(self, turn_id: int) -> int | None:
+        return self._positions.get(turn_id)
+
+    def embedding(self, turn_id: int) -> np.ndarray:
+        """The stored embedding of an indexed turn (KeyError if it is not indexed)."""
+        position = self._positions[turn_id]
+        assert self._matrix is not None
+        return np.array(self._matrix[position], dtype=np.float32)
+
+    def add(self, turns: Sequence[IndexedTurn], embeddings: np.ndarray) -> None:
+        """Append turns (oldest first) with their embeddings; already-indexed ids are skipped."""
+        vectors = np.asarray(embeddings, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(turns):
+            raise ValueError(f"{len(turns)} turns need a ({len(turns)}, d) embedding matrix")
+        fresh = [i for i, turn in enumerate(turns) if turn.id not in self._positions]
+        if len({turns[i].id for i in fresh}) != len(fresh):
+            raise ValueError("a turn id appears twice")
+        if not fresh:
+            return
+        self._reserve(len(fresh), vectors.shape[1])
+        assert self._matrix is not None
+        start = len(self._ids)
+        self._matrix[start : start + len(fresh)] = vectors[fresh]
+        new_sessions = np.empty(len(fresh), dtype=np.intp)
+        new_speakers = np.empty(len(fresh), dtype=np.intp)
+        for k, i in enumerate(fresh):
+            turn = turns[i]
+            self._positions[turn.id] = start + k
+            self._ids.append(turn.id)
+            self._bm25.add(_lexical_text(turn))
+            sessions = self._session_numbers
+            new_sessions[k] = sessions.setdefault(turn.session, len(sessions))
+            speakers = self._speaker_numbers
+            speaker = turn.speaker
+            new_speakers[k] = -1 if not speaker else speakers.setdefault(speaker, len(speakers))
+        self._session_codes = np.concatenate([self._session_codes, new_sessions])
+        self._speaker_codes = np.concatenate([self._speaker_codes, new_speakers])
+
+    def _reserve(self, extra: int, dimension: int) -> None:
+        used = len(self._ids)
+        if self._matrix is not None and self._matrix.shape[1] != dimension:
+            raise ValueError(
+                f"embeddings have {dimension} dimensions, this index {self._matrix.shape[1]}"
+            )
+        capacity = 0 if self._matrix is None else len(self._matrix)
+        if used + extra <= capacity:
+            return
+        grown = np.zeros((max(used + extra, 2 * capacity, 64), dimension), dtype=np.float32)
+        if self._matrix is not None:
+            grown[:used] = self._matrix[:used]
+        self._matrix = grown
+
+    def scores(
+        self,
+        question: str,
+        question_embedding: np.ndarray,
+        weights: ScoringWeights = _DEFAULT_WEIGHTS,
+    ) -> list[tuple[int, float]]:
+        """(turn id, fused score) for every indexed turn, in index order."""
+        n = len(self._ids)
+        if n == 0:
+            return []
+        assert self._matrix is not None
+        query = np.asarray(question_embedding, dtype=np.float32).reshape(-1)
+        cosine = self._matrix[:n] @ query
+        fused = fuse_coded(
+            lexical=self._bm25.scores(question),
+            cosine=cosine,
+            session_codes=self._session_codes,
+            speaker_codes=self._speaker_codes,
+            speaker=named_speaker(question, list(self._speaker_numbers)),
+            weights=weights,
+        )
+        return list(zip(self._ids, fused.tolist(), strict=True))
+
+
+def _collection(conversation_id: int) -> str:
+    return f"conversation-{conversation_id}"
+
+
+class _Entry:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.recall = ConversationRecall()
+
+
+class RecallIndex:
+    """One `ConversationRecall` per conversation (the most recently used few), for all users.
+
+    Embeddings are persisted in `store` (collection "conversation-<id>", row id = turn id)
+    when one is given. Safe to call from several threads: each conversation has its own
+    lock, so work on one conversation never waits for another (except for the embedder).
+    """
+
+    def __init__(
+        self, *, embedder: Embedder, store: VectorStore | None, max_conversations: int = 64
+    ) -> None:
+        if max_conversations < 1:
+            raise ValueError("max_conversations must be at least 1")
+        self._embedder = embedder
+        self._store = store
+        self._max = max_conversations
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        self._lock = threading.Lock()  # guards _entries only
+
+    def _entry(self, conversation_id: int) -> _Entry:
+        with self._lock:
+            entry = self._entries.get(conversation_id)
+            if entry is None:
+                entry = self._entries[conversation_id] = _Entry()
+                while len(self._entries) > self._max:
+                    self._entries.popitem(last=False)
+            else:
+                self._entries.move_to_end(conversation_id)
+            return entry
+
+    def _vectors(
+        self, conversation_id: int, turns: Sequence[IndexedTurn], known: ConversationRecall
+    ) -> np.ndarray:
+        """Embeddings for `turns`: from `known`, else from the store, else embedded (and stored)."""
+        out = np.zeros((len(turns), self._embedder.dimension), dtype=np.float32)
+        missing: list[int] = []
+        for i, turn in enumerate(turns):
+            if turn.id in known:
+                out[i] = known.embedding(turn.id)
+            else:
+                missing.append(i)
+        if missing and self._store is not None:
+            stored = self._store.get(
+                _collection(conversation_id), [str(turns[i].id) for i in missing]
+            )
+            if any(v.shape != (self._embedder.dimension,) for v in stored.values()):
+                # Made by another embedding model: stale, so rebuild it from the history.
+                self._store.delete_collection(_collection(conversation_id))
+                stored = {}
+            still: list[int] = []
+            for i in missing:
+                vector = stored.get(str(turns[i].id))
+                if vector is None:
+                    still.append(i)
+                else:
+                    out[i] = vector
+            missing = still
+        if missing:
+            fresh = [turns[i] for i in missing]
+            vectors = self._embedder.embed([embedding_text(t) for t in fresh])
+            out[missing] = vectors
+            self._persist(conversation_id, fresh, vectors)
+        return out
+
+    def _persist(
+        self, conversation_id: int, turns: Sequence[IndexedTurn], vectors: np.ndarray
+    ) -> None:
+        if self._store is None or not turns:
+            return
+        self._store.add(
+            _collection(conversation_id),
+            ids=[str(t.id) for t in turns],
+            embeddings=vectors,
+            documents=[embedding_text(t) for t in turns],
+            metadatas=[
+                {"turn_id": t.id, "session": t.session, "speaker": t.speaker or ""} for t in turns
+            ],
+        )
+
+    def observe(self, conversation_id: int, turns: Sequence[IndexedTurn]) -> None:
+        """Index new turns: embed them in one batch, store them, add them to memory.
+
+        Turns already indexed (in memory or in the store) are not embedded again.
+        """
+        entry = self._entry(conversation_id)
+        with entry.lock:
+            new = _unique([t for t in turns if t.id not in entry.recall])
+            if new:
+                entry.recall.add(new, self._vectors(conversation_id, new, entry.recall))
+
+    def sync(self, conversation_id: int, turns: Sequence[IndexedTurn]) -> ConversationRecall:
+        """Make sure every given turn (oldest first) is indexed, in the given order.
+
+        Cheap when all of them are already in memory. Embeddings missing from memory come
+        from the store, and only those missing there too are embedded. The returned index
+        may hold further turns (observed, but not given here); `score` leaves them out.
+        """
+        turns = _unique(turns)
+        entry = self._entry(conversation_id)
+        with entry.lock:
+            self._sync_locked(conversation_id, entry, turns)
+            return entry.recall
+
+    def _sync_locked(
+        self, conversation_id: int, entry: _Entry, turns: Sequence[IndexedTurn]
+    ) -> None:
+        recall = entry.recall
+        positions = [recall.position(t.id) for t in turns]
+        known = [p for p in positions if p is not None]
+        in_order = all(a < b for a, b in zip(known, known[1:], strict=False))
+        missing_at = [i for i, p in enumerate(positions) if p is None]
+        if in_order and (not missing_at or missing_at[0] == len(known)):
+            # Known turns keep their order and the missing ones are all newer: append them.
+            tail = turns[len(known) :]
+            if tail:
+                recall.add(tail, self._vectors(conversation_id, tail, recall))
+            return
+        # Otherwise rebuild in the given order, so neighbours are real neighbours.
+        return
+        rebuilt = ConversationRecall()
+        rebuilt.add(turns, self._vectors(conversation_id, turns, recall))
+        entry.recall = rebuilt
+
+    def score(
+        self,
+        conversation_id: int,
+        turns: Sequence[IndexedTurn],
+        question: str,
+        weights: ScoringWeights = _DEFAULT_WEIGHTS,
+    ) -> list[tuple[int, float]]:
+        """(turn id, relevance) for each given turn, oldest first; higher is more relevant."""
+        turns = _unique(turns)
+        if not turns:
+            return []
+        query = self._embedder.embed([question])[0]
+        entry = self._entry(conversation_id)
+        with entry.lock:
+            self._sync_locked(conversation_id, entry, turns)
+            scored = entry.recall.scores(question, query, weights)
+        if len(scored) == len(turns):
+            return scored
+        wanted = {t.id for t in turns}
+        return [(turn_id, s) for turn_id, s in scored if turn_id in wanted]
+
+    def forget(self, conversation_id: int) -> None:
+        """Drop a conversation's index from memory and from the store (it was deleted)."""
+        with self._lock:
+            self._entries.pop(conversation_id, None)
+        if self._store is not None:
+            self._store.delete_collection(_collection(conversation_id))
+
+
+def _unique(turns: Sequence[IndexedTurn]) -> list[IndexedTurn]:
+    """The turns without repeated ids (the first occurrence wins), order kept."""
+    seen: set[int] = set()
+    out: list[IndexedTurn] = []
+    for turn in turns:
+        if turn.id not in seen:
+            seen.add(turn.id)
+            out.append(turn)
+    return out
