@@ -6,7 +6,8 @@ import streamlit as st
 
 from app_pages import state
 from auth.principal import Principal
-from chat import ChatMessage, ReplyStream
+from chat.conversations import ChatMessage
+from chat.service import ReplyStream
 from parley.errors import NotFound, ParleyError
 from parley.services import Services
 from store.models import MessageRole, MessageStatus
@@ -53,6 +54,15 @@ def render_conversation_settings(svc: Services, who: Principal, conversation_id:
             except ParleyError as exc:
                 st.error(exc.user_message)
             else:
+                st.rerun()
+        if who.is_admin:
+            names = svc.chat.strategies
+            current = svc.chat.strategy_of(conversation_id)
+            picked = st.selectbox(
+                "Memory strategy", names, index=names.index(current), key="memory-strategy"
+            )
+            if picked != current:
+                svc.chat.set_memory_strategy(who, conversation_id, picked)
                 st.rerun()
         if ui.confirm_delete != conversation_id:
             if st.button("Delete", key="delete-button", icon=":material/delete:"):

@@ -1,14 +1,5 @@
-"""Conversations and the chat service that streams answers from a provider."""
+"""Conversations and the chat service that streams answers from a provider.
 
-from chat.conversations import ChatMessage, ConversationInfo, ConversationService
-from chat.service import ChatService, ReplyResult, ReplyStream, clean_message_text
-
-__all__ = [
-    "ChatMessage",
-    "ChatService",
-    "ConversationInfo",
-    "ConversationService",
-    "ReplyResult",
-    "ReplyStream",
-    "clean_message_text",
-]
+Import from the modules (`chat.service`, `chat.conversations`, `chat.providers`);
+this package file stays empty so `memory` can import `chat.providers` without a cycle.
+"""

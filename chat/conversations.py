@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from auth.principal import Principal
-from parley.errors import InvalidInput, NotFound
+from parley.errors import InvalidInput, NotFound, PermissionDenied
 from store.db import Database
-from store.models import Conversation, Message, MessageRole, MessageStatus, utcnow
+from store.models import Conversation, Message, MessageRole, MessageStatus, User, utcnow
 
 MAX_TITLE_CHARS = 200
 
@@ -84,6 +84,17 @@ def clean_title(title: str) -> str:
     return title[:MAX_TITLE_CHARS]
 
 
+@dataclass(frozen=True, slots=True)
+class ConversationSummary:
+    """A row of the admins' list of every conversation."""
+
+    id: int
+    title: str
+    owner: str
+    messages: int
+    updated_at: datetime
+
+
 class ConversationService:
     def __init__(self, database: Database) -> None:
         self._db = database
@@ -96,6 +107,39 @@ class ConversationService:
                 .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
             ).all()
             return [to_info(c) for c in rows]
+
+    def list_all(self, principal: Principal) -> list[ConversationSummary]:
+        """Every conversation, newest first: admins only."""
+        if not principal.is_admin:
+            raise PermissionDenied(user_message="Only administrators see every conversation.")
+        with self._db.session() as session:
+            counts = (
+                select(Message.conversation_id, func.count(Message.id).label("n"))
+                .group_by(Message.conversation_id)
+                .subquery()
+            )
+            rows = session.execute(
+                select(Conversation, User.name, func.coalesce(counts.c.n, 0))
+                .join(User, User.id == Conversation.user_id)
+                .outerjoin(counts, counts.c.conversation_id == Conversation.id)
+                .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+            ).all()
+            return [
+                ConversationSummary(c.id, c.title, owner, int(n), c.updated_at)
+                for c, owner, n in rows
+            ]
+
+    def messages_of(self, principal: Principal, conversation_id: int) -> list[ChatMessage]:
+        """Any conversation's messages: admins only (the strategy lab and, later, the audit)."""
+        if not principal.is_admin:
+            raise PermissionDenied(user_message="Only administrators read others' conversations.")
+        with self._db.session() as session:
+            rows = session.scalars(
+                select(Message)
+                .where(Message.conversation_id == conversation_id)
+                .order_by(Message.id)
+            ).all()
+            return [to_chat_message(m) for m in rows]
 
     def get(self, principal: Principal, conversation_id: int) -> ConversationInfo:
         with self._db.session() as session:

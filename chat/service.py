@@ -263,6 +263,52 @@ class ChatService:
                 raise NotFound(user_message=f"There is no conversation {conversation_id}.")
             conversation.memory_strategy = name
 
+    @property
+    def strategies(self) -> list[str]:
+        return self._memory.names()
+
+    def replay_context(
+        self,
+        principal: Principal,
+        conversation_id: int,
+        message_id: int,
+        strategy: str,
+        *,
+        budget: int | None = None,
+    ) -> tuple[ContextWindow, Estimate]:
+        """The context `strategy` would build for a stored user message (the strategy lab).
+
+        Admins only: it reads any user's conversation.
+        """
+        if not principal.is_admin:
+            raise PermissionDenied(user_message="Only administrators can replay conversations.")
+        with self._db.session() as session:
+            rows = _visible_messages(session, conversation_id)
+        index = next((i for i, m in enumerate(rows) if m.id == message_id), None)
+        if index is None or rows[index].role is not MessageRole.USER:
+            raise NotFound(user_message="Choose one of the conversation's user messages.")
+        history = [_to_turn(m) for m in rows[:index] if _in_prompt(m)]
+        limit = int(
+            (self._provider.context_window - self._settings.max_output_tokens) * BUDGET_MARGIN
+        )
+        context = self._memory.get(strategy).build(
+            ContextRequest(
+                conversation_id=conversation_id,
+                system=self._settings.system_prompt,
+                history=history,
+                question=rows[index].content,
+                budget=min(budget or limit, limit),
+            )
+        )
+        model = self._provider.model
+        return context, Estimate(
+            input_tokens=context.total_tokens,
+            input_cost_usd=self._usage.estimate_cost(model, input_tokens=context.total_tokens),
+            max_output_cost_usd=self._usage.estimate_cost(
+                model, input_tokens=0, output_tokens=self._settings.max_output_tokens
+            ),
+        )
+
     def strategy_of(self, conversation_id: int | None) -> str:
         if conversation_id is None:
             return self._memory.default

@@ -143,6 +143,15 @@ class ConversationRecall:
         )
         return list(zip(self._ids, fused.tolist(), strict=True))
 
+    def similarities(self, question_embedding: np.ndarray) -> list[tuple[int, float]]:
+        """(turn id, cosine similarity) for every indexed turn, in index order."""
+        n = len(self._ids)
+        if n == 0:
+            return []
+        assert self._matrix is not None
+        query = np.asarray(question_embedding, dtype=np.float32).reshape(-1)
+        return list(zip(self._ids, (self._matrix[:n] @ query).tolist(), strict=True))
+
 
 def _collection(conversation_id: int) -> str:
     return f"conversation-{conversation_id}"
@@ -272,7 +281,6 @@ class RecallIndex:
                 recall.add(tail, self._vectors(conversation_id, tail, recall))
             return
         # Otherwise rebuild in the given order, so neighbours are real neighbours.
-        return
         rebuilt = ConversationRecall()
         rebuilt.add(turns, self._vectors(conversation_id, turns, recall))
         entry.recall = rebuilt
@@ -297,6 +305,21 @@ class RecallIndex:
             return scored
         wanted = {t.id for t in turns}
         return [(turn_id, s) for turn_id, s in scored if turn_id in wanted]
+
+    def similar(
+        self, conversation_id: int, turns: Sequence[IndexedTurn], question: str
+    ) -> list[tuple[int, float]]:
+        """(turn id, cosine similarity) for the given turns, most similar first."""
+        turns = _unique(turns)
+        if not turns:
+            return []
+        query = self._embedder.embed([question])[0]
+        entry = self._entry(conversation_id)
+        with entry.lock:
+            self._sync_locked(conversation_id, entry, turns)
+            scored = entry.recall.similarities(query)
+        wanted = {t.id for t in turns}
+        return sorted(((i, s) for i, s in scored if i in wanted), key=lambda p: -p[1])
 
     def forget(self, conversation_id: int) -> None:
         """Drop a conversation's index from memory and from the store (it was deleted)."""

@@ -440,9 +440,10 @@ def test_conversation_recall_grows_and_scores_every_turn() -> None:
     recall.add(turns[:3], embedder.embed(["x", "y", "z"]))  # already indexed: skipped
     assert recall.ids() == [t.id for t in turns] and len(recall) == 150
     assert 1 in recall and 999 not in recall
-    np.testing.assert_allclose(
-        recall.embedding(150), embedder.embed([embedding_text(turns[-1])])[0]
-    )
+    for turn in (turns[0], turns[70], turns[-1]):
+        np.testing.assert_allclose(
+            recall.embedding(turn.id), embedder.embed([embedding_text(turn)])[0]
+        )
     question = "Which colours did you paint the sunset?"
     scores = recall.scores(question, embedder.embed([question])[0])
     assert [i for i, _ in scores] == recall.ids()

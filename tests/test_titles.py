@@ -6,9 +6,9 @@ import pytest
 
 from auth.principal import Principal
 from chat.providers.scripted import ScriptedProvider
+from chat.service import run_inline
 from chat.titles import TITLE_CHARS, fallback_title, generate_title, parse_title
 from parley.errors import Overloaded
-from chat.service import run_inline
 from parley.services import Services, build_services
 
 
