@@ -53,6 +53,7 @@ test: lint typecheck pytest
 # Benchmarks print tables; their figures are quoted in the README. Not part of `make test`.
 bench: install-dev
 	$(BIN)/python -m bench.ttft
+	$(BIN)/python -m bench.memory_table --data ../shared/data/locomo_dev.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

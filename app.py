@@ -30,7 +30,10 @@ elif principal is None:
 else:
     pages = [st.Page("app_pages/chat.py", title="Chat", icon=":material/chat:", default=True)]
     if principal.is_admin:
-        pages.append(st.Page("app_pages/admin_users.py", title="Users", icon=":material/group:"))
+        pages += [
+            st.Page("app_pages/admin_users.py", title="Users", icon=":material/group:"),
+            st.Page("app_pages/strategy_lab.py", title="Strategy lab", icon=":material/science:"),
+        ]
     pages.append(
         st.Page(log_out_page, title="Log out", icon=":material/logout:", url_path="logout")
     )

@@ -77,6 +77,10 @@ class MiniLMEmbedder:
             from sentence_transformers import SentenceTransformer
 
             torch.set_num_threads(self._threads)
+            from transformers.utils import logging as transformers_logging
+
+            # The weight-loading progress bar goes to stderr of the app and the CLI.
+            transformers_logging.disable_progress_bar()
             model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
             found = model.get_embedding_dimension()
             if found != MINILM_DIMENSION:

@@ -217,3 +217,23 @@ def test_rename_and_delete_a_conversation(claude_env: FakeAnthropic) -> None:
     next(b for b in at.button if b.label == "Yes, delete").click().run()
     assert not any(b.label == "Renamed topic" for b in at.button)
     assert "No conversations yet." in page_text(at)
+
+
+def test_strategy_lab_compares_two_strategies(claude_env: FakeAnthropic) -> None:
+    add_user("root", "root-password", admin=True)
+    claude_env.enqueue(Reply(text="First answer."), Reply(text="Second answer."))
+    at = app()
+    log_in(at, "root", "root-password")
+    at.chat_input[0].set_value("Remember that my cat is Tom.").run()
+    at.chat_input[0].set_value("What is my cat called?").run()
+    strategy_box = at.selectbox(key="memory-strategy")
+    assert strategy_box.value == "token_window"
+    strategy_box.set_value("window").run()  # an admin sets this conversation's strategy
+    at.switch_page("app_pages/strategy_lab.py").run()
+    assert not at.exception
+    assert at.title[0].value == "Strategy lab"
+    at.selectbox[2].set_value("full").run()  # strategy A
+    assert [s.value for s in at.subheader] == ["full", "token_window"]
+    tokens = [int(m.value.replace(",", "")) for m in at.metric]
+    assert len(tokens) == 2 and all(t > 0 for t in tokens)
+    assert tokens[0] >= tokens[1]  # full holds at least what token_window holds
