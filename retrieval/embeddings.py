@@ -80,7 +80,7 @@ class MiniLMEmbedder:
             from transformers.utils import logging as transformers_logging
 
             # The weight-loading progress bar goes to stderr of the app and the CLI.
-            transformers_logging.disable_progress_bar()
+            transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
             model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
             found = model.get_embedding_dimension()
             if found != MINILM_DIMENSION:
