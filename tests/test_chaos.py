@@ -22,7 +22,6 @@ from chat.providers.anthropic import AnthropicProvider
 from chat.providers.keys import StaticKey
 from chat.service import ChatService, run_inline
 from chat.usage import UsageService
-from memory.token_window import TokenWindow
 from parley.config import Settings
 from parley.services import Services
 from store.models import Message, MessageRole, MessageStatus
@@ -58,7 +57,7 @@ def test_chaos_no_message_lost(services: Services, settings: Settings) -> None:
         chat = ChatService(
             database=services.database,
             provider=provider,
-            memory=TokenWindow(),
+            memory=services.memory,
             settings=settings,
             usage=UsageService(services.database, settings),
             limiter=RateLimiter(
