@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -96,8 +97,11 @@ class ConversationSummary:
 
 
 class ConversationService:
-    def __init__(self, database: Database) -> None:
+    def __init__(
+        self, database: Database, *, on_delete: Callable[[int], None] | None = None
+    ) -> None:
         self._db = database
+        self._on_delete = on_delete  # drops derived memory (vectors) of a deleted conversation
 
     def list_for(self, principal: Principal) -> list[ConversationInfo]:
         with self._db.session() as session:
@@ -166,6 +170,8 @@ class ConversationService:
             conversation = owned_conversation(session, principal, conversation_id)
             session.execute(delete(Message).where(Message.conversation_id == conversation.id))
             session.delete(conversation)
+        if self._on_delete is not None:
+            self._on_delete(conversation_id)
 
     def messages(self, principal: Principal, conversation_id: int) -> list[ChatMessage]:
         """Every message in order, superseded attempts included (pages may hide them)."""

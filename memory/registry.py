@@ -77,11 +77,19 @@ class StrategyRegistry:
             )
 
     @property
+    def deps(self) -> MemoryDeps:
+        return self._deps
+
+    @property
     def default(self) -> str:
         return self._deps.settings.memory_strategy
 
     def names(self) -> list[str]:
         return sorted(self._factories)
+
+    def forget(self, conversation_id: int) -> None:
+        """A conversation was deleted: drop its vectors too (summaries go with the row)."""
+        self._deps.recall.forget(conversation_id)
 
     def get(self, name: str | None = None) -> MemoryStrategy:
         name = name or self.default

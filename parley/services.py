@@ -87,7 +87,7 @@ def build_services(
         database=database,
         provider=provider,
         accounts=AccountService(database),
-        conversations=ConversationService(database),
+        conversations=ConversationService(database, on_delete=memory.forget),
         usage=usage,
         limiter=limiter,
         gate=gate,

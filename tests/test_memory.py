@@ -279,3 +279,24 @@ def test_admins_choose_a_strategy_per_conversation(services: Services, alice: Pr
     assert context.strategy == "full" and estimate.input_tokens == context.total_tokens
     with pytest.raises(PermissionDenied):
         services.chat.replay_context(alice, reply.conversation_id, follow.user_message_id, "full")
+
+
+@pytest.mark.usefixtures("database")
+def test_deleting_a_conversation_drops_its_vectors(
+    settings: Settings, scripted: ScriptedProvider, tmp_path: Path
+) -> None:
+    from retrieval.vector_store import VectorStore
+
+    store = VectorStore.persistent(tmp_path / "chroma")
+    chosen = settings.model_copy(update={"memory_strategy": "vector_recall"})
+    services = build_services(chosen, provider=scripted, background=run_inline)
+    services.memory.deps.recall_factory = lambda: RecallIndex(
+        embedder=HashingEmbedder(), store=store
+    )
+    alice = services.accounts.create_user(name="alice", password="alice-password")
+    reply = services.chat.send(alice, None, "remember the blue door")
+    list(reply)
+    collection = f"conversation-{reply.conversation_id}"
+    assert len(store.get(collection)) == 2  # both turns were embedded as they arrived
+    services.conversations.delete(alice, reply.conversation_id)
+    assert store.get(collection) == {}
