@@ -16,7 +16,7 @@ from memory.assembly import assemble, newest_that_fit, pack_by_score, system_wit
 from memory.base import ContextRequest, ContextWindow, Turn, message_tokens
 from memory.registry import MemoryDeps
 from memory.summaries import RollingSummary, fit_summary
-from memory.vector_recall import indexed
+from memory.vector_recall import indexed, recall_or_nothing
 from parley.tokens import count_tokens
 
 SUMMARY_SHARE = 0.10
@@ -57,8 +57,10 @@ class Hybrid:
         ranked: list[tuple[Turn, float]] = []
         if candidates and room > 0:
             by_id = {t.id: t for t in candidates}
-            scores = self._deps.recall.score(
-                request.conversation_id, [indexed(t) for t in request.history], request.question
+            scores = recall_or_nothing(
+                lambda: self._deps.recall.score(
+                    request.conversation_id, [indexed(t) for t in request.history], request.question
+                )
             )
             ranked = sorted(((by_id[i], s) for i, s in scores if i in by_id), key=lambda p: -p[1])
         return assemble(

@@ -4,7 +4,8 @@ recalled by semantic similarity to the question (plus the last exchange, for con
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 
 from memory.assembly import assemble, group_label, newest_that_fit, pack_by_score, too_long
 from memory.base import ContextRequest, ContextWindow, Turn, message_tokens
@@ -12,8 +13,21 @@ from memory.registry import MemoryDeps
 from parley.tokens import count_tokens
 from retrieval.recall import IndexedTurn
 
+log = logging.getLogger(__name__)
+
 RECENT_TURNS = 2
 RECENT_SHARE = 0.2
+
+
+def recall_or_nothing(
+    search: Callable[[], list[tuple[int, float]]],
+) -> list[tuple[int, float]]:
+    """Recall's result, or nothing when the index is unavailable (the answer goes on)."""
+    try:
+        return search()
+    except Exception:  # Chroma down, model missing: degrade to the recent window, loudly
+        log.exception("Recall is unavailable; building the context without recalled turns.")
+        return []
 
 
 def indexed(turn: Turn) -> IndexedTurn:
@@ -39,8 +53,10 @@ class VectorRecall:
         by_id = {t.id: t for t in request.history if t.id not in in_window}
         ranked: list[tuple[Turn, float]] = []
         if by_id and room > 0:
-            similar = self._deps.recall.similar(
-                request.conversation_id, [indexed(t) for t in request.history], request.question
+            similar = recall_or_nothing(
+                lambda: self._deps.recall.similar(
+                    request.conversation_id, [indexed(t) for t in request.history], request.question
+                )
             )
             ranked = [(by_id[i], s) for i, s in similar if i in by_id]
         return assemble(

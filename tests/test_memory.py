@@ -300,3 +300,20 @@ def test_deleting_a_conversation_drops_its_vectors(
     assert len(store.get(collection)) == 2  # both turns were embedded as they arrived
     services.conversations.delete(alice, reply.conversation_id)
     assert store.get(collection) == {}
+
+
+def test_recall_failure_degrades_to_the_recent_window(
+    registry: StrategyRegistry, conversation_id: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenIndex:
+        def observe(self, *_: object) -> None:
+            raise RuntimeError("chroma is down")
+
+        score = similar = observe
+
+    registry.deps._recall = BrokenIndex()  # type: ignore[assignment]
+    history = chat_turns(50, needle_at=3)
+    for name in ("hybrid", "vector_recall"):
+        context = ask(registry.get(name), conversation_id, history, "dog?", 800)
+        assert context.recalled == () and 50 in context.turn_ids
+    assert "Recall is unavailable" in caplog.text
