@@ -182,6 +182,10 @@ class RecallIndex:
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._lock = threading.Lock()  # guards _entries only
 
+    @property
+    def store(self) -> VectorStore | None:
+        return self._store
+
     def _entry(self, conversation_id: int) -> _Entry:
         with self._lock:
             entry = self._entries.get(conversation_id)
