@@ -92,7 +92,7 @@ def usage_line(message: ChatMessage) -> str:
         parts.append(f"{message.cache_read_input_tokens:,} from cache")
     if message.cache_creation_input_tokens:
         parts.append(f"{message.cache_creation_input_tokens:,} cached")
-    if message.cost_usd is not None:
+    if message.cost_usd:  # the local model is free: no "$0.0000"
         parts.append(f"${message.cost_usd:.4f}")
     if message.model:
         parts.append(message.model)
