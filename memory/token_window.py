@@ -13,6 +13,8 @@ from parley.tokens import count_tokens
 class TokenWindow:
     name = "token_window"
 
+    _max_turns: int | None = None  # `window` sets a count; this strategy only counts tokens
+
     def __init__(self, deps: MemoryDeps | None = None) -> None:
         del deps  # needs nothing
 
@@ -27,7 +29,7 @@ class TokenWindow:
             strategy=self.name,
             system_prompt=request.system,
             summary=None,
-            window=newest_that_fit(request.history, room),
+            window=newest_that_fit(request.history, room, max_turns=self._max_turns),
             recalled=(),
             question=request.question,
             budget=request.budget,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -297,33 +297,39 @@ class RecallIndex:
         weights: ScoringWeights = _DEFAULT_WEIGHTS,
     ) -> list[tuple[int, float]]:
         """(turn id, relevance) for each given turn, oldest first; higher is more relevant."""
-        turns = _unique(turns)
-        if not turns:
-            return []
-        query = self._embedder.embed([question])[0]
-        entry = self._entry(conversation_id)
-        with entry.lock:
-            self._sync_locked(conversation_id, entry, turns)
-            scored = entry.recall.scores(question, query, weights)
-        if len(scored) == len(turns):
+        scored, wanted = self._query(
+            conversation_id, turns, question, lambda recall, q: recall.scores(question, q, weights)
+        )
+        if len(scored) == len(wanted):
             return scored
-        wanted = {t.id for t in turns}
         return [(turn_id, s) for turn_id, s in scored if turn_id in wanted]
 
     def similar(
         self, conversation_id: int, turns: Sequence[IndexedTurn], question: str
     ) -> list[tuple[int, float]]:
         """(turn id, cosine similarity) for the given turns, most similar first."""
+        scored, wanted = self._query(
+            conversation_id, turns, question, lambda recall, q: recall.similarities(q)
+        )
+        return sorted(((i, s) for i, s in scored if i in wanted), key=lambda p: -p[1])
+
+    def _query(
+        self,
+        conversation_id: int,
+        turns: Sequence[IndexedTurn],
+        question: str,
+        rank: Callable[[ConversationRecall, np.ndarray], list[tuple[int, float]]],
+    ) -> tuple[list[tuple[int, float]], set[int]]:
+        """Index `turns`, embed the question (outside the lock) and rank with `rank`."""
         turns = _unique(turns)
         if not turns:
-            return []
+            return [], set()
         query = self._embedder.embed([question])[0]
         entry = self._entry(conversation_id)
         with entry.lock:
             self._sync_locked(conversation_id, entry, turns)
-            scored = entry.recall.similarities(query)
-        wanted = {t.id for t in turns}
-        return sorted(((i, s) for i, s in scored if i in wanted), key=lambda p: -p[1])
+            scored = rank(entry.recall, query)
+        return scored, {t.id for t in turns}
 
     def forget(self, conversation_id: int) -> None:
         """Drop a conversation's index from memory and from the store (it was deleted)."""
