@@ -46,7 +46,8 @@ class Hybrid:
         if room < 0:
             raise too_long()
         summary = fit_summary(
-            self._rolling.latest(request.conversation_id), int(room * SUMMARY_SHARE)
+            self._rolling.latest(request.conversation_id, request.history),
+            int(room * SUMMARY_SHARE),
         )
         system = system_with_summary(request.system, summary)
         room = request.budget - count_tokens(system) - message_tokens(request.question)

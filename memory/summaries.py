@@ -69,14 +69,13 @@ class SummaryStore:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    def latest(self, conversation_id: int) -> Summary | None:
+    def latest(self, conversation_id: int, *, up_to_turn: int | None = None) -> Summary | None:
+        """The newest version, or the newest that covers no turn after `up_to_turn`."""
+        query = select(SummaryRow).where(SummaryRow.conversation_id == conversation_id)
+        if up_to_turn is not None:
+            query = query.where(SummaryRow.last_turn_id <= up_to_turn)
         with self._db.session() as session:
-            row = session.scalar(
-                select(SummaryRow)
-                .where(SummaryRow.conversation_id == conversation_id)
-                .order_by(SummaryRow.version.desc())
-                .limit(1)
-            )
+            row = session.scalar(query.order_by(SummaryRow.version.desc()).limit(1))
             return _to_summary(row) if row else None
 
     def save(
@@ -253,8 +252,11 @@ class RollingSummary:
         self._summary_tokens = summary_tokens
         self._lock = threading.Lock()
 
-    def latest(self, conversation_id: int) -> Summary | None:
-        return self._store.latest(conversation_id)
+    def latest(self, conversation_id: int, history: Sequence[Turn]) -> Summary | None:
+        """The newest summary of turns in `history` (a replay of an old turn sees no later one)."""
+        if not history:
+            return None
+        return self._store.latest(conversation_id, up_to_turn=history[-1].id)
 
     def unsummarized(self, history: Sequence[Turn], summary: Summary | None) -> list[Turn]:
         if summary is None:

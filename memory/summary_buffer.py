@@ -31,7 +31,7 @@ class SummaryBuffer:
         self._rolling.maybe_fold(conversation_id, history)
 
     def build(self, request: ContextRequest) -> ContextWindow:
-        summary = self._rolling.latest(request.conversation_id)
+        summary = self._rolling.latest(request.conversation_id, request.history)
         fixed = message_tokens(request.question) + count_tokens(request.system)
         if summary is not None:
             with_summary = count_tokens(system_with_summary(request.system, summary))

@@ -206,6 +206,9 @@ def test_summary_buffer_folds_into_versions_and_keeps_the_prefix_stable(
     assert all(t > covered_to for t in last.turn_ids)
     assert "<conversation_summary" in last.system
     assert settings.memory_fold_tokens > 0
+    # Replaying an early turn (the strategy lab) sees no summary of later turns.
+    early = ask(strategy, conversation_id, history[: covered_to - 1], "What now?", 2000)
+    assert early.summary_covers is None or early.summary_covers[1] < covered_to
 
 
 def test_hybrid_recalls_an_old_relevant_turn_with_provenance(
