@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
 from parley.errors import RateLimited
+from store.db import Database
+from store.models import RateBucket
 
 REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS = "requests", "input_tokens", "output_tokens"
 
@@ -32,8 +38,10 @@ class Bucket:
 
 
 class BucketStore(Protocol):
-    def level(self, name: str, bucket: Bucket, now: float) -> float:
-        """The bucket's level now, refill included."""
+    def take(self, needs: Mapping[str, tuple[float, float, Bucket]], now: float) -> float:
+        """Atomically: if every bucket holds its `need`, take each `amount` and return 0;
+        else take nothing and return how long to wait (s). `needs`: name -> (need, amount, bucket).
+        """
         ...
 
     def add(self, name: str, delta: float, bucket: Bucket, now: float) -> None:
@@ -54,9 +62,14 @@ class MemoryBucketStore:
         level, at = self._levels.get(name, (bucket.capacity, now))
         return min(bucket.capacity, level + max(0.0, now - at) * bucket.per_second)
 
-    def level(self, name: str, bucket: Bucket, now: float) -> float:
+    def take(self, needs: Mapping[str, tuple[float, float, Bucket]], now: float) -> float:
         with self._lock:
-            return self._refilled(name, bucket, now)
+            levels = {name: self._refilled(name, b, now) for name, (_, _, b) in needs.items()}
+            wait = _wait(needs, levels)
+            if wait == 0.0:
+                for name, (_, amount, bucket) in needs.items():
+                    self._levels[name] = (min(bucket.capacity, levels[name] - amount), now)
+            return wait
 
     def add(self, name: str, delta: float, bucket: Bucket, now: float) -> None:
         with self._lock:
@@ -66,6 +79,79 @@ class MemoryBucketStore:
     def cap(self, name: str, level: float, bucket: Bucket, now: float) -> None:
         with self._lock:
             self._levels[name] = (min(self._refilled(name, bucket, now), level), now)
+
+
+class DatabaseBucketStore:
+    """Bucket levels in the `rate_buckets` table, so several app processes share one limit.
+
+    Each operation is one short transaction that locks the bucket's row (`FOR UPDATE`
+    on PostgreSQL; SQLite serialises writers). Use it with a wall clock (`time.time`),
+    since monotonic clocks differ between processes.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def _row(self, session: Session, name: str, bucket: Bucket, now: float) -> RateBucket:
+        row = session.scalar(select(RateBucket).where(RateBucket.name == name).with_for_update())
+        if row is None:
+            row = RateBucket(name=name, level=bucket.capacity, updated_at=now)
+            session.add(row)
+        else:
+            elapsed = max(0.0, now - row.updated_at)
+            row.level = min(bucket.capacity, row.level + elapsed * bucket.per_second)
+            row.updated_at = now
+        return row
+
+    def _transaction(self, work: Callable[[Session], float]) -> float:
+        # SQLite answers "database is locked" at once when two writers race inside WAL
+        # snapshots (busy_timeout does not cover that case), and two processes may create
+        # the same bucket row at once: either way the transaction is retried.
+        for attempt in range(50):
+            try:
+                with self._db.session() as session:
+                    return work(session)
+            except (OperationalError, IntegrityError):
+                if attempt == 49:
+                    raise
+                time.sleep(0.002 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def take(self, needs: Mapping[str, tuple[float, float, Bucket]], now: float) -> float:
+        def work(session: Session) -> float:
+            # Rows locked in name order, so two processes never wait on each other in a cycle.
+            rows = {name: self._row(session, name, needs[name][2], now) for name in sorted(needs)}
+            wait = _wait(needs, {name: row.level for name, row in rows.items()})
+            if wait == 0.0:
+                for name, (_, amount, bucket) in needs.items():
+                    rows[name].level = min(bucket.capacity, rows[name].level - amount)
+            return wait
+
+        return self._transaction(work)
+
+    def add(self, name: str, delta: float, bucket: Bucket, now: float) -> None:
+        def work(session: Session) -> float:
+            row = self._row(session, name, bucket, now)
+            row.level = min(bucket.capacity, row.level + delta)
+            return 0.0
+
+        self._transaction(work)
+
+    def cap(self, name: str, level: float, bucket: Bucket, now: float) -> None:
+        def work(session: Session) -> float:
+            row = self._row(session, name, bucket, now)
+            row.level = min(row.level, level)
+            return 0.0
+
+        self._transaction(work)
+
+
+def _wait(needs: Mapping[str, tuple[float, float, Bucket]], levels: Mapping[str, float]) -> float:
+    wait = 0.0
+    for name, (need, _, bucket) in needs.items():
+        if levels[name] < need - 1e-6:  # tolerance: refill arithmetic is floating point
+            wait = max(wait, (need - levels[name]) / bucket.per_second, 0.001)
+    return wait
 
 
 def per_minute(limit: float) -> Bucket:
@@ -95,34 +181,25 @@ class RateLimiter:
         self._store = store or MemoryBucketStore()
         self._clock = clock
         self._sleep = sleep
-        self._lock = threading.Lock()
-
-    def _wait_needed(self, input_tokens: int, now: float) -> float:
-        needs = {
-            REQUESTS: 1.0,
-            # A prompt larger than the whole bucket may go once the bucket is full.
-            INPUT_TOKENS: min(float(input_tokens), self.buckets[INPUT_TOKENS].capacity),
-            OUTPUT_TOKENS: 0.0,  # output is charged afterwards; wait only while in debt
-        }
-        wait = 0.0
-        for name, need in needs.items():
-            bucket = self.buckets[name]
-            level = self._store.level(name, bucket, now)
-            if level < need - 1e-6:  # tolerance: refill arithmetic is floating point
-                wait = max(wait, (need - level) / bucket.per_second, 0.001)
-        return wait
 
     def acquire(self, *, input_tokens: int) -> None:
         """Block until one request with `input_tokens` may be sent."""
+        needs = {
+            REQUESTS: (1.0, 1.0, self.buckets[REQUESTS]),
+            # A prompt larger than the whole bucket may go once the bucket is full.
+            INPUT_TOKENS: (
+                min(float(input_tokens), self.buckets[INPUT_TOKENS].capacity),
+                float(input_tokens),
+                self.buckets[INPUT_TOKENS],
+            ),
+            # Output is charged afterwards; wait only while the bucket is in debt.
+            OUTPUT_TOKENS: (0.0, 0.0, self.buckets[OUTPUT_TOKENS]),
+        }
         waited = 0.0
         while True:
-            with self._lock:
-                now = self._clock()
-                wait = self._wait_needed(input_tokens, now)
-                if wait == 0.0:
-                    self._store.add(REQUESTS, -1, self.buckets[REQUESTS], now)
-                    self._store.add(INPUT_TOKENS, -input_tokens, self.buckets[INPUT_TOKENS], now)
-                    return
+            wait = self._store.take(needs, self._clock())
+            if wait == 0.0:
+                return
             if waited + wait > self.max_wait_s:
                 raise RateLimited(
                     "local rate limit", retry_after=waited + wait, now=datetime.now(UTC)

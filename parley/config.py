@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     input_tokens_per_minute: float = Field(default=200_000, gt=0)
     output_tokens_per_minute: float = Field(default=40_000, gt=0)
     max_concurrent_calls: int = Field(default=4, ge=1)
+    limiter_store: str = Field(
+        default="memory",
+        pattern=r"^(memory|database)$",
+        description="where token buckets live: this process, or the database (several processes)",
+    )
     quota_messages_per_day: int = Field(default=500, ge=0, description="0: no limit")
     quota_tokens_per_day: int = Field(default=2_000_000, ge=0, description="0: no limit")
     prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from auth.accounts import AccountService
 from chat.conversations import ConversationService
-from chat.limits import ConcurrencyGate, RateLimiter
+from chat.limits import ConcurrencyGate, DatabaseBucketStore, MemoryBucketStore, RateLimiter
 from chat.providers import ChatProvider, ChatRequest, StreamEvent, build_provider
 from chat.service import Background, ChatService, run_in_thread
 from chat.usage import UsageService
@@ -53,11 +54,14 @@ def build_services(
         raise ConfigurationError(
             "The database has no tables yet: run `parley db upgrade` (make run does it)."
         )
+    shared = settings.limiter_store == "database"
     limiter = RateLimiter(
         requests_per_minute=settings.requests_per_minute,
         input_tokens_per_minute=settings.input_tokens_per_minute,
         output_tokens_per_minute=settings.output_tokens_per_minute,
         max_wait_s=settings.anthropic_max_retry_wait_s,
+        store=DatabaseBucketStore(database) if shared else MemoryBucketStore(),
+        clock=time.time if shared else time.monotonic,  # processes share wall time only
     )
     gate = ConcurrencyGate(settings.max_concurrent_calls)
     explicit_provider = provider is not None

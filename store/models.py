@@ -148,3 +148,13 @@ class Summary(Base):
     method: Mapped[str] = mapped_column(String(20))  # "model" or "extractive"
     model: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RateBucket(Base):
+    """A token bucket's level, shared by every app process (`PARLEY_LIMITER_STORE=database`)."""
+
+    __tablename__ = "rate_buckets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    level: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)  # Unix time: the same in every process

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -128,3 +132,44 @@ def test_gate_lets_only_n_through_and_reports_positions() -> None:
     holder.join(5)
     waiter.join(5)
     assert gate.waiting == 0
+
+
+def test_database_buckets_are_shared_by_processes(tmp_path: Path) -> None:
+    """Two processes, one limit: together they get exactly the bucket's capacity."""
+    from store.db import Database
+    from store.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'limits.db'}"
+    database = Database(url)
+    upgrade(database)
+    database.dispose()
+    script = textwrap.dedent(f"""
+        import time
+        from chat.limits import DatabaseBucketStore, RateLimiter
+        from parley.errors import RateLimited
+        from store.db import Database
+        limiter = RateLimiter(requests_per_minute=8, input_tokens_per_minute=1e9,
+                              output_tokens_per_minute=1e9, max_wait_s=0,
+                              store=DatabaseBucketStore(Database({url!r})), clock=time.time)
+        granted = 0
+        for _ in range(10):
+            try:
+                limiter.acquire(input_tokens=1)
+                granted += 1
+            except RateLimited:
+                pass
+        print(granted)
+    """)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=60) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
+    granted = [int(out) for out, _ in outputs]
+    assert sum(granted) == 8, granted  # not 16: the second process saw the first one's takes

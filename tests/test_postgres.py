@@ -170,3 +170,32 @@ def exercise(services: Services) -> None:
         services.chat.send(alice, conversation, "one too many")
     services.conversations.delete(alice, conversation)
     assert services.memory.deps.summaries.latest(conversation) is None  # cascaded
+
+
+def test_shared_token_buckets_on_postgres(postgres_url: str) -> None:
+    from chat.limits import DatabaseBucketStore, RateLimiter
+    from parley.errors import RateLimited
+
+    database = Database(postgres_url)
+    upgrade(database)
+    limiters = [
+        RateLimiter(
+            requests_per_minute=5,
+            input_tokens_per_minute=1e9,
+            output_tokens_per_minute=1e9,
+            max_wait_s=0,
+            store=DatabaseBucketStore(database),
+            clock=lambda: 1_000_000.0,
+        )
+        for _ in range(2)
+    ]
+    granted = 0
+    for _ in range(6):
+        for limiter in limiters:
+            try:
+                limiter.acquire(input_tokens=1)
+                granted += 1
+            except RateLimited:
+                pass
+    assert granted == 5
+    database.dispose()
