@@ -12,26 +12,32 @@ The page and the CLI both use this.
 from __future__ import annotations
 
 import logging
-import threading
-import unicodedata
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from auth.principal import Principal
 from chat.conversations import owned_conversation
+from chat.history import in_prompt, prompt_turns, to_turn, visible_messages
 from chat.limits import ConcurrencyGate, RateLimiter
 from chat.providers.base import (
     ChatProvider,
     ChatRequest,
     PromptMessage,
-    PromptRole,
     StreamEnd,
     StreamEvent,
     TextDelta,
     Usage,
+)
+from chat.replies import (
+    Background,
+    Estimate,
+    ReplyResult,
+    ReplyStream,
+    clean_message_text,
+    run_in_thread,
+    run_inline,
 )
 from chat.titles import fallback_title, generate_title
 from chat.usage import UsageService
@@ -53,87 +59,6 @@ log = logging.getLogger(__name__)
 
 # cl100k counts run a little below Claude's and SmolLM2's tokenizers; keep headroom.
 BUDGET_MARGIN = 0.9
-
-Background = Callable[[Callable[[], None]], None]
-
-
-def run_in_thread(task: Callable[[], None]) -> None:
-    threading.Thread(target=task, name="parley-background", daemon=True).start()
-
-
-def run_inline(task: Callable[[], None]) -> None:
-    task()
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyResult:
-    """How an answer ended. `error` is a sentence for the user, or None."""
-
-    message_id: int
-    status: MessageStatus
-    text: str
-    model: str
-    usage: Usage | None
-    cost_usd: float | None
-    error: str | None
-
-    @property
-    def ok(self) -> bool:
-        return self.status is MessageStatus.COMPLETE
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """What the next message is expected to cost, before it is sent."""
-
-    input_tokens: int
-    input_cost_usd: float
-    max_output_cost_usd: float
-
-
-def clean_message_text(text: str, *, max_chars: int) -> str:
-    """The text as it will be stored and sent, or `InvalidInput` with a sentence to show."""
-    if not isinstance(text, str):
-        raise InvalidInput("A message must be text.")
-    # Lone surrogates (from broken encodings) cannot be stored as UTF-8; NUL breaks PostgreSQL.
-    text = text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
-    if not text:
-        raise InvalidInput("The message is empty. Type something to send.")
-    if len(text) > max_chars:
-        raise InvalidInput(
-            f"The message has {len(text):,} characters; the limit is {max_chars:,}. "
-            "Please shorten it or split it up."
-        )
-    return text
-
-
-class ReplyStream:
-    """The answer as an iterator of text chunks; `result` is set once it has ended.
-
-    Iterate it to the end, or call `close()` when giving up early (the partial
-    answer is then stored as interrupted). It never raises a provider error.
-    Set `on_queue` to hear the queue position while the call waits for a slot.
-    """
-
-    def __init__(
-        self, conversation_id: int, user_message_id: int, estimate: int, context: ContextWindow
-    ) -> None:
-        self.conversation_id = conversation_id
-        self.user_message_id = user_message_id
-        self.estimated_input_tokens = estimate
-        self.context = context
-        self.result: ReplyResult | None = None
-        self.on_queue: Callable[[int], None] | None = None
-        self._chunks: Iterator[str] = iter(())
-
-    def __iter__(self) -> Iterator[str]:
-        return self._chunks
-
-    def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
 
 
 class ChatService:
@@ -178,7 +103,7 @@ class ChatService:
                 session.flush()
             else:
                 conversation = owned_conversation(session, principal, conversation_id)
-            history = _prompt_turns(session, conversation.id)
+            history = prompt_turns(session, conversation.id)
             context = self._build_context(conversation, history, text)
             user_message = Message(
                 conversation_id=conversation.id,
@@ -200,7 +125,7 @@ class ChatService:
         self._usage.check_quota(principal)
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
-            rows = _visible_messages(session, conversation.id)
+            rows = visible_messages(session, conversation.id)
             last_user_index = max(
                 (i for i, m in enumerate(rows) if m.role is MessageRole.USER), default=None
             )
@@ -212,7 +137,7 @@ class ChatService:
                 raise InvalidInput("The last message already has an answer.")
             for failed in later:
                 failed.status = MessageStatus.SUPERSEDED
-            history = [_to_turn(m) for m in rows[:last_user_index] if _in_prompt(m)]
+            history = [to_turn(m) for m in rows[:last_user_index] if in_prompt(m)]
             context = self._build_context(conversation, history, question.content)
             ids = (conversation.id, question.id)
         return self._start(ids[0], ids[1], context)
@@ -221,7 +146,7 @@ class ChatService:
         """True when the last user message has no complete answer."""
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
-            rows = _visible_messages(session, conversation.id)
+            rows = visible_messages(session, conversation.id)
         if not rows:
             return False
         last = rows[-1]
@@ -239,7 +164,7 @@ class ChatService:
                 history: list[Turn] = []
             else:
                 conversation = owned_conversation(session, principal, conversation_id)
-                history = _prompt_turns(session, conversation.id)
+                history = prompt_turns(session, conversation.id)
             context = self._build_context(conversation, history, "?")
         return Estimate(
             input_tokens=context.total_tokens,
@@ -283,11 +208,11 @@ class ChatService:
         if not principal.is_admin:
             raise PermissionDenied(user_message="Only administrators can replay conversations.")
         with self._db.session() as session:
-            rows = _visible_messages(session, conversation_id)
+            rows = visible_messages(session, conversation_id)
         index = next((i for i, m in enumerate(rows) if m.id == message_id), None)
         if index is None or rows[index].role is not MessageRole.USER:
             raise NotFound(user_message="Choose one of the conversation's user messages.")
-        history = [_to_turn(m) for m in rows[:index] if _in_prompt(m)]
+        history = [to_turn(m) for m in rows[:index] if in_prompt(m)]
         limit = int(
             (self._provider.context_window - self._settings.max_output_tokens) * BUDGET_MARGIN
         )
@@ -342,7 +267,7 @@ class ChatService:
                 if conversation is None:
                     return
                 name = conversation.memory_strategy
-                history = _prompt_turns(session, conversation_id)
+                history = prompt_turns(session, conversation_id)
             self._memory.get(name).observe(conversation_id, history)
         except Exception:  # memory upkeep must never break a turn
             log.exception("Memory upkeep for conversation %s failed", conversation_id)
@@ -530,28 +455,14 @@ def _sum_usage(ends: Sequence[StreamEnd]) -> Usage:
     )
 
 
-def _visible_messages(session: Session, conversation_id: int) -> list[Message]:
-    return list(
-        session.scalars(
-            select(Message)
-            .where(
-                Message.conversation_id == conversation_id,
-                Message.status != MessageStatus.SUPERSEDED,
-            )
-            .order_by(Message.id)
-        )
-    )
-
-
-def _in_prompt(message: Message) -> bool:
-    """Failed answers with no text stay out of the prompt; partial answers go in."""
-    return bool(message.content) and message.status is not MessageStatus.SUPERSEDED
-
-
-def _to_turn(message: Message) -> Turn:
-    role: PromptRole = "user" if message.role is MessageRole.USER else "assistant"
-    return Turn(id=message.id, role=role, content=message.content, created_at=message.created_at)
-
-
-def _prompt_turns(session: Session, conversation_id: int) -> list[Turn]:
-    return [_to_turn(m) for m in _visible_messages(session, conversation_id) if _in_prompt(m)]
+__all__ = [
+    "BUDGET_MARGIN",
+    "Background",
+    "ChatService",
+    "Estimate",
+    "ReplyResult",
+    "ReplyStream",
+    "clean_message_text",
+    "run_in_thread",
+    "run_inline",
+]
