@@ -230,3 +230,37 @@ def test_other_users_conversation_is_not_found(
     with pytest.raises(NotFound):
         services.chat.retry(bob, reply.conversation_id)
     assert len(stored(services, reply.conversation_id)) == 2
+
+
+def test_a_queued_turn_hears_its_position(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    import threading
+
+    from chat.service import run_inline
+    from parley.services import build_services
+
+    one_slot = services.settings.model_copy(update={"max_concurrent_calls": 1})
+    services = build_services(one_slot, provider=scripted, background=run_inline)
+    positions: list[int] = []
+    release = threading.Event()
+    holding = threading.Event()
+
+    def hold_the_only_slot() -> None:
+        with services.gate.slot():
+            holding.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold_the_only_slot)
+    holder.start()
+    assert holding.wait(5)
+    reply = services.chat.send(alice, None, "queued question")
+
+    def note(position: int) -> None:
+        positions.append(position)
+        release.set()  # the slot frees once the page has shown the position
+
+    reply.on_queue = note
+    assert "".join(reply) == "OK"
+    holder.join(5)
+    assert positions == [1]
