@@ -108,3 +108,42 @@ def test_unknown_user_is_a_clear_error() -> None:
     result = run("chat", "--user", "ghost", "hello")
     assert result.returncode == 1
     assert "No user named 'ghost'" in result.stderr
+
+
+def test_user_add_on_a_terminal_asks_twice_and_refuses_a_mismatch() -> None:
+    import pty
+    import select
+
+    assert run("db", "upgrade").returncode == 0
+
+    def on_terminal(*answers: str) -> tuple[int, str]:
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: a real controlling terminal, as a person would have
+            try:
+                os.execv(PARLEY, [PARLEY, "user", "add", "tty-user"])
+            finally:
+                os._exit(127)  # never fall back into the test runner
+        seen = b""
+        pending = list(answers)
+        while True:
+            ready, _, _ = select.select([fd], [], [], 30)
+            if not ready:
+                break
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if pending and seen.rstrip().endswith(b":"):
+                os.write(fd, pending.pop(0).encode() + b"\n")
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+        return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
+
+    code, screen = on_terminal("first-password", "other-password")
+    assert code == 1 and "Password again" in screen and "differ" in screen
+    assert "first-password" not in screen  # not echoed
+    code, screen = on_terminal("good-password", "good-password")
+    assert code == 0 and "Created user 'tty-user'" in screen
