@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.fake_anthropic import FakeAnthropic, Fault, Reply
@@ -137,8 +138,17 @@ def test_user_add_on_a_terminal_asks_twice_and_refuses_a_mismatch() -> None:
                 break
             seen += chunk
             if pending and seen.rstrip().endswith(b":"):
+                # getpass turns echo off with TCSAFLUSH after printing the prompt, which
+                # discards input typed too early: answer as a person would, a moment later.
+                time.sleep(0.5)
                 os.write(fd, pending.pop(0).encode() + b"\n")
-        _, status = os.waitpid(pid, 0)
+        deadline = time.monotonic() + 15
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if done[0] == 0:  # stuck at a prompt: never hang the suite
+            os.kill(pid, 9)
+            done = os.waitpid(pid, 0)
+        status = done[1]
         os.close(fd)
         return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
 
