@@ -28,13 +28,17 @@ class ScoringWeights:
 
 
 def minmax(x: np.ndarray) -> np.ndarray:
-    """Rescale to [0, 1]; a constant (or empty) input gives zeros."""
+    """Rescale to [0, 1]; a constant (or empty) input gives zeros.
+
+    Differences below a billionth of the values' scale count as constant: they are
+    rounding noise, and would otherwise be blown up to a full 0-to-1 spread.
+    """
     values = np.asarray(x, dtype=np.float64)
     if values.size == 0:
         return values.copy()
     low = float(values.min())
     span = float(values.max()) - low
-    if span <= 0.0:
+    if span <= 1e-9 * max(1.0, float(np.abs(values).max())):
         return np.zeros_like(values)
     return (values - low) / span
 

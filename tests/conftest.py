@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from auth.principal import Principal
 from chat.providers.scripted import ScriptedProvider
@@ -19,6 +20,12 @@ from store.models import Role
 from tests.fake_anthropic import FakeAnthropic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# CI explores the same examples on every run (a red build always means a change broke
+# something); developers' runs stay random and may find new cases.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 SUMMARY_LINES: list[str] = []  # figures tests report (e.g. the chaos completion rate)
 
