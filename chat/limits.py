@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from parley.errors import RateLimited
+from parley.errors import Overloaded, RateLimited
 from store.db import Database
 from store.models import RateBucket
 
@@ -231,10 +231,15 @@ class QueueTicket:
 
 
 class ConcurrencyGate:
-    """At most `slots` provider calls at once; the rest wait in arrival order."""
+    """At most `slots` provider calls at once; at most `max_waiting` wait, in arrival order.
 
-    def __init__(self, slots: int) -> None:
+    A call that would make the line longer than `max_waiting` is refused at once with
+    `Overloaded` (a sentence and a Retry), rather than left to wait for minutes.
+    """
+
+    def __init__(self, slots: int, *, max_waiting: int = 1000) -> None:
         self._slots = slots
+        self._max_waiting = max_waiting
         self._busy = 0
         self._waiting: list[QueueTicket] = []
         self._cond = threading.Condition()
@@ -251,6 +256,12 @@ class ConcurrencyGate:
         """Hold a slot for the block. `on_position(n)` hears the queue position while waiting."""
         ticket = QueueTicket(position=0)
         with self._cond:
+            if self._busy >= self._slots and len(self._waiting) >= self._max_waiting:
+                raise Overloaded(
+                    f"queue full ({len(self._waiting)} waiting)",
+                    user_message=f"Parley is very busy: {len(self._waiting)} people are "
+                    "waiting for an answer. Please try again in a minute.",
+                )
             self._waiting.append(ticket)
             reported = -1
             while True:

@@ -135,6 +135,7 @@ class Settings(BaseSettings):
     input_tokens_per_minute: float = Field(default=200_000, gt=0)
     output_tokens_per_minute: float = Field(default=40_000, gt=0)
     max_concurrent_calls: int = Field(default=4, ge=1)
+    max_queued_calls: int = Field(default=50, ge=0, description="calls that may wait in line")
     limiter_store: str = Field(
         default="memory",
         pattern=r"^(memory|database)$",

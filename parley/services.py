@@ -63,7 +63,7 @@ def build_services(
         store=DatabaseBucketStore(database) if shared else MemoryBucketStore(),
         clock=time.time if shared else time.monotonic,  # processes share wall time only
     )
-    gate = ConcurrencyGate(settings.max_concurrent_calls)
+    gate = ConcurrencyGate(settings.max_concurrent_calls, max_waiting=settings.max_queued_calls)
     explicit_provider = provider is not None
     provider = provider or build_provider(settings, on_headers=limiter.observe_headers)
     usage = UsageService(database, settings)

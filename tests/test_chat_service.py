@@ -264,3 +264,22 @@ def test_a_queued_turn_hears_its_position(
     assert "".join(reply) == "OK"
     holder.join(5)
     assert positions == [1]
+
+
+def test_a_full_queue_ends_the_turn_with_a_sentence_and_keeps_the_message(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    from chat.service import run_inline
+    from parley.services import build_services
+
+    no_line = services.settings.model_copy(
+        update={"max_concurrent_calls": 1, "max_queued_calls": 0}
+    )
+    services = build_services(no_line, provider=scripted, background=run_inline)
+    with services.gate.slot():  # someone else is being answered
+        reply = services.chat.send(alice, None, "is anyone free?")
+        assert list(reply) == []
+    assert reply.result is not None and reply.result.status is MessageStatus.ERROR
+    assert reply.result.error is not None and "very busy" in reply.result.error
+    assert stored(services, reply.conversation_id)[0].content == "is anyone free?"
+    assert scripted.requests == []

@@ -173,3 +173,15 @@ def test_database_buckets_are_shared_by_processes(tmp_path: Path) -> None:
     assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
     granted = [int(out) for out, _ in outputs]
     assert sum(granted) == 8, granted  # not 16: the second process saw the first one's takes
+
+
+def test_a_full_queue_refuses_at_once_with_a_sentence() -> None:
+    from parley.errors import Overloaded
+
+    gate = ConcurrencyGate(1, max_waiting=0)
+    with gate.slot():
+        with pytest.raises(Overloaded) as caught, gate.slot():
+            pass
+        assert "very busy" in caught.value.user_message
+    with gate.slot():  # free again once the slot is released
+        assert gate.waiting == 0
