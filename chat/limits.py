@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from chat.providers.base import ChatProvider, ChatRequest, StreamEnd, StreamEvent
 from parley.errors import Overloaded, RateLimited
 from store.db import Database
 from store.models import RateBucket
@@ -286,3 +287,21 @@ class ConcurrencyGate:
             with self._cond:
                 self._busy -= 1
                 self._cond.notify_all()
+
+
+def limited_stream(
+    provider: ChatProvider,
+    gate: ConcurrencyGate,
+    limiter: RateLimiter,
+    request: ChatRequest,
+    *,
+    estimate: int,
+    on_queue: Callable[[int], None] | None = None,
+) -> Iterator[StreamEvent]:
+    """One provider call through the queue and the buckets; chat turns and summaries alike."""
+    with gate.slot(on_queue):
+        limiter.acquire(input_tokens=estimate)
+        for event in provider.stream(request):
+            if isinstance(event, StreamEnd):
+                limiter.record_output(event.usage.output_tokens)
+            yield event

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from auth.principal import Principal
 from chat.conversations import owned_conversation
 from chat.history import in_prompt, prompt_turns, to_turn, visible_messages
-from chat.limits import ConcurrencyGate, RateLimiter
+from chat.limits import ConcurrencyGate, RateLimiter, limited_stream
 from chat.providers.base import (
     ChatProvider,
     ChatRequest,
@@ -166,13 +166,7 @@ class ChatService:
                 conversation = owned_conversation(session, principal, conversation_id)
                 history = prompt_turns(session, conversation.id)
             context = self._build_context(conversation, history, "?")
-        return Estimate(
-            input_tokens=context.total_tokens,
-            input_cost_usd=self._usage.estimate_cost(model, input_tokens=context.total_tokens),
-            max_output_cost_usd=self._usage.estimate_cost(
-                model, input_tokens=0, output_tokens=self._settings.max_output_tokens
-            ),
-        )
+        return self._estimate(context)
 
     def set_memory_strategy(
         self, principal: Principal, conversation_id: int, name: str | None
@@ -213,9 +207,7 @@ class ChatService:
         if index is None or rows[index].role is not MessageRole.USER:
             raise NotFound(user_message="Choose one of the conversation's user messages.")
         history = [to_turn(m) for m in rows[:index] if in_prompt(m)]
-        limit = int(
-            (self._provider.context_window - self._settings.max_output_tokens) * BUDGET_MARGIN
-        )
+        limit = self._budget()
         context = self._memory.get(strategy).build(
             ContextRequest(
                 conversation_id=conversation_id,
@@ -225,14 +217,7 @@ class ChatService:
                 budget=min(budget or limit, limit),
             )
         )
-        model = self._provider.model
-        return context, Estimate(
-            input_tokens=context.total_tokens,
-            input_cost_usd=self._usage.estimate_cost(model, input_tokens=context.total_tokens),
-            max_output_cost_usd=self._usage.estimate_cost(
-                model, input_tokens=0, output_tokens=self._settings.max_output_tokens
-            ),
-        )
+        return context, self._estimate(context)
 
     def strategy_of(self, conversation_id: int | None) -> str:
         if conversation_id is None:
@@ -242,12 +227,26 @@ class ChatService:
             chosen = conversation.memory_strategy if conversation else None
         return chosen or self._memory.default
 
+    def _budget(self) -> int:
+        """Prompt tokens allowed: the model's context minus the answer's reserve, less a margin."""
+        return int(
+            (self._provider.context_window - self._settings.max_output_tokens) * BUDGET_MARGIN
+        )
+
+    def _estimate(self, context: ContextWindow) -> Estimate:
+        model = self._provider.model
+        return Estimate(
+            input_tokens=context.total_tokens,
+            input_cost_usd=self._usage.estimate_cost(model, input_tokens=context.total_tokens),
+            max_output_cost_usd=self._usage.estimate_cost(
+                model, input_tokens=0, output_tokens=self._settings.max_output_tokens
+            ),
+        )
+
     def _build_context(
         self, conversation: Conversation, history: Sequence[Turn], question: str
     ) -> ContextWindow:
-        budget = int(
-            (self._provider.context_window - self._settings.max_output_tokens) * BUDGET_MARGIN
-        )
+        budget = self._budget()
         strategy = self._memory.get(conversation.memory_strategy)
         return strategy.build(
             ContextRequest(
@@ -296,12 +295,9 @@ class ChatService:
         self, request: ChatRequest, *, estimate: int, on_queue: Callable[[int], None] | None
     ) -> Generator[StreamEvent, None, None]:
         """One provider call through the queue and the rate limiter."""
-        with self._gate.slot(on_queue):
-            self._limiter.acquire(input_tokens=estimate)
-            for event in self._provider.stream(request):
-                if isinstance(event, StreamEnd):
-                    self._limiter.record_output(event.usage.output_tokens)
-                yield event
+        yield from limited_stream(
+            self._provider, self._gate, self._limiter, request, estimate=estimate, on_queue=on_queue
+        )
 
     def _generate(self, stream: ReplyStream, request: ChatRequest) -> Iterator[str]:
         parts: list[str] = []

@@ -9,7 +9,13 @@ from urllib.parse import urlsplit
 
 from auth.accounts import AccountService
 from chat.conversations import ConversationService
-from chat.limits import ConcurrencyGate, DatabaseBucketStore, MemoryBucketStore, RateLimiter
+from chat.limits import (
+    ConcurrencyGate,
+    DatabaseBucketStore,
+    MemoryBucketStore,
+    RateLimiter,
+    limited_stream,
+)
 from chat.providers import ChatProvider, ChatRequest, StreamEvent, build_provider
 from chat.service import Background, ChatService, run_in_thread
 from chat.usage import UsageService
@@ -128,8 +134,9 @@ def _limited(
     """Background calls (summaries) wait in the same queue and buckets as chat turns."""
 
     def call(request: ChatRequest) -> Iterator[StreamEvent]:
-        with gate.slot():
-            limiter.acquire(input_tokens=count_tokens(request.system) + 1000)
-            yield from provider.stream(request)
+        estimate = count_tokens(request.system) + sum(
+            count_tokens(m.content) for m in request.messages
+        )
+        return limited_stream(provider, gate, limiter, request, estimate=estimate)
 
     return call

@@ -27,6 +27,16 @@ def run(
     )
 
 
+def claude(fake: FakeAnthropic) -> dict[str, str]:
+    """Environment that points the `parley` command at the fake API."""
+    return {
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "ANTHROPIC_BASE_URL": fake.base_url,
+        "PARLEY_ANTHROPIC_MAX_RETRIES": "0",
+        "PARLEY_MODEL_TITLES": "false",
+    }
+
+
 def test_user_add_reads_the_password_from_stdin_and_list_shows_it(tmp_path: Path) -> None:
     assert run("db", "upgrade").returncode == 0
     assert (tmp_path / "data" / "parley.db").is_file()  # everything under PARLEY_DATA_DIR
@@ -49,12 +59,7 @@ def test_commands_before_migration_say_what_to_do() -> None:
 def test_chat_streams_to_stdout_and_prints_the_conversation_id_last(
     fake_anthropic: FakeAnthropic,
 ) -> None:
-    env = {
-        "ANTHROPIC_API_KEY": "sk-ant-test",
-        "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
-        "PARLEY_ANTHROPIC_MAX_RETRIES": "0",
-        "PARLEY_MODEL_TITLES": "false",
-    }
+    env = claude(fake_anthropic)
     run("db", "upgrade")
     run("user", "add", "alice", stdin="alice-password\n")
     fake_anthropic.enqueue(Reply(text="Four."), Reply(text="Eight."))
@@ -82,12 +87,7 @@ def test_chat_streams_to_stdout_and_prints_the_conversation_id_last(
 def test_chat_failure_ends_with_a_sentence_and_keeps_the_partial_answer(
     fake_anthropic: FakeAnthropic,
 ) -> None:
-    env = {
-        "ANTHROPIC_API_KEY": "sk-ant-test",
-        "ANTHROPIC_BASE_URL": fake_anthropic.base_url,
-        "PARLEY_ANTHROPIC_MAX_RETRIES": "0",
-        "PARLEY_MODEL_TITLES": "false",
-    }
+    env = claude(fake_anthropic)
     run("db", "upgrade")
     run("user", "add", "alice", stdin="alice-password\n")
     # The first break is continued once automatically; the second one ends the answer.
