@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import state
+from parley.domain import Role
 from parley.errors import ParleyError
-from store.models import Role
 
 services = state.services()
 principal = state.current_principal(services)
@@ -23,7 +23,7 @@ st.dataframe(
             "created": u.created_at,
             "last login": u.last_login_at,
         }
-        for u in services.accounts.list_users()
+        for u in services.accounts.list_users(principal)
     ],
     width="stretch",
     hide_index=True,
@@ -38,7 +38,7 @@ with st.form("add_user", clear_on_submit=True):
 if submitted:
     try:
         created = services.accounts.create_user(
-            name=name, password=password, role=Role.ADMIN if admin else Role.USER
+            principal, name=name, password=password, role=Role.ADMIN if admin else Role.USER
         )
     except ParleyError as exc:
         st.error(exc.user_message)

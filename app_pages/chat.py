@@ -5,12 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import state
-from auth.principal import Principal
 from chat.conversations import ChatMessage
-from chat.service import ReplyStream
+from chat.replies import ReplyStream
+from parley.domain import MessageRole, MessageStatus, Principal
 from parley.errors import NotFound, ParleyError
-from parley.services import Services
-from store.models import MessageRole, MessageStatus
+from wiring.services import Services
 
 services = state.services()
 ui = state.ui_state()
@@ -56,13 +55,13 @@ def render_conversation_settings(svc: Services, who: Principal, conversation_id:
             else:
                 st.rerun()
         if who.is_admin:
-            names = svc.chat.strategies
-            current = svc.chat.strategy_of(conversation_id)
+            names = svc.lab.strategies
+            current = svc.lab.strategy_of(who, conversation_id)
             picked = st.selectbox(
                 "Memory strategy", names, index=names.index(current), key="memory-strategy"
             )
             if picked != current:
-                svc.chat.set_memory_strategy(who, conversation_id, picked)
+                svc.lab.set_memory_strategy(who, conversation_id, picked)
                 st.rerun()
         if ui.confirm_delete != conversation_id:
             if st.button("Delete", key="delete-button", icon=":material/delete:"):

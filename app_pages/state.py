@@ -6,6 +6,7 @@ hold no per-user state; per-user state lives in `UiState` in `st.session_state`.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 from dataclasses import dataclass
@@ -13,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 
 import streamlit as st
 
-from auth.principal import Principal
 from auth.session import LoginSession
 from parley.config import Settings, get_settings
-from parley.services import Services, build_services
+from parley.domain import Principal
+from wiring.services import Services, build_services
 
 _STATE_KEY = "parley_ui"
 
@@ -57,7 +58,9 @@ def services() -> Services:
 @st.cache_resource(show_spinner=False)
 def _build(fingerprint: str, _settings: Settings) -> Services:  # noqa: ARG001 - the cache key
     # Streamlit hashes `fingerprint` only; `_settings` (leading underscore) is passed through.
-    return build_services(_settings)
+    built = build_services(_settings)
+    atexit.register(built.close)  # background upkeep finishes before the server exits
+    return built
 
 
 def current_principal(svc: Services) -> Principal | None:
@@ -68,7 +71,7 @@ def current_principal(svc: Services) -> Principal | None:
         return None
     now = datetime.now(UTC)
     idle = timedelta(minutes=svc.settings.session_idle_minutes)
-    principal = svc.accounts.get_principal(login.principal.user_id)
+    principal = svc.accounts.refresh(login.principal)
     if login.is_expired(now=now, idle=idle) or principal is None:
         log_out(notice="Your session expired after a quiet spell. Please log in again.")
         return None

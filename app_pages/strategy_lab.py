@@ -5,9 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import state
-from memory.base import ContextWindow
+from memory import ContextWindow
+from parley.domain import MessageRole
 from parley.errors import ParleyError
-from store.models import MessageRole
 
 services = state.services()
 principal = state.current_principal(services)
@@ -44,9 +44,9 @@ message = st.selectbox(
     index=len(questions) - 1,
     format_func=lambda m: f"#{m.id}: {m.content[:80]}",
 )
-names = services.chat.strategies
+names = services.lab.strategies
 left_name, right_name, budget_col = st.columns([2, 2, 1])
-first = left_name.selectbox("Strategy A", names, index=names.index(services.chat.strategy_of(None)))
+first = left_name.selectbox("Strategy A", names, index=names.index(services.lab.default))
 second = right_name.selectbox("Strategy B", names, index=names.index("token_window"))
 budget = budget_col.number_input("Budget (tokens)", min_value=200, value=2000, step=500)
 
@@ -58,7 +58,7 @@ def show(column: st.delta_generator.DeltaGenerator, name: str) -> None:
     with column:
         st.subheader(name)
         try:
-            context, estimate = services.chat.replay_context(
+            context, estimate = services.lab.replay_context(
                 admin, chosen.id, message.id, name, budget=int(budget)
             )
         except ParleyError as exc:

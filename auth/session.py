@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from auth.principal import Principal
+from parley.domain import Principal
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from memory.benchmark import format_table, run
+from bench.locomo import format_table, run
 from memory.registry import available
 from parley.config import Settings
 

@@ -9,10 +9,10 @@ from datetime import datetime
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from auth.principal import Principal
+from parley.domain import MessageRole, MessageStatus, Principal
 from parley.errors import InvalidInput, NotFound, PermissionDenied
 from store.db import Database
-from store.models import Conversation, Message, MessageRole, MessageStatus, User, utcnow
+from store.models import Conversation, Message, User, utcnow
 
 MAX_TITLE_CHARS = 200
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,11 +22,9 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from chat.providers.base import ChatProvider, ChatRequest, StreamEnd, StreamEvent
-from parley.errors import Overloaded, RateLimited
+from parley.errors import Overloaded, RateLimited, StorageError
 from store.db import Database
 from store.models import RateBucket
 
@@ -112,7 +111,7 @@ class DatabaseBucketStore:
             try:
                 with self._db.session() as session:
                     return work(session)
-            except (OperationalError, IntegrityError):
+            except StorageError:
                 if attempt == 49:
                     raise
                 time.sleep(0.002 * (attempt + 1))
@@ -226,14 +225,13 @@ class RateLimiter:
             self._store.cap(name, remaining, self.buckets[name], now)
 
 
-@dataclass
-class QueueTicket:
-    position: int  # 0 once the call holds a slot
-
-
 class ConcurrencyGate:
-    """At most `slots` provider calls at once; at most `max_waiting` wait, in arrival order.
+    """At most `slots` provider calls at once; the others wait in one first-in, first-out line.
 
+    A waiter is an identity (`object()`), never a value: two waiters are never equal.
+    Positions are true: the first in line is told 1, the fifth 5, and each hears its
+    position again whenever it moves up. A waiter always leaves the line, whatever
+    happens to it (its `on_position` callback raising, its reader going away).
     A call that would make the line longer than `max_waiting` is refused at once with
     `Overloaded` (a sentence and a Retry), rather than left to wait for minutes.
     """
@@ -242,45 +240,23 @@ class ConcurrencyGate:
         self._slots = slots
         self._max_waiting = max_waiting
         self._busy = 0
-        self._waiting: list[QueueTicket] = []
+        self._line: deque[object] = deque()
         self._cond = threading.Condition()
 
     @property
     def waiting(self) -> int:
         with self._cond:
-            return len(self._waiting)
+            return len(self._line)
+
+    @property
+    def busy(self) -> int:
+        with self._cond:
+            return self._busy
 
     @contextmanager
-    def slot(
-        self, on_position: Callable[[int], None] | None = None, poll_s: float = 0.25
-    ) -> Iterator[None]:
-        """Hold a slot for the block. `on_position(n)` hears the queue position while waiting."""
-        ticket = QueueTicket(position=0)
-        with self._cond:
-            if self._busy >= self._slots and len(self._waiting) >= self._max_waiting:
-                raise Overloaded(
-                    f"queue full ({len(self._waiting)} waiting)",
-                    user_message=f"Parley is very busy: {len(self._waiting)} people are "
-                    "waiting for an answer. Please try again in a minute.",
-                )
-            self._waiting.append(ticket)
-            reported = -1
-            while True:
-                index = self._waiting.index(ticket)
-                if index == 0 and self._busy < self._slots:
-                    break
-                if on_position is not None and index + 1 != reported:
-                    reported = index + 1
-                    self._cond.release()
-                    try:
-                        on_position(reported)
-                    finally:
-                        self._cond.acquire()
-                    continue
-                self._cond.wait(timeout=poll_s)
-            self._waiting.pop(0)
-            self._busy += 1
-            self._cond.notify_all()
+    def slot(self, on_position: Callable[[int], None] | None = None) -> Iterator[None]:
+        """Hold a slot for the block. `on_position(n)` hears the line position while waiting."""
+        self._wait_for_slot(on_position)
         try:
             yield
         finally:
@@ -288,20 +264,41 @@ class ConcurrencyGate:
                 self._busy -= 1
                 self._cond.notify_all()
 
-
-def limited_stream(
-    provider: ChatProvider,
-    gate: ConcurrencyGate,
-    limiter: RateLimiter,
-    request: ChatRequest,
-    *,
-    estimate: int,
-    on_queue: Callable[[int], None] | None = None,
-) -> Iterator[StreamEvent]:
-    """One provider call through the queue and the buckets; chat turns and summaries alike."""
-    with gate.slot(on_queue):
-        limiter.acquire(input_tokens=estimate)
-        for event in provider.stream(request):
-            if isinstance(event, StreamEnd):
-                limiter.record_output(event.usage.output_tokens)
-            yield event
+    def _wait_for_slot(self, on_position: Callable[[int], None] | None) -> None:
+        ticket = object()
+        with self._cond:
+            if not self._line and self._busy < self._slots:
+                self._busy += 1  # no line and a free slot: straight in
+                return
+            if len(self._line) >= self._max_waiting:
+                raise Overloaded(
+                    f"queue full ({len(self._line)} waiting)",
+                    user_message=f"Parley is very busy: {len(self._line)} people are "
+                    "waiting for an answer. Please try again in a minute.",
+                )
+            self._line.append(ticket)
+            try:
+                reported = 0
+                while not (self._line[0] is ticket and self._busy < self._slots):
+                    position = (
+                        self._line.index(ticket) + 1
+                    )  # identity: deque compares by `is` first
+                    if on_position is not None and position != reported:
+                        reported = position
+                        self._cond.release()
+                        try:
+                            on_position(position)
+                        finally:
+                            self._cond.acquire()
+                        continue  # the line may have moved while the callback ran
+                    self._cond.wait()
+                self._line.popleft()
+                self._busy += 1
+            except BaseException:
+                # The callback raised or the waiting thread was interrupted: leave the line,
+                # and let the ones behind move up.
+                if ticket in self._line:
+                    self._line.remove(ticket)
+                raise
+            finally:
+                self._cond.notify_all()

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import threading
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
-from chat.providers.base import Usage
-from memory.base import ContextWindow
+from memory import ContextWindow
+from parley.domain import MessageStatus
 from parley.errors import InvalidInput
-from store.models import MessageStatus
-
-Background = Callable[[Callable[[], None]], None]
-
-
-def run_in_thread(task: Callable[[], None]) -> None:
-    threading.Thread(target=task, name="parley-background", daemon=True).start()
-
-
-def run_inline(task: Callable[[], None]) -> None:
-    task()
+from parley.llm import Usage
 
 
 @dataclass(frozen=True, slots=True)
 class ReplyResult:
-    """How an answer ended. `error` is a sentence for the user, or None."""
+    """How an answer ended. `error` is a sentence for the user, or None.
 
-    message_id: int
+    `message_id` is None only when the database refused the answer for good (logged).
+    """
+
+    message_id: int | None
     status: MessageStatus
     text: str
     model: str
@@ -38,15 +30,6 @@ class ReplyResult:
     @property
     def ok(self) -> bool:
         return self.status is MessageStatus.COMPLETE
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """What the next message is expected to cost, before it is sent."""
-
-    input_tokens: int
-    input_cost_usd: float
-    max_output_cost_usd: float
 
 
 def clean_message_text(text: str, *, max_chars: int) -> str:
@@ -79,16 +62,16 @@ class ReplyStream:
     ) -> None:
         self.conversation_id = conversation_id
         self.user_message_id = user_message_id
+        self.user_id: int | None = None
         self.estimated_input_tokens = estimate
         self.context = context
         self.result: ReplyResult | None = None
         self.on_queue: Callable[[int], None] | None = None
-        self._chunks: Iterator[str] = iter(())
+        self._chunks: Generator[str, None, None] | None = None
 
     def __iter__(self) -> Iterator[str]:
-        return self._chunks
+        return self._chunks if self._chunks is not None else iter(())
 
     def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
+        if self._chunks is not None:
+            self._chunks.close()

@@ -1,64 +1,48 @@
-"""Sending a message and streaming the answer, with nothing lost on the way.
+"""A chat turn, from the user's text to the stored answer, with nothing lost on the way.
 
-The order is fixed: validate the text, check the user's daily quota, assemble
-the context, **commit the user's message**, then call the provider (through the
-concurrency queue and the rate limiter). The answer is committed when the
-stream ends: `complete`, or the partial text as `interrupted` (or `error` when
-nothing arrived) with one sentence for the user. A stream that breaks after
-some text is continued once by sending the partial answer back as a prefill.
-The page and the CLI both use this.
+The order is fixed: validate the text, check the user's daily quota, assemble the
+context, **commit the user's message**, then call the model (through the limited
+provider: queue, buckets, metering). The answer is committed when the stream ends:
+`complete`, or the partial text as `interrupted` (or `error` when nothing arrived)
+with one sentence for the user. A stream that breaks after some text is continued
+once by sending the partial answer back as a prefill. Storing the answer survives a
+passing database error (retried, then logged) and never raises into the reader.
+The page and the CLI both use this; upkeep after the answer is `chat.upkeep`'s.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator, Iterator, Sequence
+import time
+from collections.abc import Generator, Sequence
 from dataclasses import replace
 
 from sqlalchemy import select
 
-from auth.principal import Principal
+from chat.context import ContextBuilder, Estimate
 from chat.conversations import owned_conversation
 from chat.history import in_prompt, prompt_turns, to_turn, visible_messages
-from chat.limits import ConcurrencyGate, RateLimiter, limited_stream
-from chat.providers.base import (
-    ChatProvider,
-    ChatRequest,
-    PromptMessage,
-    StreamEnd,
-    StreamEvent,
-    TextDelta,
-    Usage,
-)
-from chat.replies import (
-    Background,
-    Estimate,
-    ReplyResult,
-    ReplyStream,
-    clean_message_text,
-    run_in_thread,
-    run_inline,
-)
-from chat.titles import fallback_title, generate_title
+from chat.limited import LimitedProvider
+from chat.replies import ReplyResult, ReplyStream, clean_message_text
+from chat.titles import fallback_title
+from chat.upkeep import Upkeep
 from chat.usage import UsageService
-from memory.base import ContextRequest, ContextWindow, Turn
-from memory.registry import StrategyRegistry
+from memory import ContextWindow, Turn, message_tokens
 from parley.config import Settings
-from parley.errors import (
-    InvalidInput,
-    NotFound,
-    ParleyError,
-    PermissionDenied,
-    ProviderError,
-    StreamInterrupted,
-)
+from parley.domain import MessageRole, MessageStatus, Principal, Purpose
+from parley.errors import InvalidInput, ParleyError, ProviderError, StorageError, StreamInterrupted
+from parley.llm import CallMeta, ChatRequest, PromptMessage, StreamEnd, TextDelta, Usage
 from store.db import Database
-from store.models import Conversation, Message, MessageRole, MessageStatus, utcnow
+from store.models import Conversation, Message, utcnow
 
 log = logging.getLogger(__name__)
 
-# cl100k counts run a little below Claude's and SmolLM2's tokenizers; keep headroom.
-BUDGET_MARGIN = 0.9
+# Waits between attempts to store an answer when the database fails for a moment.
+STORE_RETRY_DELAYS_S = (0.05, 0.25, 1.0)
+NOT_SAVED = (
+    "The answer could not be saved because the database did not respond; "
+    "what you see was not kept. Please retry."
+)
 
 
 class ChatService:
@@ -66,24 +50,18 @@ class ChatService:
         self,
         *,
         database: Database,
-        provider: ChatProvider,
-        memory: StrategyRegistry,
+        provider: LimitedProvider,
+        context: ContextBuilder,
         settings: Settings,
         usage: UsageService,
-        limiter: RateLimiter,
-        gate: ConcurrencyGate,
-        background: Background = run_in_thread,
-        model_titles: bool = True,
+        upkeep: Upkeep,
     ) -> None:
-        self._model_titles = model_titles
         self._db = database
         self._provider = provider
-        self._memory = memory
+        self._context = context
         self._settings = settings
         self._usage = usage
-        self._limiter = limiter
-        self._gate = gate
-        self._background = background
+        self._upkeep = upkeep
 
     @property
     def model(self) -> str:
@@ -101,15 +79,22 @@ class ChatService:
                 conversation = Conversation(user_id=principal.user_id, title=fallback_title(text))
                 session.add(conversation)
                 session.flush()
+                history: list[Turn] = []
             else:
                 conversation = owned_conversation(session, principal, conversation_id)
-            history = prompt_turns(session, conversation.id)
-            context = self._build_context(conversation, history, text)
+                history = prompt_turns(session, conversation.id)
+            context = self._context.build(
+                conversation_id=conversation.id,
+                strategy=conversation.memory_strategy,
+                history=history,
+                question=text,
+            )
             user_message = Message(
                 conversation_id=conversation.id,
                 role=MessageRole.USER,
                 content=text,
                 status=MessageStatus.COMPLETE,
+                tokens=message_tokens(text),
                 estimated_input_tokens=context.total_tokens,
                 completed_at=utcnow(),
             )
@@ -118,7 +103,7 @@ class ChatService:
             session.flush()
             ids = (conversation.id, user_message.id)
         # The user's message is committed here, before the provider is called.
-        return self._start(ids[0], ids[1], context)
+        return self._start(principal, ids[0], ids[1], context)
 
     def retry(self, principal: Principal, conversation_id: int) -> ReplyStream:
         """Answer the last user message again; a failed answer to it is kept as superseded."""
@@ -138,168 +123,71 @@ class ChatService:
             for failed in later:
                 failed.status = MessageStatus.SUPERSEDED
             history = [to_turn(m) for m in rows[:last_user_index] if in_prompt(m)]
-            context = self._build_context(conversation, history, question.content)
+            context = self._context.build(
+                conversation_id=conversation.id,
+                strategy=conversation.memory_strategy,
+                history=history,
+                question=question.content,
+            )
             ids = (conversation.id, question.id)
-        return self._start(ids[0], ids[1], context)
+        return self._start(principal, ids[0], ids[1], context)
 
     def needs_retry(self, principal: Principal, conversation_id: int) -> bool:
         """True when the last user message has no complete answer."""
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
-            rows = visible_messages(session, conversation.id)
-        if not rows:
+            last = session.execute(
+                select(Message.role, Message.status)
+                .where(
+                    Message.conversation_id == conversation.id,
+                    Message.status != MessageStatus.SUPERSEDED,
+                )
+                .order_by(Message.id.desc())
+                .limit(1)
+            ).first()
+        if last is None:
             return False
-        last = rows[-1]
         return last.role is MessageRole.USER or last.status is not MessageStatus.COMPLETE
 
     def estimate_next(self, principal: Principal, conversation_id: int | None) -> Estimate:
         """Cost of the next message's context (the new message adds its own tokens)."""
-        model = self._provider.model
-        price = self._usage.price(model)
-        if price is None or not (price.input or price.output):
+        if self._context.is_free():
             return Estimate(input_tokens=0, input_cost_usd=0.0, max_output_cost_usd=0.0)
         with self._db.session() as session:
             if conversation_id is None:
-                conversation = Conversation(id=0, user_id=principal.user_id)
-                history: list[Turn] = []
+                strategy, history, cid = None, [], 0
             else:
                 conversation = owned_conversation(session, principal, conversation_id)
+                strategy, cid = conversation.memory_strategy, conversation.id
                 history = prompt_turns(session, conversation.id)
-            context = self._build_context(conversation, history, "?")
-        return self._estimate(context)
+        context = self._context.build(
+            conversation_id=cid, strategy=strategy, history=history, question="?"
+        )
+        return self._context.estimate(context)
 
-    def set_memory_strategy(
-        self, principal: Principal, conversation_id: int, name: str | None
-    ) -> None:
-        """Admins choose a conversation's strategy (None: back to the default)."""
-        if not principal.is_admin:
-            raise PermissionDenied(user_message="Only administrators choose memory strategies.")
-        if name is not None:
-            self._memory.get(name)  # validates the name with a clear sentence
-        with self._db.session() as session:
-            conversation = session.get(Conversation, conversation_id)
-            if conversation is None:
-                raise NotFound(user_message=f"There is no conversation {conversation_id}.")
-            conversation.memory_strategy = name
-
-    @property
-    def strategies(self) -> list[str]:
-        return self._memory.names()
-
-    def replay_context(
+    def _start(
         self,
         principal: Principal,
         conversation_id: int,
-        message_id: int,
-        strategy: str,
-        *,
-        budget: int | None = None,
-    ) -> tuple[ContextWindow, Estimate]:
-        """The context `strategy` would build for a stored user message (the strategy lab).
-
-        Admins only: it reads any user's conversation.
-        """
-        if not principal.is_admin:
-            raise PermissionDenied(user_message="Only administrators can replay conversations.")
-        with self._db.session() as session:
-            rows = visible_messages(session, conversation_id)
-        index = next((i for i, m in enumerate(rows) if m.id == message_id), None)
-        if index is None or rows[index].role is not MessageRole.USER:
-            raise NotFound(user_message="Choose one of the conversation's user messages.")
-        history = [to_turn(m) for m in rows[:index] if in_prompt(m)]
-        limit = self._budget()
-        context = self._memory.get(strategy).build(
-            ContextRequest(
-                conversation_id=conversation_id,
-                system=self._settings.system_prompt,
-                history=history,
-                question=rows[index].content,
-                budget=min(budget or limit, limit),
-            )
-        )
-        return context, self._estimate(context)
-
-    def strategy_of(self, conversation_id: int | None) -> str:
-        if conversation_id is None:
-            return self._memory.default
-        with self._db.session() as session:
-            conversation = session.get(Conversation, conversation_id)
-            chosen = conversation.memory_strategy if conversation else None
-        return chosen or self._memory.default
-
-    def _budget(self) -> int:
-        """Prompt tokens allowed: the model's context minus the answer's reserve, less a margin."""
-        return int(
-            (self._provider.context_window - self._settings.max_output_tokens) * BUDGET_MARGIN
-        )
-
-    def _estimate(self, context: ContextWindow) -> Estimate:
-        model = self._provider.model
-        return Estimate(
-            input_tokens=context.total_tokens,
-            input_cost_usd=self._usage.estimate_cost(model, input_tokens=context.total_tokens),
-            max_output_cost_usd=self._usage.estimate_cost(
-                model, input_tokens=0, output_tokens=self._settings.max_output_tokens
-            ),
-        )
-
-    def _build_context(
-        self, conversation: Conversation, history: Sequence[Turn], question: str
-    ) -> ContextWindow:
-        budget = self._budget()
-        strategy = self._memory.get(conversation.memory_strategy)
-        return strategy.build(
-            ContextRequest(
-                conversation_id=conversation.id,
-                system=self._settings.system_prompt,
-                history=history,
-                question=question,
-                budget=budget,
-            )
-        )
-
-    def _observe(self, conversation_id: int) -> None:
-        """Let the conversation's strategy index new turns and fold summaries (background)."""
-        try:
-            with self._db.session() as session:
-                conversation = session.get(Conversation, conversation_id)
-                if conversation is None:
-                    return
-                name = conversation.memory_strategy
-                history = prompt_turns(session, conversation_id)
-            self._memory.get(name).observe(conversation_id, history)
-        except Exception:  # memory upkeep must never break a turn
-            log.exception("Memory upkeep for conversation %s failed", conversation_id)
-
-    def _start(
-        self, conversation_id: int, user_message_id: int, context: ContextWindow
+        user_message_id: int,
+        context: ContextWindow,
     ) -> ReplyStream:
         request = ChatRequest(
             system=context.system,
             messages=context.messages,
             max_tokens=self._settings.max_output_tokens,
             temperature=self._settings.temperature.chat,
+            meta=CallMeta(Purpose.CHAT, principal.user_id, conversation_id),
+            estimated_input_tokens=context.total_tokens,
         )
-        estimate = context.total_tokens
-        counter = getattr(self._provider, "count_tokens", None)
-        if self._settings.anthropic_count_tokens and counter is not None:
-            try:
-                estimate = int(counter(request))
-            except ProviderError as exc:  # an estimate is not worth failing a turn for
-                log.info("count_tokens failed (%s); using the local estimate.", type(exc).__name__)
+        estimate = self._provider.count_tokens(request)
+        request = replace(request, estimated_input_tokens=estimate)
         stream = ReplyStream(conversation_id, user_message_id, estimate, context)
+        stream.user_id = principal.user_id
         stream._chunks = self._generate(stream, request)
         return stream
 
-    def _call(
-        self, request: ChatRequest, *, estimate: int, on_queue: Callable[[int], None] | None
-    ) -> Generator[StreamEvent, None, None]:
-        """One provider call through the queue and the rate limiter."""
-        yield from limited_stream(
-            self._provider, self._gate, self._limiter, request, estimate=estimate, on_queue=on_queue
-        )
-
-    def _generate(self, stream: ReplyStream, request: ChatRequest) -> Iterator[str]:
+    def _generate(self, stream: ReplyStream, request: ChatRequest) -> Generator[str, None, None]:
         parts: list[str] = []
         ends: list[StreamEnd] = []
         error: ParleyError | None = None
@@ -308,9 +196,7 @@ class ChatService:
         strip_leading_space = False
         try:
             while True:
-                events = self._call(
-                    attempt, estimate=stream.estimated_input_tokens, on_queue=stream.on_queue
-                )
+                events = self._provider.stream(attempt, on_queue=stream.on_queue)
                 try:
                     for event in events:
                         if isinstance(event, TextDelta):
@@ -334,6 +220,8 @@ class ChatService:
                     attempt = replace(
                         request,
                         messages=(*request.messages, PromptMessage("assistant", prefill)),
+                        meta=replace(request.meta, purpose=Purpose.CONTINUATION),
+                        estimated_input_tokens=None,
                     )
                 finally:
                     events.close()
@@ -348,17 +236,20 @@ class ChatService:
             error = ProviderError(f"unexpected {type(exc).__name__}")
         finally:
             stream.result = self._store_answer(stream, "".join(parts), ends, error)
-            self._background(lambda: self._observe(stream.conversation_id))
-            if stream.result.ok:
-                self._maybe_title(stream.conversation_id)
+            self._upkeep.after_answer(
+                user_id=stream.user_id,
+                conversation_id=stream.conversation_id,
+                answered=stream.result.ok,
+            )
 
     def _store_answer(
         self,
         stream: ReplyStream,
         text: str,
-        ends: list[StreamEnd],
+        ends: Sequence[StreamEnd],
         error: ParleyError | None,
     ) -> ReplyResult:
+        """Commit the answer; a database that fails for a moment is tried again, then logged."""
         if error is None and ends:
             status, sentence = MessageStatus.COMPLETE, None
         else:
@@ -369,96 +260,55 @@ class ChatService:
                 "Answer in conversation %s ended %s: %s", stream.conversation_id, status, error
             )
         model = ends[-1].model if ends else self._provider.model
-        usage = _sum_usage(ends) if ends else None
+        usage = sum((e.usage for e in ends), Usage()) if ends else None
         cost = self._usage.cost(model, usage) if usage else None
-        with self._db.session() as session:
-            message = Message(
-                conversation_id=stream.conversation_id,
-                role=MessageRole.ASSISTANT,
-                content=text,
-                status=status,
-                model=model,
-                input_tokens=usage.input_tokens if usage else None,
-                output_tokens=usage.output_tokens if usage else None,
-                cache_creation_input_tokens=usage.cache_creation_input_tokens if usage else None,
-                cache_read_input_tokens=usage.cache_read_input_tokens if usage else None,
-                estimated_input_tokens=stream.estimated_input_tokens,
-                cost_usd=cost,
-                context=stream.context.provenance(),
-                stop_reason=ends[-1].stop_reason if ends else None,
-                error=sentence,
-                completed_at=utcnow(),
-            )
-            session.add(message)
-            conversation = session.get(Conversation, stream.conversation_id)
-            if conversation is not None:
-                conversation.updated_at = utcnow()
-            session.flush()
-            message_id = message.id
-        return ReplyResult(
-            message_id=message_id,
-            status=status,
-            text=text,
-            model=model,
-            usage=usage,
-            cost_usd=cost,
-            error=sentence,
-        )
-
-    def _maybe_title(self, conversation_id: int) -> None:
-        """After the first complete answer, ask the model for a title, off the hot path."""
-        with self._db.session() as session:
-            rows = session.execute(
-                select(Message.role, Message.content)
-                .where(
-                    Message.conversation_id == conversation_id,
-                    Message.status == MessageStatus.COMPLETE,
-                )
-                .order_by(Message.id)
-                .limit(3)
-            ).all()
-        if len(rows) != 2 or not self._model_titles:
-            return
-        question, answer = rows[0][1], rows[1][1]
-
-        def make_title() -> None:
+        message = {
+            "conversation_id": stream.conversation_id,
+            "role": MessageRole.ASSISTANT,
+            "content": text,
+            "status": status,
+            "model": model,
+            "tokens": message_tokens(text) if text else 0,
+            "input_tokens": usage.input_tokens if usage else None,
+            "output_tokens": usage.output_tokens if usage else None,
+            "cache_creation_input_tokens": usage.cache_creation_input_tokens if usage else None,
+            "cache_read_input_tokens": usage.cache_read_input_tokens if usage else None,
+            "estimated_input_tokens": stream.estimated_input_tokens,
+            "cost_usd": cost,
+            "context": stream.context.provenance(),
+            "stop_reason": ends[-1].stop_reason if ends else None,
+            "error": sentence,
+        }
+        for attempt, delay in enumerate((*STORE_RETRY_DELAYS_S, None), start=1):
             try:
-                title, calls = generate_title(
-                    lambda r: self._call(r, estimate=400, on_queue=None),
-                    question=question,
-                    answer=answer,
-                    temperature=self._settings.temperature.title,
-                    attempts=self._settings.title_attempts,
-                )
-                with self._db.session() as session:
-                    conversation = session.get(Conversation, conversation_id)
-                    # Keep a title the user has set meanwhile.
-                    if conversation is not None and conversation.title == fallback_title(question):
-                        conversation.title = title
-                log.info("Titled conversation %s after %d call(s).", conversation_id, calls)
-            except Exception:  # a title must never break anything
-                log.exception("Titling conversation %s failed", conversation_id)
+                message_id = self._insert_answer(message)
+                break
+            except StorageError as exc:
+                if delay is None:
+                    log.exception(
+                        "Could not store the answer in conversation %s after %d attempts "
+                        "(%d characters lost)",
+                        stream.conversation_id,
+                        attempt,
+                        len(text),
+                    )
+                    return ReplyResult(
+                        None, MessageStatus.ERROR, text, model, usage, cost, NOT_SAVED
+                    )
+                log.warning("Storing an answer failed (%s); trying again.", exc)
+                time.sleep(delay)
+        return ReplyResult(message_id, status, text, model, usage, cost, sentence)
 
-        self._background(make_title)
+    def _insert_answer(self, fields: dict[str, object]) -> int:
+        now = utcnow()
+        with self._db.session() as session:
+            message = Message(**fields, created_at=now, completed_at=now)
+            session.add(message)
+            conversation = session.get(Conversation, fields["conversation_id"])
+            if conversation is not None:
+                conversation.updated_at = now
+            session.flush()
+            return message.id
 
 
-def _sum_usage(ends: Sequence[StreamEnd]) -> Usage:
-    return Usage(
-        input_tokens=sum(e.usage.input_tokens for e in ends),
-        output_tokens=sum(e.usage.output_tokens for e in ends),
-        cache_creation_input_tokens=sum(e.usage.cache_creation_input_tokens for e in ends),
-        cache_read_input_tokens=sum(e.usage.cache_read_input_tokens for e in ends),
-    )
-
-
-__all__ = [
-    "BUDGET_MARGIN",
-    "Background",
-    "ChatService",
-    "Estimate",
-    "ReplyResult",
-    "ReplyStream",
-    "clean_message_text",
-    "run_in_thread",
-    "run_inline",
-]
+__all__ = ["ChatService"]

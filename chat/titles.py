@@ -10,12 +10,11 @@ Nothing here raises: a title is a nicety, never a reason to fail a turn.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from chat.providers.base import ChatRequest, PromptMessage, StreamEvent, TextDelta
 from parley.errors import ParleyError
+from parley.llm import CallMeta, ChatProvider, ChatRequest, PromptMessage, TextDelta
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +60,9 @@ def parse_title(raw: str) -> TitleOutput:
 
 
 def generate_title(
-    call: Callable[[ChatRequest], Iterator[StreamEvent]],
+    provider: ChatProvider,
     *,
+    meta: CallMeta,
     question: str,
     answer: str,
     temperature: float,
@@ -84,9 +84,10 @@ def generate_title(
             max_tokens=60,
             temperature=temperature,
             json_schema=schema,
+            meta=meta,
         )
         try:
-            raw = "".join(e.text for e in call(request) if isinstance(e, TextDelta))
+            raw = "".join(e.text for e in provider.stream(request) if isinstance(e, TextDelta))
         except ParleyError as exc:
             log.info("Title generation failed (%s); using the first message.", type(exc).__name__)
             return fallback_title(question), attempt

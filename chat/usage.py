@@ -1,7 +1,12 @@
-"""Tokens, cost and per-user daily quotas, computed from the messages table.
+"""Tokens, cost and per-user daily quotas; the meter of every model call.
 
 A day is a UTC calendar day. Cost is charged per message from the settings'
 price table (US dollars per million tokens, cache writes and reads priced apart).
+Quotas are still read from the messages table; every model call (chat, continuation,
+summary, title) is also recorded in `model_calls` by user and purpose (`record`).
+
+Authorization is here: a user reads their own usage and quota; admins read and
+set anyone's. Another user's figures give `NotFound`, admin-only calls `PermissionDenied`.
 """
 
 from __future__ import annotations
@@ -12,12 +17,12 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import func, select
 
-from auth.principal import Principal
-from chat.providers.base import Usage
 from parley.config import ModelPrice, Settings
-from parley.errors import NotFound, QuotaExceeded
+from parley.domain import MessageRole, Principal
+from parley.errors import NotFound, PermissionDenied, QuotaExceeded
+from parley.llm import CallMeta, StreamEnd, Usage
 from store.db import Database
-from store.models import Conversation, Message, MessageRole, User
+from store.models import Conversation, Message, ModelCall, User
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +83,39 @@ class UsageService:
     def estimate_cost(self, model: str, *, input_tokens: int, output_tokens: int = 0) -> float:
         return self.cost(model, Usage(input_tokens=input_tokens, output_tokens=output_tokens))
 
-    def today(self, principal: Principal, *, now: datetime | None = None) -> DayUsage:
+    def record(self, meta: CallMeta, *, model: str, end: StreamEnd) -> None:
+        """Meter one finished model call (the limited provider's `Meter`).
+
+        A call that names only its conversation (a summary) is charged to the owner.
+        """
+        with self._db.session() as session:
+            user_id = meta.user_id
+            if user_id is None and meta.conversation_id is not None:
+                user_id = session.scalar(
+                    select(Conversation.user_id).where(Conversation.id == meta.conversation_id)
+                )
+            session.add(
+                ModelCall(
+                    user_id=user_id,
+                    conversation_id=meta.conversation_id,
+                    purpose=meta.purpose,
+                    model=model,
+                    input_tokens=end.usage.input_tokens,
+                    output_tokens=end.usage.output_tokens,
+                    cache_creation_input_tokens=end.usage.cache_creation_input_tokens,
+                    cache_read_input_tokens=end.usage.cache_read_input_tokens,
+                    cost_usd=self.cost(model, end.usage),
+                )
+            )
+
+    def today(
+        self, principal: Principal, user_id: int | None = None, *, now: datetime | None = None
+    ) -> DayUsage:
+        """A user's use today (default: the principal's own)."""
+        user_id = _visible_user(principal, user_id)
         since = day_start(now or datetime.now(UTC))
         with self._db.session() as session:
-            owned = select(Conversation.id).where(Conversation.user_id == principal.user_id)
+            owned = select(Conversation.id).where(Conversation.user_id == user_id)
             messages = session.scalar(
                 select(func.count(Message.id)).where(
                     Message.conversation_id.in_(owned),
@@ -109,16 +143,20 @@ class UsageService:
             ).one()
         return DayUsage(messages=messages or 0, tokens=int(tokens), cost_usd=float(cost or 0.0))
 
-    def stored_quota(self, principal: Principal) -> tuple[int | None, int | None]:
-        """The user's own overrides (None: the settings' default)."""
+    def stored_quota(
+        self, principal: Principal, user_id: int | None = None
+    ) -> tuple[int | None, int | None]:
+        """A user's own overrides (None: the settings' default)."""
+        user_id = _visible_user(principal, user_id)
         with self._db.session() as session:
-            user = session.get(User, principal.user_id)
+            user = session.get(User, user_id)
             if user is None:
                 raise NotFound("user not found")
             return user.quota_messages_per_day, user.quota_tokens_per_day
 
-    def quota(self, principal: Principal) -> Quota:
-        messages, tokens = self.stored_quota(principal)
+    def quota(self, principal: Principal, user_id: int | None = None) -> Quota:
+        """A user's daily quotas in force (default: the principal's own)."""
+        messages, tokens = self.stored_quota(principal, user_id)
         return Quota(
             messages_per_day=self._settings.quota_messages_per_day
             if messages is None
@@ -127,18 +165,25 @@ class UsageService:
         )
 
     def set_quota(
-        self, name: str, *, messages_per_day: int | None, tokens_per_day: int | None
+        self,
+        principal: Principal,
+        user_id: int,
+        *,
+        messages_per_day: int | None,
+        tokens_per_day: int | None,
     ) -> None:
-        """Override a user's quotas (None: back to the default; 0: no limit)."""
+        """Admins override a user's quotas (None: back to the default; 0: no limit)."""
+        if not principal.is_admin:
+            raise PermissionDenied(user_message="Only administrators set quotas.")
         with self._db.session() as session:
-            user = session.scalar(select(User).where(User.name == name))
+            user = session.get(User, user_id)
             if user is None:
-                raise NotFound(user_message=f"No user named {name!r}.")
+                raise NotFound(user_message=f"There is no user {user_id}.")
             user.quota_messages_per_day = messages_per_day
             user.quota_tokens_per_day = tokens_per_day
 
     def check_quota(self, principal: Principal, *, now: datetime | None = None) -> None:
-        """Raise `QuotaExceeded`, naming the reset time, when a daily quota is used up."""
+        """Raise `QuotaExceeded`, naming the reset time, when the principal's quota is used up."""
         now = now or datetime.now(UTC)
         quota = self.quota(principal)
         used = self.today(principal, now=now)
@@ -148,8 +193,12 @@ class UsageService:
         if quota.tokens_per_day and used.tokens >= quota.tokens_per_day:
             raise QuotaExceeded(f"{quota.tokens_per_day:,} tokens", resets_at=resets_at)
 
-    def by_user_and_day(self, *, days: int = 7, now: datetime | None = None) -> list[UsageRow]:
-        """Tokens and cost per user per day, newest day first (admins and `parley usage`)."""
+    def by_user_and_day(
+        self, principal: Principal, *, days: int = 7, now: datetime | None = None
+    ) -> list[UsageRow]:
+        """Tokens and cost per user per day, newest day first: admins only."""
+        if not principal.is_admin:
+            raise PermissionDenied(user_message="Only administrators see everyone's usage.")
         since = day_start(now or datetime.now(UTC)) - timedelta(days=days - 1)
         day = func.date(Message.created_at)  # SQLite and PostgreSQL both have date()
         with self._db.session() as session:
@@ -183,3 +232,12 @@ class UsageService:
             )
             for r in rows
         ]
+
+
+def _visible_user(principal: Principal, user_id: int | None) -> int:
+    """`user_id` (default: the principal's own) if the principal may see it, else NotFound."""
+    if user_id is None or user_id == principal.user_id:
+        return principal.user_id
+    if not principal.is_admin:
+        raise NotFound(f"user {user_id} not visible to {principal.user_id}")
+    return user_id

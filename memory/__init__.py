@@ -1,9 +1,48 @@
 """Memory strategies: how stored history becomes a bounded prompt.
 
+This package file is memory's public API: a strategy plugin imports from here only.
 Strategies are found by name through the entry-point group `parley.memory_strategies`
-(`memory.registry`); see docs/ARCHITECTURE.md for how to write one.
+(`memory.registry`); see docs/ARCHITECTURE.md for how to write one. Memory knows no
+chat module and no provider SDK; model-written summaries come in through `Summarizer`.
 """
 
-from memory.base import ContextRequest, ContextWindow, MemoryStrategy, RecalledItem, Turn
+from memory.assembly import assemble, newest_that_fit, pack_by_score, system_with_summary
+from memory.base import (
+    ContextRequest,
+    ContextWindow,
+    MemoryStrategy,
+    RecalledItem,
+    Turn,
+    message_tokens,
+    turn_tokens,
+)
+from memory.registry import MemoryDeps, StrategyRegistry, available
+from memory.summaries import (
+    ExtractiveSummarizer,
+    RollingSummary,
+    Summarizer,
+    SummaryDraft,
+    SummaryStore,
+)
 
-__all__ = ["ContextRequest", "ContextWindow", "MemoryStrategy", "RecalledItem", "Turn"]
+__all__ = [
+    "ContextRequest",
+    "ContextWindow",
+    "ExtractiveSummarizer",
+    "MemoryDeps",
+    "MemoryStrategy",
+    "RecalledItem",
+    "RollingSummary",
+    "StrategyRegistry",
+    "Summarizer",
+    "SummaryDraft",
+    "SummaryStore",
+    "Turn",
+    "assemble",
+    "available",
+    "message_tokens",
+    "newest_that_fit",
+    "pack_by_score",
+    "system_with_summary",
+    "turn_tokens",
+]

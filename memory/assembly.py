@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from chat.providers.base import PromptMessage
 from memory.base import ContextWindow, RecalledItem, Turn, message_tokens
 from memory.summaries import Summary
 from parley.errors import InvalidInput
+from parley.llm import PromptMessage
 from parley.tokens import count_tokens
 
 RECALL_INTRO = (

@@ -18,10 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from chat.providers.base import PromptMessage, PromptRole
+from parley.llm import MESSAGE_OVERHEAD_TOKENS, PromptMessage, PromptRole
 from parley.tokens import count_tokens
-
-MESSAGE_OVERHEAD_TOKENS = 4  # role markers around each message
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +32,7 @@ class Turn:
     created_at: datetime | None = None
     speaker: str | None = None  # a display name ("Caroline"); None in ordinary chats
     session: str | None = None  # a label grouping turns ("Session 3"); None: by day
+    tokens: int | None = None  # `message_tokens(content)` when the store already knows it
 
     @property
     def label(self) -> str:
@@ -114,6 +113,11 @@ def message_tokens(text: str) -> int:
     return count_tokens(text) + MESSAGE_OVERHEAD_TOKENS
 
 
+def turn_tokens(turn: Turn) -> int:
+    """`message_tokens` of the turn's text: stored with the message, counted only if not."""
+    return turn.tokens if turn.tokens is not None else message_tokens(turn.content)
+
+
 __all__ = [
     "ContextRequest",
     "ContextWindow",
@@ -121,4 +125,5 @@ __all__ = [
     "RecalledItem",
     "Turn",
     "message_tokens",
+    "turn_tokens",
 ]

@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     output_tokens_per_minute: float = Field(default=40_000, gt=0)
     max_concurrent_calls: int = Field(default=4, ge=1)
     max_queued_calls: int = Field(default=50, ge=0, description="calls that may wait in line")
+    background_workers: int = Field(
+        default=2, ge=1, description="threads for upkeep after a turn (memory, summaries, titles)"
+    )
     limiter_store: str = Field(
         default="memory",
         pattern=r"^(memory|database)$",

@@ -7,18 +7,23 @@
     ├── AuthError               wrong name or password, expired session
     ├── ConfigurationError      the operator's set-up is wrong (missing model file, bad URL)
     ├── QuotaExceeded           a per-user daily quota is used up; `resets_at` says when
+    ├── StorageError            the database failed                   (translated in one
+    │   ├── StorageUnavailable  unreachable, locked, timed out          place: `store.db`)
+    │   └── StorageConflict     a uniqueness or reference rule refused the change
     └── ProviderError           the model could not answer            (`retryable` says if a
         ├── RateLimited         429, or our own limiter; `retry_at`     later try may work)
         ├── Overloaded          529, or an overloaded error mid-stream
         ├── ProviderUnavailable 5xx, connection failure, timeout
         ├── AuthenticationFailed 401/403: the key is wrong; never retried, operators alerted
         ├── InvalidRequest      400: a bug in what Parley sent; never retried
+        ├── ProviderMisconfigured the model is not installed or set up; never retried
         ├── ContextTooLong      the prompt does not fit the model
         └── StreamInterrupted   the answer broke off; `partial_text` holds what arrived
 
 Provider SDK exceptions are translated into this tree in one place
-(`chat.providers.errors.translate`). Pages and the CLI show `err.user_message`
-and never a traceback. No message here ever contains a key.
+(`chat.providers.errors.translate`), database exceptions in another (`store.db`).
+Pages and the CLI show `err.user_message` and never a traceback.
+No message here ever contains a key.
 """
 
 from __future__ import annotations
@@ -79,6 +84,18 @@ class QuotaExceeded(ParleyError):
         )
 
 
+class StorageError(ParleyError):
+    user_message = "Parley could not reach its database. Please try again in a moment."
+
+
+class StorageUnavailable(StorageError):
+    pass
+
+
+class StorageConflict(StorageError):
+    user_message = "That change conflicts with data saved meanwhile. Please try again."
+
+
 class ProviderError(ParleyError):
     user_message = "The model could not answer. Please try again."
     retryable = True
@@ -113,6 +130,15 @@ class AuthenticationFailed(ProviderError):
 class InvalidRequest(ProviderError):
     user_message = "The model service refused Parley's request. This is a bug and has been logged."
     retryable = False
+
+
+class ProviderMisconfigured(ProviderError):
+    """The operator's set-up of the model is wrong; the sentence names what to fix."""
+
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, user_message=message)
 
 
 class ContextTooLong(ProviderError):

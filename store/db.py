@@ -1,4 +1,10 @@
-"""Engine and sessions. SQLite (WAL mode) by default, any SQLAlchemy URL by setting."""
+"""Engine and sessions. SQLite (WAL mode) by default, any SQLAlchemy URL by setting.
+
+This is the one boundary for database errors: whatever SQLAlchemy or the driver
+raises inside `Database.session()` leaves it as `StorageUnavailable` (unreachable,
+locked, timed out) or `StorageConflict` (a constraint refused the change), with a
+sentence for the user and the original on `__cause__`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,10 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from parley.errors import ConfigurationError
+from parley.errors import ConfigurationError, StorageConflict, StorageError, StorageUnavailable
 
 
 class Database:
@@ -33,9 +40,15 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that commits when the block ends and rolls back on error."""
-        with self._sessions() as session, session.begin():
-            yield session
+        """A session that commits when the block ends and rolls back on error.
+
+        Database errors (in the block or at commit) leave as `StorageError`s.
+        """
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except SQLAlchemyError as exc:
+            raise translate_database_error(exc) from exc
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -49,3 +62,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def translate_database_error(exc: SQLAlchemyError) -> StorageError:
+    """The same translation for code that talks to the engine outside `session()`."""
+    if isinstance(exc, IntegrityError):
+        return StorageConflict(f"constraint: {type(exc.orig).__name__}")
+    return StorageUnavailable(f"database error: {type(exc).__name__}")

@@ -7,8 +7,9 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect
+from sqlalchemy.exc import SQLAlchemyError
 
-from store.db import Database
+from store.db import Database, translate_database_error
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -28,4 +29,7 @@ def upgrade(database: Database, revision: str = "head") -> None:
 
 def is_current(database: Database) -> bool:
     """True when the schema exists; the app refuses to start on an empty database."""
-    return inspect(database.engine).has_table("alembic_version")
+    try:
+        return inspect(database.engine).has_table("alembic_version")
+    except SQLAlchemyError as exc:
+        raise translate_database_error(exc) from exc

@@ -21,6 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from parley.domain import MessageRole, MessageStatus, Purpose, Role
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -28,25 +30,6 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     pass
-
-
-class Role(StrEnum):
-    USER = "user"
-    ADMIN = "admin"
-
-
-class MessageRole(StrEnum):
-    USER = "user"
-    ASSISTANT = "assistant"
-
-
-class MessageStatus(StrEnum):
-    """How a message ended. User messages are `complete` once committed."""
-
-    COMPLETE = "complete"
-    INTERRUPTED = "interrupted"  # the answer broke off; `content` holds the partial text
-    ERROR = "error"  # no usable answer; `error` says why
-    SUPERSEDED = "superseded"  # a failed answer the user retried; kept for the audit trail
 
 
 def _enum(cls: type[StrEnum], name: str) -> Enum:
@@ -120,6 +103,8 @@ class Message(Base):
     cache_creation_input_tokens: Mapped[int | None] = mapped_column(Integer)
     cache_read_input_tokens: Mapped[int | None] = mapped_column(Integer)
     estimated_input_tokens: Mapped[int | None] = mapped_column(Integer)
+    # The content's own prompt tokens (cl100k, with role markers), counted once when stored.
+    tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[float | None] = mapped_column(Float)
     # Provenance of the prompt that produced this answer (memory.ContextWindow.provenance()).
     context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -158,3 +143,25 @@ class RateBucket(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     level: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)  # Unix time: the same in every process
+
+
+class ModelCall(Base):
+    """One finished model call, metered by user and purpose (chat, summary, title, ...).
+
+    `conversation_id` has no foreign key on purpose: the record outlives the conversation.
+    """
+
+    __tablename__ = "model_calls"
+    __table_args__ = (Index("ix_model_calls_user_created", "user_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    conversation_id: Mapped[int | None] = mapped_column(Integer)
+    purpose: Mapped[Purpose] = mapped_column(_enum(Purpose, "purpose"))
+    model: Mapped[str] = mapped_column(String(100))
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    cache_creation_input_tokens: Mapped[int] = mapped_column(Integer)
+    cache_read_input_tokens: Mapped[int] = mapped_column(Integer)
+    cost_usd: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

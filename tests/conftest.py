@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from auth.principal import Principal
 from chat.providers.scripted import ScriptedProvider
-from chat.service import run_inline
+from fakes.anthropic_server import FakeAnthropic
+from parley.background import BackgroundWork
 from parley.config import ProviderChoice, Settings
-from parley.services import Services, build_services
+from parley.domain import Principal, Role
 from store.db import Database
 from store.migrate import upgrade
-from store.models import Role
-from tests.fake_anthropic import FakeAnthropic
+from tests.support import ROOT
+from wiring.services import Services, build_services
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -82,17 +82,17 @@ def scripted() -> ScriptedProvider:
 @pytest.fixture
 def services(settings: Settings, database: Database, scripted: ScriptedProvider) -> Services:
     del database  # migrated by its fixture
-    return build_services(settings, provider=scripted, background=run_inline)
+    return build_services(settings, provider=scripted, background=BackgroundWork(workers=0))
 
 
 @pytest.fixture
 def alice(services: Services) -> Principal:
-    return services.accounts.create_user(name="alice", password="alice-password")
+    return services.accounts.create_user(ROOT, name="alice", password="alice-password")
 
 
 @pytest.fixture
 def bob(services: Services) -> Principal:
-    return services.accounts.create_user(name="bob", password="bob-password", role=Role.USER)
+    return services.accounts.create_user(ROOT, name="bob", password="bob-password", role=Role.USER)
 
 
 @pytest.fixture

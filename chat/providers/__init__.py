@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from chat.providers.anthropic import AnthropicProvider, HeadersObserver
-from chat.providers.base import (
+from chat.providers.keys import CommandKey, FileKey, KeySource, StaticKey
+from chat.providers.scripted import ScriptedProvider
+from parley.config import KeySourceChoice, Settings, get_settings
+from parley.errors import ConfigurationError
+from parley.llm import (
     ChatProvider,
     ChatRequest,
     PromptMessage,
@@ -12,10 +16,6 @@ from chat.providers.base import (
     TextDelta,
     Usage,
 )
-from chat.providers.keys import CommandKey, FileKey, KeySource, StaticKey
-from chat.providers.scripted import ScriptedProvider
-from parley.config import KeySourceChoice, Settings, get_settings
-from parley.errors import ConfigurationError
 
 
 def build_key_source(settings: Settings) -> KeySource:

@@ -30,21 +30,23 @@ from anthropic.types import (
     UserMessageParam,
 )
 
-from chat.providers.base import (
+from chat.providers.errors import retry_after_seconds, translate
+from chat.providers.keys import KeySource
+from parley.errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    Overloaded,
+    ProviderMisconfigured,
+    RateLimited,
+    StreamInterrupted,
+)
+from parley.llm import (
     ChatRequest,
     PromptMessage,
     StreamEnd,
     StreamEvent,
     TextDelta,
     Usage,
-)
-from chat.providers.errors import retry_after_seconds, translate
-from chat.providers.keys import KeySource
-from parley.errors import (
-    AuthenticationFailed,
-    Overloaded,
-    RateLimited,
-    StreamInterrupted,
 )
 
 log = logging.getLogger(__name__)
@@ -121,7 +123,7 @@ class AnthropicProvider:
 
     def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
         models = [self._model] + ([self._fallback_model] if self._fallback_model else [])
-        key = self._keys.get()
+        key = _read_key(self._keys.get)
         rotated = False
         index = 0
         while True:
@@ -136,7 +138,7 @@ class AnthropicProvider:
                 if produced or rotated:
                     raise
                 rotated = True
-                fresh = self._keys.refresh()
+                fresh = _read_key(self._keys.refresh)
                 if fresh == key:
                     raise
                 log.warning("The API key was rejected; retrying once with the reloaded key.")
@@ -180,7 +182,7 @@ class AnthropicProvider:
         """The API's own count of the prompt's input tokens."""
         params = self._params(self._model, request)
         try:
-            result = self._client_for(self._keys.get()).messages.count_tokens(
+            result = self._client_for(_read_key(self._keys.get)).messages.count_tokens(
                 model=params["model"], system=params["system"], messages=params["messages"]
             )
         except Exception as exc:
@@ -209,6 +211,14 @@ class AnthropicProvider:
             # The current Messages API has no sampling parameters; older models take one.
             params["extra_body"] = {"temperature": request.temperature}
         return params
+
+
+def _read_key(read: Callable[[], str]) -> str:
+    """A key from its source; a source that fails is the operator's set-up, said as such."""
+    try:
+        return read()
+    except ConfigurationError as exc:
+        raise ProviderMisconfigured(exc.user_message) from exc
 
 
 def _message_param(message: PromptMessage) -> MessageParam:

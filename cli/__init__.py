@@ -1,0 +1,1 @@
+"""The `parley` command (`cli.main:main`): accounts, quotas, usage, chat and benchmarks."""

@@ -1,0 +1,308 @@
+"""The `parley` command: accounts, migrations and chat from a terminal.
+
+    parley db upgrade
+    parley user add NAME [--admin]      password: asked twice on a terminal, else one line of stdin
+    parley user list
+    parley chat --user NAME [--conversation ID] MESSAGE     (MESSAGE '-' reads stdin)
+    parley quota show NAME
+    parley quota set NAME [--messages N] [--tokens N]      (0: no limit; 'default': the setting)
+    parley usage [--days N]                                 tokens and cost per user and day
+    parley conversation strategy ID NAME|default --as ADMIN    memory strategy per conversation
+    parley memory strategies                                the installed memory strategies
+    parley bench memory --data FILE --strategy NAME --budget TOKENS [--json]
+
+Everything goes through the same services the page uses, under `PARLEY_DATA_DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.locomo import format_table, run
+from memory import available
+from parley.config import get_settings
+from parley.domain import Principal, Role
+from parley.errors import ParleyError
+from parley.logs import RedactSecrets
+from store.db import Database
+from store.migrate import upgrade
+from wiring import Services, build_services
+
+# Whoever runs `parley` on the server already holds the database and the settings: the
+# commands act as this operator, an administrator who is no account.
+OPERATOR = Principal(user_id=0, name="(operator)", role=Role.ADMIN)
+# How long `parley chat` waits for its turn's upkeep (memory, summary, title) before exiting.
+UPKEEP_TIMEOUT_S = 60.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactSecrets())
+    try:
+        result: int = args.func(args)
+        return result
+    except ParleyError as exc:
+        print(f"parley: {exc.user_message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("parley: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parley", description="Parley: self-hosted chat.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    db = commands.add_parser("db", help="database migrations").add_subparsers(required=True)
+    db_upgrade = db.add_parser("upgrade", help="apply all migrations")
+    db_upgrade.set_defaults(func=_db_upgrade)
+
+    user = commands.add_parser("user", help="local accounts").add_subparsers(required=True)
+    user_add = user.add_parser("add", help="create a local account")
+    user_add.add_argument("name")
+    user_add.add_argument("--admin", action="store_true", help="give the admin role")
+    user_add.set_defaults(func=_user_add)
+    user_list = user.add_parser("list", help="list accounts")
+    user_list.set_defaults(func=_user_list)
+
+    chat = commands.add_parser("chat", help="send one message and stream the answer")
+    chat.add_argument("--user", required=True, help="the account that sends the message")
+    chat.add_argument("--conversation", type=int, help="continue this conversation")
+    chat.add_argument("message", help="the message, or - to read it from stdin")
+    chat.set_defaults(func=_chat)
+
+    quota = commands.add_parser("quota", help="per-user daily quotas").add_subparsers(required=True)
+    quota_show = quota.add_parser("show", help="a user's quotas and today's use")
+    quota_show.add_argument("name")
+    quota_show.set_defaults(func=_quota_show)
+    quota_set = quota.add_parser("set", help="override a user's daily quotas")
+    quota_set.add_argument("name")
+    quota_set.add_argument("--messages", type=_quota_value, help="messages per day")
+    quota_set.add_argument("--tokens", type=_quota_value, help="tokens per day")
+    quota_set.set_defaults(func=_quota_set)
+
+    usage = commands.add_parser("usage", help="tokens and cost per user and day")
+    usage.add_argument("--days", type=int, default=7)
+    usage.set_defaults(func=_usage)
+
+    conversation = commands.add_parser("conversation", help="conversations").add_subparsers(
+        required=True
+    )
+    strategy = conversation.add_parser("strategy", help="set a conversation's memory strategy")
+    strategy.add_argument("id", type=int)
+    strategy.add_argument("name", help="a strategy name, or 'default'")
+    strategy.add_argument("--as", dest="admin", required=True, help="the admin making the change")
+    strategy.set_defaults(func=_conversation_strategy)
+
+    memory = commands.add_parser("memory", help="memory strategies").add_subparsers(required=True)
+    memory.add_parser("strategies", help="list installed strategies").set_defaults(
+        func=_memory_strategies
+    )
+
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(required=True)
+    bench_memory = bench.add_parser("memory", help="a memory strategy on LoCoMo-format data")
+    bench_memory.add_argument("--data", type=Path, required=True)
+    bench_memory.add_argument("--strategy", required=True)
+    bench_memory.add_argument("--budget", type=int, required=True, action="append")
+    bench_memory.add_argument("--limit", type=int, help="only the first N conversations")
+    bench_memory.add_argument("--json", action="store_true", help="end with one JSON line")
+    bench_memory.set_defaults(func=_bench_memory)
+    return parser
+
+
+_DEFAULT = -1  # `parley quota set --messages default`: back to the setting
+
+
+def _quota_value(text: str) -> int:
+    if text == "default":
+        return _DEFAULT
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a whole number, 0 for no limit, or 'default'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a whole number, 0 for no limit, or 'default'")
+    return value
+
+
+def _services() -> Services:
+    return build_services(get_settings())
+
+
+def _db_upgrade(_args: argparse.Namespace) -> int:
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.resolved_database_url)
+    try:
+        upgrade(database)
+    finally:
+        database.dispose()
+    print(f"Database is up to date ({database.url.render_as_string(hide_password=True)}).")
+    return 0
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != first:
+            raise ParleyError(user_message="The two passwords differ; nothing was created.")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    services = _services()
+    role = Role.ADMIN if args.admin else Role.USER
+    principal = services.accounts.create_user(
+        OPERATOR, name=args.name, password=_read_password(), role=role
+    )
+    print(f"Created {principal.role.value} {principal.name!r} (id {principal.user_id}).")
+    return 0
+
+
+def _user_list(_args: argparse.Namespace) -> int:
+    users = _services().accounts.list_users(OPERATOR)
+    if not users:
+        print("No users yet. Create one with: parley user add NAME --admin")
+        return 0
+    print(f"{'id':>4}  {'name':<24} {'role':<6} last login")
+    for u in users:
+        last = u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "never"
+        print(f"{u.id:>4}  {u.name:<24} {u.role.value:<6} {last}")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    services = _services()
+    principal = _principal(services, args.user)
+    text = sys.stdin.read() if args.message == "-" else args.message
+    try:
+        reply = services.chat.send(principal, args.conversation, text)
+        try:
+            for chunk in reply:
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        finally:
+            reply.close()
+    finally:
+        # The turn's upkeep (memory, summary, title) runs in the background: wait for it.
+        if not services.close(timeout=UPKEEP_TIMEOUT_S):
+            print("parley: background upkeep did not finish in time", file=sys.stderr)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    result = reply.result
+    if result is not None and result.error:
+        print(f"parley: {result.error}", file=sys.stderr)
+    print(reply.conversation_id, file=sys.stderr)
+    return 0 if result is not None and result.ok else 1
+
+
+def _principal(services: Services, name: str) -> Principal:
+    principal = services.accounts.find_principal(OPERATOR, name)
+    if principal is None:
+        raise ParleyError(user_message=f"No user named {name!r}.")
+    return principal
+
+
+def _limit(value: int) -> str:
+    return "no limit" if value == 0 else f"{value:,}"
+
+
+def _quota_show(args: argparse.Namespace) -> int:
+    services = _services()
+    principal = _principal(services, args.name)
+    quota = services.usage.quota(OPERATOR, principal.user_id)
+    used = services.usage.today(OPERATOR, principal.user_id)
+    print(
+        f"{principal.name}: today {used.messages:,} messages, {used.tokens:,} tokens, "
+        f"${used.cost_usd:.4f}"
+    )
+    print(f"  messages per day: {_limit(quota.messages_per_day)}")
+    print(f"  tokens per day:   {_limit(quota.tokens_per_day)}")
+    return 0
+
+
+def _quota_set(args: argparse.Namespace) -> int:
+    services = _services()
+    principal = _principal(services, args.name)
+    current = services.usage.stored_quota(OPERATOR, principal.user_id)
+
+    def choose(new: int | None, old: int | None) -> int | None:
+        if new is None:
+            return old
+        return None if new == _DEFAULT else new
+
+    services.usage.set_quota(
+        OPERATOR,
+        principal.user_id,
+        messages_per_day=choose(args.messages, current[0]),
+        tokens_per_day=choose(args.tokens, current[1]),
+    )
+    return _quota_show(args)
+
+
+def _usage(args: argparse.Namespace) -> int:
+    rows = _services().usage.by_user_and_day(OPERATOR, days=max(1, args.days))
+    if not rows:
+        print(f"No answers in the last {args.days} day(s).")
+        return 0
+    print(
+        f"{'day':<10}  {'user':<16} {'answers':>7} {'input':>10} {'output':>9} "
+        f"{'cache rd':>9} {'cache wr':>9} {'cost $':>9}"
+    )
+    for r in rows:
+        print(
+            f"{r.day.isoformat():<10}  {r.user:<16} {r.messages:>7} {r.input_tokens:>10,} "
+            f"{r.output_tokens:>9,} {r.cache_read_tokens:>9,} {r.cache_write_tokens:>9,} "
+            f"{r.cost_usd:>9.4f}"
+        )
+    return 0
+
+
+def _conversation_strategy(args: argparse.Namespace) -> int:
+    services = _services()
+    admin = _principal(services, args.admin)
+    name = None if args.name == "default" else args.name
+    services.lab.set_memory_strategy(admin, args.id, name)
+    print(f"Conversation {args.id} now uses {services.lab.strategy_of(admin, args.id)!r}.")
+    return 0
+
+
+def _memory_strategies(_args: argparse.Namespace) -> int:
+    default = get_settings().memory_strategy
+    for name in sorted(available()):
+        print(f"{name}{'  (default)' if name == default else ''}")
+    return 0
+
+
+def _bench_memory(args: argparse.Namespace) -> int:
+    if not args.data.is_file():
+        raise ParleyError(user_message=f"No such data file: {args.data}")
+    results = run(args.data, args.strategy, args.budget, settings=get_settings(), limit=args.limit)
+    print(format_table(results))
+    for result in results:
+        d = result.as_dict()
+        print(
+            f"{result.strategy} @ {result.budget:,}: {d['questions']} questions, "
+            f"ingestion {d['ingest_turns_per_s']} turns/s, {result.over_budget} over budget"
+        )
+    if args.json:
+        print(
+            json.dumps(
+                results[-1].as_dict() if len(results) == 1 else [r.as_dict() for r in results]
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Shared values every layer speaks: roles, message states, call purposes and the acting user.
+
+They live in the leaf so that the store, the services and the pages agree on them
+without importing one another (pages never import `store` to name a role).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    USER = "user"
+    ADMIN = "admin"
+
+
+class MessageRole(StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class MessageStatus(StrEnum):
+    """How a message ended. User messages are `complete` once committed."""
+
+    COMPLETE = "complete"
+    INTERRUPTED = "interrupted"  # the answer broke off; `content` holds the partial text
+    ERROR = "error"  # no usable answer; `error` says why
+    SUPERSEDED = "superseded"  # a failed answer the user retried; kept for the audit trail
+
+
+class Purpose(StrEnum):
+    """Why a model call was made; every call is metered under one."""
+
+    CHAT = "chat"
+    CONTINUATION = "continuation"  # a broken answer continued from its partial text
+    SUMMARY = "summary"
+    TITLE = "title"
+    BATCH = "batch"
+    EVALUATION = "evaluation"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking. Every service method that touches a user's data takes one."""
+
+    user_id: int
+    name: str
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+
+__all__ = ["MessageRole", "MessageStatus", "Principal", "Purpose", "Role"]

@@ -1,0 +1,127 @@
+"""The provider-neutral model interface: what a prompt is, what a stream yields, who answers.
+
+    class ChatProvider(Protocol):
+        model: str; context_window: int
+        def stream(self, request: ChatRequest) -> Iterator[TextDelta | StreamEnd]: ...
+        def count_tokens(self, request: ChatRequest) -> int: ...
+
+Every layer above the leaf speaks these types; only `chat.providers` knows an SDK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from parley.domain import Purpose
+from parley.tokens import count_tokens
+
+PromptRole = Literal["user", "assistant"]
+
+MESSAGE_OVERHEAD_TOKENS = 4  # role markers around each message
+
+
+@dataclass(frozen=True, slots=True)
+class PromptMessage:
+    role: PromptRole
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallMeta:
+    """Whom a call is for and why: the limited provider meters every call by these."""
+
+    purpose: Purpose = Purpose.CHAT
+    user_id: int | None = None
+    conversation_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    system: str
+    messages: Sequence[PromptMessage]
+    max_tokens: int
+    temperature: float
+    json_schema: dict[str, object] | None = None  # ask for JSON of this shape (titles, extraction)
+    meta: CallMeta = CallMeta()
+    # Prompt tokens as the caller already counted them (None: count here when needed).
+    estimated_input_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_creation_input_tokens + other.cache_creation_input_tokens,
+            self.cache_read_input_tokens + other.cache_read_input_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The last event of every successful stream."""
+
+    model: str
+    usage: Usage
+    stop_reason: str | None
+
+
+StreamEvent = TextDelta | StreamEnd
+
+
+def estimate_tokens(request: ChatRequest) -> int:
+    """The local (cl100k) count of a request's prompt: the caller's figure when it gave one."""
+    if request.estimated_input_tokens is not None:
+        return request.estimated_input_tokens
+    return count_tokens(request.system) + sum(
+        count_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in request.messages
+    )
+
+
+@runtime_checkable
+class ChatProvider(Protocol):
+    """A model that answers. Implementations raise only `parley.errors.ProviderError`s."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def context_window(self) -> int:
+        """Tokens the model accepts, prompt and answer together."""
+        ...
+
+    def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
+        """Yield `TextDelta`s as they arrive, then exactly one `StreamEnd`."""
+        ...
+
+    def count_tokens(self, request: ChatRequest) -> int:
+        """The prompt's input tokens: the API's count where there is one, else `estimate_tokens`."""
+        ...
+
+
+__all__ = [
+    "MESSAGE_OVERHEAD_TOKENS",
+    "CallMeta",
+    "ChatProvider",
+    "ChatRequest",
+    "PromptMessage",
+    "PromptRole",
+    "StreamEnd",
+    "StreamEvent",
+    "TextDelta",
+    "Usage",
+    "estimate_tokens",
+]

@@ -1,0 +1,240 @@
+"""The Streamlit pages through AppTest: first run, login, chat, expiry, bad input."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from app_pages.state import UiState
+from cli.main import main as cli_main
+from fakes.anthropic_server import FakeAnthropic, Fault, Reply
+from tests.support import ROOT
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+@pytest.fixture(autouse=True)
+def fresh_app(claude_env: FakeAnthropic) -> FakeAnthropic:
+    st.cache_resource.clear()
+    assert cli_main(["db", "upgrade"]) == 0
+    return claude_env
+
+
+def app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.run()
+    return at
+
+
+def log_in(at: AppTest, name: str, password: str) -> None:
+    at.text_input[0].input(name)
+    at.text_input[1].input(password)
+    at.button[0].click().run()
+
+
+def add_user(name: str, password: str, *, admin: bool = False) -> None:
+    from parley.config import get_settings
+    from parley.domain import Role
+    from wiring.services import build_services
+
+    build_services(get_settings()).accounts.create_user(
+        ROOT, name=name, password=password, role=Role.ADMIN if admin else Role.USER
+    )
+
+
+def page_text(at: AppTest) -> str:
+    parts = (
+        [m.value for m in at.markdown] + [e.value for e in at.error] + [c.value for c in at.caption]
+    )
+    parts += (
+        [s.value for s in at.subheader] + [t.value for t in at.title] + [i.value for i in at.info]
+    )
+    return "\n".join(str(p) for p in parts)
+
+
+def test_first_run_creates_the_admin_and_logs_in() -> None:
+    at = app()
+    assert at.title[0].value == "Welcome to Parley"
+    at.text_input[0].input("root")
+    at.text_input[1].input("root-password")
+    at.text_input[2].input("root-password")
+    at.button[0].click().run()
+    assert not at.exception
+    state = at.session_state["parley_ui"]
+    assert state.login is not None and state.login.principal.is_admin
+    assert "New conversation" in page_text(at)
+
+
+def test_first_run_refuses_mismatched_passwords() -> None:
+    at = app()
+    at.text_input[0].input("root")
+    at.text_input[1].input("root-password")
+    at.text_input[2].input("other-password")
+    at.button[0].click().run()
+    assert at.error[0].value == "The two passwords differ."
+    assert at.session_state["parley_ui"].login is None
+
+
+def test_visitor_sees_only_the_login_page() -> None:
+    add_user("alice", "alice-password")
+    at = app()
+    assert at.title[0].value == "Parley"
+    assert len(at.text_input) == 2
+    assert not at.chat_input
+
+
+def test_wrong_password_gets_a_sentence_not_a_traceback() -> None:
+    add_user("alice", "alice-password")
+    at = app()
+    log_in(at, "alice", "wrong-password")
+    assert not at.exception
+    assert at.error[0].value == "Wrong user name or password."
+    assert not at.chat_input
+
+
+def test_chat_streams_an_answer_from_claude_and_persists_it(claude_env: FakeAnthropic) -> None:
+    add_user("alice", "alice-password")
+    claude_env.enqueue(Reply(text="Bonjour Alice!", chunks=["Bonjour", " Alice!"]))
+    at = app()
+    log_in(at, "alice", "alice-password")
+    assert "claude-sonnet" in page_text(at)  # the page says which model answers
+    at.chat_input[0].set_value("Say hello in French").run()
+    assert not at.exception
+    chat = [m.markdown[0].value for m in at.chat_message]
+    assert chat == ["Say hello in French", "Bonjour Alice!"]
+    # A new session (a reload) finds the conversation after logging in.
+    again = app()
+    log_in(again, "alice", "alice-password")
+    conversation_button = next(b for b in again.button if b.label == "Say hello in French")
+    conversation_button.click().run()
+    assert [m.markdown[0].value for m in again.chat_message] == chat
+
+
+def test_costs_are_shown_before_and_after(claude_env: FakeAnthropic) -> None:
+    add_user("alice", "alice-password")
+    claude_env.enqueue(Reply(text="Answer.", input_tokens=1200, output_tokens=300))
+    at = app()
+    log_in(at, "alice", "alice-password")
+    assert any("Next message" in c.value and "$" in c.value for c in at.caption)
+    at.chat_input[0].set_value("How much does this cost?").run()
+    line = at.chat_message[1].caption[0].value
+    # Sonnet prices: 1,200 in at $3/MTok + 300 out at $15/MTok = $0.0081
+    assert line.startswith("1,200 in · 300 out") and "$0.0081" in line
+
+
+def test_long_retry_after_says_when_to_try_again(claude_env: FakeAnthropic) -> None:
+    add_user("alice", "alice-password")
+    claude_env.enqueue(Fault("rate_limit", retry_after=3600))
+    at = app()
+    log_in(at, "alice", "alice-password")
+    at.chat_input[0].set_value("Hello?").run()
+    assert not at.exception
+    assert any("try again at" in e.value and "UTC" in e.value for e in at.error)
+    assert any(b.label == "Retry" for b in at.button)
+
+
+def test_quota_message_names_the_reset_time(claude_env: FakeAnthropic) -> None:
+    add_user("alice", "alice-password")
+    assert cli_main(["quota", "set", "alice", "--messages", "1"]) == 0
+    claude_env.enqueue(Reply(text="one"))
+    at = app()
+    log_in(at, "alice", "alice-password")
+    at.chat_input[0].set_value("first").run()
+    at.chat_input[0].set_value("second").run()
+    assert "resets at 00:00 UTC" in at.error[0].value
+    assert at.text_area[0].value == "second"  # not lost: shown back to copy
+
+
+def test_failed_answer_shows_a_sentence_and_retry(claude_env: FakeAnthropic) -> None:
+    add_user("alice", "alice-password")
+    claude_env.enqueue(Fault("overloaded"))
+    at = app()
+    log_in(at, "alice", "alice-password")
+    at.chat_input[0].set_value("Are you there?").run()
+    assert not at.exception
+    assert at.error, "a clear sentence is shown"
+    retry = next(b for b in at.button if b.label == "Retry")
+    claude_env.enqueue(Reply(text="Yes, I am."))
+    retry.click().run()
+    assert not at.exception
+    assert [m.markdown[0].value for m in at.chat_message] == ["Are you there?", "Yes, I am."]
+    assert not any(b.label == "Retry" for b in at.button)
+
+
+@pytest.mark.parametrize("text", ["   ", "x" * 20_001])
+def test_bad_messages_are_not_sent_and_not_lost(claude_env: FakeAnthropic, text: str) -> None:
+    add_user("alice", "alice-password")
+    at = app()
+    log_in(at, "alice", "alice-password")
+    at.chat_input[0].set_value(text).run()
+    assert not at.exception
+    assert at.error[0].value.startswith("The message")
+    assert not [r for r in claude_env.requests if r.path.startswith("/v1/messages")]
+    if text.strip():
+        assert at.text_area[0].value == text  # the user can copy it back
+
+
+def test_idle_session_expires() -> None:
+    add_user("alice", "alice-password")
+    at = app()
+    log_in(at, "alice", "alice-password")
+    state: UiState = at.session_state["parley_ui"]
+    assert state.login is not None
+    state.login = state.login.touched(datetime.now(UTC) - timedelta(minutes=31))
+    at.run()
+    assert at.session_state["parley_ui"].login is None
+    assert "expired" in at.info[0].value
+    assert not at.chat_input
+
+
+def test_admin_sees_the_users_page_and_a_user_does_not() -> None:
+    add_user("root", "root-password", admin=True)
+    add_user("alice", "alice-password")
+    at = app()
+    log_in(at, "root", "root-password")
+    at.switch_page("app_pages/admin_users.py").run()
+    assert not at.exception
+    assert at.title[0].value == "Users"
+    user_at = app()
+    log_in(user_at, "alice", "alice-password")
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        user_at.switch_page("app_pages/admin_users.py")
+
+
+def test_rename_and_delete_a_conversation(claude_env: FakeAnthropic) -> None:
+    add_user("alice", "alice-password")
+    claude_env.enqueue(Reply(text="ok"))
+    at = app()
+    log_in(at, "alice", "alice-password")
+    at.chat_input[0].set_value("first topic").run()
+    at.text_input(key="rename").input("Renamed topic")
+    next(b for b in at.button if b.label == "Rename").click().run()
+    assert any(b.label == "Renamed topic" for b in at.button)
+    next(b for b in at.button if b.label == "Delete").click().run()
+    next(b for b in at.button if b.label == "Yes, delete").click().run()
+    assert not any(b.label == "Renamed topic" for b in at.button)
+    assert "No conversations yet." in page_text(at)
+
+
+def test_strategy_lab_compares_two_strategies(claude_env: FakeAnthropic) -> None:
+    add_user("root", "root-password", admin=True)
+    claude_env.enqueue(Reply(text="First answer."), Reply(text="Second answer."))
+    at = app()
+    log_in(at, "root", "root-password")
+    at.chat_input[0].set_value("Remember that my cat is Tom.").run()
+    at.chat_input[0].set_value("What is my cat called?").run()
+    strategy_box = at.selectbox(key="memory-strategy")
+    assert strategy_box.value == "token_window"
+    strategy_box.set_value("window").run()  # an admin sets this conversation's strategy
+    at.switch_page("app_pages/strategy_lab.py").run()
+    assert not at.exception
+    assert at.title[0].value == "Strategy lab"
+    at.selectbox[2].set_value("full").run()  # strategy A
+    assert [s.value for s in at.subheader] == ["full", "token_window"]
+    tokens = [int(m.value.replace(",", "")) for m in at.metric]
+    assert len(tokens) == 2 and all(t > 0 for t in tokens)
+    assert tokens[0] >= tokens[1]  # full holds at least what token_window holds

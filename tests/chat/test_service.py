@@ -1,0 +1,285 @@
+"""The chat service: order of commits, how answers end, and what bad input does."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from chat.providers.scripted import ScriptedProvider
+from parley.domain import MessageRole, MessageStatus, Principal
+from parley.errors import InvalidInput, NotFound, ProviderError, StreamInterrupted
+from parley.llm import ChatRequest
+from store.models import Message
+from wiring.services import Services
+
+
+def stored(services: Services, conversation_id: int) -> list[Message]:
+    with services.database.session() as session:
+        return list(
+            session.scalars(
+                select(Message)
+                .where(Message.conversation_id == conversation_id)
+                .order_by(Message.id)
+            )
+        )
+
+
+def test_user_message_is_committed_before_the_provider_is_called(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    seen: list[list[tuple[str, str]]] = []
+
+    def check_database(request: ChatRequest) -> None:
+        del request
+        # A separate session: only committed rows are visible.
+        with services.database.session() as session:
+            rows = session.scalars(select(Message).order_by(Message.id)).all()
+            seen.append([(m.role.value, m.content) for m in rows])
+
+    scripted.on_request = check_database
+    scripted.enqueue("Hi ", "Alice")
+    reply = services.chat.send(alice, None, "Hello there")
+    assert "".join(reply) == "Hi Alice"
+    assert seen == [[("user", "Hello there")]]
+
+
+def test_complete_answer_is_stored_with_model_and_usage(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue("Paris", " is the capital.")
+    reply = services.chat.send(alice, None, "Capital of France?")
+    assert list(reply) == ["Paris", " is the capital."]
+    assert reply.result is not None and reply.result.ok
+    user, answer = stored(services, reply.conversation_id)
+    assert (user.role, user.content) == (MessageRole.USER, "Capital of France?")
+    assert answer.role is MessageRole.ASSISTANT
+    assert answer.content == "Paris is the capital."
+    assert answer.status is MessageStatus.COMPLETE
+    assert answer.model == "scripted"
+    assert answer.output_tokens == 2 and answer.input_tokens and answer.input_tokens > 0
+    assert answer.stop_reason == "end_turn"
+
+
+def test_stream_that_breaks_keeps_partial_text_as_interrupted(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue_error(StreamInterrupted(partial_text="Once upon"), chunks=["Once ", "upon"])
+    scripted.enqueue_error(StreamInterrupted(partial_text=""), chunks=[])  # the continuation fails
+    reply = services.chat.send(alice, None, "Tell me a story")
+    assert "".join(reply) == "Once upon"  # no exception reaches the caller
+    assert reply.result is not None and not reply.result.ok
+    assert reply.result.error == StreamInterrupted.user_message
+    answer = stored(services, reply.conversation_id)[-1]
+    assert (answer.status, answer.content) == (MessageStatus.INTERRUPTED, "Once upon")
+    assert answer.error == StreamInterrupted.user_message
+
+
+def test_broken_stream_is_continued_once_with_the_partial_answer_as_prefill(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue_error(StreamInterrupted(), chunks=["Once upon ", "a "])
+    scripted.enqueue(" time.")
+    reply = services.chat.send(alice, None, "Tell me a story")
+    assert "".join(reply) == "Once upon a time."
+    continuation = scripted.requests[-1].messages
+    assert (continuation[-1].role, continuation[-1].content) == ("assistant", "Once upon a")
+    assert continuation[-2].content == "Tell me a story"
+    answer = stored(services, reply.conversation_id)[-1]
+    assert (answer.status, answer.content) == (MessageStatus.COMPLETE, "Once upon a time.")
+
+
+def test_a_second_break_is_not_continued(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue_error(StreamInterrupted(), chunks=["one"])
+    scripted.enqueue_error(StreamInterrupted(), chunks=[" two"])
+    scripted.enqueue("never asked for")
+    reply = services.chat.send(alice, None, "Count")
+    assert "".join(reply) == "one two"
+    assert len(scripted.requests) == 2
+    answer = stored(services, reply.conversation_id)[-1]
+    assert (answer.status, answer.content) == (MessageStatus.INTERRUPTED, "one two")
+
+
+def test_failure_before_any_text_is_stored_as_error(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue_error(ProviderError("down", user_message="The model is down."))
+    reply = services.chat.send(alice, None, "Anyone there?")
+    assert list(reply) == []
+    user, answer = stored(services, reply.conversation_id)
+    assert user.content == "Anyone there?"
+    assert (answer.status, answer.content, answer.error) == (
+        MessageStatus.ERROR,
+        "",
+        "The model is down.",
+    )
+
+
+def test_unexpected_provider_bug_is_contained(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    def explode(request: ChatRequest) -> None:
+        del request
+        raise RuntimeError("bug in provider")
+
+    scripted.on_request = explode
+    reply = services.chat.send(alice, None, "Hi")
+    assert list(reply) == []
+    assert reply.result is not None and reply.result.status is MessageStatus.ERROR
+
+
+def test_closing_early_stores_partial_answer(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue("one ", "two ", "three")
+    reply = services.chat.send(alice, None, "Count")
+    chunks = iter(reply)
+    assert next(chunks) == "one "
+    reply.close()
+    answer = stored(services, reply.conversation_id)[-1]
+    assert (answer.status, answer.content) == (MessageStatus.INTERRUPTED, "one ")
+
+
+def test_retry_answers_again_and_keeps_the_failed_attempt(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue_error(ProviderError("down"))
+    first = services.chat.send(alice, None, "Question")
+    list(first)
+    assert services.chat.needs_retry(alice, first.conversation_id)
+    scripted.enqueue("Answer")
+    second = services.chat.retry(alice, first.conversation_id)
+    assert "".join(second) == "Answer"
+    assert not services.chat.needs_retry(alice, first.conversation_id)
+    rows = stored(services, first.conversation_id)
+    assert [(m.role, m.status) for m in rows] == [
+        (MessageRole.USER, MessageStatus.COMPLETE),
+        (MessageRole.ASSISTANT, MessageStatus.SUPERSEDED),
+        (MessageRole.ASSISTANT, MessageStatus.COMPLETE),
+    ]
+    # The retried request asked the same question once.
+    assert [m.content for m in scripted.requests[-1].messages] == ["Question"]
+    with pytest.raises(InvalidInput):
+        services.chat.retry(alice, first.conversation_id)
+
+
+def test_history_goes_into_the_next_prompt(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue("Nice to meet you, Ann.")
+    first = services.chat.send(alice, None, "My name is Ann.")
+    list(first)
+    scripted.enqueue("Ann.")
+    list(services.chat.send(alice, first.conversation_id, "What is my name?"))
+    request = scripted.requests[-1]
+    assert [(m.role, m.content) for m in request.messages] == [
+        ("user", "My name is Ann."),
+        ("assistant", "Nice to meet you, Ann."),
+        ("user", "What is my name?"),
+    ]
+    assert request.system == services.settings.system_prompt
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t  \n", "\x00\x00"])
+def test_empty_messages_are_refused_and_nothing_is_stored(
+    services: Services, scripted: ScriptedProvider, alice: Principal, text: str
+) -> None:
+    with pytest.raises(InvalidInput, match="empty"):
+        services.chat.send(alice, None, text)
+    assert scripted.requests == []
+    assert services.conversations.list_for(alice) == []
+
+
+def test_over_long_message_is_refused_with_the_limit(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    limit = services.settings.max_message_chars
+    with pytest.raises(InvalidInput, match=f"{limit:,}"):
+        services.chat.send(alice, None, "x" * (limit + 1))
+    assert scripted.requests == []
+    assert services.conversations.list_for(alice) == []
+
+
+def test_message_too_long_for_the_context_window_is_refused(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.context_window = 1500  # budget of a few hundred tokens after the answer's reserve
+    with pytest.raises(InvalidInput, match="context window"):
+        services.chat.send(alice, None, "word " * 2000)
+    assert scripted.requests == []
+
+
+def test_odd_encodings_are_cleaned_not_rejected(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    reply = services.chat.send(alice, None, "caf\u0065\u0301 \ud800broken\x00 line\r\nnext")
+    list(reply)
+    user = stored(services, reply.conversation_id)[0]
+    assert user.content == "café ?broken line\nnext"
+    assert scripted.requests[0].messages[-1].content == user.content
+
+
+def test_other_users_conversation_is_not_found(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    reply = services.chat.send(alice, None, "private")
+    list(reply)
+    with pytest.raises(NotFound):
+        services.chat.send(bob, reply.conversation_id, "let me in")
+    with pytest.raises(NotFound):
+        services.chat.retry(bob, reply.conversation_id)
+    assert len(stored(services, reply.conversation_id)) == 2
+
+
+def test_a_queued_turn_hears_its_position(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    import threading
+
+    from parley.background import BackgroundWork
+    from wiring.services import build_services
+
+    one_slot = services.settings.model_copy(update={"max_concurrent_calls": 1})
+    services = build_services(one_slot, provider=scripted, background=BackgroundWork(workers=0))
+    positions: list[int] = []
+    release = threading.Event()
+    holding = threading.Event()
+
+    def hold_the_only_slot() -> None:
+        with services.gate.slot():
+            holding.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold_the_only_slot)
+    holder.start()
+    assert holding.wait(5)
+    reply = services.chat.send(alice, None, "queued question")
+
+    def note(position: int) -> None:
+        positions.append(position)
+        release.set()  # the slot frees once the page has shown the position
+
+    reply.on_queue = note
+    assert "".join(reply) == "OK"
+    holder.join(5)
+    assert positions == [1]
+
+
+def test_a_full_queue_ends_the_turn_with_a_sentence_and_keeps_the_message(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    from parley.background import BackgroundWork
+    from wiring.services import build_services
+
+    no_line = services.settings.model_copy(
+        update={"max_concurrent_calls": 1, "max_queued_calls": 0}
+    )
+    services = build_services(no_line, provider=scripted, background=BackgroundWork(workers=0))
+    with services.gate.slot():  # someone else is being answered
+        reply = services.chat.send(alice, None, "is anyone free?")
+        assert list(reply) == []
+    assert reply.result is not None and reply.result.status is MessageStatus.ERROR
+    assert reply.result.error is not None and "very busy" in reply.result.error
+    assert stored(services, reply.conversation_id)[0].content == "is anyone free?"
+    assert scripted.requests == []

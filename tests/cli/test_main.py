@@ -1,0 +1,159 @@
+"""The `parley` console script, run as a real subprocess against a temporary data dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fakes.anthropic_server import FakeAnthropic, Fault, Reply
+
+PARLEY = str(Path(sys.executable).with_name("parley"))
+
+
+def run(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PARLEY, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def claude(fake: FakeAnthropic) -> dict[str, str]:
+    """Environment that points the `parley` command at the fake API."""
+    return {
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "ANTHROPIC_BASE_URL": fake.base_url,
+        "PARLEY_ANTHROPIC_MAX_RETRIES": "0",
+        "PARLEY_MODEL_TITLES": "false",
+    }
+
+
+def test_user_add_reads_the_password_from_stdin_and_list_shows_it(tmp_path: Path) -> None:
+    assert run("db", "upgrade").returncode == 0
+    assert (tmp_path / "data" / "parley.db").is_file()  # everything under PARLEY_DATA_DIR
+    created = run("user", "add", "alice", "--admin", stdin="alice-password\n")
+    assert created.returncode == 0, created.stderr
+    assert "Created admin 'alice'" in created.stdout
+    listing = run("user", "list")
+    assert "alice" in listing.stdout and "admin" in listing.stdout
+    duplicate = run("user", "add", "alice", stdin="other-password\n")
+    assert duplicate.returncode == 1
+    assert "already exists" in duplicate.stderr and "Traceback" not in duplicate.stderr
+
+
+def test_commands_before_migration_say_what_to_do() -> None:
+    result = run("user", "list")
+    assert result.returncode == 1
+    assert "parley db upgrade" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_chat_streams_to_stdout_and_prints_the_conversation_id_last(
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    env = claude(fake_anthropic)
+    run("db", "upgrade")
+    run("user", "add", "alice", stdin="alice-password\n")
+    fake_anthropic.enqueue(Reply(text="Four."), Reply(text="Eight."))
+    first = run("chat", "--user", "alice", "What is 2+2?", env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "Four."
+    conversation_id = first.stderr.strip().splitlines()[-1]
+    assert conversation_id.isdigit()
+    second = run(
+        "chat",
+        "--user",
+        "alice",
+        "--conversation",
+        conversation_id,
+        "-",
+        stdin="Double it",
+        env=env,
+    )
+    assert second.stdout.strip() == "Eight."
+    assert second.stderr.strip().splitlines()[-1] == conversation_id
+    sent = [m["content"] for m in fake_anthropic.requests[-1].body["messages"]]
+    assert sent == ["What is 2+2?", "Four.", "Double it"]
+
+
+def test_chat_failure_ends_with_a_sentence_and_keeps_the_partial_answer(
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    env = claude(fake_anthropic)
+    run("db", "upgrade")
+    run("user", "add", "alice", stdin="alice-password\n")
+    # The first break is continued once automatically; the second one ends the answer.
+    fake_anthropic.enqueue(
+        Fault("drop_mid_stream", text="The answer is", after_chunks=2),
+        Fault("drop_mid_stream", text=" forty", after_chunks=1),
+    )
+    result = run("chat", "--user", "alice", "Question?", env=env)
+    assert result.returncode == 1
+    # "The answer " arrived (two chunks), then " forty" after the prefill "The answer".
+    assert result.stdout.strip() == "The answer forty"
+    lines = result.stderr.strip().splitlines()
+    assert "broke off" in lines[-2] and lines[-1].isdigit()
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_user_is_a_clear_error() -> None:
+    run("db", "upgrade")
+    result = run("chat", "--user", "ghost", "hello")
+    assert result.returncode == 1
+    assert "No user named 'ghost'" in result.stderr
+
+
+def test_user_add_on_a_terminal_asks_twice_and_refuses_a_mismatch() -> None:
+    import pty
+    import select
+
+    assert run("db", "upgrade").returncode == 0
+
+    def on_terminal(*answers: str) -> tuple[int, str]:
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: a real controlling terminal, as a person would have
+            try:
+                os.execv(PARLEY, [PARLEY, "user", "add", "tty-user"])
+            finally:
+                os._exit(127)  # never fall back into the test runner
+        seen = b""
+        pending = list(answers)
+        while True:
+            ready, _, _ = select.select([fd], [], [], 30)
+            if not ready:
+                break
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if pending and seen.rstrip().endswith(b":"):
+                # getpass turns echo off with TCSAFLUSH after printing the prompt, which
+                # discards input typed too early: answer as a person would, a moment later.
+                time.sleep(0.5)
+                os.write(fd, pending.pop(0).encode() + b"\n")
+        deadline = time.monotonic() + 15
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if done[0] == 0:  # stuck at a prompt: never hang the suite
+            os.kill(pid, 9)
+            done = os.waitpid(pid, 0)
+        status = done[1]
+        os.close(fd)
+        return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
+
+    code, screen = on_terminal("first-password", "other-password")
+    assert code == 1 and "Password again" in screen and "differ" in screen
+    assert "first-password" not in screen  # not echoed
+    code, screen = on_terminal("good-password", "good-password")
+    assert code == 0 and "Created user 'tty-user'" in screen

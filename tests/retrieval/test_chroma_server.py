@@ -1,0 +1,97 @@
+"""Recall against a real Chroma server (`chroma run` on 127.0.0.1), as at scale."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from parley.config import Settings
+from retrieval.embeddings import HashingEmbedder
+from retrieval.recall import IndexedTurn, RecallIndex
+from wiring.services import build_recall_index
+
+CHROMA = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def chroma_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("chroma-server")
+    port = _free_port()
+    log = (folder / "server.log").open("w")
+    server = subprocess.Popen(
+        [CHROMA, "run", "--host", "127.0.0.1", "--port", str(port), "--path", str(folder / "db")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError((folder / "server.log").read_text()) from None
+                time.sleep(0.3)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def test_recall_persists_on_a_chroma_server(chroma_url: str, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, chroma_url=chroma_url)
+    built = build_recall_index(settings)  # the app's own wiring picks the HTTP client
+    assert built.store is not None
+    turns = [
+        IndexedTurn(
+            id=1, text="We planted tomatoes in the greenhouse.", speaker="Ann", session="s1"
+        ),
+        IndexedTurn(id=2, text="The train to Porto leaves at nine.", speaker="Bob", session="s1"),
+        IndexedTurn(id=3, text="Tomatoes need a lot of sun.", speaker="Ann", session="s2"),
+    ]
+    first = RecallIndex(embedder=HashingEmbedder(), store=built.store)
+    first.observe(42, turns)
+    assert set(built.store.get("conversation-42")) == {"1", "2", "3"}
+    nearest = built.store.query(
+        "conversation-42",
+        HashingEmbedder().embed(["tomatoes greenhouse"])[0],
+        n=3,
+        where={"speaker": "Ann"},  # a metadata filter inside the server's query
+    )
+    assert {turn_id for turn_id, _ in nearest} == {"1", "3"}
+    # A new process (a new index) finds the embeddings on the server instead of re-embedding.
+    calls: list[int] = []
+
+    class CountingEmbedder(HashingEmbedder):
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            calls.append(len(texts))
+            return super().embed(texts)
+
+    second = RecallIndex(embedder=CountingEmbedder(), store=built.store)
+    scores = second.score(42, turns, "tomatoes")
+    assert [turn_id for turn_id, _ in scores] == [1, 2, 3]
+    assert calls == [1]  # only the question was embedded
+    second.forget(42)
+    assert built.store.get("conversation-42") == {}

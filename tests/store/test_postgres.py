@@ -1,0 +1,202 @@
+"""The same code on PostgreSQL: migrations, chat, usage, quotas and summaries.
+
+A throwaway cluster is started on 127.0.0.1 for this module (initdb + pg_ctl from
+Debian's postgresql package, which `make test` installs when missing).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from chat.providers.scripted import ScriptedProvider
+from parley.background import BackgroundWork
+from parley.config import ProviderChoice, Settings
+from parley.errors import QuotaExceeded
+from store.db import Database
+from store.migrate import upgrade
+from store.models import Base
+from tests.support import ROOT
+from wiring.services import Services, build_services
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+INITDB = shutil.which("initdb") or str(PG_BIN / "initdb")
+PG_CTL = shutil.which("pg_ctl") or str(PG_BIN / "pg_ctl")
+
+pytestmark = pytest.mark.skipif(
+    not Path(INITDB).exists(), reason="needs PostgreSQL's initdb (make system-deps installs it)"
+)
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; CI runs as root.
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    # Not under pytest's temporary root: that is private to root, and postgres must enter it.
+    folder = Path(tempfile.mkdtemp(prefix="parley-pg-"))
+    data = folder / "data"
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    port = _free_port()
+    subprocess.run(
+        _as_postgres(
+            [
+                INITDB,
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    subprocess.run(
+        _as_postgres(
+            [
+                PG_CTL,
+                "-D",
+                str(data),
+                "-l",
+                str(folder / "log"),
+                "-w",
+                "-o",
+                f"-h 127.0.0.1 -p {port} -k {folder}",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    try:
+        subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "-c",
+                "CREATE DATABASE parley",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/parley"
+    finally:
+        subprocess.run(
+            _as_postgres([PG_CTL, "-D", str(data), "-m", "fast", "stop"]),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+
+def test_migrations_match_the_models_on_postgres(postgres_url: str) -> None:
+    database = Database(postgres_url)
+    upgrade(database)
+    with database.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    database.dispose()
+
+
+def test_chat_usage_quotas_and_summaries_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=postgres_url,
+        provider=ProviderChoice.LOCAL,
+        model_titles=False,
+        memory_strategy="summary_buffer",
+        memory_fold_tokens=200,
+    )
+    database = Database(postgres_url)
+    upgrade(database)
+    database.dispose()
+    provider = ScriptedProvider(model="claude-sonnet-test", default_answer="An answer " * 20)
+    services = build_services(settings, provider=provider, background=BackgroundWork(workers=0))
+    try:
+        exercise(services)
+    finally:
+        services.database.dispose()
+
+
+def exercise(services: Services) -> None:
+    alice = services.accounts.create_user(ROOT, name="pg-alice", password="alice-password")
+    conversation = None
+    for turn in range(12):
+        reply = services.chat.send(
+            alice, conversation, f"Question {turn} about \u00e9t\u00e9 \U0001f31e"
+        )
+        list(reply)
+        conversation = reply.conversation_id
+        assert reply.result is not None and reply.result.ok
+    assert conversation is not None
+    messages = services.conversations.messages(alice, conversation)
+    assert len(messages) == 24 and messages[0].content.endswith("\U0001f31e")
+    rows = services.usage.by_user_and_day(ROOT, days=1)
+    assert [(r.user, r.messages) for r in rows] == [("pg-alice", 12)]
+    assert rows[0].cost_usd > 0
+    summary = services.memory.deps.summaries.latest(conversation)
+    assert summary is not None and summary.version >= 1
+    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=12, tokens_per_day=None)
+    with pytest.raises(QuotaExceeded):
+        services.chat.send(alice, conversation, "one too many")
+    services.conversations.delete(alice, conversation)
+    assert services.memory.deps.summaries.latest(conversation) is None  # cascaded
+
+
+def test_shared_token_buckets_on_postgres(postgres_url: str) -> None:
+    from chat.limits import DatabaseBucketStore, RateLimiter
+    from parley.errors import RateLimited
+
+    database = Database(postgres_url)
+    upgrade(database)
+    limiters = [
+        RateLimiter(
+            requests_per_minute=5,
+            input_tokens_per_minute=1e9,
+            output_tokens_per_minute=1e9,
+            max_wait_s=0,
+            store=DatabaseBucketStore(database),
+            clock=lambda: 1_000_000.0,
+        )
+        for _ in range(2)
+    ]
+    granted = 0
+    for _ in range(6):
+        for limiter in limiters:
+            try:
+                limiter.acquire(input_tokens=1)
+                granted += 1
+            except RateLimited:
+                pass
+    assert granted == 5
+    database.dispose()

@@ -1,0 +1,154 @@
+"""Wiring: build every service from `Settings`, once per process (the page and the CLI alike).
+
+The only place that knows every layer. It hands out one `LimitedProvider` (queue,
+buckets, metering) to everything that calls a model, and one `BackgroundWork` pool
+to everything that works after a turn; `Services.close` drains that pool.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from auth.accounts import AccountService
+from chat.context import ContextBuilder
+from chat.conversations import ConversationService
+from chat.lab import StrategyLab
+from chat.limited import LimitedProvider
+from chat.limits import ConcurrencyGate, DatabaseBucketStore, MemoryBucketStore, RateLimiter
+from chat.providers import build_provider
+from chat.service import ChatService
+from chat.summaries import ModelSummarizer
+from chat.upkeep import Upkeep
+from chat.usage import UsageService
+from memory import ExtractiveSummarizer, MemoryDeps, StrategyRegistry, Summarizer, SummaryStore
+from parley.background import BackgroundWork
+from parley.config import Settings
+from parley.errors import ConfigurationError
+from parley.llm import ChatProvider
+from parley.logs import configure_logging
+from retrieval.embeddings import MiniLMEmbedder
+from retrieval.recall import RecallIndex
+from retrieval.vector_store import VectorStore
+from store.db import Database
+from store.migrate import is_current
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    database: Database
+    provider: LimitedProvider  # the only provider anything calls
+    accounts: AccountService
+    conversations: ConversationService
+    usage: UsageService
+    limiter: RateLimiter
+    gate: ConcurrencyGate
+    memory: StrategyRegistry
+    chat: ChatService
+    lab: StrategyLab
+    upkeep: Upkeep
+    background: BackgroundWork
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Let background work finish (at most `timeout`), then release the database."""
+        drained = self.background.close(timeout)
+        self.database.dispose()
+        return drained
+
+
+def build_services(
+    settings: Settings,
+    *,
+    provider: ChatProvider | None = None,
+    background: BackgroundWork | None = None,
+) -> Services:
+    """Everything the app needs. `provider` overrides the settings' choice (tests, benchmarks);
+    `background` the upkeep pool (`BackgroundWork(workers=0)` runs upkeep inline)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    configure_logging(settings)
+    database = Database(settings.resolved_database_url)
+    if not is_current(database):
+        raise ConfigurationError(
+            "The database has no tables yet: run `parley db upgrade` (make run does it)."
+        )
+    shared = settings.limiter_store == "database"
+    limiter = RateLimiter(
+        requests_per_minute=settings.requests_per_minute,
+        input_tokens_per_minute=settings.input_tokens_per_minute,
+        output_tokens_per_minute=settings.output_tokens_per_minute,
+        max_wait_s=settings.anthropic_max_retry_wait_s,
+        store=DatabaseBucketStore(database) if shared else MemoryBucketStore(),
+        clock=time.time if shared else time.monotonic,  # processes share wall time only
+    )
+    gate = ConcurrencyGate(settings.max_concurrent_calls, max_waiting=settings.max_queued_calls)
+    usage = UsageService(database, settings)
+    explicit_provider = provider is not None
+    limited = LimitedProvider(
+        provider or build_provider(settings, on_headers=limiter.observe_headers),
+        gate=gate,
+        limiter=limiter,
+        meter=usage,
+        count_with_api=settings.anthropic_count_tokens,
+    )
+    # The embedded 135M model is no use as a summarizer or titler; Claude (or a provider a
+    # caller chose on purpose) is.
+    capable = explicit_provider or settings.uses_anthropic
+    summarizer: Summarizer = (
+        ModelSummarizer(limited, temperature=settings.temperature.summarize)
+        if capable
+        else ExtractiveSummarizer()
+    )
+    memory = StrategyRegistry(
+        MemoryDeps(
+            settings=settings,
+            summaries=SummaryStore(database),
+            summarizer=summarizer,
+            recall_factory=lambda: build_recall_index(settings),
+        )
+    )
+    work = background or BackgroundWork(workers=settings.background_workers)
+    context = ContextBuilder(provider=limited, memory=memory, settings=settings, usage=usage)
+    upkeep = Upkeep(
+        database=database,
+        memory=memory,
+        provider=limited,
+        work=work,
+        settings=settings,
+        model_titles=settings.model_titles and capable,
+    )
+    return Services(
+        settings=settings,
+        database=database,
+        provider=limited,
+        accounts=AccountService(database),
+        conversations=ConversationService(database, on_delete=memory.forget),
+        usage=usage,
+        limiter=limiter,
+        gate=gate,
+        memory=memory,
+        chat=ChatService(
+            database=database,
+            provider=limited,
+            context=context,
+            settings=settings,
+            usage=usage,
+            upkeep=upkeep,
+        ),
+        lab=StrategyLab(database=database, context=context),
+        upkeep=upkeep,
+        background=work,
+    )
+
+
+def build_recall_index(settings: Settings) -> RecallIndex:
+    """MiniLM embeddings persisted in Chroma: a server if `PARLEY_CHROMA_URL`, else files."""
+    if settings.chroma_url:
+        url = urlsplit(settings.chroma_url)
+        if not url.hostname:
+            raise ConfigurationError("PARLEY_CHROMA_URL must look like http://host:port.")
+        store = VectorStore.http(url.hostname, url.port or 8000)
+    else:
+        store = VectorStore.persistent(settings.data_dir / "chroma")
+    return RecallIndex(embedder=MiniLMEmbedder(threads=settings.embedding_threads), store=store)
