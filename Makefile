@@ -47,9 +47,10 @@ system-deps:
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: install-dev
-	$(BIN)/mypy --strict parley chat memory retrieval auth store app_pages app.py
+	$(BIN)/mypy --strict parley store retrieval auth memory chat wiring cli bench fakes app_pages app.py
 
 pytest: install-dev system-deps
 	$(BIN)/pytest
