@@ -46,10 +46,12 @@ class ContextBuilder:
         return self._memory
 
     def budget(self) -> int:
-        """Prompt tokens allowed: the model's context minus the answer's reserve, less a margin."""
-        return int(
-            (self._provider.context_window - self._settings.max_output_tokens) * BUDGET_MARGIN
-        )
+        """Prompt tokens allowed: the model's context minus the answer's reserve, less a margin,
+        and at most `memory_prompt_tokens` (so a turn's cost stops growing with the history)."""
+        model_room = (
+            self._provider.context_window - self._settings.max_output_tokens
+        ) * BUDGET_MARGIN
+        return min(int(model_room), self._settings.memory_prompt_tokens)
 
     def build(
         self,

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from chat.context import ContextBuilder, Estimate
 from chat.conversations import owned_conversation
-from chat.history import in_prompt, prompt_turns, to_turn, visible_messages
+from chat.history import HistoryCache, in_prompt, to_turn, visible_messages
 from chat.limited import LimitedProvider
 from chat.replies import ReplyResult, ReplyStream, clean_message_text
 from chat.titles import fallback_title
@@ -55,8 +55,10 @@ class ChatService:
         settings: Settings,
         usage: UsageService,
         upkeep: Upkeep,
+        history: HistoryCache,
     ) -> None:
         self._db = database
+        self._history = history
         self._provider = provider
         self._context = context
         self._settings = settings
@@ -79,10 +81,10 @@ class ChatService:
                 conversation = Conversation(user_id=principal.user_id, title=fallback_title(text))
                 session.add(conversation)
                 session.flush()
-                history: list[Turn] = []
+                history: Sequence[Turn] = ()
             else:
                 conversation = owned_conversation(session, principal, conversation_id)
-                history = prompt_turns(session, conversation.id)
+                history = self._history.turns(session, conversation.id)
             context = self._context.build(
                 conversation_id=conversation.id,
                 strategy=conversation.memory_strategy,
@@ -153,13 +155,14 @@ class ChatService:
         """Cost of the next message's context (the new message adds its own tokens)."""
         if self._context.is_free():
             return Estimate(input_tokens=0, input_cost_usd=0.0, max_output_cost_usd=0.0)
+        history: Sequence[Turn] = ()
         with self._db.session() as session:
             if conversation_id is None:
-                strategy, history, cid = None, [], 0
+                strategy, cid = None, 0
             else:
                 conversation = owned_conversation(session, principal, conversation_id)
                 strategy, cid = conversation.memory_strategy, conversation.id
-                history = prompt_turns(session, conversation.id)
+                history = self._history.turns(session, conversation.id)
         context = self._context.build(
             conversation_id=cid, strategy=strategy, history=history, question="?"
         )

@@ -11,7 +11,7 @@ import logging
 
 from sqlalchemy import select
 
-from chat.history import prompt_turns
+from chat.history import HistoryCache
 from chat.titles import fallback_title, generate_title
 from memory import StrategyRegistry
 from parley.background import BackgroundWork
@@ -34,7 +34,9 @@ class Upkeep:
         work: BackgroundWork,
         settings: Settings,
         model_titles: bool,
+        history: HistoryCache,
     ) -> None:
+        self._history = history
         self._db = database
         self._memory = memory
         self._provider = provider
@@ -58,7 +60,7 @@ class Upkeep:
             ).first()
             if row is None:
                 return  # deleted meanwhile
-            history = prompt_turns(session, conversation_id)
+            history = self._history.turns(session, conversation_id)
         self._memory.get(row.memory_strategy).observe(conversation_id, history)
 
     def title(self, user_id: int | None, conversation_id: int) -> None:

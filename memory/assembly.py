@@ -1,10 +1,20 @@
-"""Pieces every strategy assembles a prompt from, with exact token counts."""
+"""Pieces every strategy assembles a prompt from, with their token counts.
+
+Counts are taken piece by piece (each message, each recalled line, each header) and
+each piece's count is remembered, so assembling a prompt costs the same in a long
+conversation as in a short one. A piece-wise sum is never below the count of the
+joined text: tokens do not merge across the line breaks that join the pieces, they
+can only fuse punctuation with the break. So `total_tokens` may run a few tokens
+high, never low, and never past the budget.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
+from functools import lru_cache
 
-from memory.base import ContextWindow, RecalledItem, Turn, message_tokens
+from memory.base import ContextWindow, RecalledItem, Turn, message_tokens, turn_tokens
 from memory.summaries import Summary
 from parley.errors import InvalidInput
 from parley.llm import PromptMessage
@@ -39,7 +49,7 @@ def newest_that_fit(
     for turn in reversed(turns):
         if max_turns is not None and len(chosen) >= max_turns:
             break
-        cost = message_tokens(turn.content)
+        cost = turn_tokens(turn)
         if cost > tokens:
             break
         chosen.append(turn)
@@ -54,8 +64,38 @@ def group_label(turn: Turn) -> str:
     if turn.session:
         return turn.session
     if turn.created_at is not None:
-        return f"{turn.created_at:%d %b %Y}"
+        return _day_label(turn.created_at.date())
     return "Earlier"
+
+
+@lru_cache(maxsize=4096)
+def _day_label(day: date) -> str:
+    return f"{day:%d %b %Y}"
+
+
+def recalled_line(turn: Turn) -> str:
+    return f"{turn.label}: {' '.join(turn.content.split())}"
+
+
+@lru_cache(maxsize=1 << 16)
+def _piece_tokens(text: str) -> int:
+    """Tokens of a header or a system prompt, counted once per process."""
+    return count_tokens(text)
+
+
+@lru_cache(maxsize=1 << 16)
+def _line_tokens(label: str, content: str) -> int:
+    """Tokens of a turn's recalled line, counted once per process (the text never changes)."""
+    return count_tokens(f"{label}: {' '.join(content.split())}")
+
+
+# The fixed part of the recalled block: its tags, its introduction and the line breaks
+# around them, and the blank line before the question.
+_BLOCK_TOKENS = count_tokens("<recalled_turns>") + count_tokens("</recalled_turns>") + 4
+
+
+def _intro_tokens() -> int:
+    return _piece_tokens(RECALL_INTRO) + _BLOCK_TOKENS
 
 
 def render_recalled(turns: Sequence[Turn]) -> str:
@@ -67,7 +107,7 @@ def render_recalled(turns: Sequence[Turn]) -> str:
         if label != current:
             lines.append(f"[{label}]")
             current = label
-        lines.append(f"{turn.label}: {' '.join(turn.content.split())}")
+        lines.append(recalled_line(turn))
     return "<recalled_turns>\n" + "\n".join(lines) + "\n</recalled_turns>"
 
 
@@ -78,19 +118,34 @@ def pack_by_score(ranked: Sequence[tuple[Turn, float]], tokens: int) -> list[tup
     """
     chosen: list[tuple[Turn, float]] = []
     headers: set[str] = set()
-    remaining = tokens - count_tokens(RECALL_INTRO) - 8  # the wrapping tags
+    remaining = tokens - _intro_tokens()
     for turn, score in ranked:
         if remaining <= 10:
             break
         label = group_label(turn)
-        cost = count_tokens(f"{turn.label}: {' '.join(turn.content.split())}") + 1
+        cost = _line_tokens(turn.label, turn.content) + 1
         if label not in headers:
-            cost += count_tokens(f"[{label}]") + 1
+            cost += _piece_tokens(f"[{label}]") + 1
         if cost <= remaining:
             chosen.append((turn, score))
             headers.add(label)
             remaining -= cost
     return chosen
+
+
+def recalled_tokens(turns: Sequence[Turn]) -> int:
+    """Tokens of `render_recalled(turns)` plus the blank line before the question, piece-wise."""
+    if not turns:
+        return 0
+    total = _intro_tokens()
+    current: str | None = None
+    for turn in sorted(turns, key=lambda t: t.id):
+        label = group_label(turn)
+        if label != current:
+            total += _piece_tokens(f"[{label}]") + 1
+            current = label
+        total += _line_tokens(turn.label, turn.content) + 1
+    return total
 
 
 def assemble(
@@ -103,27 +158,27 @@ def assemble(
     question: str,
     budget: int,
 ) -> ContextWindow:
-    """Build the window, dropping the weakest recalled turns until the exact count fits."""
+    """Build the window, dropping the weakest recalled turns until the count fits."""
     system = system_with_summary(system_prompt, summary)
-    system_tokens = count_tokens(system_prompt)
-    summary_tokens = count_tokens(system) - system_tokens if system != system_prompt else 0
+    system_tokens = _piece_tokens(system_prompt)
+    summary_tokens = _piece_tokens(system) - system_tokens if system != system_prompt else 0
     window_messages = tuple(PromptMessage(t.role, t.content) for t in window)
-    window_tokens = sum(message_tokens(t.content) for t in window)
+    window_tokens = sum(turn_tokens(t) for t in window)
     question_tokens = message_tokens(question)
     kept = list(recalled)
     while True:
-        final = f"{render_recalled([t for t, _ in kept])}\n\n{question}" if kept else question
-        final_tokens = message_tokens(final)
-        total = system_tokens + summary_tokens + window_tokens + final_tokens
+        recall_tokens = recalled_tokens([t for t, _ in kept])
+        total = system_tokens + summary_tokens + window_tokens + recall_tokens + question_tokens
         if total <= budget or not kept:
             break
         kept.remove(min(kept, key=lambda pair: pair[1]))
     if total > budget:
         raise too_long()
+    final = f"{render_recalled([t for t, _ in kept])}\n\n{question}" if kept else question
     sections = {
         "system": system_tokens,
         "summary": summary_tokens,
-        "recalled": final_tokens - question_tokens,
+        "recalled": recall_tokens,
         "recent": window_tokens,
         "question": question_tokens,
     }

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from memory.assembly import assemble, newest_that_fit, pack_by_score, system_with_summary, too_long
-from memory.base import ContextRequest, ContextWindow, Turn, message_tokens
+from memory.base import ContextRequest, ContextWindow, Turn, message_tokens, turn_tokens
 from memory.registry import MemoryDeps
 from memory.summaries import RollingSummary, fit_summary
 from memory.vector_recall import indexed, recall_or_nothing
@@ -52,7 +52,7 @@ class Hybrid:
         system = system_with_summary(request.system, summary)
         room = request.budget - count_tokens(system) - message_tokens(request.question)
         window = newest_that_fit(request.history, int(room * RECENT_SHARE), max_turns=RECENT_TURNS)
-        room -= sum(message_tokens(t.content) for t in window)
+        room -= sum(turn_tokens(t) for t in window)
         in_window = {t.id for t in window}
         candidates = [t for t in request.history if t.id not in in_window]
         ranked: list[tuple[Turn, float]] = []

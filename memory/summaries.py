@@ -15,12 +15,11 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Protocol
 
 from sqlalchemy import func, select
 
-from memory.base import Turn
+from memory.base import Turn, turn_tokens
 from parley.tokens import count_tokens
 from store.db import Database
 from store.models import Summary as SummaryRow
@@ -249,7 +248,7 @@ class RollingSummary:
         with self._locks.hold(conversation_id):
             summary = self._store.latest(conversation_id)
             pending = self.unsummarized(history, summary)
-            sizes = [_turn_tokens(t.content) for t in pending]
+            sizes = [turn_tokens(t) for t in pending]
             if sum(sizes) <= self._fold_tokens:
                 return None
             keep, folded = sum(sizes), 0
@@ -268,11 +267,6 @@ class RollingSummary:
                 method=draft.method,
                 model=draft.model,
             )
-
-
-@lru_cache(maxsize=65536)
-def _turn_tokens(text: str) -> int:
-    return count_tokens(text) + 4
 
 
 def fit_summary(summary: Summary | None, max_tokens: int) -> Summary | None:

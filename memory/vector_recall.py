@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from memory.assembly import assemble, group_label, newest_that_fit, pack_by_score, too_long
-from memory.base import ContextRequest, ContextWindow, Turn, message_tokens
+from memory.base import ContextRequest, ContextWindow, Turn, message_tokens, turn_tokens
 from memory.registry import MemoryDeps
 from parley.tokens import count_tokens
 from retrieval.recall import IndexedTurn
@@ -48,7 +48,7 @@ class VectorRecall:
         if room < 0:
             raise too_long()
         window = newest_that_fit(request.history, int(room * RECENT_SHARE), max_turns=RECENT_TURNS)
-        room -= sum(message_tokens(t.content) for t in window)
+        room -= sum(turn_tokens(t) for t in window)
         in_window = {t.id for t in window}
         by_id = {t.id: t for t in request.history if t.id not in in_window}
         ranked: list[tuple[Turn, float]] = []

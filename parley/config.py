@@ -156,6 +156,11 @@ class Settings(BaseSettings):
         default=3000, ge=200, description="unsummarized tokens that trigger a summary fold"
     )
     memory_summary_tokens: int = Field(default=400, ge=50, description="longest summary")
+    memory_prompt_tokens: int = Field(
+        default=16_000,
+        ge=500,
+        description="most prompt tokens a memory strategy assembles, whatever the model allows",
+    )
     chroma_url: str | None = Field(
         default=None, description="Chroma server (http://host:port); default: files in data dir"
     )

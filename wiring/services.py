@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from auth.accounts import AccountService
 from chat.context import ContextBuilder
 from chat.conversations import ConversationService
+from chat.history import HistoryCache
 from chat.lab import StrategyLab
 from chat.limited import LimitedProvider
 from chat.limits import ConcurrencyGate, DatabaseBucketStore, MemoryBucketStore, RateLimiter
@@ -110,7 +111,9 @@ def build_services(
     )
     work = background or BackgroundWork(workers=settings.background_workers)
     context = ContextBuilder(provider=limited, memory=memory, settings=settings, usage=usage)
+    history = HistoryCache()
     upkeep = Upkeep(
+        history=history,
         database=database,
         memory=memory,
         provider=limited,
@@ -135,6 +138,7 @@ def build_services(
             settings=settings,
             usage=usage,
             upkeep=upkeep,
+            history=history,
         ),
         lab=StrategyLab(database=database, context=context),
         upkeep=upkeep,

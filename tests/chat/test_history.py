@@ -1,0 +1,69 @@
+"""The history cache reads only what is new, and notices every other change."""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+
+from chat.history import HistoryCache, prompt_turns
+from chat.providers.scripted import ScriptedProvider
+from parley.domain import MessageStatus, Principal
+from parley.errors import StreamInterrupted
+from store.models import Message
+from wiring.services import Services
+
+
+def cached(services: Services, cache: HistoryCache, conversation_id: int) -> list[int]:
+    with services.database.session() as session:
+        return [t.id for t in cache.turns(session, conversation_id)]
+
+
+def fresh(services: Services, conversation_id: int) -> list[int]:
+    with services.database.session() as session:
+        return [t.id for t in prompt_turns(session, conversation_id)]
+
+
+def test_new_turns_are_appended_and_match_a_full_read(services: Services, alice: Principal) -> None:
+    cache = HistoryCache()
+    reply = services.chat.send(alice, None, "first")
+    list(reply)
+    conversation = reply.conversation_id
+    assert cached(services, cache, conversation) == fresh(services, conversation)
+    for text in ("second", "third"):
+        list(services.chat.send(alice, conversation, text))
+        assert cached(services, cache, conversation) == fresh(services, conversation)
+    assert len(fresh(services, conversation)) == 6
+
+
+def test_a_superseded_answer_leaves_the_cached_history(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    cache = HistoryCache()
+    scripted.enqueue_error(StreamInterrupted(partial_text="Half an"), chunks=["Half an"])
+    scripted.enqueue_error(StreamInterrupted(partial_text="x"))  # the continuation fails too
+    reply = services.chat.send(alice, None, "question")
+    list(reply)
+    conversation = reply.conversation_id
+    before = cached(services, cache, conversation)
+    assert len(before) == 2  # the question and the partial answer
+    list(services.chat.retry(alice, conversation))  # supersedes the partial answer
+    after = cached(services, cache, conversation)
+    assert after == fresh(services, conversation)
+    assert before[1] not in after and len(after) == 2
+
+
+def test_a_change_made_elsewhere_is_noticed(services: Services, alice: Principal) -> None:
+    cache = HistoryCache()
+    reply = services.chat.send(alice, None, "first")
+    list(reply)
+    conversation = reply.conversation_id
+    list(services.chat.send(alice, conversation, "second"))
+    assert len(cached(services, cache, conversation)) == 4
+    # Another process supersedes an answer and adds a turn: the counts disagree, so it rereads.
+    with services.database.session() as session:
+        session.execute(
+            update(Message)
+            .where(Message.id == reply.result.message_id)  # type: ignore[union-attr]
+            .values(status=MessageStatus.SUPERSEDED)
+        )
+    list(services.chat.send(alice, conversation, "third"))
+    assert cached(services, cache, conversation) == fresh(services, conversation)

@@ -1,0 +1,69 @@
+"""Piece-wise token counts: never below the count of the text the model reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memory.assembly import assemble, recalled_tokens, render_recalled
+from memory.base import Turn, message_tokens
+from parley.tokens import count_tokens
+
+words = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=80
+)
+
+
+def turns_from(texts: list[str], days: list[int]) -> list[Turn]:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    return [
+        Turn(
+            id=i + 1,
+            role="user" if i % 2 == 0 else "assistant",
+            content=text,
+            created_at=start + timedelta(days=day),
+        )
+        for i, (text, day) in enumerate(zip(texts, sorted(days), strict=False))
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(words, min_size=1, max_size=12),
+    days=st.lists(st.integers(0, 5), min_size=12, max_size=12),
+)
+def test_recalled_block_count_is_an_upper_bound_of_the_exact_count(
+    texts: list[str], days: list[int]
+) -> None:
+    turns = turns_from(texts, days)
+    exact = count_tokens(f"{render_recalled(turns)}\n\n")
+    counted = recalled_tokens(turns)
+    assert counted >= exact
+    # Only line breaks fused with punctuation are over-counted: at most one per line.
+    assert counted - exact <= 2 * len(turns) + 4
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts=st.lists(words, min_size=2, max_size=10), question=words)
+def test_assembled_total_never_undercounts_what_the_model_reads(
+    texts: list[str], question: str
+) -> None:
+    turns = turns_from(texts, [0] * len(texts))
+    window = list(turns[-2:])
+    if window[0].role != "user":
+        window = window[1:]
+    recalled = [(t, float(t.id)) for t in turns[:-2]]
+    context = assemble(
+        strategy="test",
+        system_prompt="You are helpful.",
+        summary=None,
+        window=window,
+        recalled=recalled,
+        question=question,
+        budget=100_000,
+    )
+    exact = count_tokens(context.system) + sum(message_tokens(m.content) for m in context.messages)
+    assert context.total_tokens >= exact
+    assert context.total_tokens <= exact + 2 * len(turns) + 8
