@@ -153,16 +153,19 @@ class ChatService:
 
     def estimate_next(self, principal: Principal, conversation_id: int | None) -> Estimate:
         """Cost of the next message's context (the new message adds its own tokens)."""
-        if self._context.is_free():
-            return Estimate(input_tokens=0, input_cost_usd=0.0, max_output_cost_usd=0.0)
+        free = self._context.is_free()
+        strategy: str | None = None
         history: Sequence[Turn] = ()
+        cid = 0  # a new conversation has no id yet
         with self._db.session() as session:
-            if conversation_id is None:
-                strategy, cid = None, 0
-            else:
+            if conversation_id is not None:
+                # Checked even when nothing is estimated: a foreign conversation is NotFound.
                 conversation = owned_conversation(session, principal, conversation_id)
                 strategy, cid = conversation.memory_strategy, conversation.id
-                history = self._history.turns(session, conversation.id)
+                if not free:
+                    history = self._history.turns(session, conversation.id)
+        if free:
+            return Estimate(input_tokens=0, input_cost_usd=0.0, max_output_cost_usd=0.0)
         context = self._context.build(
             conversation_id=cid, strategy=strategy, history=history, question="?"
         )

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from sqlalchemy import select
 
+import chat.service
 from chat.providers.scripted import ScriptedProvider
+from chat.service import NOT_SAVED, ChatService
 from parley.domain import MessageRole, MessageStatus, Principal
-from parley.errors import InvalidInput, NotFound, ProviderError, StreamInterrupted
+from parley.errors import (
+    InvalidInput,
+    NotFound,
+    ProviderError,
+    StorageUnavailable,
+    StreamInterrupted,
+)
 from parley.llm import ChatRequest
 from store.models import Message
 from wiring.services import Services
@@ -283,3 +293,69 @@ def test_a_full_queue_ends_the_turn_with_a_sentence_and_keeps_the_message(
     assert reply.result.error is not None and "very busy" in reply.result.error
     assert stored(services, reply.conversation_id)[0].content == "is anyone free?"
     assert scripted.requests == []
+
+
+def flaky_insert(
+    monkeypatch: pytest.MonkeyPatch, *, failures: int | None
+) -> list[dict[str, object]]:
+    """Make storing an answer fail `failures` times (None: always), then call through."""
+    attempts: list[dict[str, object]] = []
+    insert = ChatService._insert_answer
+
+    def fail_then_insert(self: ChatService, fields: dict[str, object]) -> int:
+        attempts.append(fields)
+        if failures is None or len(attempts) <= failures:
+            raise StorageUnavailable("database error: OperationalError")
+        return insert(self, fields)
+
+    monkeypatch.setattr(ChatService, "_insert_answer", fail_then_insert)
+    monkeypatch.setattr(chat.service, "STORE_RETRY_DELAYS_S", (0.001, 0.001, 0.001))
+    return attempts
+
+
+def test_storing_the_answer_survives_a_passing_database_error(
+    services: Services,
+    scripted: ScriptedProvider,
+    alice: Principal,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    attempts = flaky_insert(monkeypatch, failures=1)
+    scripted.enqueue("Still ", "here.")
+    reply = services.chat.send(alice, None, "Are you there?")
+    assert "".join(reply) == "Still here."
+    assert len(attempts) == 2
+    assert reply.result is not None and reply.result.ok and reply.result.error is None
+    _, answer = stored(services, reply.conversation_id)
+    assert reply.result.message_id == answer.id
+    assert (answer.status, answer.content) == (MessageStatus.COMPLETE, "Still here.")
+    assert "trying again" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_an_answer_the_database_never_takes_ends_with_a_sentence_not_an_exception(
+    services: Services,
+    scripted: ScriptedProvider,
+    alice: Principal,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    attempts = flaky_insert(monkeypatch, failures=None)
+    scripted.enqueue("Lost ", "words.")
+    reply = services.chat.send(alice, None, "Remember this")
+    assert "".join(reply) == "Lost words."  # the reader saw the text, and no exception
+    assert len(attempts) == len(chat.service.STORE_RETRY_DELAYS_S) + 1
+    assert reply.result is not None
+    assert reply.result.message_id is None
+    assert reply.result.status is MessageStatus.ERROR
+    assert reply.result.error == NOT_SAVED
+    assert reply.result.text == "Lost words."
+    (user,) = stored(services, reply.conversation_id)  # the question was kept, no answer
+    assert user.content == "Remember this"
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(failures) == 1
+    assert failures[0].name == "chat.service"
+    assert "Could not store the answer" in failures[0].getMessage()
+    assert f"conversation {reply.conversation_id}" in failures[0].getMessage()
+    assert failures[0].exc_info is not None  # the database error is in the log
+    assert services.chat.needs_retry(alice, reply.conversation_id)

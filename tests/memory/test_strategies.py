@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 import textwrap
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,14 @@ from chat.providers.scripted import ScriptedProvider
 from chat.summaries import ModelSummarizer
 from memory.base import ContextRequest, ContextWindow, MemoryStrategy, Turn
 from memory.registry import MemoryDeps, StrategyRegistry, available
-from memory.summaries import ExtractiveSummarizer, SummaryDraft, SummaryStore
+from memory.summaries import (
+    ExtractiveSummarizer,
+    RollingSummary,
+    Summarizer,
+    Summary,
+    SummaryDraft,
+    SummaryStore,
+)
 from parley.background import BackgroundWork
 from parley.config import Settings
 from parley.domain import MessageRole, Principal, Purpose, Role
@@ -325,3 +333,51 @@ def test_recall_failure_degrades_to_the_recent_window(
         context = ask(registry.get(name), conversation_id, history, "dog?", 800)
         assert context.recalled == () and 50 in context.turn_ids
     assert "Recall is unavailable" in caplog.text
+
+
+def test_a_slow_fold_holds_up_only_its_own_conversation(
+    services: Services, alice: Principal, database: Database
+) -> None:
+    slow = services.conversations.create(alice, title="slow").id
+    quick = services.conversations.create(alice, title="quick").id
+    in_slow_fold, release_slow = threading.Event(), threading.Event()
+
+    class BlocksOnTheSlowConversation:
+        def summarize(
+            self, conversation_id: int, previous: str | None, turns: Sequence[Turn], max_tokens: int
+        ) -> SummaryDraft:
+            del previous, max_tokens
+            if conversation_id == slow:
+                in_slow_fold.set()
+                assert release_slow.wait(10), "the slow fold was never released"
+            return SummaryDraft(f"{len(turns)} turns of {conversation_id}", "extractive")
+
+    summarizer: Summarizer = BlocksOnTheSlowConversation()
+    store = SummaryStore(database)
+    rolling = RollingSummary(store, summarizer, fold_tokens=60, summary_tokens=100)
+    history = chat_turns(10)  # about 20 tokens a turn: well past 60, so each call folds
+    results: dict[int, Summary | None] = {}
+
+    def fold(conversation_id: int) -> None:
+        results[conversation_id] = rolling.maybe_fold(conversation_id, history)
+
+    slow_thread = threading.Thread(target=fold, args=(slow,), daemon=True)
+    quick_thread = threading.Thread(target=fold, args=(quick,), daemon=True)
+    try:
+        slow_thread.start()
+        assert in_slow_fold.wait(5), "the slow fold never reached its summarizer"
+        quick_thread.start()
+        quick_thread.join(5)
+        assert not quick_thread.is_alive(), "the quick fold waited for another conversation's"
+        assert slow_thread.is_alive() and slow not in results  # still inside its summarizer
+        saved = store.latest(quick)
+        assert saved is not None and saved == results[quick]
+        assert saved.text.endswith(f"of {quick}") and saved.first_turn_id == 1
+        assert store.latest(slow) is None
+    finally:
+        release_slow.set()
+        slow_thread.join(10)
+    assert not slow_thread.is_alive()
+    slow_saved = store.latest(slow)
+    assert slow_saved is not None and slow_saved == results[slow]
+    assert slow_saved.text.endswith(f"of {slow}")

@@ -1,4 +1,5 @@
-"""Database: migrations match the models, SQLite runs in WAL mode, URLs are validated."""
+"""Database: migrations match the models, SQLite runs in WAL mode, URLs are validated,
+and database errors leave `Database.session()` as Parley's storage errors."""
 
 from __future__ import annotations
 
@@ -7,14 +8,23 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from parley.config import Settings
-from parley.errors import ConfigurationError
+from parley.domain import Role
+from parley.errors import (
+    ConfigurationError,
+    InvalidInput,
+    StorageConflict,
+    StorageError,
+    StorageUnavailable,
+)
 from store.db import Database
 from store.migrate import is_current, upgrade
-from store.models import Base
-from wiring.services import build_services
+from store.models import Base, User
+from tests.support import ROOT
+from wiring.services import Services, build_services
 
 
 def test_migrations_create_exactly_the_models_schema(database: Database) -> None:
@@ -47,3 +57,63 @@ def test_app_refuses_an_unmigrated_database(tmp_path: Path) -> None:
 def test_bad_database_url_is_a_clear_error() -> None:
     with pytest.raises(ConfigurationError, match="cannot be parsed"):
         Database("not a url at all")
+
+
+def users_named(database: Database, name: str) -> int:
+    with database.session() as session:
+        return session.scalar(select(func.count(User.id)).where(User.name == name)) or 0
+
+
+def test_an_operational_error_leaves_as_storage_unavailable(database: Database) -> None:
+    with pytest.raises(StorageUnavailable) as caught, database.session() as session:
+        session.add(User(name="rolled-back", role=Role.USER))
+        session.flush()
+        session.execute(text("SELECT * FROM no_such_table"))
+    assert isinstance(caught.value.__cause__, OperationalError)
+    assert caught.value.user_message == StorageError.user_message
+    assert "no_such_table" not in caught.value.user_message  # no SQL reaches the user
+    assert users_named(database, "rolled-back") == 0  # the block was rolled back
+
+
+def test_an_unreachable_database_is_storage_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "a-folder.db").mkdir()  # SQLite cannot open a folder as its file
+    database = Database(f"sqlite:///{tmp_path / 'a-folder.db'}")
+    try:
+        with pytest.raises(StorageUnavailable) as caught, database.session() as session:
+            session.execute(text("SELECT 1"))
+    finally:
+        database.dispose()
+    assert isinstance(caught.value.__cause__, OperationalError)
+    assert "database" in caught.value.user_message.lower()
+
+
+@pytest.mark.parametrize("flush", [True, False], ids=["in the block", "at commit"])
+def test_an_integrity_error_leaves_as_storage_conflict(database: Database, flush: bool) -> None:
+    with database.session() as session:
+        session.add(User(name="taken", role=Role.USER))
+    with pytest.raises(StorageConflict) as caught, database.session() as session:
+        session.add(User(name="other", role=Role.USER))
+        session.add(User(name="taken", role=Role.USER))
+        if flush:
+            session.flush()
+    assert isinstance(caught.value.__cause__, IntegrityError)
+    assert caught.value.user_message == StorageConflict.user_message
+    assert users_named(database, "taken") == 1
+    assert users_named(database, "other") == 0  # the whole block was rolled back
+
+
+def test_other_errors_pass_through_the_session_and_roll_back(database: Database) -> None:
+    with pytest.raises(KeyError), database.session() as session:
+        session.add(User(name="half-done", role=Role.USER))
+        session.flush()
+        raise KeyError("a bug, not a database error")
+    assert users_named(database, "half-done") == 0
+
+
+def test_a_duplicate_user_name_is_invalid_input_with_a_sentence(services: Services) -> None:
+    services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    with pytest.raises(InvalidInput) as caught:
+        services.accounts.create_user(ROOT, name="alice", password="other-password")
+    assert caught.value.user_message == "A user named 'alice' already exists."
+    assert isinstance(caught.value.__cause__, StorageConflict)
+    assert users_named(services.database, "alice") == 1

@@ -1,0 +1,475 @@
+"""Authorization inside the services: no principal reaches data that is not theirs.
+
+A table names every service method that reads or changes a user's data, how to call it
+against one owner's data, and which refusal it must give (`NotFound` for another user's
+data, `PermissionDenied` for admin-only calls). Hypothesis draws a method and a principal
+without the right (another user, an id that is no account, another user's id under any
+name); the call must be refused and every table must be left exactly as it was. The
+positive side (owner and admins succeed) keeps the checks from being too strict.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from auth.accounts import AccountService
+from chat.conversations import ConversationService
+from chat.lab import StrategyLab
+from chat.providers.scripted import ScriptedProvider
+from chat.service import ChatService
+from chat.usage import UsageService
+from parley.domain import Principal, Role
+from parley.errors import NotFound, ParleyError, PermissionDenied, ProviderError
+from store.models import Base
+from tests.support import ROOT
+from wiring.services import Services
+
+
+@dataclass(frozen=True)
+class Owned:
+    """One user's data: an answered conversation (with its question) and a failed one."""
+
+    owner: Principal
+    answered: int
+    question_id: int
+    failed: int
+    quota: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class World:
+    services: Services
+    scripted: ScriptedProvider
+    owners: tuple[Owned, ...]
+    carol: Principal  # a user with no conversations
+    admin: Principal  # an administrator with an account
+    names: itertools.count[int]  # fresh user names for create_user
+
+    @property
+    def user_ids(self) -> set[int]:
+        return {o.owner.user_id for o in self.owners} | {self.carol.user_id, self.admin.user_id}
+
+    @property
+    def users(self) -> list[Principal]:
+        return [*(o.owner for o in self.owners), self.carol]
+
+
+def own_data(services: Services, scripted: ScriptedProvider, owner: Principal, n: int) -> Owned:
+    reply = services.chat.send(owner, None, f"{owner.name}'s private question")
+    list(reply)
+    services.conversations.rename(owner, reply.conversation_id, f"{owner.name}'s secrets")
+    services.lab.set_memory_strategy(ROOT, reply.conversation_id, "window")
+    scripted.enqueue_error(ProviderError("down", user_message="The model is down."))
+    failed = services.chat.send(owner, None, f"{owner.name} asks again")
+    list(failed)
+    quota = (100 + n, 10_000 + n)
+    services.usage.set_quota(
+        ROOT, owner.user_id, messages_per_day=quota[0], tokens_per_day=quota[1]
+    )
+    return Owned(owner, reply.conversation_id, reply.user_message_id, failed.conversation_id, quota)
+
+
+@pytest.fixture
+def world(services: Services, scripted: ScriptedProvider) -> World:
+    # A priced model: a free one skips the estimate, and with it the ownership check.
+    scripted.model = "claude-sonnet-test"
+    accounts = services.accounts
+    alice = accounts.create_user(ROOT, name="alice", password="alice-password")
+    bob = accounts.create_user(ROOT, name="bob", password="bob-password")
+    carol = accounts.create_user(ROOT, name="carol", password="carol-password")
+    admin = accounts.create_user(ROOT, name="root", password="root-password", role=Role.ADMIN)
+    owners = (own_data(services, scripted, alice, 1), own_data(services, scripted, bob, 2))
+    return World(services, scripted, owners, carol, admin, itertools.count())
+
+
+def snapshot(world: World) -> tuple[object, ...]:
+    """Every row of every table, and how many calls reached the model."""
+    with world.services.database.session() as session:
+        tables = tuple(
+            tuple(session.execute(select(table).order_by(*table.primary_key.columns)).all())
+            for table in Base.metadata.sorted_tables
+        )
+    return (*tables, len(world.scripted.requests))
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """`principal` calls a method against `data` (one owner's)."""
+
+    world: World
+    principal: Principal
+    data: Owned
+
+    @property
+    def services(self) -> Services:
+        return self.world.services
+
+
+Call = Callable[[Attempt], object]
+
+
+@dataclass(frozen=True)
+class Guarded:
+    name: str  # service.method, as in the code
+    refusal: type[ParleyError]
+    call: Call
+
+    def __repr__(self) -> str:  # hypothesis and pytest show the method's name
+        return self.name
+
+
+GUARDED: tuple[Guarded, ...] = (
+    Guarded(
+        "accounts.create_user",
+        PermissionDenied,
+        lambda a: a.services.accounts.create_user(
+            a.principal, name=f"intruder{next(a.world.names)}", password="intruder-password"
+        ),
+    ),
+    Guarded(
+        "accounts.list_users",
+        PermissionDenied,
+        lambda a: a.services.accounts.list_users(a.principal),
+    ),
+    Guarded(
+        "accounts.find_principal",
+        PermissionDenied,
+        lambda a: a.services.accounts.find_principal(a.principal, a.data.owner.name),
+    ),
+    Guarded(
+        "usage.today", NotFound, lambda a: a.services.usage.today(a.principal, a.data.owner.user_id)
+    ),
+    Guarded(
+        "usage.stored_quota",
+        NotFound,
+        lambda a: a.services.usage.stored_quota(a.principal, a.data.owner.user_id),
+    ),
+    Guarded(
+        "usage.quota", NotFound, lambda a: a.services.usage.quota(a.principal, a.data.owner.user_id)
+    ),
+    Guarded(
+        "usage.set_quota",
+        PermissionDenied,
+        lambda a: a.services.usage.set_quota(
+            a.principal, a.data.owner.user_id, messages_per_day=0, tokens_per_day=0
+        ),
+    ),
+    Guarded(
+        "usage.by_user_and_day",
+        PermissionDenied,
+        lambda a: a.services.usage.by_user_and_day(a.principal),
+    ),
+    Guarded(
+        "conversations.get",
+        NotFound,
+        lambda a: a.services.conversations.get(a.principal, a.data.answered),
+    ),
+    Guarded(
+        "conversations.rename",
+        NotFound,
+        lambda a: a.services.conversations.rename(a.principal, a.data.answered, "mine now"),
+    ),
+    Guarded(
+        "conversations.delete",
+        NotFound,
+        lambda a: a.services.conversations.delete(a.principal, a.data.answered),
+    ),
+    Guarded(
+        "conversations.messages",
+        NotFound,
+        lambda a: a.services.conversations.messages(a.principal, a.data.answered),
+    ),
+    Guarded(
+        "conversations.messages_of",
+        PermissionDenied,
+        lambda a: a.services.conversations.messages_of(a.principal, a.data.answered),
+    ),
+    Guarded(
+        "conversations.list_all",
+        PermissionDenied,
+        lambda a: a.services.conversations.list_all(a.principal),
+    ),
+    Guarded(
+        "lab.strategy_of",
+        NotFound,
+        lambda a: a.services.lab.strategy_of(a.principal, a.data.answered),
+    ),
+    Guarded(
+        "lab.set_memory_strategy",
+        PermissionDenied,
+        lambda a: a.services.lab.set_memory_strategy(a.principal, a.data.answered, "full"),
+    ),
+    Guarded(
+        "lab.replay_context",
+        PermissionDenied,
+        lambda a: a.services.lab.replay_context(
+            a.principal, a.data.answered, a.data.question_id, "full"
+        ),
+    ),
+    Guarded(
+        "chat.send",
+        NotFound,
+        lambda a: list(a.services.chat.send(a.principal, a.data.answered, "let me in")),
+    ),
+    Guarded(
+        "chat.retry", NotFound, lambda a: list(a.services.chat.retry(a.principal, a.data.failed))
+    ),
+    Guarded(
+        "chat.needs_retry",
+        NotFound,
+        lambda a: a.services.chat.needs_retry(a.principal, a.data.failed),
+    ),
+    Guarded(
+        "chat.estimate_next",
+        NotFound,
+        lambda a: a.services.chat.estimate_next(a.principal, a.data.answered),
+    ),
+)
+
+# Methods that take a principal but act only on the principal's own account: there is no
+# other user's data to reach through them (refresh, list_for and create are checked below;
+# check_quota reads the principal's own quota and usage).
+OWN_DATA_ONLY = {
+    "accounts.refresh",
+    "usage.check_quota",
+    "conversations.list_for",
+    "conversations.create",
+}
+
+SERVICE_CLASSES = {
+    "accounts": AccountService,
+    "usage": UsageService,
+    "conversations": ConversationService,
+    "lab": StrategyLab,
+    "chat": ChatService,
+}
+
+
+def test_the_table_names_every_method_that_takes_a_principal() -> None:
+    """A new method that takes a principal must join the table (or the own-data list)."""
+    taking_principal = {
+        f"{service}.{name}"
+        for service, cls in SERVICE_CLASSES.items()
+        for name, member in inspect.getmembers(cls, inspect.isfunction)
+        if not name.startswith("_") and "principal" in inspect.signature(member).parameters
+    }
+    assert taking_principal == {g.name for g in GUARDED} | OWN_DATA_ONLY
+
+
+def strangers_to(world: World, data: Owned) -> st.SearchStrategy[Principal]:
+    """Non-admin principals that are not `data`'s owner, under any name they like."""
+    others = [u.user_id for u in world.users if u.user_id != data.owner.user_id]
+    names = st.sampled_from([u.name for u in world.users] + ["root", "(operator)"]) | st.text(
+        min_size=1, max_size=12
+    )
+    no_account = st.integers(-3, 10**9).filter(lambda i: i not in world.user_ids)
+    return st.one_of(
+        st.sampled_from([u for u in world.users if u.user_id != data.owner.user_id]),
+        st.builds(Principal, user_id=st.sampled_from(others), name=names, role=st.just(Role.USER)),
+        st.builds(
+            Principal,
+            user_id=no_account | st.just(0),  # 0 is the operator's id, here without the role
+            name=names,
+            role=st.just(Role.USER),
+        ),
+    )
+
+
+def assert_refused(world: World, method: Guarded, principal: Principal, data: Owned) -> None:
+    before = snapshot(world)
+    with pytest.raises((NotFound, PermissionDenied)) as refused:
+        method.call(Attempt(world, principal, data))
+    assert isinstance(refused.value, method.refusal), (method.name, refused.value)
+    assert snapshot(world) == before, f"{method.name} by {principal} changed stored data"
+
+
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(method=st.sampled_from(GUARDED), data=st.data())
+def test_a_principal_without_the_right_is_refused_and_nothing_changes(
+    world: World, method: Guarded, data: st.DataObject
+) -> None:
+    target = data.draw(st.sampled_from(world.owners), label="owner's data")
+    principal = data.draw(strangers_to(world, target), label="principal")
+    assert_refused(world, method, principal, target)
+
+
+def test_every_method_refuses_another_user_a_ghost_and_a_borrowed_id(world: World) -> None:
+    """Every row at least once, whatever hypothesis drew (one world keeps this fast)."""
+    alice_data, bob_data = world.owners
+    bob = bob_data.owner
+    for method in GUARDED:
+        for principal in (
+            bob,
+            world.carol,
+            Principal(user_id=10**6, name="ghost", role=Role.USER),
+            Principal(user_id=bob.user_id, name="alice", role=Role.USER),  # bob's id, alice's name
+        ):
+            assert_refused(world, method, principal, alice_data)
+
+
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    user_id=st.integers(-3, 12),
+    name=st.text(min_size=1, max_size=12),
+    role=st.sampled_from(Role),
+)
+def test_refresh_answers_only_for_the_principals_own_account(
+    world: World, user_id: int, name: str, role: Role
+) -> None:
+    """The page re-reads its principal every run: the stored name and role win."""
+    fresh = world.services.accounts.refresh(Principal(user_id=user_id, name=name, role=role))
+    stored = {u.user_id: u for u in [*world.users, world.admin]}
+    assert fresh == stored.get(user_id)
+
+
+def test_own_data_only_methods_never_show_another_users_conversations(world: World) -> None:
+    alice_data, bob_data = world.owners
+    alice_conversations = {alice_data.answered, alice_data.failed}
+    borrowed = Principal(user_id=bob_data.owner.user_id, name="alice", role=Role.USER)
+    for principal in (bob_data.owner, world.carol, borrowed, world.admin, ROOT):
+        listed = {c.id for c in world.services.conversations.list_for(principal)}
+        assert not listed & alice_conversations
+    created = world.services.conversations.create(borrowed, title="borrowed")
+    assert created.id in {c.id for c in world.services.conversations.list_for(bob_data.owner)}
+    assert {c.id for c in world.services.conversations.list_for(alice_data.owner)} == (
+        alice_conversations
+    )
+
+
+# The positive side: the owner, and admins, get what the checks above refuse to others.
+
+
+def check_owner(world: World, method: str, data: Owned) -> None:
+    services, owner = world.services, data.owner
+    if method == "conversations.get":
+        assert services.conversations.get(owner, data.answered).title == f"{owner.name}'s secrets"
+    elif method == "conversations.rename":
+        assert services.conversations.rename(owner, data.answered, "renamed").title == "renamed"
+        services.conversations.rename(owner, data.answered, f"{owner.name}'s secrets")
+    elif method == "conversations.messages":
+        contents = [m.content for m in services.conversations.messages(owner, data.answered)]
+        assert contents[0] == f"{owner.name}'s private question"
+    elif method == "usage.stored_quota":
+        assert services.usage.stored_quota(owner, owner.user_id) == data.quota
+    elif method == "usage.quota":
+        quota = services.usage.quota(owner)
+        assert (quota.messages_per_day, quota.tokens_per_day) == data.quota
+    elif method == "usage.today":
+        assert services.usage.today(owner, owner.user_id).messages >= 2
+    elif method == "lab.strategy_of":
+        assert services.lab.strategy_of(owner, data.answered) == "window"
+    elif method == "chat.needs_retry":
+        assert services.chat.needs_retry(owner, data.failed)
+        assert not services.chat.needs_retry(owner, data.answered)
+    elif method == "chat.estimate_next":
+        assert services.chat.estimate_next(owner, data.answered).input_tokens > 0
+    elif method == "chat.send":
+        assert "".join(services.chat.send(owner, data.answered, "me again")) == "OK"
+    else:
+        raise AssertionError(method)
+
+
+OWNER_METHODS = [
+    "conversations.get",
+    "conversations.rename",
+    "conversations.messages",
+    "usage.stored_quota",
+    "usage.quota",
+    "usage.today",
+    "lab.strategy_of",
+    "chat.needs_retry",
+    "chat.estimate_next",
+    "chat.send",
+]
+
+
+def test_the_owner_may(world: World) -> None:
+    for method in OWNER_METHODS:
+        for data in world.owners:
+            check_owner(world, method, data)
+
+
+def check_admin(world: World, method: str, admin: Principal, data: Owned) -> None:
+    services, owner = world.services, data.owner
+    if method == "accounts.create_user":
+        name = f"new{next(world.names)}"
+        created = services.accounts.create_user(admin, name=name, password="new-password")
+        assert services.accounts.find_principal(admin, name) == created
+    elif method == "accounts.list_users":
+        assert owner.name in [u.name for u in services.accounts.list_users(admin)]
+    elif method == "accounts.find_principal":
+        assert services.accounts.find_principal(admin, owner.name) == owner
+    elif method == "usage.stored_quota":
+        assert services.usage.stored_quota(admin, owner.user_id) == data.quota
+    elif method == "usage.set_quota":
+        services.usage.set_quota(admin, owner.user_id, messages_per_day=7, tokens_per_day=None)
+        assert services.usage.stored_quota(owner) == (7, None)
+        messages, tokens = data.quota
+        services.usage.set_quota(
+            admin, owner.user_id, messages_per_day=messages, tokens_per_day=tokens
+        )
+    elif method == "usage.today":
+        assert services.usage.today(admin, owner.user_id) == services.usage.today(owner)
+    elif method == "usage.by_user_and_day":
+        assert owner.name in {row.user for row in services.usage.by_user_and_day(admin, days=1)}
+    elif method == "conversations.messages_of":
+        assert services.conversations.messages_of(
+            admin, data.answered
+        ) == services.conversations.messages(owner, data.answered)
+    elif method == "conversations.list_all":
+        rows = {c.id: c.owner for c in services.conversations.list_all(admin)}
+        assert rows[data.answered] == rows[data.failed] == owner.name
+    elif method == "lab.strategy_of":
+        assert services.lab.strategy_of(admin, data.answered) == "window"
+    elif method == "lab.set_memory_strategy":
+        services.lab.set_memory_strategy(admin, data.answered, "full")
+        assert services.lab.strategy_of(owner, data.answered) == "full"
+        services.lab.set_memory_strategy(admin, data.answered, "window")
+    elif method == "lab.replay_context":
+        context, _ = services.lab.replay_context(admin, data.answered, data.question_id, "full")
+        assert context.strategy == "full"
+        assert context.messages[-1].content.endswith(f"{owner.name}'s private question")
+    else:
+        raise AssertionError(method)
+
+
+ADMIN_METHODS = [
+    "accounts.create_user",
+    "accounts.list_users",
+    "accounts.find_principal",
+    "usage.stored_quota",
+    "usage.set_quota",
+    "usage.today",
+    "usage.by_user_and_day",
+    "conversations.messages_of",
+    "conversations.list_all",
+    "lab.strategy_of",
+    "lab.set_memory_strategy",
+    "lab.replay_context",
+]
+
+
+def test_an_admin_may(world: World) -> None:
+    for method in ADMIN_METHODS:
+        for admin in (ROOT, world.admin):
+            for data in world.owners:
+                check_admin(world, method, admin, data)
+
+
+def test_estimate_next_checks_the_owner_even_for_a_free_model(world: World) -> None:
+    world.scripted.model = "scripted"  # no price: the estimate is skipped
+    alice_data, bob_data = world.owners
+    with pytest.raises(NotFound):
+        world.services.chat.estimate_next(bob_data.owner, alice_data.answered)
