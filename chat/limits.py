@@ -229,8 +229,9 @@ class ConcurrencyGate:
     """At most `slots` provider calls at once; the others wait in one first-in, first-out line.
 
     A waiter is an identity (`object()`), never a value: two waiters are never equal.
-    Positions are true: the first in line is told 1, the fifth 5, and each hears its
-    position again whenever it moves up. A waiter always leaves the line, whatever
+    Positions are true: the first in line is told 1, the fifth 5, and a waiter that
+    wakes to find it has moved up is told its new position (a late waker may skip a
+    number; what it hears is never stale). A waiter always leaves the line, whatever
     happens to it (its `on_position` callback raising, its reader going away).
     A call that would make the line longer than `max_waiting` is refused at once with
     `Overloaded` (a sentence and a Retry), rather than left to wait for minutes.

@@ -2,8 +2,8 @@
 
 Per-section allotments of the budget (after the system prompt and the question):
 the summary takes at most 10 % (its oldest lines give way first), the recent window
-at most 20 % and six turns, and recall gets the rest. Recall ranks every earlier
-turn by a fusion of BM25 and MiniLM similarity, lifted by neighbouring turns, the
+at most 20 % and six turns, and recall gets the rest, for at most 256 turns. Recall
+ranks every earlier turn by a fusion of BM25 and MiniLM similarity, lifted by neighbouring turns, the
 turn's session and the speaker named in the question (`retrieval.scoring`), then
 packs the best turns whole, grouped under one header per session.
 """
@@ -22,6 +22,9 @@ from parley.tokens import count_tokens
 SUMMARY_SHARE = 0.10
 RECENT_SHARE = 0.20
 RECENT_TURNS = 6
+# At most this many recalled turns, the best first: the rest of a long history is ranked
+# in NumPy and never touched one by one, so a turn costs the same at 2,000 turns as at 200.
+RECALL_TURNS = 256
 
 
 class Hybrid:
@@ -58,12 +61,15 @@ class Hybrid:
         ranked: list[tuple[Turn, float]] = []
         if candidates and room > 0:
             by_id = {t.id: t for t in candidates}
-            scores = recall_or_nothing(
+            best = recall_or_nothing(
                 lambda: self._deps.recall.score(
-                    request.conversation_id, [indexed(t) for t in request.history], request.question
+                    request.conversation_id,
+                    [indexed(t) for t in request.history],
+                    request.question,
+                    limit=RECALL_TURNS + len(window),
                 )
             )
-            ranked = sorted(((by_id[i], s) for i, s in scores if i in by_id), key=lambda p: -p[1])
+            ranked = [(by_id[i], s) for i, s in best if i in by_id][:RECALL_TURNS]
         return assemble(
             strategy=self.name,
             system_prompt=request.system,

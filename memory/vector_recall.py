@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 RECENT_TURNS = 2
 RECENT_SHARE = 0.2
+RECALL_TURNS = 256  # at most this many recalled turns, the most similar first
 
 
 def recall_or_nothing(
@@ -55,10 +56,13 @@ class VectorRecall:
         if by_id and room > 0:
             similar = recall_or_nothing(
                 lambda: self._deps.recall.similar(
-                    request.conversation_id, [indexed(t) for t in request.history], request.question
+                    request.conversation_id,
+                    [indexed(t) for t in request.history],
+                    request.question,
+                    limit=RECALL_TURNS + len(window),
                 )
             )
-            ranked = [(by_id[i], s) for i, s in similar if i in by_id]
+            ranked = [(by_id[i], s) for i, s in similar if i in by_id][:RECALL_TURNS]
         return assemble(
             strategy=self.name,
             system_prompt=request.system,

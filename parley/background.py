@@ -38,16 +38,18 @@ class BackgroundWork:
 
     def submit(self, task: Callable[[], None], *, name: str) -> bool:
         """Run `task` in the background; False when it was dropped (full or closed)."""
-        if self._executor is None:
-            _run(task, name)
-            return True
         with self._lock:
-            if self._closed or len(self._pending) >= self._max_pending:
+            full = self._executor is not None and len(self._pending) >= self._max_pending
+            if self._closed or full:
                 log.warning("Background work is full or closed; dropped %s.", name)
                 return False
-            future = self._executor.submit(_run, task, name)
-            self._pending.add(future)
-        future.add_done_callback(self._done)
+            if self._executor is not None:
+                future = self._executor.submit(_run, task, name)
+                self._pending.add(future)
+        if self._executor is None:
+            _run(task, name)
+        else:
+            future.add_done_callback(self._done)
         return True
 
     def _done(self, future: Future[None]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,8 +24,9 @@ from retrieval.vector_store import VectorStore
 _DEFAULT_WEIGHTS = ScoringWeights()
 
 
-@dataclass(frozen=True)
-class IndexedTurn:
+class IndexedTurn(NamedTuple):
+    """A turn as the index sees it (a named tuple: made for every turn on each query)."""
+
     id: int
     text: str
     speaker: str | None
@@ -120,6 +121,13 @@ class ConversationRecall:
             grown[:used] = self._matrix[:used]
         self._matrix = grown
 
+    def holds_exactly(self, turn_ids: Sequence[int]) -> bool:
+        """True when the index holds these turns and no others, in this order."""
+        return self._ids == turn_ids
+
+    def id_array(self) -> np.ndarray:
+        return np.fromiter(self._ids, dtype=np.int64, count=len(self._ids))
+
     def scores(
         self,
         question: str,
@@ -127,13 +135,23 @@ class ConversationRecall:
         weights: ScoringWeights = _DEFAULT_WEIGHTS,
     ) -> list[tuple[int, float]]:
         """(turn id, fused score) for every indexed turn, in index order."""
+        fused = self.fused(question, question_embedding, weights)
+        return list(zip(self._ids, fused.tolist(), strict=True))
+
+    def fused(
+        self,
+        question: str,
+        question_embedding: np.ndarray,
+        weights: ScoringWeights = _DEFAULT_WEIGHTS,
+    ) -> np.ndarray:
+        """The fused score of every indexed turn, in index order."""
         n = len(self._ids)
         if n == 0:
-            return []
+            return np.zeros(0, dtype=np.float64)
         assert self._matrix is not None
         query = np.asarray(question_embedding, dtype=np.float32).reshape(-1)
         cosine = self._matrix[:n] @ query
-        fused = fuse_coded(
+        return fuse_coded(
             lexical=self._bm25.scores(question),
             cosine=cosine,
             session_codes=self._session_codes,
@@ -141,16 +159,19 @@ class ConversationRecall:
             speaker=named_speaker(question, list(self._speaker_numbers)),
             weights=weights,
         )
-        return list(zip(self._ids, fused.tolist(), strict=True))
 
     def similarities(self, question_embedding: np.ndarray) -> list[tuple[int, float]]:
         """(turn id, cosine similarity) for every indexed turn, in index order."""
+        return list(zip(self._ids, self.cosines(question_embedding).tolist(), strict=True))
+
+    def cosines(self, question_embedding: np.ndarray) -> np.ndarray:
+        """The cosine similarity of every indexed turn to the question, in index order."""
         n = len(self._ids)
         if n == 0:
-            return []
+            return np.zeros(0, dtype=np.float32)
         assert self._matrix is not None
         query = np.asarray(question_embedding, dtype=np.float32).reshape(-1)
-        return list(zip(self._ids, (self._matrix[:n] @ query).tolist(), strict=True))
+        return np.asarray(self._matrix[:n] @ query)
 
 
 def _collection(conversation_id: int) -> str:
@@ -295,41 +316,62 @@ class RecallIndex:
         turns: Sequence[IndexedTurn],
         question: str,
         weights: ScoringWeights = _DEFAULT_WEIGHTS,
+        *,
+        limit: int | None = None,
     ) -> list[tuple[int, float]]:
-        """(turn id, relevance) for each given turn, oldest first; higher is more relevant."""
-        scored, wanted = self._query(
-            conversation_id, turns, question, lambda recall, q: recall.scores(question, q, weights)
+        """(turn id, relevance) for the given turns; higher is more relevant.
+
+        All of them oldest first, or only the best `limit`, best first.
+        """
+        ids, values = self._query(
+            conversation_id, turns, question, lambda recall, q: recall.fused(question, q, weights)
         )
-        if len(scored) == len(wanted):
-            return scored
-        return [(turn_id, s) for turn_id, s in scored if turn_id in wanted]
+        if limit is None:
+            return list(zip(ids.tolist(), values.tolist(), strict=True))
+        return _best(ids, values, limit)
 
     def similar(
-        self, conversation_id: int, turns: Sequence[IndexedTurn], question: str
+        self,
+        conversation_id: int,
+        turns: Sequence[IndexedTurn],
+        question: str,
+        *,
+        limit: int | None = None,
     ) -> list[tuple[int, float]]:
-        """(turn id, cosine similarity) for the given turns, most similar first."""
-        scored, wanted = self._query(
-            conversation_id, turns, question, lambda recall, q: recall.similarities(q)
+        """(turn id, cosine) for the given turns (only the best `limit`), most similar first."""
+        ids, values = self._query(
+            conversation_id, turns, question, lambda recall, q: recall.cosines(q)
         )
-        return sorted(((i, s) for i, s in scored if i in wanted), key=lambda p: -p[1])
+        return _best(ids, values, len(ids) if limit is None else limit)
 
     def _query(
         self,
         conversation_id: int,
         turns: Sequence[IndexedTurn],
         question: str,
-        rank: Callable[[ConversationRecall, np.ndarray], list[tuple[int, float]]],
-    ) -> tuple[list[tuple[int, float]], set[int]]:
-        """Index `turns`, embed the question (outside the lock) and rank with `rank`."""
-        turns = _unique(turns)
+        rank: Callable[[ConversationRecall, np.ndarray], np.ndarray],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Index `turns`, embed the question (outside the lock), rank them with `rank`.
+
+        Returns the given turns' ids and values, in index order. When the index holds
+        exactly the given turns (the usual case: observe keeps it current), nothing is
+        looked up turn by turn, so a long conversation costs only the vector arithmetic.
+        """
         if not turns:
-            return [], set()
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
         query = self._embedder.embed([question])[0]
         entry = self._entry(conversation_id)
+        turn_ids = [t.id for t in turns]
         with entry.lock:
-            self._sync_locked(conversation_id, entry, turns)
-            scored = rank(entry.recall, query)
-        return scored, {t.id for t in turns}
+            exact = entry.recall.holds_exactly(turn_ids)
+            if not exact:
+                self._sync_locked(conversation_id, entry, _unique(turns))
+            values = np.asarray(rank(entry.recall, query))
+            ids = entry.recall.id_array()
+        if not exact:
+            wanted = np.isin(ids, np.fromiter(set(turn_ids), dtype=np.int64))
+            ids, values = ids[wanted], values[wanted]
+        return ids, values
 
     def forget(self, conversation_id: int) -> None:
         """Drop a conversation's index from memory and from the store (it was deleted)."""
@@ -348,3 +390,14 @@ def _unique(turns: Sequence[IndexedTurn]) -> list[IndexedTurn]:
             seen.add(turn.id)
             out.append(turn)
     return out
+
+
+def _best(ids: np.ndarray, values: np.ndarray, limit: int) -> list[tuple[int, float]]:
+    """The `limit` highest values with their ids, highest first (ties: older turn first)."""
+    if limit <= 0 or len(ids) == 0:
+        return []
+    if limit < len(ids):
+        top = np.argpartition(-values, limit - 1)[:limit]
+        ids, values = ids[top], values[top]
+    order = np.lexsort((ids, -values))
+    return list(zip(ids[order].tolist(), values[order].tolist(), strict=True))

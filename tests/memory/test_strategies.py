@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from chat.providers.scripted import ScriptedProvider
 from chat.summaries import ModelSummarizer
-from memory.base import ContextRequest, ContextWindow, MemoryStrategy, Turn
+from memory.base import ContextRequest, ContextWindow, MemoryStrategy, Turn, turn_tokens
 from memory.registry import MemoryDeps, StrategyRegistry, available
 from memory.summaries import (
     ExtractiveSummarizer,
@@ -199,12 +199,14 @@ def test_summary_buffer_folds_into_versions_and_keeps_the_prefix_stable(
     history: list[Turn] = []
     prefixes = []
     versions = []
+    covered = []  # after each turn: the last turn id the summary covers (0: none yet)
     for turn in chat_turns(400):
         history.append(turn)
         strategy.observe(conversation_id, history)
         context = ask(strategy, conversation_id, history, "What now?", 2000)
         prefixes.append(context.system)
         versions.append(context.summary_version)
+        covered.append(context.summary_covers[1] if context.summary_covers else 0)
     folds = [v for i, v in enumerate(versions) if v is not None and versions[i - 1] != v]
     assert folds == list(range(1, len(folds) + 1)) and len(folds) >= 2
     for i in range(1, len(prefixes)):  # the prefix changes exactly when a fold happens
@@ -215,7 +217,20 @@ def test_summary_buffer_folds_into_versions_and_keeps_the_prefix_stable(
     assert first == 1
     assert all(t > covered_to for t in last.turn_ids)
     assert "<conversation_summary" in last.system
-    assert settings.memory_fold_tokens > 0
+    # The settings' threshold decides the folds: unsummarized turns never pile up past
+    # `memory_fold_tokens`, a fold happens only once they do, and it leaves at most half.
+    fold = settings.memory_fold_tokens
+    sizes = [turn_tokens(t) for t in history]  # turn ids are 1..400, in order
+
+    def unsummarized(step: int, covered_to: int) -> int:
+        return sum(sizes[covered_to:step])  # turns covered_to+1 .. step
+
+    for step in range(1, len(history) + 1):
+        now, before = covered[step - 1], covered[step - 2] if step > 1 else 0
+        assert unsummarized(step, now) <= fold
+        if now != before:
+            assert unsummarized(step, before) > fold
+            assert unsummarized(step, now) <= fold // 2
     # Replaying an early turn (the strategy lab) sees no summary of later turns.
     early = ask(strategy, conversation_id, history[: covered_to - 1], "What now?", 2000)
     assert early.summary_covers is None or early.summary_covers[1] < covered_to

@@ -265,8 +265,34 @@ def test_vector_store_survives_a_new_client(tmp_path: Path) -> None:
     np.testing.assert_allclose(again["5"], unit(1, 2, 3), rtol=1e-6)
 
 
-def test_http_store_connects_lazily() -> None:
-    VectorStore.http("127.0.0.1", 1)  # nothing listens there; constructing must not connect
+def test_http_store_connects_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
+    connects: list[tuple[str, int]] = []
+
+    class EmptyCollection:
+        def get(self, ids: list[str] | None, include: list[str]) -> dict[str, list[object]]:
+            del ids, include
+            return {"ids": [], "embeddings": []}
+
+        def query(self, **request: object) -> dict[str, list[list[object]]]:
+            del request
+            return {"ids": [[]], "distances": [[]]}
+
+    class Client:
+        def __init__(self, *, host: str, port: int, settings: object) -> None:
+            del settings
+            connects.append((host, port))
+
+        def get_collection(self, name: str, embedding_function: object) -> EmptyCollection:
+            del name, embedding_function
+            return EmptyCollection()
+
+    monkeypatch.setattr("chromadb.HttpClient", Client)
+    store = VectorStore.http("127.0.0.1", 1)
+    assert connects == []  # constructing touches no network
+    assert store.get("conversation-1") == {}
+    assert connects == [("127.0.0.1", 1)]  # the first use connects, to the address given
+    assert store.query("conversation-1", unit(1, 0), n=3) == []
+    assert connects == [("127.0.0.1", 1)]  # and later uses reuse that client
 
 
 # ---------------------------------------------------------------- scoring
