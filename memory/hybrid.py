@@ -3,9 +3,10 @@
 Per-section allotments of the budget (after the system prompt and the question):
 the summary takes at most 10 % (its oldest lines give way first), the recent window
 at most 20 % and six turns, and recall gets the rest, for at most 256 turns. Recall
-ranks every earlier turn by a fusion of BM25 and MiniLM similarity, lifted by neighbouring turns, the
-turn's session and the speaker named in the question (`retrieval.scoring`), then
-packs the best turns whole, grouped under one header per session.
+ranks every earlier turn by a fusion of BM25 and MiniLM similarity, lifted by
+neighbouring turns, the turn's session and the speaker named in the question
+(`retrieval.scoring`), then packs the best turns whole, grouped under one header
+per session.
 """
 
 from __future__ import annotations
