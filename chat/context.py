@@ -53,6 +53,10 @@ class ContextBuilder:
         ) * BUDGET_MARGIN
         return min(int(model_room), self._settings.memory_prompt_tokens)
 
+    def prepare(self, question: str) -> None:
+        """Start, in the background, what `build` will need for `question`."""
+        self._memory.prepare(question)
+
     def build(
         self,
         *,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
@@ -16,7 +18,7 @@ from sqlalchemy.orm import Session
 from memory.base import Turn
 from parley.domain import MessageRole, MessageStatus
 from parley.llm import PromptRole
-from store.models import Message
+from store.models import Conversation, Message
 
 
 def visible_messages(session: Session, conversation_id: int) -> list[Message]:
@@ -84,43 +86,48 @@ def prompt_turns(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    turns: tuple[Turn, ...]
+    superseded: int  # the conversation's superseded messages when `turns` was read
+
+
 class HistoryCache:
     """The prompt turns of recently used conversations, kept between sends.
 
-    Each read asks the database one cheap question — how many prompt turns the
-    conversation has and the newest id — and then reads only the turns added since.
-    If anything else changed (an answer marked superseded, by this process or any
-    other), the counts disagree and the turns are read again in full. This holds
-    because a stored turn's text never changes: a change supersedes the old row and
-    adds a new one. The tuple handed out is immutable and shared safely by threads.
+    A stored turn's text never changes, and turns only ever join a conversation or
+    leave its prompt by being marked superseded. So each read asks the database two
+    questions that its indexes answer without touching the history — how many
+    messages are superseded, and which prompt turns came after the newest one cached —
+    and reads everything again only when the superseded count moved (by this process
+    or any other). Entries are keyed by the conversation's id *and* creation time, so
+    a deleted conversation's id given to a new one can never bring back old turns.
+    The tuple handed out is immutable and shared safely by threads.
     """
 
     def __init__(self, max_conversations: int = 256) -> None:
         self._max = max_conversations
-        self._entries: OrderedDict[int, tuple[Turn, ...]] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, datetime], _Cached] = OrderedDict()
         self._lock = threading.Lock()
 
-    def turns(self, session: Session, conversation_id: int) -> tuple[Turn, ...]:
-        count, newest = session.execute(
-            select(func.count(Message.id), func.max(Message.id)).where(_in_prompt(conversation_id))
-        ).one()
+    def turns(self, session: Session, conversation: Conversation) -> tuple[Turn, ...]:
+        key = (conversation.id, conversation.created_at)
+        superseded = session.scalar(
+            select(func.count(Message.id)).where(
+                Message.conversation_id == conversation.id,
+                Message.status == MessageStatus.SUPERSEDED,
+            )
+        )
         with self._lock:
-            cached = self._entries.get(conversation_id)
-        if cached is not None and (newest or 0) >= (cached[-1].id if cached else 0):
-            known = cached[-1].id if cached else 0
-            added = tuple(prompt_turns(session, conversation_id, after_id=known))
-            # Equal only if no cached turn left the prompt (a superseded answer).
-            if len(cached) + len(added) == count:
-                turns = cached + added
-                self._keep(conversation_id, turns)
-                return turns
-        turns = tuple(prompt_turns(session, conversation_id))
-        self._keep(conversation_id, turns)
-        return turns
-
-    def _keep(self, conversation_id: int, turns: tuple[Turn, ...]) -> None:
+            cached = self._entries.get(key)
+        if cached is not None and cached.superseded == superseded:
+            newest = cached.turns[-1].id if cached.turns else 0
+            turns = cached.turns + tuple(prompt_turns(session, conversation.id, after_id=newest))
+        else:
+            turns = tuple(prompt_turns(session, conversation.id))
         with self._lock:
-            self._entries[conversation_id] = turns
-            self._entries.move_to_end(conversation_id)
+            self._entries[key] = _Cached(turns, superseded or 0)
+            self._entries.move_to_end(key)
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
+        return turns

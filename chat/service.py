@@ -75,6 +75,7 @@ class ChatService:
         Raises `InvalidInput`, `NotFound` or `QuotaExceeded` before anything is stored.
         """
         text = clean_message_text(text, max_chars=self._settings.max_message_chars)
+        self._context.prepare(text)  # the question's embedding runs while we go on
         self._usage.check_quota(principal)
         with self._db.session() as session:
             if conversation_id is None:
@@ -84,7 +85,7 @@ class ChatService:
                 history: Sequence[Turn] = ()
             else:
                 conversation = owned_conversation(session, principal, conversation_id)
-                history = self._history.turns(session, conversation.id)
+                history = self._history.turns(session, conversation)
             context = self._context.build(
                 conversation_id=conversation.id,
                 strategy=conversation.memory_strategy,
@@ -163,7 +164,7 @@ class ChatService:
                 conversation = owned_conversation(session, principal, conversation_id)
                 strategy, cid = conversation.memory_strategy, conversation.id
                 if not free:
-                    history = self._history.turns(session, conversation.id)
+                    history = self._history.turns(session, conversation)
         if free:
             return Estimate(input_tokens=0, input_cost_usd=0.0, max_output_cost_usd=0.0)
         context = self._context.build(

@@ -55,13 +55,12 @@ class Upkeep:
     def observe(self, conversation_id: int) -> None:
         """Let the conversation's strategy index new turns and fold summaries."""
         with self._db.session() as session:
-            row = session.execute(
-                select(Conversation.memory_strategy).where(Conversation.id == conversation_id)
-            ).first()
-            if row is None:
+            conversation = session.get(Conversation, conversation_id)
+            if conversation is None:
                 return  # deleted meanwhile
-            history = self._history.turns(session, conversation_id)
-        self._memory.get(row.memory_strategy).observe(conversation_id, history)
+            strategy = conversation.memory_strategy
+            history = self._history.turns(session, conversation)
+        self._memory.get(strategy).observe(conversation_id, history)
 
     def title(self, user_id: int | None, conversation_id: int) -> None:
         """After the first complete answer, ask the model for a title (a metered call)."""

@@ -186,6 +186,8 @@ class UsageService:
         """Raise `QuotaExceeded`, naming the reset time, when the principal's quota is used up."""
         now = now or datetime.now(UTC)
         quota = self.quota(principal)
+        if not (quota.messages_per_day or quota.tokens_per_day):
+            return  # no limit: nothing to count
         used = self.today(principal, now=now)
         resets_at = day_start(now) + timedelta(days=1)
         if quota.messages_per_day and used.messages >= quota.messages_per_day:

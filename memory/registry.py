@@ -40,6 +40,13 @@ class MemoryDeps:
     _recall: RecallIndex | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
+    def prefetch_question(self, question: str) -> None:
+        """Embed a question ahead of its query, if a strategy here already uses recall."""
+        with self._lock:
+            recall = self._recall
+        if recall is not None:
+            recall.prefetch(question)
+
     @property
     def recall(self) -> RecallIndex:
         with self._lock:
@@ -86,6 +93,10 @@ class StrategyRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._factories)
+
+    def prepare(self, question: str) -> None:
+        """A question is on its way: start what can run ahead of `build` (its embedding)."""
+        self._deps.prefetch_question(question)
 
     def forget(self, conversation_id: int) -> None:
         """A conversation was deleted: drop its vectors too (summaries go with the row)."""

@@ -9,9 +9,11 @@ never changes under the same id.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -22,6 +24,7 @@ from retrieval.scoring import ScoringWeights, fuse_coded, named_speaker
 from retrieval.vector_store import VectorStore
 
 _DEFAULT_WEIGHTS = ScoringWeights()
+MAX_PREFETCHED = 32  # questions embedded ahead and not yet asked for
 
 
 class IndexedTurn(NamedTuple):
@@ -201,7 +204,11 @@ class RecallIndex:
         self._store = store
         self._max = max_conversations
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
-        self._lock = threading.Lock()  # guards _entries only
+        self._lock = threading.Lock()  # guards _entries and _questions
+        # Questions being embedded ahead of their query (`prefetch`). One worker of its own:
+        # the upkeep pool may be busy with a summary's model call, and this is the hot path.
+        self._questions: OrderedDict[str, Future[np.ndarray]] = OrderedDict()
+        self._question_worker = ThreadPoolExecutor(1, thread_name_prefix="parley-question")
 
     @property
     def store(self) -> VectorStore | None:
@@ -359,7 +366,7 @@ class RecallIndex:
         """
         if not turns:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        query = self._embedder.embed([question])[0]
+        query = self._question_vector(question)
         entry = self._entry(conversation_id)
         turn_ids = [t.id for t in turns]
         with entry.lock:
@@ -372,6 +379,30 @@ class RecallIndex:
             wanted = np.isin(ids, np.fromiter(set(turn_ids), dtype=np.int64))
             ids, values = ids[wanted], values[wanted]
         return ids, values
+
+    def prefetch(self, question: str) -> None:
+        """Start embedding `question` now; the next query for it uses the result.
+
+        The chat service calls this first thing in a send, so the embedding runs while
+        the quota is checked and the history and summary are read.
+        """
+        with self._lock:
+            if question in self._questions:
+                return
+            self._questions[question] = self._question_worker.submit(self._embed_one, question)
+            while len(self._questions) > MAX_PREFETCHED:
+                self._questions.popitem(last=False)
+
+    def _embed_one(self, question: str) -> np.ndarray:
+        return np.asarray(self._embedder.embed([question])[0])
+
+    def _question_vector(self, question: str) -> np.ndarray:
+        with self._lock:
+            future = self._questions.pop(question, None)
+        if future is not None:
+            with contextlib.suppress(Exception):  # embedded again below, raising for real
+                return future.result()
+        return self._embed_one(question)
 
     def forget(self, conversation_id: int) -> None:
         """Drop a conversation's index from memory and from the store (it was deleted)."""

@@ -87,6 +87,8 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_conversation_id", "conversation_id", "id"),
+        # The history cache counts a conversation's superseded answers through this index.
+        Index("ix_messages_conversation_status", "conversation_id", "status"),
         Index("ix_messages_created_at", "created_at"),
     )
 

@@ -8,13 +8,15 @@ from chat.history import HistoryCache, prompt_turns
 from chat.providers.scripted import ScriptedProvider
 from parley.domain import MessageStatus, Principal
 from parley.errors import StreamInterrupted
-from store.models import Message
+from store.models import Conversation, Message
 from wiring.services import Services
 
 
 def cached(services: Services, cache: HistoryCache, conversation_id: int) -> list[int]:
     with services.database.session() as session:
-        return [t.id for t in cache.turns(session, conversation_id)]
+        conversation = session.get(Conversation, conversation_id)
+        assert conversation is not None
+        return [t.id for t in cache.turns(session, conversation)]
 
 
 def fresh(services: Services, conversation_id: int) -> list[int]:
@@ -58,7 +60,7 @@ def test_a_change_made_elsewhere_is_noticed(services: Services, alice: Principal
     conversation = reply.conversation_id
     list(services.chat.send(alice, conversation, "second"))
     assert len(cached(services, cache, conversation)) == 4
-    # Another process supersedes an answer and adds a turn: the counts disagree, so it rereads.
+    # Another process supersedes an answer and adds a turn: the cache notices and rereads.
     with services.database.session() as session:
         session.execute(
             update(Message)
@@ -67,3 +69,22 @@ def test_a_change_made_elsewhere_is_noticed(services: Services, alice: Principal
         )
     list(services.chat.send(alice, conversation, "third"))
     assert cached(services, cache, conversation) == fresh(services, conversation)
+
+
+def test_a_deleted_conversations_id_given_again_brings_back_nothing(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    cache = HistoryCache()
+    old = services.chat.send(alice, None, "alice's secret plan")
+    list(old)
+    assert len(cached(services, cache, old.conversation_id)) == 2
+    services.conversations.delete(alice, old.conversation_id)
+    new = services.chat.send(bob, None, "bob's question")
+    list(new)
+    # SQLite gives the highest id again after a delete; either way nothing of alice's shows.
+    with services.database.session() as session:
+        texts = [
+            t.content
+            for t in cache.turns(session, session.get(Conversation, new.conversation_id))  # type: ignore[arg-type]
+        ]
+    assert texts == ["bob's question", "OK"]

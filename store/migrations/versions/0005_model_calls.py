@@ -1,4 +1,5 @@
-"""Every model call metered by user and purpose; a stored token count per message.
+"""Every model call metered by user and purpose; a stored token count per message;
+an index to count a conversation's superseded answers.
 
 Revision ID: 0005
 Revises: 0004
@@ -36,9 +37,13 @@ def upgrade() -> None:
     op.create_index("ix_model_calls_user_created", "model_calls", ["user_id", "created_at"])
     with op.batch_alter_table("messages") as batch:
         batch.add_column(sa.Column("tokens", sa.Integer(), nullable=True))
+    op.create_index(
+        "ix_messages_conversation_status", "messages", ["conversation_id", "status"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_messages_conversation_status", table_name="messages")
     with op.batch_alter_table("messages") as batch:
         batch.drop_column("tokens")
     op.drop_index("ix_model_calls_user_created", table_name="model_calls")
