@@ -17,11 +17,8 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from chat.limits import ConcurrencyGate, RateLimiter
 from chat.providers.anthropic import AnthropicProvider
 from chat.providers.keys import StaticKey
-from chat.service import ChatService
-from chat.usage import UsageService
 from fakes.anthropic_server import FakeAnthropic
 from parley.background import BackgroundWork
 from parley.config import Settings
@@ -29,7 +26,7 @@ from parley.domain import MessageRole, MessageStatus
 from store.models import Message
 from tests.conftest import SUMMARY_LINES
 from tests.support import ROOT
-from wiring.services import Services
+from wiring.services import Services, build_services
 
 TURNS = 300
 FAULT_RATE = 0.3
@@ -57,21 +54,18 @@ def test_chaos_no_message_lost(services: Services, settings: Settings) -> None:
             max_retries=2,
             timeout_s=0.5,
         )
-        chat = ChatService(
-            database=services.database,
-            provider=provider,
-            memory=services.memory,
-            settings=settings,
-            usage=UsageService(services.database, settings),
-            limiter=RateLimiter(
-                requests_per_minute=1e6,
-                input_tokens_per_minute=1e9,
-                output_tokens_per_minute=1e9,
-                max_wait_s=1,
-            ),
-            gate=ConcurrencyGate(2),
-            background=BackgroundWork(workers=0),
+        chaos_settings = settings.model_copy(
+            update={
+                "requests_per_minute": 1e6,
+                "input_tokens_per_minute": 1e9,
+                "output_tokens_per_minute": 1e9,
+                "anthropic_max_retry_wait_s": 1,
+                "max_concurrent_calls": 2,
+            }
         )
+        chat = build_services(
+            chaos_settings, provider=provider, background=BackgroundWork(workers=0)
+        ).chat
         conversation_id: int | None = None
         for turn in range(TURNS):
             if turn % 25 == 0:
