@@ -149,10 +149,14 @@ class UsageService:
         """A user's own overrides (None: the settings' default)."""
         user_id = _visible_user(principal, user_id)
         with self._db.session() as session:
-            user = session.get(User, user_id)
-            if user is None:
-                raise NotFound("user not found")
-            return user.quota_messages_per_day, user.quota_tokens_per_day
+            row = session.execute(
+                select(User.quota_messages_per_day, User.quota_tokens_per_day).where(
+                    User.id == user_id
+                )
+            ).first()
+        if row is None:
+            raise NotFound("user not found")
+        return row.quota_messages_per_day, row.quota_tokens_per_day
 
     def quota(self, principal: Principal, user_id: int | None = None) -> Quota:
         """A user's daily quotas in force (default: the principal's own)."""
