@@ -25,7 +25,21 @@ def upgrade() -> None:
             "user_id", sa.Integer(), sa.ForeignKey("users.id", ondelete="SET NULL"), nullable=True
         ),
         sa.Column("conversation_id", sa.Integer(), nullable=True),
-        sa.Column("purpose", sa.String(20), nullable=False),
+        sa.Column(
+            "purpose",
+            sa.Enum(
+                "chat",
+                "continuation",
+                "summary",
+                "title",
+                "batch",
+                "evaluation",
+                name="purpose",
+                native_enum=False,
+                length=20,
+            ),
+            nullable=False,
+        ),
         sa.Column("model", sa.String(100), nullable=False),
         sa.Column("input_tokens", sa.Integer(), nullable=False),
         sa.Column("output_tokens", sa.Integer(), nullable=False),
@@ -37,9 +51,7 @@ def upgrade() -> None:
     op.create_index("ix_model_calls_user_created", "model_calls", ["user_id", "created_at"])
     with op.batch_alter_table("messages") as batch:
         batch.add_column(sa.Column("tokens", sa.Integer(), nullable=True))
-    op.create_index(
-        "ix_messages_conversation_status", "messages", ["conversation_id", "status"]
-    )
+    op.create_index("ix_messages_conversation_status", "messages", ["conversation_id", "status"])
 
 
 def downgrade() -> None:
