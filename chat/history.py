@@ -11,13 +11,13 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
 from memory.base import Turn
 from parley.domain import MessageRole, MessageStatus
-from parley.llm import PromptRole
 from store.models import Conversation, Message
 
 
@@ -34,74 +34,45 @@ def visible_messages(session: Session, conversation_id: int) -> list[Message]:
     )
 
 
-def in_prompt(message: Message) -> bool:
-    """Failed answers with no text stay out of the prompt; partial answers go in."""
-    return bool(message.content) and message.status is not MessageStatus.SUPERSEDED
+def prompt_turns(
+    session: Session, conversation_id: int, *, before_id: int | None = None
+) -> list[Turn]:
+    """The turns a prompt may use, oldest first (only those before `before_id` if given).
 
-
-def to_turn(message: Message) -> Turn:
-    role: PromptRole = "user" if message.role is MessageRole.USER else "assistant"
-    return Turn(
-        id=message.id,
-        role=role,
-        content=message.content,
-        created_at=message.created_at,
-        tokens=message.tokens,
-    )
-
-
-def _in_prompt(conversation_id: int) -> ColumnElement[bool]:
-    """The SQL form of `in_prompt` for one conversation."""
-    return and_(
+    Failed answers with no text stay out of the prompt; partial answers go in.
+    """
+    query = select(
+        Message.id, Message.role, Message.content, Message.created_at, Message.tokens
+    ).where(
         Message.conversation_id == conversation_id,
         Message.status != MessageStatus.SUPERSEDED,
         Message.content != "",
     )
-
-
-def prompt_turns(
-    session: Session,
-    conversation_id: int,
-    *,
-    before_id: int | None = None,
-    after_id: int | None = None,
-) -> list[Turn]:
-    """The turns a prompt may use, oldest first (only those between the ids if given)."""
-    query = select(
-        Message.id, Message.role, Message.content, Message.created_at, Message.tokens
-    ).where(_in_prompt(conversation_id))
     if before_id is not None:
         query = query.where(Message.id < before_id)
-    if after_id is not None:
-        query = query.where(Message.id > after_id)
-    return [
-        Turn(
-            id=row.id,
-            role="user" if row.role is MessageRole.USER else "assistant",
-            content=row.content,
-            created_at=row.created_at,
-            tokens=row.tokens,
-        )
-        for row in session.execute(query.order_by(Message.id))
-    ]
+    return [_turn(row) for row in session.execute(query.order_by(Message.id))]
 
 
 @dataclass(frozen=True, slots=True)
 class _Cached:
     turns: tuple[Turn, ...]
-    superseded: int  # the conversation's superseded messages when `turns` was read
+    messages: int  # every message of the conversation when `turns` was read
+    superseded: int  # of which superseded
+    newest: int  # the highest message id seen
 
 
 class HistoryCache:
     """The prompt turns of recently used conversations, kept between sends.
 
-    A stored turn's text never changes, and turns only ever join a conversation or
-    leave its prompt by being marked superseded. So each read asks the database two
-    questions that its indexes answer without touching the history — how many
-    messages are superseded, and which prompt turns came after the newest one cached —
-    and reads everything again only when the superseded count moved (by this process
-    or any other). Entries are keyed by the conversation's id *and* creation time, so
-    a deleted conversation's id given to a new one can never bring back old turns.
+    A stored turn's text never changes, and messages only ever join a conversation or
+    leave its prompt by being marked superseded. So each read asks two questions an
+    index answers without touching the history — how many messages the conversation
+    has and how many are superseded — and reads the messages after the newest one
+    seen. If those new messages account for the whole difference and nothing was
+    superseded meanwhile, they are appended; otherwise (a supersede, or a message that
+    committed late with a lower id, by this process or another) everything is read
+    again. Entries are keyed by the conversation's id *and* creation time, so a
+    deleted conversation's id given to a new one can never bring back old turns.
     The tuple handed out is immutable and shared safely by threads.
     """
 
@@ -112,22 +83,66 @@ class HistoryCache:
 
     def turns(self, session: Session, conversation: Conversation) -> tuple[Turn, ...]:
         key = (conversation.id, conversation.created_at)
-        superseded = session.scalar(
-            select(func.count(Message.id)).where(
-                Message.conversation_id == conversation.id,
-                Message.status == MessageStatus.SUPERSEDED,
-            )
-        )
+        messages, superseded = session.execute(
+            select(
+                func.count(Message.id),
+                func.count(Message.id).filter(Message.status == MessageStatus.SUPERSEDED),
+            ).where(Message.conversation_id == conversation.id)
+        ).one()
         with self._lock:
             cached = self._entries.get(key)
+        entry = None
         if cached is not None and cached.superseded == superseded:
-            newest = cached.turns[-1].id if cached.turns else 0
-            turns = cached.turns + tuple(prompt_turns(session, conversation.id, after_id=newest))
-        else:
-            turns = tuple(prompt_turns(session, conversation.id))
+            new = _messages_after(session, conversation.id, cached.newest)
+            if cached.messages + len(new) == messages:
+                entry = _Cached(
+                    cached.turns + tuple(_turn(r) for r in new if _prompt_row(r)),
+                    messages,
+                    superseded,
+                    max([cached.newest, *(r.id for r in new)]),
+                )
+        if entry is None:
+            rows = _messages_after(session, conversation.id, 0)
+            entry = _Cached(
+                tuple(_turn(r) for r in rows if _prompt_row(r)),
+                len(rows),
+                sum(1 for r in rows if r.status is MessageStatus.SUPERSEDED),
+                max((r.id for r in rows), default=0),
+            )
         with self._lock:
-            self._entries[key] = _Cached(turns, superseded or 0)
+            self._entries[key] = entry
             self._entries.move_to_end(key)
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
-        return turns
+        return entry.turns
+
+
+def _messages_after(session: Session, conversation_id: int, after_id: int) -> list[Row[Any]]:
+    return list(
+        session.execute(
+            select(
+                Message.id,
+                Message.role,
+                Message.content,
+                Message.created_at,
+                Message.tokens,
+                Message.status,
+            )
+            .where(Message.conversation_id == conversation_id, Message.id > after_id)
+            .order_by(Message.id)
+        )
+    )
+
+
+def _prompt_row(row: Row[Any]) -> bool:
+    return bool(row.content) and row.status is not MessageStatus.SUPERSEDED
+
+
+def _turn(row: Any) -> Turn:  # a Row of prompt_turns' or _messages_after's columns
+    return Turn(
+        id=row.id,
+        role="user" if row.role is MessageRole.USER else "assistant",
+        content=row.content,
+        created_at=row.created_at,
+        tokens=row.tokens,
+    )

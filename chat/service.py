@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from chat.context import ContextBuilder, Estimate
 from chat.conversations import owned_conversation
-from chat.history import HistoryCache, in_prompt, to_turn, visible_messages
+from chat.history import HistoryCache, prompt_turns, visible_messages
 from chat.limited import LimitedProvider
 from chat.replies import ReplyResult, ReplyStream, clean_message_text
 from chat.titles import fallback_title
@@ -125,7 +125,7 @@ class ChatService:
                 raise InvalidInput("The last message already has an answer.")
             for failed in later:
                 failed.status = MessageStatus.SUPERSEDED
-            history = [to_turn(m) for m in rows[:last_user_index] if in_prompt(m)]
+            history = prompt_turns(session, conversation.id, before_id=question.id)
             context = self._context.build(
                 conversation_id=conversation.id,
                 strategy=conversation.memory_strategy,

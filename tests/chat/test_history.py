@@ -88,3 +88,23 @@ def test_a_deleted_conversations_id_given_again_brings_back_nothing(
             for t in cache.turns(session, session.get(Conversation, new.conversation_id))  # type: ignore[arg-type]
         ]
     assert texts == ["bob's question", "OK"]
+
+
+def test_a_message_that_commits_late_with_a_lower_id_is_not_lost(
+    services: Services, alice: Principal
+) -> None:
+    cache = HistoryCache()
+    reply = services.chat.send(alice, None, "first")
+    list(reply)
+    conversation = reply.conversation_id
+    newest = max(fresh(services, conversation))
+    with services.database.session() as session:
+        session.add(
+            Message(id=newest + 100, conversation_id=conversation, role="user", content="b")
+        )
+    assert cached(services, cache, conversation) == fresh(services, conversation)
+    # Another writer took a lower id earlier and commits only now (PostgreSQL sequences).
+    with services.database.session() as session:
+        session.add(Message(id=newest + 50, conversation_id=conversation, role="user", content="a"))
+    assert cached(services, cache, conversation) == fresh(services, conversation)
+    assert newest + 50 in cached(services, cache, conversation)
