@@ -38,4 +38,7 @@ else:
         st.Page(log_out_page, title="Log out", icon=":material/logout:", url_path="logout")
     )
 
-st.navigation(pages).run()
+try:
+    st.navigation(pages).run()
+except ParleyError as exc:  # a page that did not catch it: its sentence, never a traceback
+    st.error(exc.user_message)

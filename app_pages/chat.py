@@ -61,8 +61,12 @@ def render_conversation_settings(svc: Services, who: Principal, conversation_id:
                 "Memory strategy", names, index=names.index(current), key="memory-strategy"
             )
             if picked != current:
-                svc.lab.set_memory_strategy(who, conversation_id, picked)
-                st.rerun()
+                try:
+                    svc.lab.set_memory_strategy(who, conversation_id, picked)
+                except ParleyError as exc:
+                    st.error(exc.user_message)
+                else:
+                    st.rerun()
         if ui.confirm_delete != conversation_id:
             if st.button("Delete", key="delete-button", icon=":material/delete:"):
                 ui.confirm_delete = conversation_id
@@ -71,10 +75,14 @@ def render_conversation_settings(svc: Services, who: Principal, conversation_id:
             st.warning("Delete this conversation and all its messages?")
             left, right = st.columns(2)
             if left.button("Yes, delete", key="delete-confirm", type="primary"):
-                svc.conversations.delete(who, conversation_id)
-                ui.conversation_id = None
-                ui.confirm_delete = None
-                st.rerun()
+                try:
+                    svc.conversations.delete(who, conversation_id)
+                except ParleyError as exc:
+                    st.error(exc.user_message)
+                else:
+                    ui.conversation_id = None
+                    ui.confirm_delete = None
+                    st.rerun()
             if right.button("Keep it", key="delete-cancel"):
                 ui.confirm_delete = None
                 st.rerun()
@@ -156,7 +164,12 @@ if conversation_id is not None and services.chat.needs_retry(principal, conversa
     reason = last.error if last and last.error else "This message has no answer yet."
     st.error(reason)
     if st.button("Retry", icon=":material/refresh:", type="primary"):
-        stream_reply(services.chat.retry(principal, conversation_id))
+        try:
+            retried = services.chat.retry(principal, conversation_id)
+        except ParleyError as exc:
+            st.error(exc.user_message)
+        else:
+            stream_reply(retried)
 
 if ui.rejected_reason:
     st.error(ui.rejected_reason)

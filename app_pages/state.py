@@ -59,7 +59,7 @@ def services() -> Services:
 def _build(fingerprint: str, _settings: Settings) -> Services:  # noqa: ARG001 - the cache key
     # Streamlit hashes `fingerprint` only; `_settings` (leading underscore) is passed through.
     built = build_services(_settings)
-    atexit.register(built.close)  # background upkeep finishes before the server exits
+    atexit.register(built.close)  # release the database and the question worker at exit
     return built
 
 

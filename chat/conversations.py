@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from parley.domain import MessageRole, MessageStatus, Principal
 from parley.errors import InvalidInput, NotFound, PermissionDenied
@@ -140,6 +140,7 @@ class ConversationService:
         with self._db.session() as session:
             rows = session.scalars(
                 select(Message)
+                .options(defer(Message.context))  # provenance: not shown here
                 .where(Message.conversation_id == conversation_id)
                 .order_by(Message.id)
             ).all()
@@ -179,6 +180,7 @@ class ConversationService:
             conversation = owned_conversation(session, principal, conversation_id)
             rows = session.scalars(
                 select(Message)
+                .options(defer(Message.context))  # provenance: not shown here
                 .where(Message.conversation_id == conversation.id)
                 .order_by(Message.id)
             ).all()

@@ -30,7 +30,14 @@ from chat.usage import UsageService
 from memory import ContextWindow, Turn, message_tokens
 from parley.config import Settings
 from parley.domain import MessageRole, MessageStatus, Principal, Purpose
-from parley.errors import InvalidInput, ParleyError, ProviderError, StorageError, StreamInterrupted
+from parley.errors import (
+    InvalidInput,
+    ParleyError,
+    ProviderError,
+    StorageError,
+    StorageUnavailable,
+    StreamInterrupted,
+)
 from parley.llm import CallMeta, ChatRequest, PromptMessage, StreamEnd, TextDelta, Usage
 from store.db import Database
 from store.models import Conversation, Message, utcnow
@@ -40,7 +47,7 @@ log = logging.getLogger(__name__)
 # Waits between attempts to store an answer when the database fails for a moment.
 STORE_RETRY_DELAYS_S = (0.05, 0.25, 1.0)
 NOT_SAVED = (
-    "The answer could not be saved because the database did not respond; "
+    "The answer could not be saved (the database did not take it); "
     "what you see was not kept. Please retry."
 )
 
@@ -75,8 +82,8 @@ class ChatService:
         Raises `InvalidInput`, `NotFound` or `QuotaExceeded` before anything is stored.
         """
         text = clean_message_text(text, max_chars=self._settings.max_message_chars)
-        self._context.prepare(text)  # the question's embedding runs while we go on
         self._usage.check_quota(principal)
+        self._context.prepare(text)  # the question's embedding runs while we go on
         with self._db.session() as session:
             if conversation_id is None:
                 conversation = Conversation(user_id=principal.user_id, title=fallback_title(text))
@@ -291,9 +298,11 @@ class ChatService:
                 message_id = self._insert_answer(message)
                 break
             except StorageError as exc:
-                if delay is None:
+                # A passing outage is tried again; a conflict (the conversation was deleted
+                # meanwhile) will not get better.
+                if delay is None or not isinstance(exc, StorageUnavailable):
                     log.exception(
-                        "Could not store the answer in conversation %s after %d attempts "
+                        "Could not store the answer in conversation %s after %d attempt(s) "
                         "(%d characters lost)",
                         stream.conversation_id,
                         attempt,

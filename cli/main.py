@@ -20,6 +20,7 @@ import argparse
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -183,20 +184,33 @@ def _user_list(_args: argparse.Namespace) -> int:
 
 def _chat(args: argparse.Namespace) -> int:
     services = _services()
+    try:
+        code = _send(services, args)
+    finally:
+        # The turn's upkeep (memory, summary, title) runs in the background: wait for it,
+        # at most UPKEEP_TIMEOUT_S.
+        drained = services.close(timeout=UPKEEP_TIMEOUT_S)
+    if not drained:
+        print(
+            "parley: background upkeep did not finish in time; exiting without it", file=sys.stderr
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Python joins the pool's threads at exit, which would wait for the stuck call.
+        os._exit(code)
+    return code
+
+
+def _send(services: Services, args: argparse.Namespace) -> int:
     principal = _principal(services, args.user)
     text = sys.stdin.read() if args.message == "-" else args.message
+    reply = services.chat.send(principal, args.conversation, text)
     try:
-        reply = services.chat.send(principal, args.conversation, text)
-        try:
-            for chunk in reply:
-                sys.stdout.write(chunk)
-                sys.stdout.flush()
-        finally:
-            reply.close()
+        for chunk in reply:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
     finally:
-        # The turn's upkeep (memory, summary, title) runs in the background: wait for it.
-        if not services.close(timeout=UPKEEP_TIMEOUT_S):
-            print("parley: background upkeep did not finish in time", file=sys.stderr)
+        reply.close()
     sys.stdout.write("\n")
     sys.stdout.flush()
     result = reply.result

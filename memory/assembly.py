@@ -89,13 +89,15 @@ def _line_tokens(label: str, content: str) -> int:
     return count_tokens(f"{label}: {' '.join(content.split())}")
 
 
-# The fixed part of the recalled block: its tags, its introduction and the line breaks
-# around them, and the blank line before the question.
-_BLOCK_TOKENS = count_tokens("<recalled_turns>") + count_tokens("</recalled_turns>") + 4
-
-
 def _intro_tokens() -> int:
-    return _piece_tokens(RECALL_INTRO) + _BLOCK_TOKENS
+    """The fixed part of the recalled block: its tags, its introduction, the line breaks
+    around them, and the blank line before the question."""
+    return (
+        _piece_tokens(RECALL_INTRO)
+        + _piece_tokens("<recalled_turns>")
+        + _piece_tokens("</recalled_turns>")
+        + 4
+    )
 
 
 def render_recalled(turns: Sequence[Turn]) -> str:

@@ -47,6 +47,12 @@ class MemoryDeps:
         if recall is not None:
             recall.prefetch(question)
 
+    def close(self) -> None:
+        with self._lock:
+            recall = self._recall
+        if recall is not None:
+            recall.close()
+
     @property
     def recall(self) -> RecallIndex:
         with self._lock:
@@ -99,8 +105,19 @@ class StrategyRegistry:
         self._deps.prefetch_question(question)
 
     def forget(self, conversation_id: int) -> None:
-        """A conversation was deleted: drop its vectors too (summaries go with the row)."""
-        self._deps.recall.forget(conversation_id)
+        """A conversation was deleted: drop its vectors too (summaries go with the row).
+
+        Vectors are derived state: if the vector store fails, that is logged and the
+        deletion stands (an orphaned collection is only wasted disk).
+        """
+        try:
+            self._deps.recall.forget(conversation_id)
+        except Exception:
+            log.exception("Dropping the vectors of conversation %s failed", conversation_id)
+
+    def close(self) -> None:
+        """Release what the strategies hold (the recall index's question worker)."""
+        self._deps.close()
 
     def get(self, name: str | None = None) -> MemoryStrategy:
         name = name or self.default

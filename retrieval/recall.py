@@ -391,7 +391,8 @@ class RecallIndex:
                 return
             self._questions[question] = self._question_worker.submit(self._embed_one, question)
             while len(self._questions) > MAX_PREFETCHED:
-                self._questions.popitem(last=False)
+                _, stale = self._questions.popitem(last=False)
+                stale.cancel()  # never asked for: do not spend the CPU
 
     def _embed_one(self, question: str) -> np.ndarray:
         return np.asarray(self._embedder.embed([question])[0])
@@ -403,6 +404,15 @@ class RecallIndex:
             with contextlib.suppress(Exception):  # embedded again below, raising for real
                 return future.result()
         return self._embed_one(question)
+
+    def close(self) -> None:
+        """Stop the question worker (prefetched questions not yet embedded are dropped)."""
+        with self._lock:
+            pending = list(self._questions.values())
+            self._questions.clear()
+        for future in pending:
+            future.cancel()
+        self._question_worker.shutdown(wait=True)
 
     def forget(self, conversation_id: int) -> None:
         """Drop a conversation's index from memory and from the store (it was deleted)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import inspect
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.exc import SQLAlchemyError
 
 from store.db import Database, translate_database_error
@@ -24,12 +26,23 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(database: Database, revision: str = "head") -> None:
     url = database.url.render_as_string(hide_password=False)
-    command.upgrade(alembic_config(url), revision)
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except SQLAlchemyError as exc:
+        raise translate_database_error(exc) from exc
+
+
+@cache
+def head_revision() -> str | None:
+    """The newest migration this code ships."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 def is_current(database: Database) -> bool:
-    """True when the schema exists; the app refuses to start on an empty database."""
+    """True when the schema is at the newest migration; the app refuses to start otherwise."""
     try:
-        return inspect(database.engine).has_table("alembic_version")
+        with database.engine.connect() as connection:
+            revision = MigrationContext.configure(connection).get_current_revision()
     except SQLAlchemyError as exc:
         raise translate_database_error(exc) from exc
+    return revision is not None and revision == head_revision()

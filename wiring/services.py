@@ -55,6 +55,7 @@ class Services:
     def close(self, timeout: float | None = 30.0) -> bool:
         """Let background work finish (at most `timeout`), then release the database."""
         drained = self.background.close(timeout)
+        self.memory.close()
         self.database.dispose()
         return drained
 
@@ -72,7 +73,8 @@ def build_services(
     database = Database(settings.resolved_database_url)
     if not is_current(database):
         raise ConfigurationError(
-            "The database has no tables yet: run `parley db upgrade` (make run does it)."
+            "The database is not at this version's schema (new, or older): "
+            "run `parley db upgrade` (make run does it)."
         )
     shared = settings.limiter_store == "database"
     limiter = RateLimiter(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from chat.providers.anthropic import AnthropicProvider, HeadersObserver
 from chat.providers.keys import CommandKey, FileKey, KeySource, StaticKey
+from chat.providers.local import LocalProvider
 from chat.providers.scripted import ScriptedProvider
 from parley.config import KeySourceChoice, Settings, get_settings
 from parley.errors import ConfigurationError
@@ -54,8 +55,6 @@ def build_provider(
             send_temperature=settings.anthropic_send_temperature,
             on_headers=on_headers,
         )
-    from chat.providers.local import LocalProvider
-
     return LocalProvider(
         model_path=settings.local_model_path,
         context_window=settings.local_context_window,

@@ -117,3 +117,14 @@ def test_a_duplicate_user_name_is_invalid_input_with_a_sentence(services: Servic
     assert caught.value.user_message == "A user named 'alice' already exists."
     assert isinstance(caught.value.__cause__, StorageConflict)
     assert users_named(services.database, "alice") == 1
+
+
+def test_a_database_behind_the_newest_migration_is_refused_until_upgraded(
+    tmp_path: Path,
+) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(database, "0004")
+    assert not is_current(database)
+    upgrade(database)
+    assert is_current(database)
+    database.dispose()
