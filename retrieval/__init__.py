@@ -4,7 +4,8 @@
     BM25Index, tokenize                                                   lexical.py
     VectorStore (Chroma, made on first use)                               vector_store.py
     ScoringWeights, fuse_scores, minmax                                   scoring.py
-    RecallIndex, ConversationRecall, IndexedTurn                          recall.py
+    ConversationRecall, IndexedTurn                                       conversation_recall.py
+    RecallIndex                                                           recall.py
 
 Importing this package loads no model and opens no store.
 """
