@@ -17,7 +17,7 @@ from memory.assembly import assemble, newest_that_fit, pack_by_score, system_wit
 from memory.base import ContextRequest, ContextWindow, Turn, message_tokens, turn_tokens
 from memory.registry import MemoryDeps
 from memory.summaries import RollingSummary, fit_summary
-from memory.vector_recall import indexed, recall_or_nothing
+from memory.vector_recall import indexed, indexed_history, recall_or_nothing
 from parley.tokens import count_tokens
 
 SUMMARY_SHARE = 0.10
@@ -65,7 +65,7 @@ class Hybrid:
             best = recall_or_nothing(
                 lambda: self._deps.recall.score(
                     request.conversation_id,
-                    [indexed(t) for t in request.history],
+                    indexed_history(request.history),
                     request.question,
                     limit=RECALL_TURNS + len(window),
                 )

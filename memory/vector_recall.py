@@ -11,7 +11,7 @@ from memory.assembly import assemble, group_label, newest_that_fit, pack_by_scor
 from memory.base import ContextRequest, ContextWindow, Turn, message_tokens, turn_tokens
 from memory.registry import MemoryDeps
 from parley.tokens import count_tokens
-from retrieval.recall import IndexedTurn
+from retrieval.recall import IndexedTurn, LazyTurns
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ def recall_or_nothing(
 
 def indexed(turn: Turn) -> IndexedTurn:
     return IndexedTurn(id=turn.id, text=turn.content, speaker=turn.label, session=group_label(turn))
+
+
+def indexed_history(history: Sequence[Turn]) -> LazyTurns:
+    """The history as the recall index sees it, each turn made only if the index needs it."""
+    return LazyTurns([t.id for t in history], lambda i: indexed(history[i]))
 
 
 class VectorRecall:
@@ -57,7 +62,7 @@ class VectorRecall:
             similar = recall_or_nothing(
                 lambda: self._deps.recall.similar(
                     request.conversation_id,
-                    [indexed(t) for t in request.history],
+                    indexed_history(request.history),
                     request.question,
                     limit=RECALL_TURNS + len(window),
                 )

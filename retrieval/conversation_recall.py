@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, overload
 
 import numpy as np
 
@@ -23,6 +23,30 @@ class IndexedTurn(NamedTuple):
     text: str
     speaker: str | None
     session: str  # a label grouping turns: "Session 3, 8 May 2023", or a date
+
+
+class LazyTurns(Sequence[IndexedTurn]):
+    """Turns whose ids are known up front and which are made one by one only when read.
+
+    A query checks the ids against the index; while the index is current (the usual
+    case) no `IndexedTurn` is made at all, so a long history costs only its id list.
+    """
+
+    def __init__(self, ids: Sequence[int], make: Callable[[int], IndexedTurn]) -> None:
+        self.ids = ids
+        self._make = make  # position -> the turn
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, index: int) -> IndexedTurn: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[IndexedTurn]: ...
+    def __getitem__(self, index: int | slice) -> IndexedTurn | list[IndexedTurn]:
+        if isinstance(index, slice):
+            return [self._make(i) for i in range(len(self.ids))[index]]
+        return self._make(range(len(self.ids))[index])
 
 
 def embedding_text(turn: IndexedTurn) -> str:

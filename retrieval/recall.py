@@ -21,6 +21,7 @@ from retrieval.conversation_recall import (
     DEFAULT_WEIGHTS,
     ConversationRecall,
     IndexedTurn,
+    LazyTurns,
     embedding_text,
 )
 from retrieval.embeddings import Embedder
@@ -221,7 +222,7 @@ class RecallIndex:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         query = self._question_vector(question)
         entry = self._entry(conversation_id)
-        turn_ids = [t.id for t in turns]
+        turn_ids = turns.ids if isinstance(turns, LazyTurns) else [t.id for t in turns]
         with entry.lock:
             exact = entry.recall.holds_exactly(turn_ids)
             if not exact:
@@ -297,4 +298,4 @@ def _best(ids: np.ndarray, values: np.ndarray, limit: int) -> list[tuple[int, fl
     return list(zip(ids[order].tolist(), values[order].tolist(), strict=True))
 
 
-__all__ = ["ConversationRecall", "IndexedTurn", "RecallIndex", "embedding_text"]
+__all__ = ["ConversationRecall", "IndexedTurn", "LazyTurns", "RecallIndex", "embedding_text"]
