@@ -51,10 +51,6 @@ class LimitedProvider:
         self._count_with_api = count_with_api
 
     @property
-    def inner(self) -> ChatProvider:
-        return self._inner
-
-    @property
     def model(self) -> str:
         return self._inner.model
 

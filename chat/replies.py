@@ -58,11 +58,17 @@ class ReplyStream:
     """
 
     def __init__(
-        self, conversation_id: int, user_message_id: int, estimate: int, context: ContextWindow
+        self,
+        conversation_id: int,
+        user_message_id: int,
+        estimate: int,
+        context: ContextWindow,
+        *,
+        user_id: int,
     ) -> None:
         self.conversation_id = conversation_id
         self.user_message_id = user_message_id
-        self.user_id: int | None = None
+        self.user_id = user_id
         self.estimated_input_tokens = estimate
         self.context = context
         self.result: ReplyResult | None = None

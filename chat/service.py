@@ -196,8 +196,9 @@ class ChatService:
         )
         estimate = self._provider.count_tokens(request)
         request = replace(request, estimated_input_tokens=estimate)
-        stream = ReplyStream(conversation_id, user_message_id, estimate, context)
-        stream.user_id = principal.user_id
+        stream = ReplyStream(
+            conversation_id, user_message_id, estimate, context, user_id=principal.user_id
+        )
         stream._chunks = self._generate(stream, request)
         return stream
 

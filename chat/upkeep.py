@@ -44,7 +44,7 @@ class Upkeep:
         self._settings = settings
         self._model_titles = model_titles
 
-    def after_answer(self, *, user_id: int | None, conversation_id: int, answered: bool) -> None:
+    def after_answer(self, *, user_id: int, conversation_id: int, answered: bool) -> None:
         """Queue the conversation's memory upkeep and, after its first answer, a title."""
         self._work.submit(lambda: self.observe(conversation_id), name=f"observe {conversation_id}")
         if answered and self._model_titles:
@@ -62,7 +62,7 @@ class Upkeep:
             history = self._history.turns(session, conversation)
         self._memory.get(strategy).observe(conversation_id, history)
 
-    def title(self, user_id: int | None, conversation_id: int) -> None:
+    def title(self, user_id: int, conversation_id: int) -> None:
         """After the first complete answer, ask the model for a title (a metered call)."""
         with self._db.session() as session:
             rows = session.execute(

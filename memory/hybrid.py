@@ -17,15 +17,12 @@ from memory.assembly import assemble, newest_that_fit, pack_by_score, system_wit
 from memory.base import ContextRequest, ContextWindow, Turn, message_tokens, turn_tokens
 from memory.registry import MemoryDeps
 from memory.summaries import RollingSummary, fit_summary
-from memory.vector_recall import indexed, indexed_history, recall_or_nothing
+from memory.vector_recall import RECALL_TURNS, indexed, indexed_history, recall_or_nothing
 from parley.tokens import count_tokens
 
 SUMMARY_SHARE = 0.10
 RECENT_SHARE = 0.20
 RECENT_TURNS = 6
-# At most this many recalled turns, the best first: the rest of a long history is ranked
-# in NumPy and never touched one by one, so a turn costs the same at 2,000 turns as at 200.
-RECALL_TURNS = 256
 
 
 class Hybrid:

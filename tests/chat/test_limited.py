@@ -27,20 +27,8 @@ from parley.llm import (
     estimate_tokens,
 )
 from store.models import ModelCall
+from tests.support import FakeClock
 from wiring.services import Services, build_services
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def limiter(clock: FakeClock | None = None, **limits: float) -> RateLimiter:

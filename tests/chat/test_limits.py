@@ -17,19 +17,7 @@ from hypothesis import strategies as st
 
 from chat.limits import ConcurrencyGate, RateLimiter
 from parley.errors import Overloaded, RateLimited
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+from tests.support import FakeClock
 
 
 def limiter(clock: FakeClock, **limits: float) -> RateLimiter:
