@@ -84,9 +84,10 @@ class MemoryBucketStore:
 class DatabaseBucketStore:
     """Bucket levels in the `rate_buckets` table, so several app processes share one limit.
 
-    Each operation is one short transaction that locks the bucket's row (`FOR UPDATE`
-    on PostgreSQL; SQLite serialises writers). Use it with a wall clock (`time.time`),
-    since monotonic clocks differ between processes.
+    Each operation is one short transaction that locks the bucket's row before reading
+    it (`FOR UPDATE` on PostgreSQL; `BEGIN IMMEDIATE` on SQLite, whose driver would
+    otherwise begin only at the write, after the level it was computed from). Use it
+    with a wall clock (`time.time`), since monotonic clocks differ between processes.
     """
 
     def __init__(self, database: Database) -> None:
@@ -100,7 +101,9 @@ class DatabaseBucketStore:
         else:
             elapsed = max(0.0, now - row.updated_at)
             row.level = min(bucket.capacity, row.level + elapsed * bucket.per_second)
-            row.updated_at = now
+            # `now` was read before the lock was granted: a process that waited must not
+            # move the clock back, or the next one refills the same seconds again.
+            row.updated_at = max(row.updated_at, now)
         return row
 
     def _transaction(self, work: Callable[[Session], float]) -> float:
@@ -109,7 +112,7 @@ class DatabaseBucketStore:
         # the same bucket row at once: either way the transaction is retried.
         for attempt in range(50):
             try:
-                with self._db.session() as session:
+                with self._db.session(write_lock=True) as session:
                     return work(session)
             except StorageError:
                 if attempt == 49:

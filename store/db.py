@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,22 +36,43 @@ class Database:
         self.engine: Engine = create_engine(parsed, pool_pre_ping=not self.is_sqlite)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._locked_sessions = sessionmaker(
+            self.engine.execution_options(**{_WRITE_LOCK: True}), expire_on_commit=False
+        )
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, *, write_lock: bool = False) -> Iterator[Session]:
         """A session that commits when the block ends and rolls back on error.
+
+        `write_lock=True` is for read-decide-write work that must not interleave with
+        another process doing the same (shared rate buckets, quota reservations): on
+        SQLite the transaction starts with `BEGIN IMMEDIATE`, taking the database's one
+        write lock before the first read (pysqlite would otherwise begin only at the
+        first write, after the reads it was decided on); on PostgreSQL the caller locks
+        the rows it decides on (`FOR UPDATE`).
 
         Database errors (in the block or at commit) leave as `StorageError`s.
         """
+        factory = self._locked_sessions if write_lock else self._sessions
         try:
-            with self._sessions() as session, session.begin():
+            with factory() as session, session.begin():
                 yield session
         except SQLAlchemyError as exc:
             raise translate_database_error(exc) from exc
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_WRITE_LOCK = "parley_write_lock"
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # Ordinary sessions keep pysqlite's deferred begin (a read never holds the lock).
+    if connection.get_execution_options().get(_WRITE_LOCK):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
 from parley.domain import Principal, Role
 
 # The operator: an administrator who is no account, as the CLI acts. Tests set users up so.
@@ -21,3 +27,48 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
+
+
+def admitted_by_processes(
+    url: str, tmp_path: Path, *, processes: int = 5, per_minute: int = 8, tries: int = 6
+) -> tuple[list[int], float]:
+    """Start `processes` limiters on one shared bucket, release them together from a
+    barrier, and return how many requests each was granted and the seconds it took."""
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from chat.limits import DatabaseBucketStore, RateLimiter
+        from parley.errors import RateLimited
+        from store.db import Database
+        limiter = RateLimiter(requests_per_minute={per_minute}, input_tokens_per_minute=1e9,
+                              output_tokens_per_minute=1e9, max_wait_s=0,
+                              store=DatabaseBucketStore(Database({url!r})), clock=time.time)
+        open(os.path.join({str(tmp_path)!r}, "ready-" + sys.argv[1]), "w").close()
+        while not os.path.exists(os.path.join({str(tmp_path)!r}, "go")):
+            time.sleep(0.001)
+        granted = 0
+        for _ in range({tries}):
+            try:
+                limiter.acquire(input_tokens=1)
+                granted += 1
+            except RateLimited:
+                pass
+        print(granted)
+    """)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(n)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(processes)
+    ]
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("ready-*"))) < processes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    (tmp_path / "go").touch()  # the barrier: every process starts taking at once
+    outputs = [w.communicate(timeout=60) for w in workers]
+    elapsed = time.monotonic() - started
+    assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
+    return [int(out) for out, _ in outputs], elapsed
