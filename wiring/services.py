@@ -157,4 +157,7 @@ def build_recall_index(settings: Settings) -> RecallIndex:
         store = VectorStore.http(url.hostname, url.port or 8000)
     else:
         store = VectorStore.persistent(settings.data_dir / "chroma")
-    return RecallIndex(embedder=MiniLMEmbedder(threads=settings.embedding_threads), store=store)
+    embedder = MiniLMEmbedder(
+        threads=settings.embedding_threads, cache_dir=settings.data_dir / "models"
+    )
+    return RecallIndex(embedder=embedder, store=store)

