@@ -79,11 +79,12 @@ def render(context: ContextWindow, cost: float) -> None:
         f"Turns in the prompt: {len(context.turn_ids)} · recalled: {len(context.recalled)} · "
         f"summary version: {context.summary_version or '—'}"
     )
-    with st.expander("System prompt (cached prefix)"):
+    with st.expander("System prompt (the operator's text; cached)"):
         st.text(context.system)
     with st.expander(f"Messages ({len(context.messages)})"):
         for prompt_message in context.messages:
-            st.markdown(f"**{prompt_message.role}**")
+            cached = " · the end of the cached prefix" if prompt_message.cache else ""
+            st.markdown(f"**{prompt_message.role}**{cached}")
             st.text(prompt_message.content)
 
 

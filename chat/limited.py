@@ -9,26 +9,41 @@ knowing: the wiring hands out only the limited provider.
          └ RateLimiter.acquire      requests and input tokens per minute (waits at most
                                     `max_wait_s`; a longer wait is `RateLimited`, "try at HH:MM")
             └ inner.stream          the provider (its own retries and retry-after cap)
-               └ at StreamEnd       output tokens to the buckets; the call to the meter,
-                                    by user, conversation and purpose
+               └ at the end         output tokens to the buckets; the call to the meter,
+                                    by user, conversation, purpose and outcome, however
+                                    it ended: complete, interrupted (with what the API
+                                    reported and the text so far), aborted (the reader
+                                    left) or failed
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Generator
+from datetime import UTC, datetime
 from typing import Protocol
 
 from chat.limits import ConcurrencyGate, RateLimiter
+from parley.domain import CallOutcome
 from parley.errors import ProviderError
-from parley.llm import CallMeta, ChatProvider, ChatRequest, StreamEnd, StreamEvent, estimate_tokens
+from parley.llm import (
+    CallRecord,
+    ChatProvider,
+    ChatRequest,
+    StreamEnd,
+    StreamEvent,
+    Usage,
+    UsageSoFar,
+    estimate_tokens,
+)
+from parley.tokens import count_tokens
 
 log = logging.getLogger(__name__)
 
 
 class Meter(Protocol):
-    def record(self, meta: CallMeta, *, model: str, end: StreamEnd) -> None:
-        """One finished model call: who it was for, why, and what it used."""
+    def record(self, call: CallRecord) -> None:
+        """One model call, however it ended: who it was for, why, and what it used."""
         ...
 
 
@@ -71,27 +86,86 @@ class LimitedProvider:
     def stream(
         self, request: ChatRequest, *, on_queue: Callable[[int], None] | None = None
     ) -> Generator[StreamEvent, None, None]:
-        """The inner stream, once a slot and room in the buckets are free."""
+        """The inner stream, once a slot and room in the buckets are free.
+
+        `UsageSoFar` events stay here: they are what the meter records if the call
+        never reaches its `StreamEnd`.
+        """
         with self._gate.slot(on_queue):
             self._limiter.acquire(input_tokens=estimate_tokens(request))
+            started = datetime.now(UTC)
+            reported: Usage | None = None
+            text: list[str] = []
+            outcome = CallOutcome.FAILED
             events = self._inner.stream(request)
             try:
                 for event in events:
+                    if isinstance(event, UsageSoFar):
+                        reported = event.usage
+                        continue
                     if isinstance(event, StreamEnd):
+                        outcome = CallOutcome.COMPLETE
                         self._limiter.record_output(event.usage.output_tokens)
-                        self._record(request.meta, event)
+                        self._record(request, event.model, event.usage, outcome, started)
+                    else:
+                        text.append(event.text)
                     yield event
+            except GeneratorExit:
+                if outcome is not CallOutcome.COMPLETE:
+                    outcome = CallOutcome.ABORTED
+                raise
             finally:
                 if isinstance(events, Generator):  # the reader left: end the inner call now
                     events.close()
+                if outcome is not CallOutcome.COMPLETE:
+                    self._record_unfinished(request, outcome, reported, text, started)
 
-    def _record(self, meta: CallMeta, end: StreamEnd) -> None:
+    def _record_unfinished(
+        self,
+        request: ChatRequest,
+        outcome: CallOutcome,
+        reported: Usage | None,
+        text: list[str],
+        started: datetime,
+    ) -> None:
+        """Meter a call that ended before `StreamEnd` with what it is known to have used.
+
+        Input: what the API reported at `message_start`; without a report (a local
+        model), the prompt's estimate once an answer had begun, else nothing. Output:
+        the API's count or the text received, whichever is larger.
+        """
+        produced = count_tokens("".join(text)) if text else 0
+        if reported is None:
+            usage = Usage(input_tokens=estimate_tokens(request) if text else 0)
+        else:
+            usage = reported
+        usage = Usage(
+            input_tokens=usage.input_tokens,
+            output_tokens=max(usage.output_tokens, produced),
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+        )
+        if outcome is CallOutcome.FAILED and (reported is not None or text):
+            outcome = CallOutcome.INTERRUPTED  # the API had begun to answer
+        if usage.output_tokens:
+            self._limiter.record_output(usage.output_tokens)
+        self._record(request, self._inner.model, usage, outcome, started)
+
+    def _record(
+        self,
+        request: ChatRequest,
+        model: str,
+        usage: Usage,
+        outcome: CallOutcome,
+        started: datetime,
+    ) -> None:
         if self._meter is None:
             return
+        call = CallRecord(request.meta, model, usage, outcome, started, datetime.now(UTC))
         try:
-            self._meter.record(meta, model=end.model, end=end)
+            self._meter.record(call)
         except Exception:  # metering must never cost the user the answer
-            log.exception("Metering a %s call failed", meta.purpose.value)
+            log.exception("Metering a %s call failed", request.meta.purpose.value)
 
 
 __all__ = ["LimitedProvider", "Meter"]

@@ -65,8 +65,10 @@ class ReplyStream:
         context: ContextWindow,
         *,
         user_id: int,
+        reservation: int | None = None,
     ) -> None:
         self.conversation_id = conversation_id
+        self.reservation = reservation  # quota set aside until the answer ends
         self.user_message_id = user_message_id
         self.user_id = user_id
         self.estimated_input_tokens = estimate

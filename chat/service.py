@@ -82,65 +82,86 @@ class ChatService:
         Raises `InvalidInput`, `NotFound` or `QuotaExceeded` before anything is stored.
         """
         text = clean_message_text(text, max_chars=self._settings.max_message_chars)
-        self._usage.check_quota(principal)
+        self._usage.check_quota(principal)  # a quick refusal; the reservation below holds
         self._context.prepare(text)  # the question's embedding runs while we go on
-        with self._db.session() as session:
-            if conversation_id is None:
-                conversation = Conversation(user_id=principal.user_id, title=fallback_title(text))
-                session.add(conversation)
-                session.flush()
+        reservation: int | None = None
+        try:
+            with self._db.session() as session:
+                conversation: Conversation | None = None
                 history: Sequence[Turn] = ()
-            else:
-                conversation = owned_conversation(session, principal, conversation_id)
-                history = self._history.turns(session, conversation)
-            context = self._context.build(
-                conversation_id=conversation.id,
-                strategy=conversation.memory_strategy,
-                history=history,
-                question=text,
-            )
-            user_message = Message(
-                conversation_id=conversation.id,
-                role=MessageRole.USER,
-                content=text,
-                status=MessageStatus.COMPLETE,
-                tokens=message_tokens(text),
-                estimated_input_tokens=context.total_tokens,
-                completed_at=utcnow(),
-            )
-            session.add(user_message)
-            conversation.updated_at = utcnow()
-            session.flush()
-            ids = (conversation.id, user_message.id)
-        # The user's message is committed here, before the provider is called.
-        return self._start(principal, ids[0], ids[1], context)
+                if conversation_id is not None:
+                    conversation = owned_conversation(session, principal, conversation_id)
+                    history = self._history.turns(session, conversation)
+                context = self._context.build(
+                    conversation_id=conversation.id if conversation else 0,
+                    strategy=conversation.memory_strategy if conversation else None,
+                    history=history,
+                    question=text,
+                )
+                # Before this session writes anything: the reservation takes the write lock.
+                reservation = self._reserve(principal, context)
+                if conversation is None:
+                    conversation = Conversation(
+                        user_id=principal.user_id, title=fallback_title(text)
+                    )
+                    session.add(conversation)
+                    session.flush()
+                user_message = Message(
+                    conversation_id=conversation.id,
+                    role=MessageRole.USER,
+                    content=text,
+                    status=MessageStatus.COMPLETE,
+                    tokens=message_tokens(text),
+                    estimated_input_tokens=context.total_tokens,
+                    completed_at=utcnow(),
+                )
+                session.add(user_message)
+                conversation.updated_at = utcnow()
+                session.flush()
+                ids = (conversation.id, user_message.id)
+            # The user's message is committed here, before the provider is called.
+            return self._start(principal, ids[0], ids[1], context, reservation)
+        except BaseException:
+            self._usage.release(reservation)
+            raise
 
     def retry(self, principal: Principal, conversation_id: int) -> ReplyStream:
         """Answer the last user message again; a failed answer to it is kept as superseded."""
         self._usage.check_quota(principal)
-        with self._db.session() as session:
-            conversation = owned_conversation(session, principal, conversation_id)
-            rows = visible_messages(session, conversation.id)
-            last_user_index = max(
-                (i for i, m in enumerate(rows) if m.role is MessageRole.USER), default=None
-            )
-            if last_user_index is None:
-                raise InvalidInput("There is no message to retry.")
-            question = rows[last_user_index]
-            later = rows[last_user_index + 1 :]
-            if any(m.status is MessageStatus.COMPLETE for m in later):
-                raise InvalidInput("The last message already has an answer.")
-            for failed in later:
-                failed.status = MessageStatus.SUPERSEDED
-            history = prompt_turns(session, conversation.id, before_id=question.id)
-            context = self._context.build(
-                conversation_id=conversation.id,
-                strategy=conversation.memory_strategy,
-                history=history,
-                question=question.content,
-            )
-            ids = (conversation.id, question.id)
-        return self._start(principal, ids[0], ids[1], context)
+        reservation: int | None = None
+        try:
+            with self._db.session() as session:
+                conversation = owned_conversation(session, principal, conversation_id)
+                rows = visible_messages(session, conversation.id)
+                last_user_index = max(
+                    (i for i, m in enumerate(rows) if m.role is MessageRole.USER), default=None
+                )
+                if last_user_index is None:
+                    raise InvalidInput("There is no message to retry.")
+                question = rows[last_user_index]
+                later = rows[last_user_index + 1 :]
+                if any(m.status is MessageStatus.COMPLETE for m in later):
+                    raise InvalidInput("The last message already has an answer.")
+                history = prompt_turns(session, conversation.id, before_id=question.id)
+                context = self._context.build(
+                    conversation_id=conversation.id,
+                    strategy=conversation.memory_strategy,
+                    history=history,
+                    question=question.content,
+                )
+                reservation = self._reserve(principal, context)
+                for failed in later:
+                    failed.status = MessageStatus.SUPERSEDED
+                ids = (conversation.id, question.id)
+            return self._start(principal, ids[0], ids[1], context, reservation)
+        except BaseException:
+            self._usage.release(reservation)
+            raise
+
+    def _reserve(self, principal: Principal, context: ContextWindow) -> int | None:
+        """The quota for this answer: its prompt and the longest answer it may get."""
+        tokens = context.total_tokens + self._settings.max_output_tokens
+        return self._usage.reserve(principal, tokens=tokens)
 
     def needs_retry(self, principal: Principal, conversation_id: int) -> bool:
         """True when the last user message has no complete answer."""
@@ -185,6 +206,7 @@ class ChatService:
         conversation_id: int,
         user_message_id: int,
         context: ContextWindow,
+        reservation: int | None,
     ) -> ReplyStream:
         request = ChatRequest(
             system=context.system,
@@ -197,7 +219,12 @@ class ChatService:
         estimate = self._provider.count_tokens(request)
         request = replace(request, estimated_input_tokens=estimate)
         stream = ReplyStream(
-            conversation_id, user_message_id, estimate, context, user_id=principal.user_id
+            conversation_id,
+            user_message_id,
+            estimate,
+            context,
+            user_id=principal.user_id,
+            reservation=reservation,
         )
         stream._chunks = self._generate(stream, request)
         return stream
@@ -221,7 +248,7 @@ class ChatService:
                             if text:
                                 parts.append(text)
                                 yield text
-                        else:
+                        elif isinstance(event, StreamEnd):
                             ends.append(event)
                     break
                 except StreamInterrupted:
@@ -251,6 +278,8 @@ class ChatService:
             error = ProviderError(f"unexpected {type(exc).__name__}")
         finally:
             stream.result = self._store_answer(stream, "".join(parts), ends, error)
+            # Every call of this answer is in the ledger by now (the limited provider's meter).
+            self._usage.release(stream.reservation)
             self._upkeep.after_answer(
                 user_id=stream.user_id,
                 conversation_id=stream.conversation_id,

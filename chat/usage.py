@@ -1,9 +1,14 @@
 """Tokens, cost and per-user daily quotas; the meter of every model call.
 
-A day is a UTC calendar day. Cost is charged per message from the settings'
-price table (US dollars per million tokens, cache writes and reads priced apart).
-Quotas are still read from the messages table; every model call (chat, continuation,
-summary, title) is also recorded in `model_calls` by user and purpose (`record`).
+A day is a UTC calendar day. Cost comes from the settings' price table (US dollars
+per million tokens, cache writes and reads priced apart).
+
+Everything is read from the usage ledger (`usage_ledger`), one append-only row per
+provider call (chat, continuation, summary, title), written by the limited provider's
+meter (`record`) however the call ended. Nothing deletes from it, so erasing
+conversations never gives quota back. Quotas are atomic: a send `reserve`s its
+estimated tokens (the prompt plus the output cap) under a write lock, counting the
+ledger and every reservation in flight, and `release`s them when its answer ends.
 
 Authorization is here: a user reads their own usage and quota; admins read and
 set anyone's. Another user's figures give `NotFound`, admin-only calls `PermissionDenied`.
@@ -15,16 +20,20 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy.orm import Session
 
 from parley.config import ModelPrice, Settings
-from parley.domain import MessageRole, Principal
-from parley.errors import NotFound, PermissionDenied, QuotaExceeded
-from parley.llm import CallMeta, StreamEnd, Usage
+from parley.domain import CallOutcome, Principal, Purpose
+from parley.errors import NotFound, PermissionDenied, QuotaExceeded, StorageError
+from parley.llm import CallRecord, Usage
 from store.db import Database
-from store.models import Conversation, Message, ModelCall, User
+from store.models import Conversation, QuotaReservation, UsageEntry, User
 
 log = logging.getLogger(__name__)
+
+# A reservation left by a process that died stops counting after this long.
+RESERVATION_LIFETIME = timedelta(minutes=15)
 
 
 def cost_usd(usage: Usage, price: ModelPrice) -> float:
@@ -83,65 +92,48 @@ class UsageService:
     def estimate_cost(self, model: str, *, input_tokens: int, output_tokens: int = 0) -> float:
         return self.cost(model, Usage(input_tokens=input_tokens, output_tokens=output_tokens))
 
-    def record(self, meta: CallMeta, *, model: str, end: StreamEnd) -> None:
-        """Meter one finished model call (the limited provider's `Meter`).
+    def record(self, call: CallRecord) -> None:
+        """Append one provider call to the ledger (the limited provider's `Meter`).
 
         A call that names only its conversation (a summary) is charged to the owner.
         """
+        meta = call.meta
         with self._db.session() as session:
             user_id = meta.user_id
             if user_id is None and meta.conversation_id is not None:
                 user_id = session.scalar(
                     select(Conversation.user_id).where(Conversation.id == meta.conversation_id)
                 )
+            name = session.scalar(select(User.name).where(User.id == user_id)) if user_id else None
             session.add(
-                ModelCall(
+                UsageEntry(
                     user_id=user_id,
+                    user_name=name,
                     conversation_id=meta.conversation_id,
                     purpose=meta.purpose,
-                    model=model,
-                    input_tokens=end.usage.input_tokens,
-                    output_tokens=end.usage.output_tokens,
-                    cache_creation_input_tokens=end.usage.cache_creation_input_tokens,
-                    cache_read_input_tokens=end.usage.cache_read_input_tokens,
-                    cost_usd=self.cost(model, end.usage),
+                    outcome=call.outcome,
+                    model=call.model,
+                    input_tokens=call.usage.input_tokens,
+                    output_tokens=call.usage.output_tokens,
+                    cache_creation_input_tokens=call.usage.cache_creation_input_tokens,
+                    cache_read_input_tokens=call.usage.cache_read_input_tokens,
+                    cost_usd=self.cost(call.model, call.usage),
+                    started_at=call.started_at,
+                    ended_at=call.ended_at,
                 )
             )
 
     def today(
         self, principal: Principal, user_id: int | None = None, *, now: datetime | None = None
     ) -> DayUsage:
-        """A user's use today (default: the principal's own)."""
+        """A user's use today from the ledger (default: the principal's own).
+
+        `messages` counts chat calls that reached the model (not failed ones);
+        `tokens` and `cost_usd` count every call, summaries and titles included.
+        """
         user_id = _visible_user(principal, user_id)
-        since = day_start(now or datetime.now(UTC))
         with self._db.session() as session:
-            owned = select(Conversation.id).where(Conversation.user_id == user_id)
-            messages = session.scalar(
-                select(func.count(Message.id)).where(
-                    Message.conversation_id.in_(owned),
-                    Message.role == MessageRole.USER,
-                    Message.created_at >= since,
-                )
-            )
-            tokens, cost = session.execute(
-                select(
-                    func.coalesce(
-                        func.sum(
-                            func.coalesce(Message.input_tokens, 0)
-                            + func.coalesce(Message.output_tokens, 0)
-                            + func.coalesce(Message.cache_creation_input_tokens, 0)
-                            + func.coalesce(Message.cache_read_input_tokens, 0)
-                        ),
-                        0,
-                    ),
-                    func.coalesce(func.sum(Message.cost_usd), 0.0),
-                ).where(
-                    Message.conversation_id.in_(owned),
-                    Message.role == MessageRole.ASSISTANT,
-                    Message.created_at >= since,
-                )
-            ).one()
-        return DayUsage(messages=messages or 0, tokens=int(tokens), cost_usd=float(cost or 0.0))
+            return _used_today(session, user_id, day_start(now or datetime.now(UTC)))
 
     def stored_quota(
         self, principal: Principal, user_id: int | None = None
@@ -187,7 +179,10 @@ class UsageService:
             user.quota_tokens_per_day = tokens_per_day
 
     def check_quota(self, principal: Principal, *, now: datetime | None = None) -> None:
-        """Raise `QuotaExceeded`, naming the reset time, when the principal's quota is used up."""
+        """Raise `QuotaExceeded`, naming the reset time, when the principal's quota is used up.
+
+        A quick refusal before any work; `reserve` is the check that holds.
+        """
         now = now or datetime.now(UTC)
         quota = self.quota(principal)
         if not (quota.messages_per_day or quota.tokens_per_day):
@@ -199,31 +194,95 @@ class UsageService:
         if quota.tokens_per_day and used.tokens >= quota.tokens_per_day:
             raise QuotaExceeded(f"{quota.tokens_per_day:,} tokens", resets_at=resets_at)
 
+    def reserve(
+        self, principal: Principal, *, tokens: int, now: datetime | None = None
+    ) -> int | None:
+        """Set `tokens` aside for one message, or raise `QuotaExceeded`; the reservation's id.
+
+        Runs under a write lock (SQLite's `BEGIN IMMEDIATE`, the user's row `FOR UPDATE`
+        on PostgreSQL), counting the ledger and every unexpired reservation, so sends
+        from several tabs or processes at once cannot together pass the quota.
+        None when the principal has no limits (nothing to reserve).
+        """
+        now = now or datetime.now(UTC)
+        quota = self.quota(principal)
+        if not (quota.messages_per_day or quota.tokens_per_day):
+            return None
+        since = day_start(now)
+        resets_at = since + timedelta(days=1)
+        with self._db.session(write_lock=True) as session:
+            session.scalar(select(User.id).where(User.id == principal.user_id).with_for_update())
+            session.execute(delete(QuotaReservation).where(QuotaReservation.expires_at <= now))
+            used = _used_today(session, principal.user_id, since)
+            held_count, held_tokens = session.execute(
+                select(
+                    func.count(QuotaReservation.id),
+                    func.coalesce(func.sum(QuotaReservation.tokens), 0),
+                ).where(QuotaReservation.user_id == principal.user_id)
+            ).one()
+            if quota.messages_per_day and used.messages + held_count + 1 > quota.messages_per_day:
+                raise QuotaExceeded(f"{quota.messages_per_day:,} messages", resets_at=resets_at)
+            if quota.tokens_per_day:
+                left = quota.tokens_per_day - used.tokens - int(held_tokens)
+                if tokens > left:
+                    exc = QuotaExceeded(f"{quota.tokens_per_day:,} tokens", resets_at=resets_at)
+                    if left > 0:
+                        exc.user_message = (
+                            f"This message may need up to {tokens:,} tokens (its prompt and the "
+                            f"longest answer), and {left:,} of today's "
+                            f"{quota.tokens_per_day:,} are left. "
+                            f"The quota resets at {resets_at:%H:%M} UTC."
+                        )
+                    raise exc
+            reservation = QuotaReservation(
+                user_id=principal.user_id,
+                tokens=tokens,
+                created_at=now,
+                expires_at=now + RESERVATION_LIFETIME,
+            )
+            session.add(reservation)
+            session.flush()
+            return reservation.id
+
+    def release(self, reservation_id: int | None) -> None:
+        """Give a reservation back (its call has ended and is in the ledger, or never ran)."""
+        if reservation_id is None:
+            return
+        try:
+            with self._db.session() as session:
+                session.execute(
+                    delete(QuotaReservation).where(QuotaReservation.id == reservation_id)
+                )
+        except StorageError:  # it expires by itself; the answer matters more
+            log.warning("Could not release quota reservation %s; it will expire.", reservation_id)
+
     def by_user_and_day(
         self, principal: Principal, *, days: int = 7, now: datetime | None = None
     ) -> list[UsageRow]:
-        """Tokens and cost per user per day, newest day first: admins only."""
+        """Tokens and cost per user per day from the ledger, newest day first: admins only.
+
+        Users are named as they were when the calls were made, so erased users remain.
+        """
         if not principal.is_admin:
             raise PermissionDenied(user_message="Only administrators see everyone's usage.")
         since = day_start(now or datetime.now(UTC)) - timedelta(days=days - 1)
-        day = func.date(Message.created_at)  # SQLite and PostgreSQL both have date()
+        day = func.date(UsageEntry.ended_at)  # SQLite and PostgreSQL both have date()
+        who = func.coalesce(UsageEntry.user_name, "(no user)")
         with self._db.session() as session:
             rows = session.execute(
                 select(
                     day.label("day"),
-                    User.name,
-                    func.count(Message.id),
-                    func.coalesce(func.sum(Message.input_tokens), 0),
-                    func.coalesce(func.sum(Message.output_tokens), 0),
-                    func.coalesce(func.sum(Message.cache_read_input_tokens), 0),
-                    func.coalesce(func.sum(Message.cache_creation_input_tokens), 0),
-                    func.coalesce(func.sum(Message.cost_usd), 0.0),
+                    who,
+                    func.count(UsageEntry.id).filter(_is_message()),
+                    func.coalesce(func.sum(UsageEntry.input_tokens), 0),
+                    func.coalesce(func.sum(UsageEntry.output_tokens), 0),
+                    func.coalesce(func.sum(UsageEntry.cache_read_input_tokens), 0),
+                    func.coalesce(func.sum(UsageEntry.cache_creation_input_tokens), 0),
+                    func.coalesce(func.sum(UsageEntry.cost_usd), 0.0),
                 )
-                .join(Conversation, Conversation.id == Message.conversation_id)
-                .join(User, User.id == Conversation.user_id)
-                .where(Message.role == MessageRole.ASSISTANT, Message.created_at >= since)
-                .group_by(day, User.name)
-                .order_by(day.desc(), User.name)
+                .where(UsageEntry.ended_at >= since)
+                .group_by(day, who)
+                .order_by(day.desc(), who)
             ).all()
         return [
             UsageRow(
@@ -238,6 +297,30 @@ class UsageService:
             )
             for r in rows
         ]
+
+
+def _is_message() -> ColumnElement[bool]:
+    """A ledger row that counts as one of the user's messages: a chat call that got going."""
+    return (UsageEntry.purpose == Purpose.CHAT) & (UsageEntry.outcome != CallOutcome.FAILED)
+
+
+def _used_today(session: Session, user_id: int, since: datetime) -> DayUsage:
+    messages, tokens, cost = session.execute(
+        select(
+            func.count(UsageEntry.id).filter(_is_message()),
+            func.coalesce(
+                func.sum(
+                    UsageEntry.input_tokens
+                    + UsageEntry.output_tokens
+                    + UsageEntry.cache_creation_input_tokens
+                    + UsageEntry.cache_read_input_tokens
+                ),
+                0,
+            ),
+            func.coalesce(func.sum(UsageEntry.cost_usd), 0.0),
+        ).where(UsageEntry.user_id == user_id, UsageEntry.ended_at >= since)
+    ).one()
+    return DayUsage(messages=int(messages or 0), tokens=int(tokens), cost_usd=float(cost or 0.0))
 
 
 def _visible_user(principal: Principal, user_id: int | None) -> int:

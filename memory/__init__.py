@@ -6,7 +6,14 @@ Strategies are found by name through the entry-point group `parley.memory_strate
 chat module and no provider SDK; model-written summaries come in through `Summarizer`.
 """
 
-from memory.assembly import assemble, newest_that_fit, pack_by_score, system_with_summary
+from memory.assembly import (
+    assemble,
+    neutralise,
+    newest_that_fit,
+    pack_by_score,
+    summary_block,
+    summary_tokens,
+)
 from memory.base import (
     ContextRequest,
     ContextWindow,
@@ -43,6 +50,8 @@ __all__ = [
     "message_tokens",
     "newest_that_fit",
     "pack_by_score",
-    "system_with_summary",
+    "neutralise",
+    "summary_block",
+    "summary_tokens",
     "turn_tokens",
 ]

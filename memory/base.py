@@ -60,8 +60,10 @@ class RecalledItem:
 class ContextWindow:
     """The assembled prompt, with provenance.
 
-    `system` is the stable prefix (system prompt, then the rolling summary): it
-    changes only when a summary is folded, so Claude's prompt cache keeps hitting.
+    `system` is the operator's system prompt alone. The stable prefix is `system`
+    and, when there is a rolling summary, the first message (`cache=True`, the summary
+    in its envelope): it changes only when a summary is folded, so Claude's prompt
+    cache keeps hitting.
     `section_tokens` adds up to `total_tokens`, which never exceeds the budget.
     """
 

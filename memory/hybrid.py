@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from memory.assembly import assemble, newest_that_fit, pack_by_score, system_with_summary, too_long
+from memory.assembly import assemble, newest_that_fit, pack_by_score, summary_tokens, too_long
 from memory.base import ContextRequest, ContextWindow, Turn, message_tokens, turn_tokens
 from memory.registry import MemoryDeps
 from memory.summaries import RollingSummary, fit_summary
@@ -50,8 +50,12 @@ class Hybrid:
             self._rolling.latest(request.conversation_id, request.history),
             int(room * SUMMARY_SHARE),
         )
-        system = system_with_summary(request.system, summary)
-        room = request.budget - count_tokens(system) - message_tokens(request.question)
+        room = (
+            request.budget
+            - count_tokens(request.system)
+            - summary_tokens(summary)
+            - message_tokens(request.question)
+        )
         window = newest_that_fit(request.history, int(room * RECENT_SHARE), max_turns=RECENT_TURNS)
         room -= sum(turn_tokens(t) for t in window)
         in_window = {t.id for t in window}

@@ -277,7 +277,8 @@ def fit_summary(summary: Summary | None, max_tokens: int) -> Summary | None:
     if summary is None:
         return None
     lines = [line for line in summary.text.splitlines() if line.strip()]
-    while lines and count_tokens("\n".join(lines)) + 30 > max_tokens:
+    # About 80 tokens go to the envelope around it: tags with their boundary, the intro.
+    while lines and count_tokens("\n".join(lines)) + 80 > max_tokens:
         lines.pop(0)
     if not lines:
         return None

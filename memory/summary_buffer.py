@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from memory.assembly import assemble, newest_that_fit, system_with_summary, too_long
+from memory.assembly import assemble, newest_that_fit, summary_tokens, too_long
 from memory.base import ContextRequest, ContextWindow, Turn, message_tokens
 from memory.registry import MemoryDeps
 from memory.summaries import RollingSummary
@@ -34,7 +34,7 @@ class SummaryBuffer:
         summary = self._rolling.latest(request.conversation_id, request.history)
         fixed = message_tokens(request.question) + count_tokens(request.system)
         if summary is not None:
-            with_summary = count_tokens(system_with_summary(request.system, summary))
+            with_summary = count_tokens(request.system) + summary_tokens(summary)
             if with_summary + message_tokens(request.question) > request.budget:
                 summary = None  # a tiny budget: the summary does not fit at all
             else:

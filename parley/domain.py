@@ -40,6 +40,15 @@ class Purpose(StrEnum):
     EVALUATION = "evaluation"
 
 
+class CallOutcome(StrEnum):
+    """How a model call ended, as the usage ledger records it."""
+
+    COMPLETE = "complete"  # the API sent message_stop
+    INTERRUPTED = "interrupted"  # the API had started answering, then the stream broke
+    ABORTED = "aborted"  # the reader left (stop, Ctrl-C, a closed tab) before the end
+    FAILED = "failed"  # refused or broken before anything was answered
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is asking. Every service method that touches a user's data takes one."""
@@ -53,4 +62,4 @@ class Principal:
         return self.role is Role.ADMIN
 
 
-__all__ = ["MessageRole", "MessageStatus", "Principal", "Purpose", "Role"]
+__all__ = ["CallOutcome", "MessageRole", "MessageStatus", "Principal", "Purpose", "Role"]

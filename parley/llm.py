@@ -2,7 +2,7 @@
 
     class ChatProvider(Protocol):
         model: str; context_window: int
-        def stream(self, request: ChatRequest) -> Iterator[TextDelta | StreamEnd]: ...
+        def stream(self, request: ChatRequest) -> Iterator[TextDelta | UsageSoFar | StreamEnd]: ...
         def count_tokens(self, request: ChatRequest) -> int: ...
 
 Every layer above the leaf speaks these types; only `chat.providers` knows an SDK.
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
-from parley.domain import Purpose
+from parley.domain import CallOutcome, Purpose
 from parley.tokens import count_tokens
 
 PromptRole = Literal["user", "assistant"]
@@ -24,8 +25,13 @@ MESSAGE_OVERHEAD_TOKENS = 4  # role markers around each message
 
 @dataclass(frozen=True, slots=True)
 class PromptMessage:
+    """One message of a prompt. `cache`: the prompt cache's breakpoint ends here
+    (the rolling summary: the stable prefix). Consecutive messages of one role are
+    one turn (the API joins them; the local model's template gets them joined)."""
+
     role: PromptRole
     content: str
+    cache: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +85,30 @@ class StreamEnd:
     stop_reason: str | None
 
 
-StreamEvent = TextDelta | StreamEnd
+@dataclass(frozen=True, slots=True)
+class UsageSoFar:
+    """What the API has reported so far (at `message_start`, then with each `message_delta`).
+
+    A provider may yield these between text deltas; the limited provider keeps the last
+    one, so a call that never reaches `StreamEnd` is still metered with what it used.
+    """
+
+    usage: Usage
+
+
+StreamEvent = TextDelta | UsageSoFar | StreamEnd
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One provider call as the usage ledger keeps it, whatever way it ended."""
+
+    meta: CallMeta
+    model: str
+    usage: Usage
+    outcome: CallOutcome
+    started_at: datetime
+    ended_at: datetime
 
 
 def estimate_tokens(request: ChatRequest) -> int:
@@ -104,7 +133,7 @@ class ChatProvider(Protocol):
         ...
 
     def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
-        """Yield `TextDelta`s as they arrive, then exactly one `StreamEnd`."""
+        """Yield `TextDelta`s (and any `UsageSoFar`) as they arrive, then one `StreamEnd`."""
         ...
 
     def count_tokens(self, request: ChatRequest) -> int:
@@ -115,6 +144,7 @@ class ChatProvider(Protocol):
 __all__ = [
     "MESSAGE_OVERHEAD_TOKENS",
     "CallMeta",
+    "CallRecord",
     "ChatProvider",
     "ChatRequest",
     "PromptMessage",
@@ -122,6 +152,7 @@ __all__ = [
     "StreamEnd",
     "StreamEvent",
     "TextDelta",
+    "UsageSoFar",
     "Usage",
     "estimate_tokens",
 ]

@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from parley.domain import MessageRole, MessageStatus, Purpose, Role
+from parley.domain import CallOutcome, MessageRole, MessageStatus, Purpose, Role
 
 
 def utcnow() -> datetime:
@@ -147,23 +147,57 @@ class RateBucket(Base):
     updated_at: Mapped[float] = mapped_column(Float)  # Unix time: the same in every process
 
 
-class ModelCall(Base):
-    """One finished model call, metered by user and purpose (chat, summary, title, ...).
+class UsageEntry(Base):
+    """The usage ledger: one row per provider call, however it ended. Append-only.
 
-    `conversation_id` has no foreign key on purpose: the record outlives the conversation.
+    Nothing here points at users or conversations with a foreign key, and nothing
+    deletes a row: erasing a conversation or a user never reduces what was used.
+    `user_name` keeps who it was as the call was made.
     """
 
-    __tablename__ = "model_calls"
-    __table_args__ = (Index("ix_model_calls_user_created", "user_id", "created_at"),)
+    __tablename__ = "usage_ledger"
+    __table_args__ = (
+        Index("ix_usage_ledger_user_ended", "user_id", "ended_at"),
+        Index("ix_usage_ledger_ended", "ended_at"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    user_name: Mapped[str | None] = mapped_column(String(64))
     conversation_id: Mapped[int | None] = mapped_column(Integer)
     purpose: Mapped[Purpose] = mapped_column(_enum(Purpose, "purpose"))
+    outcome: Mapped[CallOutcome] = mapped_column(_enum(CallOutcome, "call_outcome"))
     model: Mapped[str] = mapped_column(String(100))
     input_tokens: Mapped[int] = mapped_column(Integer)
     output_tokens: Mapped[int] = mapped_column(Integer)
     cache_creation_input_tokens: Mapped[int] = mapped_column(Integer)
     cache_read_input_tokens: Mapped[int] = mapped_column(Integer)
     cost_usd: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    @property
+    def tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_creation_input_tokens
+            + self.cache_read_input_tokens
+        )
+
+
+class QuotaReservation(Base):
+    """Tokens set aside for a chat call in flight, so concurrent sends cannot overshoot.
+
+    Made under a write lock when a message is sent, deleted when its answer ends; one
+    left by a process that died expires at `expires_at`.
+    """
+
+    __tablename__ = "quota_reservations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    tokens: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -47,6 +47,7 @@ from parley.llm import (
     StreamEvent,
     TextDelta,
     Usage,
+    UsageSoFar,
 )
 
 log = logging.getLogger(__name__)
@@ -155,9 +156,13 @@ class AnthropicProvider:
         parts: list[str] = []
         try:
             with client.messages.stream(**self._params(model, request)) as stream:
-                for text in stream.text_stream:
-                    parts.append(text)
-                    yield TextDelta(text)
+                for event in stream:
+                    if event.type == "text":
+                        parts.append(event.text)
+                        yield TextDelta(event.text)
+                    elif event.type in ("message_start", "message_delta"):
+                        # What the API has counted so far: metered even if the stream breaks.
+                        yield UsageSoFar(_usage(stream.current_message_snapshot.usage))
                 final = stream.get_final_message()
         except Exception as exc:  # every SDK and transport error becomes a ProviderError
             raise translate(exc, partial_text="".join(parts)) from exc
@@ -166,17 +171,7 @@ class AnthropicProvider:
             raise StreamInterrupted(
                 "stream ended without message_stop", partial_text="".join(parts)
             )
-        usage = final.usage
-        yield StreamEnd(
-            model=final.model,
-            usage=Usage(
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_creation_input_tokens=usage.cache_creation_input_tokens or 0,
-                cache_read_input_tokens=usage.cache_read_input_tokens or 0,
-            ),
-            stop_reason=final.stop_reason,
-        )
+        yield StreamEnd(model=final.model, usage=_usage(final.usage), stop_reason=final.stop_reason)
 
     def count_tokens(self, request: ChatRequest) -> int:
         """The API's own count of the prompt's input tokens."""
@@ -213,6 +208,15 @@ class AnthropicProvider:
         return params
 
 
+def _usage(usage: anthropic.types.Usage) -> Usage:
+    return Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_creation_input_tokens=usage.cache_creation_input_tokens or 0,
+        cache_read_input_tokens=usage.cache_read_input_tokens or 0,
+    )
+
+
 def _read_key(read: Callable[[], str]) -> str:
     """A key from its source; a source that fails is the operator's set-up, said as such."""
     try:
@@ -222,6 +226,13 @@ def _read_key(read: Callable[[], str]) -> str:
 
 
 def _message_param(message: PromptMessage) -> MessageParam:
+    if message.cache:  # the end of the stable prefix: a prompt-cache breakpoint
+        block = TextBlockParam(
+            type="text", text=message.content, cache_control={"type": "ephemeral"}
+        )
+        if message.role == "user":
+            return UserMessageParam(role="user", content=[block])
+        return AssistantMessageParam(role="assistant", content=[block])
     if message.role == "user":
         return UserMessageParam(role="user", content=message.content)
     return AssistantMessageParam(role="assistant", content=message.content)

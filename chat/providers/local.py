@@ -74,7 +74,11 @@ class LocalProvider:
     def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
         llama = self._load()
         messages = [{"role": "system", "content": request.system}]
-        messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        for m in request.messages:  # one turn per role change, as the API joins them
+            if messages[-1]["role"] == m.role:
+                messages[-1]["content"] += "\n\n" + m.content
+            else:
+                messages.append({"role": m.role, "content": m.content})
         prompt_tokens = sum(
             len(llama.tokenize(m["content"].encode("utf-8"), add_bos=False)) + 4 for m in messages
         )

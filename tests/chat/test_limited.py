@@ -15,18 +15,21 @@ from chat.limited import LimitedProvider
 from chat.limits import ConcurrencyGate, RateLimiter
 from chat.providers.scripted import ScriptedProvider
 from parley.background import BackgroundWork
-from parley.domain import Principal, Purpose
+from parley.domain import CallOutcome, Principal, Purpose
 from parley.errors import ProviderUnavailable, StreamInterrupted
 from parley.llm import (
     CallMeta,
+    CallRecord,
     ChatRequest,
     PromptMessage,
     StreamEnd,
     StreamEvent,
     TextDelta,
+    Usage,
     estimate_tokens,
 )
-from store.models import ModelCall
+from parley.tokens import count_tokens
+from store.models import UsageEntry
 from tests.support import FakeClock
 from wiring.services import Services, build_services
 
@@ -45,15 +48,19 @@ def limiter(clock: FakeClock | None = None, **limits: float) -> RateLimiter:
 
 @dataclass
 class FakeMeter:
-    calls: list[tuple[CallMeta, str, StreamEnd]] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
 
-    def record(self, meta: CallMeta, *, model: str, end: StreamEnd) -> None:
-        self.calls.append((meta, model, end))
+    def record(self, call: CallRecord) -> None:
+        assert call.started_at <= call.ended_at
+        self.calls.append(call)
+
+    def seen(self) -> list[tuple[CallMeta, str, Usage, CallOutcome]]:
+        return [(c.meta, c.model, c.usage, c.outcome) for c in self.calls]
 
 
 class BrokenMeter:
-    def record(self, meta: CallMeta, *, model: str, end: StreamEnd) -> None:
-        raise RuntimeError(f"meter down ({meta.purpose}, {model}, {end.stop_reason})")
+    def record(self, call: CallRecord) -> None:
+        raise RuntimeError(f"meter down ({call.meta.purpose}, {call.model}, {call.outcome})")
 
 
 class KeptStreams:
@@ -157,12 +164,16 @@ def test_each_stream_is_metered_once_by_purpose_user_and_conversation() -> None:
     scripted.enqueue("Porto")
 
     first = list(provider.stream(request(summary)))
-    assert text_of(first) == "Lisbon"
-    assert meter.calls == [(summary, "scripted", first[-1])]
+    assert text_of(first) == "Lisbon" and isinstance(first[-1], StreamEnd)
+    done = CallOutcome.COMPLETE
+    assert meter.seen() == [(summary, "scripted", first[-1].usage, done)]
     second = list(provider.stream(request(title)))
-    assert text_of(second) == "Porto"
-    assert meter.calls == [(summary, "scripted", first[-1]), (title, "scripted", second[-1])]
-    assert [end.usage.output_tokens for _, _, end in meter.calls] == [2, 1]
+    assert text_of(second) == "Porto" and isinstance(second[-1], StreamEnd)
+    assert meter.seen() == [
+        (summary, "scripted", first[-1].usage, done),
+        (title, "scripted", second[-1].usage, done),
+    ]
+    assert [call.usage.output_tokens for call in meter.calls] == [2, 1]
 
 
 def test_a_failing_meter_costs_the_reader_nothing(caplog: pytest.LogCaptureFixture) -> None:
@@ -237,7 +248,12 @@ def test_a_reader_that_stops_early_frees_the_slot_for_the_next_caller() -> None:
         second.join(2)
     assert [text_of(a) for a in answers] == ["next caller"]
     assert (gate.busy, gate.waiting) == (0, 0)
-    assert [meta.user_id for meta, _, _ in meter.calls] == [2]  # the abandoned call never ended
+    # The abandoned call is metered too, as aborted, with the text it had produced.
+    assert [(c.meta.user_id, c.outcome) for c in meter.calls] == [
+        (1, CallOutcome.ABORTED),
+        (2, CallOutcome.COMPLETE),
+    ]
+    assert meter.calls[0].usage.output_tokens == count_tokens("one ")
 
 
 # ---------------------------------------------------------------- counting tokens
@@ -274,7 +290,7 @@ def test_a_failed_api_count_falls_back_to_the_estimate(caplog: pytest.LogCapture
 
 def model_calls(services: Services) -> list[tuple[Purpose, int | None, int | None, str]]:
     with services.database.session() as session:
-        rows = session.scalars(select(ModelCall).order_by(ModelCall.id)).all()
+        rows = session.scalars(select(UsageEntry).order_by(UsageEntry.id)).all()
         return [(r.purpose, r.user_id, r.conversation_id, r.model) for r in rows]
 
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
 from chat.providers.scripted import ScriptedProvider
-from chat.usage import cost_usd
+from chat.usage import RESERVATION_LIFETIME, cost_usd
+from parley.background import BackgroundWork
 from parley.config import ModelPrice
-from parley.domain import MessageRole, Principal
+from parley.domain import CallOutcome, MessageRole, Principal, Purpose
 from parley.errors import QuotaExceeded
 from parley.llm import Usage
-from store.models import Message
+from store.models import Message, QuotaReservation, UsageEntry
 from tests.support import ROOT
-from wiring.services import Services
+from wiring.services import Services, build_services
 
 
 def test_cost_prices_cache_reads_and_writes_apart() -> None:
@@ -88,19 +91,27 @@ def test_message_quota_ends_with_the_reset_time(
     assert contents == ["one", "two"]  # the refused message was not stored
 
 
-def test_token_quota_and_override_back_to_default(
-    services: Services, alice: Principal, bob: Principal
+def test_token_quota_reserves_the_prompt_and_the_output_cap(
+    services: Services, scripted: ScriptedProvider, alice: Principal, bob: Principal
 ) -> None:
-    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=None, tokens_per_day=5)
-    list(services.chat.send(alice, None, "a long enough question to use tokens"))
-    with pytest.raises(QuotaExceeded, match="tokens"):
-        services.chat.send(alice, None, "more")
-    list(services.chat.send(bob, None, "bob is not limited"))  # others are unaffected
-    services.usage.set_quota(
-        ROOT, alice.user_id, messages_per_day=None, tokens_per_day=0
-    )  # 0: no limit
-    list(services.chat.send(alice, None, "now it works"))
+    cap = services.settings.max_output_tokens
+    list(services.chat.send(bob, None, "a question"))  # bob is not limited
+    with services.database.session() as session:
+        prompt = session.scalar(select(Message.estimated_input_tokens).limit(1))
+    assert prompt
+    # Room for exactly one such message (its prompt and the longest answer), not two.
+    quota = cap + prompt + 2
+    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=None, tokens_per_day=quota)
+    list(services.chat.send(alice, None, "a question"))
+    used = services.usage.today(alice).tokens
+    assert 0 < used < quota
+    with pytest.raises(QuotaExceeded) as caught:
+        services.chat.send(alice, None, "a question")
+    assert f"{quota - used:,} of today's {quota:,} are left" in caught.value.user_message
+    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=None, tokens_per_day=0)
+    list(services.chat.send(alice, None, "now it works"))  # 0: no limit
     assert services.usage.quota(alice).tokens_per_day == 0
+    assert len(scripted.requests) == 3
 
 
 def test_yesterdays_use_does_not_count_today(
@@ -109,7 +120,100 @@ def test_yesterdays_use_does_not_count_today(
     services.usage.set_quota(ROOT, alice.user_id, messages_per_day=1, tokens_per_day=None)
     list(services.chat.send(alice, None, "yesterday"))
     with services.database.session() as session:
-        for message in session.scalars(select(Message)):
-            message.created_at = datetime.now(UTC) - timedelta(days=1)
+        for entry in session.scalars(select(UsageEntry)):
+            entry.ended_at = datetime.now(UTC) - timedelta(days=1)
     list(services.chat.send(alice, None, "today"))
     assert len(scripted.requests) == 2
+
+
+def test_deleting_every_conversation_gives_no_quota_back(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=2, tokens_per_day=None)
+    for text in ("one", "two"):
+        list(services.chat.send(alice, None, text))
+    before = services.usage.today(alice)
+    for conversation in services.conversations.list_for(alice):
+        services.conversations.delete(alice, conversation.id)
+    assert services.conversations.list_for(alice) == []
+    with pytest.raises(QuotaExceeded, match="2 messages"):
+        services.chat.send(alice, None, "three")
+    assert services.usage.today(alice) == before
+    rows = services.usage.by_user_and_day(ROOT, days=1)
+    assert [(r.user, r.messages) for r in rows] == [("alice", 2)]
+    assert len(scripted.requests) == 2
+
+
+def test_summaries_and_titles_count_against_the_owner(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    settings = services.settings.model_copy(update={"model_titles": True})
+    services = build_services(settings, provider=scripted, background=BackgroundWork(workers=0))
+    scripted.enqueue("Lisbon is lovely in spring.")
+    scripted.enqueue('{"title": "Spring in Lisbon"}')
+    list(services.chat.send(alice, None, "Where should I go in April?"))
+    with services.database.session() as session:
+        entries = session.scalars(select(UsageEntry).order_by(UsageEntry.id)).all()
+        by_purpose = {e.purpose: e.tokens for e in entries}
+        assert {e.user_name for e in entries} == {"alice"}
+    assert set(by_purpose) == {Purpose.CHAT, Purpose.TITLE}
+    today = services.usage.today(alice)
+    assert today.messages == 1  # the title is no message of hers,
+    assert today.tokens == sum(by_purpose.values())  # but its tokens are her use
+
+
+def test_an_aborted_answer_is_charged(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue("one ", "two ", "three ", "four")
+    reply = services.chat.send(alice, None, "count to four")
+    chunks = iter(reply)
+    assert next(chunks) == "one "
+    reply.close()  # the reader leaves: Stop, Ctrl-C, a closed tab
+    with services.database.session() as session:
+        (entry,) = session.scalars(select(UsageEntry)).all()
+    assert (entry.purpose, entry.outcome) == (Purpose.CHAT, CallOutcome.ABORTED)
+    assert entry.input_tokens == reply.estimated_input_tokens > 0
+    assert entry.output_tokens >= 1 and entry.cost_usd >= 0
+    assert services.usage.today(alice).messages == 1
+
+
+def test_concurrent_sends_cannot_overshoot_the_quota(services: Services, alice: Principal) -> None:
+    """Eight tabs send at once with room for three messages: three are answered."""
+    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=3, tokens_per_day=None)
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def tab(n: int) -> None:
+        barrier.wait()
+        try:
+            reply = services.chat.send(alice, None, f"tab {n}")
+            time.sleep(0.05)  # the answer streams for a while: the others arrive meanwhile
+            list(reply)
+            result = "answered"
+        except QuotaExceeded:
+            result = "refused"
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=tab, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["answered"] * 3 + ["refused"] * 5
+    assert services.usage.today(alice).messages == 3
+    with services.database.session() as session:
+        assert session.scalars(select(QuotaReservation)).all() == []  # all given back
+
+
+def test_a_reservation_left_by_a_dead_process_expires(services: Services, alice: Principal) -> None:
+    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=1, tokens_per_day=None)
+    now = datetime.now(UTC)
+    held = services.usage.reserve(alice, tokens=10, now=now)
+    assert held is not None
+    with pytest.raises(QuotaExceeded):
+        services.usage.reserve(alice, tokens=10, now=now + timedelta(minutes=1))
+    later = now + RESERVATION_LIFETIME + timedelta(seconds=1)
+    assert services.usage.reserve(alice, tokens=10, now=later) is not None

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memory.assembly import assemble, recalled_tokens, render_recalled
+from memory.assembly import assemble, recalled_tokens, render_recalled, request_boundary
 from memory.base import Turn, message_tokens
 from parley.tokens import count_tokens
 
@@ -38,11 +38,14 @@ def test_recalled_block_count_is_an_upper_bound_of_the_exact_count(
     texts: list[str], days: list[int]
 ) -> None:
     turns = turns_from(texts, days)
-    exact = count_tokens(f"{render_recalled(turns)}\n\n")
-    counted = recalled_tokens(turns)
+    boundary = request_boundary()
+    exact = count_tokens(f"{render_recalled(turns, boundary)}\n\n")
+    counted = recalled_tokens(turns, boundary)
     assert counted >= exact
     # Only line breaks fused with punctuation are over-counted: at most one per line.
     assert counted - exact <= 2 * len(turns) + 4
+    # Before the boundary is drawn (packing), the count covers any boundary.
+    assert recalled_tokens(turns) >= counted
 
 
 @settings(max_examples=40, deadline=None)

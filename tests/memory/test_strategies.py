@@ -204,7 +204,10 @@ def test_summary_buffer_folds_into_versions_and_keeps_the_prefix_stable(
         history.append(turn)
         strategy.observe(conversation_id, history)
         context = ask(strategy, conversation_id, history, "What now?", 2000)
-        prefixes.append(context.system)
+        # The cached prefix: the system prompt, and the summary's message when there is one.
+        cached = tuple(m.content for m in context.messages if m.cache)
+        assert len(cached) <= 1 and all(not m.cache for m in context.messages[1:])
+        prefixes.append((context.system, *cached))
         versions.append(context.summary_version)
         covered.append(context.summary_covers[1] if context.summary_covers else 0)
     folds = [v for i, v in enumerate(versions) if v is not None and versions[i - 1] != v]
@@ -216,7 +219,8 @@ def test_summary_buffer_folds_into_versions_and_keeps_the_prefix_stable(
     first, covered_to = last.summary_covers
     assert first == 1
     assert all(t > covered_to for t in last.turn_ids)
-    assert "<conversation_summary" in last.system
+    assert last.system == "Be helpful."  # the operator's text alone
+    assert last.messages[0].cache and "<conversation_summary_" in last.messages[0].content
     # The settings' threshold decides the folds: unsummarized turns never pile up past
     # `memory_fold_tokens`, a fold happens only once they do, and it leaves at most half.
     fold = settings.memory_fold_tokens

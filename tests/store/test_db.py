@@ -128,3 +128,57 @@ def test_a_database_behind_the_newest_migration_is_refused_until_upgraded(
     upgrade(database)
     assert is_current(database)
     database.dispose()
+
+
+def test_the_ledger_migration_keeps_past_usage(tmp_path: Path) -> None:
+    """Answers from before `model_calls` and the `model_calls` rows both reach the ledger."""
+    database = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(database, "0005")
+    with database.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (id, name, role, created_at)"
+                " VALUES (1, 'ann', 'user', '2026-11-01 10:00:00')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO conversations (id, user_id, title, created_at, updated_at)"
+                " VALUES (5, 1, 't', '2026-11-01 10:00:00', '2026-11-01 10:00:00')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO messages (conversation_id, role, content, status, model, input_tokens,"
+                " output_tokens, cost_usd, created_at) VALUES"
+                " (5, 'user', 'q', 'complete', NULL, NULL, NULL, NULL, '2026-11-01 10:00:00'),"
+                " (5, 'assistant', 'a', 'complete', 'm1', 100, 20, 0.5, '2026-11-01 10:00:01'),"
+                " (5, 'assistant', 'b', 'interrupted', 'm1', NULL, NULL, NULL,"
+                " '2026-11-01 10:00:02'),"
+                " (5, 'assistant', 'c', 'complete', 'm2', 7, 3, 0.1, '2026-11-02 10:00:00')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO model_calls (user_id, conversation_id, purpose, model, input_tokens,"
+                " output_tokens, cache_creation_input_tokens, cache_read_input_tokens, cost_usd,"
+                " created_at) VALUES (1, 5, 'chat', 'm2', 7, 3, 0, 0, 0.1, '2026-11-02 10:00:00'),"
+                " (1, 5, 'title', 'm2', 4, 2, 0, 0, 0.01, '2026-11-02 10:00:01')"
+            )
+        )
+    upgrade(database)
+    with database.engine.begin() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT user_name, purpose, outcome, model, input_tokens, output_tokens, cost_usd"
+                " FROM usage_ledger ORDER BY id"
+            )
+        ).all()
+        assert not inspect(conn).has_table("model_calls")
+    assert [tuple(r) for r in rows] == [
+        ("ann", "chat", "complete", "m1", 100, 20, 0.5),  # before model_calls existed
+        ("ann", "chat", "interrupted", "m1", 0, 0, 0.0),
+        ("ann", "chat", "complete", "m2", 7, 3, 0.1),  # from model_calls, not twice
+        ("ann", "title", "complete", "m2", 4, 2, 0.01),
+    ]
+    database.dispose()

@@ -236,10 +236,12 @@ GUARDED: tuple[Guarded, ...] = (
 
 # Methods that take a principal but act only on the principal's own account: there is no
 # other user's data to reach through them (refresh, list_for and create are checked below;
-# check_quota reads the principal's own quota and usage).
+# check_quota and reserve read the principal's own quota and usage, and reserve writes
+# only the principal's own reservation).
 OWN_DATA_ONLY = {
     "accounts.refresh",
     "usage.check_quota",
+    "usage.reserve",
     "conversations.list_for",
     "conversations.create",
 }
@@ -367,7 +369,8 @@ def check_owner(world: World, method: str, data: Owned) -> None:
         quota = services.usage.quota(owner)
         assert (quota.messages_per_day, quota.tokens_per_day) == data.quota
     elif method == "usage.today":
-        assert services.usage.today(owner, owner.user_id).messages >= 2
+        # One answered message; the failed one used nothing and is not counted.
+        assert services.usage.today(owner, owner.user_id).messages == 1
     elif method == "lab.strategy_of":
         assert services.lab.strategy_of(owner, data.answered) == "window"
     elif method == "chat.needs_retry":

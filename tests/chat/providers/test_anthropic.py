@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from chat.limited import LimitedProvider
+from chat.limits import ConcurrencyGate, RateLimiter
 from chat.providers.anthropic import AnthropicProvider
 from chat.providers.keys import FileKey, KeySource, StaticKey
+from fakes.anthropic_script import rough_tokens
 from fakes.anthropic_server import FakeAnthropic, Fault, Reply
+from parley.domain import CallOutcome
 from parley.errors import (
     AuthenticationFailed,
     ContextTooLong,
@@ -22,7 +26,17 @@ from parley.errors import (
     RateLimited,
     StreamInterrupted,
 )
-from parley.llm import ChatRequest, PromptMessage, StreamEnd, TextDelta
+from parley.llm import (
+    CallRecord,
+    ChatRequest,
+    PromptMessage,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    Usage,
+    UsageSoFar,
+)
+from parley.tokens import count_tokens
 
 REQUEST = ChatRequest(
     system="Be brief.",
@@ -60,7 +74,7 @@ def provider(
     )
 
 
-def text_of(events: list[TextDelta | StreamEnd]) -> str:
+def text_of(events: list[StreamEvent]) -> str:
     return "".join(e.text for e in events if isinstance(e, TextDelta))
 
 
@@ -94,6 +108,30 @@ def test_system_prompt_is_marked_for_prompt_caching(fake_anthropic: FakeAnthropi
     list(provider(fake_anthropic).stream(REQUEST))
     system = fake_anthropic.requests[-1].body["system"]
     assert system == [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]
+
+
+def test_the_summary_message_is_the_second_cache_breakpoint(
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    summary = (
+        "<conversation_summary_0123456789abcdef>\n...\n</conversation_summary_0123456789abcdef>"
+    )
+    request = ChatRequest(
+        system="Be brief.",
+        messages=(
+            PromptMessage("user", summary, cache=True),
+            PromptMessage("user", "Hello"),
+        ),
+        max_tokens=100,
+        temperature=0.5,
+    )
+    list(provider(fake_anthropic).stream(request))
+    messages = fake_anthropic.requests[-1].body["messages"]
+    assert messages[0] == {
+        "role": "user",
+        "content": [{"type": "text", "text": summary, "cache_control": {"type": "ephemeral"}}],
+    }
+    assert messages[1] == {"role": "user", "content": "Hello"}
 
 
 def test_json_schema_becomes_structured_output(fake_anthropic: FakeAnthropic) -> None:
@@ -252,3 +290,60 @@ def test_stream_without_message_stop_is_interrupted(fake_anthropic: FakeAnthropi
     with pytest.raises(StreamInterrupted) as caught:
         list(provider(fake_anthropic).stream(REQUEST))
     assert caught.value.partial_text
+
+
+# ---------------------------------------------------------------- metering what the API reported
+
+
+class ListMeter:
+    def __init__(self) -> None:
+        self.calls: list[CallRecord] = []
+
+    def record(self, call: CallRecord) -> None:
+        self.calls.append(call)
+
+
+def metered(fake: FakeAnthropic, meter: ListMeter) -> LimitedProvider:
+    limiter = RateLimiter(
+        requests_per_minute=1e9,
+        input_tokens_per_minute=1e9,
+        output_tokens_per_minute=1e9,
+        max_wait_s=0,
+    )
+    return LimitedProvider(provider(fake), gate=ConcurrencyGate(2), limiter=limiter, meter=meter)
+
+
+def test_usage_so_far_is_reported_at_message_start(fake_anthropic: FakeAnthropic) -> None:
+    fake_anthropic.enqueue(Reply(text="one two", input_tokens=321))
+    events = list(provider(fake_anthropic).stream(REQUEST))
+    reports = [e.usage for e in events if isinstance(e, UsageSoFar)]
+    assert reports and reports[0].input_tokens == 321
+    assert isinstance(events[-1], StreamEnd) and events[-1].usage.input_tokens == 321
+
+
+def test_a_dropped_stream_is_metered_with_the_reported_input(
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    meter = ListMeter()
+    fake_anthropic.enqueue(Fault("drop_mid_stream", text="one two three four", after_chunks=2))
+    received: list[str] = []
+    with pytest.raises(StreamInterrupted):
+        for event in metered(fake_anthropic, meter).stream(REQUEST):
+            assert not isinstance(event, UsageSoFar)  # kept inside the limited provider
+            if isinstance(event, TextDelta):
+                received.append(event.text)
+    (call,) = meter.calls
+    assert call.outcome is CallOutcome.INTERRUPTED
+    assert call.usage.input_tokens == rough_tokens(fake_anthropic.requests[-1].json) > 0
+    assert call.usage.output_tokens == count_tokens("".join(received)) > 0
+
+
+def test_a_refused_call_is_metered_as_failed_with_nothing_used(
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    meter = ListMeter()
+    fake_anthropic.enqueue(Fault("server_error"))
+    with pytest.raises(ProviderError):
+        list(metered(fake_anthropic, meter).stream(REQUEST))
+    (call,) = meter.calls
+    assert (call.outcome, call.usage) == (CallOutcome.FAILED, Usage())

@@ -47,3 +47,41 @@ def test_missing_model_file_is_a_provider_error_naming_the_file(tmp_path: object
     )
     with pytest.raises(ProviderMisconfigured, match="does not exist"):
         list(provider.stream(request))
+
+
+class RecordingLlama:
+    """Stands in for llama.cpp: records the chat messages it is given."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, str]] = []
+
+    def tokenize(self, data: bytes, **_: object) -> list[int]:
+        return list(range(len(data.split())))
+
+    def create_chat_completion(self, *, messages: list[dict[str, str]], **_: object) -> object:
+        self.messages = messages
+        return iter([{"choices": [{"delta": {"content": "ok"}, "finish_reason": "stop"}]}])
+
+
+def test_consecutive_messages_of_one_role_are_one_turn_for_the_template() -> None:
+    provider = LocalProvider()
+    llama = RecordingLlama()
+    provider._llama = llama
+    request = ChatRequest(
+        system="Be brief.",
+        messages=[
+            PromptMessage("user", "<summary>the story so far</summary>", cache=True),
+            PromptMessage("user", "Hello"),
+            PromptMessage("assistant", "Hi"),
+            PromptMessage("user", "Bye"),
+        ],
+        max_tokens=5,
+        temperature=0.0,
+    )
+    assert [e.text for e in provider.stream(request) if isinstance(e, TextDelta)] == ["ok"]
+    assert llama.messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "<summary>the story so far</summary>\n\nHello"},
+        {"role": "assistant", "content": "Hi"},
+        {"role": "user", "content": "Bye"},
+    ]
