@@ -12,7 +12,7 @@ export ANONYMIZED_TELEMETRY := False
 .PHONY: run test lint typecheck pytest migrate install install-dev system-deps bench clean
 
 run: $(VENV)/.installed migrate
-	$(BIN)/streamlit run app.py --server.address 127.0.0.1 --server.port 8501 --server.headless true
+	$(BIN)/streamlit run server.py --server.address 127.0.0.1 --server.port 8501 --server.headless true
 
 migrate: $(VENV)/.installed
 	$(BIN)/parley db upgrade
@@ -50,7 +50,7 @@ lint: install-dev
 	$(BIN)/lint-imports
 
 typecheck: install-dev
-	$(BIN)/mypy --strict parley store retrieval auth memory chat wiring cli bench fakes app_pages app.py
+	$(BIN)/mypy --strict parley store retrieval auth memory chat wiring cli bench fakes app_pages app.py server.py
 
 pytest: install-dev system-deps
 	$(BIN)/pytest

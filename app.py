@@ -8,6 +8,9 @@ from app_pages import state
 from parley.errors import ParleyError
 
 st.set_page_config(page_title="Parley", page_icon=":speech_balloon:", layout="centered")
+# Set here too, not only in .streamlit/config.toml (read from the working directory):
+# wherever Streamlit is started, a browser never shows a traceback.
+st.set_option("client.showErrorDetails", "none")
 
 try:
     services = state.services()
@@ -16,10 +19,11 @@ except ParleyError as exc:
     st.stop()
 
 principal = state.current_principal(services)
+state.follow_redirect()
 
 
 def log_out_page() -> None:
-    state.log_out(notice="You are logged out.")
+    state.log_out(services, notice="You are logged out.")
     st.rerun()
 
 

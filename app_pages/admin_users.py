@@ -1,4 +1,4 @@
-"""Admins: see accounts and add new ones."""
+"""Admins: see accounts, add new ones, disable or enable them, set their passwords."""
 
 from __future__ import annotations
 
@@ -15,19 +15,50 @@ if principal is None or not principal.is_admin:
     st.stop()
 
 st.title("Users")
+users = services.accounts.list_users(principal)
 st.dataframe(
     [
         {
             "name": u.name,
             "role": u.role.value,
+            "state": "disabled" if u.disabled else "active",
             "created": u.created_at,
             "last login": u.last_login_at,
         }
-        for u in services.accounts.list_users(principal)
+        for u in users
     ],
     width="stretch",
     hide_index=True,
 )
+
+st.subheader("Manage a user")
+chosen = st.selectbox("User", [u.name for u in users], key="manage-user")
+target = next((u for u in users if u.name == chosen), None)
+if target is not None:
+    toggle = "Enable" if target.disabled else "Disable"
+    if st.button(f"{toggle} {target.name}", key="toggle-user"):
+        try:
+            services.accounts.set_disabled(principal, target.name, disabled=not target.disabled)
+        except ParleyError as exc:
+            st.error(exc.user_message)
+        else:
+            st.success(
+                f"Disabled {target.name}; their sessions have ended."
+                if not target.disabled
+                else f"Enabled {target.name}."
+            )
+            st.rerun()
+    with st.form("set_password", clear_on_submit=True):
+        new_password = st.text_input(
+            f"New password for {target.name}", type="password", help="At least 8 characters."
+        )
+        if st.form_submit_button("Set password"):
+            try:
+                services.accounts.set_password(principal, target.name, new_password)
+            except ParleyError as exc:
+                st.error(exc.user_message)
+            else:
+                st.success(f"New password set for {target.name}; their sessions have ended.")
 
 st.subheader("Add a user")
 with st.form("add_user", clear_on_submit=True):

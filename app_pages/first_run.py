@@ -27,5 +27,5 @@ if submitted:
         except ParleyError as exc:
             st.error(exc.user_message)
         else:
-            state.log_in(principal)
+            state.log_in(services, principal)
             st.rerun()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import state
+from auth.passwords import MAX_PASSWORD_LENGTH
 from parley.errors import ParleyError
 
 services = state.services()
@@ -16,14 +17,16 @@ if ui.notice:
 
 with st.form("login"):
     name = st.text_input("User name", max_chars=64)
-    password = st.text_input("Password", type="password")
+    password = st.text_input("Password", type="password", max_chars=MAX_PASSWORD_LENGTH)
     submitted = st.form_submit_button("Log in", type="primary")
 
 if submitted:
     try:
-        principal = services.accounts.authenticate(name=name, password=password)
+        principal = services.accounts.authenticate(
+            name=name, password=password, client=st.context.ip_address or "local"
+        )
+        state.log_in(services, principal)
     except ParleyError as exc:
         st.error(exc.user_message)
     else:
-        state.log_in(principal)
         st.rerun()

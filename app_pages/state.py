@@ -10,11 +10,12 @@ import atexit
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import streamlit as st
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from auth.session import LoginSession
+from auth import COOKIE_NAME
 from parley.config import Settings, get_settings
 from parley.domain import Principal
 from wiring.services import Services, build_services
@@ -22,14 +23,21 @@ from wiring.services import Services, build_services
 _STATE_KEY = "parley_ui"
 
 
+@dataclass(frozen=True)
+class Login:
+    session_id: int  # the server-side session (`auth/sessions.py`)
+    principal: Principal
+
+
 @dataclass
 class UiState:
-    login: LoginSession | None = None
+    login: Login | None = None
     conversation_id: int | None = None
     notice: str | None = None  # one sentence shown once on the next run (e.g. "session expired")
     rejected_text: str | None = None  # a message that was not sent, kept so nothing is lost
     rejected_reason: str | None = None
     confirm_delete: int | None = None
+    redirect_to: str | None = None  # where the browser goes on the next run (cookie routes)
 
 
 def ui_state() -> UiState:
@@ -64,27 +72,74 @@ def _build(fingerprint: str, _settings: Settings) -> Services:  # noqa: ARG001 -
 
 
 def current_principal(svc: Services) -> Principal | None:
-    """The logged-in user, or None. Ends the login after `session_idle_minutes` of quiet."""
+    """The signed-in user, or None.
+
+    Each run asks the server-side session whether it still holds (logout elsewhere,
+    idle or lifetime expiry, a disabled account, a new password end it). A fresh
+    page load (a reload, a new tab) resumes the session its cookie names.
+    """
     state = ui_state()
-    login = state.login
-    if login is None:
+    if state.login is not None:
+        principal = svc.sessions.check(state.login.session_id)
+        if principal is None:
+            log_out(notice="Your session has ended. Please log in again.")
+            return None
+        state.login = Login(state.login.session_id, principal)
+        return principal
+    resumed = svc.sessions.resume(st.context.cookies.get(COOKIE_NAME))
+    if resumed is None:
         return None
-    now = datetime.now(UTC)
-    idle = timedelta(minutes=svc.settings.session_idle_minutes)
-    principal = svc.accounts.refresh(login.principal)
-    if login.is_expired(now=now, idle=idle) or principal is None:
-        log_out(notice="Your session expired after a quiet spell. Please log in again.")
-        return None
-    state.login = LoginSession(principal=principal, last_active=now)
-    return principal
+    state.login = Login(resumed.session_id, resumed.principal)
+    return resumed.principal
 
 
-def log_in(principal: Principal) -> None:
+def log_in(svc: Services, principal: Principal) -> None:
+    """Start a server-side session and send the browser to collect its cookie."""
+    session_id, ticket = svc.sessions.start(principal)
     state = ui_state()
-    state.login = LoginSession(principal=principal, last_active=datetime.now(UTC))
+    state.login = Login(session_id, principal)
     state.conversation_id = None
     state.notice = None
+    state.redirect_to = f"/auth/session?ticket={ticket}"
 
 
-def log_out(*, notice: str | None = None) -> None:
-    st.session_state[_STATE_KEY] = UiState(notice=notice)
+def log_out(svc: Services | None = None, *, notice: str | None = None) -> None:
+    """End this browser's session (server-side too) and clear its cookie."""
+    state = ui_state()
+    clear_cookie = svc is not None and state.login is not None
+    if svc is not None and state.login is not None:
+        svc.sessions.end(state.login.session_id)
+    st.session_state[_STATE_KEY] = UiState(
+        notice=notice, redirect_to="/auth/logout" if clear_cookie else None
+    )
+
+
+def follow_redirect() -> None:
+    """Send the browser where `log_in` or `log_out` asked, at the top of a fresh run.
+
+    (A redirect queued in the run that then calls `st.rerun()` can be dropped with that
+    run's messages.) In a browser the page stops here, showing a line while it goes;
+    without one (AppTest), the run goes on.
+    """
+    state = ui_state()
+    url, state.redirect_to = state.redirect_to, None
+    if url is None:
+        return
+    redirect(url)
+    if st.context.headers.get("host"):
+        st.caption("One moment…")
+        st.stop()
+
+
+def redirect(url: str) -> None:
+    """Send the browser to `url` (a full page load), as `st.login` does for OIDC.
+
+    Uses Streamlit's own redirect message; outside a browser session (AppTest) it is
+    a no-op.
+    """
+    ctx = get_script_run_ctx()
+    if ctx is None:
+        return
+    message = ForwardMsg()
+    message.auth_redirect.url = url
+    ctx.enqueue(message)

@@ -1,7 +1,7 @@
-"""Accounts, password hashing, login sessions and the `Principal` every service call takes."""
+"""Local accounts, sign-in throttling and server-side sessions."""
 
 from auth.accounts import AccountService, UserInfo
-from auth.session import LoginSession
+from auth.sessions import COOKIE_NAME, Resumed, SessionService
 from parley.domain import Principal
 
-__all__ = ["AccountService", "LoginSession", "Principal", "UserInfo"]
+__all__ = ["COOKIE_NAME", "AccountService", "Principal", "Resumed", "SessionService", "UserInfo"]

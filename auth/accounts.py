@@ -1,17 +1,24 @@
-"""Local accounts: create, authenticate, list. Passwords are argon2id hashes.
+"""Local accounts: create, authenticate, list, disable, new passwords (argon2id hashes).
 
-Only admins create users, list them or look one up by name; anyone may sign in, and a
-signed-in user may refresh only their own login. The first admin is created by the
-first-run form, and only while no user exists.
+Only admins create users, list them, look one up by name, disable or enable them and
+set their passwords; anyone may sign in, and a signed-in user may refresh only their
+own login. The first admin is created by the first-run form, and only while no user
+exists: the check and the insert hold the database's write lock together, so two
+submissions at once make exactly one admin.
+
+Sign-in is throttled per account and per client (`auth/throttle.py`); a password
+longer than the limit is refused before any hashing. Disabling a user or giving them
+a new password ends all their sessions.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from auth.passwords import (
     MAX_PASSWORD_LENGTH,
@@ -20,10 +27,14 @@ from auth.passwords import (
     needs_rehash,
     verify_password,
 )
+from auth.sessions import SessionService
+from auth.throttle import LoginThrottle, account_key, client_key
 from parley.domain import Principal, Role
-from parley.errors import AuthError, InvalidInput, PermissionDenied, StorageConflict
+from parley.errors import AuthError, InvalidInput, NotFound, PermissionDenied, StorageConflict
 from store.db import Database
 from store.models import User, utcnow
+
+DISABLED = "This account is disabled. Please ask an administrator."
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -35,6 +46,7 @@ class UserInfo:
     role: Role
     created_at: datetime
     last_login_at: datetime | None
+    disabled: bool = False
 
 
 def validate_name(name: str) -> str:
@@ -56,8 +68,16 @@ def validate_password(password: str) -> str:
 
 
 class AccountService:
-    def __init__(self, database: Database) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        throttle: LoginThrottle | None = None,
+        sessions: SessionService | None = None,
+    ) -> None:
         self._db = database
+        self._throttle = throttle
+        self._sessions = sessions
 
     def has_users(self) -> bool:
         with self._db.session() as session:
@@ -83,29 +103,91 @@ class AccountService:
             raise InvalidInput(f"A user named {name!r} already exists.") from exc
 
     def create_first_admin(self, *, name: str, password: str) -> Principal:
-        """The first-run form: allowed only while no user exists."""
+        """The first-run form: allowed only while no user exists, exactly once."""
+        already = AuthError(user_message="Parley already has users; please log in.")
         if self.has_users():
-            raise AuthError(user_message="Parley already has users; please log in.")
-        return self._insert(name=name, password=password, role=Role.ADMIN)
-
-    def authenticate(self, *, name: str, password: str) -> Principal:
-        with self._db.session() as session:
-            user = session.scalar(select(User).where(User.name == name.strip()))
-            if not verify_password(user.password_hash if user else None, password):
-                raise AuthError()
-            assert user is not None  # verify_password is False without a hash
-            user.last_login_at = utcnow()
-            if user.password_hash and needs_rehash(user.password_hash):
-                user.password_hash = hash_password(password)
+            raise already
+        name = validate_name(name)
+        password_hash = hash_password(validate_password(password))  # slow: before the lock
+        with self._db.session(write_lock=True) as session:
+            if self._db.engine.dialect.name == "postgresql":
+                session.execute(text("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE"))
+            if session.scalar(select(func.count(User.id))):
+                raise already
+            user = User(name=name, password_hash=password_hash, role=Role.ADMIN)
+            session.add(user)
+            session.flush()
             return Principal(user_id=user.id, name=user.name, role=user.role)
+
+    def authenticate(
+        self,
+        *,
+        name: str,
+        password: str,
+        client: str | None = None,
+        now: datetime | None = None,
+    ) -> Principal:
+        """The user, if `password` is theirs; else `AuthError` with one sentence.
+
+        Throttled per account and per `client` (an address): after a failure the next
+        try must wait (doubling), and too many failures lock the key for a while.
+        """
+        now = now or datetime.now(UTC)
+        keys = [account_key(name)] + ([client_key(client)] if client else [])
+        if self._throttle is not None:
+            self._throttle.check(keys, now)
+        if not isinstance(password, str) or len(password) > MAX_PASSWORD_LENGTH:
+            verified = None  # refused before any hashing
+        else:
+            with self._db.session() as session:
+                user = session.scalar(select(User).where(User.name == name.strip()))
+                ok = verify_password(user.password_hash if user else None, password)
+                verified = user if ok else None
+                if verified is not None and verified.disabled_at is None:
+                    verified.last_login_at = utcnow()
+                    if verified.password_hash and needs_rehash(verified.password_hash):
+                        verified.password_hash = hash_password(password)
+        if verified is None:
+            if self._throttle is not None:
+                self._throttle.failed(keys, now)
+            raise AuthError()
+        if verified.disabled_at is not None:
+            raise AuthError(f"{verified.name} is disabled", user_message=DISABLED)
+        if self._throttle is not None:
+            self._throttle.succeeded(keys)
+        return Principal(user_id=verified.id, name=verified.name, role=verified.role)
 
     def refresh(self, principal: Principal) -> Principal | None:
-        """The signed-in user as they are now (role changes and deletions take effect at once)."""
+        """The signed-in user as they are now (role changes, disabling and deletions take
+        effect at once)."""
         with self._db.session() as session:
             user = session.get(User, principal.user_id)
-            if user is None:
+            if user is None or user.disabled_at is not None:
                 return None
             return Principal(user_id=user.id, name=user.name, role=user.role)
+
+    def set_disabled(self, principal: Principal, name: str, *, disabled: bool) -> None:
+        """Admins disable (all their sessions end, sign-in refused) or enable a user."""
+        _require_admin(principal, "Only administrators disable or enable users.")
+        with self._db.session() as session:
+            user = _user_named(session, name)
+            if disabled and user.id == principal.user_id:
+                raise InvalidInput("You cannot disable your own account.")
+            user.disabled_at = (user.disabled_at or utcnow()) if disabled else None
+            user_id = user.id
+        if disabled and self._sessions is not None:
+            self._sessions.end_all(user_id)
+
+    def set_password(self, principal: Principal, name: str, password: str) -> None:
+        """Admins set a user's password; every session of that user ends."""
+        _require_admin(principal, "Only administrators set passwords.")
+        password_hash = hash_password(validate_password(password))
+        with self._db.session() as session:
+            user = _user_named(session, name)
+            user.password_hash = password_hash
+            user_id = user.id
+        if self._sessions is not None:
+            self._sessions.end_all(user_id)
 
     def find_principal(self, principal: Principal, name: str) -> Principal | None:
         """Admins look a user up by name (the CLI acts for a named user this way)."""
@@ -121,7 +203,19 @@ class AccountService:
         _require_admin(principal, "Only administrators see the list of users.")
         with self._db.session() as session:
             users = session.scalars(select(User).order_by(User.name)).all()
-            return [UserInfo(u.id, u.name, u.role, u.created_at, u.last_login_at) for u in users]
+            return [
+                UserInfo(
+                    u.id, u.name, u.role, u.created_at, u.last_login_at, u.disabled_at is not None
+                )
+                for u in users
+            ]
+
+
+def _user_named(session: Session, name: str) -> User:
+    user = session.scalar(select(User).where(User.name == name.strip()))
+    if user is None:
+        raise NotFound(user_message=f"There is no user named {name.strip()!r}.")
+    return user
 
 
 def _require_admin(principal: Principal, sentence: str) -> None:

@@ -74,6 +74,18 @@ def _parser() -> argparse.ArgumentParser:
     user_add.set_defaults(func=_user_add)
     user_list = user.add_parser("list", help="list accounts")
     user_list.set_defaults(func=_user_list)
+    for verb, disabled in (("disable", True), ("enable", False)):
+        toggle = user.add_parser(
+            verb,
+            help="refuse the account's sign-ins and end its sessions"
+            if disabled
+            else "let a disabled account sign in again",
+        )
+        toggle.add_argument("name")
+        toggle.set_defaults(func=_user_toggle, disabled=disabled)
+    user_passwd = user.add_parser("passwd", help="set an account's password (ends its sessions)")
+    user_passwd.add_argument("name")
+    user_passwd.set_defaults(func=_user_passwd)
 
     chat = commands.add_parser("chat", help="send one message and stream the answer")
     chat.add_argument("--user", required=True, help="the account that sends the message")
@@ -155,7 +167,7 @@ def _read_password() -> str:
     if sys.stdin.isatty():
         first = getpass.getpass("Password: ")
         if getpass.getpass("Password again: ") != first:
-            raise ParleyError(user_message="The two passwords differ; nothing was created.")
+            raise ParleyError(user_message="The two passwords differ; nothing was changed.")
         return first
     return sys.stdin.readline().rstrip("\r\n")
 
@@ -175,10 +187,26 @@ def _user_list(_args: argparse.Namespace) -> int:
     if not users:
         print("No users yet. Create one with: parley user add NAME --admin")
         return 0
-    print(f"{'id':>4}  {'name':<24} {'role':<6} last login")
+    print(f"{'id':>4}  {'name':<24} {'role':<6} {'state':<9} last login")
     for u in users:
         last = u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "never"
-        print(f"{u.id:>4}  {u.name:<24} {u.role.value:<6} {last}")
+        state = "disabled" if u.disabled else "active"
+        print(f"{u.id:>4}  {u.name:<24} {u.role.value:<6} {state:<9} {last}")
+    return 0
+
+
+def _user_toggle(args: argparse.Namespace) -> int:
+    _services().accounts.set_disabled(OPERATOR, args.name, disabled=args.disabled)
+    if args.disabled:
+        print(f"Disabled {args.name!r}: its sessions have ended and it cannot sign in.")
+    else:
+        print(f"Enabled {args.name!r}: it can sign in again.")
+    return 0
+
+
+def _user_passwd(args: argparse.Namespace) -> int:
+    _services().accounts.set_password(OPERATOR, args.name, _read_password())
+    print(f"Set a new password for {args.name!r}; its sessions have ended.")
     return 0
 
 

@@ -169,7 +169,23 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     max_message_chars: int = Field(default=20_000, gt=0)
-    session_idle_minutes: int = Field(default=30, gt=0)
+    session_idle_minutes: int = Field(
+        default=720, gt=0, description="a sign-in ends after this long without use"
+    )
+    session_lifetime_hours: int = Field(
+        default=168, gt=0, description="a sign-in ends this long after it began, used or not"
+    )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="signs the session cookie; default: a random secret kept in the data dir",
+    )
+    login_max_failures: int = Field(
+        default=5, gt=0, description="failed sign-ins (per account or client) before a lockout"
+    )
+    login_lockout_minutes: int = Field(default=15, gt=0)
+    login_delay_s: float = Field(
+        default=1.0, ge=0, description="wait after a first failed sign-in; doubles each time"
+    )
 
     @property
     def resolved_database_url(self) -> str:

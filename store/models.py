@@ -54,6 +54,7 @@ class User(Base):
     # Per-user overrides of the daily quotas (None: the settings' default; 0: no limit).
     quota_messages_per_day: Mapped[int | None] = mapped_column(Integer)
     quota_tokens_per_day: Mapped[int | None] = mapped_column(Integer)
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     conversations: Mapped[list[Conversation]] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True
@@ -201,3 +202,34 @@ class QuotaReservation(Base):
     tokens: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LoginSession(Base):
+    """A browser's sign-in, referenced by a signed cookie holding a random token.
+
+    Only the token's SHA-256 is stored. A sign-in starts with a one-time ticket (also
+    stored hashed, valid a minute) that the browser exchanges for the cookie.
+    """
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    ticket_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    ticket_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class LoginFailures(Base):
+    """Failed sign-ins by key (`account:NAME` or `client:ADDRESS`), for throttling."""
+
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

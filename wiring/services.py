@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from auth.accounts import AccountService
+from auth.sessions import SessionService, secret_from_file
+from auth.throttle import LoginThrottle
 from chat.context import ContextBuilder
 from chat.conversations import ConversationService
 from chat.history import HistoryCache
@@ -42,6 +45,7 @@ class Services:
     database: Database
     provider: LimitedProvider  # the only provider anything calls
     accounts: AccountService
+    sessions: SessionService
     conversations: ConversationService
     usage: UsageService
     limiter: RateLimiter
@@ -123,11 +127,19 @@ def build_services(
         settings=settings,
         model_titles=settings.model_titles and capable,
     )
+    sessions = build_sessions(settings, database)
+    throttle = LoginThrottle(
+        database,
+        max_failures=settings.login_max_failures,
+        lockout=timedelta(minutes=settings.login_lockout_minutes),
+        delay_s=settings.login_delay_s,
+    )
     return Services(
         settings=settings,
         database=database,
         provider=limited,
-        accounts=AccountService(database),
+        accounts=AccountService(database, throttle=throttle, sessions=sessions),
+        sessions=sessions,
         conversations=ConversationService(database, on_delete=memory.forget),
         usage=usage,
         limiter=limiter,
@@ -146,6 +158,26 @@ def build_services(
         upkeep=upkeep,
         background=work,
     )
+
+
+def build_sessions(settings: Settings, database: Database) -> SessionService:
+    """Sign-in sessions, signed with `PARLEY_SESSION_SECRET` or a secret kept in the data dir."""
+    secret = (
+        settings.session_secret.get_secret_value()
+        if settings.session_secret
+        else secret_from_file(settings.data_dir / "session_secret")
+    )
+    return SessionService(
+        database,
+        secret=secret,
+        idle=timedelta(minutes=settings.session_idle_minutes),
+        lifetime=timedelta(hours=settings.session_lifetime_hours),
+    )
+
+
+def build_sessions_alone(settings: Settings) -> SessionService:
+    """Sessions with their own database handle, for the cookie routes beside the app."""
+    return build_sessions(settings, Database(settings.resolved_database_url))
 
 
 def build_recall_index(settings: Settings) -> RecallIndex:

@@ -12,7 +12,9 @@ from streamlit.testing.v1 import AppTest
 from app_pages.state import UiState
 from cli.main import main as cli_main
 from fakes.anthropic_server import FakeAnthropic, Fault, Reply
+from store.models import LoginSession
 from tests.support import ROOT
+from wiring.services import Services, build_services
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
@@ -178,17 +180,52 @@ def test_bad_messages_are_not_sent_and_not_lost(claude_env: FakeAnthropic, text:
         assert at.text_area[0].value == text  # the user can copy it back
 
 
+def services_now() -> Services:
+    from parley.config import get_settings
+
+    return build_services(get_settings())
+
+
 def test_idle_session_expires() -> None:
     add_user("alice", "alice-password")
     at = app()
     log_in(at, "alice", "alice-password")
     state: UiState = at.session_state["parley_ui"]
     assert state.login is not None
-    state.login = state.login.touched(datetime.now(UTC) - timedelta(minutes=31))
+    idle = services_now().settings.session_idle_minutes
+    with services_now().database.session() as session:
+        row = session.get(LoginSession, state.login.session_id)
+        assert row is not None
+        row.last_seen_at = datetime.now(UTC) - timedelta(minutes=idle + 1)
     at.run()
     assert at.session_state["parley_ui"].login is None
-    assert "expired" in at.info[0].value
+    assert "session has ended" in at.info[0].value
     assert not at.chat_input
+
+
+def test_disabling_a_user_ends_their_open_session() -> None:
+    add_user("alice", "alice-password")
+    at = app()
+    log_in(at, "alice", "alice-password")
+    assert at.chat_input
+    services_now().accounts.set_disabled(ROOT, "alice", disabled=True)
+    at.run()
+    assert not at.chat_input and "session has ended" in at.info[0].value
+    log_in(at, "alice", "alice-password")
+    assert at.error[0].value == "This account is disabled. Please ask an administrator."
+
+
+def test_repeated_wrong_passwords_are_slowed_down_with_a_sentence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PARLEY_LOGIN_DELAY_S", "30")
+    add_user("alice", "alice-password")
+    at = app()
+    log_in(at, "alice", "wrong-password")
+    assert at.error[0].value == "Wrong user name or password."
+    log_in(at, "alice", "alice-password")  # at once: even the right password must wait
+    assert at.error[0].value.startswith("Please wait")
+    assert not at.exception and not at.chat_input
 
 
 def test_admin_sees_the_users_page_and_a_user_does_not() -> None:
@@ -203,6 +240,36 @@ def test_admin_sees_the_users_page_and_a_user_does_not() -> None:
     log_in(user_at, "alice", "alice-password")
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         user_at.switch_page("app_pages/admin_users.py")
+
+
+def test_admins_disable_enable_and_set_passwords_on_the_users_page() -> None:
+    add_user("root", "root-password", admin=True)
+    add_user("alice", "alice-password")
+    alice_at = app()
+    log_in(alice_at, "alice", "alice-password")
+    assert alice_at.chat_input
+    at = app()
+    log_in(at, "root", "root-password")
+    at.switch_page("app_pages/admin_users.py").run()
+    at.selectbox(key="manage-user").select("alice").run()
+    at.button(key="toggle-user").click().run()
+    assert not at.exception
+    assert at.button(key="toggle-user").label == "Enable alice"
+    assert "disabled" in at.dataframe[0].value["state"].tolist()
+    alice_at.run()
+    assert not alice_at.chat_input  # her open session ended
+    at.button(key="toggle-user").click().run()  # enable again
+    password_box = next(t for t in at.text_input if t.label == "New password for alice")
+    password_box.input("short")
+    next(b for b in at.button if b.label == "Set password").click().run()
+    assert at.error[0].value == "A password needs at least 8 characters."
+    password_box = next(t for t in at.text_input if t.label == "New password for alice")
+    password_box.input("alice-new-password")
+    next(b for b in at.button if b.label == "Set password").click().run()
+    assert "New password set for alice" in at.success[0].value
+    again = app()
+    log_in(again, "alice", "alice-new-password")
+    assert again.chat_input and not again.exception
 
 
 def test_rename_and_delete_a_conversation(claude_env: FakeAnthropic) -> None:

@@ -50,6 +50,34 @@ def test_user_add_reads_the_password_from_stdin_and_list_shows_it(tmp_path: Path
     assert "already exists" in duplicate.stderr and "Traceback" not in duplicate.stderr
 
 
+def test_user_disable_enable_and_passwd(tmp_path: Path) -> None:
+    from parley.config import get_settings
+    from wiring.services import build_services
+
+    assert run("db", "upgrade").returncode == 0
+    assert run("user", "add", "bob", stdin="bob-password\n").returncode == 0
+    accounts = build_services(get_settings()).accounts
+    bob = accounts.authenticate(name="bob", password="bob-password")
+
+    disabled = run("user", "disable", "bob")
+    assert disabled.returncode == 0, disabled.stderr
+    assert "Disabled 'bob'" in disabled.stdout
+    assert "disabled" in run("user", "list").stdout
+    assert accounts.refresh(bob) is None
+    enabled = run("user", "enable", "bob")
+    assert enabled.returncode == 0 and "Enabled 'bob'" in enabled.stdout
+
+    changed = run("user", "passwd", "bob", stdin="new-bob-password\n")
+    assert changed.returncode == 0, changed.stderr
+    assert accounts.authenticate(name="bob", password="new-bob-password", client="a") == bob
+    too_short = run("user", "passwd", "bob", stdin="short\n")
+    assert too_short.returncode == 1 and "at least 8 characters" in too_short.stderr
+    ghost = run("user", "disable", "ghost")
+    assert ghost.returncode == 1 and "no user named 'ghost'" in ghost.stderr
+    assert "Traceback" not in ghost.stderr + too_short.stderr
+    assert (tmp_path / "data").is_dir()
+
+
 def test_commands_before_migration_say_what_to_do() -> None:
     result = run("user", "list")
     assert result.returncode == 1

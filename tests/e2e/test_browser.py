@@ -131,7 +131,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
         command = [
             str(VENV_BIN / "streamlit"),
             "run",
-            "app.py",
+            "server.py",
             "--server.port",
             str(port),
             "--server.address",
@@ -178,6 +178,17 @@ def _fill_credentials(page: Page, *, confirm: bool) -> None:
         page.get_by_label("Password again").fill(PASSWORD)
 
 
+def _session_cookie(page: Page) -> dict[str, object]:
+    """The sign-in cookie, once the browser has been through the ticket route."""
+    deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        found = [c for c in page.context.cookies() if c["name"] == "parley_session"]
+        if found:
+            return dict(found[0])
+        time.sleep(0.1)
+    raise AssertionError("no parley_session cookie after signing in")
+
+
 def _expect_chat_page(page: Page) -> None:
     expect(page.get_by_test_id("stChatInputTextArea")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
     expect(page.get_by_test_id("stException")).to_have_count(0)
@@ -200,6 +211,7 @@ def _walk(page: Page, server: Server) -> None:
     )
     _fill_credentials(page, confirm=True)
     page.get_by_role("button", name="Create admin account").click()
+    cookie = _session_cookie(page)
     _expect_chat_page(page)
     sidebar = page.get_by_test_id("stSidebar")
     expect(sidebar).to_contain_text(f"Logged in as {ADMIN}")
@@ -229,13 +241,13 @@ def _walk(page: Page, server: Server) -> None:
         assert len(texts) >= 2, f"the answer appeared all at once, not streamed: {texts!r}"
         assert len(texts[0]) < len(answer), f"the first text seen was not partial: {texts!r}"
 
-    # Login lives in the Streamlit session: a reload asks for it again.
+    # The sign-in survives a reload: a server-side session behind an HttpOnly cookie.
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert PASSWORD not in str(cookie["value"])
     page.reload()
-    expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
-    _fill_credentials(page, confirm=False)
-    page.get_by_role("button", name="Log in").click()
     _expect_chat_page(page)
-    expect(messages).to_have_count(0)
+    expect(sidebar).to_contain_text(f"Logged in as {ADMIN}")
+    expect(page.get_by_role("button", name="Log in")).to_have_count(0)
 
     # The stored conversation replays from the sidebar.
     _conversation_button(page).click()
@@ -244,6 +256,21 @@ def _walk(page: Page, server: Server) -> None:
     expect(messages.first.get_by_test_id("stChatMessageContent")).to_have_text(PROMPT)
     expect(_answer(page)).to_have_text(answer)
     expect(page.get_by_test_id("stException")).to_have_count(0)
+
+    # Log out: the login form, and a reload does not bring the session back.
+    sidebar.get_by_role("link", name="Log out").click()
+    expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+    while any(c["name"] == "parley_session" for c in page.context.cookies()):
+        assert time.monotonic() < deadline, "the cookie outlived the logout"
+        time.sleep(0.1)
+    page.reload()
+    expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    _fill_credentials(page, confirm=False)
+    page.get_by_role("button", name="Log in").click()
+    _session_cookie(page)
+    _expect_chat_page(page)
+    expect(_conversation_button(page)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium on PATH (make system-deps)")

@@ -140,6 +140,18 @@ GUARDED: tuple[Guarded, ...] = (
         lambda a: a.services.accounts.list_users(a.principal),
     ),
     Guarded(
+        "accounts.set_disabled",
+        PermissionDenied,
+        lambda a: a.services.accounts.set_disabled(a.principal, a.data.owner.name, disabled=True),
+    ),
+    Guarded(
+        "accounts.set_password",
+        PermissionDenied,
+        lambda a: a.services.accounts.set_password(
+            a.principal, a.data.owner.name, "taken-over-password"
+        ),
+    ),
+    Guarded(
         "accounts.find_principal",
         PermissionDenied,
         lambda a: a.services.accounts.find_principal(a.principal, a.data.owner.name),
@@ -414,6 +426,15 @@ def check_admin(world: World, method: str, admin: Principal, data: Owned) -> Non
         assert owner.name in [u.name for u in services.accounts.list_users(admin)]
     elif method == "accounts.find_principal":
         assert services.accounts.find_principal(admin, owner.name) == owner
+    elif method == "accounts.set_disabled":
+        services.accounts.set_disabled(admin, owner.name, disabled=True)
+        assert services.accounts.refresh(owner) is None
+        services.accounts.set_disabled(admin, owner.name, disabled=False)
+        assert services.accounts.refresh(owner) == owner
+    elif method == "accounts.set_password":
+        password = f"{owner.name}-password"  # set back to what it was
+        services.accounts.set_password(admin, owner.name, password)
+        assert services.accounts.authenticate(name=owner.name, password=password) == owner
     elif method == "usage.stored_quota":
         assert services.usage.stored_quota(admin, owner.user_id) == data.quota
     elif method == "usage.set_quota":
@@ -452,6 +473,8 @@ ADMIN_METHODS = [
     "accounts.create_user",
     "accounts.list_users",
     "accounts.find_principal",
+    "accounts.set_disabled",
+    "accounts.set_password",
     "usage.stored_quota",
     "usage.set_quota",
     "usage.today",
