@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import state
+from app_pages.rendering import safe_markdown
 from chat.conversations import ChatMessage
 from chat.replies import ReplyStream
 from parley.domain import MessageRole, MessageStatus, Principal
@@ -110,7 +111,7 @@ def render_message(message: ChatMessage) -> None:
     avatar = "user" if message.role is MessageRole.USER else "assistant"
     with st.chat_message(avatar):
         if message.content:
-            st.markdown(message.content)
+            st.markdown(safe_markdown(message.content))
         if message.status is MessageStatus.INTERRUPTED:
             st.caption(":warning: This answer broke off; the text above is what arrived.")
         elif message.status is MessageStatus.ERROR:
@@ -130,8 +131,13 @@ def stream_reply(reply: ReplyStream) -> None:
             )
 
         reply.on_queue = show_position
+        shown = st.empty()
+        text = ""
         try:
-            st.write_stream(reply)
+            for chunk in reply:  # the whole text so far is made safe each time:
+                text += chunk  # an image split across chunks is still caught
+                shown.markdown(safe_markdown(text) + " ▌")
+            shown.markdown(safe_markdown(text))
         finally:
             reply.close()  # stores the partial answer if the page stopped early
         queue_note.empty()
@@ -197,5 +203,5 @@ if prompt is not None:
     else:
         ui.rejected_text = ui.rejected_reason = None
         with st.chat_message("user"):
-            st.markdown(prompt)
+            st.markdown(safe_markdown(prompt))
         stream_reply(reply)

