@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +13,9 @@ from sqlalchemy.orm import Session, defer
 from parley.domain import MessageRole, MessageStatus, Principal
 from parley.errors import InvalidInput, NotFound, PermissionDenied
 from store.db import Database
-from store.models import Conversation, Message, User, utcnow
+from store.models import Conversation, Message, User, VectorErasure, utcnow
+
+log = logging.getLogger(__name__)
 
 MAX_TITLE_CHARS = 200
 
@@ -101,7 +104,8 @@ class ConversationService:
         self, database: Database, *, on_delete: Callable[[int], None] | None = None
     ) -> None:
         self._db = database
-        self._on_delete = on_delete  # drops derived memory (vectors) of a deleted conversation
+        # Drops derived memory (vectors) of a deleted conversation; raises if it cannot.
+        self._on_delete = on_delete
 
     def list_for(self, principal: Principal) -> list[ConversationInfo]:
         with self._db.session() as session:
@@ -167,12 +171,46 @@ class ConversationService:
             return to_info(conversation)
 
     def delete(self, principal: Principal, conversation_id: int) -> None:
+        """Erase a conversation: its messages, summaries and vectors.
+
+        The rows go in one transaction, which also records the conversation in the
+        `vector_erasures` outbox; the vectors are then dropped and the outbox row
+        removed. If the vector store fails, the row stays and `sweep_erasures` (run at
+        start-up) tries again. Background work that comes late for the conversation
+        re-creates nothing (the recall index remembers what it erased).
+        """
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
             session.execute(delete(Message).where(Message.conversation_id == conversation.id))
             session.delete(conversation)
-        if self._on_delete is not None:
-            self._on_delete(conversation_id)
+            session.add(VectorErasure(conversation_id=conversation_id, attempts=0))
+        self._erase_vectors(conversation_id)
+
+    def sweep_erasures(self) -> int:
+        """Retry every pending vector erasure; how many are still pending afterwards."""
+        with self._db.session() as session:
+            pending = session.scalars(select(VectorErasure.conversation_id)).all()
+        return sum(not self._erase_vectors(cid) for cid in pending)
+
+    def _erase_vectors(self, conversation_id: int) -> bool:
+        try:
+            if self._on_delete is not None:
+                self._on_delete(conversation_id)
+        except Exception:
+            log.exception(
+                "Dropping the vectors of conversation %s failed; will retry at start-up",
+                conversation_id,
+            )
+            with self._db.session() as session:
+                row = session.get(VectorErasure, conversation_id)
+                if row is not None:
+                    row.attempts += 1
+            return False
+        with self._db.session() as session:
+            session.execute(
+                delete(VectorErasure).where(VectorErasure.conversation_id == conversation_id)
+            )
+        return True
 
     def messages(self, principal: Principal, conversation_id: int) -> list[ChatMessage]:
         """Every message in order, superseded attempts included (pages may hide them)."""

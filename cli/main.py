@@ -115,6 +115,16 @@ def _parser() -> argparse.ArgumentParser:
     strategy.add_argument("name", help="a strategy name, or 'default'")
     strategy.add_argument("--as", dest="admin", required=True, help="the admin making the change")
     strategy.set_defaults(func=_conversation_strategy)
+    listing = conversation.add_parser("list", help="a user's conversations, newest first")
+    listing.add_argument("--user", required=True)
+    listing.add_argument("--json", action="store_true", help="end with one JSON list")
+    listing.set_defaults(func=_conversation_list)
+    remove = conversation.add_parser(
+        "rm", help="erase a conversation: its messages, summaries and vectors"
+    )
+    remove.add_argument("id", type=int)
+    remove.add_argument("--user", required=True, help="the conversation's owner")
+    remove.set_defaults(func=_conversation_rm)
 
     memory = commands.add_parser("memory", help="memory strategies").add_subparsers(required=True)
     memory.add_parser("strategies", help="list installed strategies").set_defaults(
@@ -316,6 +326,41 @@ def _conversation_strategy(args: argparse.Namespace) -> int:
     name = None if args.name == "default" else args.name
     services.lab.set_memory_strategy(admin, args.id, name)
     print(f"Conversation {args.id} now uses {services.lab.strategy_of(admin, args.id)!r}.")
+    return 0
+
+
+def _conversation_list(args: argparse.Namespace) -> int:
+    services = _services()
+    owner = _principal(services, args.user)
+    rows = services.conversations.list_for(owner)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": c.id,
+                        "title": c.title,
+                        "created_at": c.created_at.isoformat(),
+                        "updated_at": c.updated_at.isoformat(),
+                    }
+                    for c in rows
+                ],
+                ensure_ascii=False,
+            )
+        )
+        return 0
+    if not rows:
+        print(f"{owner.name} has no conversations.")
+    for c in rows:
+        print(f"{c.id:>6}  {c.updated_at:%Y-%m-%d %H:%M}  {c.title}")
+    return 0
+
+
+def _conversation_rm(args: argparse.Namespace) -> int:
+    services = _services()
+    owner = _principal(services, args.user)
+    services.conversations.delete(owner, args.id)
+    print(f"Erased conversation {args.id} of {owner.name}: messages, summaries and vectors.")
     return 0
 
 

@@ -107,13 +107,9 @@ class StrategyRegistry:
     def forget(self, conversation_id: int) -> None:
         """A conversation was deleted: drop its vectors too (summaries go with the row).
 
-        Vectors are derived state: if the vector store fails, that is logged and the
-        deletion stands (an orphaned collection is only wasted disk).
+        Raises if the vector store fails, so the caller can keep the erasure pending.
         """
-        try:
-            self._deps.recall.forget(conversation_id)
-        except Exception:
-            log.exception("Dropping the vectors of conversation %s failed", conversation_id)
+        self._deps.recall.forget(conversation_id)
 
     def close(self) -> None:
         """Release what the strategies hold (the recall index's question worker)."""

@@ -58,7 +58,9 @@ class RecallIndex:
         self._store = store
         self._max = max_conversations
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
-        self._lock = threading.Lock()  # guards _entries and _questions
+        self._lock = threading.Lock()  # guards _entries, _questions and _erased
+        # Conversations erased in this process: late background work for them stores nothing.
+        self._erased: set[int] = set()
         # Questions being embedded ahead of their query (`prefetch`). One worker of its own:
         # the upkeep pool may be busy with a summary's model call, and this is the hot path.
         self._questions: OrderedDict[str, Future[np.ndarray]] = OrderedDict()
@@ -118,11 +120,13 @@ class RecallIndex:
     ) -> None:
         if self._store is None or not turns:
             return
+        if conversation_id in self._erased:
+            return  # erased while this was being embedded: do not bring it back
+        # Ids, embeddings and metadata only: the text stays in the database, with its rights.
         self._store.add(
             _collection(conversation_id),
             ids=[str(t.id) for t in turns],
             embeddings=vectors,
-            documents=[embedding_text(t) for t in turns],
             metadatas=[
                 {"turn_id": t.id, "session": t.session, "speaker": t.speaker or ""} for t in turns
             ],
@@ -133,6 +137,8 @@ class RecallIndex:
 
         Turns already indexed (in memory or in the store) are not embedded again.
         """
+        if conversation_id in self._erased:
+            return
         entry = self._entry(conversation_id)
         with entry.lock:
             new = _unique([t for t in turns if t.id not in entry.recall])
@@ -269,9 +275,17 @@ class RecallIndex:
         self._question_worker.shutdown(wait=True)
 
     def forget(self, conversation_id: int) -> None:
-        """Drop a conversation's index from memory and from the store (it was deleted)."""
+        """Drop a conversation's index from memory and from the store (it was deleted).
+
+        Waits for work in progress on it (its lock), and marks it erased first, so
+        neither that work nor later work stores its vectors again.
+        """
         with self._lock:
-            self._entries.pop(conversation_id, None)
+            self._erased.add(conversation_id)
+            entry = self._entries.get(conversation_id)
+        if entry is not None:
+            with entry.lock, self._lock:
+                self._entries.pop(conversation_id, None)
         if self._store is not None:
             self._store.delete_collection(_collection(conversation_id))
 

@@ -75,12 +75,12 @@ class VectorStore:
         collection: str,
         ids: Sequence[str],
         embeddings: np.ndarray,
-        documents: Sequence[str],
         metadatas: Sequence[Mapping[str, MetadataValue]],
     ) -> None:
-        """Insert or replace rows; the collection is created (cosine space) if missing."""
-        if not len(ids) == len(embeddings) == len(documents) == len(metadatas):
-            raise ValueError("ids, embeddings, documents and metadatas differ in length")
+        """Insert or replace rows (ids, embeddings, metadata; no text is stored); the
+        collection is created (cosine space) if missing."""
+        if not len(ids) == len(embeddings) == len(metadatas):
+            raise ValueError("ids, embeddings and metadatas differ in length")
         if not ids:
             return
         client = self._chroma()
@@ -94,7 +94,6 @@ class VectorStore:
             target.upsert(
                 ids=list(ids[start:stop]),
                 embeddings=vectors[start:stop],
-                documents=list(documents[start:stop]),
                 metadatas=[dict(m) for m in metadatas[start:stop]],
             )
 

@@ -63,7 +63,11 @@ class User(Base):
 
 class Conversation(Base):
     __tablename__ = "conversations"
-    __table_args__ = (Index("ix_conversations_user_updated", "user_id", "updated_at"),)
+    __table_args__ = (
+        Index("ix_conversations_user_updated", "user_id", "updated_at"),
+        # Ids are never reused: a new conversation never meets a deleted one's vectors.
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -91,6 +95,7 @@ class Message(Base):
         # The history cache counts a conversation's superseded answers through this index.
         Index("ix_messages_conversation_status", "conversation_id", "status"),
         Index("ix_messages_created_at", "created_at"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -233,3 +238,17 @@ class LoginFailures(Base):
     failures: Mapped[int] = mapped_column(Integer, default=0)
     last_failure_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class VectorErasure(Base):
+    """An outbox: a deleted conversation whose vectors are still to be dropped.
+
+    Written in the transaction that deletes the conversation; removed once the vector
+    store has dropped the collection. Pending rows are retried at start-up.
+    """
+
+    __tablename__ = "vector_erasures"
+
+    conversation_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)

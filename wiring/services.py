@@ -134,13 +134,16 @@ def build_services(
         lockout=timedelta(minutes=settings.login_lockout_minutes),
         delay_s=settings.login_delay_s,
     )
+    conversations = ConversationService(database, on_delete=memory.forget)
+    # Vectors of conversations erased while the vector store was down: try again now.
+    work.submit(lambda: _sweep(conversations), name="sweep vector erasures")
     return Services(
         settings=settings,
         database=database,
         provider=limited,
         accounts=AccountService(database, throttle=throttle, sessions=sessions),
         sessions=sessions,
-        conversations=ConversationService(database, on_delete=memory.forget),
+        conversations=conversations,
         usage=usage,
         limiter=limiter,
         gate=gate,
@@ -158,6 +161,10 @@ def build_services(
         upkeep=upkeep,
         background=work,
     )
+
+
+def _sweep(conversations: ConversationService) -> None:
+    conversations.sweep_erasures()
 
 
 def build_sessions(settings: Settings, database: Database) -> SessionService:

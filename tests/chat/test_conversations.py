@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
+from chat.conversations import ConversationService
 from parley.domain import Principal
 from parley.errors import InvalidInput, NotFound
+from store.models import Message, Summary, VectorErasure
 from wiring.services import Services
 
 
@@ -65,3 +68,73 @@ def test_no_operation_reaches_another_users_conversation(
         else:
             services.conversations.delete(bob, target)
     assert services.conversations.get(alice, owned.id).title == "alice only"
+
+
+# ---------------------------------------------------------------- erasing
+
+
+class FlakyVectors:
+    """Stands in for the vector store's erase: fails while `down`, records what it dropped."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.dropped: list[int] = []
+
+    def __call__(self, conversation_id: int) -> None:
+        if self.down:
+            raise ConnectionError("vector store unreachable")
+        self.dropped.append(conversation_id)
+
+
+def pending(services: Services) -> list[int]:
+    with services.database.session() as session:
+        return list(session.scalars(select(VectorErasure.conversation_id)))
+
+
+def test_erasing_drops_messages_summaries_and_vectors(services: Services, alice: Principal) -> None:
+    vectors = FlakyVectors()
+    conversations = ConversationService(services.database, on_delete=vectors)
+    reply = services.chat.send(alice, None, "hello")
+    list(reply)
+    cid = reply.conversation_id
+    with services.database.session() as session:
+        session.add(
+            Summary(
+                conversation_id=cid,
+                version=1,
+                first_turn_id=1,
+                last_turn_id=2,
+                content="s",
+                method="extractive",
+            )
+        )
+    conversations.delete(alice, cid)
+    with services.database.session() as session:
+        assert session.scalars(select(Message).where(Message.conversation_id == cid)).all() == []
+        assert session.scalars(select(Summary).where(Summary.conversation_id == cid)).all() == []
+    assert vectors.dropped == [cid] and pending(services) == []
+
+
+def test_a_failed_vector_erase_is_kept_and_retried(
+    services: Services, alice: Principal, caplog: pytest.LogCaptureFixture
+) -> None:
+    vectors = FlakyVectors()
+    conversations = ConversationService(services.database, on_delete=vectors)
+    first = conversations.create(alice, title="one")
+    vectors.down = True
+    conversations.delete(alice, first.id)  # the user's deletion stands
+    assert conversations.list_for(alice) == []
+    assert pending(services) == [first.id]
+    assert "will retry at start-up" in caplog.text
+    assert conversations.sweep_erasures() == 1  # still down: still pending
+    vectors.down = False
+    assert conversations.sweep_erasures() == 0
+    assert vectors.dropped == [first.id] and pending(services) == []
+
+
+def test_ids_are_never_reused(services: Services, alice: Principal) -> None:
+    older = services.conversations.create(alice, title="older")
+    newest = services.conversations.create(alice, title="newest")
+    services.conversations.delete(alice, newest.id)
+    again = services.conversations.create(alice, title="again")
+    assert again.id > newest.id > older.id

@@ -185,3 +185,30 @@ def test_user_add_on_a_terminal_asks_twice_and_refuses_a_mismatch() -> None:
     assert "first-password" not in screen  # not echoed
     code, screen = on_terminal("good-password", "good-password")
     assert code == 0 and "Created user 'tty-user'" in screen
+
+
+def test_conversation_list_and_rm(fake_anthropic: FakeAnthropic) -> None:
+    import json
+
+    env = claude(fake_anthropic)
+    assert run("db", "upgrade").returncode == 0
+    assert run("user", "add", "ann", stdin="ann-password\n").returncode == 0
+    assert run("user", "add", "ben", stdin="ben-password\n").returncode == 0
+    for question in ("first question", "second question"):
+        fake_anthropic.enqueue(Reply(text="an answer"))
+        assert run("chat", "--user", "ann", question, env=env).returncode == 0
+    listed = run("conversation", "list", "--user", "ann", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout.strip().splitlines()[-1])
+    assert [r["title"] for r in rows] == ["second question", "first question"]
+    newest = rows[0]["id"]
+    other = run("conversation", "rm", str(newest), "--user", "ben")  # not ben's: not found
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    erased = run("conversation", "rm", str(newest), "--user", "ann")
+    assert erased.returncode == 0, erased.stderr
+    assert f"Erased conversation {newest}" in erased.stdout
+    after = json.loads(
+        run("conversation", "list", "--user", "ann", "--json").stdout.splitlines()[-1]
+    )
+    assert [r["id"] for r in after] == [rows[1]["id"]]
+    assert json.loads(run("conversation", "list", "--user", "ben", "--json").stdout) == []

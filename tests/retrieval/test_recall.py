@@ -166,7 +166,6 @@ def test_vector_store_add_get_query_delete(store: VectorStore) -> None:
         "conversation-7",
         ids=["1", "2", "3"],
         embeddings=vectors,
-        documents=["one", "two", "three"],
         metadatas=[{"session": "a", "n": 1}, {"session": "b", "n": 2}, {"session": "a", "n": 3}],
     )
     got = store.get("conversation-7")
@@ -190,7 +189,7 @@ def test_vector_store_add_get_query_delete(store: VectorStore) -> None:
     ]
 
     # upsert replaces
-    store.add("conversation-7", ["1"], unit(0, 0, 1)[None, :], ["one"], [{"session": "a"}])
+    store.add("conversation-7", ["1"], unit(0, 0, 1)[None, :], [{"session": "a"}])
     np.testing.assert_allclose(store.get("conversation-7", ["1"])["1"], unit(0, 0, 1), rtol=1e-6)
 
     store.delete_collection("conversation-7")
@@ -204,12 +203,12 @@ def test_vector_store_missing_collection_and_bad_input(store: VectorStore) -> No
     assert store.get("conversation-404", ["1"]) == {}
     assert store.query("conversation-404", unit(1, 0), n=3) == []
     with pytest.raises(ValueError, match="differ in length"):
-        store.add("conversation-1", ["1", "2"], np.zeros((1, 2), np.float32), ["a"], [{}])
+        store.add("conversation-1", ["1", "2"], np.zeros((1, 2), np.float32), [{}, {}])
 
 
 def test_vector_store_survives_a_new_client(tmp_path: Path) -> None:
     VectorStore.persistent(tmp_path / "c").add(
-        "conversation-1", ["5"], unit(1, 2, 3)[None, :], ["five"], [{"turn_id": 5}]
+        "conversation-1", ["5"], unit(1, 2, 3)[None, :], [{"turn_id": 5}]
     )
     again = VectorStore.persistent(tmp_path / "c").get("conversation-1")
     np.testing.assert_allclose(again["5"], unit(1, 2, 3), rtol=1e-6)
@@ -518,6 +517,40 @@ def test_forget_drops_memory_and_collection(tmp_path: Path) -> None:
     assert store.get("conversation-5") == {}
     index.sync(5, turns)
     assert len(embedder.texts) == 12  # embedded again: nothing was left
+    index.observe(5, [*turns, IndexedTurn(99, "a late turn", None, "Session 9")])
+    assert store.get("conversation-5") == {}  # late work for it re-creates nothing
+
+
+def test_forget_waits_for_an_observe_in_progress(tmp_path: Path) -> None:
+    """An observe still embedding when the conversation is erased stores nothing."""
+    store = VectorStore.persistent(tmp_path / "c")
+    started, release = threading.Event(), threading.Event()
+
+    class SlowEmbedder(HashingEmbedder):
+        def embed(self, texts: Sequence[str]) -> np.ndarray:
+            started.set()
+            release.wait(5)
+            return super().embed(texts)
+
+    index = RecallIndex(embedder=SlowEmbedder(), store=store)
+    worker = threading.Thread(target=index.observe, args=(8, make_turns()))
+    worker.start()
+    assert started.wait(5)
+    forgetting = threading.Thread(target=index.forget, args=(8,))
+    forgetting.start()
+    release.set()
+    worker.join(5)
+    forgetting.join(5)
+    assert store.get("conversation-8") == {}
+
+
+def test_the_store_keeps_no_text(tmp_path: Path) -> None:
+    store = VectorStore.persistent(tmp_path / "c")
+    RecallIndex(embedder=HashingEmbedder(), store=store).observe(3, make_turns())
+    rows = store._chroma().get_collection("conversation-3").get(include=["documents", "metadatas"])
+    assert len(rows["ids"]) == 6
+    assert all(d is None for d in rows["documents"] or [None])
+    assert all(set(m) <= {"turn_id", "session", "speaker"} for m in rows["metadatas"] or [])
 
 
 def test_stored_embeddings_of_another_dimension_are_replaced(tmp_path: Path) -> None:
