@@ -30,7 +30,7 @@ from memory import available
 from parley.config import get_settings
 from parley.domain import Principal, Role
 from parley.errors import ParleyError
-from parley.logs import RedactSecrets
+from parley.logs import console_warnings
 from store.db import Database
 from store.migrate import upgrade
 from wiring import Services, build_services
@@ -45,9 +45,11 @@ UPKEEP_TIMEOUT_S = 60.0
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactSecrets())
+    # Log lines go to the log file (configure_logging); the terminal gets warnings and
+    # errors only, one sentence each, so nothing lands between an answer's chunks.
+    root = logging.getLogger()
+    root.addHandler(console_warnings())
+    root.setLevel(logging.WARNING)
     try:
         result: int = args.func(args)
         return result

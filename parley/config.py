@@ -14,6 +14,7 @@ import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,9 +81,10 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(default=Path("var"), description="Folder holding all state.")
-    database_url: str | None = Field(
+    database_url: SecretStr | None = Field(
         default=None,
-        description="SQLAlchemy URL; default SQLite file `parley.db` in the data directory.",
+        description="SQLAlchemy URL; default SQLite file `parley.db` in the data directory. "
+        "Secret: it may hold a password, so it never shows in reprs or logs.",
     )
 
     provider: ProviderChoice = ProviderChoice.AUTO
@@ -161,8 +163,10 @@ class Settings(BaseSettings):
         ge=500,
         description="most prompt tokens a memory strategy assembles, whatever the model allows",
     )
-    chroma_url: str | None = Field(
-        default=None, description="Chroma server (http://host:port); default: files in data dir"
+    chroma_url: SecretStr | None = Field(
+        default=None,
+        description="Chroma server (http://host:port or https://host:port); "
+        "default: files in data dir",
     )
     embedding_threads: int = Field(default=1, ge=1)
 
@@ -190,8 +194,31 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
-            return self.database_url
+            return self.database_url.get_secret_value()
         return f"sqlite:///{(self.data_dir / 'parley.db').resolve()}"
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, for the log redaction filter: keys, the
+        session secret, whole URLs and the passwords inside them."""
+        found: list[str] = []
+        for secret in (
+            self.anthropic_api_key,
+            self.session_secret,
+            self.database_url,
+            self.chroma_url,
+        ):
+            if secret is None or not secret.get_secret_value():
+                continue
+            value = secret.get_secret_value()
+            found.append(value)
+            if "://" in value:
+                try:
+                    password = urlsplit(value).password
+                except ValueError:
+                    password = None
+                if password:
+                    found.extend({password, unquote(password)})  # as written, and decoded
+        return found
 
     def price_for(self, model: str) -> ModelPrice | None:
         matches = [prefix for prefix in self.prices if model.startswith(prefix)]

@@ -24,7 +24,8 @@ class RedactSecrets(logging.Filter):
 
     @classmethod
     def register(cls, secret: str) -> None:
-        if len(secret) >= 8:
+        """Scrub `secret` from every record from now on, whatever its shape or length."""
+        if secret:
             with cls._lock:
                 cls._secrets.add(secret)
 
@@ -50,8 +51,27 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class OneLine(logging.Formatter):
+    """`parley: <the sentence>` for a terminal: the first line only, never a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        lines = record.getMessage().strip().splitlines() or [""]
+        return f"parley: {lines[0]}"
+
+
+def console_warnings() -> logging.Handler:
+    """A stderr handler for warnings and errors as one-line sentences, secrets scrubbed."""
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(OneLine())
+    handler.addFilter(RedactSecrets())
+    return handler
+
+
 def configure_logging(settings: Settings) -> None:
     """Attach the rotating file handler under the data dir (once per process and folder)."""
+    for secret in settings.secret_values():
+        RedactSecrets.register(secret)
     folder = settings.data_dir / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "parley.log"

@@ -46,13 +46,13 @@ class VectorStore:
         return cls(connect)
 
     @classmethod
-    def http(cls, host: str, port: int) -> VectorStore:
-        """A store on a Chroma server; connects on first use."""
+    def http(cls, host: str, port: int, *, ssl: bool = False) -> VectorStore:
+        """A store on a Chroma server (over TLS when `ssl`); connects on first use."""
 
         def connect() -> Any:
             import chromadb
 
-            return chromadb.HttpClient(host=host, port=port, settings=_settings())
+            return chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=_settings())
 
         return cls(connect)
 

@@ -190,10 +190,16 @@ def build_sessions_alone(settings: Settings) -> SessionService:
 def build_recall_index(settings: Settings) -> RecallIndex:
     """MiniLM embeddings persisted in Chroma: a server if `PARLEY_CHROMA_URL`, else files."""
     if settings.chroma_url:
-        url = urlsplit(settings.chroma_url)
-        if not url.hostname:
-            raise ConfigurationError("PARLEY_CHROMA_URL must look like http://host:port.")
-        store = VectorStore.http(url.hostname, url.port or 8000)
+        url = urlsplit(settings.chroma_url.get_secret_value())
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigurationError(
+                "PARLEY_CHROMA_URL must look like http://host:port or https://host:port."
+            )
+        try:
+            port = url.port or (443 if url.scheme == "https" else 8000)
+        except ValueError as exc:
+            raise ConfigurationError("PARLEY_CHROMA_URL has a port that is not a number.") from exc
+        store = VectorStore.http(url.hostname, port, ssl=url.scheme == "https")
     else:
         store = VectorStore.persistent(settings.data_dir / "chroma")
     embedder = MiniLMEmbedder(

@@ -47,6 +47,7 @@ class StaticKey:
     ) -> None:
         self._key = key
         self._reload = reload
+        RedactSecrets.register(key.get_secret_value())
 
     def get(self) -> str:
         return self._key.get_secret_value()

@@ -96,6 +96,8 @@ def test_chat_streams_to_stdout_and_prints_the_conversation_id_last(
     assert first.stdout.strip() == "Four."
     conversation_id = first.stderr.strip().splitlines()[-1]
     assert conversation_id.isdigit()
+    # Nothing else on the terminal: log lines went to the log file.
+    assert first.stderr.strip().splitlines() == [conversation_id], first.stderr
     second = run(
         "chat",
         "--user",
@@ -107,7 +109,7 @@ def test_chat_streams_to_stdout_and_prints_the_conversation_id_last(
         env=env,
     )
     assert second.stdout.strip() == "Eight."
-    assert second.stderr.strip().splitlines()[-1] == conversation_id
+    assert second.stderr.strip().splitlines() == [conversation_id], second.stderr
     sent = [m["content"] for m in fake_anthropic.requests[-1].body["messages"]]
     assert sent == ["What is 2+2?", "Four.", "Double it"]
 

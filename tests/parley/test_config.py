@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from chat.providers import build_provider
 from chat.providers.anthropic import AnthropicProvider
 from chat.providers.local import LocalProvider
-from parley.config import DEFAULT_CLAUDE_MODEL, ProviderChoice, get_settings
+from parley.config import DEFAULT_CLAUDE_MODEL, ProviderChoice, Settings, get_settings
 from parley.errors import ConfigurationError
 
 
@@ -97,3 +98,27 @@ def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
         get_settings()
     assert "anthropic_timeout_s" in str(caught.value)
     assert "sk-ant-hidden" not in str(caught.value) and "not-a-number" not in str(caught.value)
+
+
+def test_a_password_in_a_url_never_shows_in_reprs_or_logs(tmp_path: Path) -> None:
+    from parley.logs import RedactSecrets, configure_logging
+
+    url = "postgresql+psycopg://parley:hunter2%21word@db.example:5432/parley"
+    settings = Settings(
+        data_dir=tmp_path, database_url=url, chroma_url="https://u:tok3n-x@c.example"
+    )
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+    assert "tok3n-x" not in repr(settings)
+    assert settings.resolved_database_url == url
+    configure_logging(settings)
+    assert RedactSecrets.scrub(f"connect {url} failed") == "connect [redacted] failed"
+    assert "hunter2!word" not in RedactSecrets.scrub("password was hunter2!word")
+    assert "tok3n-x" not in RedactSecrets.scrub("token tok3n-x refused")
+
+
+def test_a_key_of_any_shape_is_redacted() -> None:
+    from chat.providers.keys import StaticKey
+    from parley.logs import RedactSecrets
+
+    StaticKey(SecretStr("gateway-token-7f3a"))  # not shaped like sk-ant-...
+    assert RedactSecrets.scrub("sent gateway-token-7f3a upstream") == "sent [redacted] upstream"

@@ -95,3 +95,41 @@ def test_recall_persists_on_a_chroma_server(chroma_url: str, tmp_path: Path) -> 
     assert calls == [1]  # only the question was embedded
     second.forget(42)
     assert built.store.get("conversation-42") == {}
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://chroma.internal", ("chroma.internal", 8000, False)),
+        ("http://chroma.internal:9000", ("chroma.internal", 9000, False)),
+        ("https://chroma.example", ("chroma.example", 443, True)),
+        ("https://chroma.example:8443", ("chroma.example", 8443, True)),
+    ],
+)
+def test_the_chroma_urls_scheme_and_port_are_honoured(
+    url: str, expected: tuple[str, int, bool], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retrieval.vector_store import VectorStore
+    from wiring.services import build_recall_index
+
+    made: list[tuple[str, int, bool]] = []
+    monkeypatch.setattr(
+        VectorStore,
+        "http",
+        classmethod(
+            lambda cls, host, port, ssl=False: made.append((host, port, ssl)) or cls(lambda: None)
+        ),
+    )
+    build_recall_index(Settings(data_dir=tmp_path, chroma_url=url))
+    assert made == [expected]
+
+
+@pytest.mark.parametrize(
+    "url", ["chroma.internal:8000", "ftp://chroma", "http://:8000", "http://h:port"]
+)
+def test_a_bad_chroma_url_is_a_sentence(url: str, tmp_path: Path) -> None:
+    from parley.errors import ConfigurationError
+    from wiring.services import build_recall_index
+
+    with pytest.raises(ConfigurationError, match="PARLEY_CHROMA_URL"):
+        build_recall_index(Settings(data_dir=tmp_path, chroma_url=url))
