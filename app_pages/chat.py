@@ -58,6 +58,12 @@ def render_conversation_settings(svc: Services, who: Principal, conversation_id:
         if who.is_admin:
             names = svc.lab.strategies
             current = svc.lab.strategy_of(who, conversation_id)
+            if current not in names:  # its plugin was uninstalled: the default answers
+                st.caption(
+                    f":warning: Its strategy {current!r} is no longer installed; "
+                    f"{svc.lab.default!r} answers instead."
+                )
+                current = svc.lab.default
             picked = st.selectbox(
                 "Memory strategy", names, index=names.index(current), key="memory-strategy"
             )

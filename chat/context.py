@@ -68,7 +68,7 @@ class ContextBuilder:
     ) -> ContextWindow:
         """The context `strategy` (None: the default) builds, within the budget (or less)."""
         limit = self.budget()
-        return self._memory.get(strategy).build(
+        return self._memory.resolve(strategy).build(
             ContextRequest(
                 conversation_id=conversation_id,
                 system=self._settings.system_prompt,

@@ -60,7 +60,7 @@ class Upkeep:
                 return  # deleted meanwhile
             strategy = conversation.memory_strategy
             history = self._history.turns(session, conversation)
-        self._memory.get(strategy).observe(conversation_id, history)
+        self._memory.resolve(strategy).observe(conversation_id, history)
 
     def title(self, user_id: int, conversation_id: int) -> None:
         """After the first complete answer, ask the model for a title (a metered call)."""

@@ -115,6 +115,16 @@ class StrategyRegistry:
         """Release what the strategies hold (the recall index's question worker)."""
         self._deps.close()
 
+    def resolve(self, name: str | None) -> MemoryStrategy:
+        """The strategy a conversation chose, or the default if it is no longer installed
+        (logged): a removed plugin must not stop a conversation from going on."""
+        if name is not None and name not in self._factories:
+            log.warning(
+                "Memory strategy %r is not installed; using the default %r.", name, self.default
+            )
+            name = None
+        return self.get(name)
+
     def get(self, name: str | None = None) -> MemoryStrategy:
         name = name or self.default
         with self._lock:

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from sqlalchemy import update
 from streamlit.testing.v1 import AppTest
 
 from app_pages.state import UiState
 from cli.main import main as cli_main
 from fakes.anthropic_server import FakeAnthropic, Fault, Reply
-from store.models import LoginSession
+from store.models import Conversation, LoginSession
 from tests.support import ROOT
 from wiring.services import Services, build_services
 
@@ -305,3 +306,70 @@ def test_strategy_lab_compares_two_strategies(claude_env: FakeAnthropic) -> None
     tokens = [int(m.value.replace(",", "")) for m in at.metric]
     assert len(tokens) == 2 and all(t > 0 for t in tokens)
     assert tokens[0] >= tokens[1]  # full holds at least what token_window holds
+
+
+# ---------------------------------------------------------------- stale state, no tracebacks
+
+
+def test_error_details_are_hidden_wherever_streamlit_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .streamlit/config.toml here
+    st.set_option("client.showErrorDetails", "full")
+    at = app()
+    assert not at.exception
+    assert st.get_option("client.showErrorDetails") == "none"  # set by the app itself
+
+
+def open_conversation(at: AppTest, title: str) -> None:
+    next(b for b in at.button if b.label == title).click().run()
+
+
+def test_deleting_in_one_tab_then_clicking_in_another_is_a_sentence(
+    claude_env: FakeAnthropic,
+) -> None:
+    add_user("alice", "alice-password")
+    claude_env.enqueue(Reply(text="ok"))
+    first_tab = app()
+    log_in(first_tab, "alice", "alice-password")
+    first_tab.chat_input[0].set_value("shared topic").run()
+    first_tab.button(key="delete-button").click().run()  # asks "Yes, delete?"
+    second_tab = app()
+    log_in(second_tab, "alice", "alice-password")
+    open_conversation(second_tab, "shared topic")
+    second_tab.button(key="delete-button").click().run()
+    second_tab.button(key="delete-confirm").click().run()
+    assert not second_tab.exception
+    # The first tab still offers "Yes, delete" for the conversation that is gone.
+    first_tab.button(key="delete-confirm").click().run()
+    assert not first_tab.exception
+    assert first_tab.subheader[0].value == "New conversation"
+
+
+def test_retry_over_quota_is_a_sentence(claude_env: FakeAnthropic) -> None:
+    add_user("alice", "alice-password")
+    claude_env.enqueue(Fault("server_error"))
+    at = app()
+    log_in(at, "alice", "alice-password")
+    at.chat_input[0].set_value("will fail").run()
+    assert any(b.label == "Retry" for b in at.button)
+    services_now().usage.set_quota(ROOT, 1, messages_per_day=None, tokens_per_day=1)
+    next(b for b in at.button if b.label == "Retry").click().run()
+    assert not at.exception
+    assert any("tokens" in e.value for e in at.error)
+
+
+def test_a_conversation_whose_strategy_was_uninstalled_goes_on(claude_env: FakeAnthropic) -> None:
+    add_user("root", "root-password", admin=True)
+    claude_env.enqueue(Reply(text="first"), Reply(text="second"))
+    at = app()
+    log_in(at, "root", "root-password")
+    at.chat_input[0].set_value("keep going").run()
+    with services_now().database.session() as session:
+        session.execute(update(Conversation).values(memory_strategy="uninstalled_plugin"))
+    at.run()
+    assert not at.exception
+    assert "no longer installed" in page_text(at)
+    at.chat_input[0].set_value("still there?").run()
+    assert not at.exception
+    assert [m.markdown[0].value for m in at.chat_message][-1] == "second"
