@@ -81,7 +81,7 @@ def current_principal(svc: Services) -> Principal | None:
     state = ui_state()
     if state.login is not None:
         principal = svc.sessions.check(state.login.session_id)
-        if principal is None:
+        if principal is None or principal.user_id != state.login.principal.user_id:
             log_out(notice="Your session has ended. Please log in again.")
             return None
         state.login = Login(state.login.session_id, principal)

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from itsdangerous import BadSignature, Signer
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from auth.throttle import utc
 from parley.domain import Principal
@@ -34,6 +34,7 @@ from store.models import LoginSession, User
 COOKIE_NAME = "parley_session"
 TICKET_LIFETIME = timedelta(minutes=1)
 TOUCH_EVERY = timedelta(minutes=1)  # last_seen_at is written at most this often
+KEEP_ENDED = timedelta(days=1)
 
 
 def _digest(value: str) -> str:
@@ -77,6 +78,13 @@ class SessionService:
         now = now or datetime.now(UTC)
         ticket = secrets.token_urlsafe(32)
         with self._db.session() as session:
+            # Sessions that ended over a day ago are of no further use: keep the table small.
+            session.execute(
+                delete(LoginSession).where(
+                    (LoginSession.expires_at < now - KEEP_ENDED)
+                    | (LoginSession.revoked_at < now - KEEP_ENDED)
+                )
+            )
             row = LoginSession(
                 user_id=principal.user_id,
                 ticket_hash=_digest(ticket),

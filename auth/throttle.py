@@ -20,6 +20,7 @@ from store.db import Database
 from store.models import LoginFailures
 
 MAX_DELAY_S = 60.0
+STALE_AFTER = timedelta(days=1)
 
 
 @overload
@@ -78,6 +79,10 @@ class LoginThrottle:
     def failed(self, keys: Sequence[str], now: datetime) -> None:
         """Count one failure on each key; lock a key that reached the limit."""
         with self._db.session(write_lock=True) as session:
+            # Counts nobody has added to for a day are stale: keep the table small.
+            session.execute(
+                delete(LoginFailures).where(LoginFailures.last_failure_at < now - STALE_AFTER)
+            )
             for key in sorted(set(keys)):
                 row = session.scalar(
                     select(LoginFailures).where(LoginFailures.key == key).with_for_update()

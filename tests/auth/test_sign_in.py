@@ -14,7 +14,7 @@ from auth.passwords import MAX_PASSWORD_LENGTH
 from auth.sessions import SessionService, secret_from_file
 from parley.domain import Principal, Role
 from parley.errors import AuthError, InvalidInput, NotFound, PermissionDenied
-from store.models import LoginSession, User
+from store.models import LoginFailures, LoginSession, User
 from tests.support import ROOT
 from wiring.services import Services
 
@@ -234,3 +234,20 @@ def test_the_signing_secret_is_made_once_and_private(tmp_path: object) -> None:
     first = secret_from_file(path)
     assert len(first) >= 48 and secret_from_file(path) == first
     assert path.stat().st_mode & 0o077 == 0
+
+
+def test_ended_sessions_and_stale_failures_are_cleared_away(
+    services: Services, alice: Principal
+) -> None:
+    old, _ = services.sessions.start(alice, now=T0)
+    services.sessions.end(old, now=T0)
+    with pytest.raises(AuthError):
+        sign_in(services, "nobody", "guess-password", T0)
+    later = T0 + timedelta(days=2)
+    services.sessions.start(alice, now=later)
+    with pytest.raises(AuthError):
+        sign_in(services, "someone", "guess-password", later, client="9.9.9.9")
+    with services.database.session() as session:
+        assert session.get(LoginSession, old) is None
+        keys = set(session.scalars(select(LoginFailures.key)))
+    assert keys == {"account:someone", "client:9.9.9.9"}

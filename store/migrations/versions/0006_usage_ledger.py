@@ -98,6 +98,7 @@ def upgrade() -> None:
         sa.Column("tokens", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sqlite_autoincrement=True,  # a released id is never another send's reservation
     )
     op.create_index("ix_quota_reservations_user_id", "quota_reservations", ["user_id"])
 

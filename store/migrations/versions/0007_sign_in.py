@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sqlite_autoincrement=True,  # a session id is never handed out twice
     )
     op.create_index("ix_login_sessions_user_id", "login_sessions", ["user_id"])
     op.create_table(
