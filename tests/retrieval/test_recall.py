@@ -1,8 +1,7 @@
-"""retrieval/: tokenizer and BM25, the Chroma-backed store, score fusion, recall."""
+"""retrieval/: score fusion and the recall index (memory, the store, sync, forget, concurrency)."""
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +12,6 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from retrieval.embeddings import Embedder, HashingEmbedder
-from retrieval.lexical import BM25Index, stem, tokenize
 from retrieval.recall import ConversationRecall, IndexedTurn, RecallIndex, embedding_text
 from retrieval.scoring import ScoringWeights, fuse_scores, minmax
 from retrieval.vector_store import VectorStore
@@ -72,176 +70,6 @@ def make_turns(n: int = len(TEXTS), *, first_id: int = 1) -> list[IndexedTurn]:
         )
         for i in range(n)
     ]
-
-
-# ---------------------------------------------------------------- tokenizer and BM25
-
-
-def test_tokenize_drops_stopwords_and_apostrophes_and_stems() -> None:
-    assert tokenize("I'm going to the Hobbies class; she's PAINTED paintings!") == [
-        "going",  # a stem keeps at least three letters
-        "hobby",
-        "class",
-        "paint",
-        "painting",  # one suffix only: "paintings" loses its "s"
-    ]
-
-
-def test_stemmer_is_light() -> None:
-    assert stem("runs") == stem("run") == "run"
-    assert stem("painting") == stem("painted") == stem("paints") == "paint"
-    assert stem("glasses") == "glass"
-    assert stem("class") == "class"
-    assert stem("running") == "runn"  # no consonant undoubling: "running" does not match "run"
-    assert stem("bus") == "bus"  # three letters or fewer are left alone
-    assert stem("apples") == "appl" != stem("apple")  # "-es" is tried before "-s", as researched
-
-
-def test_bm25_ranks_the_document_with_the_rare_terms_first() -> None:
-    index = BM25Index()
-    docs = [
-        "we talked about the weather and the weather again",
-        "the weather was fine for a walk",
-        "my grandmother's violin recital was on the weather channel",
-        "nothing to see here",
-    ]
-    assert [index.add(d) for d in docs] == [0, 1, 2, 3]
-    assert len(index) == 4
-    scores = index.scores("violin weather")
-    assert scores.shape == (4,)
-    assert int(np.argmax(scores)) == 2
-    assert scores[3] == 0.0
-    assert scores[0] > 0 and scores[1] > 0
-
-
-def test_bm25_matches_the_formula() -> None:
-    docs = ["apple banana apple", "banana cherry", "cherry cherry date fig"]
-    index = BM25Index(k1=1.2, b=0.75)
-    for d in docs:
-        index.add(d)
-    tokens = [tokenize(d) for d in docs]
-    avgdl = sum(len(t) for t in tokens) / len(tokens)
-    expected = []
-    for t in tokens:
-        total = 0.0
-        for term in ("apple", "cherry"):
-            df = sum(term in u for u in tokens)
-            idf = math.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
-            tf = t.count(term)
-            total += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(t) / avgdl))
-        expected.append(total)
-    np.testing.assert_allclose(index.scores("apple and cherries"), expected, rtol=1e-9)
-
-
-def test_bm25_is_incremental_and_empty_inputs_give_zeros() -> None:
-    index = BM25Index()
-    assert index.scores("anything").shape == (0,)
-    index.add("the dog barked")
-    first = index.scores("dog")
-    index.add("a cat")
-    index.add("another dog")
-    again = index.scores("dog")
-    assert again.shape == (3,) and again[1] == 0.0
-    assert first[0] > 0 and again[2] > again[1]
-    np.testing.assert_array_equal(index.scores("the and of"), np.zeros(3))
-    np.testing.assert_array_equal(index.scores(""), np.zeros(3))
-
-
-# ---------------------------------------------------------------- vector store
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> VectorStore:
-    return VectorStore.persistent(tmp_path / "chroma")
-
-
-def unit(*values: float) -> np.ndarray:
-    v = np.array(values, dtype=np.float32)
-    return v / np.linalg.norm(v)
-
-
-def test_vector_store_add_get_query_delete(store: VectorStore) -> None:
-    vectors = np.stack([unit(1, 0, 0), unit(1, 1, 0), unit(0, 0, 1)])
-    store.add(
-        "conversation-7",
-        ids=["1", "2", "3"],
-        embeddings=vectors,
-        metadatas=[{"session": "a", "n": 1}, {"session": "b", "n": 2}, {"session": "a", "n": 3}],
-    )
-    got = store.get("conversation-7")
-    assert set(got) == {"1", "2", "3"}
-    np.testing.assert_allclose(got["2"], vectors[1], rtol=1e-6)
-    assert set(store.get("conversation-7", ["3", "99"])) == {"3"}
-    assert store.get("conversation-7", []) == {}
-
-    hits = store.query("conversation-7", unit(1, 0, 0), n=3)
-    assert [i for i, _ in hits] == ["1", "2", "3"]
-    assert hits[0][1] == pytest.approx(1.0, abs=1e-5)
-    assert hits[1][1] == pytest.approx(math.sqrt(0.5), abs=1e-5)
-    assert hits[2][1] == pytest.approx(0.0, abs=1e-5)
-
-    # The filter runs inside the search: "2" is excluded, so "3" comes second.
-    filtered = store.query("conversation-7", unit(1, 0, 0), n=2, where={"session": "a"})
-    assert [i for i, _ in filtered] == ["1", "3"]
-    assert [i for i, _ in store.query("conversation-7", unit(0, 0, 1), 5, {"n": {"$gte": 2}})] == [
-        "3",
-        "2",
-    ]
-
-    # upsert replaces
-    store.add("conversation-7", ["1"], unit(0, 0, 1)[None, :], [{"session": "a"}])
-    np.testing.assert_allclose(store.get("conversation-7", ["1"])["1"], unit(0, 0, 1), rtol=1e-6)
-
-    store.delete_collection("conversation-7")
-    assert store.get("conversation-7") == {}
-    assert store.query("conversation-7", unit(1, 0, 0), n=3) == []
-    store.delete_collection("conversation-7")  # no error the second time
-
-
-def test_vector_store_missing_collection_and_bad_input(store: VectorStore) -> None:
-    assert store.get("conversation-404") == {}
-    assert store.get("conversation-404", ["1"]) == {}
-    assert store.query("conversation-404", unit(1, 0), n=3) == []
-    with pytest.raises(ValueError, match="differ in length"):
-        store.add("conversation-1", ["1", "2"], np.zeros((1, 2), np.float32), [{}, {}])
-
-
-def test_vector_store_survives_a_new_client(tmp_path: Path) -> None:
-    VectorStore.persistent(tmp_path / "c").add(
-        "conversation-1", ["5"], unit(1, 2, 3)[None, :], [{"turn_id": 5}]
-    )
-    again = VectorStore.persistent(tmp_path / "c").get("conversation-1")
-    np.testing.assert_allclose(again["5"], unit(1, 2, 3), rtol=1e-6)
-
-
-def test_http_store_connects_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
-    connects: list[tuple[str, int]] = []
-
-    class EmptyCollection:
-        def get(self, ids: list[str] | None, include: list[str]) -> dict[str, list[object]]:
-            del ids, include
-            return {"ids": [], "embeddings": []}
-
-        def query(self, **request: object) -> dict[str, list[list[object]]]:
-            del request
-            return {"ids": [[]], "distances": [[]]}
-
-    class Client:
-        def __init__(self, *, host: str, port: int, settings: object) -> None:
-            del settings
-            connects.append((host, port))
-
-        def get_collection(self, name: str, embedding_function: object) -> EmptyCollection:
-            del name, embedding_function
-            return EmptyCollection()
-
-    monkeypatch.setattr("chromadb.HttpClient", Client)
-    store = VectorStore.http("127.0.0.1", 1)
-    assert connects == []  # constructing touches no network
-    assert store.get("conversation-1") == {}
-    assert connects == [("127.0.0.1", 1)]  # the first use connects, to the address given
-    assert store.query("conversation-1", unit(1, 0), n=3) == []
-    assert connects == [("127.0.0.1", 1)]  # and later uses reuse that client
 
 
 # ---------------------------------------------------------------- scoring
