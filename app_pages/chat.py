@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import state
-from app_pages.rendering import safe_markdown
+from app_pages.rendering import plain_label, safe_markdown
 from chat.conversations import ChatMessage
 from chat.replies import ReplyStream
 from parley.domain import MessageRole, MessageStatus, Principal
@@ -33,7 +33,7 @@ def render_sidebar(svc: Services, who: Principal) -> None:
         for conversation in conversations:
             current = conversation.id == ui.conversation_id
             if st.button(
-                conversation.title,
+                plain_label(conversation.title),
                 key=f"conversation-{conversation.id}",
                 type="secondary" if current else "tertiary",
                 icon=":material/chat_bubble:" if current else None,
@@ -127,26 +127,28 @@ def render_message(message: ChatMessage) -> None:
 
 
 def stream_reply(reply: ReplyStream) -> None:
-    with st.chat_message("assistant"):
-        queue_note = st.empty()
+    try:
+        with st.chat_message("assistant"):
+            queue_note = st.empty()
 
-        def show_position(position: int) -> None:
-            queue_note.caption(
-                f":hourglass: Many people are asking right now: you are number {position} "
-                "in the queue."
-            )
+            def show_position(position: int) -> None:
+                queue_note.caption(
+                    f":hourglass: Many people are asking right now: you are number {position} "
+                    "in the queue."
+                )
 
-        reply.on_queue = show_position
-        shown = st.empty()
-        text = ""
-        try:
+            reply.on_queue = show_position
+            shown = st.empty()
+            text = ""
             for chunk in reply:  # the whole text so far is made safe each time:
                 text += chunk  # an image split across chunks is still caught
                 shown.markdown(safe_markdown(text) + " ▌")
             shown.markdown(safe_markdown(text))
-        finally:
-            reply.close()  # stores the partial answer if the page stopped early
-        queue_note.empty()
+            queue_note.empty()
+    finally:
+        # Stores the partial answer if the page stopped early, or frees the quota of an
+        # answer that never began (a rerun before its first chunk).
+        reply.close()
     ui.conversation_id = reply.conversation_id
     st.rerun()
 
@@ -162,7 +164,7 @@ if conversation_id is not None:
         ui.conversation_id = conversation_id = None
 if conversation_id is not None:
     render_conversation_settings(services, principal, conversation_id)
-    st.subheader(services.conversations.get(principal, conversation_id).title)
+    st.subheader(plain_label(services.conversations.get(principal, conversation_id).title))
 else:
     st.subheader("New conversation")
     st.caption(f"Answers come from `{services.chat.model}`.")

@@ -14,8 +14,10 @@ browser would send that URL out by itself. So before any message is shown:
 Code blocks and inline code are left exactly as written (markdown-it-py finds them).
 The result is then parsed again with markdown-it-py (raw HTML enabled, stricter than
 Streamlit): if it would still hold an image or an HTML tag — text built to make a
-code span start somewhere else than it seems — every line outside code blocks is
-escaped instead, inline code included (cosmetic damage, never a fetch).
+code span start somewhere else than it seems, a table cell split inside backticks —
+every line outside code blocks is escaped instead, inline code included, and if even
+that is not inert, every line (cosmetic damage, never a fetch). Titles and other
+labels go through `plain_label`, which escapes every Markdown character.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import re
 
 from markdown_it import MarkdownIt
 
-_PARSER = MarkdownIt("commonmark")
-_CHECKER = MarkdownIt("commonmark", {"html": True})
+_PARSER = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+# Streamlit renders GitHub-flavoured Markdown: table cells split on `|` even inside
+# backticks, so the check parses tables too.
+_CHECKER = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
 
 # A code span opens and closes with backtick runs of the same length (CommonMark). Only
 # spans on one line are kept as written, and an opener after a backslash (maybe escaped)
@@ -75,7 +79,10 @@ def safe_markdown(text: str) -> str:
     careful = _careful(text)
     if _is_inert(careful):
         return careful
-    return _conservative(text)
+    conservative = _conservative(text, keep_code=True)
+    if _is_inert(conservative):
+        return conservative
+    return _conservative(text, keep_code=False)  # no exemption left: always inert
 
 
 def _is_inert(text: str) -> bool:
@@ -89,8 +96,8 @@ def _is_inert(text: str) -> bool:
     return True
 
 
-def _conservative(text: str) -> str:
-    code = _code_lines(text)
+def _conservative(text: str, *, keep_code: bool) -> str:
+    code = _code_lines(text) if keep_code else set()
     lines = text.split("\n")
     return "\n".join(
         line if n in code else _TAG.sub("&lt;", _IMAGE_OPENER.sub(r"!\\[", line))
@@ -127,4 +134,14 @@ def _careful(text: str) -> str:
     return "\n".join(out)
 
 
-__all__ = ["safe_markdown"]
+_LABEL_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$])")
+
+
+def plain_label(text: str) -> str:
+    """`text` for a place Streamlit renders as Markdown (a button label, a heading), with
+    every Markdown character escaped: a title written from the conversation (by the model,
+    or by an injection) shows as the characters it is, never as an image or a link."""
+    return _LABEL_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
+__all__ = ["plain_label", "safe_markdown"]

@@ -8,7 +8,8 @@ to the app; `/auth/logout` clears the cookie. Served by `server.py` (`st.App`).
 
 from __future__ import annotations
 
-from functools import cache
+import threading
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -18,10 +19,19 @@ from auth import COOKIE_NAME, SessionService
 from parley.config import get_settings
 from wiring.services import build_sessions_alone
 
+_BUILT: dict[str, SessionService] = {}
+_BUILT_LOCK = threading.Lock()
 
-@cache
+
 def _sessions() -> SessionService:
-    return build_sessions_alone(get_settings())
+    """Sessions for the current settings; a new database URL or secret builds anew."""
+    settings = get_settings()
+    key = settings.fingerprint()
+    with _BUILT_LOCK:
+        if key not in _BUILT:
+            _BUILT.clear()
+            _BUILT[key] = build_sessions_alone(settings)
+        return _BUILT[key]
 
 
 def _is_https(request: Request) -> bool:
@@ -29,11 +39,29 @@ def _is_https(request: Request) -> bool:
     return request.url.scheme == "https" or forwarded.split(",")[0].strip() == "https"
 
 
-async def exchange_ticket(request: Request) -> Response:
+def _from_this_site(request: Request) -> bool:
+    """True when the browser says the navigation came from Parley's own pages.
+
+    A ticket is not bound to the browser that signed in, so a ticket URL sent from
+    elsewhere (a link in a mail, another site) must not plant someone's session in
+    this browser (login CSRF): browsers mark such a navigation `Sec-Fetch-Site:
+    cross-site` (or `none` when typed), and Parley's own redirect `same-origin`.
+    A browser too old to send the header must send a same-origin `Referer`.
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site == "same-origin"
+    referer = urlsplit(request.headers.get("referer", ""))
+    return bool(referer.netloc) and referer.netloc == request.url.netloc
+
+
+def exchange_ticket(request: Request) -> Response:
+    # A plain `def`: Starlette runs it in its thread pool, so the database call never
+    # holds up the event loop that streams everyone's answers.
     response = RedirectResponse("/", status_code=303)
     response.headers["Cache-Control"] = "no-store"
     ticket = request.query_params.get("ticket", "")
-    cookie = _sessions().exchange(ticket) if ticket else None
+    cookie = _sessions().exchange(ticket) if ticket and _from_this_site(request) else None
     if cookie is not None:
         lifetime_s = get_settings().session_lifetime_hours * 3600
         response.set_cookie(
@@ -48,7 +76,7 @@ async def exchange_ticket(request: Request) -> Response:
     return response
 
 
-async def clear_cookie(request: Request) -> Response:
+def clear_cookie(request: Request) -> Response:
     response = RedirectResponse("/", status_code=303)
     response.headers["Cache-Control"] = "no-store"
     response.delete_cookie(COOKIE_NAME, path="/", samesite="strict", secure=_is_https(request))

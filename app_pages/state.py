@@ -7,8 +7,6 @@ hold no per-user state; per-user state lives in `UiState` in `st.session_state`.
 from __future__ import annotations
 
 import atexit
-import hashlib
-import json
 from dataclasses import dataclass
 
 import streamlit as st
@@ -48,19 +46,10 @@ def ui_state() -> UiState:
     return state
 
 
-def _fingerprint(settings: Settings) -> str:
-    dumped = settings.model_dump(mode="json")
-    key = settings.anthropic_api_key
-    dumped["anthropic_api_key"] = (
-        hashlib.sha256(key.get_secret_value().encode()).hexdigest() if key else None
-    )
-    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
-
-
 def services() -> Services:
     """This process's services for the current settings (a settings change builds new ones)."""
     settings = get_settings()
-    return _build(_fingerprint(settings), settings)
+    return _build(settings.fingerprint(), settings)
 
 
 @st.cache_resource(show_spinner=False)

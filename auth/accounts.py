@@ -135,7 +135,7 @@ class AccountService:
         now = now or datetime.now(UTC)
         keys = [account_key(name)] + ([client_key(client)] if client else [])
         if self._throttle is not None:
-            self._throttle.check(keys, now)
+            self._throttle.attempt(keys, now)  # refused here, or counted as a failure
         if not isinstance(password, str) or len(password) > MAX_PASSWORD_LENGTH:
             verified = None  # refused before any hashing
         else:
@@ -148,13 +148,11 @@ class AccountService:
                     if verified.password_hash and needs_rehash(verified.password_hash):
                         verified.password_hash = hash_password(password)
         if verified is None:
-            if self._throttle is not None:
-                self._throttle.failed(keys, now)
-            raise AuthError()
+            raise AuthError()  # already counted by `attempt`
+        if self._throttle is not None:
+            self._throttle.succeeded(keys)  # the password was right
         if verified.disabled_at is not None:
             raise AuthError(f"{verified.name} is disabled", user_message=DISABLED)
-        if self._throttle is not None:
-            self._throttle.succeeded(keys)
         return Principal(user_id=verified.id, name=verified.name, role=verified.role)
 
     def refresh(self, principal: Principal) -> Principal | None:

@@ -28,6 +28,7 @@ from sqlalchemy import delete, select, update
 
 from auth.throttle import utc
 from parley.domain import Principal
+from parley.errors import ConfigurationError
 from store.db import Database
 from store.models import LoginSession, User
 
@@ -42,20 +43,28 @@ def _digest(value: str) -> str:
 
 
 def secret_from_file(path: Path) -> str:
-    """The session-signing secret kept at `path`, made (readable by the owner only) if missing."""
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fresh = secrets.token_urlsafe(48)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first: use theirs
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(fresh)
-    return fresh
+    """The session-signing secret kept at `path`, made (readable by the owner only) if
+    missing. Written whole to a temporary file and linked into place, so a process
+    starting at the same moment reads either no file or the whole secret."""
+    for _ in range(3):
+        try:
+            found = path.read_text().strip()
+        except FileNotFoundError:
+            found = ""
+        if found:
+            return found
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+        try:
+            os.link(partial, path)  # fails if another process got there first: use theirs
+        except FileExistsError:
+            pass
+        finally:
+            partial.unlink()
+    raise ConfigurationError(f"The session secret file {path} is empty; delete it to make one.")
 
 
 @dataclass(frozen=True, slots=True)

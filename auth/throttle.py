@@ -54,39 +54,28 @@ class LoginThrottle:
     def _delay(self, failures: int) -> timedelta:
         return timedelta(seconds=min(MAX_DELAY_S, self._delay_s * 2 ** (failures - 1)))
 
-    def check(self, keys: Sequence[str], now: datetime) -> None:
-        """Raise `AuthError` with a sentence if any key must wait or is locked out."""
-        with self._db.session() as session:
-            rows = session.scalars(select(LoginFailures).where(LoginFailures.key.in_(keys))).all()
-        for row in rows:
-            locked_until = utc(row.locked_until)
-            if locked_until is not None and locked_until > now:
-                raise AuthError(
-                    f"{row.key} locked",
-                    user_message="Too many failed sign-ins. Please try again at "
-                    f"{locked_until:%H:%M} UTC.",
-                )
-        for row in rows:
-            ready = utc(row.last_failure_at) + self._delay(row.failures)
-            if row.failures and ready > now:
-                wait = max(1, int((ready - now).total_seconds() + 0.999))
-                raise AuthError(
-                    f"{row.key} throttled",
-                    user_message=f"Please wait {wait} second{'s' if wait != 1 else ''} "
-                    "before trying again.",
-                )
+    def attempt(self, keys: Sequence[str], now: datetime) -> None:
+        """Admit one sign-in attempt, or raise `AuthError` with a sentence.
 
-    def failed(self, keys: Sequence[str], now: datetime) -> None:
-        """Count one failure on each key; lock a key that reached the limit."""
+        The check and the count are one write-locked transaction, and an admitted
+        attempt is counted as a failure before the password is even looked at
+        (`succeeded` clears it): several sign-ins sent at once cannot all slip
+        through the same window.
+        """
         with self._db.session(write_lock=True) as session:
             # Counts nobody has added to for a day are stale: keep the table small.
             session.execute(
                 delete(LoginFailures).where(LoginFailures.last_failure_at < now - STALE_AFTER)
             )
-            for key in sorted(set(keys)):
-                row = session.scalar(
+            rows = {
+                key: session.scalar(
                     select(LoginFailures).where(LoginFailures.key == key).with_for_update()
                 )
+                for key in sorted(set(keys))
+            }
+            for row in rows.values():
+                self._refuse_if_held(row, now)
+            for key, row in rows.items():
                 if row is None:
                     row = LoginFailures(key=key, failures=0, last_failure_at=now)
                     session.add(row)
@@ -97,7 +86,27 @@ class LoginThrottle:
                 if row.failures >= self._max_failures:
                     row.locked_until = now + self._lockout
 
+    def _refuse_if_held(self, row: LoginFailures | None, now: datetime) -> None:
+        if row is None:
+            return
+        locked_until = utc(row.locked_until)
+        if locked_until is not None and locked_until > now:
+            raise AuthError(
+                f"{row.key} locked",
+                user_message="Too many failed sign-ins. Please try again at "
+                f"{locked_until:%H:%M} UTC.",
+            )
+        ready = utc(row.last_failure_at) + self._delay(row.failures)
+        if row.failures and ready > now:
+            wait = max(1, int((ready - now).total_seconds() + 0.999))
+            raise AuthError(
+                f"{row.key} throttled",
+                user_message=f"Please wait {wait} second{'s' if wait != 1 else ''} "
+                "before trying again.",
+            )
+
     def succeeded(self, keys: Sequence[str]) -> None:
+        """The password was right: the attempt counted in `attempt` and earlier ones go."""
         with self._db.session() as session:
             session.execute(delete(LoginFailures).where(LoginFailures.key.in_(keys)))
 

