@@ -99,6 +99,13 @@ class ConversationSummary:
     updated_at: datetime
 
 
+def conversation_exists(database: Database, conversation_id: int) -> bool:
+    """Whether a conversation is still there (for derived stores, not for pages: no owner)."""
+    with database.session() as session:
+        found = session.scalar(select(Conversation.id).where(Conversation.id == conversation_id))
+    return found is not None
+
+
 class ConversationService:
     def __init__(
         self, database: Database, *, on_delete: Callable[[int], None] | None = None

@@ -47,11 +47,21 @@ class RecallIndex:
     Embeddings are persisted in `store` (collection "conversation-<id>", row id = turn id)
     when one is given. Safe to call from several threads: each conversation has its own
     lock, so work on one conversation never waits for another (except for the embedder).
+
+    `alive(conversation_id)` says whether a conversation still exists (the wiring asks
+    the database): vectors are stored only for a live one, and dropped again if it was
+    erased while they were being written, whichever process erased it.
     """
 
     def __init__(
-        self, *, embedder: Embedder, store: VectorStore | None, max_conversations: int = 64
+        self,
+        *,
+        embedder: Embedder,
+        store: VectorStore | None,
+        max_conversations: int = 64,
+        alive: Callable[[int], bool] | None = None,
     ) -> None:
+        self._alive = alive
         if max_conversations < 1:
             raise ValueError("max_conversations must be at least 1")
         self._embedder = embedder
@@ -120,7 +130,7 @@ class RecallIndex:
     ) -> None:
         if self._store is None or not turns:
             return
-        if conversation_id in self._erased:
+        if conversation_id in self._erased or not self._is_alive(conversation_id):
             return  # erased while this was being embedded: do not bring it back
         # Ids, embeddings and metadata only: the text stays in the database, with its rights.
         self._store.add(
@@ -131,6 +141,11 @@ class RecallIndex:
                 {"turn_id": t.id, "session": t.session, "speaker": t.speaker or ""} for t in turns
             ],
         )
+        if not self._is_alive(conversation_id):  # erased meanwhile, perhaps elsewhere
+            self._store.delete_collection(_collection(conversation_id))
+
+    def _is_alive(self, conversation_id: int) -> bool:
+        return self._alive is None or self._alive(conversation_id)
 
     def observe(self, conversation_id: int, turns: Sequence[IndexedTurn]) -> None:
         """Index new turns: embed them in one batch, store them, add them to memory.

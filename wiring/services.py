@@ -8,6 +8,7 @@ to everything that works after a turn; `Services.close` drains that pool.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -16,7 +17,7 @@ from auth.accounts import AccountService
 from auth.sessions import SessionService, secret_from_file
 from auth.throttle import LoginThrottle
 from chat.context import ContextBuilder
-from chat.conversations import ConversationService
+from chat.conversations import ConversationService, conversation_exists
 from chat.history import HistoryCache
 from chat.lab import StrategyLab
 from chat.limited import LimitedProvider
@@ -112,7 +113,9 @@ def build_services(
             settings=settings,
             summaries=SummaryStore(database),
             summarizer=summarizer,
-            recall_factory=lambda: build_recall_index(settings),
+            recall_factory=lambda: build_recall_index(
+                settings, alive=lambda cid: conversation_exists(database, cid)
+            ),
         )
     )
     work = background or BackgroundWork(workers=settings.background_workers)
@@ -187,7 +190,9 @@ def build_sessions_alone(settings: Settings) -> SessionService:
     return build_sessions(settings, Database(settings.resolved_database_url))
 
 
-def build_recall_index(settings: Settings) -> RecallIndex:
+def build_recall_index(
+    settings: Settings, *, alive: Callable[[int], bool] | None = None
+) -> RecallIndex:
     """MiniLM embeddings persisted in Chroma: a server if `PARLEY_CHROMA_URL`, else files."""
     if settings.chroma_url:
         url = urlsplit(settings.chroma_url.get_secret_value())
@@ -205,4 +210,4 @@ def build_recall_index(settings: Settings) -> RecallIndex:
     embedder = MiniLMEmbedder(
         threads=settings.embedding_threads, cache_dir=settings.data_dir / "models"
     )
-    return RecallIndex(embedder=embedder, store=store)
+    return RecallIndex(embedder=embedder, store=store, alive=alive)

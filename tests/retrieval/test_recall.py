@@ -416,3 +416,28 @@ def test_concurrent_observe_and_score(tmp_path: Path) -> None:
         thread.join()
     assert errors == []
     assert index.sync(1, turns).ids() == [t.id for t in turns]
+
+
+def test_an_erasure_elsewhere_is_not_undone_by_late_work_here(tmp_path: Path) -> None:
+    """Another process erased the conversation (its own index, the shared store): this
+    process's late observe asks whether the conversation is alive and stores nothing."""
+    store = VectorStore.persistent(tmp_path / "c")
+    existing = {4}
+    here = RecallIndex(embedder=HashingEmbedder(), store=store, alive=existing.__contains__)
+    elsewhere = RecallIndex(embedder=HashingEmbedder(), store=store)
+    here.observe(4, make_turns(3))
+    assert len(store.get("conversation-4")) == 3
+    existing.discard(4)  # the conversation's row is deleted...
+    elsewhere.forget(4)  # ...and its vectors dropped, by the other process
+    here.observe(4, make_turns(6))  # work this process had queued for it
+    assert store.get("conversation-4") == {}
+
+
+def test_vectors_written_while_the_conversation_was_erased_are_dropped(tmp_path: Path) -> None:
+    store = VectorStore.persistent(tmp_path / "c")
+    answers = iter([True, False])  # alive when checked before writing, gone just after
+    index = RecallIndex(
+        embedder=HashingEmbedder(), store=store, alive=lambda _cid: next(answers, False)
+    )
+    index.observe(6, make_turns(2))
+    assert store.get("conversation-6") == {}
