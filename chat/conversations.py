@@ -106,6 +106,14 @@ def conversation_exists(database: Database, conversation_id: int) -> bool:
     return found is not None
 
 
+def conversation_owner(database: Database, conversation_id: int) -> int | None:
+    """The owner's user id, or None once the conversation is gone (for metering)."""
+    with database.session() as session:
+        return session.scalar(
+            select(Conversation.user_id).where(Conversation.id == conversation_id)
+        )
+
+
 class ConversationService:
     def __init__(
         self, database: Database, *, on_delete: Callable[[int], None] | None = None

@@ -17,7 +17,7 @@ from auth.accounts import AccountService
 from auth.sessions import SessionService, secret_from_file
 from auth.throttle import LoginThrottle
 from chat.context import ContextBuilder
-from chat.conversations import ConversationService, conversation_exists
+from chat.conversations import ConversationService, conversation_exists, conversation_owner
 from chat.history import HistoryCache
 from chat.lab import StrategyLab
 from chat.limited import LimitedProvider
@@ -104,7 +104,11 @@ def build_services(
     # caller chose on purpose) is.
     capable = explicit_provider or settings.uses_anthropic
     summarizer: Summarizer = (
-        ModelSummarizer(limited, temperature=settings.temperature.summarize)
+        ModelSummarizer(
+            limited,
+            temperature=settings.temperature.summarize,
+            owner_of=lambda cid: conversation_owner(database, cid),
+        )
         if capable
         else ExtractiveSummarizer()
     )

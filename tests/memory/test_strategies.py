@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from chat.providers.scripted import ScriptedProvider
-from chat.summaries import ModelSummarizer
 from memory.base import ContextRequest, ContextWindow, MemoryStrategy, Turn, turn_tokens
 from memory.registry import MemoryDeps, StrategyRegistry, available
 from memory.summaries import (
@@ -28,9 +27,8 @@ from memory.summaries import (
 )
 from parley.background import BackgroundWork
 from parley.config import Settings
-from parley.domain import MessageRole, Principal, Purpose, Role
-from parley.errors import ConfigurationError, InvalidInput, Overloaded, PermissionDenied
-from parley.llm import CallMeta, ChatRequest
+from parley.domain import MessageRole, Principal, Role
+from parley.errors import ConfigurationError, InvalidInput, PermissionDenied
 from retrieval.embeddings import HashingEmbedder
 from retrieval.recall import RecallIndex
 from store.db import Database
@@ -263,20 +261,6 @@ def test_token_window_misses_what_hybrid_recalls(
     history = chat_turns(300, needle_at=11)
     context = ask(registry.get("token_window"), conversation_id, history, "dog name?", 1500)
     assert 11 not in context.turn_ids
-
-
-def test_model_summarizer_uses_the_summarize_temperature_and_falls_back() -> None:
-    provider = ScriptedProvider()
-    provider.enqueue("Alice adopted Biscuit, a dog, in May.")
-    summarizer = ModelSummarizer(provider, temperature=0.15)
-    draft = summarizer.summarize(7, None, chat_turns(4, needle_at=2), 200)
-    assert draft == SummaryDraft("Alice adopted Biscuit, a dog, in May.", "model", "scripted")
-    request: ChatRequest = provider.requests[-1]
-    assert request.temperature == 0.15 and "Biscuit" in request.messages[0].content
-    assert request.meta == CallMeta(Purpose.SUMMARY, conversation_id=7)
-    provider.enqueue_error(Overloaded())
-    draft = summarizer.summarize(7, None, chat_turns(4, needle_at=2), 200)
-    assert draft.method == "extractive" and "Biscuit" in draft.text
 
 
 def test_answers_store_the_context_provenance(services: Services, alice: Principal) -> None:
