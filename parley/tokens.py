@@ -23,3 +23,12 @@ def count_tokens(text: str) -> int:
     if not text:
         return 0
     return len(_encoding().encode(text, disallowed_special=()))
+
+
+def encode_tokens(text: str) -> list[int]:
+    """The text's cl100k token ids (for cutting text at token boundaries)."""
+    return list(_encoding().encode(text, disallowed_special=())) if text else []
+
+
+def decode_tokens(tokens: list[int]) -> str:
+    return str(_encoding().decode(tokens)) if tokens else ""
