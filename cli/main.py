@@ -26,18 +26,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.locomo import format_table, run
+from cli.common import OPERATOR
+from cli.common import principal_named as _principal
+from cli.common import services as _services
+from cli.documents import document_commands
 from memory import available
 from parley.config import get_settings
-from parley.domain import Principal, Role
+from parley.domain import Role
 from parley.errors import ParleyError
 from parley.logs import console_warnings
 from store.db import Database
 from store.migrate import upgrade
-from wiring import Services, build_services
+from wiring import Services
 
 # Whoever runs `parley` on the server already holds the database and the settings: the
 # commands act as this operator, an administrator who is no account.
-OPERATOR = Principal(user_id=0, name="(operator)", role=Role.ADMIN)
 # How long `parley chat` waits for its turn's upkeep (memory, summary, title) before exiting.
 UPKEEP_TIMEOUT_S = 60.0
 
@@ -128,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("--user", required=True, help="the conversation's owner")
     remove.set_defaults(func=_conversation_rm)
 
+    document_commands(commands)
     memory = commands.add_parser("memory", help="memory strategies").add_subparsers(required=True)
     memory.add_parser("strategies", help="list installed strategies").set_defaults(
         func=_memory_strategies
@@ -157,10 +161,6 @@ def _quota_value(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("a whole number, 0 for no limit, or 'default'")
     return value
-
-
-def _services() -> Services:
-    return build_services(get_settings())
 
 
 def _db_upgrade(_args: argparse.Namespace) -> int:
@@ -258,13 +258,6 @@ def _send(services: Services, args: argparse.Namespace) -> int:
         print(f"parley: {result.error}", file=sys.stderr)
     print(reply.conversation_id, file=sys.stderr)
     return 0 if result is not None and result.ok else 1
-
-
-def _principal(services: Services, name: str) -> Principal:
-    principal = services.accounts.find_principal(OPERATOR, name)
-    if principal is None:
-        raise ParleyError(user_message=f"No user named {name!r}.")
-    return principal
 
 
 def _limit(value: int) -> str:

@@ -138,6 +138,24 @@ class VectorStore:
         distances = found["distances"][0]
         return [(str(i), 1.0 - float(d)) for i, d in zip(ids, distances, strict=True)]
 
+    def delete_where(self, collection: str, where: Mapping[str, object]) -> None:
+        """Delete the rows a metadata filter selects (nothing if the collection is missing)."""
+        target = self._existing(collection)
+        if target is not None:
+            target.delete(where=dict(where))
+
+    def set_metadata(
+        self, collection: str, where: Mapping[str, object], metadata: Mapping[str, MetadataValue]
+    ) -> int:
+        """Replace the metadata of every row a filter selects; how many rows changed."""
+        target = self._existing(collection)
+        if target is None:
+            return 0
+        ids = target.get(where=dict(where), include=[])["ids"]
+        if ids:
+            target.update(ids=list(ids), metadatas=[dict(metadata) for _ in ids])
+        return len(ids)
+
     def delete_collection(self, collection: str) -> None:
         """Drop a collection and its rows; nothing happens if it does not exist."""
         from chromadb.errors import NotFoundError

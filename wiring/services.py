@@ -11,13 +11,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from auth.accounts import AccountService
+from auth.groups import GroupService
 from auth.sessions import SessionService, secret_from_file
 from auth.throttle import LoginThrottle
 from chat.context import ContextBuilder
 from chat.conversations import ConversationService, conversation_exists, conversation_owner
+from chat.documents import DocumentService
 from chat.history import HistoryCache
 from chat.lab import StrategyLab
 from chat.limited import LimitedProvider
@@ -33,6 +36,7 @@ from parley.config import Settings
 from parley.errors import ConfigurationError
 from parley.llm import ChatProvider
 from parley.logs import configure_logging
+from retrieval.document_index import DocumentIndex
 from retrieval.embeddings import MiniLMEmbedder
 from retrieval.recall import RecallIndex
 from retrieval.vector_store import VectorStore
@@ -47,6 +51,8 @@ class Services:
     provider: LimitedProvider  # the only provider anything calls
     accounts: AccountService
     sessions: SessionService
+    groups: GroupService
+    documents: DocumentService
     conversations: ConversationService
     usage: UsageService
     limiter: RateLimiter
@@ -70,9 +76,11 @@ def build_services(
     *,
     provider: ChatProvider | None = None,
     background: BackgroundWork | None = None,
+    document_index: DocumentIndex | None = None,
 ) -> Services:
     """Everything the app needs. `provider` overrides the settings' choice (tests, benchmarks);
-    `background` the upkeep pool (`BackgroundWork(workers=0)` runs upkeep inline)."""
+    `background` the upkeep pool (`BackgroundWork(workers=0)` runs upkeep inline);
+    `document_index` the documents' vectors (tests pass one with a light embedder)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(settings)
     database = Database(settings.resolved_database_url)
@@ -150,6 +158,8 @@ def build_services(
         provider=limited,
         accounts=AccountService(database, throttle=throttle, sessions=sessions),
         sessions=sessions,
+        groups=GroupService(database),
+        documents=DocumentService(database, document_index or build_document_index(settings)),
         conversations=conversations,
         usage=usage,
         limiter=limiter,
@@ -194,10 +204,8 @@ def build_sessions_alone(settings: Settings) -> SessionService:
     return build_sessions(settings, Database(settings.resolved_database_url))
 
 
-def build_recall_index(
-    settings: Settings, *, alive: Callable[[int], bool] | None = None
-) -> RecallIndex:
-    """MiniLM embeddings persisted in Chroma: a server if `PARLEY_CHROMA_URL`, else files."""
+def build_vector_store(settings: Settings) -> VectorStore:
+    """Chroma: a server if `PARLEY_CHROMA_URL`, else files under the data dir."""
     if settings.chroma_url:
         url = urlsplit(settings.chroma_url.get_secret_value())
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -208,10 +216,29 @@ def build_recall_index(
             port = url.port or (443 if url.scheme == "https" else 8000)
         except ValueError as exc:
             raise ConfigurationError("PARLEY_CHROMA_URL has a port that is not a number.") from exc
-        store = VectorStore.http(url.hostname, port, ssl=url.scheme == "https")
-    else:
-        store = VectorStore.persistent(settings.data_dir / "chroma")
-    embedder = MiniLMEmbedder(
-        threads=settings.embedding_threads, cache_dir=settings.data_dir / "models"
+        return VectorStore.http(url.hostname, port, ssl=url.scheme == "https")
+    return VectorStore.persistent(settings.data_dir / "chroma")
+
+
+_EMBEDDERS: dict[tuple[int, Path], MiniLMEmbedder] = {}
+
+
+def shared_embedder(settings: Settings) -> MiniLMEmbedder:
+    """One MiniLM per process and settings: conversations and documents share it."""
+    key = (settings.embedding_threads, (settings.data_dir / "models").resolve())
+    if key not in _EMBEDDERS:
+        _EMBEDDERS[key] = MiniLMEmbedder(threads=key[0], cache_dir=key[1])
+    return _EMBEDDERS[key]
+
+
+def build_recall_index(
+    settings: Settings, *, alive: Callable[[int], bool] | None = None
+) -> RecallIndex:
+    """MiniLM embeddings of conversation turns, persisted in Chroma."""
+    return RecallIndex(
+        embedder=shared_embedder(settings), store=build_vector_store(settings), alive=alive
     )
-    return RecallIndex(embedder=embedder, store=store, alive=alive)
+
+
+def build_document_index(settings: Settings) -> DocumentIndex:
+    return DocumentIndex(embedder=shared_embedder(settings), store=build_vector_store(settings))

@@ -214,3 +214,44 @@ def test_conversation_list_and_rm(fake_anthropic: FakeAnthropic) -> None:
     )
     assert [r["id"] for r in after] == [rows[1]["id"]]
     assert json.loads(run("conversation", "list", "--user", "ben", "--json").stdout) == []
+
+
+def test_docs_and_groups_from_the_command_line(tmp_path: Path) -> None:
+    import json
+
+    assert run("db", "upgrade").returncode == 0
+    for name in ("ann", "ben"):
+        assert run("user", "add", name, stdin=f"{name}-password\n").returncode == 0
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Budget\nThe marketing budget for May is 40,000 euros.\n")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  ")
+    added = run("docs", "add", str(notes), str(empty), "--user", "ann")
+    assert added.returncode == 1  # one of the two failed, with a sentence
+    assert "Added document 1: notes.md" in added.stdout
+    assert "parley: empty.txt: the file is empty." in added.stderr
+    assert "Traceback" not in added.stderr
+
+    def search(user: str) -> list[dict[str, object]]:
+        result = run("docs", "search", "marketing budget May", "--user", user, "--json")
+        assert result.returncode == 0, result.stderr
+        found: list[dict[str, object]] = json.loads(result.stdout.splitlines()[-1])
+        return found
+
+    assert [h["name"] for h in search("ann")] == ["notes.md"]
+    assert search("ben") == []
+    assert run("group", "add", "finance").returncode == 0
+    assert run("group", "assign", "finance", "ben").returncode == 0
+    shared = run("docs", "share", "1", "--user", "ann", "--group", "finance")
+    assert shared.returncode == 0 and "groups: finance" in shared.stdout
+    assert [h["owner"] for h in search("ben")] == ["ann"]
+    listed = json.loads(run("docs", "list", "--user", "ben", "--json").stdout.splitlines()[-1])
+    assert listed == [
+        {"id": 1, "name": "notes.md", "owner": "ann", "groups": ["finance"], "visibility": "groups"}
+    ]
+    assert run("group", "remove", "finance", "ben").returncode == 0
+    assert search("ben") == []  # revoked: gone at once
+    stranger = run("docs", "rm", "1", "--user", "ben")
+    assert stranger.returncode == 1 and "no document 1" in stranger.stderr
+    assert run("docs", "rm", "1", "--user", "ann").returncode == 0
+    assert search("ann") == []

@@ -1,0 +1,92 @@
+"""Groups of users, which documents are shared with. Admins manage them; anyone's own
+groups are readable by the services that filter what they may see."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from auth.accounts import validate_name
+from parley.domain import Principal
+from parley.errors import InvalidInput, NotFound, PermissionDenied, StorageConflict
+from store.db import Database
+from store.models import Group, GroupMember, User
+
+
+class GroupService:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def create(self, principal: Principal, name: str) -> int:
+        _require_admin(principal)
+        name = validate_name(name)
+        try:
+            with self._db.session() as session:
+                group = Group(name=name)
+                session.add(group)
+                session.flush()
+                return group.id
+        except StorageConflict as exc:
+            raise InvalidInput(f"A group named {name!r} already exists.") from exc
+
+    def assign(self, principal: Principal, group: str, user: str) -> None:
+        _require_admin(principal)
+        with self._db.session() as session:
+            group_id, user_id = _group_id(session, group), _user_id(session, user)
+            if session.get(GroupMember, (group_id, user_id)) is None:
+                session.add(GroupMember(group_id=group_id, user_id=user_id))
+
+    def remove(self, principal: Principal, group: str, user: str) -> None:
+        """Take a user out of a group: documents shared with it vanish from their very
+        next search (every search reads the memberships afresh)."""
+        _require_admin(principal)
+        with self._db.session() as session:
+            group_id, user_id = _group_id(session, group), _user_id(session, user)
+            session.execute(
+                delete(GroupMember).where(
+                    GroupMember.group_id == group_id, GroupMember.user_id == user_id
+                )
+            )
+
+    def list_all(self, principal: Principal) -> list[tuple[str, list[str]]]:
+        """Every group and its members' names: admins only."""
+        _require_admin(principal)
+        with self._db.session() as session:
+            groups = session.scalars(select(Group).order_by(Group.name)).all()
+            rows = session.execute(
+                select(GroupMember.group_id, User.name).join(User, User.id == GroupMember.user_id)
+            ).all()
+        members: dict[int, list[str]] = {}
+        for group_id, name in rows:
+            members.setdefault(group_id, []).append(name)
+        return [(g.name, sorted(members.get(g.id, []))) for g in groups]
+
+    def id_of(self, name: str) -> int:
+        with self._db.session() as session:
+            return _group_id(session, name)
+
+
+def groups_of(session: Session, user_id: int) -> set[int]:
+    return set(session.scalars(select(GroupMember.group_id).where(GroupMember.user_id == user_id)))
+
+
+def _group_id(session: Session, name: str) -> int:
+    found = session.scalar(select(Group.id).where(Group.name == name.strip()))
+    if found is None:
+        raise NotFound(user_message=f"There is no group named {name.strip()!r}.")
+    return found
+
+
+def _user_id(session: Session, name: str) -> int:
+    found = session.scalar(select(User.id).where(User.name == name.strip()))
+    if found is None:
+        raise NotFound(user_message=f"There is no user named {name.strip()!r}.")
+    return found
+
+
+def _require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise PermissionDenied(user_message="Only administrators manage groups.")
+
+
+__all__ = ["GroupService", "groups_of"]

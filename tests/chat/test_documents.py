@@ -1,0 +1,193 @@
+"""Documents: ingestion all or nothing, sharing, and search that never shows what a user
+may not see (a property test over random users, groups, shares and revocations)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from parley.domain import Principal
+from parley.errors import InvalidInput, NotFound
+from retrieval.document_index import COLLECTION, Access, DocumentIndex
+from retrieval.embeddings import HashingEmbedder
+from retrieval.vector_store import VectorStore
+from store.models import Document, DocumentChunk
+from tests.support import ROOT
+from wiring.services import Services, build_services
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> VectorStore:
+    return VectorStore.persistent(tmp_path / "chroma-docs")
+
+
+@pytest.fixture
+def docs(services: Services, store: VectorStore) -> Services:
+    index = DocumentIndex(embedder=HashingEmbedder(), store=store)
+    return build_services(
+        services.settings, provider=None, background=services.background, document_index=index
+    )
+
+
+def rows(store: VectorStore) -> dict[str, np.ndarray]:
+    return store.get(COLLECTION)
+
+
+def test_a_private_document_is_its_owners_alone(
+    docs: Services, alice: Principal, bob: Principal
+) -> None:
+    info = docs.documents.add(alice, "lake.md", b"# Lake\nThe lake froze in January.\n")
+    assert (info.owner, info.public, info.groups, info.chunks) == ("alice", False, (), 1)
+    hits = docs.documents.search(alice, "lake froze")
+    assert [(h.name, h.heading) for h in hits] == [("lake.md", "Lake")]
+    assert "froze in January" in hits[0].text
+    assert docs.documents.search(bob, "lake froze") == []
+    assert docs.documents.list_for(bob) == []
+    with pytest.raises(NotFound):
+        docs.documents.get(bob, info.id)
+    with pytest.raises(NotFound):
+        docs.documents.delete(bob, info.id)
+
+
+def test_sharing_with_a_group_public_and_revoking_take_effect_at_once(
+    docs: Services, alice: Principal, bob: Principal
+) -> None:
+    info = docs.documents.add(alice, "plan.txt", b"The launch is on the fifth of June.")
+    docs.groups.create(ROOT, "team")
+    docs.groups.assign(ROOT, "team", "bob")
+    docs.documents.share(alice, info.id, group="team")
+    assert [h.document_id for h in docs.documents.search(bob, "launch June")] == [info.id]
+    docs.groups.remove(ROOT, "team", "bob")  # out of the group: gone on the next search
+    assert docs.documents.search(bob, "launch June") == []
+    docs.documents.share(alice, info.id, public=True)
+    assert [h.document_id for h in docs.documents.search(bob, "launch June")] == [info.id]
+    docs.documents.unshare(alice, info.id, public=True)
+    assert docs.documents.search(bob, "launch June") == []
+    docs.documents.delete(alice, info.id)
+    assert docs.documents.search(alice, "launch June") == []
+    assert rows(docs.documents._index._store) == {}  # type: ignore[attr-defined]
+
+
+def test_the_same_content_is_not_indexed_twice(docs: Services, alice: Principal) -> None:
+    docs.documents.add(alice, "a.txt", b"identical words here")
+    with pytest.raises(InvalidInput, match="already have this content as 'a.txt'"):
+        docs.documents.add(alice, "b.txt", b"identical words here")
+
+
+def test_a_failure_while_indexing_leaves_nothing(
+    services: Services, store: VectorStore, alice: Principal
+) -> None:
+    class Failing(DocumentIndex):
+        def add(self, document_id: int, vectors: np.ndarray, access: Access) -> None:
+            super().add(document_id, vectors[:1], access)  # half written, then it breaks
+            raise ConnectionError("vector store went away")
+
+    broken = build_services(
+        services.settings,
+        background=services.background,
+        document_index=Failing(embedder=HashingEmbedder(), store=store),
+    )
+    with pytest.raises(ConnectionError):
+        broken.documents.add(alice, "long.txt", " ".join(["word"] * 2000).encode())
+    with services.database.session() as session:
+        assert session.scalars(select(Document)).all() == []
+        assert session.scalars(select(DocumentChunk)).all() == []
+    assert rows(store) == {}
+
+
+# ---------------------------------------------------------------- the property
+
+TEXTS = [
+    "apples grow in the northern orchard",
+    "the bridge toll rises in spring",
+    "quarterly tax filing is due soon",
+    "our choir rehearses on thursdays",
+    "the lighthouse keeper retired",
+]
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    plan=st.lists(
+        st.tuples(
+            st.integers(0, 2),  # owner
+            st.booleans(),  # public
+            st.sets(st.integers(0, 1), max_size=2),  # groups shared with
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    members=st.sets(st.tuples(st.integers(0, 1), st.integers(0, 2)), max_size=6),
+    revoked=st.sets(st.integers(0, 4), max_size=2),
+    deleted=st.sets(st.integers(0, 4), max_size=1),
+)
+def test_no_user_ever_finds_what_they_may_not_see(
+    services: Services,
+    tmp_path_factory: pytest.TempPathFactory,
+    plan: list[tuple[int, bool, set[int]]],
+    members: set[tuple[int, int]],
+    revoked: set[int],
+    deleted: set[int],
+) -> None:
+    store = VectorStore.persistent(tmp_path_factory.mktemp("chroma"))
+    index = DocumentIndex(embedder=HashingEmbedder(), store=store)
+    world = build_services(services.settings, background=services.background, document_index=index)
+    # A fresh database world per example: users, groups, memberships.
+    run = len(list(tmp_path_factory.getbasetemp().iterdir()))
+    users = [
+        world.accounts.create_user(ROOT, name=f"u{run}x{n}", password="password-123")
+        for n in range(3)
+    ]
+    groups = [f"g{run}x{n}" for n in range(2)]
+    for name in groups:
+        world.groups.create(ROOT, name)
+    for group, user in members:
+        world.groups.assign(ROOT, groups[group], users[user].name)
+    documents = []
+    for n, (owner, public, shared) in enumerate(plan):
+        info = world.documents.add(
+            users[owner],
+            f"d{n}.txt",
+            f"{TEXTS[n]} ({run})".encode(),
+            groups=tuple(groups[g] for g in sorted(shared)),
+            public=public,
+        )
+        documents.append((info.id, owner, public, set(shared)))
+    for n in revoked & set(range(len(documents))):  # revoke every share of that document
+        doc_id, owner, public, shared = documents[n]
+        for g in shared:
+            world.documents.unshare(users[owner], doc_id, group=groups[g])
+        if public:
+            world.documents.unshare(users[owner], doc_id, public=True)
+        documents[n] = (doc_id, owner, False, set())
+    for n in deleted & set(range(len(documents))):
+        world.documents.delete(users[documents[n][1]], documents[n][0])
+        documents[n] = (documents[n][0], -1, False, set())  # seen by nobody
+
+    def may_see(user: int, owner: int, public: bool, shared: set[int]) -> bool:
+        in_groups = {g for g, u in members if u == user}
+        return owner == user or (owner >= 0 and (public or bool(shared & in_groups)))
+
+    ours = {d[0] for d in documents}
+    with world.database.session() as session:  # earlier examples' documents: public ones only
+        public_elsewhere = set(
+            session.scalars(select(Document.id).where(Document.public, Document.id.not_in(ours)))
+        )
+    for u, user in enumerate(users):
+        visible = {d[0] for d in documents if may_see(u, d[1], d[2], d[3])}
+        for n, (doc_id, *_rest) in enumerate(documents):
+            hits = world.documents.search(user, f"{TEXTS[n]} ({run})", k=10)
+            found = {h.document_id for h in hits}
+            assert found <= visible | public_elsewhere, (u, found - visible)
+            assert (doc_id in found) == (doc_id in visible)  # its exact text finds it
+        listed = {d.id for d in world.documents.list_for(user)}
+        assert listed & ours == visible and listed - ours <= public_elsewhere
