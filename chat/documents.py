@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from auth.groups import groups_of
 from parley.domain import Principal
 from parley.errors import InvalidInput, NotFound, StorageConflict
+from parley.tokens import count_tokens
 from retrieval.document_index import Access, DocumentIndex
 from retrieval.documents import chunk, parse
 from store.db import Database
@@ -47,6 +48,7 @@ class Hit:
     page: int | None
     text: str
     score: float
+    why: str = ""  # the permission that let the user see it: owner, public, group NAME
 
 
 class DocumentService:
@@ -214,11 +216,47 @@ class DocumentService:
                         row.page,
                         row.text,
                         score,
+                        _why(session, document, principal.user_id, mine),
                     )
                 )
                 if len(hits) == k:
                     break
         return hits
+
+    def has_any(self, principal: Principal) -> bool:
+        """Whether the principal may see at least one document (else no search is run)."""
+        with self._db.session() as session:
+            mine = groups_of(session, principal.user_id)
+            shared = select(DocumentGroup.document_id).where(DocumentGroup.group_id.in_(mine))
+            found = session.scalar(
+                select(Document.id)
+                .where(
+                    (Document.owner_id == principal.user_id)
+                    | Document.public
+                    | Document.id.in_(shared)
+                )
+                .limit(1)
+            )
+        return found is not None
+
+    def passages(
+        self, principal: Principal, question: str, *, max_tokens: int, min_score: float
+    ) -> list[Hit]:
+        """The passages worth putting before the question: relevant enough, best first,
+        within `max_tokens` (counted as rendered)."""
+        if max_tokens <= 0 or not self.has_any(principal):
+            return []
+        chosen: list[Hit] = []
+        used = 0
+        for hit in self.search(principal, question, k=8):
+            if hit.score < min_score:
+                break
+            cost = count_tokens(hit.text) + 20  # its text and its numbered header
+            if used + cost > max_tokens:
+                continue
+            chosen.append(hit)
+            used += cost
+        return chosen
 
     def _visible(self, session: Session, principal: Principal, document_id: int) -> Document:
         document = session.get(Document, document_id)
@@ -250,6 +288,16 @@ def _may_see(session: Session, document: Document, user_id: int, groups: set[int
         or document.public
         or bool(_group_ids(session, document.id) & groups)
     )
+
+
+def _why(session: Session, document: Document, user_id: int, groups: set[int]) -> str:
+    if document.owner_id == user_id:
+        return "owner"
+    if document.public:
+        return "public"
+    shared = _group_ids(session, document.id) & groups
+    names = session.scalars(select(Group.name).where(Group.id.in_(shared)).order_by(Group.name))
+    return "group " + ", ".join(names)
 
 
 def _access(session: Session, document: Document) -> Access:

@@ -21,8 +21,10 @@ from sqlalchemy import select
 
 from chat.context import ContextBuilder, Estimate
 from chat.conversations import owned_conversation
+from chat.documents import DocumentService
 from chat.history import HistoryCache, prompt_turns, visible_messages
 from chat.limited import LimitedProvider
+from chat.passages import NO_PASSAGES, Passages, find_passages
 from chat.replies import ReplyResult, ReplyStream, clean_message_text
 from chat.titles import fallback_title
 from chat.upkeep import Upkeep
@@ -63,7 +65,9 @@ class ChatService:
         usage: UsageService,
         upkeep: Upkeep,
         history: HistoryCache,
+        documents: DocumentService | None = None,
     ) -> None:
+        self._documents = documents
         self._db = database
         self._history = history
         self._provider = provider
@@ -92,11 +96,15 @@ class ChatService:
                 if conversation_id is not None:
                     conversation = owned_conversation(session, principal, conversation_id)
                     history = self._history.turns(session, conversation)
-                context = self._context.build(
-                    conversation_id=conversation.id if conversation else 0,
-                    strategy=conversation.memory_strategy if conversation else None,
-                    history=history,
-                    question=text,
+                passages = self._passages(principal, text)
+                context = passages.attach(
+                    self._context.build(
+                        conversation_id=conversation.id if conversation else 0,
+                        strategy=conversation.memory_strategy if conversation else None,
+                        history=history,
+                        question=text,
+                        budget=self._context.budget() - passages.tokens if passages.hits else None,
+                    )
                 )
                 # Before this session writes anything: the reservation takes the write lock.
                 reservation = self._reserve(principal, context)
@@ -143,11 +151,15 @@ class ChatService:
                 if any(m.status is MessageStatus.COMPLETE for m in later):
                     raise InvalidInput("The last message already has an answer.")
                 history = prompt_turns(session, conversation.id, before_id=question.id)
-                context = self._context.build(
-                    conversation_id=conversation.id,
-                    strategy=conversation.memory_strategy,
-                    history=history,
-                    question=question.content,
+                passages = self._passages(principal, question.content)
+                context = passages.attach(
+                    self._context.build(
+                        conversation_id=conversation.id,
+                        strategy=conversation.memory_strategy,
+                        history=history,
+                        question=question.content,
+                        budget=self._context.budget() - passages.tokens if passages.hits else None,
+                    )
                 )
                 reservation = self._reserve(principal, context)
                 for failed in later:
@@ -157,6 +169,17 @@ class ChatService:
         except BaseException:
             self._usage.release(reservation)
             raise
+
+    def _passages(self, principal: Principal, question: str) -> Passages:
+        if self._documents is None:
+            return NO_PASSAGES
+        return find_passages(
+            self._documents,
+            principal,
+            question,
+            max_tokens=self._settings.document_prompt_tokens,
+            min_score=self._settings.document_min_score,
+        )
 
     def _reserve(self, principal: Principal, context: ContextWindow) -> int | None:
         """The quota for this answer: its prompt and the longest answer it may get."""

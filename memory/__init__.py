@@ -11,6 +11,7 @@ from memory.assembly import (
     neutralise,
     newest_that_fit,
     pack_by_score,
+    request_boundary,
     summary_block,
     summary_tokens,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "newest_that_fit",
     "pack_by_score",
     "neutralise",
+    "request_boundary",
     "summary_block",
     "summary_tokens",
     "turn_tokens",

@@ -75,6 +75,9 @@ class ContextWindow:
     summary_version: int | None = None
     summary_covers: tuple[int, int] | None = None  # first and last turn id folded into it
     recalled: tuple[RecalledItem, ...] = ()
+    # Passages from the user's documents in the prompt (document, chunk, score, and why
+    # the user may see it), added by the chat service; kept with the answer.
+    sources: tuple[dict[str, object], ...] = ()
 
     @property
     def total_tokens(self) -> int:
@@ -92,6 +95,7 @@ class ContextWindow:
             "summary_version": self.summary_version,
             "summary_covers": list(self.summary_covers) if self.summary_covers else None,
             "recalled": [{"turn_id": r.turn_id, "score": round(r.score, 4)} for r in self.recalled],
+            "sources": [dict(source) for source in self.sources],
             "section_tokens": dict(self.section_tokens),
             "total_tokens": self.total_tokens,
         }

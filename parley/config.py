@@ -171,6 +171,12 @@ class Settings(BaseSettings):
         "default: files in data dir",
     )
     embedding_threads: int = Field(default=1, ge=1)
+    document_prompt_tokens: int = Field(
+        default=2000, ge=0, description="most prompt tokens of document passages per question"
+    )
+    document_min_score: float = Field(
+        default=0.2, description="passages less similar to the question (cosine) are left out"
+    )
 
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 

@@ -142,6 +142,7 @@ def build_services(
         settings=settings,
         model_titles=settings.model_titles and capable,
     )
+    documents = DocumentService(database, document_index or build_document_index(settings))
     sessions = build_sessions(settings, database)
     throttle = LoginThrottle(
         database,
@@ -159,7 +160,7 @@ def build_services(
         accounts=AccountService(database, throttle=throttle, sessions=sessions),
         sessions=sessions,
         groups=GroupService(database),
-        documents=DocumentService(database, document_index or build_document_index(settings)),
+        documents=documents,
         conversations=conversations,
         usage=usage,
         limiter=limiter,
@@ -173,6 +174,7 @@ def build_services(
             usage=usage,
             upkeep=upkeep,
             history=history,
+            documents=documents,
         ),
         lab=StrategyLab(database=database, context=context),
         upkeep=upkeep,
