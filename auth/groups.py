@@ -32,7 +32,7 @@ class GroupService:
     def assign(self, principal: Principal, group: str, user: str) -> None:
         _require_admin(principal)
         with self._db.session() as session:
-            group_id, user_id = _group_id(session, group), _user_id(session, user)
+            group_id, user_id = group_id_named(session, group), _user_id(session, user)
             if session.get(GroupMember, (group_id, user_id)) is None:
                 session.add(GroupMember(group_id=group_id, user_id=user_id))
 
@@ -41,7 +41,7 @@ class GroupService:
         next search (every search reads the memberships afresh)."""
         _require_admin(principal)
         with self._db.session() as session:
-            group_id, user_id = _group_id(session, group), _user_id(session, user)
+            group_id, user_id = group_id_named(session, group), _user_id(session, user)
             session.execute(
                 delete(GroupMember).where(
                     GroupMember.group_id == group_id, GroupMember.user_id == user_id
@@ -61,16 +61,13 @@ class GroupService:
             members.setdefault(group_id, []).append(name)
         return [(g.name, sorted(members.get(g.id, []))) for g in groups]
 
-    def id_of(self, name: str) -> int:
-        with self._db.session() as session:
-            return _group_id(session, name)
-
 
 def groups_of(session: Session, user_id: int) -> set[int]:
     return set(session.scalars(select(GroupMember.group_id).where(GroupMember.user_id == user_id)))
 
 
-def _group_id(session: Session, name: str) -> int:
+def group_id_named(session: Session, name: str) -> int:
+    """The id of the group named `name`, or `NotFound` with a sentence."""
     found = session.scalar(select(Group.id).where(Group.name == name.strip()))
     if found is None:
         raise NotFound(user_message=f"There is no group named {name.strip()!r}.")
@@ -89,4 +86,4 @@ def _require_admin(principal: Principal) -> None:
         raise PermissionDenied(user_message="Only administrators manage groups.")
 
 
-__all__ = ["GroupService", "groups_of"]
+__all__ = ["GroupService", "group_id_named", "groups_of"]

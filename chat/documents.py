@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from auth.groups import groups_of
+from auth.groups import group_id_named, groups_of
 from parley.domain import Principal
 from parley.errors import InvalidInput, NotFound, StorageConflict
 from parley.tokens import count_tokens
@@ -78,7 +78,7 @@ class DocumentService:
                 )
                 if duplicate is not None:
                     raise InvalidInput(f"{name}: you already have this content as {duplicate!r}.")
-                group_ids = [_group_id(session, g) for g in groups]
+                group_ids = [group_id_named(session, g) for g in groups]
                 document = Document(
                     owner_id=principal.user_id,
                     name=name[:255],
@@ -165,7 +165,7 @@ class DocumentService:
         with self._db.session() as session:
             document = self._managed(session, principal, document_id)
             if group is not None:
-                group_id = _group_id(session, group)
+                group_id = group_id_named(session, group)
                 link = session.get(DocumentGroup, (document.id, group_id))
                 if granted and link is None:
                     session.add(DocumentGroup(document_id=document.id, group_id=group_id))
@@ -302,13 +302,6 @@ def _why(session: Session, document: Document, user_id: int, groups: set[int]) -
 
 def _access(session: Session, document: Document) -> Access:
     return Access(document.owner_id, document.public, frozenset(_group_ids(session, document.id)))
-
-
-def _group_id(session: Session, name: str) -> int:
-    found = session.scalar(select(Group.id).where(Group.name == name.strip()))
-    if found is None:
-        raise NotFound(user_message=f"There is no group named {name.strip()!r}.")
-    return found
 
 
 def _info(session: Session, document: Document) -> DocumentInfo:
