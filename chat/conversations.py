@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, defer
@@ -42,6 +43,8 @@ class ChatMessage:
     cost_usd: float | None
     error: str | None
     created_at: datetime
+    # The passages the answer cites (see `Message.citations`), in the answer's order.
+    citations: tuple[dict[str, Any], ...] = ()
 
 
 def to_info(conversation: Conversation) -> ConversationInfo:
@@ -64,6 +67,7 @@ def to_chat_message(message: Message) -> ChatMessage:
         cost_usd=message.cost_usd,
         error=message.error,
         created_at=message.created_at,
+        citations=tuple(message.citations or ()),
     )
 
 
@@ -184,6 +188,21 @@ class ConversationService:
             conversation = owned_conversation(session, principal, conversation_id)
             conversation.title = clean_title(title)
             return to_info(conversation)
+
+    def documents_of(self, principal: Principal, conversation_id: int) -> list[int] | None:
+        """The documents the conversation draws on (None: every one its user may see)."""
+        with self._db.session() as session:
+            conversation = owned_conversation(session, principal, conversation_id)
+            return None if conversation.document_ids is None else list(conversation.document_ids)
+
+    def choose_documents(
+        self, principal: Principal, conversation_id: int, documents: list[int] | None
+    ) -> None:
+        """Let the conversation draw on `documents` only (None: every visible document).
+        Search still checks each one's permission on every question."""
+        with self._db.session() as session:
+            conversation = owned_conversation(session, principal, conversation_id)
+            conversation.document_ids = None if documents is None else sorted(set(documents))
 
     def delete(self, principal: Principal, conversation_id: int) -> None:
         """Erase a conversation: its messages, summaries and vectors.

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 
+import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -20,10 +22,17 @@ from auth.groups import group_id_named, groups_of
 from parley.domain import Principal
 from parley.errors import InvalidInput, NotFound, StorageConflict
 from parley.tokens import count_tokens
-from retrieval.document_index import Access, DocumentIndex
+from retrieval.document_index import Access, Candidate, DocumentIndex, hybrid_rank
 from retrieval.documents import chunk, parse
 from store.db import Database
-from store.models import Document, DocumentChunk, DocumentGroup, Group, User
+from store.models import Document, DocumentChunk, DocumentErasure, DocumentGroup, Group, User
+
+# Chunks embedded per batch while a file is indexed (progress is reported per batch).
+EMBED_BATCH = 32
+# Candidates the vector search hands to the hybrid ranking, per hit wanted (at least 40).
+CANDIDATES_PER_HIT = 4
+# Progress of an upload: (fraction done, what is happening), fraction in [0, 1].
+Progress = Callable[[float, str], None]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +56,31 @@ class Hit:
     heading: str
     page: int | None
     text: str
-    score: float
+    score: float  # cosine similarity to the query (the relevance threshold applies to it)
     why: str = ""  # the permission that let the user see it: owner, public, group NAME
+    rank: float = 0.0  # the fused (BM25 and cosine) relevance the hits are ordered by
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """Consecutive chunks of one document, quoted together (one source to cite)."""
+
+    hits: tuple[Hit, ...]
+
+    @property
+    def first(self) -> Hit:
+        return self.hits[0]
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(h.chunk for h in self.hits)
+
+    @property
+    def title(self) -> str:
+        first = self.first
+        where = f", page {first.page}" if first.page else ""
+        heading = f", {first.heading}" if first.heading else ""
+        return f"{first.name}{where}{heading}"
 
 
 class DocumentService:
@@ -64,11 +96,23 @@ class DocumentService:
         *,
         groups: tuple[str, ...] = (),
         public: bool = False,
+        progress: Progress | None = None,
     ) -> DocumentInfo:
-        """Parse, chunk, embed and index a file for the principal; all or nothing."""
+        """Parse, chunk, embed and index a file for the principal; all or nothing.
+        `progress` hears how far it got (parsing, then each batch of chunks embedded)."""
+        report = progress or _silent
+        report(0.0, f"Reading {name}")
         chunks = chunk(parse(name, data))
         digest = hashlib.sha256(data).hexdigest()
-        vectors = self._index.embed([c.text for c in chunks])
+        with self._db.session() as session:
+            for group in groups:  # a wrong group name is said before the slow part
+                group_id_named(session, group)
+        batches = []
+        for start in range(0, len(chunks), EMBED_BATCH):
+            report(0.05 + 0.85 * start / len(chunks), f"Embedding {name}: {start}/{len(chunks)}")
+            batches.append(self._index.embed([c.text for c in chunks[start : start + EMBED_BATCH]]))
+        vectors = np.concatenate(batches)
+        report(0.9, f"Indexing {name}")
         try:
             with self._db.session() as session:
                 duplicate = session.scalar(
@@ -113,6 +157,7 @@ class DocumentService:
                     raise
         except StorageConflict as exc:
             raise InvalidInput(f"{name}: you already have this content.") from exc
+        report(1.0, f"{name}: {len(chunks)} passages indexed")
         return self.get(principal, document_id)
 
     def get(self, principal: Principal, document_id: int) -> DocumentInfo:
@@ -179,84 +224,160 @@ class DocumentService:
         return self.get(principal, document_id)
 
     def delete(self, principal: Principal, document_id: int) -> None:
+        """Delete a document: its rows go at once (searches check the database, so it is
+        gone from the next one), and an outbox row in the same transaction makes sure its
+        vectors follow, now or at the next start-up."""
         with self._db.session() as session:
             document = self._managed(session, principal, document_id)
             session.execute(delete(DocumentChunk).where(DocumentChunk.document_id == document.id))
             session.delete(document)
+            session.add(DocumentErasure(document_id=document_id, attempts=0))
+        self._erase_vectors(document_id)
+
+    def sweep_erasures(self) -> int:
+        """Retry every pending vector erasure; how many are still pending afterwards."""
+        with self._db.session() as session:
+            pending = session.scalars(select(DocumentErasure.document_id)).all()
+        return sum(not self._erase_vectors(d) for d in pending)
+
+    def _erase_vectors(self, document_id: int) -> bool:
         try:
             self._index.remove(document_id)
-        except Exception:  # searches check the database: stale vectors show nothing
-            log.exception("Dropping the vectors of document %s failed", document_id)
+        except Exception:
+            log.exception("Dropping the vectors of document %s failed; will retry", document_id)
+            with self._db.session() as session:
+                row = session.get(DocumentErasure, document_id)
+                if row is not None:
+                    row.attempts += 1
+            return False
+        with self._db.session() as session:
+            session.execute(
+                delete(DocumentErasure).where(DocumentErasure.document_id == document_id)
+            )
+        return True
 
-    def search(self, principal: Principal, query: str, *, k: int = 5) -> list[Hit]:
-        """The best chunks the principal may see, best first."""
+    def open_chunk(self, principal: Principal, document_id: int, index: int) -> Hit:
+        """One chunk of a document the principal may see (a citation opened on the page)."""
+        with self._db.session() as session:
+            document = self._visible(session, principal, document_id)
+            row = session.get(DocumentChunk, (document.id, index))
+            if row is None:
+                raise NotFound(user_message=f"Document {document_id} has no passage {index}.")
+            owner = session.get(User, document.owner_id)
+            mine = groups_of(session, principal.user_id)
+            why = (
+                "admin"
+                if principal.is_admin and not _may_see(session, document, principal.user_id, mine)
+                else _why(session, document, principal.user_id, mine)
+            )
+            return Hit(
+                document.id,
+                document.name,
+                owner.name if owner else "?",
+                index,
+                row.heading,
+                row.page,
+                row.text,
+                1.0,
+                why,
+            )
+
+    def search(
+        self,
+        principal: Principal,
+        query: str,
+        *,
+        k: int = 5,
+        documents: Iterable[int] | None = None,
+    ) -> list[Hit]:
+        """The best chunks the principal may see (of `documents` only, when given), best
+        first: BM25 and cosine fused over the vector search's candidates."""
         if not query.strip():
             raise InvalidInput("The search is empty. Type something to look for.")
+        chosen = None if documents is None else sorted(set(documents))
+        if chosen == []:
+            return []
         with self._db.session() as session:
             mine = groups_of(session, principal.user_id)
-        raw = self._index.search(query, user_id=principal.user_id, groups=mine, n=k * 2)
-        hits: list[Hit] = []
+        raw = self._index.search(
+            query,
+            user_id=principal.user_id,
+            groups=mine,
+            n=max(40, k * CANDIDATES_PER_HIT),
+            documents=chosen,
+        )
+        found: dict[tuple[int, int], Hit] = {}
         with self._db.session() as session:
             mine = groups_of(session, principal.user_id)  # afresh: a revocation counts now
+            allowed: dict[int, tuple[Document, str] | None] = {}
             for document_id, index, score in raw:
-                document = session.get(Document, document_id)
-                if document is None or not _may_see(session, document, principal.user_id, mine):
-                    continue  # defence in depth: the database has the last word
-                row = session.get(DocumentChunk, (document_id, index))
-                if row is None:
-                    continue
-                owner = session.get(User, document.owner_id)
-                hits.append(
-                    Hit(
-                        document.id,
-                        document.name,
-                        owner.name if owner else "?",
-                        index,
-                        row.heading,
-                        row.page,
-                        row.text,
-                        score,
-                        _why(session, document, principal.user_id, mine),
+                if document_id not in allowed:
+                    document = session.get(Document, document_id)
+                    visible = document is not None and _may_see(
+                        session, document, principal.user_id, mine
                     )
+                    allowed[document_id] = (
+                        (document, _why(session, document, principal.user_id, mine))
+                        if document is not None and visible
+                        else None  # defence in depth: the database has the last word
+                    )
+                entry = allowed[document_id]
+                row = session.get(DocumentChunk, (document_id, index)) if entry else None
+                if entry is None or row is None:
+                    continue
+                document, why = entry
+                owner = session.get(User, document.owner_id)
+                found[(document_id, index)] = Hit(
+                    document.id,
+                    document.name,
+                    owner.name if owner else "?",
+                    index,
+                    row.heading,
+                    row.page,
+                    row.text,
+                    score,
+                    why,
                 )
-                if len(hits) == k:
-                    break
-        return hits
+        candidates = [Candidate(d, i, h.score, h.text) for (d, i), h in found.items()]
+        ranked = hybrid_rank(query, candidates)
+        return [replace(found[(c.document_id, c.index)], rank=rank) for c, rank in ranked[:k]]
 
-    def has_any(self, principal: Principal) -> bool:
-        """Whether the principal may see at least one document (else no search is run)."""
+    def has_any(self, principal: Principal, documents: Iterable[int] | None = None) -> bool:
+        """Whether the principal may see at least one document (of `documents`, when
+        given); else no search is run."""
         with self._db.session() as session:
             mine = groups_of(session, principal.user_id)
             shared = select(DocumentGroup.document_id).where(DocumentGroup.group_id.in_(mine))
-            found = session.scalar(
-                select(Document.id)
-                .where(
-                    (Document.owner_id == principal.user_id)
-                    | Document.public
-                    | Document.id.in_(shared)
-                )
-                .limit(1)
+            query = select(Document.id).where(
+                (Document.owner_id == principal.user_id) | Document.public | Document.id.in_(shared)
             )
+            if documents is not None:
+                query = query.where(Document.id.in_(list(documents)))
+            found = session.scalar(query.limit(1))
         return found is not None
 
     def passages(
-        self, principal: Principal, question: str, *, max_tokens: int, min_score: float
-    ) -> list[Hit]:
-        """The passages worth putting before the question: relevant enough, best first,
-        within `max_tokens` (counted as rendered)."""
-        if max_tokens <= 0 or not self.has_any(principal):
+        self,
+        principal: Principal,
+        question: str,
+        *,
+        max_tokens: int,
+        min_score: float,
+        documents: Iterable[int] | None = None,
+    ) -> list[Passage]:
+        """The passages worth putting before the question, best first, within
+        `max_tokens`: chunks whose cosine reaches `min_score`, in fused order; a chunk's
+        relevant next or previous chunk joins it, so a passage reads on where an answer
+        runs over a chunk's edge."""
+        chosen = None if documents is None else list(documents)
+        if max_tokens <= 0 or not self.has_any(principal, chosen):
             return []
-        chosen: list[Hit] = []
-        used = 0
-        for hit in self.search(principal, question, k=8):
-            if hit.score < min_score:
-                break
-            cost = count_tokens(hit.text) + 20  # its text and its numbered header
-            if used + cost > max_tokens:
-                continue
-            chosen.append(hit)
-            used += cost
-        return chosen
+        hits = [
+            h
+            for h in self.search(principal, question, k=12, documents=chosen)
+            if h.score >= min_score
+        ]
+        return _passages(hits, max_tokens)
 
     def _visible(self, session: Session, principal: Principal, document_id: int) -> Document:
         document = session.get(Document, document_id)
@@ -272,6 +393,45 @@ class DocumentService:
         if document is None or not (principal.is_admin or document.owner_id == principal.user_id):
             raise NotFound(user_message=f"There is no document {document_id} of yours.")
         return document
+
+
+def _silent(fraction: float, step: str) -> None:  # noqa: ARG001 - a Progress that listens to nothing
+    return None
+
+
+# Tokens a passage's header and block framing take beside its text.
+PASSAGE_OVERHEAD_TOKENS = 20
+
+
+def _passages(hits: Sequence[Hit], max_tokens: int) -> list[Passage]:
+    """Relevant hits grouped into runs of consecutive chunks, best run first, as many
+    as fit in `max_tokens`."""
+    by_place = {(h.document_id, h.chunk): h for h in hits}
+    taken: set[tuple[int, int]] = set()
+    runs: list[Passage] = []
+    used = 0
+    for hit in hits:  # best first
+        place = (hit.document_id, hit.chunk)
+        if place in taken:
+            continue
+        run = [hit]
+        for step in (-1, 1):  # relevant neighbours on either side join the run
+            at = hit.chunk + step
+            while (hit.document_id, at) in by_place and (hit.document_id, at) not in taken:
+                neighbour = by_place[(hit.document_id, at)]
+                run = [neighbour, *run] if step < 0 else [*run, neighbour]
+                at += step
+        cost = sum(count_tokens(h.text) for h in run) + PASSAGE_OVERHEAD_TOKENS
+        while len(run) > 1 and used + cost > max_tokens:  # drop the weakest end first
+            weakest = 0 if run[0].rank < run[-1].rank else -1
+            run.pop(weakest)
+            cost = sum(count_tokens(h.text) for h in run) + PASSAGE_OVERHEAD_TOKENS
+        if hit not in run or used + cost > max_tokens:
+            continue
+        taken.update((h.document_id, h.chunk) for h in run)
+        runs.append(Passage(tuple(run)))
+        used += cost
+    return runs
 
 
 def _group_ids(session: Session, document_id: int) -> set[int]:
@@ -322,4 +482,4 @@ def _info(session: Session, document: Document) -> DocumentInfo:
     )
 
 
-__all__ = ["DocumentInfo", "DocumentService", "Hit"]
+__all__ = ["DocumentInfo", "DocumentService", "Hit", "Passage", "Progress"]

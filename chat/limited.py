@@ -32,6 +32,7 @@ from parley.llm import (
     ChatRequest,
     StreamEnd,
     StreamEvent,
+    TextDelta,
     Usage,
     UsageSoFar,
     estimate_tokens,
@@ -73,6 +74,10 @@ class LimitedProvider:
     def context_window(self) -> int:
         return self._inner.context_window
 
+    @property
+    def native_citations(self) -> bool:
+        return self._inner.native_citations
+
     def count_tokens(self, request: ChatRequest) -> int:
         """The API's count when `count_with_api` (and it answers), else the local estimate."""
         if not self._count_with_api:
@@ -107,7 +112,7 @@ class LimitedProvider:
                         outcome = CallOutcome.COMPLETE
                         self._limiter.record_output(event.usage.output_tokens)
                         self._record(request, event.model, event.usage, outcome, started)
-                    else:
+                    elif isinstance(event, TextDelta):
                         text.append(event.text)
                     yield event
             except GeneratorExit:

@@ -40,7 +40,15 @@ from parley.errors import (
     StorageUnavailable,
     StreamInterrupted,
 )
-from parley.llm import CallMeta, ChatRequest, PromptMessage, StreamEnd, TextDelta, Usage
+from parley.llm import (
+    CallMeta,
+    ChatRequest,
+    Citation,
+    PromptMessage,
+    StreamEnd,
+    TextDelta,
+    Usage,
+)
 from store.db import Database
 from store.models import Conversation, Message, utcnow
 
@@ -80,8 +88,17 @@ class ChatService:
     def model(self) -> str:
         return self._provider.model
 
-    def send(self, principal: Principal, conversation_id: int | None, text: str) -> ReplyStream:
-        """Store the user's message and start the answer.
+    def send(
+        self,
+        principal: Principal,
+        conversation_id: int | None,
+        text: str,
+        *,
+        documents: Sequence[int] | None = None,
+    ) -> ReplyStream:
+        """Store the user's message and start the answer. A new conversation draws on
+        `documents` (ids; None: every document the user may see); an existing one on
+        what it was set to.
 
         Raises `InvalidInput`, `NotFound` or `QuotaExceeded` before anything is stored.
         """
@@ -96,7 +113,8 @@ class ChatService:
                 if conversation_id is not None:
                     conversation = owned_conversation(session, principal, conversation_id)
                     history = self._history.turns(session, conversation)
-                passages = self._passages(principal, text)
+                    documents = conversation.document_ids
+                passages = self._passages(principal, text, documents)
                 context = passages.attach(
                     self._context.build(
                         conversation_id=conversation.id if conversation else 0,
@@ -104,13 +122,16 @@ class ChatService:
                         history=history,
                         question=text,
                         budget=self._context.budget() - passages.tokens if passages.hits else None,
-                    )
+                    ),
+                    native=self._provider.native_citations,
                 )
                 # Before this session writes anything: the reservation takes the write lock.
                 reservation = self._reserve(principal, context)
                 if conversation is None:
                     conversation = Conversation(
-                        user_id=principal.user_id, title=fallback_title(text)
+                        user_id=principal.user_id,
+                        title=fallback_title(text),
+                        document_ids=None if documents is None else sorted(set(documents)),
                     )
                     session.add(conversation)
                     session.flush()
@@ -128,7 +149,7 @@ class ChatService:
                 session.flush()
                 ids = (conversation.id, user_message.id)
             # The user's message is committed here, before the provider is called.
-            return self._start(principal, ids[0], ids[1], context, reservation)
+            return self._start(principal, ids[0], ids[1], context, reservation, passages)
         except BaseException:
             self._usage.release(reservation)
             raise
@@ -151,7 +172,7 @@ class ChatService:
                 if any(m.status is MessageStatus.COMPLETE for m in later):
                     raise InvalidInput("The last message already has an answer.")
                 history = prompt_turns(session, conversation.id, before_id=question.id)
-                passages = self._passages(principal, question.content)
+                passages = self._passages(principal, question.content, conversation.document_ids)
                 context = passages.attach(
                     self._context.build(
                         conversation_id=conversation.id,
@@ -159,18 +180,21 @@ class ChatService:
                         history=history,
                         question=question.content,
                         budget=self._context.budget() - passages.tokens if passages.hits else None,
-                    )
+                    ),
+                    native=self._provider.native_citations,
                 )
                 reservation = self._reserve(principal, context)
                 for failed in later:
                     failed.status = MessageStatus.SUPERSEDED
                 ids = (conversation.id, question.id)
-            return self._start(principal, ids[0], ids[1], context, reservation)
+            return self._start(principal, ids[0], ids[1], context, reservation, passages)
         except BaseException:
             self._usage.release(reservation)
             raise
 
-    def _passages(self, principal: Principal, question: str) -> Passages:
+    def _passages(
+        self, principal: Principal, question: str, chosen: Sequence[int] | None
+    ) -> Passages:
         if self._documents is None:
             return NO_PASSAGES
         return find_passages(
@@ -179,6 +203,8 @@ class ChatService:
             question,
             max_tokens=self._settings.document_prompt_tokens,
             min_score=self._settings.document_min_score,
+            native=self._provider.native_citations,
+            chosen=chosen,
         )
 
     def _reserve(self, principal: Principal, context: ContextWindow) -> int | None:
@@ -230,6 +256,7 @@ class ChatService:
         user_message_id: int,
         context: ContextWindow,
         reservation: int | None,
+        passages: Passages = NO_PASSAGES,
     ) -> ReplyStream:
         request = ChatRequest(
             system=context.system,
@@ -249,7 +276,7 @@ class ChatService:
             user_id=principal.user_id,
             reservation=reservation,
         )
-        stream._chunks = self._generate(stream, request)
+        stream._chunks = self._generate(stream, request, passages)
         stream._abandon = lambda: self._abandoned(stream)
         return stream
 
@@ -258,12 +285,15 @@ class ChatService:
         stopped = StreamInterrupted("reader left before the answer began")
         stopped.user_message = "The answer was stopped before it began."
         try:
-            stream.result = self._store_answer(stream, "", (), stopped)
+            stream.result = self._store_answer(stream, "", (), stopped, [])
         finally:
             self._usage.release(stream.reservation)
 
-    def _generate(self, stream: ReplyStream, request: ChatRequest) -> Generator[str, None, None]:
+    def _generate(
+        self, stream: ReplyStream, request: ChatRequest, passages: Passages
+    ) -> Generator[str, None, None]:
         parts: list[str] = []
+        citations: list[dict[str, object]] = []
         ends: list[StreamEnd] = []
         error: ParleyError | None = None
         attempt = request
@@ -281,6 +311,10 @@ class ChatService:
                             if text:
                                 parts.append(text)
                                 yield text
+                        elif isinstance(event, Citation):
+                            cited = passages.cited(event, sum(len(p) for p in parts))
+                            if cited is not None:
+                                citations.append(cited)
                         elif isinstance(event, StreamEnd):
                             ends.append(event)
                     break
@@ -310,7 +344,10 @@ class ChatService:
             log.exception("Provider %s failed unexpectedly", self._provider.model)
             error = ProviderError(f"unexpected {type(exc).__name__}")
         finally:
-            stream.result = self._store_answer(stream, "".join(parts), ends, error)
+            text = "".join(parts)
+            if passages.hits and not self._provider.native_citations:
+                citations = passages.numbered(text)
+            stream.result = self._store_answer(stream, text, ends, error, citations)
             # Every call of this answer is in the ledger by now (the limited provider's meter).
             self._usage.release(stream.reservation)
             self._upkeep.after_answer(
@@ -325,6 +362,7 @@ class ChatService:
         text: str,
         ends: Sequence[StreamEnd],
         error: ParleyError | None,
+        citations: list[dict[str, object]],
     ) -> ReplyResult:
         """Commit the answer; a database that fails for a moment is tried again, then logged."""
         if error is None and ends:
@@ -353,6 +391,7 @@ class ChatService:
             "estimated_input_tokens": stream.estimated_input_tokens,
             "cost_usd": cost,
             "context": stream.context.provenance(),
+            "citations": citations or None,
             "stop_reason": ends[-1].stop_reason if ends else None,
             "error": sentence,
         }

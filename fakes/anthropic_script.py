@@ -47,10 +47,23 @@ HTTP_ERRORS: dict[str, tuple[int, str, str]] = {
 
 
 @dataclass
+class Cited:
+    """A piece of an answer that cites blocks `start` to `end` (exclusive; None: the
+    source's last) of the request's `source`-th search result, as Claude cites."""
+
+    text: str
+    source: int = 0
+    start: int = 0
+    end: int | None = None
+
+
+@dataclass
 class Reply:
-    """One scripted answer."""
+    """One scripted answer. With `segments`, each is one text block of the answer, a
+    `Cited` one carrying its citation (streamed as a `citations_delta`)."""
 
     text: str = "Hello from the fake."
+    segments: list[str | Cited] | None = None
     chunks: list[str] | None = None
     stop_reason: str = "end_turn"
     input_tokens: int | None = None
@@ -61,6 +74,10 @@ class Reply:
     delay_s: float = 0.0
     chunk_delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.segments is not None:
+            self.text = "".join(s.text if isinstance(s, Cited) else s for s in self.segments)
 
     def split(self) -> list[str]:
         return list(self.chunks) if self.chunks is not None else split_words(self.text)
@@ -113,8 +130,60 @@ def _block_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(str(b.get("text", "")) if isinstance(b, dict) else str(b) for b in content)
+        return "".join(
+            _block_text(b.get("content", "")) + str(b.get("title", ""))
+            if isinstance(b, dict) and b.get("type") == "search_result"
+            else str(b.get("text", ""))
+            if isinstance(b, dict)
+            else str(b)
+            for b in content
+        )
     return ""
+
+
+def search_results(body: Any) -> list[dict[str, Any]]:
+    """The request's `search_result` blocks, in the order the API numbers them."""
+    found: list[dict[str, Any]] = []
+    for message in body.get("messages") or [] if isinstance(body, dict) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            found += [
+                b for b in content if isinstance(b, dict) and b.get("type") == "search_result"
+            ]
+    return found
+
+
+def citation_problem(body: Any) -> str | None:
+    """What the real API would refuse about the request's search results, if anything."""
+    results = search_results(body)
+    enabled = {bool((r.get("citations") or {}).get("enabled")) for r in results}
+    if len(enabled) > 1:
+        return "Citations must be enabled on all or none of the search results."
+    for result in results:
+        content = result.get("content")
+        if not isinstance(content, list) or not content or not result.get("source"):
+            return "A search result needs a source and at least one text block."
+    return None
+
+
+def citation(body: Any, cited: Cited) -> dict[str, Any] | None:
+    """The `search_result_location` a `Cited` segment stands for (None: no such source)."""
+    results = search_results(body)
+    if not 0 <= cited.source < len(results):
+        return None
+    result = results[cited.source]
+    blocks = result["content"]
+    end = len(blocks) if cited.end is None else min(cited.end, len(blocks))
+    start = min(cited.start, end - 1)
+    return {
+        "type": "search_result_location",
+        "source": result["source"],
+        "title": result.get("title"),
+        "cited_text": "".join(str(b.get("text", "")) for b in blocks[start:end]),
+        "search_result_index": cited.source,
+        "start_block_index": start,
+        "end_block_index": end,
+    }
 
 
 def rough_tokens(body: Any) -> int:

@@ -27,10 +27,13 @@ from fakes.anthropic_script import (
     DEFAULT_RANDOM_KINDS,
     FAULT_KINDS,
     HTTP_ERRORS,
+    Cited,
     Fault,
     FaultKind,
     RecordedRequest,
     Reply,
+    citation,
+    citation_problem,
     new_id,
     random_fault,
     rough_tokens,
@@ -137,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
             self._send_error("not_found")
             return
-        if bad_json or not isinstance(body, dict):
+        if bad_json or not isinstance(body, dict) or citation_problem(body):
             self._send_error("invalid_request")
             return
         if path == "/v1/messages/count_tokens":
@@ -185,7 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
             "type": "message",
             "role": "assistant",
             "model": reply.model or str(body.get("model") or "claude-fake"),
-            "content": [{"type": "text", "text": "".join(chunks)}] if final else [],
+            "content": self._content(body, reply, chunks) if final else [],
             "stop_reason": reply.stop_reason if final else None,
             "stop_sequence": None,
             "usage": {
@@ -196,6 +199,46 @@ class _Handler(BaseHTTPRequestHandler):
             },
         }
 
+    @staticmethod
+    def _content(body: dict[str, Any], reply: Reply, chunks: list[str]) -> list[dict[str, Any]]:
+        if reply.segments is None:
+            return [{"type": "text", "text": "".join(chunks)}]
+        blocks: list[dict[str, Any]] = []
+        for segment in reply.segments:
+            if isinstance(segment, Cited):
+                found = citation(body, segment)
+                cites = [found] if found else []
+                blocks.append({"type": "text", "text": segment.text, "citations": cites})
+            else:
+                blocks.append({"type": "text", "text": segment})
+        return blocks
+
+    def _stream_segments(self, body: dict[str, Any], reply: Reply) -> None:
+        """A whole answer of several text blocks, cited ones opening with a citations_delta."""
+        assert reply.segments is not None
+        for index, segment in enumerate(reply.segments):
+            cited = segment if isinstance(segment, Cited) else None
+            text = cited.text if cited else str(segment)
+            block: dict[str, Any] = {"type": "text", "text": ""}
+            if cited:
+                block["citations"] = []
+            start = {"type": "content_block_start", "index": index, "content_block": block}
+            self._event("content_block_start", start)
+            found = citation(body, cited) if cited else None
+            if found:
+                delta = {"type": "citations_delta", "citation": found}
+                self._event(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                )
+            for chunk in split_words(text):
+                delta = {"type": "text_delta", "text": chunk}
+                self._event(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                )
+            self._event("content_block_stop", {"type": "content_block_stop", "index": index})
+
     def _stream(self, body: dict[str, Any], reply: Reply, fault: Fault | None) -> None:
         chunks = reply.split()
         sent = chunks if fault is None else chunks[: max(0, fault.after_chunks)]
@@ -204,6 +247,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         start = self._message(body, reply, chunks, final=False)
         self._event("message_start", {"type": "message_start", "message": start})
+        if reply.segments is not None and fault is None:
+            self._stream_segments(body, reply)
+            self._finish(reply, len(chunks))
+            return
         block = {"type": "content_block_start", "index": 0}
         self._event("content_block_start", {**block, "content_block": {"type": "text", "text": ""}})
         self._event("ping", {"type": "ping"})
@@ -226,16 +273,21 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._event("content_block_stop", {"type": "content_block_stop", "index": 0})
         if fault is None:
-            output_tokens = reply.output_tokens if reply.output_tokens is not None else len(chunks)
-            self._event(
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
-                    "usage": {"output_tokens": output_tokens},
-                },
-            )
-            self._event("message_stop", {"type": "message_stop"})
+            self._finish(reply, len(chunks))
+            return
+        self._end_chunks()
+
+    def _finish(self, reply: Reply, chunks: int) -> None:
+        output_tokens = reply.output_tokens if reply.output_tokens is not None else chunks
+        self._event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens},
+            },
+        )
+        self._event("message_stop", {"type": "message_stop"})
         self._end_chunks()
 
 
@@ -337,6 +389,7 @@ def running_fake(**kw: Any) -> Iterator[FakeAnthropic]:
 __all__ = [
     "DEFAULT_RANDOM_KINDS",
     "FAULT_KINDS",
+    "Cited",
     "FakeAnthropic",
     "Fault",
     "FaultKind",

@@ -2,7 +2,8 @@
 
     class ChatProvider(Protocol):
         model: str; context_window: int
-        def stream(self, request: ChatRequest) -> Iterator[TextDelta | UsageSoFar | StreamEnd]: ...
+        native_citations: bool  # takes quoted sources, answers with Citation events
+        def stream(self, request: ChatRequest) -> Iterator[StreamEvent]: ...
         def count_tokens(self, request: ChatRequest) -> int: ...
 
 Every layer above the leaf speaks these types; only `chat.providers` knows an SDK.
@@ -24,14 +25,27 @@ MESSAGE_OVERHEAD_TOKENS = 4  # role markers around each message
 
 
 @dataclass(frozen=True, slots=True)
+class SearchSource:
+    """A quoted source the model may cite: `texts` are its citable blocks, in order.
+    Only a provider with `native_citations` is given these (Claude: `search_result`
+    blocks); for the others the passages are rendered into the message's text."""
+
+    source: str  # a stable reference, e.g. "parley:document/12#3-4"
+    title: str
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PromptMessage:
     """One message of a prompt. `cache`: the prompt cache's breakpoint ends here
     (the rolling summary: the stable prefix). Consecutive messages of one role are
-    one turn (the API joins them; the local model's template gets them joined)."""
+    one turn (the API joins them; the local model's template gets them joined).
+    `sources` go before the message's text, as data the answer can cite."""
 
     role: PromptRole
     content: str
     cache: bool = False
+    sources: tuple[SearchSource, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +110,19 @@ class UsageSoFar:
     usage: Usage
 
 
-StreamEvent = TextDelta | UsageSoFar | StreamEnd
+@dataclass(frozen=True, slots=True)
+class Citation:
+    """The answer's text so far (up to the end of the text block just finished) cites
+    blocks `start_block` to `end_block` (exclusive) of source `source_index` (0-based,
+    in the order the request's sources appear)."""
+
+    source_index: int
+    cited_text: str
+    start_block: int
+    end_block: int
+
+
+StreamEvent = TextDelta | UsageSoFar | StreamEnd | Citation
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +142,15 @@ def estimate_tokens(request: ChatRequest) -> int:
     if request.estimated_input_tokens is not None:
         return request.estimated_input_tokens
     return count_tokens(request.system) + sum(
-        count_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in request.messages
+        count_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS + sources_tokens(m.sources)
+        for m in request.messages
+    )
+
+
+def sources_tokens(sources: Sequence[SearchSource]) -> int:
+    """The local estimate of quoted sources: their titles, texts and block framing."""
+    return sum(
+        count_tokens(s.title) + sum(count_tokens(t) + 3 for t in s.texts) + 10 for s in sources
     )
 
 
@@ -130,6 +164,11 @@ class ChatProvider(Protocol):
     @property
     def context_window(self) -> int:
         """Tokens the model accepts, prompt and answer together."""
+        ...
+
+    @property
+    def native_citations(self) -> bool:
+        """Whether the model takes `PromptMessage.sources` and answers with `Citation`s."""
         ...
 
     def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
@@ -146,13 +185,16 @@ __all__ = [
     "CallMeta",
     "CallRecord",
     "ChatProvider",
+    "Citation",
     "ChatRequest",
     "PromptMessage",
     "PromptRole",
+    "SearchSource",
     "StreamEnd",
     "StreamEvent",
     "TextDelta",
     "UsageSoFar",
     "Usage",
     "estimate_tokens",
+    "sources_tokens",
 ]

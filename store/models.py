@@ -74,6 +74,8 @@ class Conversation(Base):
     title: Mapped[str] = mapped_column(String(200), default="New conversation")
     # The memory strategy for this conversation (None: the settings' default).
     memory_strategy: Mapped[str | None] = mapped_column(String(64))
+    # The documents this conversation draws on (ids); None: every document its user may see.
+    document_ids: Mapped[list[int] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, server_default=func.now()
@@ -116,6 +118,9 @@ class Message(Base):
     cost_usd: Mapped[float | None] = mapped_column(Float)
     # Provenance of the prompt that produced this answer (memory.ContextWindow.provenance()).
     context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The passages an answer cites: [{"n", "document_id", "name", "chunks", "page",
+    # "cited_text", "offset"}], offset being where in the answer the citation stands.
+    citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     stop_reason: Mapped[str | None] = mapped_column(String(40))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -306,6 +311,17 @@ class DocumentGroup(Base):
     group_id: Mapped[int] = mapped_column(
         ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
     )
+
+
+class DocumentErasure(Base):
+    """An outbox: a deleted document whose vectors are still to be dropped (as
+    `VectorErasure` for conversations; pending rows are retried at start-up)."""
+
+    __tablename__ = "document_erasures"
+
+    document_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class DocumentChunk(Base):

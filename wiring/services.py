@@ -151,8 +151,9 @@ def build_services(
         delay_s=settings.login_delay_s,
     )
     conversations = ConversationService(database, on_delete=memory.forget)
-    # Vectors of conversations erased while the vector store was down: try again now.
-    work.submit(lambda: _sweep(conversations), name="sweep vector erasures")
+    # Vectors of conversations and documents erased while the vector store was down:
+    # try again now.
+    work.submit(lambda: _sweep(conversations, documents), name="sweep vector erasures")
     return Services(
         settings=settings,
         database=database,
@@ -182,8 +183,9 @@ def build_services(
     )
 
 
-def _sweep(conversations: ConversationService) -> None:
+def _sweep(conversations: ConversationService, documents: DocumentService) -> None:
     conversations.sweep_erasures()
+    documents.sweep_erasures()
 
 
 def build_sessions(settings: Settings, database: Database) -> SessionService:

@@ -12,6 +12,8 @@ What Parley adds around the SDK, and why:
   answers; `StreamEnd.model` says which one did.
 - The system prompt is sent as a block marked `cache_control` so the stable
   prefix is cached between turns.
+- Quoted sources go as `search_result` blocks with citations enabled; each text
+  block of the answer that cites them is followed by its `Citation` events.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from typing import Any
 import anthropic
 from anthropic.types import (
     AssistantMessageParam,
+    ContentBlockParam,
     MessageParam,
+    SearchResultBlockParam,
     TextBlockParam,
     UserMessageParam,
 )
@@ -42,6 +46,7 @@ from parley.errors import (
 )
 from parley.llm import (
     ChatRequest,
+    Citation,
     PromptMessage,
     StreamEnd,
     StreamEvent,
@@ -115,6 +120,10 @@ class AnthropicProvider:
     def context_window(self) -> int:
         return self._context_window
 
+    @property
+    def native_citations(self) -> bool:
+        return True
+
     def _client_for(self, key: str) -> anthropic.Anthropic:
         with self._lock:
             if self._client is None or key != self._client_key:
@@ -160,6 +169,8 @@ class AnthropicProvider:
                     if event.type == "text":
                         parts.append(event.text)
                         yield TextDelta(event.text)
+                    elif event.type == "content_block_stop":
+                        yield from _citations(event.content_block)
                     elif event.type in ("message_start", "message_delta"):
                         # What the API has counted so far: metered even if the stream breaks.
                         yield UsageSoFar(_usage(stream.current_message_snapshot.usage))
@@ -226,16 +237,41 @@ def _read_key(read: Callable[[], str]) -> str:
 
 
 def _message_param(message: PromptMessage) -> MessageParam:
-    if message.cache:  # the end of the stable prefix: a prompt-cache breakpoint
-        block = TextBlockParam(
-            type="text", text=message.content, cache_control={"type": "ephemeral"}
-        )
+    if message.cache or message.sources:
+        blocks: list[ContentBlockParam] = [
+            SearchResultBlockParam(
+                type="search_result",
+                source=source.source,
+                title=source.title,
+                content=[TextBlockParam(type="text", text=t) for t in source.texts],
+                citations={"enabled": True},
+            )
+            for source in message.sources
+        ]
+        text = TextBlockParam(type="text", text=message.content)
+        if message.cache:  # the end of the stable prefix: a prompt-cache breakpoint
+            text["cache_control"] = {"type": "ephemeral"}
+        blocks.append(text)
         if message.role == "user":
-            return UserMessageParam(role="user", content=[block])
-        return AssistantMessageParam(role="assistant", content=[block])
+            return UserMessageParam(role="user", content=blocks)
+        return AssistantMessageParam(role="assistant", content=blocks)
     if message.role == "user":
         return UserMessageParam(role="user", content=message.content)
     return AssistantMessageParam(role="assistant", content=message.content)
+
+
+def _citations(block: Any) -> Iterator[Citation]:
+    """The search-result citations of a finished text block of the answer."""
+    if getattr(block, "type", None) != "text":
+        return
+    for citation in block.citations or ():
+        if getattr(citation, "type", None) == "search_result_location":
+            yield Citation(
+                source_index=citation.search_result_index,
+                cited_text=citation.cited_text,
+                start_block=citation.start_block_index,
+                end_block=citation.end_block_index,
+            )
 
 
 __all__ = ["AnthropicProvider", "HeadersObserver"]

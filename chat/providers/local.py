@@ -51,6 +51,11 @@ class LocalProvider:
     def context_window(self) -> int:
         return self._context_window
 
+    @property
+    def native_citations(self) -> bool:
+        """No: passages reach this model as numbered text inside a data envelope."""
+        return False
+
     def _load(self) -> Any:
         with self._load_lock:
             if self._llama is None:

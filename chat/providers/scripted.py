@@ -2,6 +2,7 @@
 
 provider = ScriptedProvider()
 provider.enqueue("Hello", "there")           # one answer, streamed in two chunks
+provider.enqueue("Yes.", Citation(0, "quoted", 0, 1))  # a text, then the citation it has
 provider.enqueue_error(StreamInterrupted(partial_text="Hel"), chunks=["Hel"])
 """
 
@@ -12,12 +13,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from parley.errors import ProviderError
-from parley.llm import ChatRequest, StreamEnd, StreamEvent, TextDelta, Usage, estimate_tokens
+from parley.llm import (
+    ChatRequest,
+    Citation,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    Usage,
+    estimate_tokens,
+)
 
 
 @dataclass
 class _Script:
-    chunks: list[str]
+    chunks: list[str | Citation]
     error: ProviderError | None = None
     stop_reason: str | None = "end_turn"
 
@@ -26,12 +35,13 @@ class _Script:
 class ScriptedProvider:
     model: str = "scripted"
     context_window: int = 8192
+    native_citations: bool = False
     default_answer: str = "OK"
     requests: list[ChatRequest] = field(default_factory=list)
     on_request: Callable[[ChatRequest], None] | None = None
     _queue: deque[_Script] = field(default_factory=deque)
 
-    def enqueue(self, *chunks: str, stop_reason: str | None = "end_turn") -> None:
+    def enqueue(self, *chunks: str | Citation, stop_reason: str | None = "end_turn") -> None:
         self._queue.append(_Script(list(chunks), stop_reason=stop_reason))
 
     def enqueue_error(self, error: ProviderError, *, chunks: list[str] | None = None) -> None:
@@ -47,7 +57,10 @@ class ScriptedProvider:
             self.on_request(request)
         script = self._queue.popleft() if self._queue else _Script([self.default_answer])
         for chunk in script.chunks:
-            yield TextDelta(chunk)
+            if isinstance(chunk, Citation):
+                yield chunk
+            else:
+                yield TextDelta(chunk)
         if script.error is not None:
             raise script.error
         prompt_chars = len(request.system) + sum(len(m.content) for m in request.messages)

@@ -191,3 +191,45 @@ def test_no_user_ever_finds_what_they_may_not_see(
             assert (doc_id in found) == (doc_id in visible)  # its exact text finds it
         listed = {d.id for d in world.documents.list_for(user)}
         assert listed & ours == visible and listed - ours <= public_elsewhere
+
+
+def test_a_deleted_documents_vectors_go_even_if_the_store_fails_at_first(
+    services: Services, store: VectorStore, alice: Principal
+) -> None:
+    class Flaky(DocumentIndex):
+        down = True
+
+        def remove(self, document_id: int) -> None:
+            if self.down:
+                raise ConnectionError("vector store went away")
+            super().remove(document_id)
+
+    index = Flaky(embedder=HashingEmbedder(), store=store)
+    flaky = build_services(services.settings, background=services.background, document_index=index)
+    info = flaky.documents.add(alice, "gone.txt", b"Erase me entirely.")
+    flaky.documents.delete(alice, info.id)
+    assert flaky.documents.search(alice, "Erase me entirely") == []  # gone from search now
+    assert rows(store)  # the vectors are still there: the store was down
+    assert flaky.documents.sweep_erasures() == 1  # still down: still pending
+    index.down = False
+    assert flaky.documents.sweep_erasures() == 0
+    assert rows(store) == {}
+    assert flaky.documents.sweep_erasures() == 0  # nothing left to do
+
+
+def test_relevant_neighbouring_chunks_join_one_passage_within_the_allotment() -> None:
+    from chat.documents import Hit, _passages
+
+    def hit(doc: int, chunk: int, rank: float, words: int = 50) -> Hit:
+        text = " ".join(["word"] * words)
+        return Hit(doc, f"d{doc}", "alice", chunk, "", None, text, 0.5, "owner", rank)
+
+    best_first = [hit(1, 4, 3.0), hit(2, 0, 2.5), hit(1, 5, 2.0), hit(1, 3, 1.0), hit(1, 9, 0.9)]
+    runs = _passages(best_first, max_tokens=10_000)
+    assert [(p.first.document_id, p.chunks) for p in runs] == [
+        (1, (3, 4, 5)),  # chunk 4 with its relevant neighbours, in document order
+        (2, (0,)),
+        (1, (9,)),  # not adjacent: a passage of its own
+    ]
+    tight = _passages(best_first, max_tokens=2 * 50 + 20)  # room for two chunks
+    assert [(p.first.document_id, p.chunks) for p in tight] == [(1, (4, 5))]  # weakest end cut

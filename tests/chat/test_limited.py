@@ -80,6 +80,10 @@ class KeptStreams:
     def context_window(self) -> int:
         return self.inner.context_window
 
+    @property
+    def native_citations(self) -> bool:
+        return self.inner.native_citations
+
     def count_tokens(self, request: ChatRequest) -> int:
         return self.inner.count_tokens(request)
 

@@ -124,3 +124,34 @@ def test_chunks_respect_the_size_overlap_and_sections() -> None:
     assert [c.index for c in chunks] == list(range(len(chunks)))
     rebuilt = " ".join(c.text for c in long)
     assert all(f"word{i}" in rebuilt for i in range(400))  # nothing is lost
+
+
+# ---------------------------------------------------------------- hybrid ranking
+
+
+def test_hybrid_rank_lets_an_exact_rare_word_win_over_a_closer_vector() -> None:
+    from retrieval.document_index import Candidate, hybrid_rank
+
+    candidates = [
+        Candidate(1, 0, 0.62, "Our travel policy covers flights and hotels."),
+        Candidate(2, 0, 0.55, "Form TX-4471 is filed for every hotel stay abroad."),
+        Candidate(3, 0, 0.50, "Meals are paid per diem."),
+        # the rest of the vector search's candidate pool, further away
+        *(Candidate(10 + i, 0, 0.30 + i / 100, f"Unrelated note number {i}.") for i in range(8)),
+    ]
+    ranked = hybrid_rank("Which hotel stays need form TX-4471?", candidates)
+    assert [c.document_id for c, _ in ranked][:2] == [2, 1]
+    cosine_only = hybrid_rank("zzz", candidates)  # no word in common: cosine decides
+    assert [c.document_id for c, _ in cosine_only][:3] == [1, 2, 3]
+
+
+def test_hybrid_rank_lifts_a_chunk_whose_neighbour_matches() -> None:
+    from retrieval.document_index import Candidate, hybrid_rank
+
+    candidates = [
+        Candidate(1, 4, 0.9, "The refund rules, part one: the request."),
+        Candidate(1, 5, 0.3, "It is paid within thirty days."),
+        Candidate(2, 0, 0.3, "It is paid within thirty days."),  # same text, no neighbour
+    ]
+    ranked = {(c.document_id, c.index): s for c, s in hybrid_rank("refund rules", candidates)}
+    assert ranked[(1, 5)] > ranked[(2, 0)]

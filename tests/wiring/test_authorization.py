@@ -205,6 +205,16 @@ GUARDED: tuple[Guarded, ...] = (
         lambda a: a.services.conversations.messages_of(a.principal, a.data.answered),
     ),
     Guarded(
+        "conversations.documents_of",
+        NotFound,
+        lambda a: a.services.conversations.documents_of(a.principal, a.data.answered),
+    ),
+    Guarded(
+        "conversations.choose_documents",
+        NotFound,
+        lambda a: a.services.conversations.choose_documents(a.principal, a.data.answered, [1]),
+    ),
+    Guarded(
         "conversations.list_all",
         PermissionDenied,
         lambda a: a.services.conversations.list_all(a.principal),
@@ -375,6 +385,11 @@ def check_owner(world: World, method: str, data: Owned) -> None:
     elif method == "conversations.messages":
         contents = [m.content for m in services.conversations.messages(owner, data.answered)]
         assert contents[0] == f"{owner.name}'s private question"
+    elif method == "conversations.choose_documents":
+        services.conversations.choose_documents(owner, data.answered, [3, 1, 3])
+        assert services.conversations.documents_of(owner, data.answered) == [1, 3]
+        services.conversations.choose_documents(owner, data.answered, None)
+        assert services.conversations.documents_of(owner, data.answered) is None
     elif method == "usage.stored_quota":
         assert services.usage.stored_quota(owner, owner.user_id) == data.quota
     elif method == "usage.quota":
@@ -400,6 +415,7 @@ OWNER_METHODS = [
     "conversations.get",
     "conversations.rename",
     "conversations.messages",
+    "conversations.choose_documents",
     "usage.stored_quota",
     "usage.quota",
     "usage.today",
