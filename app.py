@@ -32,10 +32,14 @@ if not services.accounts.has_users():
 elif principal is None:
     pages = [st.Page("app_pages/login.py", title="Log in", icon=":material/login:")]
 else:
-    pages = [st.Page("app_pages/chat.py", title="Chat", icon=":material/chat:", default=True)]
+    pages = [
+        st.Page("app_pages/chat.py", title="Chat", icon=":material/chat:", default=True),
+        st.Page("app_pages/documents.py", title="Documents", icon=":material/description:"),
+    ]
     if principal.is_admin:
         pages += [
             st.Page("app_pages/admin_users.py", title="Users", icon=":material/group:"),
+            st.Page("app_pages/admin_groups.py", title="Groups", icon=":material/groups:"),
             st.Page("app_pages/strategy_lab.py", title="Strategy lab", icon=":material/science:"),
         ]
     pages.append(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import streamlit as st
 
 from app_pages import state
@@ -27,6 +29,8 @@ def render_sidebar(svc: Services, who: Principal) -> None:
             ui.conversation_id = None
             ui.confirm_delete = None
             st.rerun()
+        if ui.conversation_id is None and (labels := document_labels(svc, who)):
+            ui.new_documents = pick_documents(labels, ui.new_documents, key="documents-new")
         conversations = svc.conversations.list_for(who)
         if not conversations:
             st.caption("No conversations yet.")
@@ -44,8 +48,41 @@ def render_sidebar(svc: Services, who: Principal) -> None:
                 st.rerun()
 
 
+def document_labels(svc: Services, who: Principal) -> dict[int, str]:
+    return {d.id: f"{d.name} ({d.owner})" for d in svc.documents.list_for(who)}
+
+
+def pick_documents(
+    labels: dict[int, str], chosen: list[int] | None, *, key: str
+) -> list[int] | None:
+    """A multiselect of documents; nothing picked means every document (None)."""
+    picked = st.multiselect(
+        "Documents it draws on",
+        list(labels),
+        default=[d for d in chosen or [] if d in labels],
+        format_func=lambda d: labels.get(d, f"document {d}"),
+        placeholder="Every document you may read",
+        key=key,
+    )
+    return picked or None
+
+
+def render_document_choice(svc: Services, who: Principal, conversation_id: int) -> None:
+    labels = document_labels(svc, who)
+    if not labels:
+        return
+    chosen = svc.conversations.documents_of(who, conversation_id)
+    picked = pick_documents(labels, chosen, key=f"documents-{conversation_id}")
+    if picked != chosen:
+        try:
+            svc.conversations.choose_documents(who, conversation_id, picked)
+        except ParleyError as exc:
+            st.error(exc.user_message)
+
+
 def render_conversation_settings(svc: Services, who: Principal, conversation_id: int) -> None:
     with st.sidebar.expander("This conversation"):
+        render_document_choice(svc, who, conversation_id)
         title = svc.conversations.get(who, conversation_id).title
         new_title = st.text_input("Title", value=title, max_chars=200, key="rename")
         if st.button("Rename", key="rename-button") and new_title != title:
@@ -113,11 +150,45 @@ def usage_line(message: ChatMessage) -> str:
     return " · ".join(parts)
 
 
+def with_markers(text: str, citations: tuple[dict[str, Any], ...]) -> str:
+    """The answer with a [n] marker where each native citation stands (the local
+    model's answers carry their own markers already)."""
+    places: set[tuple[int, int]] = set()
+    for citation in citations:
+        n, offset = int(citation["n"]), int(citation["offset"])
+        if text[max(0, offset - len(f"[{n}]")) : offset] != f"[{n}]":
+            places.add((min(offset, len(text)), n))
+    for offset, n in sorted(places, reverse=True):
+        text = f"{text[:offset]} [{n}]{text[offset:]}"
+    return text
+
+
+def render_citations(svc: Services, who: Principal, message: ChatMessage) -> None:
+    """One expander per cited passage: its document's name, and the chunk itself."""
+    seen: dict[int, dict[str, Any]] = {}
+    for citation in message.citations:
+        seen.setdefault(int(citation["n"]), citation)
+    for n, citation in sorted(seen.items()):
+        page = f", page {citation['page']}" if citation.get("page") else ""
+        with st.expander(plain_label(f"[{n}] {citation['name']}{page}"), icon=":material/link:"):
+            for index in citation.get("chunks") or []:
+                try:
+                    chunk = svc.documents.open_chunk(who, int(citation["document_id"]), int(index))
+                except ParleyError:
+                    st.caption("This document is no longer there for you to read.")
+                    break
+                where = f" · section {chunk.heading}" if chunk.heading else ""
+                st.caption(plain_label(f"{chunk.name}, passage {index + 1}{where}"))
+                st.text(chunk.text)
+
+
 def render_message(message: ChatMessage) -> None:
     avatar = "user" if message.role is MessageRole.USER else "assistant"
     with st.chat_message(avatar):
         if message.content:
-            st.markdown(safe_markdown(message.content))
+            st.markdown(safe_markdown(with_markers(message.content, message.citations)))
+        if message.citations and principal is not None:
+            render_citations(services, principal, message)
         if message.status is MessageStatus.INTERRUPTED:
             st.caption(":warning: This answer broke off; the text above is what arrived.")
         elif message.status is MessageStatus.ERROR:
@@ -203,7 +274,12 @@ if estimate.input_cost_usd or estimate.max_output_cost_usd:
 prompt = st.chat_input("Message Parley")
 if prompt is not None:
     try:
-        reply = services.chat.send(principal, conversation_id, prompt)
+        reply = services.chat.send(
+            principal,
+            conversation_id,
+            prompt,
+            documents=ui.new_documents if conversation_id is None else None,
+        )
     except ParleyError as exc:
         ui.rejected_text = prompt if prompt.strip() else None
         ui.rejected_reason = exc.user_message

@@ -36,6 +36,7 @@ class UiState:
     rejected_reason: str | None = None
     confirm_delete: int | None = None
     redirect_to: str | None = None  # where the browser goes on the next run (cookie routes)
+    new_documents: list[int] | None = None  # what a new conversation draws on (None: all)
 
 
 def ui_state() -> UiState:

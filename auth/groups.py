@@ -48,6 +48,14 @@ class GroupService:
                 )
             )
 
+    def names_for(self, principal: Principal) -> list[str]:
+        """The groups a principal may share documents with: their own (admins: all)."""
+        with self._db.session() as session:
+            query = select(Group.name).order_by(Group.name)
+            if not principal.is_admin:
+                query = query.where(Group.id.in_(groups_of(session, principal.user_id)))
+            return list(session.scalars(query))
+
     def list_all(self, principal: Principal) -> list[tuple[str, list[str]]]:
         """Every group and its members' names: admins only."""
         _require_admin(principal)

@@ -23,10 +23,12 @@ from parley.domain import Principal
 from parley.errors import InvalidInput, NotFound, StorageConflict
 from parley.tokens import count_tokens
 from retrieval.document_index import Access, Candidate, DocumentIndex, hybrid_rank
-from retrieval.documents import chunk, parse
+from retrieval.documents import KINDS, chunk, parse
 from store.db import Database
 from store.models import Document, DocumentChunk, DocumentErasure, DocumentGroup, Group, User
 
+# The file name endings an upload may have (text, Markdown, HTML, PDF, Word).
+SUPPORTED_SUFFIXES = tuple(KINDS)
 # Chunks embedded per batch while a file is indexed (progress is reported per batch).
 EMBED_BATCH = 32
 # Candidates the vector search hands to the hybrid ranking, per hit wanted (at least 40).
@@ -482,4 +484,11 @@ def _info(session: Session, document: Document) -> DocumentInfo:
     )
 
 
-__all__ = ["DocumentInfo", "DocumentService", "Hit", "Passage", "Progress"]
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "DocumentInfo",
+    "DocumentService",
+    "Hit",
+    "Passage",
+    "Progress",
+]

@@ -14,49 +14,9 @@ from app_pages.state import UiState
 from cli.main import main as cli_main
 from fakes.anthropic_server import FakeAnthropic, Fault, Reply
 from store.models import Conversation, LoginSession
+from tests.app_pages.support import add_user, app, log_in, page_text
 from tests.support import ROOT
 from wiring.services import Services, build_services
-
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
-
-
-@pytest.fixture(autouse=True)
-def fresh_app(claude_env: FakeAnthropic) -> FakeAnthropic:
-    st.cache_resource.clear()
-    assert cli_main(["db", "upgrade"]) == 0
-    return claude_env
-
-
-def app() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=30)
-    at.run()
-    return at
-
-
-def log_in(at: AppTest, name: str, password: str) -> None:
-    at.text_input[0].input(name)
-    at.text_input[1].input(password)
-    at.button[0].click().run()
-
-
-def add_user(name: str, password: str, *, admin: bool = False) -> None:
-    from parley.config import get_settings
-    from parley.domain import Role
-    from wiring.services import build_services
-
-    build_services(get_settings()).accounts.create_user(
-        ROOT, name=name, password=password, role=Role.ADMIN if admin else Role.USER
-    )
-
-
-def page_text(at: AppTest) -> str:
-    parts = (
-        [m.value for m in at.markdown] + [e.value for e in at.error] + [c.value for c in at.caption]
-    )
-    parts += (
-        [s.value for s in at.subheader] + [t.value for t in at.title] + [i.value for i in at.info]
-    )
-    return "\n".join(str(p) for p in parts)
 
 
 def test_first_run_creates_the_admin_and_logs_in() -> None:

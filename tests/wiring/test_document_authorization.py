@@ -110,6 +110,7 @@ OWN_VIEW_ONLY = {
     "documents.search",
     "documents.has_any",
     "documents.passages",
+    "groups.names_for",
 }
 
 
@@ -175,6 +176,9 @@ def test_own_view_methods_show_nothing_private_of_another_user(world: World) -> 
         assert all(p.first.document_id != world.private for p in found)
         assert not docs.has_any(who, [world.private])
     assert docs.has_any(world.bob, [world.shared]) and not docs.has_any(world.carol)
+    assert world.services.groups.names_for(world.carol) == []
+    assert world.services.groups.names_for(world.bob) == ["staff"]
+    assert world.services.groups.names_for(world.admin) == ["staff"]
     added = docs.add(world.carol, "own.txt", b"Carol's own note.")
     assert added.owner == "carol"
 

@@ -1,0 +1,94 @@
+"""The documents, groups and chat pages with documents: upload with progress, sharing,
+groups, and an answer's citations opening the passage they cite."""
+
+from __future__ import annotations
+
+from streamlit.testing.v1 import AppTest
+
+from fakes.anthropic_server import Cited, FakeAnthropic, Reply
+from parley.config import get_settings
+from tests.app_pages.support import add_user, app, log_in, page_text
+from wiring.services import build_services
+
+POLICY = b"# Refunds\nRefunds are paid within 30 days of the request, by bank transfer."
+
+
+def upload(at: AppTest, *files: tuple[str, bytes]) -> None:
+    at.switch_page("app_pages/documents.py").run()
+    at.file_uploader[0].set_value([(name, data, "text/plain") for name, data in files])
+    next(b for b in at.button if b.label == "Add").click().run()
+    assert not at.exception
+
+
+def test_upload_lists_the_document_and_a_bad_file_gets_a_sentence() -> None:
+    add_user("alice", "alice-password")
+    at = app()
+    log_in(at, "alice", "alice-password")
+    upload(at, ("policy.md", POLICY), ("empty.txt", b"   "))
+    text = page_text(at)
+    assert "empty.txt" in "\n".join(e.value for e in at.error)  # its own sentence
+    table = at.dataframe[0].value
+    assert list(table["name"]) == ["policy.md"]  # the good file went in all the same
+    assert list(table["who may read it"]) == ["only the owner"]
+    assert "Traceback" not in text
+
+
+def test_other_users_see_nothing_until_it_is_shared_with_their_group() -> None:
+    add_user("root", "root-password", admin=True)
+    add_user("alice", "alice-password")
+    add_user("bob", "bob-password")
+    alice = app()
+    log_in(alice, "alice", "alice-password")
+    upload(alice, ("policy.md", POLICY))
+    bob = app()
+    log_in(bob, "bob", "bob-password")
+    bob.switch_page("app_pages/documents.py").run()
+    assert "No documents yet." in page_text(bob)
+    bob.text_input[0].input("refunds paid").run()
+    assert "Nothing you may read matches." in page_text(bob)
+
+    admin = app()
+    log_in(admin, "root", "root-password")
+    admin.switch_page("app_pages/admin_groups.py").run()
+    admin.text_input[0].input("finance")
+    next(b for b in admin.button if b.label == "Create group").click().run()
+    for name in ("alice", "bob"):  # a user shares with the groups they are in
+        admin.selectbox(key="member-user").select(name).run()
+        next(b for b in admin.button if b.label.startswith(f"Add {name}")).click().run()
+    assert list(admin.dataframe[0].value["members"]) == ["alice, bob"]
+
+    alice.switch_page("app_pages/documents.py").run()
+    alice.selectbox(key="share-group").select("finance").run()
+    next(b for b in alice.button if b.label == "Share with finance").click().run()
+    assert list(alice.dataframe[0].value["who may read it"]) == ["groups: finance"]
+    bob.run()
+    assert list(bob.dataframe[0].value["name"]) == ["policy.md"]
+
+
+def test_a_cited_answer_shows_its_source_and_opens_the_passage(
+    claude_env: FakeAnthropic,
+) -> None:
+    add_user("alice", "alice-password")
+    at = app()
+    log_in(at, "alice", "alice-password")
+    upload(at, ("policy.md", POLICY))
+    claude_env.enqueue(
+        Reply(segments=["Refunds take ", Cited("30 days", source=0), "."]),
+    )
+    at.switch_page("app_pages/chat.py").run()
+    at.chat_input[0].set_value("How long do refunds take?").run()
+    assert not at.exception
+    answer = at.chat_message[1]
+    assert answer.markdown[0].value == "Refunds take 30 days [1]."
+    (source,) = answer.expander
+    assert source.label.replace("\\", "") == "[1] policy.md"  # escaped as Markdown
+    assert "within 30 days" in source.text[0].value
+    request = claude_env.requests[-1].body
+    assert request["messages"][-1]["content"][0]["type"] == "search_result"
+    # The page's conversation was asked with the document; the record says so.
+    services = build_services(get_settings())
+    alice = services.accounts.authenticate(name="alice", password="alice-password")
+    assert alice is not None
+    (conversation,) = services.conversations.list_for(alice)
+    stored = services.conversations.messages(alice, conversation.id)[-1]
+    assert stored.citations[0]["name"] == "policy.md"
