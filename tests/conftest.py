@@ -16,6 +16,7 @@ from parley.config import ProviderChoice, Settings
 from parley.domain import Principal, Role
 from store.db import Database
 from store.migrate import upgrade
+from tests.chroma_server import chroma_url  # noqa: F401 - a fixture shared by the suite
 from tests.support import ROOT
 from wiring.services import Services, build_services
 

@@ -3,6 +3,7 @@ may not see (a property test over random users, groups, shares and revocations).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from parley.config import Settings
 from parley.domain import Principal
 from parley.errors import InvalidInput, NotFound
 from retrieval.document_index import COLLECTION, Access, DocumentIndex
@@ -18,7 +20,7 @@ from retrieval.embeddings import HashingEmbedder
 from retrieval.vector_store import VectorStore
 from store.models import Document, DocumentChunk
 from tests.support import ROOT
-from wiring.services import Services, build_services
+from wiring.services import Services, build_services, build_vector_store
 
 
 @pytest.fixture
@@ -111,6 +113,25 @@ TEXTS = [
 ]
 
 
+@pytest.fixture(params=["embedded", "server"])
+def fresh_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[], VectorStore]:
+    """A new, empty documents store per call: embedded Chroma, or a Chroma server that
+    the tests start, chosen as the app chooses it (by `PARLEY_CHROMA_URL`)."""
+    if request.param == "embedded":
+        return lambda: VectorStore.persistent(tmp_path_factory.mktemp("chroma"))
+    url = request.getfixturevalue("chroma_url")
+
+    def on_the_server() -> VectorStore:
+        settings = Settings(data_dir=tmp_path_factory.mktemp("data"), chroma_url=url)
+        store = build_vector_store(settings)
+        store.delete_collection(COLLECTION)
+        return store
+
+    return on_the_server
+
+
 @settings(
     max_examples=12,
     deadline=None,
@@ -132,14 +153,14 @@ TEXTS = [
 )
 def test_no_user_ever_finds_what_they_may_not_see(
     services: Services,
+    fresh_store: Callable[[], VectorStore],
     tmp_path_factory: pytest.TempPathFactory,
     plan: list[tuple[int, bool, set[int]]],
     members: set[tuple[int, int]],
     revoked: set[int],
     deleted: set[int],
 ) -> None:
-    store = VectorStore.persistent(tmp_path_factory.mktemp("chroma"))
-    index = DocumentIndex(embedder=HashingEmbedder(), store=store)
+    index = DocumentIndex(embedder=HashingEmbedder(), store=fresh_store())
     world = build_services(services.settings, background=services.background, document_index=index)
     # A fresh database world per example: users, groups, memberships.
     run = len(list(tmp_path_factory.getbasetemp().iterdir()))
