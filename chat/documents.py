@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from auth.groups import group_id_named, groups_of
@@ -79,8 +79,13 @@ class Passage:
 
     @property
     def title(self) -> str:
+        """`name, page 3, Heading` (pages `3-4` when the passage runs over a page)."""
         first = self.first
-        where = f", page {first.page}" if first.page else ""
+        pages = sorted({h.page for h in self.hits if h.page})
+        where = ""
+        if pages:
+            span = str(pages[0]) if len(pages) == 1 else f"{pages[0]}-{pages[-1]}"
+            where = f", page {span}" if len(pages) == 1 else f", pages {span}"
         heading = f", {first.heading}" if first.heading else ""
         return f"{first.name}{where}{heading}"
 
@@ -155,7 +160,7 @@ class DocumentService:
                 try:
                     self._index.add(document_id, vectors, access)
                 except Exception:
-                    self._index.remove(document_id)  # nothing half-indexed
+                    self._index.remove(document_id, access.scopes)  # nothing half-indexed
                     raise
         except StorageConflict as exc:
             raise InvalidInput(f"{name}: you already have this content.") from exc
@@ -211,6 +216,7 @@ class DocumentService:
             raise InvalidInput("Say whom to share with: a group, or everyone (public).")
         with self._db.session() as session:
             document = self._managed(session, principal, document_id)
+            before = _access(session, document)
             if group is not None:
                 group_id = group_id_named(session, group)
                 link = session.get(DocumentGroup, (document.id, group_id))
@@ -221,8 +227,8 @@ class DocumentService:
             if public:
                 document.public = granted
             session.flush()
-            access = _access(session, document)
-        self._index.set_access(document_id, access)
+            after = _access(session, document)
+        self._index.set_access(document_id, before, after)
         return self.get(principal, document_id)
 
     def delete(self, principal: Principal, document_id: int) -> None:
@@ -231,20 +237,28 @@ class DocumentService:
         vectors follow, now or at the next start-up."""
         with self._db.session() as session:
             document = self._managed(session, principal, document_id)
+            scopes = _access(session, document).scopes
             session.execute(delete(DocumentChunk).where(DocumentChunk.document_id == document.id))
             session.delete(document)
-            session.add(DocumentErasure(document_id=document_id, attempts=0))
-        self._erase_vectors(document_id)
+            session.add(DocumentErasure(document_id=document_id, scopes=scopes, attempts=0))
+        self._erase_vectors(document_id, scopes)
 
     def sweep_erasures(self) -> int:
-        """Retry every pending vector erasure; how many are still pending afterwards."""
-        with self._db.session() as session:
-            pending = session.scalars(select(DocumentErasure.document_id)).all()
-        return sum(not self._erase_vectors(d) for d in pending)
-
-    def _erase_vectors(self, document_id: int) -> bool:
+        """Retry every pending vector erasure; how many are still pending afterwards.
+        Vectors kept the older way (one shared collection) are moved into scopes first."""
         try:
-            self._index.remove(document_id)
+            self._index.migrate_legacy()
+        except Exception:
+            log.exception("Moving document vectors into scoped collections failed; will retry")
+        with self._db.session() as session:
+            pending = session.execute(
+                select(DocumentErasure.document_id, DocumentErasure.scopes)
+            ).all()
+        return sum(not self._erase_vectors(d, scopes) for d, scopes in pending)
+
+    def _erase_vectors(self, document_id: int, scopes: Sequence[str]) -> bool:
+        try:
+            self._index.remove(document_id, scopes)
         except Exception:
             log.exception("Dropping the vectors of document %s failed; will retry", document_id)
             with self._db.session() as session:
@@ -308,41 +322,89 @@ class DocumentService:
             n=max(40, k * CANDIDATES_PER_HIT),
             documents=chosen,
         )
-        found: dict[tuple[int, int], Hit] = {}
-        with self._db.session() as session:
-            mine = groups_of(session, principal.user_id)  # afresh: a revocation counts now
-            allowed: dict[int, tuple[Document, str] | None] = {}
-            for document_id, index, score in raw:
-                if document_id not in allowed:
-                    document = session.get(Document, document_id)
-                    visible = document is not None and _may_see(
-                        session, document, principal.user_id, mine
-                    )
-                    allowed[document_id] = (
-                        (document, _why(session, document, principal.user_id, mine))
-                        if document is not None and visible
-                        else None  # defence in depth: the database has the last word
-                    )
-                entry = allowed[document_id]
-                row = session.get(DocumentChunk, (document_id, index)) if entry else None
-                if entry is None or row is None:
-                    continue
-                document, why = entry
-                owner = session.get(User, document.owner_id)
-                found[(document_id, index)] = Hit(
-                    document.id,
-                    document.name,
-                    owner.name if owner else "?",
-                    index,
-                    row.heading,
-                    row.page,
-                    row.text,
-                    score,
-                    why,
-                )
+        found = self._checked_hits(principal, raw)
         candidates = [Candidate(d, i, h.score, h.text) for (d, i), h in found.items()]
         ranked = hybrid_rank(query, candidates)
         return [replace(found[(c.document_id, c.index)], rank=rank) for c, rank in ranked[:k]]
+
+    def _checked_hits(
+        self, principal: Principal, raw: Sequence[tuple[int, int, float]]
+    ) -> dict[tuple[int, int], Hit]:
+        """The vector search's candidates that the database says the principal may see,
+        with their text: memberships, documents, shares and chunks read afresh, in four
+        queries whatever the number of candidates."""
+        if not raw:
+            return {}
+        document_ids = sorted({d for d, _, _ in raw})
+        with self._db.session() as session:
+            mine = groups_of(session, principal.user_id)  # afresh: a revocation counts now
+            documents = {
+                row.Document.id: row
+                for row in session.execute(
+                    select(Document, User.name)
+                    .join(User, User.id == Document.owner_id)
+                    .where(Document.id.in_(document_ids))
+                )
+            }
+            shares: dict[int, set[int]] = {}
+            for document_id, group_id in session.execute(
+                select(DocumentGroup.document_id, DocumentGroup.group_id).where(
+                    DocumentGroup.document_id.in_(document_ids)
+                )
+            ):
+                shares.setdefault(document_id, set()).add(group_id)
+            group_names = dict(
+                session.execute(select(Group.id, Group.name).where(Group.id.in_(mine))).all()
+            )
+            chunks = {
+                (document_id, index): (text, heading, page)
+                for document_id, index, text, heading, page in session.execute(
+                    select(
+                        DocumentChunk.document_id,
+                        DocumentChunk.index,
+                        DocumentChunk.text,
+                        DocumentChunk.heading,
+                        DocumentChunk.page,
+                    ).where(
+                        # One indexed lookup per pair: a row-value IN scans the table.
+                        or_(
+                            *(
+                                (DocumentChunk.document_id == d) & (DocumentChunk.index == i)
+                                for d, i in sorted({(d, i) for d, i, _ in raw})
+                            )
+                        )
+                    )
+                )
+            }
+        found: dict[tuple[int, int], Hit] = {}
+        for document_id, index, score in raw:
+            entry = documents.get(document_id)
+            row = chunks.get((document_id, index))
+            if entry is None or row is None:
+                continue  # deleted meanwhile
+            document, owner = entry.Document, entry.name
+            via = sorted(group_names[g] for g in shares.get(document_id, set()) & mine)
+            if document.owner_id == principal.user_id:
+                why = "owner"
+            elif document.public:
+                why = "public"
+            elif via:
+                why = "group " + ", ".join(via)
+            else:
+                continue  # defence in depth: the database has the last word
+            text, heading, page = row
+            found[(document_id, index)] = Hit(
+                document.id,
+                document.name,
+                owner,
+                index,
+                heading,
+                page,
+                text,
+                score,
+                why,
+            )
+        return found
 
     def has_any(self, principal: Principal, documents: Iterable[int] | None = None) -> bool:
         """Whether the principal may see at least one document (of `documents`, when

@@ -1,10 +1,15 @@
-"""Document chunks' vectors in one Chroma collection, each tagged with who may see it.
+"""Document chunks' vectors in Chroma, kept apart by who may see them.
 
-Each row is one chunk (`"<document id>:<chunk index>"`): its embedding and metadata
-`document_id`, `owner`, `public`, and one `g<group id>: True` key per group it is
-shared with. `search` filters inside the Chroma query by the principal's id and
-groups, so rows they may not see are never scored or returned; the service checks
-each hit against the database's access list again before showing it.
+Each chunk's row (`"<document id>:<chunk index>"`: its embedding and metadata
+`document_id`, `owner`, `public`, one `g<group id>: True` key per group it is shared
+with) is written to one collection per *scope* that may see it: its owner's
+(`documents-u<id>`), each group's it is shared with (`documents-g<id>`), and
+`documents-public` when public. A search queries only the scopes of the asking user
+(their own, their groups', the public one), so rows they may not see are never scored
+or returned; the service checks each hit against the database's access list again
+before showing it. Scoped collections keep the search as fast as an unfiltered one: a
+metadata filter over one shared collection of 100,000 chunks cost Chroma about 90 ms
+a query (`bench/documents.py`), a query of a scope about 2 ms.
 """
 
 from __future__ import annotations
@@ -19,7 +24,16 @@ from retrieval.lexical import BM25Index
 from retrieval.scoring import ScoringWeights, fuse_coded
 from retrieval.vector_store import MetadataValue, VectorStore
 
-COLLECTION = "documents"
+LEGACY_COLLECTION = "documents"  # one shared, filtered collection (before scopes)
+PUBLIC_SCOPE = "documents-public"
+
+
+def user_scope(user_id: int) -> str:
+    return f"documents-u{user_id}"
+
+
+def group_scope(group_id: int) -> str:
+    return f"documents-g{group_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,24 +46,21 @@ class Access:
         tags: dict[str, MetadataValue] = {f"g{g}": True for g in sorted(self.groups)}
         return {"document_id": document_id, "owner": self.owner, "public": self.public, **tags}
 
+    @property
+    def scopes(self) -> list[str]:
+        """The collections a document with this access is written to (the owner's first)."""
+        found = [user_scope(self.owner), *(group_scope(g) for g in sorted(self.groups))]
+        return [*found, PUBLIC_SCOPE] if self.public else found
+
 
 # Chunks are ranked like turns: BM25 and cosine fused, a chunk lifted by a relevant
 # neighbour in its document. The session and speaker terms have no meaning here.
 CHUNK_WEIGHTS = ScoringWeights(cosine=1.5, neighbour=0.3, session=0.0, speaker=0.0)
 
 
-def visibility_filter(
-    user_id: int, groups: Iterable[int], documents: Iterable[int] | None = None
-) -> dict[str, object]:
-    """Rows the user owns, public rows, and rows shared with one of the user's groups;
-    with `documents`, only rows of those documents."""
-    either: list[dict[str, object]] = [{"owner": user_id}, {"public": True}]
-    either += [{f"g{g}": True} for g in sorted(set(groups))]
-    visible: dict[str, object] = {"$or": either}
-    if documents is None:
-        return visible
-    chosen = sorted(set(documents))
-    return {"$and": [visible, {"document_id": {"$in": chosen}}]}
+def visible_scopes(user_id: int, groups: Iterable[int]) -> list[str]:
+    """The collections a user's search reads: their own, their groups', the public one."""
+    return [user_scope(user_id), *(group_scope(g) for g in sorted(set(groups))), PUBLIC_SCOPE]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,21 +109,52 @@ class DocumentIndex:
         return self._embedder.embed(texts)
 
     def add(self, document_id: int, vectors: np.ndarray, access: Access) -> None:
-        """Index a document's chunks (row i is chunk i)."""
-        self._store.add(
-            COLLECTION,
-            ids=[f"{document_id}:{i}" for i in range(len(vectors))],
-            embeddings=vectors,
-            metadatas=[access.metadata(document_id)] * len(vectors),
-        )
+        """Index a document's chunks (row i is chunk i) in every scope that may see it."""
+        self.add_many([(document_id, vectors, access)])
 
-    def set_access(self, document_id: int, access: Access) -> None:
-        self._store.set_metadata(
-            COLLECTION, {"document_id": document_id}, access.metadata(document_id)
-        )
+    def add_many(self, documents: Sequence[tuple[int, np.ndarray, Access]]) -> None:
+        """Index several documents' chunks, one write per scope (bulk loads)."""
+        rows: dict[str, tuple[list[str], list[np.ndarray], list[dict[str, MetadataValue]]]] = {}
+        for document_id, vectors, access in documents:
+            ids = [f"{document_id}:{i}" for i in range(len(vectors))]
+            metadata = access.metadata(document_id)
+            for scope in access.scopes:
+                scope_ids, scope_vectors, metadatas = rows.setdefault(scope, ([], [], []))
+                scope_ids += ids
+                scope_vectors.append(np.asarray(vectors, dtype=np.float32))
+                metadatas += [metadata] * len(ids)
+        for scope, (ids, vectors_list, metadatas) in rows.items():
+            if ids:
+                matrix = np.concatenate(vectors_list)
+                self._store.add(scope, ids=ids, embeddings=matrix, metadatas=metadatas)
 
-    def remove(self, document_id: int) -> None:
-        self._store.delete_where(COLLECTION, {"document_id": document_id})
+    def set_access(self, document_id: int, before: Access, after: Access) -> None:
+        """Move a document's rows to the scopes of its new access: copied from the
+        owner's scope into new ones, dropped from scopes that lost it, re-tagged in the
+        rest. Dropping comes first: a revocation takes effect before anything else."""
+        gone = [scope for scope in before.scopes if scope not in after.scopes]
+        for scope in gone:
+            self._store.delete_where(scope, {"document_id": document_id})
+        where = {"document_id": document_id}
+        metadata = after.metadata(document_id)
+        kept = [scope for scope in after.scopes if scope in before.scopes]
+        for scope in kept:
+            self._store.set_metadata(scope, where, metadata)
+        new = [scope for scope in after.scopes if scope not in before.scopes]
+        if new:
+            rows = self._store.get_where(user_scope(after.owner), where)
+            ids = sorted(rows, key=lambda row_id: int(row_id.partition(":")[2]))
+            if ids:
+                matrix = np.stack([rows[i] for i in ids])
+                for scope in new:
+                    self._store.add(
+                        scope, ids=ids, embeddings=matrix, metadatas=[metadata] * len(ids)
+                    )
+
+    def remove(self, document_id: int, scopes: Iterable[str]) -> None:
+        """Drop a document's rows from `scopes` (the ones its access put it in)."""
+        for scope in scopes:
+            self._store.delete_where(scope, {"document_id": document_id})
 
     def search(
         self,
@@ -124,22 +166,54 @@ class DocumentIndex:
         documents: Iterable[int] | None = None,
     ) -> list[tuple[int, int, float]]:
         """(document id, chunk index, cosine) of the best `n` chunks the user may see
-        (of `documents` only, when given)."""
+        (of `documents` only, when given), from the user's scopes alone."""
         vector = self._embedder.embed([query])[0]
-        where = visibility_filter(user_id, groups, documents)
-        hits = self._store.query(COLLECTION, vector, n, where=where)
+        where = None
+        if documents is not None:
+            where = {"document_id": {"$in": sorted(set(documents))}}
+        best: dict[str, float] = {}
+        for scope in visible_scopes(user_id, groups):
+            for row_id, score in self._store.query(scope, vector, n, where=where):
+                best[row_id] = max(score, best.get(row_id, score))
         found: list[tuple[int, int, float]] = []
-        for row_id, score in hits:
+        for row_id, score in sorted(best.items(), key=lambda item: -item[1])[:n]:
             document, _, index = row_id.partition(":")
             found.append((int(document), int(index), score))
         return found
 
+    def migrate_legacy(self) -> int:
+        """Move the rows of the one shared collection of earlier versions into scopes,
+        then drop it; how many rows moved (0 when there is nothing to move)."""
+        rows = self._store.rows(LEGACY_COLLECTION)
+        by_document: dict[int, list[tuple[int, np.ndarray, dict[str, MetadataValue]]]] = {}
+        for row_id, (vector, metadata) in rows.items():
+            document, _, index = row_id.partition(":")
+            by_document.setdefault(int(document), []).append((int(index), vector, metadata))
+        batch: list[tuple[int, np.ndarray, Access]] = []
+        for document_id, chunks in by_document.items():
+            chunks.sort(key=lambda chunk: chunk[0])
+            metadata = chunks[0][2]
+            groups = frozenset(int(key[1:]) for key in metadata if _is_group_tag(key))
+            access = Access(int(str(metadata["owner"])), bool(metadata["public"]), groups)
+            batch.append((document_id, np.stack([c[1] for c in chunks]), access))
+        self.add_many(batch)
+        if rows:
+            self._store.delete_collection(LEGACY_COLLECTION)
+        return len(rows)
+
+
+def _is_group_tag(key: str) -> bool:
+    return key.startswith("g") and key[1:].isdigit()
+
 
 __all__ = [
-    "COLLECTION",
+    "LEGACY_COLLECTION",
+    "PUBLIC_SCOPE",
     "Access",
     "Candidate",
     "DocumentIndex",
+    "group_scope",
     "hybrid_rank",
-    "visibility_filter",
+    "user_scope",
+    "visible_scopes",
 ]

@@ -6,6 +6,7 @@ to own: scoring a 1,000-turn conversation takes well under a millisecond.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -42,6 +43,7 @@ _SUFFIXES = (
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # words repeat: most calls are a lookup
 def stem(word: str) -> str:
     """Strip one common English suffix ("hobbies" -> "hobby", "painted" -> "paint")."""
     if len(word) <= 3:

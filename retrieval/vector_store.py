@@ -111,6 +111,33 @@ class VectorStore:
         matrix = np.asarray(rows, dtype=np.float32)
         return {str(row_id): matrix[i] for i, row_id in enumerate(found["ids"])}
 
+    def get_where(self, collection: str, where: Mapping[str, object]) -> dict[str, np.ndarray]:
+        """Embeddings by id of the rows a metadata filter selects (none: {})."""
+        target = self._existing(collection)
+        if target is None:
+            return {}
+        found = target.get(where=dict(where), include=["embeddings"])
+        rows = found["embeddings"]
+        if rows is None or len(rows) == 0:
+            return {}
+        matrix = np.asarray(rows, dtype=np.float32)
+        return {str(row_id): matrix[i] for i, row_id in enumerate(found["ids"])}
+
+    def rows(self, collection: str) -> dict[str, tuple[np.ndarray, dict[str, MetadataValue]]]:
+        """Every row's embedding and metadata by id (no collection: {})."""
+        target = self._existing(collection)
+        if target is None:
+            return {}
+        found = target.get(include=["embeddings", "metadatas"])
+        vectors = found["embeddings"]
+        if vectors is None or len(vectors) == 0:
+            return {}
+        matrix = np.asarray(vectors, dtype=np.float32)
+        return {
+            str(row_id): (matrix[i], dict(found["metadatas"][i] or {}))
+            for i, row_id in enumerate(found["ids"])
+        }
+
     def query(
         self,
         collection: str,
@@ -155,6 +182,10 @@ class VectorStore:
         if ids:
             target.update(ids=list(ids), metadatas=[dict(metadata) for _ in ids])
         return len(ids)
+
+    def names(self) -> list[str]:
+        """The names of every collection in the store."""
+        return sorted(str(getattr(c, "name", c)) for c in self._chroma().list_collections())
 
     def delete_collection(self, collection: str) -> None:
         """Drop a collection and its rows; nothing happens if it does not exist."""

@@ -320,6 +320,8 @@ class DocumentErasure(Base):
     __tablename__ = "document_erasures"
 
     document_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The vector collections (scopes) its rows were written to.
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
     requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 

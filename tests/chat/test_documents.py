@@ -3,7 +3,7 @@ may not see (a property test over random users, groups, shares and revocations).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,14 @@ from sqlalchemy import select
 from parley.config import Settings
 from parley.domain import Principal
 from parley.errors import InvalidInput, NotFound
-from retrieval.document_index import COLLECTION, Access, DocumentIndex
+from retrieval.document_index import (
+    LEGACY_COLLECTION,
+    PUBLIC_SCOPE,
+    Access,
+    DocumentIndex,
+    group_scope,
+    user_scope,
+)
 from retrieval.embeddings import HashingEmbedder
 from retrieval.vector_store import VectorStore
 from store.models import Document, DocumentChunk
@@ -36,8 +43,14 @@ def docs(services: Services, store: VectorStore) -> Services:
     )
 
 
-def rows(store: VectorStore) -> dict[str, np.ndarray]:
-    return store.get(COLLECTION)
+def rows(store: VectorStore) -> set[tuple[str, str]]:
+    """(collection, row id) of every document row, in every scope."""
+    return {
+        (name, row_id)
+        for name in store.names()
+        if name.startswith("documents")
+        for row_id in store.get(name)
+    }
 
 
 def test_a_private_document_is_its_owners_alone(
@@ -72,7 +85,7 @@ def test_sharing_with_a_group_public_and_revoking_take_effect_at_once(
     assert docs.documents.search(bob, "launch June") == []
     docs.documents.delete(alice, info.id)
     assert docs.documents.search(alice, "launch June") == []
-    assert rows(docs.documents._index._store) == {}  # type: ignore[attr-defined]
+    assert rows(docs.documents._index._store) == set()  # type: ignore[attr-defined]
 
 
 def test_the_same_content_is_not_indexed_twice(docs: Services, alice: Principal) -> None:
@@ -99,7 +112,49 @@ def test_a_failure_while_indexing_leaves_nothing(
     with services.database.session() as session:
         assert session.scalars(select(Document)).all() == []
         assert session.scalars(select(DocumentChunk)).all() == []
-    assert rows(store) == {}
+    assert rows(store) == set()
+
+
+def test_rows_live_in_the_scopes_that_may_see_them_and_move_when_sharing_changes(
+    docs: Services, store: VectorStore, alice: Principal
+) -> None:
+    team = docs.groups.create(ROOT, "team")
+    info = docs.documents.add(alice, "two.md", b"# One\nFirst part.\n# Two\nSecond part.")
+    mine = {(user_scope(alice.user_id), f"{info.id}:{i}") for i in range(info.chunks)}
+    assert rows(store) == mine
+    docs.documents.share(alice, info.id, group="team")
+    in_team = {(group_scope(team), row_id) for _, row_id in mine}
+    assert rows(store) == mine | in_team
+    docs.documents.share(alice, info.id, public=True)
+    public = {(PUBLIC_SCOPE, row_id) for _, row_id in mine}
+    assert rows(store) == mine | in_team | public
+    tags = store.rows(group_scope(team))[f"{info.id}:0"][1]
+    assert tags["public"] is True and tags[f"g{team}"] is True  # re-tagged where kept
+    docs.documents.unshare(alice, info.id, group="team")
+    docs.documents.unshare(alice, info.id, public=True)
+    assert rows(store) == mine
+    docs.documents.delete(alice, info.id)
+    assert rows(store) == set()
+
+
+def test_vectors_of_the_one_shared_collection_move_into_scopes_at_start_up(
+    docs: Services, store: VectorStore, alice: Principal, bob: Principal
+) -> None:
+    team = docs.groups.create(ROOT, "team")
+    docs.groups.assign(ROOT, "team", "bob")
+    info = docs.documents.add(alice, "old.md", b"Kept the older way.", groups=("team",))
+    vector = store.get(user_scope(alice.user_id))[f"{info.id}:0"]
+    for name in store.names():
+        store.delete_collection(name)
+    legacy = Access(alice.user_id, False, frozenset({team}))
+    store.add(LEGACY_COLLECTION, [f"{info.id}:0"], vector[None, :], [legacy.metadata(info.id)])
+    assert docs.documents.sweep_erasures() == 0
+    assert LEGACY_COLLECTION not in store.names()
+    assert rows(store) == {
+        (user_scope(alice.user_id), f"{info.id}:0"),
+        (group_scope(team), f"{info.id}:0"),
+    }
+    assert [h.document_id for h in docs.documents.search(bob, "Kept the older way")] == [info.id]
 
 
 # ---------------------------------------------------------------- the property
@@ -126,7 +181,9 @@ def fresh_store(
     def on_the_server() -> VectorStore:
         settings = Settings(data_dir=tmp_path_factory.mktemp("data"), chroma_url=url)
         store = build_vector_store(settings)
-        store.delete_collection(COLLECTION)
+        for name in store.names():
+            if name.startswith("documents"):
+                store.delete_collection(name)
         return store
 
     return on_the_server
@@ -220,10 +277,10 @@ def test_a_deleted_documents_vectors_go_even_if_the_store_fails_at_first(
     class Flaky(DocumentIndex):
         down = True
 
-        def remove(self, document_id: int) -> None:
+        def remove(self, document_id: int, scopes: Iterable[str]) -> None:
             if self.down:
                 raise ConnectionError("vector store went away")
-            super().remove(document_id)
+            super().remove(document_id, scopes)
 
     index = Flaky(embedder=HashingEmbedder(), store=store)
     flaky = build_services(services.settings, background=services.background, document_index=index)
@@ -234,7 +291,7 @@ def test_a_deleted_documents_vectors_go_even_if_the_store_fails_at_first(
     assert flaky.documents.sweep_erasures() == 1  # still down: still pending
     index.down = False
     assert flaky.documents.sweep_erasures() == 0
-    assert rows(store) == {}
+    assert rows(store) == set()
     assert flaky.documents.sweep_erasures() == 0  # nothing left to do
 
 

@@ -25,6 +25,7 @@ def upgrade() -> None:
     op.create_table(
         "document_erasures",
         sa.Column("document_id", sa.Integer(), primary_key=True),
+        sa.Column("scopes", sa.JSON(), nullable=False),
         sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
     )
