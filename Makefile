@@ -61,6 +61,7 @@ test: lint typecheck pytest
 bench: install-dev
 	$(BIN)/python -m bench.ttft
 	$(BIN)/python -m bench.memory_table --data ../shared/data/locomo_dev.json
+	$(BIN)/python -m bench.documents --data ../shared/data/locomo_dev.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
