@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
@@ -30,7 +31,11 @@ def render_sidebar(svc: Services, who: Principal) -> None:
             ui.confirm_delete = None
             st.rerun()
         if ui.conversation_id is None and (labels := document_labels(svc, who)):
-            ui.new_documents = pick_documents(labels, ui.new_documents, key="documents-new")
+
+            def keep(picked: list[int] | None) -> None:
+                ui.new_documents = picked
+
+            pick_documents(labels, ui.new_documents, key="documents-new", on_change=keep)
         conversations = svc.conversations.list_for(who)
         if not conversations:
             st.caption("No conversations yet.")
@@ -53,31 +58,45 @@ def document_labels(svc: Services, who: Principal) -> dict[int, str]:
 
 
 def pick_documents(
-    labels: dict[int, str], chosen: list[int] | None, *, key: str
-) -> list[int] | None:
-    """A multiselect of documents; nothing picked means every document (None)."""
-    picked = st.multiselect(
+    labels: dict[int, str],
+    chosen: list[int] | None,
+    *,
+    key: str,
+    on_change: Callable[[list[int] | None], None],
+) -> None:
+    """A multiselect of documents; nothing picked means every document (None). Only a
+    change the user makes is passed on: a chosen document that is no longer visible
+    stays chosen (it may be shared again), rather than the choice widening to all."""
+    hidden = [d for d in chosen or [] if d not in labels]
+
+    def changed() -> None:
+        picked = list(st.session_state[key])
+        on_change([*picked, *hidden] if picked or hidden else None)
+
+    st.multiselect(
         "Documents it draws on",
         list(labels),
         default=[d for d in chosen or [] if d in labels],
         format_func=lambda d: labels.get(d, f"document {d}"),
         placeholder="Every document you may read",
         key=key,
+        on_change=changed,
     )
-    return picked or None
 
 
 def render_document_choice(svc: Services, who: Principal, conversation_id: int) -> None:
     labels = document_labels(svc, who)
     if not labels:
         return
-    chosen = svc.conversations.documents_of(who, conversation_id)
-    picked = pick_documents(labels, chosen, key=f"documents-{conversation_id}")
-    if picked != chosen:
+
+    def choose(picked: list[int] | None) -> None:
         try:
             svc.conversations.choose_documents(who, conversation_id, picked)
         except ParleyError as exc:
-            st.error(exc.user_message)
+            ui.rejected_reason = exc.user_message
+
+    chosen = svc.conversations.documents_of(who, conversation_id)
+    pick_documents(labels, chosen, key=f"documents-{conversation_id}", on_change=choose)
 
 
 def render_conversation_settings(svc: Services, who: Principal, conversation_id: int) -> None:
@@ -155,9 +174,8 @@ def with_markers(text: str, citations: tuple[dict[str, Any], ...]) -> str:
     model's answers carry their own markers already)."""
     places: set[tuple[int, int]] = set()
     for citation in citations:
-        n, offset = int(citation["n"]), int(citation["offset"])
-        if text[max(0, offset - len(f"[{n}]")) : offset] != f"[{n}]":
-            places.add((min(offset, len(text)), n))
+        if not citation.get("marker"):  # a [n] the model wrote is in the text already
+            places.add((min(int(citation["offset"]), len(text)), int(citation["n"])))
     for offset, n in sorted(places, reverse=True):
         text = f"{text[:offset]} [{n}]{text[offset:]}"
     return text
@@ -166,12 +184,15 @@ def with_markers(text: str, citations: tuple[dict[str, Any], ...]) -> str:
 def render_citations(svc: Services, who: Principal, message: ChatMessage) -> None:
     """One expander per cited passage: its document's name, and the chunk itself."""
     seen: dict[int, dict[str, Any]] = {}
-    for citation in message.citations:
-        seen.setdefault(int(citation["n"]), citation)
+    chunks: dict[int, set[int]] = {}
+    for citation in message.citations:  # every chunk cited of each passage
+        n = int(citation["n"])
+        seen.setdefault(n, citation)
+        chunks.setdefault(n, set()).update(int(i) for i in citation.get("chunks") or [])
     for n, citation in sorted(seen.items()):
         page = f", page {citation['page']}" if citation.get("page") else ""
         with st.expander(plain_label(f"[{n}] {citation['name']}{page}"), icon=":material/link:"):
-            for index in citation.get("chunks") or []:
+            for index in sorted(chunks[n]):
                 try:
                     chunk = svc.documents.open_chunk(who, int(citation["document_id"]), int(index))
                 except ParleyError:

@@ -20,12 +20,12 @@ from sqlalchemy.orm import Session
 
 from auth.groups import group_id_named, groups_of
 from parley.domain import Principal
-from parley.errors import InvalidInput, NotFound, StorageConflict
+from parley.errors import InvalidInput, NotFound, ParleyError, StorageConflict, StorageUnavailable
 from parley.tokens import count_tokens
 from retrieval.document_index import Access, Candidate, DocumentIndex, hybrid_rank
 from retrieval.documents import KINDS, chunk, parse
 from store.db import Database
-from store.models import Document, DocumentChunk, DocumentErasure, DocumentGroup, Group, User
+from store.models import Document, DocumentChunk, DocumentGroup, DocumentSync, Group, User, utcnow
 
 # The file name endings an upload may have (text, Markdown, HTML, PDF, Word).
 SUPPORTED_SUFFIXES = tuple(KINDS)
@@ -112,8 +112,8 @@ class DocumentService:
         chunks = chunk(parse(name, data))
         digest = hashlib.sha256(data).hexdigest()
         with self._db.session() as session:
-            for group in groups:  # a wrong group name is said before the slow part
-                group_id_named(session, group)
+            for group in groups:  # a group they may not share with is said before the slow part
+                _shareable_group(session, principal, group)
         batches = []
         for start in range(0, len(chunks), EMBED_BATCH):
             report(0.05 + 0.85 * start / len(chunks), f"Embedding {name}: {start}/{len(chunks)}")
@@ -129,7 +129,7 @@ class DocumentService:
                 )
                 if duplicate is not None:
                     raise InvalidInput(f"{name}: you already have this content as {duplicate!r}.")
-                group_ids = [group_id_named(session, g) for g in groups]
+                group_ids = [_shareable_group(session, principal, g) for g in groups]
                 document = Document(
                     owner_id=principal.user_id,
                     name=name[:255],
@@ -158,10 +158,22 @@ class DocumentService:
                 document_id = document.id
                 access = Access(principal.user_id, public, frozenset(group_ids))
                 try:
+                    # Rows an earlier failed upload left under this id go first (SQLite
+                    # hands out a rolled-back id again).
+                    self._index.remove(document_id, access.scopes)
                     self._index.add(document_id, vectors, access)
-                except Exception:
-                    self._index.remove(document_id, access.scopes)  # nothing half-indexed
-                    raise
+                except Exception as exc:
+                    try:
+                        self._index.remove(document_id, access.scopes)  # nothing half-indexed
+                    except Exception:
+                        log.exception("Removing a failed upload's vectors failed too")
+                    if isinstance(exc, ParleyError):
+                        raise
+                    raise StorageUnavailable(
+                        f"indexing {name}: {exc}",
+                        user_message=f"{name} could not be indexed; nothing of it was kept. "
+                        "Please try again.",
+                    ) from exc
         except StorageConflict as exc:
             raise InvalidInput(f"{name}: you already have this content.") from exc
         report(1.0, f"{name}: {len(chunks)} passages indexed")
@@ -218,7 +230,11 @@ class DocumentService:
             document = self._managed(session, principal, document_id)
             before = _access(session, document)
             if group is not None:
-                group_id = group_id_named(session, group)
+                group_id = (
+                    _shareable_group(session, principal, group)
+                    if granted
+                    else group_id_named(session, group)
+                )
                 link = session.get(DocumentGroup, (document.id, group_id))
                 if granted and link is None:
                     session.add(DocumentGroup(document_id=document.id, group_id=group_id))
@@ -227,8 +243,8 @@ class DocumentService:
             if public:
                 document.public = granted
             session.flush()
-            after = _access(session, document)
-        self._index.set_access(document_id, before, after)
+            _queue_sync(session, document.id, before.scopes)
+        self._sync(document_id)  # if the index fails, the outbox keeps the change
         return self.get(principal, document_id)
 
     def delete(self, principal: Principal, document_id: int) -> None:
@@ -237,38 +253,51 @@ class DocumentService:
         vectors follow, now or at the next start-up."""
         with self._db.session() as session:
             document = self._managed(session, principal, document_id)
-            scopes = _access(session, document).scopes
+            _queue_sync(session, document.id, _access(session, document).scopes)
             session.execute(delete(DocumentChunk).where(DocumentChunk.document_id == document.id))
             session.delete(document)
-            session.add(DocumentErasure(document_id=document_id, scopes=scopes, attempts=0))
-        self._erase_vectors(document_id, scopes)
+        self._sync(document_id)
 
-    def sweep_erasures(self) -> int:
-        """Retry every pending vector erasure; how many are still pending afterwards.
-        Vectors kept the older way (one shared collection) are moved into scopes first."""
+    def sweep_index(self) -> int:
+        """Bring pending documents' vectors in line with the database (after a vector
+        store failure); vectors kept the older way (one shared collection) are moved
+        into scopes first. How many documents are still pending afterwards."""
         try:
-            self._index.migrate_legacy()
+            self._index.migrate_legacy(self._access_of)
         except Exception:
             log.exception("Moving document vectors into scoped collections failed; will retry")
         with self._db.session() as session:
-            pending = session.execute(
-                select(DocumentErasure.document_id, DocumentErasure.scopes)
-            ).all()
-        return sum(not self._erase_vectors(d, scopes) for d, scopes in pending)
+            pending = session.scalars(select(DocumentSync.document_id)).all()
+        return sum(not self._sync(d) for d in pending)
 
-    def _erase_vectors(self, document_id: int, scopes: Sequence[str]) -> bool:
+    def _access_of(self, document_id: int) -> Access | None:
+        with self._db.session() as session:
+            document = session.get(Document, document_id)
+            return _access(session, document) if document is not None else None
+
+    def _sync(self, document_id: int) -> bool:
+        """Apply a pending outbox row: True once the index matches the database."""
+        with self._db.session() as session:
+            row = session.get(DocumentSync, document_id)
+            if row is None:
+                return True
+            scopes, queued = list(row.scopes), row.requested_at
+            document = session.get(Document, document_id)
+            access = _access(session, document) if document is not None else None
         try:
-            self._index.remove(document_id, scopes)
+            self._index.sync(document_id, access, stale=scopes)
         except Exception:
-            log.exception("Dropping the vectors of document %s failed; will retry", document_id)
+            log.exception("Updating the vectors of document %s failed; will retry", document_id)
             with self._db.session() as session:
-                row = session.get(DocumentErasure, document_id)
-                if row is not None:
-                    row.attempts += 1
+                pending = session.get(DocumentSync, document_id)
+                if pending is not None:
+                    pending.attempts += 1
             return False
         with self._db.session() as session:
-            session.execute(
-                delete(DocumentErasure).where(DocumentErasure.document_id == document_id)
+            session.execute(  # a change queued meanwhile keeps its row
+                delete(DocumentSync).where(
+                    DocumentSync.document_id == document_id, DocumentSync.requested_at == queued
+                )
             )
         return True
 
@@ -522,6 +551,29 @@ def _why(session: Session, document: Document, user_id: int, groups: set[int]) -
     shared = _group_ids(session, document.id) & groups
     names = session.scalars(select(Group.name).where(Group.id.in_(shared)).order_by(Group.name))
     return "group " + ", ".join(names)
+
+
+def _queue_sync(session: Session, document_id: int, scopes: Sequence[str]) -> None:
+    """Record, in the caller's transaction, that the document's vectors must follow the
+    database, and every scope its rows may be in now."""
+    row = session.get(DocumentSync, document_id)
+    if row is None:
+        session.add(DocumentSync(document_id=document_id, scopes=sorted(set(scopes)), attempts=0))
+    else:
+        row.scopes = sorted(set(row.scopes) | set(scopes))
+        row.requested_at = utcnow()
+
+
+def _shareable_group(session: Session, principal: Principal, name: str) -> int:
+    """The id of a group the principal may share with: any for admins, else one of
+    their own (the same sentence whether the group exists or not)."""
+    if principal.is_admin:
+        return group_id_named(session, name)
+    mine = groups_of(session, principal.user_id)
+    found = session.scalar(select(Group.id).where(Group.name == name.strip()))
+    if found is None or found not in mine:
+        raise InvalidInput(f"You can share only with groups you are in; {name.strip()!r} is not.")
+    return found
 
 
 def _access(session: Session, document: Document) -> Access:

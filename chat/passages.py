@@ -113,7 +113,8 @@ class Passages:
                 if 1 <= number <= len(self.passages):
                     passage = self.passages[number - 1]
                     quoted = "\n".join(h.text for h in passage.hits)
-                    found.append(_record(number, passage, passage.chunks, quoted, match.end()))
+                    cited = _record(number, passage, passage.chunks, quoted, match.end())
+                    found.append({**cited, "marker": True})  # the answer shows it already
         return found
 
 

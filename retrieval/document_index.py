@@ -14,11 +14,13 @@ a query (`bench/documents.py`), a query of a scope about 2 ms.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from parley.errors import ParleyError, StorageUnavailable
 from retrieval.embeddings import Embedder
 from retrieval.lexical import BM25Index
 from retrieval.scoring import ScoringWeights, fuse_coded
@@ -106,7 +108,8 @@ class DocumentIndex:
         self._store = store
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return self._embedder.embed(texts)
+        with _store_errors():
+            return self._embedder.embed(texts)
 
     def add(self, document_id: int, vectors: np.ndarray, access: Access) -> None:
         """Index a document's chunks (row i is chunk i) in every scope that may see it."""
@@ -123,38 +126,43 @@ class DocumentIndex:
                 scope_ids += ids
                 scope_vectors.append(np.asarray(vectors, dtype=np.float32))
                 metadatas += [metadata] * len(ids)
-        for scope, (ids, vectors_list, metadatas) in rows.items():
-            if ids:
-                matrix = np.concatenate(vectors_list)
-                self._store.add(scope, ids=ids, embeddings=matrix, metadatas=metadatas)
+        with _store_errors():
+            for scope, (ids, vectors_list, metadatas) in rows.items():
+                if ids:
+                    matrix = np.concatenate(vectors_list)
+                    self._store.add(scope, ids=ids, embeddings=matrix, metadatas=metadatas)
 
-    def set_access(self, document_id: int, before: Access, after: Access) -> None:
-        """Move a document's rows to the scopes of its new access: copied from the
-        owner's scope into new ones, dropped from scopes that lost it, re-tagged in the
-        rest. Dropping comes first: a revocation takes effect before anything else."""
-        gone = [scope for scope in before.scopes if scope not in after.scopes]
-        for scope in gone:
-            self._store.delete_where(scope, {"document_id": document_id})
+    def sync(self, document_id: int, access: Access | None, stale: Iterable[str]) -> None:
+        """Bring a document's rows in line with its access (None: deleted): dropped from
+        `stale` scopes first (a revocation takes effect before anything else), re-tagged
+        where they are, copied where they are missing. Idempotent: safe to repeat after
+        a failure part-way."""
         where = {"document_id": document_id}
-        metadata = after.metadata(document_id)
-        kept = [scope for scope in after.scopes if scope in before.scopes]
-        for scope in kept:
-            self._store.set_metadata(scope, where, metadata)
-        new = [scope for scope in after.scopes if scope not in before.scopes]
-        if new:
-            rows = self._store.get_where(user_scope(after.owner), where)
+        wanted = access.scopes if access is not None else []
+        with _store_errors():
+            for scope in {*stale, LEGACY_COLLECTION} - set(wanted):
+                self._store.delete_where(scope, where)
+            if access is None:
+                return
+            metadata = access.metadata(document_id)
+            missing = [s for s in wanted if self._store.set_metadata(s, where, metadata) == 0]
+            if not missing:
+                return
+            rows: dict[str, np.ndarray] = {}
+            for source in [*wanted, LEGACY_COLLECTION]:
+                rows = rows or self._store.get_where(source, where)
             ids = sorted(rows, key=lambda row_id: int(row_id.partition(":")[2]))
-            if ids:
-                matrix = np.stack([rows[i] for i in ids])
-                for scope in new:
-                    self._store.add(
-                        scope, ids=ids, embeddings=matrix, metadatas=[metadata] * len(ids)
-                    )
+            if not ids:
+                return  # nothing indexed to copy (a failed upload): nothing to show either
+            matrix = np.stack([rows[i] for i in ids])
+            for scope in missing:
+                self._store.add(scope, ids=ids, embeddings=matrix, metadatas=[metadata] * len(ids))
 
     def remove(self, document_id: int, scopes: Iterable[str]) -> None:
-        """Drop a document's rows from `scopes` (the ones its access put it in)."""
-        for scope in scopes:
-            self._store.delete_where(scope, {"document_id": document_id})
+        """Drop a document's rows from `scopes`."""
+        with _store_errors():
+            for scope in scopes:
+                self._store.delete_where(scope, {"document_id": document_id})
 
     def search(
         self,
@@ -167,6 +175,17 @@ class DocumentIndex:
     ) -> list[tuple[int, int, float]]:
         """(document id, chunk index, cosine) of the best `n` chunks the user may see
         (of `documents` only, when given), from the user's scopes alone."""
+        with _store_errors():
+            return self._search(query, user_id, groups, n, documents)
+
+    def _search(
+        self,
+        query: str,
+        user_id: int,
+        groups: Iterable[int],
+        n: int,
+        documents: Iterable[int] | None,
+    ) -> list[tuple[int, int, float]]:
         vector = self._embedder.embed([query])[0]
         where = None
         if documents is not None:
@@ -181,29 +200,42 @@ class DocumentIndex:
             found.append((int(document), int(index), score))
         return found
 
-    def migrate_legacy(self) -> int:
-        """Move the rows of the one shared collection of earlier versions into scopes,
-        then drop it; how many rows moved (0 when there is nothing to move)."""
-        rows = self._store.rows(LEGACY_COLLECTION)
-        by_document: dict[int, list[tuple[int, np.ndarray, dict[str, MetadataValue]]]] = {}
-        for row_id, (vector, metadata) in rows.items():
-            document, _, index = row_id.partition(":")
-            by_document.setdefault(int(document), []).append((int(index), vector, metadata))
-        batch: list[tuple[int, np.ndarray, Access]] = []
-        for document_id, chunks in by_document.items():
-            chunks.sort(key=lambda chunk: chunk[0])
-            metadata = chunks[0][2]
-            groups = frozenset(int(key[1:]) for key in metadata if _is_group_tag(key))
-            access = Access(int(str(metadata["owner"])), bool(metadata["public"]), groups)
-            batch.append((document_id, np.stack([c[1] for c in chunks]), access))
-        self.add_many(batch)
-        if rows:
-            self._store.delete_collection(LEGACY_COLLECTION)
+    def migrate_legacy(self, access_of: Callable[[int], Access | None]) -> int:
+        """Move the rows of the one shared collection of earlier versions into the scopes
+        of each document's access *as the database has it now* (`access_of`; None: the
+        document is gone and its rows are dropped), then drop that collection. How many
+        rows were found (0: nothing to move)."""
+        with _store_errors():
+            rows = self._store.rows(LEGACY_COLLECTION)
+            by_document: dict[int, list[tuple[int, np.ndarray]]] = {}
+            for row_id, (vector, _) in rows.items():
+                document, _, index = row_id.partition(":")
+                by_document.setdefault(int(document), []).append((int(index), vector))
+            batch: list[tuple[int, np.ndarray, Access]] = []
+            for document_id, chunks in by_document.items():
+                access = access_of(document_id)
+                if access is not None:
+                    chunks.sort(key=lambda chunk: chunk[0])
+                    batch.append((document_id, np.stack([c[1] for c in chunks]), access))
+            self.add_many(batch)
+            if rows:
+                self._store.delete_collection(LEGACY_COLLECTION)
         return len(rows)
 
 
-def _is_group_tag(key: str) -> bool:
-    return key.startswith("g") and key[1:].isdigit()
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """Whatever the vector store or the embedder raises becomes `StorageUnavailable`,
+    with a sentence (the original is logged by whoever handles it)."""
+    try:
+        yield
+    except ParleyError:
+        raise
+    except Exception as exc:
+        raise StorageUnavailable(
+            f"document index: {type(exc).__name__}: {exc}",
+            user_message="The document index is not answering. Please try again shortly.",
+        ) from exc
 
 
 __all__ = [

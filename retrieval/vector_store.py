@@ -24,6 +24,10 @@ def _settings() -> Any:
     return Settings(anonymized_telemetry=False)
 
 
+_PERSISTENT: dict[str, Any] = {}
+_PERSISTENT_LOCK = threading.Lock()
+
+
 class VectorStore:
     """Upsert, fetch and search embeddings in cosine-space collections."""
 
@@ -40,8 +44,14 @@ class VectorStore:
         def connect() -> Any:
             import chromadb
 
-            path.mkdir(parents=True, exist_ok=True)
-            return chromadb.PersistentClient(path=str(path), settings=_settings())
+            # One client per folder and process, made under one lock: Chroma's own cache of
+            # systems per path is not safe when two threads open the same folder at once.
+            key = str(path.resolve())
+            with _PERSISTENT_LOCK:
+                if key not in _PERSISTENT:
+                    path.mkdir(parents=True, exist_ok=True)
+                    _PERSISTENT[key] = chromadb.PersistentClient(path=key, settings=_settings())
+                return _PERSISTENT[key]
 
         return cls(connect)
 

@@ -313,14 +313,15 @@ class DocumentGroup(Base):
     )
 
 
-class DocumentErasure(Base):
-    """An outbox: a deleted document whose vectors are still to be dropped (as
-    `VectorErasure` for conversations; pending rows are retried at start-up)."""
+class DocumentSync(Base):
+    """An outbox: a document whose vectors are to be brought in line with the database
+    (shared, unshared, deleted). Written in the transaction of the change; removed once
+    the vector store has followed. Pending rows are retried at start-up."""
 
-    __tablename__ = "document_erasures"
+    __tablename__ = "document_syncs"
 
     document_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    # The vector collections (scopes) its rows were written to.
+    # Every scope (vector collection) its rows may be in since the last sync.
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
     requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -185,7 +185,7 @@ def build_services(
 
 def _sweep(conversations: ConversationService, documents: DocumentService) -> None:
     conversations.sweep_erasures()
-    documents.sweep_erasures()
+    documents.sweep_index()
 
 
 def build_sessions(settings: Settings, database: Database) -> SessionService:

@@ -92,3 +92,27 @@ def test_a_cited_answer_shows_its_source_and_opens_the_passage(
     (conversation,) = services.conversations.list_for(alice)
     stored = services.conversations.messages(alice, conversation.id)[-1]
     assert stored.citations[0]["name"] == "policy.md"
+
+
+def test_the_sidebar_narrows_a_conversation_to_chosen_documents(
+    claude_env: FakeAnthropic,
+) -> None:
+    add_user("alice", "alice-password")
+    at = app()
+    log_in(at, "alice", "alice-password")
+    upload(at, ("policy.md", POLICY), ("menu.md", b"# Menu\nSoup on Fridays, fish on Mondays."))
+    services = build_services(get_settings())
+    alice = services.accounts.authenticate(name="alice", password="alice-password")
+    assert alice is not None
+    menu_id = next(d.id for d in services.documents.list_for(alice) if d.name == "menu.md")
+    at.switch_page("app_pages/chat.py").run()
+    at.multiselect(key="documents-new").select(menu_id).run()  # a new conversation: the menu
+    at.chat_input[0].set_value("When are refunds paid and what is on Friday?").run()
+    assert not at.exception
+    sent = claude_env.requests[-1].body["messages"][-1]["content"]
+    titles = [b["title"] for b in sent if b["type"] == "search_result"]
+    assert titles == ["menu.md, Menu"]  # the policy was not asked about
+    (conversation,) = services.conversations.list_for(alice)
+    assert services.conversations.documents_of(alice, conversation.id) == [menu_id]
+    at.multiselect(key=f"documents-{conversation.id}").unselect(menu_id).run()
+    assert services.conversations.documents_of(alice, conversation.id) is None  # all again

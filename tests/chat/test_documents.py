@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from parley.config import Settings
 from parley.domain import Principal
-from parley.errors import InvalidInput, NotFound
+from parley.errors import InvalidInput, NotFound, StorageUnavailable
 from retrieval.document_index import (
     LEGACY_COLLECTION,
     PUBLIC_SCOPE,
@@ -75,6 +75,7 @@ def test_sharing_with_a_group_public_and_revoking_take_effect_at_once(
     info = docs.documents.add(alice, "plan.txt", b"The launch is on the fifth of June.")
     docs.groups.create(ROOT, "team")
     docs.groups.assign(ROOT, "team", "bob")
+    docs.groups.assign(ROOT, "team", "alice")  # one shares with one's own groups
     docs.documents.share(alice, info.id, group="team")
     assert [h.document_id for h in docs.documents.search(bob, "launch June")] == [info.id]
     docs.groups.remove(ROOT, "team", "bob")  # out of the group: gone on the next search
@@ -107,8 +108,9 @@ def test_a_failure_while_indexing_leaves_nothing(
         background=services.background,
         document_index=Failing(embedder=HashingEmbedder(), store=store),
     )
-    with pytest.raises(ConnectionError):
+    with pytest.raises(StorageUnavailable) as failed:
         broken.documents.add(alice, "long.txt", " ".join(["word"] * 2000).encode())
+    assert failed.value.user_message.startswith("long.txt could not be indexed")
     with services.database.session() as session:
         assert session.scalars(select(Document)).all() == []
         assert session.scalars(select(DocumentChunk)).all() == []
@@ -119,6 +121,7 @@ def test_rows_live_in_the_scopes_that_may_see_them_and_move_when_sharing_changes
     docs: Services, store: VectorStore, alice: Principal
 ) -> None:
     team = docs.groups.create(ROOT, "team")
+    docs.groups.assign(ROOT, "team", "alice")
     info = docs.documents.add(alice, "two.md", b"# One\nFirst part.\n# Two\nSecond part.")
     mine = {(user_scope(alice.user_id), f"{info.id}:{i}") for i in range(info.chunks)}
     assert rows(store) == mine
@@ -142,13 +145,14 @@ def test_vectors_of_the_one_shared_collection_move_into_scopes_at_start_up(
 ) -> None:
     team = docs.groups.create(ROOT, "team")
     docs.groups.assign(ROOT, "team", "bob")
-    info = docs.documents.add(alice, "old.md", b"Kept the older way.", groups=("team",))
+    info = docs.documents.add(alice, "old.md", b"Kept the older way.")
+    docs.documents.share(ROOT, info.id, group="team")  # admins share with any group
     vector = store.get(user_scope(alice.user_id))[f"{info.id}:0"]
     for name in store.names():
         store.delete_collection(name)
     legacy = Access(alice.user_id, False, frozenset({team}))
     store.add(LEGACY_COLLECTION, [f"{info.id}:0"], vector[None, :], [legacy.metadata(info.id)])
-    assert docs.documents.sweep_erasures() == 0
+    assert docs.documents.sweep_index() == 0
     assert LEGACY_COLLECTION not in store.names()
     assert rows(store) == {
         (user_scope(alice.user_id), f"{info.id}:0"),
@@ -233,17 +237,15 @@ def test_no_user_ever_finds_what_they_may_not_see(
     documents = []
     for n, (owner, public, shared) in enumerate(plan):
         info = world.documents.add(
-            users[owner],
-            f"d{n}.txt",
-            f"{TEXTS[n]} ({run})".encode(),
-            groups=tuple(groups[g] for g in sorted(shared)),
-            public=public,
+            users[owner], f"d{n}.txt", f"{TEXTS[n]} ({run})".encode(), public=public
         )
+        for g in sorted(shared):  # an admin shares: owners may share only with their groups
+            world.documents.share(ROOT, info.id, group=groups[g])
         documents.append((info.id, owner, public, set(shared)))
     for n in revoked & set(range(len(documents))):  # revoke every share of that document
         doc_id, owner, public, shared = documents[n]
         for g in shared:
-            world.documents.unshare(users[owner], doc_id, group=groups[g])
+            world.documents.unshare(users[owner], doc_id, group=groups[g])  # the owner may
         if public:
             world.documents.unshare(users[owner], doc_id, public=True)
         documents[n] = (doc_id, owner, False, set())
@@ -271,28 +273,57 @@ def test_no_user_ever_finds_what_they_may_not_see(
         assert listed & ours == visible and listed - ours <= public_elsewhere
 
 
+class Flaky(DocumentIndex):
+    """An index whose updates fail while `down` (adding and searching still work)."""
+
+    down = False
+
+    def sync(self, document_id: int, access: Access | None, stale: Iterable[str]) -> None:
+        if self.down:
+            raise ConnectionError("vector store went away")
+        super().sync(document_id, access, stale)
+
+
 def test_a_deleted_documents_vectors_go_even_if_the_store_fails_at_first(
     services: Services, store: VectorStore, alice: Principal
 ) -> None:
-    class Flaky(DocumentIndex):
-        down = True
-
-        def remove(self, document_id: int, scopes: Iterable[str]) -> None:
-            if self.down:
-                raise ConnectionError("vector store went away")
-            super().remove(document_id, scopes)
-
     index = Flaky(embedder=HashingEmbedder(), store=store)
     flaky = build_services(services.settings, background=services.background, document_index=index)
     info = flaky.documents.add(alice, "gone.txt", b"Erase me entirely.")
+    index.down = True
     flaky.documents.delete(alice, info.id)
     assert flaky.documents.search(alice, "Erase me entirely") == []  # gone from search now
     assert rows(store)  # the vectors are still there: the store was down
-    assert flaky.documents.sweep_erasures() == 1  # still down: still pending
+    assert flaky.documents.sweep_index() == 1  # still down: still pending
     index.down = False
-    assert flaky.documents.sweep_erasures() == 0
+    assert flaky.documents.sweep_index() == 0
     assert rows(store) == set()
-    assert flaky.documents.sweep_erasures() == 0  # nothing left to do
+    assert flaky.documents.sweep_index() == 0  # nothing left to do
+
+
+def test_a_share_or_revocation_the_index_missed_is_applied_later(
+    services: Services, store: VectorStore, alice: Principal, bob: Principal
+) -> None:
+    index = Flaky(embedder=HashingEmbedder(), store=store)
+    flaky = build_services(services.settings, background=services.background, document_index=index)
+    team = flaky.groups.create(ROOT, "team")
+    for name in ("alice", "bob"):
+        flaky.groups.assign(ROOT, "team", name)
+    info = flaky.documents.add(alice, "memo.txt", b"The offsite is in Lisbon.")
+    index.down = True
+    flaky.documents.share(alice, info.id, group="team")  # saved; the index did not follow
+    assert flaky.documents.get(bob, info.id).groups == ("team",)
+    assert flaky.documents.search(bob, "offsite Lisbon") == []
+    index.down = False
+    assert flaky.documents.sweep_index() == 0
+    assert [h.document_id for h in flaky.documents.search(bob, "offsite Lisbon")] == [info.id]
+    index.down = True
+    flaky.documents.unshare(alice, info.id, group="team")
+    assert flaky.documents.search(bob, "offsite Lisbon") == []  # the database says no at once
+    assert any(scope == group_scope(team) for scope, _ in rows(store))  # stale rows, for now
+    index.down = False
+    assert flaky.documents.sweep_index() == 0
+    assert {scope for scope, _ in rows(store)} == {user_scope(alice.user_id)}
 
 
 def test_relevant_neighbouring_chunks_join_one_passage_within_the_allotment() -> None:

@@ -167,6 +167,7 @@ def test_the_local_models_numbered_references_become_citations(
     (citation,) = local.conversations.messages(alice, reply.conversation_id)[-1].citations
     assert citation["n"] == 1 and citation["document_id"] == info.id
     assert citation["offset"] == len("Within 30 days [1]")
+    assert citation["marker"] is True  # the page adds no second [1]
 
 
 def test_a_scripted_native_citation_takes_its_place_in_the_answer(
@@ -199,6 +200,7 @@ def test_passages_are_recorded_with_the_answer_and_why_they_were_allowed(
     list(bob_reply)
     assert results_text(fake_anthropic) == ""  # not shared with him yet
     assert bob_reply.context.sources == ()
+    claude.groups.assign(ROOT, "finance", "alice")
     claude.documents.share(alice, info.id, group="finance")
     reply = claude.chat.send(bob, None, "Marketing budget in May?")
     list(reply)

@@ -242,6 +242,7 @@ def test_docs_and_groups_from_the_command_line(tmp_path: Path) -> None:
     assert search("ben") == []
     assert run("group", "add", "finance").returncode == 0
     assert run("group", "assign", "finance", "ben").returncode == 0
+    assert run("group", "assign", "finance", "ann").returncode == 0  # one shares with one's groups
     shared = run("docs", "share", "1", "--user", "ann", "--group", "finance")
     assert shared.returncode == 0 and "groups: finance" in shared.stdout
     assert [h["owner"] for h in search("ben")] == ["ann"]

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from auth.groups import GroupService
 from chat.documents import DocumentService
 from parley.domain import Principal, Role
-from parley.errors import NotFound, ParleyError, PermissionDenied
+from parley.errors import InvalidInput, NotFound, ParleyError, PermissionDenied
 from retrieval.document_index import DocumentIndex
 from retrieval.embeddings import HashingEmbedder
 from retrieval.vector_store import VectorStore
@@ -54,6 +54,7 @@ def world(services: Services, tmp_path: Path) -> World:
     admin = make(ROOT, name="root", password="root-password", role=Role.ADMIN)
     svc.groups.create(ROOT, "staff")
     svc.groups.assign(ROOT, "staff", "bob")
+    svc.groups.assign(ROOT, "staff", "alice")
     private = svc.documents.add(alice, "vault.txt", SECRET.encode()).id
     shared = svc.documents.add(alice, "menu.txt", b"Soup on Fridays.", groups=("staff",)).id
     return World(svc, alice, bob, carol, admin, private, shared)
@@ -178,6 +179,10 @@ def test_own_view_methods_show_nothing_private_of_another_user(world: World) -> 
     assert docs.has_any(world.bob, [world.shared]) and not docs.has_any(world.carol)
     assert world.services.groups.names_for(world.carol) == []
     assert world.services.groups.names_for(world.bob) == ["staff"]
+    with pytest.raises(InvalidInput, match="only with groups you are in"):  # not hers
+        docs.add(world.carol, "x.txt", b"Carol's.", groups=("staff",))
+    with pytest.raises(InvalidInput, match="only with groups you are in"):  # none such
+        docs.share(world.alice, world.private, group="nonexistent")
     assert world.services.groups.names_for(world.admin) == ["staff"]
     added = docs.add(world.carol, "own.txt", b"Carol's own note.")
     assert added.owner == "carol"
@@ -194,7 +199,7 @@ def test_the_owner_and_admins_may(world: World) -> None:
     for admin in (world.admin, ROOT):
         groups.create(admin, f"g{admin.user_id}")
         groups.assign(admin, f"g{admin.user_id}", "carol")
-        assert ("staff", ["bob"]) in groups.list_all(admin)
+        assert ("staff", ["alice", "bob"]) in groups.list_all(admin)
         groups.remove(admin, f"g{admin.user_id}", "carol")
     docs.delete(world.alice, world.shared)
     with pytest.raises(NotFound):

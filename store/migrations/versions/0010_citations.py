@@ -1,5 +1,5 @@
 """Citations and document choice: an answer's cited passages, the documents a
-conversation draws on, and an outbox of deleted documents whose vectors are still to go.
+conversation draws on, and an outbox of documents whose vectors are still to follow a share, unshare or deletion.
 
 Revision ID: 0010
 Revises: 0009
@@ -23,7 +23,7 @@ def upgrade() -> None:
     with op.batch_alter_table("conversations") as batch:
         batch.add_column(sa.Column("document_ids", sa.JSON(), nullable=True))
     op.create_table(
-        "document_erasures",
+        "document_syncs",
         sa.Column("document_id", sa.Integer(), primary_key=True),
         sa.Column("scopes", sa.JSON(), nullable=False),
         sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
@@ -32,7 +32,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("document_erasures")
+    op.drop_table("document_syncs")
     with op.batch_alter_table("conversations") as batch:
         batch.drop_column("document_ids")
     with op.batch_alter_table("messages") as batch:
