@@ -1,5 +1,6 @@
 """Citations and document choice: an answer's cited passages, the documents a
-conversation draws on, and an outbox of documents whose vectors are still to follow a share, unshare or deletion.
+conversation draws on, and an outbox of documents whose vectors are still to follow a
+share, unshare or deletion.
 
 Revision ID: 0010
 Revises: 0009
