@@ -28,6 +28,19 @@ _PERSISTENT: dict[str, Any] = {}
 _PERSISTENT_LOCK = threading.Lock()
 
 
+def forget_clients() -> None:
+    """Close every embedded Chroma client of this process (tests: each test's folder
+    would otherwise keep its files open until the process ends)."""
+    import sys
+
+    with _PERSISTENT_LOCK:
+        _PERSISTENT.clear()
+        if "chromadb" in sys.modules:
+            from chromadb.api.shared_system_client import SharedSystemClient
+
+            SharedSystemClient.clear_system_cache()
+
+
 class VectorStore:
     """Upsert, fetch and search embeddings in cosine-space collections."""
 

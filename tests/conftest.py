@@ -14,6 +14,7 @@ from fakes.anthropic_server import FakeAnthropic
 from parley.background import BackgroundWork
 from parley.config import ProviderChoice, Settings
 from parley.domain import Principal, Role
+from retrieval.vector_store import forget_clients
 from store.db import Database
 from store.migrate import upgrade
 from tests.chroma_server import chroma_url  # noqa: F401 - a fixture shared by the suite
@@ -52,6 +53,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PARLEY_MEMORY_STRATEGY", "token_window")
     (tmp_path / "no-secrets").mkdir()
     monkeypatch.setenv("PARLEY_SECRETS_DIR", str(tmp_path / "no-secrets"))
+
+
+@pytest.fixture(autouse=True)
+def close_chroma_clients() -> Iterator[None]:
+    """Each test's embedded Chroma folders are closed after it: their files stay open
+    otherwise, and a long run reaches the process's limit of open files."""
+    yield
+    forget_clients()
 
 
 @pytest.fixture

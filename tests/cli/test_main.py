@@ -143,7 +143,7 @@ def test_unknown_user_is_a_clear_error() -> None:
 
 def test_user_add_on_a_terminal_asks_twice_and_refuses_a_mismatch() -> None:
     import pty
-    import select
+    import selectors
 
     assert run("db", "upgrade").returncode == 0
 
@@ -156,9 +156,10 @@ def test_user_add_on_a_terminal_asks_twice_and_refuses_a_mismatch() -> None:
                 os._exit(127)  # never fall back into the test runner
         seen = b""
         pending = list(answers)
+        waiting = selectors.DefaultSelector()  # not select(): any descriptor number works
+        waiting.register(fd, selectors.EVENT_READ)
         while True:
-            ready, _, _ = select.select([fd], [], [], 30)
-            if not ready:
+            if not waiting.select(timeout=30):
                 break
             try:
                 chunk = os.read(fd, 1024)
@@ -179,6 +180,7 @@ def test_user_add_on_a_terminal_asks_twice_and_refuses_a_mismatch() -> None:
             os.kill(pid, 9)
             done = os.waitpid(pid, 0)
         status = done[1]
+        waiting.close()
         os.close(fd)
         return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
 
