@@ -31,14 +31,13 @@ _PERSISTENT_LOCK = threading.Lock()
 def forget_clients() -> None:
     """Close every embedded Chroma client of this process (tests: each test's folder
     would otherwise keep its files open until the process ends)."""
-    import sys
-
     with _PERSISTENT_LOCK:
+        clients = list(_PERSISTENT.values())
         _PERSISTENT.clear()
-        if "chromadb" in sys.modules:
-            from chromadb.api.shared_system_client import SharedSystemClient
-
-            SharedSystemClient.clear_system_cache()
+    for client in clients:
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()
 
 
 class VectorStore:
