@@ -11,21 +11,29 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from auth.groups import group_id_named, groups_of
+from chat.document_access import (
+    access_of,
+    checked_hits,
+    may_see,
+    queue_sync,
+    shareable_group,
+    why,
+)
+from chat.document_hits import Hit, Passage, group_passages
 from parley.domain import Principal
 from parley.errors import InvalidInput, NotFound, ParleyError, StorageConflict, StorageUnavailable
-from parley.tokens import count_tokens
 from retrieval.document_index import Access, Candidate, DocumentIndex, hybrid_rank
 from retrieval.documents import KINDS, chunk, parse
 from store.db import Database
-from store.models import Document, DocumentChunk, DocumentGroup, DocumentSync, Group, User, utcnow
+from store.models import Document, DocumentChunk, DocumentGroup, DocumentSync, Group, User
 
 # The file name endings an upload may have (text, Markdown, HTML, PDF, Word).
 SUPPORTED_SUFFIXES = tuple(KINDS)
@@ -47,47 +55,6 @@ class DocumentInfo:
     groups: tuple[str, ...]
     public: bool
     chunks: int
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    document_id: int
-    name: str
-    owner: str
-    chunk: int
-    heading: str
-    page: int | None
-    text: str
-    score: float  # cosine similarity to the query (the relevance threshold applies to it)
-    why: str = ""  # the permission that let the user see it: owner, public, group NAME
-    rank: float = 0.0  # the fused (BM25 and cosine) relevance the hits are ordered by
-
-
-@dataclass(frozen=True, slots=True)
-class Passage:
-    """Consecutive chunks of one document, quoted together (one source to cite)."""
-
-    hits: tuple[Hit, ...]
-
-    @property
-    def first(self) -> Hit:
-        return self.hits[0]
-
-    @property
-    def chunks(self) -> tuple[int, ...]:
-        return tuple(h.chunk for h in self.hits)
-
-    @property
-    def title(self) -> str:
-        """`name, page 3, Heading` (pages `3-4` when the passage runs over a page)."""
-        first = self.first
-        pages = sorted({h.page for h in self.hits if h.page})
-        where = ""
-        if pages:
-            span = str(pages[0]) if len(pages) == 1 else f"{pages[0]}-{pages[-1]}"
-            where = f", page {span}" if len(pages) == 1 else f", pages {span}"
-        heading = f", {first.heading}" if first.heading else ""
-        return f"{first.name}{where}{heading}"
 
 
 class DocumentService:
@@ -113,7 +80,7 @@ class DocumentService:
         digest = hashlib.sha256(data).hexdigest()
         with self._db.session() as session:
             for group in groups:  # a group they may not share with is said before the slow part
-                _shareable_group(session, principal, group)
+                shareable_group(session, principal, group)
         batches = []
         for start in range(0, len(chunks), EMBED_BATCH):
             report(0.05 + 0.85 * start / len(chunks), f"Embedding {name}: {start}/{len(chunks)}")
@@ -129,7 +96,7 @@ class DocumentService:
                 )
                 if duplicate is not None:
                     raise InvalidInput(f"{name}: you already have this content as {duplicate!r}.")
-                group_ids = [_shareable_group(session, principal, g) for g in groups]
+                group_ids = [shareable_group(session, principal, g) for g in groups]
                 document = Document(
                     owner_id=principal.user_id,
                     name=name[:255],
@@ -192,7 +159,7 @@ class DocumentService:
             return [
                 _info(session, d)
                 for d in documents
-                if principal.is_admin or _may_see(session, d, principal.user_id, mine)
+                if principal.is_admin or may_see(session, d, principal.user_id, mine)
             ]
 
     def share(
@@ -228,10 +195,10 @@ class DocumentService:
             raise InvalidInput("Say whom to share with: a group, or everyone (public).")
         with self._db.session() as session:
             document = self._managed(session, principal, document_id)
-            before = _access(session, document)
+            before = access_of(session, document)
             if group is not None:
                 group_id = (
-                    _shareable_group(session, principal, group)
+                    shareable_group(session, principal, group)
                     if granted
                     else group_id_named(session, group)
                 )
@@ -243,7 +210,7 @@ class DocumentService:
             if public:
                 document.public = granted
             session.flush()
-            _queue_sync(session, document.id, before.scopes)
+            queue_sync(session, document.id, before.scopes)
         self._sync(document_id)  # if the index fails, the outbox keeps the change
         return self.get(principal, document_id)
 
@@ -253,7 +220,7 @@ class DocumentService:
         vectors follow, now or at the next start-up."""
         with self._db.session() as session:
             document = self._managed(session, principal, document_id)
-            _queue_sync(session, document.id, _access(session, document).scopes)
+            queue_sync(session, document.id, access_of(session, document).scopes)
             session.execute(delete(DocumentChunk).where(DocumentChunk.document_id == document.id))
             session.delete(document)
         self._sync(document_id)
@@ -273,7 +240,7 @@ class DocumentService:
     def _access_of(self, document_id: int) -> Access | None:
         with self._db.session() as session:
             document = session.get(Document, document_id)
-            return _access(session, document) if document is not None else None
+            return access_of(session, document) if document is not None else None
 
     def _sync(self, document_id: int) -> bool:
         """Apply a pending outbox row: True once the index matches the database."""
@@ -283,7 +250,7 @@ class DocumentService:
                 return True
             scopes, queued = list(row.scopes), row.requested_at
             document = session.get(Document, document_id)
-            access = _access(session, document) if document is not None else None
+            access = access_of(session, document) if document is not None else None
         try:
             self._index.sync(document_id, access, stale=scopes)
         except Exception:
@@ -310,10 +277,10 @@ class DocumentService:
                 raise NotFound(user_message=f"Document {document_id} has no passage {index}.")
             owner = session.get(User, document.owner_id)
             mine = groups_of(session, principal.user_id)
-            why = (
+            allowed_as = (
                 "admin"
-                if principal.is_admin and not _may_see(session, document, principal.user_id, mine)
-                else _why(session, document, principal.user_id, mine)
+                if principal.is_admin and not may_see(session, document, principal.user_id, mine)
+                else why(session, document, principal.user_id, mine)
             )
             return Hit(
                 document.id,
@@ -324,7 +291,7 @@ class DocumentService:
                 row.page,
                 row.text,
                 1.0,
-                why,
+                allowed_as,
             )
 
     def search(
@@ -351,89 +318,10 @@ class DocumentService:
             n=max(40, k * CANDIDATES_PER_HIT),
             documents=chosen,
         )
-        found = self._checked_hits(principal, raw)
+        found = checked_hits(self._db, principal, raw)
         candidates = [Candidate(d, i, h.score, h.text) for (d, i), h in found.items()]
         ranked = hybrid_rank(query, candidates)
         return [replace(found[(c.document_id, c.index)], rank=rank) for c, rank in ranked[:k]]
-
-    def _checked_hits(
-        self, principal: Principal, raw: Sequence[tuple[int, int, float]]
-    ) -> dict[tuple[int, int], Hit]:
-        """The vector search's candidates that the database says the principal may see,
-        with their text: memberships, documents, shares and chunks read afresh, in four
-        queries whatever the number of candidates."""
-        if not raw:
-            return {}
-        document_ids = sorted({d for d, _, _ in raw})
-        with self._db.session() as session:
-            mine = groups_of(session, principal.user_id)  # afresh: a revocation counts now
-            documents = {
-                row.Document.id: row
-                for row in session.execute(
-                    select(Document, User.name)
-                    .join(User, User.id == Document.owner_id)
-                    .where(Document.id.in_(document_ids))
-                )
-            }
-            shares: dict[int, set[int]] = {}
-            for document_id, group_id in session.execute(
-                select(DocumentGroup.document_id, DocumentGroup.group_id).where(
-                    DocumentGroup.document_id.in_(document_ids)
-                )
-            ):
-                shares.setdefault(document_id, set()).add(group_id)
-            group_names = dict(
-                session.execute(select(Group.id, Group.name).where(Group.id.in_(mine))).all()
-            )
-            chunks = {
-                (document_id, index): (text, heading, page)
-                for document_id, index, text, heading, page in session.execute(
-                    select(
-                        DocumentChunk.document_id,
-                        DocumentChunk.index,
-                        DocumentChunk.text,
-                        DocumentChunk.heading,
-                        DocumentChunk.page,
-                    ).where(
-                        # One indexed lookup per pair: a row-value IN scans the table.
-                        or_(
-                            *(
-                                (DocumentChunk.document_id == d) & (DocumentChunk.index == i)
-                                for d, i in sorted({(d, i) for d, i, _ in raw})
-                            )
-                        )
-                    )
-                )
-            }
-        found: dict[tuple[int, int], Hit] = {}
-        for document_id, index, score in raw:
-            entry = documents.get(document_id)
-            row = chunks.get((document_id, index))
-            if entry is None or row is None:
-                continue  # deleted meanwhile
-            document, owner = entry.Document, entry.name
-            via = sorted(group_names[g] for g in shares.get(document_id, set()) & mine)
-            if document.owner_id == principal.user_id:
-                why = "owner"
-            elif document.public:
-                why = "public"
-            elif via:
-                why = "group " + ", ".join(via)
-            else:
-                continue  # defence in depth: the database has the last word
-            text, heading, page = row
-            found[(document_id, index)] = Hit(
-                document.id,
-                document.name,
-                owner,
-                index,
-                heading,
-                page,
-                text,
-                score,
-                why,
-            )
-        return found
 
     def has_any(self, principal: Principal, documents: Iterable[int] | None = None) -> bool:
         """Whether the principal may see at least one document (of `documents`, when
@@ -470,13 +358,13 @@ class DocumentService:
             for h in self.search(principal, question, k=12, documents=chosen)
             if h.score >= min_score
         ]
-        return _passages(hits, max_tokens)
+        return group_passages(hits, max_tokens)
 
     def _visible(self, session: Session, principal: Principal, document_id: int) -> Document:
         document = session.get(Document, document_id)
         mine = groups_of(session, principal.user_id)
         if document is None or not (
-            principal.is_admin or _may_see(session, document, principal.user_id, mine)
+            principal.is_admin or may_see(session, document, principal.user_id, mine)
         ):
             raise NotFound(user_message=f"There is no document {document_id}.")
         return document
@@ -490,94 +378,6 @@ class DocumentService:
 
 def _silent(fraction: float, step: str) -> None:  # noqa: ARG001 - a Progress that listens to nothing
     return None
-
-
-# Tokens a passage's header and block framing take beside its text.
-PASSAGE_OVERHEAD_TOKENS = 20
-
-
-def _passages(hits: Sequence[Hit], max_tokens: int) -> list[Passage]:
-    """Relevant hits grouped into runs of consecutive chunks, best run first, as many
-    as fit in `max_tokens`."""
-    by_place = {(h.document_id, h.chunk): h for h in hits}
-    taken: set[tuple[int, int]] = set()
-    runs: list[Passage] = []
-    used = 0
-    for hit in hits:  # best first
-        place = (hit.document_id, hit.chunk)
-        if place in taken:
-            continue
-        run = [hit]
-        for step in (-1, 1):  # relevant neighbours on either side join the run
-            at = hit.chunk + step
-            while (hit.document_id, at) in by_place and (hit.document_id, at) not in taken:
-                neighbour = by_place[(hit.document_id, at)]
-                run = [neighbour, *run] if step < 0 else [*run, neighbour]
-                at += step
-        cost = sum(count_tokens(h.text) for h in run) + PASSAGE_OVERHEAD_TOKENS
-        while len(run) > 1 and used + cost > max_tokens:  # drop the weakest end first
-            weakest = 0 if run[0].rank < run[-1].rank else -1
-            run.pop(weakest)
-            cost = sum(count_tokens(h.text) for h in run) + PASSAGE_OVERHEAD_TOKENS
-        if hit not in run or used + cost > max_tokens:
-            continue
-        taken.update((h.document_id, h.chunk) for h in run)
-        runs.append(Passage(tuple(run)))
-        used += cost
-    return runs
-
-
-def _group_ids(session: Session, document_id: int) -> set[int]:
-    return set(
-        session.scalars(
-            select(DocumentGroup.group_id).where(DocumentGroup.document_id == document_id)
-        )
-    )
-
-
-def _may_see(session: Session, document: Document, user_id: int, groups: set[int]) -> bool:
-    return (
-        document.owner_id == user_id
-        or document.public
-        or bool(_group_ids(session, document.id) & groups)
-    )
-
-
-def _why(session: Session, document: Document, user_id: int, groups: set[int]) -> str:
-    if document.owner_id == user_id:
-        return "owner"
-    if document.public:
-        return "public"
-    shared = _group_ids(session, document.id) & groups
-    names = session.scalars(select(Group.name).where(Group.id.in_(shared)).order_by(Group.name))
-    return "group " + ", ".join(names)
-
-
-def _queue_sync(session: Session, document_id: int, scopes: Sequence[str]) -> None:
-    """Record, in the caller's transaction, that the document's vectors must follow the
-    database, and every scope its rows may be in now."""
-    row = session.get(DocumentSync, document_id)
-    if row is None:
-        session.add(DocumentSync(document_id=document_id, scopes=sorted(set(scopes)), attempts=0))
-    else:
-        row.scopes = sorted(set(row.scopes) | set(scopes))
-        row.requested_at = utcnow()
-
-
-def _shareable_group(session: Session, principal: Principal, name: str) -> int:
-    """The id of a group the principal may share with: any for admins, else one of
-    their own (the same sentence whether the group exists or not)."""
-    if principal.is_admin:
-        return group_id_named(session, name)
-    mine = groups_of(session, principal.user_id)
-    found = session.scalar(select(Group.id).where(Group.name == name.strip()))
-    if found is None or found not in mine:
-        raise InvalidInput(f"You can share only with groups you are in; {name.strip()!r} is not.")
-    return found
-
-
-def _access(session: Session, document: Document) -> Access:
-    return Access(document.owner_id, document.public, frozenset(_group_ids(session, document.id)))
 
 
 def _info(session: Session, document: Document) -> DocumentInfo:

@@ -327,18 +327,18 @@ def test_a_share_or_revocation_the_index_missed_is_applied_later(
 
 
 def test_relevant_neighbouring_chunks_join_one_passage_within_the_allotment() -> None:
-    from chat.documents import Hit, _passages
+    from chat.document_hits import Hit, group_passages
 
     def hit(doc: int, chunk: int, rank: float, words: int = 50) -> Hit:
         text = " ".join(["word"] * words)
         return Hit(doc, f"d{doc}", "alice", chunk, "", None, text, 0.5, "owner", rank)
 
     best_first = [hit(1, 4, 3.0), hit(2, 0, 2.5), hit(1, 5, 2.0), hit(1, 3, 1.0), hit(1, 9, 0.9)]
-    runs = _passages(best_first, max_tokens=10_000)
+    runs = group_passages(best_first, max_tokens=10_000)
     assert [(p.first.document_id, p.chunks) for p in runs] == [
         (1, (3, 4, 5)),  # chunk 4 with its relevant neighbours, in document order
         (2, (0,)),
         (1, (9,)),  # not adjacent: a passage of its own
     ]
-    tight = _passages(best_first, max_tokens=2 * 50 + 20)  # room for two chunks
+    tight = group_passages(best_first, max_tokens=2 * 50 + 20)  # room for two chunks
     assert [(p.first.document_id, p.chunks) for p in tight] == [(1, (4, 5))]  # weakest end cut
