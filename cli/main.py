@@ -10,6 +10,7 @@
     parley conversation strategy ID NAME|default --as ADMIN    memory strategy per conversation
     parley memory strategies                                the installed memory strategies
     parley bench memory --data FILE --strategy NAME --budget TOKENS [--json]
+    parley audit verify | audit export [--format jsonl|csv] [--user U] [--since YYYY-MM-DD]
 
 Everything goes through the same services the page uses, under `PARLEY_DATA_DIR`.
 """
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.locomo import format_table, run
+from cli.audit import audit_commands
 from cli.common import OPERATOR
 from cli.common import principal_named as _principal
 from cli.common import services as _services
@@ -132,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     remove.set_defaults(func=_conversation_rm)
 
     document_commands(commands)
+    audit_commands(commands)
     memory = commands.add_parser("memory", help="memory strategies").add_subparsers(required=True)
     memory.add_parser("strategies", help="list installed strategies").set_defaults(
         func=_memory_strategies

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,3 +184,25 @@ def test_shared_token_buckets_on_postgres(postgres_url: str, tmp_path: Path) -> 
     database.dispose()
     granted, elapsed = admitted_by_processes(postgres_url, tmp_path, per_minute=300, tries=120)
     assert 300 <= sum(granted) <= 300 + elapsed * 300 / 60, (granted, elapsed)
+
+
+def test_processes_append_to_one_audit_chain_on_postgres(postgres_url: str) -> None:
+    """The audit head row is locked `FOR UPDATE`: four processes, one unbroken chain."""
+    from store.audit import AuditLog
+    from tests.store.test_audit import APPENDER, ROOT_DIR
+
+    database = Database(postgres_url)
+    upgrade(database)
+    log = AuditLog(database)
+    before = log.verify()
+    assert before.broken is None
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", APPENDER, postgres_url, f"pg{p}", "30"], cwd=ROOT_DIR
+        )
+        for p in range(4)
+    ]
+    assert [w.wait(timeout=120) for w in workers] == [0, 0, 0, 0]
+    after = log.verify()
+    assert (after.records - before.records, after.broken) == (120, None)
+    database.dispose()

@@ -1,0 +1,56 @@
+"""`parley audit verify` and `parley audit export`: the hash-chained audit trail."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from cli.common import services as _services
+from parley.errors import InvalidInput
+from store.audit import AuditLog, to_csv, to_jsonl
+
+
+def audit_commands(commands: Any) -> None:
+    audit = commands.add_parser("audit", help="the audit trail").add_subparsers(required=True)
+    audit.add_parser("verify", help="check every link of the chain").set_defaults(func=_verify)
+    export = audit.add_parser("export", help="records as JSON lines or CSV, to stdout")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--user", help="only records of this actor")
+    export.add_argument("--since", help="only records from this day on (YYYY-MM-DD, UTC)")
+    export.set_defaults(func=_export)
+
+
+def _log() -> AuditLog:
+    return AuditLog(_services().database)
+
+
+def _verify(_args: argparse.Namespace) -> int:
+    result = _log().verify()
+    if result.broken is None:
+        print(f"The audit trail is intact: {result.records:,} records.")
+        return 0
+    broken = result.broken
+    print(
+        f"parley: the audit trail is broken at record {broken.record_id}: {broken.reason}.",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    since = None
+    if args.since:
+        try:
+            since = datetime.strptime(args.since, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError as exc:
+            raise InvalidInput(f"--since {args.since!r} is not a day like 2026-11-27.") from exc
+    records = _log().records(actor=args.user, since=since)
+    lines = to_jsonl(records) if args.format == "jsonl" else to_csv(records)
+    for chunk in lines:
+        sys.stdout.write(chunk)
+    return 0
+
+
+__all__ = ["audit_commands"]
