@@ -235,6 +235,8 @@ def _walk(page: Page, server: Server) -> None:
     expect(_conversation_button(page)).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
     expect(page.get_by_role("heading", name=PROMPT)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
     expect(messages).to_have_count(2)
+    # The rerun after the answer may still show the streamed element for a moment.
+    expect(_answer(page)).not_to_contain_text("▌", timeout=PAGE_TIMEOUT_MS)
     answer = (_answer(page).text_content() or "").strip()
     assert answer, "the assistant message is empty"
     assert answer != PROMPT, "the assistant message only repeats the user's message"
