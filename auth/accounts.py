@@ -31,6 +31,7 @@ from auth.sessions import SessionService
 from auth.throttle import LoginThrottle, account_key, client_key
 from parley.domain import Principal, Role
 from parley.errors import AuthError, InvalidInput, NotFound, PermissionDenied, StorageConflict
+from store.audit import append_in, by
 from store.db import Database
 from store.models import User, utcnow
 
@@ -88,16 +89,24 @@ class AccountService:
     ) -> Principal:
         """Admins add a local account."""
         _require_admin(principal, "Only administrators add users.")
-        return self._insert(name=name, password=password, role=role)
+        return self._insert(principal, name=name, password=password, role=role)
 
-    def _insert(self, *, name: str, password: str, role: Role) -> Principal:
+    def _insert(self, principal: Principal, *, name: str, password: str, role: Role) -> Principal:
         name = validate_name(name)
         password_hash = hash_password(validate_password(password))
         try:
-            with self._db.session() as session:
+            with self._db.session(write_lock=True) as session:
                 user = User(name=name, password_hash=password_hash, role=role)
                 session.add(user)
                 session.flush()
+                append_in(
+                    session,
+                    "user_created",
+                    **by(principal),
+                    about_id=user.id,
+                    subject=f"user {name}",
+                    data={"role": str(role), "sign_in": "local"},
+                )
                 return Principal(user_id=user.id, name=user.name, role=user.role)
         except StorageConflict as exc:
             raise InvalidInput(f"A user named {name!r} already exists.") from exc
@@ -117,6 +126,15 @@ class AccountService:
             user = User(name=name, password_hash=password_hash, role=Role.ADMIN)
             session.add(user)
             session.flush()
+            append_in(
+                session,
+                "user_created",
+                actor_id=user.id,
+                actor=name,
+                about_id=user.id,
+                subject=f"user {name}",
+                data={"role": str(Role.ADMIN), "sign_in": "local", "first_run": True},
+            )
             return Principal(user_id=user.id, name=user.name, role=user.role)
 
     def authenticate(
@@ -135,11 +153,15 @@ class AccountService:
         now = now or datetime.now(UTC)
         keys = [account_key(name)] + ([client_key(client)] if client else [])
         if self._throttle is not None:
-            self._throttle.attempt(keys, now)  # refused here, or counted as a failure
+            try:
+                self._throttle.attempt(keys, now)  # refused here, or counted as a failure
+            except AuthError:
+                self._failed(name, client, "throttled")
+                raise
         if not isinstance(password, str) or len(password) > MAX_PASSWORD_LENGTH:
             verified = None  # refused before any hashing
         else:
-            with self._db.session() as session:
+            with self._db.session(write_lock=True) as session:
                 user = session.scalar(select(User).where(User.name == name.strip()))
                 ok = verify_password(user.password_hash if user else None, password)
                 verified = user if ok else None
@@ -147,13 +169,36 @@ class AccountService:
                     verified.last_login_at = utcnow()
                     if verified.password_hash and needs_rehash(verified.password_hash):
                         verified.password_hash = hash_password(password)
+                    append_in(
+                        session,
+                        "sign_in",
+                        actor_id=verified.id,
+                        actor=verified.name,
+                        data={"method": "password", "client": client},
+                    )
         if verified is None:
+            self._failed(name, client, "wrong name or password")
             raise AuthError()  # already counted by `attempt`
         if self._throttle is not None:
             self._throttle.succeeded(keys)  # the password was right
         if verified.disabled_at is not None:
+            self._failed(name, client, "disabled")
             raise AuthError(f"{verified.name} is disabled", user_message=DISABLED)
         return Principal(user_id=verified.id, name=verified.name, role=verified.role)
+
+    def _failed(self, name: object, client: str | None, reason: str) -> None:
+        """A refused sign-in, in the audit trail (the name as typed, never the password)."""
+        typed = name.strip()[:64] if isinstance(name, str) else ""
+        with self._db.session(write_lock=True) as session:
+            user_id = session.scalar(select(User.id).where(User.name == typed))
+            append_in(
+                session,
+                "sign_in_failed",
+                actor_id=None,
+                actor=typed or "?",
+                about_id=user_id,
+                data={"method": "password", "client": client, "reason": reason},
+            )
 
     def refresh(self, principal: Principal) -> Principal | None:
         """The signed-in user as they are now (role changes, disabling and deletions take
@@ -167,25 +212,35 @@ class AccountService:
     def set_disabled(self, principal: Principal, name: str, *, disabled: bool) -> None:
         """Admins disable (all their sessions end, sign-in refused) or enable a user."""
         _require_admin(principal, "Only administrators disable or enable users.")
-        with self._db.session() as session:
+        with self._db.session(write_lock=True) as session:
             user = _user_named(session, name)
             if disabled and user.id == principal.user_id:
                 raise InvalidInput("You cannot disable your own account.")
             user.disabled_at = (user.disabled_at or utcnow()) if disabled else None
             user_id = user.id
+            append_in(
+                session,
+                "user_disabled" if disabled else "user_enabled",
+                **by(principal),
+                about_id=user_id,
+                subject=f"user {user.name}",
+            )
         if disabled and self._sessions is not None:
-            self._sessions.end_all(user_id)
+            self._sessions.end_all(user_id, by=principal, reason="disabled")
 
     def set_password(self, principal: Principal, name: str, password: str) -> None:
         """Admins set a user's password; every session of that user ends."""
         _require_admin(principal, "Only administrators set passwords.")
         password_hash = hash_password(validate_password(password))
-        with self._db.session() as session:
+        with self._db.session(write_lock=True) as session:
             user = _user_named(session, name)
             user.password_hash = password_hash
             user_id = user.id
+            append_in(
+                session, "password_set", **by(principal), about_id=user_id, subject=f"user {name}"
+            )
         if self._sessions is not None:
-            self._sessions.end_all(user_id)
+            self._sessions.end_all(user_id, by=principal, reason="new password")
 
     def find_principal(self, principal: Principal, name: str) -> Principal | None:
         """Admins look a user up by name (the CLI acts for a named user this way)."""

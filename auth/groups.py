@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from auth.accounts import validate_name
 from parley.domain import Principal
 from parley.errors import InvalidInput, NotFound, PermissionDenied, StorageConflict
+from store.audit import append_in, by
 from store.db import Database
 from store.models import Group, GroupMember, User
 
@@ -21,32 +22,50 @@ class GroupService:
         _require_admin(principal)
         name = validate_name(name)
         try:
-            with self._db.session() as session:
+            with self._db.session(write_lock=True) as session:
                 group = Group(name=name)
                 session.add(group)
                 session.flush()
+                append_in(session, "group_created", **by(principal), subject=f"group {name}")
                 return group.id
         except StorageConflict as exc:
             raise InvalidInput(f"A group named {name!r} already exists.") from exc
 
     def assign(self, principal: Principal, group: str, user: str) -> None:
         _require_admin(principal)
-        with self._db.session() as session:
+        with self._db.session(write_lock=True) as session:
             group_id, user_id = group_id_named(session, group), _user_id(session, user)
             if session.get(GroupMember, (group_id, user_id)) is None:
                 session.add(GroupMember(group_id=group_id, user_id=user_id))
+                append_in(
+                    session,
+                    "group_member_added",
+                    **by(principal),
+                    about_id=user_id,
+                    subject=f"group {group}",
+                    data={"group_id": group_id, "user": user},
+                )
 
     def remove(self, principal: Principal, group: str, user: str) -> None:
         """Take a user out of a group: documents shared with it vanish from their very
         next search (every search reads the memberships afresh)."""
         _require_admin(principal)
-        with self._db.session() as session:
+        with self._db.session(write_lock=True) as session:
             group_id, user_id = group_id_named(session, group), _user_id(session, user)
-            session.execute(
+            removed = session.execute(
                 delete(GroupMember).where(
                     GroupMember.group_id == group_id, GroupMember.user_id == user_id
                 )
             )
+            if removed.rowcount:  # type: ignore[attr-defined]
+                append_in(
+                    session,
+                    "group_member_removed",
+                    **by(principal),
+                    about_id=user_id,
+                    subject=f"group {group}",
+                    data={"group_id": group_id, "user": user},
+                )
 
     def names_for(self, principal: Principal) -> list[str]:
         """The groups a principal may share documents with: their own (admins: all)."""

@@ -29,6 +29,8 @@ from sqlalchemy import delete, select, update
 from auth.throttle import utc
 from parley.domain import Principal
 from parley.errors import ConfigurationError
+from store.audit import append_in
+from store.audit import by as actor_of
 from store.db import Database
 from store.models import LoginSession, User
 
@@ -161,6 +163,19 @@ class SessionService:
             )
             if ended:
                 row.revoked_at = now
+                append_in(
+                    session,
+                    "session_ended",
+                    actor_id=None,
+                    actor="system",
+                    about_id=row.user_id,
+                    subject=f"session {row.id}",
+                    data={
+                        "reason": "user disabled or gone"
+                        if user is None or user.disabled_at
+                        else "expired"
+                    },
+                )
                 return None
             assert user is not None
             if now - utc(row.last_seen_at) >= TOUCH_EVERY:
@@ -169,22 +184,51 @@ class SessionService:
 
     def end(self, session_id: int, *, now: datetime | None = None) -> None:
         """Log out: the session is revoked; its cookie opens nothing any more."""
-        with self._db.session() as session:
-            session.execute(
+        with self._db.session(write_lock=True) as session:
+            result = session.execute(
                 update(LoginSession)
                 .where(LoginSession.id == session_id, LoginSession.revoked_at.is_(None))
                 .values(revoked_at=now or datetime.now(UTC), ticket_hash=None)
+                .returning(LoginSession.user_id)
             )
+            user_id = result.scalar()
+            if user_id is not None:
+                name = session.scalar(select(User.name).where(User.id == user_id)) or "?"
+                append_in(
+                    session,
+                    "session_ended",
+                    actor_id=user_id,
+                    actor=name,
+                    subject=f"session {session_id}",
+                    data={"reason": "signed out"},
+                )
 
-    def end_all(self, user_id: int, *, now: datetime | None = None) -> int:
+    def end_all(
+        self,
+        user_id: int,
+        *,
+        by: Principal | None = None,
+        reason: str = "",
+        now: datetime | None = None,
+    ) -> int:
         """Revoke every session of a user (disabled, or a new password); how many ended."""
-        with self._db.session() as session:
+        with self._db.session(write_lock=True) as session:
             result = session.execute(
                 update(LoginSession)
                 .where(LoginSession.user_id == user_id, LoginSession.revoked_at.is_(None))
                 .values(revoked_at=now or datetime.now(UTC), ticket_hash=None)
             )
-            return int(result.rowcount)  # type: ignore[attr-defined]
+            count = int(result.rowcount)  # type: ignore[attr-defined]
+            if count:
+                append_in(
+                    session,
+                    "sessions_revoked",
+                    **actor_of(by),
+                    about_id=user_id,
+                    subject=f"user {user_id}",
+                    data={"sessions": count, "reason": reason},
+                )
+            return count
 
 
 __all__ = ["COOKIE_NAME", "Resumed", "SessionService", "secret_from_file"]

@@ -11,8 +11,10 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, defer
 
+from chat.grants import require_grant
 from parley.domain import MessageRole, MessageStatus, Principal
 from parley.errors import InvalidInput, NotFound, PermissionDenied
+from store.audit import append_in, by
 from store.db import Database
 from store.models import Conversation, Message, User, VectorErasure, utcnow
 
@@ -157,10 +159,15 @@ class ConversationService:
             ]
 
     def messages_of(self, principal: Principal, conversation_id: int) -> list[ChatMessage]:
-        """Any conversation's messages: admins only (the strategy lab and, later, the audit)."""
+        """Any conversation's messages, for admins (the strategy lab): their own, or one
+        they opened with a reason (break-glass, `chat/review.py`)."""
         if not principal.is_admin:
             raise PermissionDenied(user_message="Only administrators read others' conversations.")
         with self._db.session() as session:
+            conversation = session.get(Conversation, conversation_id)
+            if conversation is None:
+                raise NotFound(user_message=f"There is no conversation {conversation_id}.")
+            require_grant(session, principal, conversation)
             rows = session.scalars(
                 select(Message)
                 .options(defer(Message.context))  # provenance: not shown here
@@ -205,7 +212,8 @@ class ConversationService:
             conversation.document_ids = None if documents is None else sorted(set(documents))
 
     def delete(self, principal: Principal, conversation_id: int) -> None:
-        """Erase a conversation: its messages, summaries and vectors.
+        """Erase a conversation: its messages, summaries and vectors, leaving no bytes of
+        them in SQLite's files (`Database.reclaim`) and a tombstone in the audit trail.
 
         The rows go in one transaction, which also records the conversation in the
         `vector_erasures` outbox; the vectors are then dropped and the outbox row
@@ -213,12 +221,23 @@ class ConversationService:
         start-up) tries again. Background work that comes late for the conversation
         re-creates nothing (the recall index remembers what it erased).
         """
-        with self._db.session() as session:
+        with self._db.session(write_lock=True) as session:
             conversation = owned_conversation(session, principal, conversation_id)
-            session.execute(delete(Message).where(Message.conversation_id == conversation.id))
+            erased = session.execute(
+                delete(Message).where(Message.conversation_id == conversation.id)
+            ).rowcount  # type: ignore[attr-defined]
             session.delete(conversation)
             session.add(VectorErasure(conversation_id=conversation_id, attempts=0))
+            append_in(  # the tombstone: what was erased, never what it said
+                session,
+                "conversation_erased",
+                **by(principal),
+                about_id=principal.user_id,
+                subject=f"conversation {conversation_id}",
+                data={"conversation_ids": [conversation_id], "message_count": int(erased)},
+            )
         self._erase_vectors(conversation_id)
+        self._db.reclaim()
 
     def sweep_erasures(self) -> int:
         """Retry every pending vector erasure; how many are still pending afterwards."""

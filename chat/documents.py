@@ -32,6 +32,7 @@ from parley.domain import Principal
 from parley.errors import InvalidInput, NotFound, ParleyError, StorageConflict, StorageUnavailable
 from retrieval.document_index import Access, Candidate, DocumentIndex, hybrid_rank
 from retrieval.documents import KINDS, chunk, parse
+from store.audit import append_in, by
 from store.db import Database
 from store.models import Document, DocumentChunk, DocumentGroup, DocumentSync, Group, User
 
@@ -123,6 +124,19 @@ class DocumentService:
                 )
                 session.flush()
                 document_id = document.id
+                append_in(
+                    session,
+                    "document_added",
+                    **by(principal),
+                    subject=f"document {document_id}",
+                    data={
+                        "document_id": document_id,
+                        "sha256": digest,
+                        "chunks": len(chunks),
+                        "groups": sorted(groups),
+                        "public": public,
+                    },
+                )
                 access = Access(principal.user_id, public, frozenset(group_ids))
                 try:
                     # Rows an earlier failed upload left under this id go first (SQLite
@@ -193,7 +207,7 @@ class DocumentService:
     ) -> DocumentInfo:
         if group is None and not public:
             raise InvalidInput("Say whom to share with: a group, or everyone (public).")
-        with self._db.session() as session:
+        with self._db.session(write_lock=True) as session:
             document = self._managed(session, principal, document_id)
             before = access_of(session, document)
             if group is not None:
@@ -211,6 +225,14 @@ class DocumentService:
                 document.public = granted
             session.flush()
             queue_sync(session, document.id, before.scopes)
+            append_in(
+                session,
+                "document_shared" if granted else "document_unshared",
+                **by(principal),
+                about_id=document.owner_id,
+                subject=f"document {document.id}",
+                data={"document_id": document.id, "group": group, "public": public},
+            )
         self._sync(document_id)  # if the index fails, the outbox keeps the change
         return self.get(principal, document_id)
 
@@ -218,12 +240,21 @@ class DocumentService:
         """Delete a document: its rows go at once (searches check the database, so it is
         gone from the next one), and an outbox row in the same transaction makes sure its
         vectors follow, now or at the next start-up."""
-        with self._db.session() as session:
+        with self._db.session(write_lock=True) as session:
             document = self._managed(session, principal, document_id)
             queue_sync(session, document.id, access_of(session, document).scopes)
             session.execute(delete(DocumentChunk).where(DocumentChunk.document_id == document.id))
             session.delete(document)
+            append_in(
+                session,
+                "document_deleted",
+                **by(principal),
+                about_id=document.owner_id,
+                subject=f"document {document.id}",
+                data={"document_id": document.id},
+            )
         self._sync(document_id)
+        self._db.reclaim()  # no byte of the chunks left in SQLite's files
 
     def sweep_index(self) -> int:
         """Bring pending documents' vectors in line with the database (after a vector

@@ -81,6 +81,12 @@ class HistoryCache:
         self._entries: OrderedDict[tuple[int, datetime], _Cached] = OrderedDict()
         self._lock = threading.Lock()
 
+    def forget(self, conversation_id: int) -> None:
+        """An erased conversation's turns leave this process's memory too."""
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == conversation_id]:
+                del self._entries[key]
+
     def turns(self, session: Session, conversation: Conversation) -> tuple[Turn, ...]:
         key = (conversation.id, conversation.created_at)
         messages, superseded = session.execute(

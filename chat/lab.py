@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from chat.context import ContextBuilder, Estimate
+from chat.grants import require_grant
 from chat.history import prompt_turns
 from memory import ContextWindow
 from parley.domain import MessageRole, Principal
@@ -72,6 +73,10 @@ class StrategyLab:
         """
         _require_admin(principal, "Only administrators can replay conversations.")
         with self._db.session() as session:
+            conversation = session.get(Conversation, conversation_id)
+            if conversation is None:
+                raise NotFound(user_message=f"There is no conversation {conversation_id}.")
+            require_grant(session, principal, conversation)  # break-glass: a reason first
             question = session.execute(
                 select(Message.content).where(
                     Message.id == message_id,

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import replace
+from typing import Any
 
 from sqlalchemy import select
 
@@ -49,8 +50,9 @@ from parley.llm import (
     TextDelta,
     Usage,
 )
+from store.audit import append_in, message_ref
 from store.db import Database
-from store.models import Conversation, Message, utcnow
+from store.models import Conversation, Message, User, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +379,7 @@ class ChatService:
         model = ends[-1].model if ends else self._provider.model
         usage = sum((e.usage for e in ends), Usage()) if ends else None
         cost = self._usage.cost(model, usage) if usage else None
-        message = {
+        message: dict[str, Any] = {
             "conversation_id": stream.conversation_id,
             "role": MessageRole.ASSISTANT,
             "content": text,
@@ -397,7 +399,7 @@ class ChatService:
         }
         for attempt, delay in enumerate((*STORE_RETRY_DELAYS_S, None), start=1):
             try:
-                message_id = self._insert_answer(message)
+                message_id = self._insert_answer(message, stream)
                 break
             except StorageError as exc:
                 # A passing outage is tried again; a conflict (the conversation was deleted
@@ -417,15 +419,43 @@ class ChatService:
                 time.sleep(delay)
         return ReplyResult(message_id, status, text, model, usage, cost, sentence)
 
-    def _insert_answer(self, fields: dict[str, object]) -> int:
+    def _insert_answer(self, fields: dict[str, Any], stream: ReplyStream) -> int:
+        """The answer, and in the same transaction its audit record: who asked, the
+        question and answer by id and hash, what went into the prompt, what it cost."""
         now = utcnow()
-        with self._db.session() as session:
+        with self._db.session(write_lock=True) as session:
             message = Message(**fields, created_at=now, completed_at=now)
             session.add(message)
             conversation = session.get(Conversation, fields["conversation_id"])
             if conversation is not None:
                 conversation.updated_at = now
             session.flush()
+            question = session.get(Message, stream.user_message_id)
+            asker = session.get(User, stream.user_id)
+            refs = [message_ref(message.id, message.content)]
+            if question is not None:
+                refs.insert(0, message_ref(question.id, question.content))
+            append_in(
+                session,
+                "answer",
+                actor_id=stream.user_id,
+                actor=asker.name if asker else "system",
+                subject=f"conversation {stream.conversation_id}",
+                data={
+                    "conversation_id": stream.conversation_id,
+                    "messages": refs,
+                    "status": str(message.status),
+                    "model": message.model,
+                    "input_tokens": message.input_tokens,
+                    "output_tokens": message.output_tokens,
+                    "cost_usd": message.cost_usd,
+                    "prompt": fields["context"],
+                    "cited": [
+                        {"n": c["n"], "document_id": c["document_id"], "chunks": c["chunks"]}
+                        for c in fields["citations"] or ()
+                    ],
+                },
+            )
             return message.id
 
 

@@ -25,8 +25,9 @@ from sqlalchemy.orm import Session
 
 from parley.config import ModelPrice, Settings
 from parley.domain import CallOutcome, Principal, Purpose
-from parley.errors import NotFound, PermissionDenied, QuotaExceeded, StorageError
+from parley.errors import InvalidInput, NotFound, PermissionDenied, QuotaExceeded, StorageError
 from parley.llm import CallRecord, Usage
+from store.audit import append_in, by
 from store.db import Database
 from store.models import Conversation, QuotaReservation, UsageEntry, User
 
@@ -69,6 +70,19 @@ class UsageRow:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageFact:
+    day: date
+    user: str
+    model: str
+    purpose: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cache_tokens: int  # read from and written to the prompt cache
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
 class Quota:
     messages_per_day: int  # 0: no limit
     tokens_per_day: int
@@ -98,29 +112,50 @@ class UsageService:
         A call that names only its conversation (a summary) is charged to the owner.
         """
         meta = call.meta
-        with self._db.session() as session:
+        with self._db.session(write_lock=True) as session:
             user_id = meta.user_id
             if user_id is None and meta.conversation_id is not None:
                 user_id = session.scalar(
                     select(Conversation.user_id).where(Conversation.id == meta.conversation_id)
                 )
             name = session.scalar(select(User.name).where(User.id == user_id)) if user_id else None
-            session.add(
-                UsageEntry(
-                    user_id=user_id,
-                    user_name=name,
-                    conversation_id=meta.conversation_id,
-                    purpose=meta.purpose,
-                    outcome=call.outcome,
-                    model=call.model,
-                    input_tokens=call.usage.input_tokens,
-                    output_tokens=call.usage.output_tokens,
-                    cache_creation_input_tokens=call.usage.cache_creation_input_tokens,
-                    cache_read_input_tokens=call.usage.cache_read_input_tokens,
-                    cost_usd=self.cost(call.model, call.usage),
-                    started_at=call.started_at,
-                    ended_at=call.ended_at,
-                )
+            cost = self.cost(call.model, call.usage)
+            entry = UsageEntry(
+                user_id=user_id,
+                user_name=name,
+                conversation_id=meta.conversation_id,
+                purpose=meta.purpose,
+                outcome=call.outcome,
+                model=call.model,
+                input_tokens=call.usage.input_tokens,
+                output_tokens=call.usage.output_tokens,
+                cache_creation_input_tokens=call.usage.cache_creation_input_tokens,
+                cache_read_input_tokens=call.usage.cache_read_input_tokens,
+                cost_usd=cost,
+                started_at=call.started_at,
+                ended_at=call.ended_at,
+            )
+            session.add(entry)
+            session.flush()
+            append_in(
+                session,
+                "ai_call",
+                actor_id=user_id,
+                actor=name or "system",
+                subject=f"conversation {meta.conversation_id}" if meta.conversation_id else "",
+                data={
+                    "ledger_id": entry.id,
+                    "conversation_id": meta.conversation_id,
+                    "purpose": str(meta.purpose),
+                    "model": call.model,
+                    "outcome": str(call.outcome),
+                    "input_tokens": call.usage.input_tokens,
+                    "output_tokens": call.usage.output_tokens,
+                    "cache_write_tokens": call.usage.cache_creation_input_tokens,
+                    "cache_read_tokens": call.usage.cache_read_input_tokens,
+                    "cost_usd": round(cost, 8),
+                    "latency_ms": round((call.ended_at - call.started_at).total_seconds() * 1000),
+                },
             )
 
     def today(
@@ -171,12 +206,20 @@ class UsageService:
         """Admins override a user's quotas (None: back to the default; 0: no limit)."""
         if not principal.is_admin:
             raise PermissionDenied(user_message="Only administrators set quotas.")
-        with self._db.session() as session:
+        with self._db.session(write_lock=True) as session:
             user = session.get(User, user_id)
             if user is None:
                 raise NotFound(user_message=f"There is no user {user_id}.")
             user.quota_messages_per_day = messages_per_day
             user.quota_tokens_per_day = tokens_per_day
+            append_in(
+                session,
+                "quota_set",
+                **by(principal),
+                about_id=user_id,
+                subject=f"user {user.name}",
+                data={"messages_per_day": messages_per_day, "tokens_per_day": tokens_per_day},
+            )
 
     def check_quota(self, principal: Principal, *, now: datetime | None = None) -> None:
         """Raise `QuotaExceeded`, naming the reset time, when the principal's quota is used up.
@@ -294,6 +337,55 @@ class UsageService:
                 cache_read_tokens=int(r[5]),
                 cache_write_tokens=int(r[6]),
                 cost_usd=float(r[7]),
+            )
+            for r in rows
+        ]
+
+    def facts(self, principal: Principal, *, since: date, until: date) -> list[UsageFact]:
+        """Calls, tokens and cost per UTC day, user, model and purpose between two days
+        (both included), for chargeback charts: admins only."""
+        if not principal.is_admin:
+            raise PermissionDenied(user_message="Only administrators see everyone's usage.")
+        if since > until:
+            raise InvalidInput("The first day comes after the last.")
+        start = datetime.combine(since, time.min, UTC)
+        end = datetime.combine(until + timedelta(days=1), time.min, UTC)
+        day = func.date(UsageEntry.ended_at)
+        who = func.coalesce(UsageEntry.user_name, "(no user)")
+        with self._db.session() as session:
+            rows = session.execute(
+                select(
+                    day,
+                    who,
+                    UsageEntry.model,
+                    UsageEntry.purpose,
+                    func.count(UsageEntry.id),
+                    func.coalesce(func.sum(UsageEntry.input_tokens), 0),
+                    func.coalesce(func.sum(UsageEntry.output_tokens), 0),
+                    func.coalesce(
+                        func.sum(
+                            UsageEntry.cache_read_input_tokens
+                            + UsageEntry.cache_creation_input_tokens
+                        ),
+                        0,
+                    ),
+                    func.coalesce(func.sum(UsageEntry.cost_usd), 0.0),
+                )
+                .where(UsageEntry.ended_at >= start, UsageEntry.ended_at < end)
+                .group_by(day, who, UsageEntry.model, UsageEntry.purpose)
+                .order_by(day, who)
+            ).all()
+        return [
+            UsageFact(
+                day=r[0] if isinstance(r[0], date) else date.fromisoformat(str(r[0])),
+                user=r[1],
+                model=r[2],
+                purpose=str(r[3]),
+                calls=int(r[4]),
+                input_tokens=int(r[5]),
+                output_tokens=int(r[6]),
+                cache_tokens=int(r[7]),
+                cost_usd=float(r[8]),
             )
             for r in rows
         ]

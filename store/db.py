@@ -8,6 +8,7 @@ sentence for the user and the original on `__cause__`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +63,28 @@ class Database:
         except SQLAlchemyError as exc:
             raise translate_database_error(exc) from exc
 
+    def reclaim(self, attempts: int = 5) -> bool:
+        """After an erasure: leave no erased bytes in SQLite's files.
+
+        Every connection deletes with `secure_delete` (freed cells and pages are
+        zeroed); this moves the write-ahead log into the database and truncates it,
+        so the log's older copies of the pages go too. A reader holding an old
+        snapshot makes SQLite decline; that is tried again a few times. True when the
+        log is empty. PostgreSQL reclaims its own files (VACUUM; see the README).
+        """
+        if not self.is_sqlite:
+            return True
+        for attempt in range(attempts):
+            try:
+                with self.engine.connect() as connection:
+                    busy = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+            except SQLAlchemyError as exc:
+                raise translate_database_error(exc) from exc
+            if busy is not None and busy[0] == 0:
+                return True
+            time.sleep(0.05 * (attempt + 1))
+        return False
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -82,6 +105,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # Deleted rows are overwritten, not left in free pages: erasure must leave no bytes.
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 

@@ -348,6 +348,8 @@ class AuditRecord(Base):
     __tablename__ = "audit_records"
     __table_args__ = (
         Index("ix_audit_records_actor_at", "actor", "at"),
+        Index("ix_audit_records_actor_id", "actor_id", "id"),
+        Index("ix_audit_records_about_id", "about_id", "id"),
         {"sqlite_autoincrement": True},
     )
 
@@ -355,6 +357,8 @@ class AuditRecord(Base):
     at: Mapped[str] = mapped_column(String(40))  # ISO 8601, UTC, microseconds: hashed as is
     actor_id: Mapped[int | None] = mapped_column(Integer)  # no foreign key: outlives users
     actor: Mapped[str] = mapped_column(String(200))
+    # The user whose data the record concerns, when not the actor (hashed when set).
+    about_id: Mapped[int | None] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(200), default="")
     data: Mapped[str] = mapped_column(Text)  # canonical JSON

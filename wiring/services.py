@@ -18,14 +18,17 @@ from auth.accounts import AccountService
 from auth.groups import GroupService
 from auth.sessions import SessionService, secret_from_file
 from auth.throttle import LoginThrottle
+from chat.audit_trail import AuditTrail
 from chat.context import ContextBuilder
 from chat.conversations import ConversationService, conversation_exists, conversation_owner
 from chat.documents import DocumentService
+from chat.erasure import ErasureService
 from chat.history import HistoryCache
 from chat.lab import StrategyLab
 from chat.limited import LimitedProvider
 from chat.limits import ConcurrencyGate, DatabaseBucketStore, MemoryBucketStore, RateLimiter
 from chat.providers import build_provider
+from chat.review import ReviewService
 from chat.service import ChatService
 from chat.summaries import ModelSummarizer
 from chat.upkeep import Upkeep
@@ -60,6 +63,9 @@ class Services:
     memory: StrategyRegistry
     chat: ChatService
     lab: StrategyLab
+    review: ReviewService
+    audit: AuditTrail
+    erasure: ErasureService
     upkeep: Upkeep
     background: BackgroundWork
 
@@ -150,7 +156,12 @@ def build_services(
         lockout=timedelta(minutes=settings.login_lockout_minutes),
         delay_s=settings.login_delay_s,
     )
-    conversations = ConversationService(database, on_delete=memory.forget)
+
+    def erase_derived(conversation_id: int) -> None:  # cached turns, then vectors
+        history.forget(conversation_id)
+        memory.forget(conversation_id)
+
+    conversations = ConversationService(database, on_delete=erase_derived)
     # Vectors of conversations and documents erased while the vector store was down:
     # try again now.
     work.submit(lambda: _sweep(conversations, documents), name="sweep vector erasures")
@@ -178,6 +189,9 @@ def build_services(
             documents=documents,
         ),
         lab=StrategyLab(database=database, context=context),
+        review=ReviewService(database),
+        audit=AuditTrail(database),
+        erasure=ErasureService(database, conversations, documents),
         upkeep=upkeep,
         background=work,
     )

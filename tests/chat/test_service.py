@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 import chat.service
 from chat.providers.scripted import ScriptedProvider
+from chat.replies import ReplyStream
 from chat.service import NOT_SAVED, ChatService
 from parley.domain import MessageRole, MessageStatus, Principal
 from parley.errors import (
@@ -302,11 +304,11 @@ def flaky_insert(
     attempts: list[dict[str, object]] = []
     insert = ChatService._insert_answer
 
-    def fail_then_insert(self: ChatService, fields: dict[str, object]) -> int:
+    def fail_then_insert(self: ChatService, fields: dict[str, Any], stream: ReplyStream) -> int:
         attempts.append(fields)
         if failures is None or len(attempts) <= failures:
             raise StorageUnavailable("database error: OperationalError")
-        return insert(self, fields)
+        return insert(self, fields, stream)
 
     monkeypatch.setattr(ChatService, "_insert_answer", fail_then_insert)
     monkeypatch.setattr(chat.service, "STORE_RETRY_DELAYS_S", (0.001, 0.001, 0.001))
@@ -370,9 +372,9 @@ def test_an_answer_to_a_conversation_deleted_meanwhile_is_not_retried(
     attempts: list[dict[str, object]] = []
     insert = ChatService._insert_answer
 
-    def counted(self: ChatService, fields: dict[str, object]) -> int:
+    def counted(self: ChatService, fields: dict[str, Any], stream: ReplyStream) -> int:
         attempts.append(fields)
-        return insert(self, fields)
+        return insert(self, fields, stream)
 
     monkeypatch.setattr(ChatService, "_insert_answer", counted)
     first = services.chat.send(alice, None, "Hello")

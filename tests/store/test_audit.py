@@ -118,7 +118,7 @@ def test_export_and_verify_from_the_command_line(log: AuditLog) -> None:
     lines = run("audit", "export", "--user", "user2").stdout.splitlines()
     assert [json.loads(line)["subject"] for line in lines] == ["session:2"]
     table = run("audit", "export", "--format", "csv", "--since", "2000-01-01").stdout
-    assert table.splitlines()[0].startswith("id,at,actor_id,actor,kind")
+    assert table.splitlines()[0].startswith("id,at,actor_id,actor,about_id,kind")
     assert len(table.splitlines()) == 6
     bad = run("audit", "export", "--since", "yesterday")
     assert bad.returncode != 0 and "is not a day" in bad.stderr

@@ -14,6 +14,7 @@ import inspect
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -178,6 +179,11 @@ GUARDED: tuple[Guarded, ...] = (
         "usage.by_user_and_day",
         PermissionDenied,
         lambda a: a.services.usage.by_user_and_day(a.principal),
+    ),
+    Guarded(
+        "usage.facts",
+        PermissionDenied,
+        lambda a: a.services.usage.facts(a.principal, since=date(2000, 1, 1), until=date.today()),
     ),
     Guarded(
         "conversations.get",
@@ -464,7 +470,11 @@ def check_admin(world: World, method: str, admin: Principal, data: Owned) -> Non
         assert services.usage.today(admin, owner.user_id) == services.usage.today(owner)
     elif method == "usage.by_user_and_day":
         assert owner.name in {row.user for row in services.usage.by_user_and_day(admin, days=1)}
+    elif method == "usage.facts":
+        facts = services.usage.facts(admin, since=date(2000, 1, 1), until=date.today())
+        assert owner.name in {f.user for f in facts}
     elif method == "conversations.messages_of":
+        services.review.open(admin, data.answered, "checking the memory strategy")
         assert services.conversations.messages_of(
             admin, data.answered
         ) == services.conversations.messages(owner, data.answered)
@@ -478,6 +488,7 @@ def check_admin(world: World, method: str, admin: Principal, data: Owned) -> Non
         assert services.lab.strategy_of(owner, data.answered) == "full"
         services.lab.set_memory_strategy(admin, data.answered, "window")
     elif method == "lab.replay_context":
+        services.review.open(admin, data.answered, "checking the memory strategy")
         context, _ = services.lab.replay_context(admin, data.answered, data.question_id, "full")
         assert context.strategy == "full"
         assert context.messages[-1].content.endswith(f"{owner.name}'s private question")
@@ -495,6 +506,7 @@ ADMIN_METHODS = [
     "usage.set_quota",
     "usage.today",
     "usage.by_user_and_day",
+    "usage.facts",
     "conversations.messages_of",
     "conversations.list_all",
     "lab.strategy_of",

@@ -1,0 +1,88 @@
+"""The audit trail as admins read it: a user's history, paginated; exports; the chain's
+check. Admins only (checked here); an export is itself recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from parley.domain import Principal
+from parley.errors import PermissionDenied
+from store.audit import AuditLog, Verified, by, to_csv, to_jsonl
+from store.db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    records: list[dict[str, Any]]
+    total: int
+
+
+class AuditTrail:
+    def __init__(self, database: Database) -> None:
+        self._log = AuditLog(database)
+
+    def history(
+        self,
+        admin: Principal,
+        *,
+        user_id: int | None = None,
+        kinds: Sequence[str] = (),
+        page: int = 0,
+        per_page: int = 50,
+    ) -> AuditPage:
+        """Records newest first: of one user (what they did and what was done to their
+        data) or everyone's, of the kinds given (all if none)."""
+        _require_admin(admin)
+        per_page = max(1, min(per_page, 500))
+        records = list(
+            self._log.records(
+                user_id=user_id,
+                kinds=kinds,
+                newest_first=True,
+                limit=per_page,
+                offset=max(0, page) * per_page,
+            )
+        )
+        return AuditPage(records, self._log.count(user_id=user_id, kinds=kinds))
+
+    def kinds(self, admin: Principal) -> list[str]:
+        _require_admin(admin)
+        return self._log.kinds()
+
+    def export(
+        self,
+        admin: Principal,
+        *,
+        format: Literal["jsonl", "csv"] = "jsonl",
+        user_id: int | None = None,
+        since: datetime | None = None,
+    ) -> str:
+        """The records as JSON lines or CSV, oldest first (the export goes on record)."""
+        _require_admin(admin)
+        self._log.append(
+            "audit_exported",
+            **by(admin),
+            about_id=user_id,
+            data={
+                "format": format,
+                "user_id": user_id,
+                "since": since.isoformat() if since else None,
+            },
+        )
+        records = self._log.records(user_id=user_id, since=since)
+        return "".join(to_jsonl(records) if format == "jsonl" else to_csv(records))
+
+    def verify(self, admin: Principal) -> Verified:
+        _require_admin(admin)
+        return self._log.verify()
+
+
+def _require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise PermissionDenied(user_message="Only administrators read the audit trail.")
+
+
+__all__ = ["AuditPage", "AuditTrail"]
