@@ -1,0 +1,168 @@
+"""What the services write to the audit trail: every model call and answer (with the
+prompt's provenance and the messages' hashes, never their text), sign-ins, sessions,
+admin and document actions, tombstones; and what `verify` then finds when a message
+is edited or removed by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, update
+
+from chat.providers.scripted import ScriptedProvider
+from parley.domain import Principal
+from parley.errors import AuthError
+from retrieval.document_index import DocumentIndex
+from retrieval.embeddings import HashingEmbedder
+from retrieval.vector_store import VectorStore
+from store.audit import AuditLog, text_hash
+from store.models import Message
+from tests.support import ROOT
+from wiring.services import Services, build_services
+
+
+def records(services: Services, kind: str | None = None) -> list[dict[str, Any]]:
+    found = list(AuditLog(services.database).records())
+    return [r for r in found if kind is None or r["kind"] == kind]
+
+
+def test_an_answer_is_recorded_with_its_calls_provenance_and_hashes(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue("The ", "lake froze.")
+    reply = services.chat.send(alice, None, "When did the lake freeze?")
+    assert "".join(reply) == "The lake froze."
+    assert reply.result is not None
+    (call,) = records(services, "ai_call")
+    assert (call["actor"], call["actor_id"]) == ("alice", alice.user_id)
+    assert call["data"]["purpose"] == "chat" and call["data"]["outcome"] == "complete"
+    assert call["data"]["conversation_id"] == reply.conversation_id
+    assert call["data"]["latency_ms"] >= 0 and "ledger_id" in call["data"]
+    (answer,) = records(services, "answer")
+    refs = answer["data"]["messages"]
+    assert [r["id"] for r in refs] == [reply.user_message_id, reply.result.message_id]
+    assert refs[0]["sha256"] == text_hash("When did the lake freeze?")
+    assert refs[1]["sha256"] == text_hash("The lake froze.")
+    prompt = answer["data"]["prompt"]
+    assert prompt["strategy"] == "token_window" and "turn_ids" in prompt
+    assert "summary_version" in prompt and "recalled" in prompt and "sources" in prompt
+    everything = json.dumps(records(services))
+    assert "lake" not in everything  # hashes and ids only: the text lives in the messages
+    assert AuditLog(services.database).verify().broken is None
+
+
+def test_a_message_edited_or_removed_by_hand_breaks_verification(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue("Fine, thanks.")
+    first = services.chat.send(alice, None, "How are you?")
+    list(first)
+    scripted.enqueue("Still fine.")
+    second = services.chat.send(alice, first.conversation_id, "And now?")
+    list(second)
+    log = AuditLog(services.database)
+    assert log.verify().broken is None
+    answer_records = records(services, "answer")
+    with services.database.session() as session:
+        session.execute(
+            update(Message).where(Message.id == first.user_message_id).values(content="Edited")
+        )
+    broken = log.verify().broken
+    assert broken is not None and broken.record_id == answer_records[0]["id"]
+    assert f"message {first.user_message_id} was changed" in broken.reason
+    with services.database.session() as session:
+        session.execute(
+            update(Message)
+            .where(Message.id == first.user_message_id)
+            .values(content="How are you?")
+        )
+        assert second.result is not None
+        session.execute(delete(Message).where(Message.id == second.result.message_id))
+    broken = log.verify().broken
+    assert broken is not None and broken.record_id == answer_records[1]["id"]
+    assert "removed with no erasure record" in broken.reason
+
+
+def test_an_erased_conversation_leaves_a_tombstone_and_the_chain_verifies(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue("Noted.")
+    reply = services.chat.send(alice, None, "Remember the combination 4-8-15")
+    list(reply)
+    services.conversations.delete(alice, reply.conversation_id)
+    (tombstone,) = records(services, "conversation_erased")
+    assert tombstone["data"] == {"conversation_ids": [reply.conversation_id], "message_count": 2}
+    assert tombstone["about_id"] == alice.user_id
+    assert AuditLog(services.database).verify().broken is None
+    assert "4-8-15" not in json.dumps(records(services))
+
+
+def test_sign_ins_refusals_and_sessions_are_recorded(services: Services, alice: Principal) -> None:
+    services.accounts.authenticate(name="alice", password="alice-password", client="10.0.0.1")
+    with pytest.raises(AuthError):
+        services.accounts.authenticate(name="alice", password="not-her-password!")
+    with pytest.raises(AuthError):
+        services.accounts.authenticate(name="nobody", password="whatever-password")
+    (signed_in,) = records(services, "sign_in")
+    assert signed_in["actor"] == "alice" and signed_in["data"]["client"] == "10.0.0.1"
+    failed = records(services, "sign_in_failed")
+    assert [(r["actor"], r["about_id"]) for r in failed] == [
+        ("alice", alice.user_id),
+        ("nobody", None),
+    ]
+    assert "not-her-password" not in json.dumps(records(services))
+    session_id, _ = services.sessions.start(alice)
+    services.sessions.end(session_id)
+    services.sessions.start(alice)
+    services.sessions.start(alice)
+    services.accounts.set_password(ROOT, "alice", "a-new-password")
+    (ended,) = records(services, "session_ended")
+    assert ended["data"] == {"reason": "signed out"} and ended["actor"] == "alice"
+    (revoked,) = records(services, "sessions_revoked")
+    assert revoked["actor"] == "(operator)" and revoked["about_id"] == alice.user_id
+    assert revoked["data"] == {"reason": "new password", "sessions": 2}
+    (password_set,) = records(services, "password_set")
+    assert password_set["about_id"] == alice.user_id
+
+
+def test_admin_and_document_actions_are_recorded(
+    services: Services, alice: Principal, bob: Principal, tmp_path: Path
+) -> None:
+    docs = build_services(
+        services.settings,
+        provider=None,
+        background=services.background,
+        document_index=DocumentIndex(
+            embedder=HashingEmbedder(), store=VectorStore.persistent(tmp_path / "vectors")
+        ),
+    )
+    docs.groups.create(ROOT, "team")
+    docs.groups.assign(ROOT, "team", "alice")
+    docs.groups.remove(ROOT, "team", "alice")
+    docs.groups.assign(ROOT, "team", "alice")
+    docs.usage.set_quota(ROOT, bob.user_id, messages_per_day=5, tokens_per_day=None)
+    docs.accounts.set_disabled(ROOT, "bob", disabled=True)
+    info = docs.documents.add(alice, "plan.txt", b"The launch is on the fifth of June.")
+    docs.documents.share(alice, info.id, group="team")
+    docs.documents.unshare(alice, info.id, group="team")
+    docs.documents.delete(alice, info.id)
+    kinds = [(r["kind"], r["actor"], r["about_id"]) for r in records(docs)]
+    assert kinds == [
+        ("user_created", "(operator)", alice.user_id),
+        ("user_created", "(operator)", bob.user_id),
+        ("group_created", "(operator)", None),
+        ("group_member_added", "(operator)", alice.user_id),
+        ("group_member_removed", "(operator)", alice.user_id),
+        ("group_member_added", "(operator)", alice.user_id),
+        ("quota_set", "(operator)", bob.user_id),
+        ("user_disabled", "(operator)", bob.user_id),
+        ("document_added", "alice", None),
+        ("document_shared", "alice", alice.user_id),
+        ("document_unshared", "alice", alice.user_id),
+        ("document_deleted", "alice", alice.user_id),
+    ]
+    assert "launch" not in json.dumps(records(docs))
+    assert AuditLog(docs.database).verify().broken is None
