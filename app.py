@@ -35,9 +35,12 @@ else:
     pages = [
         st.Page("app_pages/chat.py", title="Chat", icon=":material/chat:", default=True),
         st.Page("app_pages/documents.py", title="Documents", icon=":material/description:"),
+        st.Page("app_pages/privacy.py", title="Who looked", icon=":material/visibility:"),
     ]
     if principal.is_admin:
         pages += [
+            st.Page("app_pages/admin_console.py", title="Admin console", icon=":material/policy:"),
+            st.Page("app_pages/admin_usage.py", title="Usage", icon=":material/bar_chart:"),
             st.Page("app_pages/admin_users.py", title="Users", icon=":material/group:"),
             st.Page("app_pages/admin_groups.py", title="Groups", icon=":material/groups:"),
             st.Page("app_pages/strategy_lab.py", title="Strategy lab", icon=":material/science:"),

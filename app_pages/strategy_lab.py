@@ -30,11 +30,16 @@ chosen = st.selectbox(
     conversations,
     format_func=lambda c: f"#{c.id} · {c.title} · {c.owner} · {c.messages} messages",
 )
-questions = [
-    m
-    for m in services.conversations.messages_of(principal, chosen.id)
-    if m.role is MessageRole.USER
-]
+try:
+    questions = [
+        m
+        for m in services.conversations.messages_of(principal, chosen.id)
+        if m.role is MessageRole.USER
+    ]
+except ParleyError as exc:  # someone else's, not opened with a reason in the last hour
+    st.warning(exc.user_message)
+    st.page_link("app_pages/admin_console.py", label="Admin console", icon=":material/policy:")
+    st.stop()
 if not questions:
     st.info("This conversation has no user messages.")
     st.stop()

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from chat.providers.scripted import ScriptedProvider
 from parley.background import BackgroundWork
@@ -21,6 +22,7 @@ from parley.domain import Principal
 from parley.errors import AuthError
 from store.audit import AuditLog
 from store.db import Database
+from store.models import Summary
 from tests.support import ROOT
 from wiring.services import Services, build_services
 
@@ -63,15 +65,10 @@ def test_a_deleted_conversation_leaves_no_byte_of_its_text(
     conversation_id = converse(real, alice, scripted, marker)
     kept = converse(real, alice, scripted, "OTTER-LANTERN-2207")  # another, left alone
     with real.database.session() as session:
-        from sqlalchemy import func, select
-
-        from store.models import Summary
-
         folded = session.scalar(
             select(func.count(Summary.id)).where(Summary.conversation_id == conversation_id)
         )
     assert folded, "the conversation was long enough to be summarized"
-    assert real.memory.get("hybrid") is not None
     assert files_holding(settings.data_dir, marker)  # the search finds what is there
     real.conversations.delete(alice, conversation_id)
     assert files_holding(settings.data_dir, marker) == []

@@ -1,0 +1,116 @@
+"""The admin console, usage page and "Who looked" page, driven as a browser would (AppTest):
+an admin finds a user's conversation, opens it with a reason, sees what fed the answer
+and what it cost; the user sees that visit. Pages refuse anyone else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_pages.state import UiState
+from fakes.anthropic_server import FakeAnthropic, Reply
+from tests.app_pages.support import add_user, app, log_in, page_text
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+CONSOLE = "app_pages/admin_console.py"
+USAGE = "app_pages/admin_usage.py"
+PRIVACY = "app_pages/privacy.py"
+
+
+def alice_asks(claude_env: FakeAnthropic) -> AppTest:
+    add_user("alice", "alice-password")
+    claude_env.enqueue(Reply(text="The harbour opens at nine."))
+    at = app()
+    log_in(at, "alice", "alice-password")
+    at.chat_input[0].set_value("When does the harbour open?").run()
+    assert "The harbour opens at nine." in page_text(at)
+    return at
+
+
+def test_an_admin_opens_a_conversation_with_a_reason_and_the_user_sees_it(
+    claude_env: FakeAnthropic,
+) -> None:
+    alice = alice_asks(claude_env)
+    add_user("root", "root-password", admin=True)
+    at = app()
+    log_in(at, "root", "root-password")
+    at.switch_page(CONSOLE).run()
+    assert not at.exception and at.title[0].value == "Admin console"
+    at.selectbox[0].set_value("alice").run()  # the user filter
+    at.button[0].click().run()  # Find
+    assert not at.exception
+    assert "alice will see that you opened this conversation" in at.warning[0].value
+    assert "The harbour opens at nine." not in page_text(at)  # nothing shown before a reason
+    reason = next(t for t in at.text_input if t.label == "Reason")
+    reason.input("Too short")
+    next(b for b in at.button if b.label == "Open").click().run()
+    assert "at least 10 characters" in page_text(at)
+    reason = next(t for t in at.text_input if t.label == "Reason")
+    reason.input("Support ticket 4411: a wrong opening time")
+    next(b for b in at.button if b.label == "Open").click().run()
+    assert not at.exception
+    text = page_text(at)
+    assert "The harbour opens at nine." in text and "When does the harbour open?" in text
+    assert any("tokens · $" in c.value for c in at.caption)  # what the answer cost
+    assert any(e.label == "What went into the prompt" for e in at.expander)
+
+    alice.switch_page(PRIVACY).run()
+    seen = page_text(alice).replace("\\", "")  # shown escaped: plain text, never markdown
+    assert "root opened conversation" in seen
+    assert "Support ticket 4411: a wrong opening time" in seen
+    alice.switch_page("app_pages/chat.py").run()
+    next(b for b in alice.button if "harbour" in b.label.lower()).click().run()
+    assert any("root opened this conversation" in i.value for i in alice.info)
+    assert any("Support ticket 4411" in i.value for i in alice.info)
+
+
+def test_the_audit_tab_shows_a_users_history_and_verifies(claude_env: FakeAnthropic) -> None:
+    alice_asks(claude_env)
+    add_user("root", "root-password", admin=True)
+    at = app()
+    log_in(at, "root", "root-password")
+    at.switch_page(CONSOLE).run()
+    whose = next(s for s in at.selectbox if s.label == "Whose history")
+    whose.set_value("alice").run()
+    assert not at.exception
+    next(b for b in at.button if b.label == "Verify the chain").click().run()
+    assert any("The audit trail is intact" in s.value for s in at.success)
+    next(b for b in at.button if b.label == "Prepare export (goes on record)").click().run()
+    assert not at.exception
+
+
+def test_usage_page_charts_and_saves_a_quota(claude_env: FakeAnthropic) -> None:
+    alice_asks(claude_env)
+    add_user("root", "root-password", admin=True)
+    at = app()
+    log_in(at, "root", "root-password")
+    at.switch_page(USAGE).run()
+    assert not at.exception and at.title[0].value == "Usage and quotas"
+    assert [m.label for m in at.metric] == ["Cost", "Calls", "Tokens"]
+    at.selectbox(key="quota-user").set_value("alice").run()
+    next(c for c in at.checkbox if c.label == "Use the defaults").uncheck()
+    next(n for n in at.number_input if n.label.startswith("Messages a day")).set_value(3)
+    next(b for b in at.button if b.label == "Save quotas").click().run()  # the form, at once
+    assert any("Quotas saved for alice" in s.value for s in at.success)
+    at.run()
+    assert "in force: 3 messages" in page_text(at)
+
+
+ADMIN_PAGES = [CONSOLE, USAGE, "app_pages/admin_users.py", "app_pages/admin_groups.py"]
+
+
+@pytest.mark.parametrize("page", ADMIN_PAGES)
+def test_admin_pages_refuse_a_user(claude_env: FakeAnthropic, page: str) -> None:
+    """Not offered to a user, and the page itself refuses when run by its path."""
+    alice = alice_asks(claude_env)
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        alice.switch_page(page)
+    login = alice.session_state["parley_ui"].login
+    direct = AppTest.from_file(str(ROOT_DIR / page), default_timeout=30)
+    direct.session_state["parley_ui"] = UiState(login=login)
+    direct.run()
+    assert not direct.exception
+    assert "Only administrators" in page_text(direct)
+    assert "harbour" not in page_text(direct)
