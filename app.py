@@ -20,6 +20,14 @@ except ParleyError as exc:
 
 principal = state.current_principal(services)
 state.follow_redirect()
+if principal is None and state.signed_in_with_oidc() and not state.ui_state().oidc_refused:
+    # The provider has signed the user in (st.login): provision or sync them, and start a
+    # Parley session as a password sign-in would.
+    try:
+        state.log_in(services, services.oidc.sign_in(st.user.to_dict()))
+    except ParleyError as exc:
+        state.ui_state().oidc_refused = exc.user_message
+    st.rerun()
 
 
 def log_out_page() -> None:
@@ -27,7 +35,7 @@ def log_out_page() -> None:
     st.rerun()
 
 
-if not services.accounts.has_users():
+if not services.accounts.has_users() and not state.oidc_providers():
     pages = [st.Page("app_pages/first_run.py", title="Welcome", icon=":material/rocket_launch:")]
 elif principal is None:
     pages = [st.Page("app_pages/login.py", title="Log in", icon=":material/login:")]

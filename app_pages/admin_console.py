@@ -58,7 +58,9 @@ def filters(svc: Services, who: Principal) -> ReviewFilter:
             format_func=lambda s: "any way" if s is None else str(s),
         )
         bottom = st.columns([1, 2])
-        model = bottom[0].selectbox("Model", [None, *svc.review.models(who)])
+        model = bottom[0].selectbox(
+            "Model", [None, *svc.review.models(who)], format_func=lambda m: m or "any model"
+        )
         text = bottom[1].text_input("Text in a message or title (this search is audited)")
         if st.form_submit_button("Find"):
             st.session_state["review-found"] = {}  # searched again: nothing cached
@@ -70,8 +72,11 @@ def filters(svc: Services, who: Principal) -> ReviewFilter:
 
 
 def render_review(review: Review) -> None:
-    st.subheader(plain_label(f"#{review.id} · {review.title} · {review.owner}"))
-    st.caption(f"{len(review.messages)} messages · ${review.cost_usd:.4f} in answers")
+    st.subheader(plain_label(f"#{review.id} · {review.title}"))
+    st.caption(  # a code span: names are shown as typed, never as links
+        f"Owner `{review.owner}` · {len(review.messages)} messages · "
+        f"${review.cost_usd:.4f} in answers"
+    )
     for item in review.messages:
         message = item.message
         with st.chat_message("user" if message.role is MessageRole.USER else "assistant"):
@@ -97,7 +102,7 @@ def render_prompt(prompt: dict[str, Any]) -> None:
     )
     sources = prompt.get("sources") or []
     if sources:
-        st.dataframe(
+        st.table(  # a few rows: a plain table, its text in the page
             [
                 {
                     "passage": s.get("n"),
@@ -108,9 +113,7 @@ def render_prompt(prompt: dict[str, Any]) -> None:
                     "allowed as": s.get("allowed_as"),
                 }
                 for s in sources
-            ],
-            hide_index=True,
-            width="stretch",
+            ]
         )
     else:
         st.caption("No document passages.")
@@ -156,7 +159,7 @@ def conversations_tab() -> None:
     chosen = st.selectbox(
         "Open conversation",
         found.rows,
-        format_func=lambda r: plain_label(f"#{r.id} · {r.title} · {r.owner}"),
+        format_func=lambda r: f"#{r.id} · {r.title} · {r.owner}",  # options are plain text
     )
     if chosen is None:
         return
@@ -166,7 +169,7 @@ def conversations_tab() -> None:
     st.warning(f"{chosen.owner} will see that you opened this conversation, when, and your reason.")
     with st.form("break-glass"):
         reason = st.text_input("Reason", max_chars=500, placeholder="e.g. support ticket 4411")
-        if st.form_submit_button("Open"):
+        if st.form_submit_button("Open with this reason"):
             try:
                 services.review.open(admin, chosen.id, reason)
             except ParleyError as exc:

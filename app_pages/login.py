@@ -14,6 +14,16 @@ ui = state.ui_state()
 st.title("Parley")
 if ui.notice:
     st.info(ui.notice)
+if ui.oidc_refused:
+    st.error(ui.oidc_refused)
+    if st.button("Sign out of the provider"):
+        ui.oidc_refused = None
+        st.logout()
+
+for provider in state.oidc_providers():
+    label = "Sign in with single sign-on" if provider is None else f"Sign in with {provider}"
+    if st.button(label, type="primary", key=f"oidc-{provider or 'default'}"):
+        st.login() if provider is None else st.login(provider)
 
 with st.form("login"):
     name = st.text_input("User name", max_chars=64)

@@ -1,9 +1,9 @@
 """HTTP routes beside the Streamlit app: they set and clear the sign-in cookie.
 
 A Streamlit script cannot set an `HttpOnly` cookie, so a successful sign-in sends
-the browser to `/auth/session?ticket=…`, which exchanges the one-time ticket for the
+the browser to `/session/start?ticket=…`, which exchanges the one-time ticket for the
 session cookie (`HttpOnly`, `SameSite=Strict`, `Secure` over HTTPS) and sends it back
-to the app; `/auth/logout` clears the cookie. Served by `server.py` (`st.App`).
+to the app; `/session/end` clears the cookie. Served by `server.py` (`st.App`).
 """
 
 from __future__ import annotations
@@ -77,13 +77,18 @@ def exchange_ticket(request: Request) -> Response:
 
 
 def clear_cookie(request: Request) -> Response:
-    response = RedirectResponse("/", status_code=303)
+    # After an OIDC sign-in, Streamlit's own /auth/logout clears its identity cookie next
+    # (and ends the provider's session); the only other place to go is the app.
+    then = "/auth/logout" if request.query_params.get("then") == "oidc" else "/"
+    response = RedirectResponse(then, status_code=303)
     response.headers["Cache-Control"] = "no-store"
     response.delete_cookie(COOKIE_NAME, path="/", samesite="strict", secure=_is_https(request))
     return response
 
 
+# Not under /auth/: Streamlit serves /auth/login and /auth/logout for `st.login`, and
+# routes given to `st.App` come first, so a route there would hide Streamlit's.
 ROUTES = [
-    Route("/auth/session", exchange_ticket, methods=["GET"]),
-    Route("/auth/logout", clear_cookie, methods=["GET"]),
+    Route("/session/start", exchange_ticket, methods=["GET"]),
+    Route("/session/end", clear_cookie, methods=["GET"]),
 ]

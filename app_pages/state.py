@@ -7,6 +7,7 @@ hold no per-user state; per-user state lives in `UiState` in `st.session_state`.
 from __future__ import annotations
 
 import atexit
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import streamlit as st
@@ -36,6 +37,7 @@ class UiState:
     rejected_reason: str | None = None
     confirm_delete: int | None = None
     redirect_to: str | None = None  # where the browser goes on the next run (cookie routes)
+    oidc_refused: str | None = None  # why the provider's user may not sign in (not retried)
     new_documents: list[int] | None = None  # what a new conversation draws on (None: all)
 
 
@@ -90,7 +92,7 @@ def log_in(svc: Services, principal: Principal) -> None:
     state.login = Login(session_id, principal)
     state.conversation_id = None
     state.notice = None
-    state.redirect_to = f"/auth/session?ticket={ticket}"
+    state.redirect_to = f"/session/start?ticket={ticket}"
 
 
 def log_out(svc: Services | None = None, *, notice: str | None = None) -> None:
@@ -99,9 +101,33 @@ def log_out(svc: Services | None = None, *, notice: str | None = None) -> None:
     clear_cookie = svc is not None and state.login is not None
     if svc is not None and state.login is not None:
         svc.sessions.end(state.login.session_id)
+    # Signed in through OIDC: Streamlit's identity cookie goes too, or the next run
+    # would sign the user straight back in.
+    then = "?then=oidc" if signed_in_with_oidc() else ""
     st.session_state[_STATE_KEY] = UiState(
-        notice=notice, redirect_to="/auth/logout" if clear_cookie else None
+        notice=notice, redirect_to=f"/session/end{then}" if clear_cookie else None
     )
+
+
+def oidc_providers() -> list[str | None]:
+    """The OIDC providers `.streamlit/secrets.toml` configures for `st.login`: None for
+    the default one ([auth] with its own client_id), else each [auth.NAME]."""
+    try:
+        auth = st.secrets.get("auth")
+    except Exception:  # no secrets file, or one that does not parse: no OIDC
+        return []
+    if not isinstance(auth, Mapping):
+        return []
+    providers: list[str | None] = [None] if "client_id" in auth else []
+    providers += sorted(k for k, v in auth.items() if isinstance(v, Mapping))
+    return providers
+
+
+def signed_in_with_oidc() -> bool:
+    try:
+        return bool(oidc_providers()) and bool(st.user.is_logged_in)
+    except Exception:
+        return False
 
 
 def follow_redirect() -> None:

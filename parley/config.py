@@ -198,6 +198,17 @@ class Settings(BaseSettings):
     login_delay_s: float = Field(
         default=1.0, ge=0, description="wait after a first failed sign-in; doubles each time"
     )
+    # OIDC sign-in (`st.login`): the provider itself is configured in .streamlit/secrets.toml.
+    oidc_name_claim: str = Field(
+        default="email", description="the ID token claim that names a user in Parley"
+    )
+    oidc_groups_claim: str = Field(
+        default="groups", description="the claim listing the user's groups (synced each sign-in)"
+    )
+    oidc_admin_groups: list[str] = Field(
+        default_factory=lambda: ["parley-admins"],
+        description="members of any of these groups (in the groups claim) are administrators",
+    )
 
     @property
     def resolved_database_url(self) -> str:

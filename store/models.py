@@ -44,6 +44,7 @@ def _values(cls: type[StrEnum]) -> list[str]:
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("oidc_issuer", "oidc_subject", name="uq_users_oidc"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -55,6 +56,9 @@ class User(Base):
     quota_messages_per_day: Mapped[int | None] = mapped_column(Integer)
     quota_tokens_per_day: Mapped[int | None] = mapped_column(Integer)
     disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set for users an identity provider signs in (OIDC): the link is issuer and subject.
+    oidc_issuer: Mapped[str | None] = mapped_column(String(500))
+    oidc_subject: Mapped[str | None] = mapped_column(String(255))
 
     conversations: Mapped[list[Conversation]] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from auth.accounts import AccountService
 from auth.groups import GroupService
+from auth.oidc import ClaimMapping, OidcSignIn
 from auth.sessions import SessionService, secret_from_file
 from auth.throttle import LoginThrottle
 from chat.audit_trail import AuditTrail
@@ -55,6 +56,7 @@ class Services:
     accounts: AccountService
     sessions: SessionService
     groups: GroupService
+    oidc: OidcSignIn
     documents: DocumentService
     conversations: ConversationService
     usage: UsageService
@@ -172,6 +174,14 @@ def build_services(
         accounts=AccountService(database, throttle=throttle, sessions=sessions),
         sessions=sessions,
         groups=GroupService(database),
+        oidc=OidcSignIn(
+            database,
+            ClaimMapping(
+                name_claim=settings.oidc_name_claim,
+                groups_claim=settings.oidc_groups_claim,
+                admin_groups=frozenset(settings.oidc_admin_groups),
+            ),
+        ),
         documents=documents,
         conversations=conversations,
         usage=usage,

@@ -45,11 +45,11 @@ def test_an_admin_opens_a_conversation_with_a_reason_and_the_user_sees_it(
     assert "The harbour opens at nine." not in page_text(at)  # nothing shown before a reason
     reason = next(t for t in at.text_input if t.label == "Reason")
     reason.input("Too short")
-    next(b for b in at.button if b.label == "Open").click().run()
+    next(b for b in at.button if b.label == "Open with this reason").click().run()
     assert "at least 10 characters" in page_text(at)
     reason = next(t for t in at.text_input if t.label == "Reason")
     reason.input("Support ticket 4411: a wrong opening time")
-    next(b for b in at.button if b.label == "Open").click().run()
+    next(b for b in at.button if b.label == "Open with this reason").click().run()
     assert not at.exception
     text = page_text(at)
     assert "The harbour opens at nine." in text and "When does the harbour open?" in text

@@ -46,7 +46,7 @@ def test_a_ticket_from_the_app_buys_an_httponly_strict_cookie_once(
 ) -> None:
     alice, ticket = ticket_for(app_services)
     response = client.get(
-        f"/auth/session?ticket={ticket}", headers=SAME_ORIGIN, follow_redirects=False
+        f"/session/start?ticket={ticket}", headers=SAME_ORIGIN, follow_redirects=False
     )
     assert response.status_code == 303 and response.headers["location"] == "/"
     header = response.headers["set-cookie"]
@@ -56,7 +56,7 @@ def test_a_ticket_from_the_app_buys_an_httponly_strict_cookie_once(
     resumed = app_services.sessions.resume(cookie)
     assert resumed is not None and resumed.principal == alice
     again = client.get(
-        f"/auth/session?ticket={ticket}", headers=SAME_ORIGIN, follow_redirects=False
+        f"/session/start?ticket={ticket}", headers=SAME_ORIGIN, follow_redirects=False
     )
     assert "set-cookie" not in again.headers  # a ticket works once
 
@@ -74,17 +74,19 @@ def test_a_ticket_url_opened_from_elsewhere_plants_nothing(
     app_services: Services, client: TestClient, headers: dict[str, str]
 ) -> None:
     _, ticket = ticket_for(app_services)
-    response = client.get(f"/auth/session?ticket={ticket}", headers=headers, follow_redirects=False)
+    response = client.get(
+        f"/session/start?ticket={ticket}", headers=headers, follow_redirects=False
+    )
     assert response.status_code == 303 and "set-cookie" not in response.headers
     # The refused ticket is still good for the browser that signed in.
-    ok = client.get(f"/auth/session?ticket={ticket}", headers=SAME_ORIGIN, follow_redirects=False)
+    ok = client.get(f"/session/start?ticket={ticket}", headers=SAME_ORIGIN, follow_redirects=False)
     assert COOKIE_NAME in ok.cookies
 
 
 def test_behind_https_the_cookie_is_secure(app_services: Services, client: TestClient) -> None:
     _, ticket = ticket_for(app_services)
     response = client.get(
-        f"/auth/session?ticket={ticket}",
+        f"/session/start?ticket={ticket}",
         headers={**SAME_ORIGIN, "X-Forwarded-Proto": "https"},
         follow_redirects=False,
     )
@@ -92,7 +94,7 @@ def test_behind_https_the_cookie_is_secure(app_services: Services, client: TestC
 
 
 def test_logout_clears_the_cookie(client: TestClient) -> None:
-    response = client.get("/auth/logout", follow_redirects=False)
+    response = client.get("/session/end", follow_redirects=False)
     assert response.status_code == 303
     assert (
         f'{COOKIE_NAME}=""' in response.headers["set-cookie"]
