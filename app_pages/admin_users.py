@@ -60,6 +60,24 @@ if target is not None:
             else:
                 st.success(f"New password set for {target.name}; their sessions have ended.")
 
+    with st.expander(f"Erase {target.name}"):
+        st.caption(
+            "Removes the account, its conversations (messages, summaries, memory), its "
+            "documents and sessions, leaving no byte of their text. The audit trail keeps "
+            "a tombstone, and the usage ledger its costs."
+        )
+        confirm = st.text_input("Type the user name to confirm", key="erase-confirm")
+        if st.button("Erase for good", key="erase-user", disabled=confirm != target.name):
+            try:
+                counts = services.erasure.erase_user(principal, target.name)
+            except ParleyError as exc:
+                st.error(exc.user_message)
+            else:
+                st.success(
+                    f"Erased {target.name}: {counts['conversations']} conversations, "
+                    f"{counts['documents']} documents."
+                )
+
 st.subheader("Add a user")
 with st.form("add_user", clear_on_submit=True):
     name = st.text_input("User name", max_chars=64)

@@ -3,6 +3,7 @@
     parley db upgrade
     parley user add NAME [--admin]      password: asked twice on a terminal, else one line of stdin
     parley user list
+    parley user erase NAME [--yes]                          (everything of theirs, for good)
     parley chat --user NAME [--conversation ID] MESSAGE     (MESSAGE '-' reads stdin)
     parley quota show NAME
     parley quota set NAME [--messages N] [--tokens N]      (0: no limit; 'default': the setting)
@@ -93,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     user_passwd = user.add_parser("passwd", help="set an account's password (ends its sessions)")
     user_passwd.add_argument("name")
     user_passwd.set_defaults(func=_user_passwd)
+    user_erase = user.add_parser(
+        "erase", help="erase an account and everything of it (conversations, documents)"
+    )
+    user_erase.add_argument("name")
+    user_erase.add_argument("--yes", action="store_true", help="do not ask to confirm")
+    user_erase.set_defaults(func=_user_erase)
 
     chat = commands.add_parser("chat", help="send one message and stream the answer")
     chat.add_argument("--user", required=True, help="the account that sends the message")
@@ -222,6 +229,20 @@ def _user_toggle(args: argparse.Namespace) -> int:
 def _user_passwd(args: argparse.Namespace) -> int:
     _services().accounts.set_password(OPERATOR, args.name, _read_password())
     print(f"Set a new password for {args.name!r}; its sessions have ended.")
+    return 0
+
+
+def _user_erase(args: argparse.Namespace) -> int:
+    if not args.yes:
+        answer = input(f"Erase {args.name!r} and all of its data for good? Type the name: ")
+        if answer.strip() != args.name:
+            print("Nothing was erased.")
+            return 1
+    counts = _services().erasure.erase_user(OPERATOR, args.name)
+    print(
+        f"Erased {args.name!r}: {counts['conversations']} conversations "
+        f"({counts['messages']} messages) and {counts['documents']} documents."
+    )
     return 0
 
 

@@ -114,3 +114,19 @@ def test_admin_pages_refuse_a_user(claude_env: FakeAnthropic, page: str) -> None
     assert not direct.exception
     assert "Only administrators" in page_text(direct)
     assert "harbour" not in page_text(direct)
+
+
+def test_the_users_page_erases_a_user_once_the_name_is_typed(claude_env: FakeAnthropic) -> None:
+    alice_asks(claude_env)
+    add_user("root", "root-password", admin=True)
+    at = app()
+    log_in(at, "root", "root-password")
+    at.switch_page("app_pages/admin_users.py").run()
+    at.selectbox(key="manage-user").set_value("alice").run()
+    erase = next(b for b in at.button if b.label == "Erase for good")
+    assert erase.disabled
+    at.text_input(key="erase-confirm").input("alice").run()
+    next(b for b in at.button if b.label == "Erase for good").click().run()
+    assert any("Erased alice: 1 conversations" in s.value for s in at.success)
+    at.run()
+    assert "alice" not in [o for o in at.selectbox(key="manage-user").options]

@@ -101,3 +101,17 @@ def test_an_erased_user_leaves_no_byte_of_their_text_and_cannot_sign_in(
     assert tombstone["about_id"] == alice.user_id and tombstone["data"]["messages"] == 16
     # The ledger keeps what the calls cost (metadata, for the accounts).
     assert "alice" in {row.user for row in real.usage.by_user_and_day(ROOT, days=1)}
+
+
+def test_erasing_from_the_command_line_asks_first(services: Services, alice: Principal) -> None:
+    from tests.cli.test_main import run
+
+    declined = run("user", "erase", "alice", stdin="alicia\n")
+    assert declined.returncode == 1 and "Nothing was erased" in declined.stdout
+    assert services.accounts.find_principal(ROOT, "alice") == alice
+    erased = run("user", "erase", "alice", "--yes")
+    assert erased.returncode == 0 and "Erased 'alice'" in erased.stdout
+    assert services.accounts.find_principal(ROOT, "alice") is None
+    missing = run("user", "erase", "nobody", "--yes")
+    assert missing.returncode != 0 and "no user named" in missing.stderr
+    assert "Traceback" not in missing.stderr
