@@ -115,8 +115,8 @@ class OidcSignIn:
                     data={"method": "oidc", "issuer": issuer, "reason": refused},
                 )
             else:
-                self._sync(session, user, role, groups)
                 user.last_login_at = utcnow()
+                self._sync(session, user, role, groups)
                 append_in(
                     session,
                     "sign_in",
@@ -149,7 +149,11 @@ class OidcSignIn:
         return user
 
     def _sync(self, session: Session, user: User, role: Role, groups: list[str]) -> None:
-        if user.role is not role:
+        # The user's row changes before any audit record: every transaction takes the
+        # rows it changes first and the audit head last, so two can never deadlock.
+        previous, user.role = user.role, role
+        session.flush()
+        if previous is not role:
             append_in(
                 session,
                 "role_changed",
@@ -157,9 +161,8 @@ class OidcSignIn:
                 actor=ACTOR,
                 about_id=user.id,
                 subject=f"user {user.name}",
-                data={"from": str(user.role), "to": str(role)},
+                data={"from": str(previous), "to": str(role)},
             )
-            user.role = role
         wanted: dict[int, str] = {}
         for group_name in groups:
             group_id = session.scalar(select(Group.id).where(Group.name == group_name))

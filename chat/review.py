@@ -22,7 +22,7 @@ from chat.conversations import ChatMessage, to_chat_message
 from chat.grants import OPENED, has_grant, require_grant
 from parley.domain import MessageRole, MessageStatus, Principal
 from parley.errors import InvalidInput, NotFound, PermissionDenied
-from store.audit import append_in, by
+from store.audit import append_in, by, text_hash
 from store.db import Database
 from store.models import AuditRecord, Conversation, Message, UsageEntry, User
 
@@ -46,7 +46,9 @@ class ReviewFilter:
             "until": self.until.isoformat() if self.until else None,
             "status": str(self.status) if self.status else None,
             "model": self.model,
-            "text": self.text,
+            # By hash: what was searched may be someone's words, and must not outlive
+            # their erasure; an auditor can still check a suspected phrase against it.
+            "text_sha256": text_hash(self.text) if self.text else None,
         }
 
 
@@ -145,7 +147,7 @@ class ReviewService:
                     session,
                     "conversations_searched",
                     **by(admin),
-                    data={**where.describe(), "found": total},
+                    data={**where.describe(), "found": total},  # the text by its hash
                 )
             return ReviewPage(
                 [

@@ -449,7 +449,7 @@ class ChatService:
                     "input_tokens": message.input_tokens,
                     "output_tokens": message.output_tokens,
                     "cost_usd": message.cost_usd,
-                    "prompt": fields["context"],
+                    "prompt": _without_names(fields["context"]),
                     "cited": [
                         {"n": c["n"], "document_id": c["document_id"], "chunks": c["chunks"]}
                         for c in fields["citations"] or ()
@@ -457,6 +457,17 @@ class ChatService:
                 },
             )
             return message.id
+
+
+def _without_names(provenance: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The prompt's provenance as the audit keeps it: documents by id, not by name (a
+    name is the owner's text, and must go when the document is erased)."""
+    if provenance is None:
+        return None
+    sources = [
+        {k: v for k, v in source.items() if k != "name"} for source in provenance.get("sources", ())
+    ]
+    return {**provenance, "sources": sources}
 
 
 __all__ = ["ChatService"]

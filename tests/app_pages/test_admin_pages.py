@@ -129,4 +129,4 @@ def test_the_users_page_erases_a_user_once_the_name_is_typed(claude_env: FakeAnt
     next(b for b in at.button if b.label == "Erase for good").click().run()
     assert any("Erased alice: 1 conversations" in s.value for s in at.success)
     at.run()
-    assert "alice" not in [o for o in at.selectbox(key="manage-user").options]
+    assert "alice" not in at.selectbox(key="manage-user").options

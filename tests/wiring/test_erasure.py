@@ -81,10 +81,16 @@ def test_an_erased_user_leaves_no_byte_of_their_text_and_cannot_sign_in(
     real: Services, scripted: ScriptedProvider, alice: Principal, bob: Principal, settings: Settings
 ) -> None:
     marker, document_marker = "MARBLE-FINCH-5519", "COPPER-HERON-8842"
-    converse(real, alice, scripted, marker)
+    # The document's name carries the marker too: the answers' provenance names the
+    # passages they used, and the audit trail must keep them by id only.
     real.documents.add(
-        alice, "notes.md", f"# Notes\nThe vault code is {document_marker}.\n{PADDING}".encode()
+        alice,
+        f"{document_marker}.md",
+        f"# Notes\nThe vault code is {document_marker}.\n{PADDING}".encode(),
     )
+    converse(real, alice, scripted, marker)
+    cited = [r for r in AuditLog(real.database).records() if r["kind"] == "answer"]
+    assert any(r["data"]["prompt"]["sources"] for r in cited), "the document fed an answer"
     converse(real, bob, scripted, "SPRUCE-KITE-3310")
     assert files_holding(settings.data_dir, marker)
     assert files_holding(settings.data_dir, document_marker)
