@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages import state
+from auth.oidc import SignInExpired
 from parley.errors import ParleyError
 
 st.set_page_config(page_title="Parley", page_icon=":speech_balloon:", layout="centered")
@@ -25,6 +26,8 @@ if principal is None and state.signed_in_with_oidc() and not state.ui_state().oi
     # Parley session as a password sign-in would.
     try:
         state.log_in(services, services.oidc.sign_in(st.user.to_dict()))
+    except SignInExpired:  # an old token in Streamlit's cookie: back to the provider
+        state.ui_state().redirect_to = "/session/end?then=oidc"
     except ParleyError as exc:
         state.ui_state().oidc_refused = exc.user_message
     st.rerun()

@@ -144,10 +144,10 @@ def conversations_tab() -> None:
         [
             {
                 "id": r.id,
-                "title": r.title,
                 "owner": r.owner,
                 "messages": r.messages,
                 "cost ($)": round(r.cost_usd, 4),
+                "started": r.created_at,
                 "last active": r.updated_at,
             }
             for r in found.rows
@@ -159,7 +159,7 @@ def conversations_tab() -> None:
     chosen = st.selectbox(
         "Open conversation",
         found.rows,
-        format_func=lambda r: f"#{r.id} · {r.title} · {r.owner}",  # options are plain text
+        format_func=lambda r: f"#{r.id} · {r.owner} · {r.messages} messages",
     )
     if chosen is None:
         return
@@ -167,7 +167,7 @@ def conversations_tab() -> None:
         render_review(services.review.read(admin, chosen.id))
         return
     st.warning(f"{chosen.owner} will see that you opened this conversation, when, and your reason.")
-    with st.form("break-glass"):
+    with st.form(f"break-glass-{chosen.id}", clear_on_submit=True):  # one reason, one conversation
         reason = st.text_input("Reason", max_chars=500, placeholder="e.g. support ticket 4411")
         if st.form_submit_button("Open with this reason"):
             try:
@@ -184,6 +184,9 @@ def audit_tab() -> None:
     name = left.selectbox("Whose history", ["", *users], format_func=lambda u: u or "everyone")
     kinds = right.multiselect("Kinds", services.audit.kinds(admin))
     user_id = users.get(name) if name else None
+    if st.session_state.get("audit-scope") != (user_id, tuple(kinds)):  # new filters: page 1
+        st.session_state["audit-scope"] = (user_id, tuple(kinds))
+        st.session_state["audit-page"] = 1
     history = services.audit.history(
         admin, user_id=user_id, kinds=kinds, page=chosen_page("audit-page"), per_page=PER_PAGE
     )
@@ -205,13 +208,18 @@ def audit_tab() -> None:
     pager(history.total, "audit-page")
     st.subheader("Export and check")
     fmt = st.radio("Format", ["jsonl", "csv"], horizontal=True)
+    scope = (fmt, user_id)
     if st.button("Prepare export (goes on record)"):
-        st.session_state["audit-export"] = services.audit.export(
-            admin,
-            format="csv" if fmt == "csv" else "jsonl",
-            user_id=user_id,
+        st.session_state["audit-export"] = (
+            scope,
+            services.audit.export(
+                admin,
+                format="csv" if fmt == "csv" else "jsonl",
+                user_id=user_id,
+            ),
         )
-    prepared = st.session_state.get("audit-export")
+    kept = st.session_state.get("audit-export")
+    prepared = kept[1] if kept is not None and kept[0] == scope else None  # this scope's only
     if prepared is not None:
         st.download_button("Download", prepared, file_name=f"parley-audit.{fmt}", mime="text/plain")
     if st.button("Verify the chain"):

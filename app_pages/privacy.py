@@ -22,8 +22,12 @@ accesses = services.review.accesses(principal)
 if not accesses:
     st.info("Nobody else has opened your conversations.")
 for access in accesses:
-    title = f"“{access.title}”" if access.title is not None else "(since deleted)"
     with st.container(border=True):
+        if access.conversation_id is None:
+            st.markdown(plain_label(f"{access.admin} {access.reason}"))
+            st.caption(f"{access.at:%Y-%m-%d %H:%M} UTC")
+            continue
+        title = f"“{access.title}”" if access.title is not None else "(since deleted)"
         st.markdown(
             plain_label(f"{access.admin} opened conversation #{access.conversation_id} {title}")
         )

@@ -78,8 +78,13 @@ def current_principal(svc: Services) -> Principal | None:
             return None
         state.login = Login(state.login.session_id, principal)
         return principal
-    resumed = svc.sessions.resume(st.context.cookies.get(COOKIE_NAME))
+    cookie = st.context.cookies.get(COOKIE_NAME)
+    resumed = svc.sessions.resume(cookie)
     if resumed is None:
+        if cookie and signed_in_with_oidc():
+            # A Parley session that ended (idle, lifetime, revoked) must not be replaced
+            # by the provider's sign-in still in Streamlit's cookie: both go.
+            state.redirect_to = "/session/end?then=oidc"
         return None
     state.login = Login(resumed.session_id, resumed.principal)
     return resumed.principal
@@ -103,10 +108,9 @@ def log_out(svc: Services | None = None, *, notice: str | None = None) -> None:
         svc.sessions.end(state.login.session_id)
     # Signed in through OIDC: Streamlit's identity cookie goes too, or the next run
     # would sign the user straight back in.
-    then = "?then=oidc" if signed_in_with_oidc() else ""
-    st.session_state[_STATE_KEY] = UiState(
-        notice=notice, redirect_to=f"/session/end{then}" if clear_cookie else None
-    )
+    oidc = signed_in_with_oidc()
+    redirect_to = "/session/end?then=oidc" if oidc else "/session/end" if clear_cookie else None
+    st.session_state[_STATE_KEY] = UiState(notice=notice, redirect_to=redirect_to)
 
 
 def oidc_providers() -> list[str | None]:

@@ -28,7 +28,7 @@ if not conversations:
 chosen = st.selectbox(
     "Conversation",
     conversations,
-    format_func=lambda c: f"#{c.id} · {c.title} · {c.owner} · {c.messages} messages",
+    format_func=lambda c: f"#{c.id} · {c.owner} · {c.messages} messages",
 )
 try:
     questions = [

@@ -31,7 +31,7 @@ from auth.sessions import SessionService
 from auth.throttle import LoginThrottle, account_key, client_key
 from parley.domain import Principal, Role
 from parley.errors import AuthError, InvalidInput, NotFound, PermissionDenied, StorageConflict
-from store.audit import append_in, by
+from store.audit import append_in, by, text_hash
 from store.db import Database
 from store.models import User, utcnow
 
@@ -165,7 +165,20 @@ class AccountService:
                 user = session.scalar(select(User).where(User.name == name.strip()))
                 ok = verify_password(user.password_hash if user else None, password)
                 verified = user if ok else None
-                if verified is not None and verified.disabled_at is None:
+                if verified is not None and verified.disabled_at is not None:
+                    append_in(  # the right password for a disabled account: refused
+                        session,
+                        "sign_in_failed",
+                        actor_id=None,
+                        actor=verified.name,
+                        about_id=verified.id,
+                        data={
+                            "method": "password",
+                            "client": _address(client),
+                            "reason": "disabled",
+                        },
+                    )
+                elif verified is not None:
                     verified.last_login_at = utcnow()
                     if verified.password_hash and needs_rehash(verified.password_hash):
                         verified.password_hash = hash_password(password)
@@ -181,23 +194,26 @@ class AccountService:
             raise AuthError()  # already counted by `attempt`
         if self._throttle is not None:
             self._throttle.succeeded(keys)  # the password was right
-        if verified.disabled_at is not None:
-            self._failed(name, client, "disabled")
+        if verified.disabled_at is not None:  # recorded above, in its transaction
             raise AuthError(f"{verified.name} is disabled", user_message=DISABLED)
         return Principal(user_id=verified.id, name=verified.name, role=verified.role)
 
     def _failed(self, name: object, client: str | None, reason: str) -> None:
-        """A refused sign-in, in the audit trail (the name as typed, never the password)."""
+        """A refused sign-in, in the audit trail: an account's name when it is one; any
+        other typed name only by its hash (it may be a password typed in the wrong box)."""
         typed = name.strip()[:64] if isinstance(name, str) else ""
         with self._db.session(write_lock=True) as session:
             user_id = session.scalar(select(User.id).where(User.name == typed))
+            data = {"method": "password", "client": _address(client), "reason": reason}
+            if user_id is None:
+                data["typed_sha256"] = text_hash(typed)
             append_in(
                 session,
                 "sign_in_failed",
                 actor_id=None,
-                actor=typed or "?",
+                actor=typed if user_id is not None else "?",
                 about_id=user_id,
-                data={"method": "password", "client": _address(client), "reason": reason},
+                data=data,
             )
 
     def refresh(self, principal: Principal) -> Principal | None:

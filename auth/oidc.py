@@ -19,6 +19,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -73,14 +74,27 @@ def claimed_groups(claims: Mapping[str, object], mapping: ClaimMapping) -> list[
     return valid
 
 
+class SignInExpired(AuthError):
+    """The provider's sign-in this browser holds is older than its ID token allows: the
+    user must go back to the provider (claims are never replayed from an old token)."""
+
+
 class OidcSignIn:
     def __init__(self, database: Database, mapping: ClaimMapping) -> None:
         self._db = database
         self._mapping = mapping
 
-    def sign_in(self, claims: Mapping[str, object]) -> Principal:
+    def sign_in(self, claims: Mapping[str, object], *, now: datetime | None = None) -> Principal:
         """The Parley user for a provider's claims, provisioned and synced; `AuthError`
-        with a sentence when they cannot sign in."""
+        with a sentence when they cannot sign in, `SignInExpired` when the ID token the
+        claims came from has expired (Streamlit keeps them in a cookie for 30 days)."""
+        expires = claims.get("exp")
+        moment = (now or datetime.now(UTC)).timestamp()
+        if isinstance(expires, (int, float)) and not isinstance(expires, bool) and expires < moment:
+            raise SignInExpired(
+                "expired ID token claims",
+                user_message="Your single sign-on has expired. Please sign in again.",
+            )
         issuer, subject = claims.get("iss"), claims.get("sub")
         if not (isinstance(issuer, str) and issuer and isinstance(subject, str) and subject):
             raise AuthError(
@@ -210,4 +224,4 @@ class OidcSignIn:
             )
 
 
-__all__ = ["ClaimMapping", "OidcSignIn", "claimed_groups", "user_name"]
+__all__ = ["ClaimMapping", "OidcSignIn", "SignInExpired", "claimed_groups", "user_name"]

@@ -162,7 +162,13 @@ class SessionService:
                 or now - utc(row.last_seen_at) > self._idle
             )
             if ended:
-                row.revoked_at = now
+                claimed = session.execute(  # one of several tabs or processes ends it
+                    update(LoginSession)
+                    .where(LoginSession.id == row.id, LoginSession.revoked_at.is_(None))
+                    .values(revoked_at=now)
+                )
+                if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                    return None
                 append_in(
                     session,
                     "session_ended",

@@ -99,7 +99,6 @@ class ConversationSummary:
     """A row of the admins' list of every conversation."""
 
     id: int
-    title: str
     owner: str
     messages: int
     updated_at: datetime
@@ -154,7 +153,7 @@ class ConversationService:
                 .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
             ).all()
             return [
-                ConversationSummary(c.id, c.title, owner, int(n), c.updated_at)
+                ConversationSummary(c.id, owner, int(n), c.updated_at)  # no title: their words
                 for c, owner, n in rows
             ]
 
@@ -237,7 +236,8 @@ class ConversationService:
                 data={"conversation_ids": [conversation_id], "message_count": int(erased)},
             )
         self._erase_vectors(conversation_id)
-        self._db.reclaim()
+        if not self._db.reclaim():
+            log.warning("The database's log still holds erased pages; reclaimed at start-up.")
 
     def sweep_erasures(self) -> int:
         """Retry every pending vector erasure; how many are still pending afterwards."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import or_, select
+from sqlalchemy import String, cast, or_, select
 from sqlalchemy.orm import Session
 
 from auth.groups import group_id_named, groups_of
@@ -14,7 +14,16 @@ from parley.domain import Principal
 from parley.errors import InvalidInput
 from retrieval.document_index import Access
 from store.db import Database
-from store.models import Document, DocumentChunk, DocumentGroup, DocumentSync, Group, User, utcnow
+from store.models import (
+    Document,
+    DocumentChunk,
+    DocumentGroup,
+    DocumentSync,
+    Group,
+    Message,
+    User,
+    utcnow,
+)
 
 
 def group_ids(session: Session, document_id: int) -> set[int]:
@@ -41,6 +50,42 @@ def why(session: Session, document: Document, user_id: int, groups: set[int]) ->
     shared = group_ids(session, document.id) & groups
     names = session.scalars(select(Group.name).where(Group.id.in_(shared)).order_by(Group.name))
     return "group " + ", ".join(names)
+
+
+DELETED_DOCUMENT = "(a deleted document)"
+
+
+def scrub_quotes(session: Session, document_ids: Sequence[int]) -> int:
+    """In the caller's transaction, take the text of deleted documents out of every
+    message that quoted them (citations' quoted text, and the document names in answers'
+    provenance, of anyone's conversations): a deleted or erased document leaves nothing
+    behind. How many messages changed."""
+    ids = set(document_ids)
+    if not ids:
+        return 0
+    patterns = [f'%"document_id": {d}%' for d in sorted(ids)]
+    changed = 0
+    candidates = select(Message).where(
+        or_(
+            *(cast(Message.citations, String).like(p) for p in patterns),
+            *(cast(Message.context, String).like(p) for p in patterns),
+        )
+    )
+    for message in session.scalars(candidates):
+        citations = [
+            {**c, "name": DELETED_DOCUMENT, "cited_text": ""} if c.get("document_id") in ids else c
+            for c in message.citations or ()
+        ]
+        context = dict(message.context or {})
+        context["sources"] = [
+            {**s, "name": DELETED_DOCUMENT} if s.get("document_id") in ids else s
+            for s in context.get("sources", ())
+        ]
+        if citations != (message.citations or []) or context != (message.context or {}):
+            message.citations = citations or None
+            message.context = context if message.context is not None else None
+            changed += 1
+    return changed
 
 
 def queue_sync(session: Session, document_id: int, scopes: Sequence[str]) -> None:

@@ -24,6 +24,7 @@ from chat.document_access import (
     checked_hits,
     may_see,
     queue_sync,
+    scrub_quotes,
     shareable_group,
     why,
 )
@@ -124,19 +125,6 @@ class DocumentService:
                 )
                 session.flush()
                 document_id = document.id
-                append_in(
-                    session,
-                    "document_added",
-                    **by(principal),
-                    subject=f"document {document_id}",
-                    data={
-                        "document_id": document_id,
-                        "sha256": digest,
-                        "chunks": len(chunks),
-                        "groups": sorted(groups),
-                        "public": public,
-                    },
-                )
                 access = Access(principal.user_id, public, frozenset(group_ids))
                 try:
                     # Rows an earlier failed upload left under this id go first (SQLite
@@ -155,6 +143,19 @@ class DocumentService:
                         user_message=f"{name} could not be indexed; nothing of it was kept. "
                         "Please try again.",
                     ) from exc
+                append_in(  # last: the audit head stays locked until the commit
+                    session,
+                    "document_added",
+                    **by(principal),
+                    subject=f"document {document_id}",
+                    data={
+                        "document_id": document_id,
+                        "sha256": digest,
+                        "chunks": len(chunks),
+                        "groups": sorted(groups),
+                        "public": public,
+                    },
+                )
         except StorageConflict as exc:
             raise InvalidInput(f"{name}: you already have this content.") from exc
         report(1.0, f"{name}: {len(chunks)} passages indexed")
@@ -245,6 +246,7 @@ class DocumentService:
             queue_sync(session, document.id, access_of(session, document).scopes)
             session.execute(delete(DocumentChunk).where(DocumentChunk.document_id == document.id))
             session.delete(document)
+            scrub_quotes(session, [document.id])
             append_in(
                 session,
                 "document_deleted",
@@ -254,7 +256,8 @@ class DocumentService:
                 data={"document_id": document.id},
             )
         self._sync(document_id)
-        self._db.reclaim()  # no byte of the chunks left in SQLite's files
+        if not self._db.reclaim():  # no byte of the chunks left in SQLite's files
+            log.warning("The database's log still holds erased pages; reclaimed at start-up.")
 
     def sweep_index(self) -> int:
         """Bring pending documents' vectors in line with the database (after a vector
@@ -308,11 +311,19 @@ class DocumentService:
                 raise NotFound(user_message=f"Document {document_id} has no passage {index}.")
             owner = session.get(User, document.owner_id)
             mine = groups_of(session, principal.user_id)
-            allowed_as = (
-                "admin"
-                if principal.is_admin and not may_see(session, document, principal.user_id, mine)
-                else why(session, document, principal.user_id, mine)
+            overridden = principal.is_admin and not may_see(
+                session, document, principal.user_id, mine
             )
+            allowed_as = "admin" if overridden else why(session, document, principal.user_id, mine)
+            if overridden:  # an admin reading a document not shared with them: on record
+                append_in(
+                    session,
+                    "document_chunk_opened",
+                    **by(principal),
+                    about_id=document.owner_id,
+                    subject=f"document {document.id}",
+                    data={"document_id": document.id, "chunk": index},
+                )
             return Hit(
                 document.id,
                 document.name,

@@ -15,7 +15,7 @@ import logging
 from sqlalchemy import delete, func, select
 
 from chat.conversations import ConversationService
-from chat.document_access import access_of, queue_sync
+from chat.document_access import access_of, queue_sync, scrub_quotes
 from chat.documents import DocumentService
 from parley.domain import Principal
 from parley.errors import InvalidInput, NotFound, PermissionDenied
@@ -53,6 +53,7 @@ class ErasureService:
             documents = list(session.scalars(select(Document).where(Document.owner_id == user.id)))
             for document in documents:
                 queue_sync(session, document.id, access_of(session, document).scopes)
+            scrub_quotes(session, [d.id for d in documents])
             session.add_all(VectorErasure(conversation_id=c, attempts=0) for c in conversation_ids)
             user_id = user.id
             session.execute(delete(User).where(User.id == user_id))  # the database cascades
@@ -76,7 +77,8 @@ class ErasureService:
         pending = self._conversations.sweep_erasures() + self._documents.sweep_index()
         if pending:
             log.warning("%d vector erasures are pending; they are retried at start-up.", pending)
-        self._db.reclaim()
+        if not self._db.reclaim():
+            log.warning("The database's log still holds erased pages; reclaimed at start-up.")
         return counts
 
 

@@ -16,6 +16,7 @@ from chat.history import prompt_turns
 from memory import ContextWindow
 from parley.domain import MessageRole, Principal
 from parley.errors import NotFound, PermissionDenied
+from store.audit import append_in, by
 from store.db import Database
 from store.models import Conversation, Message
 
@@ -57,6 +58,15 @@ class StrategyLab:
             if conversation is None:
                 raise NotFound(user_message=f"There is no conversation {conversation_id}.")
             conversation.memory_strategy = name
+            session.flush()
+            append_in(
+                session,
+                "memory_strategy_set",
+                **by(principal),
+                about_id=conversation.user_id,
+                subject=f"conversation {conversation_id}",
+                data={"conversation_id": conversation_id, "strategy": name},
+            )
 
     def replay_context(
         self,

@@ -26,6 +26,7 @@ from store.audit import append_in, by, text_hash
 from store.db import Database
 from store.models import AuditRecord, Conversation, Message, UsageEntry, User
 
+SEARCHED = "conversations_searched"
 MIN_REASON_CHARS = 10
 MAX_REASON_CHARS = 500
 
@@ -54,8 +55,10 @@ class ReviewFilter:
 
 @dataclass(frozen=True, slots=True)
 class ConversationRow:
+    """A conversation as the search lists it: no title (titles are the user's words, shown
+    only once the conversation is opened with a reason)."""
+
     id: int
-    title: str
     owner: str
     owner_id: int
     messages: int
@@ -90,13 +93,13 @@ class Review:
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """Someone else opened one of the user's conversations."""
+    """An admin opened one of the user's conversations, or searched text that matched."""
 
     at: datetime
     admin: str
     reason: str
-    conversation_id: int
-    title: str | None  # None once the conversation is gone
+    conversation_id: int | None  # None for a search
+    title: str | None  # None for a search, or once the conversation is gone
 
 
 class ReviewService:
@@ -110,7 +113,7 @@ class ReviewService:
         _require_admin(admin)
         conditions = _conditions(where)
         per_page = max(1, min(per_page, 200))
-        with self._db.session(write_lock=bool(where.text)) as session:
+        with self._db.session() as session:
             if where.user:
                 owner = session.scalar(select(User.id).where(User.name == where.user.strip()))
                 if owner is None:
@@ -142,18 +145,17 @@ class ReviewService:
                 .limit(per_page)
                 .offset(max(0, page) * per_page)
             ).all()
-            if where.text:  # a search of everyone's text is itself an admin action
-                append_in(
-                    session,
-                    "conversations_searched",
-                    **by(admin),
-                    data={**where.describe(), "found": total},  # the text by its hash
+            owners: list[int | None] = []
+            if where.text:
+                owners += session.scalars(
+                    select(Conversation.user_id).where(*conditions).distinct()
                 )
-            return ReviewPage(
+                owners.sort(key=lambda o: o or 0)
+                owners = owners or [None]  # a search that matched nobody is on record too
+            found = ReviewPage(
                 [
                     ConversationRow(
                         c.id,
-                        c.title,
                         owner,
                         c.user_id,
                         int(n),
@@ -165,6 +167,19 @@ class ReviewService:
                 ],
                 int(total),
             )
+        if where.text:
+            # A search of people's words is itself an admin action, and those whose
+            # conversations matched see it ("Who looked"): one record per owner.
+            with self._db.session(write_lock=True) as session:
+                for owner_id in owners:
+                    append_in(
+                        session,
+                        SEARCHED,
+                        **by(admin),
+                        about_id=owner_id,
+                        data={**where.describe(), "found": total},  # the text by its hash
+                    )
+        return found
 
     def models(self, admin: Principal) -> list[str]:
         """Every model that answered, for the filter."""
@@ -221,13 +236,28 @@ class ReviewService:
         with self._db.session() as session:
             records = session.scalars(
                 select(AuditRecord)
-                .where(AuditRecord.kind == OPENED, AuditRecord.about_id == principal.user_id)
+                .where(
+                    AuditRecord.kind.in_((OPENED, SEARCHED)),
+                    AuditRecord.about_id == principal.user_id,
+                )
                 .order_by(AuditRecord.id.desc())
                 .limit(limit)
             ).all()
             found = []
             for record in records:
                 data = _data(record)
+                if record.kind == SEARCHED:
+                    found.append(
+                        Access(
+                            datetime.fromisoformat(record.at),
+                            record.actor,
+                            "searched everyone's conversations for a phrase, and some of "
+                            "yours matched",
+                            None,
+                            None,
+                        )
+                    )
+                    continue
                 cid = int(data.get("conversation_id", 0))
                 title = session.scalar(
                     select(Conversation.title).where(

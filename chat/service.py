@@ -432,9 +432,9 @@ class ChatService:
             session.flush()
             question = session.get(Message, stream.user_message_id)
             asker = session.get(User, stream.user_id)
-            refs = [message_ref(message.id, message.content)]
+            refs = [message_ref(message.id, message.content, message.salt)]
             if question is not None:
-                refs.insert(0, message_ref(question.id, question.content))
+                refs.insert(0, message_ref(question.id, question.content, question.salt))
             append_in(
                 session,
                 "answer",

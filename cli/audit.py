@@ -7,9 +7,10 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from cli.common import OPERATOR
 from cli.common import services as _services
 from parley.errors import InvalidInput
-from store.audit import AuditLog, to_csv, to_jsonl
+from store.audit import AuditLog, by, to_csv, to_jsonl
 
 
 def audit_commands(commands: Any) -> None:
@@ -46,7 +47,19 @@ def _export(args: argparse.Namespace) -> int:
             since = datetime.strptime(args.since, "%Y-%m-%d").replace(tzinfo=UTC)
         except ValueError as exc:
             raise InvalidInput(f"--since {args.since!r} is not a day like 2026-11-27.") from exc
-    records = _log().records(actor=args.user, since=since)
+    services = _services()
+    log = AuditLog(services.database)
+    found = services.accounts.find_principal(OPERATOR, args.user) if args.user else None
+    log.append(
+        "audit_exported",
+        **by(OPERATOR),
+        about_id=found.user_id if found else None,
+        data={"format": args.format, "user": args.user, "since": args.since, "via": "cli"},
+    )
+    if found is not None:  # what they did and what was done to their data
+        records = log.records(user_id=found.user_id, since=since)
+    else:  # an erased user, or a name typed at a refused sign-in
+        records = log.records(actor=args.user, since=since)
     lines = to_jsonl(records) if args.format == "jsonl" else to_csv(records)
     for chunk in lines:
         sys.stdout.write(chunk)

@@ -67,9 +67,10 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def message_ref(message_id: int, text: str) -> dict[str, Any]:
-    """How a record names a message: its id and the hash of its text (never the text)."""
-    return {"id": message_id, "sha256": text_hash(text)}
+def message_ref(message_id: int, text: str, salt: str | None) -> dict[str, Any]:
+    """How a record names a message: its id and the hash of its salt and text (never the
+    text). The salt lives in the message row: erased with it, the hash tells nothing."""
+    return {"id": message_id, "sha256": text_hash((salt or "") + text)}
 
 
 def by(principal: Principal | None) -> dict[str, Any]:
@@ -287,9 +288,9 @@ def _check_messages(
     if not refs:
         return []
     found = {
-        row[0]: row[1]
+        row[0]: (row[2] or "") + row[1]
         for row in session.execute(
-            select(Message.id, Message.content).where(Message.id.in_(list(refs)))
+            select(Message.id, Message.content, Message.salt).where(Message.id.in_(list(refs)))
         )
     }
     problems = []

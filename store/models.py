@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -44,7 +45,10 @@ def _values(cls: type[StrEnum]) -> list[str]:
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (UniqueConstraint("oidc_issuer", "oidc_subject", name="uq_users_oidc"),)
+    __table_args__ = (
+        UniqueConstraint("oidc_issuer", "oidc_subject", name="uq_users_oidc"),
+        {"sqlite_autoincrement": True},  # an erased user's id is never another's
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -120,6 +124,9 @@ class Message(Base):
     # The content's own prompt tokens (cl100k, with role markers), counted once when stored.
     tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[float | None] = mapped_column(Float)
+    # Mixed into the audit trail's hash of the content: once the message is erased, the
+    # hash left in the trail cannot be checked against guesses of what it said.
+    salt: Mapped[str | None] = mapped_column(String(32), default=lambda: secrets.token_hex(16))
     # Provenance of the prompt that produced this answer (memory.ContextWindow.provenance()).
     context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The passages an answer cites: [{"n", "document_id", "name", "chunks", "page",

@@ -166,7 +166,7 @@ def build_services(
     conversations = ConversationService(database, on_delete=erase_derived)
     # Vectors of conversations and documents erased while the vector store was down:
     # try again now.
-    work.submit(lambda: _sweep(conversations, documents), name="sweep vector erasures")
+    work.submit(lambda: _sweep(database, conversations, documents), name="sweep vector erasures")
     return Services(
         settings=settings,
         database=database,
@@ -207,9 +207,12 @@ def build_services(
     )
 
 
-def _sweep(conversations: ConversationService, documents: DocumentService) -> None:
+def _sweep(
+    database: Database, conversations: ConversationService, documents: DocumentService
+) -> None:
     conversations.sweep_erasures()
     documents.sweep_index()
+    database.reclaim()  # an erasure's pages a reader kept in the log last time
 
 
 def build_sessions(settings: Settings, database: Database) -> SessionService:

@@ -5,6 +5,7 @@ and what it cost; the user sees that visit. Pages refuse anyone else."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -42,7 +43,8 @@ def test_an_admin_opens_a_conversation_with_a_reason_and_the_user_sees_it(
     at.button[0].click().run()  # Find
     assert not at.exception
     assert "alice will see that you opened this conversation" in at.warning[0].value
-    assert "The harbour opens at nine." not in page_text(at)  # nothing shown before a reason
+    before = page_text(at) + "".join(str(s.options) for s in at.selectbox)
+    assert "harbour" not in before.lower()  # not the answer, the question, nor the title
     reason = next(t for t in at.text_input if t.label == "Reason")
     reason.input("Too short")
     next(b for b in at.button if b.label == "Open with this reason").click().run()
@@ -66,6 +68,10 @@ def test_an_admin_opens_a_conversation_with_a_reason_and_the_user_sees_it(
     assert any("Support ticket 4411" in i.value for i in alice.info)
 
 
+def audit_table(at: AppTest) -> Any:
+    return next(d.value for d in at.dataframe if "kind" in d.value.columns)
+
+
 def test_the_audit_tab_shows_a_users_history_and_verifies(claude_env: FakeAnthropic) -> None:
     alice_asks(claude_env)
     add_user("root", "root-password", admin=True)
@@ -75,10 +81,14 @@ def test_the_audit_tab_shows_a_users_history_and_verifies(claude_env: FakeAnthro
     whose = next(s for s in at.selectbox if s.label == "Whose history")
     whose.set_value("alice").run()
     assert not at.exception
+    shown = audit_table(at)
+    assert set(shown["actor"]) <= {"alice", "(operator)"} and "answer" in set(shown["kind"])
     next(b for b in at.button if b.label == "Verify the chain").click().run()
     assert any("The audit trail is intact" in s.value for s in at.success)
     next(b for b in at.button if b.label == "Prepare export (goes on record)").click().run()
     assert not at.exception
+    at.run()
+    assert "audit_exported" in set(audit_table(at)["kind"])  # the export, on record
 
 
 def test_usage_page_charts_and_saves_a_quota(claude_env: FakeAnthropic) -> None:
@@ -98,7 +108,13 @@ def test_usage_page_charts_and_saves_a_quota(claude_env: FakeAnthropic) -> None:
     assert "in force: 3 messages" in page_text(at)
 
 
-ADMIN_PAGES = [CONSOLE, USAGE, "app_pages/admin_users.py", "app_pages/admin_groups.py"]
+ADMIN_PAGES = [
+    CONSOLE,
+    USAGE,
+    "app_pages/admin_users.py",
+    "app_pages/admin_groups.py",
+    "app_pages/strategy_lab.py",
+]
 
 
 @pytest.mark.parametrize("page", ADMIN_PAGES)

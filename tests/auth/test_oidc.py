@@ -74,6 +74,18 @@ def test_a_disabled_account_stays_out_and_bad_claims_are_a_sentence(
     assert len(failed) == 1 and failed[0]["about_id"] == user.user_id
 
 
+def test_claims_of_an_expired_id_token_are_not_replayed(oidc: OidcSignIn) -> None:
+    from datetime import UTC, datetime
+
+    from auth.oidc import SignInExpired
+
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    fresh = claims(exp=now.timestamp() + 60)
+    assert oidc.sign_in(fresh, now=now).name == "s-1@example.com"
+    with pytest.raises(SignInExpired):
+        oidc.sign_in(claims(exp=now.timestamp() - 1), now=now)
+
+
 def test_the_same_subject_at_another_issuer_is_another_user(oidc: OidcSignIn) -> None:
     one = oidc.sign_in(claims(sub="same", email="one@example.com"))
     other = oidc.sign_in({**claims(sub="same", email="two@example.com"), "iss": "https://idp"})

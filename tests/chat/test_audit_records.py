@@ -44,8 +44,12 @@ def test_an_answer_is_recorded_with_its_calls_provenance_and_hashes(
     (answer,) = records(services, "answer")
     refs = answer["data"]["messages"]
     assert [r["id"] for r in refs] == [reply.user_message_id, reply.result.message_id]
-    assert refs[0]["sha256"] == text_hash("When did the lake freeze?")
-    assert refs[1]["sha256"] == text_hash("The lake froze.")
+    with services.database.session() as session:
+        salts = [session.get(Message, r["id"]).salt for r in refs]  # type: ignore[union-attr]
+    assert all(salts) and salts[0] != salts[1]  # random, one per message
+    assert refs[0]["sha256"] == text_hash(f"{salts[0]}When did the lake freeze?")
+    assert refs[1]["sha256"] == text_hash(f"{salts[1]}The lake froze.")
+    assert refs[0]["sha256"] != text_hash("When did the lake freeze?")  # no guessing
     prompt = answer["data"]["prompt"]
     assert prompt["strategy"] == "token_window" and "turn_ids" in prompt
     assert "summary_version" in prompt and "recalled" in prompt and "sources" in prompt
@@ -111,8 +115,9 @@ def test_sign_ins_refusals_and_sessions_are_recorded(services: Services, alice: 
     failed = records(services, "sign_in_failed")
     assert [(r["actor"], r["about_id"]) for r in failed] == [
         ("alice", alice.user_id),
-        ("nobody", None),
+        ("?", None),  # no such account: the typed name only by its hash
     ]
+    assert failed[1]["data"]["typed_sha256"] == text_hash("nobody")
     assert "not-her-password" not in json.dumps(records(services))
     session_id, _ = services.sessions.start(alice)
     services.sessions.end(session_id)

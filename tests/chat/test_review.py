@@ -76,6 +76,9 @@ def test_filters_find_a_users_conversation_from_yesterday(
     with pytest.raises(InvalidInput):
         review.find(admin, ReviewFilter(since=date.today(), until=day))
     searched = services.audit.history(admin, kinds=["conversations_searched"]).records
+    (alice_saw,) = [a for a in services.review.accesses(alice) if a.conversation_id is None]
+    assert alice_saw.admin == "root" and "searched" in alice_saw.reason
+    assert [a for a in services.review.accesses(bob) if a.conversation_id is None]
     assert {r["data"]["text_sha256"] for r in searched} == {
         text_hash(t) for t in ("harbour", "HARBOUR", "100%")
     }

@@ -70,6 +70,20 @@ def sign_in(page: Page, url: str, provider: Provider, sub: str) -> None:
     _expect_chat_page(page)
 
 
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [str(VENV_BIN / "parley"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def backdate_messages(database_url: str, days: int) -> None:
     """As if the conversation had happened `days` ago (the console filters by day)."""
     database = Database(database_url)
@@ -151,6 +165,19 @@ def test_an_admin_signed_in_through_oidc_reviews_yesterdays_conversation(tmp_pat
                 expect(alice.get_by_text("root@example.com opened conversation")).to_be_visible()
                 expect(alice.get_by_text(REASON, exact=False)).to_be_visible()
 
+                # Revoked sessions stay revoked: the provider's sign-in still in Streamlit's
+                # cookie does not sign her straight back in.
+                for verb in ("disable", "enable"):  # disabling ends every session of hers
+                    cli(env, "user", verb, "alice@example.com")
+                alice.reload()  # her session is gone: both sign-ins are cleared
+                alice.wait_for_url(f"{provider.url}/oauth2/end_session*")
+                alice.goto(running.url)
+                expect(
+                    alice.get_by_role("button", name="Sign in with single sign-on")
+                ).to_be_visible()
+                expect(alice.get_by_test_id("stChatInputTextArea")).to_have_count(0)
+                sign_in(alice, running.url, provider, "alice-sub")
+
                 # Signing out ends the provider's sign-in in this browser too: back at the
                 # sign-in page, not signed straight back in.
                 alice.get_by_test_id("stSidebar").get_by_role("link", name="Log out").click()
@@ -162,13 +189,6 @@ def test_an_admin_signed_in_through_oidc_reviews_yesterdays_conversation(tmp_pat
                 expect(alice.get_by_test_id("stChatInputTextArea")).to_have_count(0)
             finally:
                 browser.close()
-        verified = subprocess.run(
-            [str(VENV_BIN / "parley"), "audit", "verify"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    assert verified.returncode == 0, verified.stderr
+        verified = cli(env, "audit", "verify")
+    assert "intact" in verified.stdout
     assert fake.requests[-1].body["messages"][-1]["content"][0]["type"] == "search_result"

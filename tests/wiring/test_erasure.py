@@ -87,15 +87,23 @@ def test_an_erased_user_leaves_no_byte_of_their_text_and_cannot_sign_in(
         alice,
         f"{document_marker}.md",
         f"# Notes\nThe vault code is {document_marker}.\n{PADDING}".encode(),
+        public=True,  # bob's answers will quote it too
     )
     converse(real, alice, scripted, marker)
     cited = [r for r in AuditLog(real.database).records() if r["kind"] == "answer"]
     assert any(r["data"]["prompt"]["sources"] for r in cited), "the document fed an answer"
+    scripted.default_answer = f"As the notes say [1]. {PADDING}"
+    reply = real.chat.send(bob, None, f"What is the vault code? {PADDING}")
+    list(reply)
+    (quoted,) = [m for m in real.conversations.messages(bob, reply.conversation_id) if m.citations]
+    assert document_marker in quoted.citations[0]["cited_text"]  # bob's answer quotes it
     converse(real, bob, scripted, "SPRUCE-KITE-3310")
     assert files_holding(settings.data_dir, marker)
     assert files_holding(settings.data_dir, document_marker)
     counts = real.erasure.erase_user(ROOT, "alice")
     assert counts == {"conversations": 1, "messages": 16, "documents": 1}
+    (kept,) = [m for m in real.conversations.messages(bob, reply.conversation_id) if m.citations]
+    assert kept.citations[0]["cited_text"] == "" and kept.content.startswith("As the notes")
     assert files_holding(settings.data_dir, marker) == []
     assert files_holding(settings.data_dir, document_marker) == []
     assert files_holding(settings.data_dir, "SPRUCE-KITE-3310")  # bob's are untouched
