@@ -292,6 +292,9 @@ def test_admins_choose_a_strategy_per_conversation(services: Services, alice: Pr
     follow = services.chat.send(alice, reply.conversation_id, "again")
     list(follow)
     assert follow.context.strategy == "window"
+    with pytest.raises(PermissionDenied):  # alice's words: a reason first (break-glass)
+        services.lab.replay_context(admin, reply.conversation_id, follow.user_message_id, "full")
+    services.review.open(admin, reply.conversation_id, "Comparing memory strategies")
     context, estimate = services.lab.replay_context(
         admin, reply.conversation_id, follow.user_message_id, "full"
     )
