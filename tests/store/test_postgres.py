@@ -23,6 +23,7 @@ from sqlalchemy import text
 from chat.providers.scripted import ScriptedProvider
 from parley.background import BackgroundWork
 from parley.config import ProviderChoice, Settings
+from parley.domain import Role
 from parley.errors import QuotaExceeded
 from store.db import Database
 from store.migrate import upgrade
@@ -206,3 +207,60 @@ def test_processes_append_to_one_audit_chain_on_postgres(postgres_url: str) -> N
     after = log.verify()
     assert (after.records - before.records, after.broken) == (120, None)
     database.dispose()
+
+
+def test_review_break_glass_and_erasure_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    """The admin paths' queries on PostgreSQL: text search (ILIKE with escapes), the
+    grant read from the audit trail, quotes scrubbed from JSON columns, a user erased
+    by cascade, usage facts, and a chain that still verifies."""
+    from datetime import date
+
+    from chat.review import ReviewFilter
+    from retrieval.document_index import DocumentIndex
+    from retrieval.embeddings import HashingEmbedder
+    from retrieval.vector_store import VectorStore
+    from store.audit import AuditLog
+
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=postgres_url,
+        provider=ProviderChoice.LOCAL,
+        model_titles=False,
+        memory_strategy="token_window",
+    )
+    database = Database(postgres_url)
+    upgrade(database)
+    database.dispose()
+    provider = ScriptedProvider(model="claude-sonnet-test", default_answer="See [1].")
+    index = DocumentIndex(embedder=HashingEmbedder(), store=VectorStore.persistent(tmp_path / "v"))
+    services = build_services(
+        settings, provider=provider, background=BackgroundWork(workers=0), document_index=index
+    )
+    try:
+        admin = services.accounts.create_user(
+            ROOT, name="pg-root", password="root-password", role=Role.ADMIN
+        )
+        owner = services.accounts.create_user(ROOT, name="pg-owner", password="owner-password")
+        reader = services.accounts.create_user(ROOT, name="pg-reader", password="reader-pass")
+        services.documents.add(
+            owner, "plan.txt", b"The launch is on the fifth of June, 100% sure.", public=True
+        )
+        reply = services.chat.send(reader, None, "When is the launch? 100% please")
+        list(reply)
+        cited = services.conversations.messages(reader, reply.conversation_id)[-1]
+        assert cited.citations and "fifth of June" in cited.citations[0]["cited_text"]
+        found = services.review.find(admin, ReviewFilter(text="100%"))
+        assert [r.id for r in found.rows] == [reply.conversation_id]
+        assert services.review.find(admin, ReviewFilter(text="1_0")).rows == []
+        services.review.open(admin, reply.conversation_id, "Checking the launch answer")
+        assert services.review.read(admin, reply.conversation_id).owner == "pg-reader"
+        assert [a.admin for a in services.review.accesses(reader)] == ["pg-root", "pg-root"]
+        facts = services.usage.facts(admin, since=date(2000, 1, 1), until=date(2100, 1, 1))
+        assert "pg-reader" in {f.user for f in facts}
+        services.erasure.erase_user(admin, "pg-owner")
+        kept = services.conversations.messages(reader, reply.conversation_id)[-1]
+        assert kept.citations and kept.citations[0]["cited_text"] == ""
+        assert services.accounts.find_principal(admin, "pg-owner") is None
+        assert AuditLog(services.database).verify().broken is None
+    finally:
+        services.database.dispose()
