@@ -4,7 +4,7 @@ chain's check. Every rule is in the services; this page only asks them."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 import streamlit as st
@@ -50,7 +50,7 @@ def filters(svc: Services, who: Principal) -> ReviewFilter:
         top = st.columns(3)
         user = top[0].selectbox("User", users, format_func=lambda u: u or "everyone")
         days = top[1].date_input(
-            "Messages between", (date.today() - timedelta(days=7), date.today())
+            "Messages between", (state.utc_today() - timedelta(days=7), state.utc_today())
         )
         status = top[2].selectbox(
             "An answer that ended",

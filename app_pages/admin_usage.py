@@ -21,8 +21,8 @@ if principal is None or not principal.is_admin:
 admin = principal
 
 st.title("Usage and quotas")
-days = st.date_input("Between", (date.today() - timedelta(days=29), date.today()))
-since, until = (days[0], days[-1]) if isinstance(days, tuple) and days else (date.today(),) * 2
+days = st.date_input("Between", (state.utc_today() - timedelta(days=29), state.utc_today()))
+since, until = (days[0], days[-1]) if isinstance(days, tuple) and days else (state.utc_today(),) * 2
 try:
     facts = services.usage.facts(admin, since=since, until=until)
 except ParleyError as exc:

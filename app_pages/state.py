@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 
 import streamlit as st
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
@@ -39,6 +40,11 @@ class UiState:
     redirect_to: str | None = None  # where the browser goes on the next run (cookie routes)
     oidc_refused: str | None = None  # why the provider's user may not sign in (not retried)
     new_documents: list[int] | None = None  # what a new conversation draws on (None: all)
+
+
+def utc_today() -> date:
+    """Days are UTC days everywhere in Parley (quotas, the ledger, the admins' filters)."""
+    return datetime.now(UTC).date()
 
 
 def ui_state() -> UiState:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.orm import Session
@@ -309,7 +310,7 @@ class UsageService:
         if not principal.is_admin:
             raise PermissionDenied(user_message="Only administrators see everyone's usage.")
         since = day_start(now or datetime.now(UTC)) - timedelta(days=days - 1)
-        day = func.date(UsageEntry.ended_at)  # SQLite and PostgreSQL both have date()
+        day = self._utc_day()
         who = func.coalesce(UsageEntry.user_name, "(no user)")
         with self._db.session() as session:
             rows = session.execute(
@@ -341,6 +342,13 @@ class UsageService:
             for r in rows
         ]
 
+    def _utc_day(self) -> ColumnElement[Any]:
+        """The UTC day a call ended. SQLite stores UTC already; PostgreSQL's date() of a
+        timestamptz would use the session's time zone, so it is converted first."""
+        if self._db.is_sqlite:
+            return func.date(UsageEntry.ended_at)
+        return func.date(func.timezone("UTC", UsageEntry.ended_at))
+
     def facts(self, principal: Principal, *, since: date, until: date) -> list[UsageFact]:
         """Calls, tokens and cost per UTC day, user, model and purpose between two days
         (both included), for chargeback charts: admins only."""
@@ -350,7 +358,7 @@ class UsageService:
             raise InvalidInput("The first day comes after the last.")
         start = datetime.combine(since, time.min, UTC)
         end = datetime.combine(until + timedelta(days=1), time.min, UTC)
-        day = func.date(UsageEntry.ended_at)
+        day = self._utc_day()
         who = func.coalesce(UsageEntry.user_name, "(no user)")
         with self._db.session() as session:
             rows = session.execute(
