@@ -54,7 +54,7 @@ def _export(args: argparse.Namespace) -> int:
         "audit_exported",
         **by(OPERATOR),
         about_id=found.user_id if found else None,
-        data={"format": args.format, "user": args.user, "since": args.since, "via": "cli"},
+        data={"format": args.format, "user": args.user, "since": args.since},
     )
     if found is not None:  # what they did and what was done to their data
         records = log.records(user_id=found.user_id, since=since)

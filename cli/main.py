@@ -38,6 +38,7 @@ from parley.config import get_settings
 from parley.domain import Role
 from parley.errors import ParleyError
 from parley.logs import console_warnings
+from store.audit import set_channel
 from store.db import Database
 from store.migrate import upgrade
 from wiring import Services
@@ -56,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = logging.getLogger()
     root.addHandler(console_warnings())
     root.setLevel(logging.WARNING)
+    # Whoever runs `parley` acts as the operator, even for a named user: records say so.
+    set_channel("cli")
     try:
         result: int = args.func(args)
         return result
@@ -65,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("parley: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_channel(None)  # main() may run inside another program (tests)
 
 
 def _parser() -> argparse.ArgumentParser:

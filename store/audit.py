@@ -63,6 +63,16 @@ def record_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
     return hashlib.sha256((prev_hash + canonical(fields)).encode("utf-8")).hexdigest()
 
 
+_channel: str | None = None  # where this process's records come from, when not the app
+
+
+def set_channel(name: str | None) -> None:
+    """Mark every record this process appends from now on with `via` (the command line
+    sets "cli": an operator acting for a user is then told apart from the user)."""
+    global _channel
+    _channel = name
+
+
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -127,7 +137,7 @@ def append_in(
         about_id=about_id,
         kind=kind[:64],
         subject=subject[:200],
-        data=canonical(data or {}),
+        data=canonical({**(data or {}), "via": _channel} if _channel else (data or {})),
         prev_hash=head.last_hash,
         hash="",
     )
@@ -331,6 +341,7 @@ __all__ = [
     "canonical",
     "message_ref",
     "record_hash",
+    "set_channel",
     "text_hash",
     "to_csv",
     "to_jsonl",

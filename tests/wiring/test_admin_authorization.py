@@ -15,6 +15,7 @@ from chat.erasure import ErasureService
 from chat.review import ReviewFilter, ReviewService
 from parley.domain import Principal, Role
 from parley.errors import PermissionDenied
+from store.audit import AuditLog
 from tests.wiring.test_authorization import (
     Guarded,
     World,
@@ -141,6 +142,11 @@ def test_the_command_line_refuses_another_users_conversation(world: World) -> No
     assert alice_data.answered not in ids
     mine = run("conversation", "list", "--user", "alice", "--json")
     assert alice_data.answered in {c["id"] for c in json.loads(mine.stdout.splitlines()[-1])}
+    run("chat", "--user", "bob", "hello from the operator")
+    records = list(AuditLog(world.services.database).records())
+    answered = [r for r in records if r["kind"] == "answer" and r["actor"] == "bob"]
+    assert answered[-1]["data"]["via"] == "cli"  # the operator, acting for bob
+    assert all("via" not in r["data"] for r in records if r["kind"] == "user_created")
     still = world.services.conversations.messages(alice_data.owner, alice_data.answered)
     assert [m.content for m in still][0] == "alice's private question"
     assert "let me in" not in [m.content for m in still]
