@@ -257,15 +257,14 @@ if conversation_id is not None:
 if conversation_id is not None:
     render_conversation_settings(services, principal, conversation_id)
     st.subheader(plain_label(services.conversations.get(principal, conversation_id).title))
-    for access in services.review.accesses(principal):
-        if access.conversation_id == conversation_id:
-            st.info(
-                plain_label(
-                    f"{access.admin} opened this conversation on {access.at:%Y-%m-%d %H:%M} "
-                    f"UTC. Reason: {access.reason}"
-                ),
-                icon=":material/visibility:",
-            )
+    for access in services.review.accesses(principal, conversation_id=conversation_id):
+        st.info(
+            plain_label(
+                f"{access.admin} opened this conversation on {access.at:%Y-%m-%d %H:%M} "
+                f"UTC. Reason: {access.reason}"
+            ),
+            icon=":material/visibility:",
+        )
 else:
     st.subheader("New conversation")
     st.caption(f"Answers come from `{services.chat.model}`.")

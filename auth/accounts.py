@@ -37,7 +37,7 @@ from store.models import User, utcnow
 
 DISABLED = "This account is disabled. Please ask an administrator."
 
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ class UserInfo:
 
 def validate_name(name: str) -> str:
     name = name.strip()
-    if not _NAME_PATTERN.fullmatch(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise InvalidInput(
             "A user name has 1 to 64 characters: letters, digits and . _ @ - "
             "(starting with a letter or digit)."

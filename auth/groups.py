@@ -3,6 +3,9 @@ groups are readable by the services that filter what they may see."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -35,16 +38,7 @@ class GroupService:
         _require_admin(principal)
         with self._db.session(write_lock=True) as session:
             group_id, user_id = group_id_named(session, group), _user_id(session, user)
-            if session.get(GroupMember, (group_id, user_id)) is None:
-                session.add(GroupMember(group_id=group_id, user_id=user_id))
-                append_in(
-                    session,
-                    "group_member_added",
-                    **by(principal),
-                    about_id=user_id,
-                    subject=f"group {group}",
-                    data={"group_id": group_id, "user": user},
-                )
+            add_member(session, (group_id, group), (user_id, user), by(principal))
 
     def remove(self, principal: Principal, group: str, user: str) -> None:
         """Take a user out of a group: documents shared with it vanish from their very
@@ -52,20 +46,7 @@ class GroupService:
         _require_admin(principal)
         with self._db.session(write_lock=True) as session:
             group_id, user_id = group_id_named(session, group), _user_id(session, user)
-            removed = session.execute(
-                delete(GroupMember).where(
-                    GroupMember.group_id == group_id, GroupMember.user_id == user_id
-                )
-            )
-            if removed.rowcount:  # type: ignore[attr-defined]
-                append_in(
-                    session,
-                    "group_member_removed",
-                    **by(principal),
-                    about_id=user_id,
-                    subject=f"group {group}",
-                    data={"group_id": group_id, "user": user},
-                )
+            remove_member(session, (group_id, group), (user_id, user), by(principal))
 
     def names_for(self, principal: Principal) -> list[str]:
         """The groups a principal may share documents with: their own (admins: all)."""
@@ -87,6 +68,50 @@ class GroupService:
         for group_id, name in rows:
             members.setdefault(group_id, []).append(name)
         return [(g.name, sorted(members.get(g.id, []))) for g in groups]
+
+
+def add_member(
+    session: Session,
+    group: tuple[int, str],
+    user: tuple[int, str],
+    actor: Mapping[str, Any],
+) -> None:
+    """Put a user (id, name) in a group (id, name), on record, in the caller's
+    transaction; nothing if they are in it already."""
+    if session.get(GroupMember, (group[0], user[0])) is None:
+        session.add(GroupMember(group_id=group[0], user_id=user[0]))
+        _membership_record(session, "group_member_added", group, user, actor)
+
+
+def remove_member(
+    session: Session,
+    group: tuple[int, str],
+    user: tuple[int, str],
+    actor: Mapping[str, Any],
+) -> None:
+    """Take a user out of a group, on record, in the caller's transaction."""
+    removed = session.execute(
+        delete(GroupMember).where(GroupMember.group_id == group[0], GroupMember.user_id == user[0])
+    )
+    if removed.rowcount:  # type: ignore[attr-defined]
+        _membership_record(session, "group_member_removed", group, user, actor)
+
+
+def _membership_record(
+    session: Session,
+    kind: str,
+    group: tuple[int, str],
+    user: tuple[int, str],
+    actor: Mapping[str, Any],
+) -> None:
+    append_in(
+        session,
+        kind,
+        **actor,
+        about_id=user[0],
+        subject=f"group {group[1]}",
+        data={"group_id": group[0], "user": user[1]},
+    )
 
 
 def groups_of(session: Session, user_id: int) -> set[int]:

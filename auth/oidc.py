@@ -21,10 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from auth.accounts import DISABLED
+from auth.accounts import DISABLED, NAME_PATTERN
+from auth.groups import add_member, remove_member
 from parley.domain import Principal, Role
 from parley.errors import AuthError
 from store.audit import append_in
@@ -34,7 +35,6 @@ from store.models import Group, GroupMember, User, utcnow
 log = logging.getLogger(__name__)
 
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.@-]")
-_GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 ACTOR = "oidc"
 
 
@@ -67,7 +67,7 @@ def claimed_groups(claims: Mapping[str, object], mapping: ClaimMapping) -> list[
         return []
     names: Sequence[object] = value
     valid = sorted(
-        {n.strip() for n in names if isinstance(n, str) and _GROUP_NAME.match(n.strip())}
+        {n.strip() for n in names if isinstance(n, str) and NAME_PATTERN.fullmatch(n.strip())}
     )
     if len(valid) != len(names):
         log.info("Some groups in the %r claim are not valid names; skipped.", mapping.groups_claim)
@@ -193,35 +193,18 @@ class OidcSignIn:
                     subject=f"group {group_name}",
                 )
             wanted[group_id] = group_name
-        current = set(
-            session.scalars(select(GroupMember.group_id).where(GroupMember.user_id == user.id))
-        )
-        for group_id in sorted(set(wanted) - current):
-            session.add(GroupMember(group_id=group_id, user_id=user.id))
-            append_in(
-                session,
-                "group_member_added",
-                actor_id=None,
-                actor=ACTOR,
-                about_id=user.id,
-                subject=f"group {wanted[group_id]}",
-                data={"group_id": group_id, "user": user.name},
-            )
-        for group_id in sorted(current - set(wanted)):
+        current = dict(
             session.execute(
-                delete(GroupMember).where(
-                    GroupMember.group_id == group_id, GroupMember.user_id == user.id
-                )
-            )
-            append_in(
-                session,
-                "group_member_removed",
-                actor_id=None,
-                actor=ACTOR,
-                about_id=user.id,
-                subject=f"group {group_id}",
-                data={"group_id": group_id, "user": user.name},
-            )
+                select(Group.id, Group.name)
+                .join(GroupMember, GroupMember.group_id == Group.id)
+                .where(GroupMember.user_id == user.id)
+            ).all()
+        )
+        oidc = {"actor_id": None, "actor": ACTOR}
+        for group_id in sorted(set(wanted) - set(current)):
+            add_member(session, (group_id, wanted[group_id]), (user.id, user.name), oidc)
+        for group_id in sorted(set(current) - set(wanted)):
+            remove_member(session, (group_id, current[group_id]), (user.id, user.name), oidc)
 
 
 __all__ = ["ClaimMapping", "OidcSignIn", "SignInExpired", "claimed_groups", "user_name"]

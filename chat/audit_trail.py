@@ -3,7 +3,7 @@ check. Admins only (checked here); an export is itself recorded."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -61,6 +61,19 @@ class AuditTrail:
         since: datetime | None = None,
     ) -> str:
         """The records as JSON lines or CSV, oldest first (the export goes on record)."""
+        return "".join(self.export_lines(admin, format=format, user_id=user_id, since=since))
+
+    def export_lines(
+        self,
+        admin: Principal,
+        *,
+        format: Literal["jsonl", "csv"] = "jsonl",
+        user_id: int | None = None,
+        actor: str | None = None,
+        since: datetime | None = None,
+    ) -> Iterator[str]:
+        """`export`, streamed: of one user (`user_id`), or of an actor's name that is no
+        account (an erased user, a name typed at a refused sign-in). On record first."""
         _require_admin(admin)
         self._log.append(
             "audit_exported",
@@ -69,11 +82,12 @@ class AuditTrail:
             data={
                 "format": format,
                 "user_id": user_id,
+                "actor": actor,
                 "since": since.isoformat() if since else None,
             },
         )
-        records = self._log.records(user_id=user_id, since=since)
-        return "".join(to_jsonl(records) if format == "jsonl" else to_csv(records))
+        records = self._log.records(user_id=user_id, actor=actor, since=since)
+        return to_jsonl(records) if format == "jsonl" else to_csv(records)
 
     def verify(self, admin: Principal) -> Verified:
         _require_admin(admin)

@@ -236,8 +236,7 @@ class ConversationService:
                 data={"conversation_ids": [conversation_id], "message_count": int(erased)},
             )
         self._erase_vectors(conversation_id)
-        if not self._db.reclaim():
-            log.warning("The database's log still holds erased pages; reclaimed at start-up.")
+        self._db.reclaim()
 
     def sweep_erasures(self) -> int:
         """Retry every pending vector erasure; how many are still pending afterwards."""

@@ -256,8 +256,7 @@ class DocumentService:
                 data={"document_id": document.id},
             )
         self._sync(document_id)
-        if not self._db.reclaim():  # no byte of the chunks left in SQLite's files
-            log.warning("The database's log still holds erased pages; reclaimed at start-up.")
+        self._db.reclaim()  # no byte of the chunks left in SQLite's files
 
     def sweep_index(self) -> int:
         """Bring pending documents' vectors in line with the database (after a vector

@@ -77,8 +77,7 @@ class ErasureService:
         pending = self._conversations.sweep_erasures() + self._documents.sweep_index()
         if pending:
             log.warning("%d vector erasures are pending; they are retried at start-up.", pending)
-        if not self._db.reclaim():
-            log.warning("The database's log still holds erased pages; reclaimed at start-up.")
+        self._db.reclaim()
         return counts
 
 

@@ -231,49 +231,50 @@ class ReviewService:
             conversation = session.get(Conversation, conversation_id)
             return conversation is not None and has_grant(session, admin, conversation)
 
-    def accesses(self, principal: Principal, *, limit: int = 100) -> list[Access]:
-        """Who opened the principal's conversations, when and why: newest first."""
+    def accesses(
+        self, principal: Principal, *, conversation_id: int | None = None, limit: int = 100
+    ) -> list[Access]:
+        """Who opened the principal's conversations (or one of them), when and why, and
+        which searches matched them: newest first. Two queries, however many records."""
+        query = select(AuditRecord).where(AuditRecord.about_id == principal.user_id)
+        if conversation_id is None:
+            query = query.where(AuditRecord.kind.in_((OPENED, SEARCHED)))
+        else:
+            query = query.where(
+                AuditRecord.kind == OPENED,
+                AuditRecord.subject == f"conversation {conversation_id}",
+            )
         with self._db.session() as session:
-            records = session.scalars(
-                select(AuditRecord)
-                .where(
-                    AuditRecord.kind.in_((OPENED, SEARCHED)),
-                    AuditRecord.about_id == principal.user_id,
-                )
-                .order_by(AuditRecord.id.desc())
-                .limit(limit)
-            ).all()
-            found = []
-            for record in records:
-                data = _data(record)
-                if record.kind == SEARCHED:
-                    found.append(
-                        Access(
-                            datetime.fromisoformat(record.at),
-                            record.actor,
-                            "searched everyone's conversations for a phrase, and some of "
-                            "yours matched",
-                            None,
-                            None,
-                        )
+            records = session.scalars(query.order_by(AuditRecord.id.desc()).limit(limit)).all()
+            opened = {
+                r.id: int(_data(r).get("conversation_id", 0)) for r in records if r.kind == OPENED
+            }
+            titles = dict(
+                session.execute(
+                    select(Conversation.id, Conversation.title).where(
+                        Conversation.id.in_(set(opened.values())),
+                        Conversation.user_id == principal.user_id,
                     )
-                    continue
-                cid = int(data.get("conversation_id", 0))
-                title = session.scalar(
-                    select(Conversation.title).where(
-                        Conversation.id == cid, Conversation.user_id == principal.user_id
-                    )
-                )
-                found.append(
-                    Access(
-                        datetime.fromisoformat(record.at),
-                        record.actor,
-                        str(data.get("reason", "")),
-                        cid,
-                        title,
-                    )
-                )
-            return found
+                ).all()
+            )
+        return [
+            Access(
+                datetime.fromisoformat(r.at),
+                r.actor,
+                str(_data(r).get("reason", "")),
+                opened[r.id],
+                titles.get(opened[r.id]),
+            )
+            if r.kind == OPENED
+            else Access(
+                datetime.fromisoformat(r.at),
+                r.actor,
+                "searched everyone's conversations for a phrase, and some of yours matched",
+                None,
+                None,
+            )
+            for r in records
+        ]
 
 
 def _conditions(where: ReviewFilter) -> list[ColumnElement[bool]]:

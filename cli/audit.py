@@ -10,7 +10,7 @@ from typing import Any
 from cli.common import OPERATOR
 from cli.common import services as _services
 from parley.errors import InvalidInput
-from store.audit import AuditLog, by, to_csv, to_jsonl
+from store.audit import AuditLog
 
 
 def audit_commands(commands: Any) -> None:
@@ -48,19 +48,16 @@ def _export(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise InvalidInput(f"--since {args.since!r} is not a day like 2026-11-27.") from exc
     services = _services()
-    log = AuditLog(services.database)
     found = services.accounts.find_principal(OPERATOR, args.user) if args.user else None
-    log.append(
-        "audit_exported",
-        **by(OPERATOR),
-        about_id=found.user_id if found else None,
-        data={"format": args.format, "user": args.user, "since": args.since},
+    lines = services.audit.export_lines(  # on record, like the console's export
+        OPERATOR,
+        format=args.format,
+        # what a user did and what was done to their data; a name that is no account
+        # (an erased user, a name typed at a refused sign-in) by the actor's name
+        user_id=found.user_id if found else None,
+        actor=args.user if args.user and found is None else None,
+        since=since,
     )
-    if found is not None:  # what they did and what was done to their data
-        records = log.records(user_id=found.user_id, since=since)
-    else:  # an erased user, or a name typed at a refused sign-in
-        records = log.records(actor=args.user, since=since)
-    lines = to_jsonl(records) if args.format == "jsonl" else to_csv(records)
     for chunk in lines:
         sys.stdout.write(chunk)
     return 0

@@ -8,6 +8,7 @@ sentence for the user and the original on `__cause__`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from parley.errors import ConfigurationError, StorageConflict, StorageError, StorageUnavailable
+
+log = logging.getLogger(__name__)
 
 
 class Database:
@@ -69,8 +72,9 @@ class Database:
         Every connection deletes with `secure_delete` (freed cells and pages are
         zeroed); this moves the write-ahead log into the database and truncates it,
         so the log's older copies of the pages go too. A reader holding an old
-        snapshot makes SQLite decline; that is tried again a few times. True when the
-        log is empty. PostgreSQL reclaims its own files (VACUUM; see the README).
+        snapshot makes SQLite decline; that is tried again a few times, then logged (the
+        start-up sweep checkpoints again). True when the log is empty. PostgreSQL
+        reclaims its own files (VACUUM; see the README).
         """
         if not self.is_sqlite:
             return True
@@ -83,6 +87,7 @@ class Database:
             if busy is not None and busy[0] == 0:
                 return True
             time.sleep(0.05 * (attempt + 1))
+        log.warning("The database's log still holds erased pages; reclaimed at start-up.")
         return False
 
     def dispose(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.support import free_port, stop
 
 MOCK = str(Path(sys.executable).with_name("oidc-provider-mock"))
 
@@ -27,16 +28,10 @@ class Provider:
         return f"{self.url}/.well-known/openid-configuration"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def oidc_provider(users: Sequence[Mapping[str, Any]], log_path: Path) -> Iterator[Provider]:
     """The provider, up and answering its discovery document; stopped afterwards."""
-    port = _free_port()
+    port = free_port()
     command = [MOCK, "-H", "127.0.0.1", "-p", str(port)]
     for claims in users:
         command += ["--user-claims", json.dumps(dict(claims))]
@@ -57,9 +52,4 @@ def oidc_provider(users: Sequence[Mapping[str, Any]], log_path: Path) -> Iterato
                     time.sleep(0.2)
             yield provider
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop(server)

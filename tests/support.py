@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import io
+import socket
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from parley.domain import Principal, Role
 
+
 # The operator: an administrator who is no account, as the CLI acts. Tests set users up so.
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on (for servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop(process: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """End a server a test started: politely, then for good."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 ROOT = Principal(user_id=0, name="(operator)", role=Role.ADMIN)
 
 

@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 from sqlalchemy import update
 
-from fakes.anthropic_server import Cited, FakeAnthropic, Reply
+from fakes.anthropic_server import FakeAnthropic
 from store.db import Database
 from store.models import Message
 from tests.e2e.test_browser import (
@@ -26,19 +26,17 @@ from tests.e2e.test_browser import (
     PAGE_TIMEOUT_MS,
     ROOT,
     VENV_BIN,
-    _answer,
     _expect_chat_page,
     _serve,
     _server_env,
     _session_cookie,
 )
+from tests.e2e.test_documents_browser import CITING_REPLY, upload_report_and_ask
 from tests.oidc_provider import Provider, oidc_provider
-from tests.support import pdf_with_pages
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SCREENSHOT = os.environ.get("PARLEY_CONSOLE_SCREENSHOT")  # read before conftest clears it
-UPLOAD_TIMEOUT_MS = 180_000  # the first upload loads the embedding model
 USERS = [
     {"sub": "root-sub", "email": "root@example.com", "groups": ["parley-admins", "staff"]},
     {"sub": "alice-sub", "email": "alice@example.com", "groups": ["staff"]},
@@ -94,11 +92,9 @@ def backdate_messages(database_url: str, days: int) -> None:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium on PATH (make system-deps)")
 def test_an_admin_signed_in_through_oidc_reviews_yesterdays_conversation(tmp_path: Path) -> None:
-    pdf = pdf_with_pages("Opening remarks of the board", "Revenue grew by 12 percent in March")
-    reply = Reply(segments=["The report says ", Cited("revenue grew 12% in March", source=0), "."])
     with (
         oidc_provider(USERS, tmp_path / "oidc.log") as provider,
-        FakeAnthropic(default_reply=reply) as fake,
+        FakeAnthropic(default_reply=CITING_REPLY) as fake,
     ):
         env = _server_env(tmp_path)
         env.update(
@@ -115,22 +111,7 @@ def test_an_admin_signed_in_through_oidc_reviews_yesterdays_conversation(tmp_pat
                 sign_in(alice, running.url, provider, "alice-sub")
                 sidebar = alice.get_by_test_id("stSidebar")
                 expect(sidebar.get_by_role("link", name="Admin console")).to_have_count(0)
-                sidebar.get_by_role("link", name="Documents").click()
-                alice.locator("input[type=file]").set_input_files(
-                    [{"name": "report.pdf", "mimeType": "application/pdf", "buffer": pdf}]
-                )
-                alice.get_by_role("button", name="Add", exact=True).click()
-                expect(alice.get_by_text("report.pdf: 2 passages indexed")).to_be_visible(
-                    timeout=UPLOAD_TIMEOUT_MS
-                )
-                sidebar.get_by_role("link", name="Chat").click()
-                _expect_chat_page(alice)
-                chat_input = alice.get_by_test_id("stChatInputTextArea")
-                chat_input.fill("How did revenue change in March?")
-                chat_input.press("Enter")
-                expect(_answer(alice)).to_contain_text(
-                    "The report says revenue grew 12% in March [1].", timeout=PAGE_TIMEOUT_MS
-                )
+                upload_report_and_ask(alice)
                 backdate_messages(f"sqlite:///{tmp_path / 'data' / 'parley.db'}", days=1)
 
                 admin = browser.new_context(viewport={"width": 1400, "height": 1250}).new_page()

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Locator, Page, expect, sync_playwright
+
+from tests.support import free_port, stop
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -81,12 +82,6 @@ class Server:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _server_env(tmp_path: Path) -> dict[str, str]:
     """The caller's environment minus every Parley/Anthropic setting: no key, so SmolLM2 answers."""
     env = {
@@ -132,7 +127,7 @@ def _serve(tmp_path: Path, env: dict[str, str]) -> Iterator[Server]:
             check=True,
             timeout=120,
         )
-        port = _free_port()
+        port = free_port()
         command = [
             str(VENV_BIN / "streamlit"),
             "run",
@@ -168,12 +163,7 @@ def _serve(tmp_path: Path, env: dict[str, str]) -> Iterator[Server]:
                 time.sleep(0.25)
             yield running
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+            stop(proc)
 
 
 def _fill_credentials(page: Page, *, confirm: bool) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 from fakes.anthropic_server import Cited, FakeAnthropic, Reply
 from tests.e2e.test_browser import (
@@ -26,13 +26,37 @@ from tests.support import pdf_with_pages
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 UPLOAD_TIMEOUT_MS = 180_000  # the first upload loads the embedding model
+# The fake Messages API cites the search result it was sent, as Claude does.
+CITING_REPLY = Reply(
+    segments=["The report says ", Cited("revenue grew 12% in March", source=0), "."]
+)
+
+
+def upload_report_and_ask(page: Page) -> None:
+    """From the chat page: upload a two-page PDF, ask about page 2, see the cited answer."""
+    pdf = pdf_with_pages("Opening remarks of the board", "Revenue grew by 12 percent in March")
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_role("link", name="Documents").click()
+    page.locator("input[type=file]").set_input_files(
+        [{"name": "report.pdf", "mimeType": "application/pdf", "buffer": pdf}]
+    )
+    page.get_by_role("button", name="Add", exact=True).click()
+    expect(page.get_by_text("report.pdf: 2 passages indexed")).to_be_visible(
+        timeout=UPLOAD_TIMEOUT_MS
+    )
+    sidebar.get_by_role("link", name="Chat").click()
+    _expect_chat_page(page)
+    chat_input = page.get_by_test_id("stChatInputTextArea")
+    chat_input.fill("How did revenue change in March?")
+    chat_input.press("Enter")
+    expect(_answer(page)).to_contain_text(
+        "The report says revenue grew 12% in March [1].", timeout=PAGE_TIMEOUT_MS
+    )
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium on PATH (make system-deps)")
 def test_upload_a_pdf_ask_about_it_and_open_the_citation(tmp_path: Path) -> None:
-    pdf = pdf_with_pages("Opening remarks of the board", "Revenue grew by 12 percent in March")
-    reply = Reply(segments=["The report says ", Cited("revenue grew 12% in March", source=0), "."])
-    with FakeAnthropic(default_reply=reply) as fake:
+    with FakeAnthropic(default_reply=CITING_REPLY) as fake:
         env = _server_env(tmp_path)
         env.update(
             ANTHROPIC_API_KEY="sk-ant-e2e",
@@ -49,25 +73,7 @@ def test_upload_a_pdf_ask_about_it_and_open_the_citation(tmp_path: Path) -> None
                 page.get_by_role("button", name="Create admin account").click()
                 _session_cookie(page)
                 _expect_chat_page(page)
-
-                sidebar = page.get_by_test_id("stSidebar")
-                sidebar.get_by_role("link", name="Documents").click()
-                page.locator("input[type=file]").set_input_files(
-                    [{"name": "report.pdf", "mimeType": "application/pdf", "buffer": pdf}]
-                )
-                page.get_by_role("button", name="Add", exact=True).click()
-                expect(page.get_by_text("report.pdf: 2 passages indexed")).to_be_visible(
-                    timeout=UPLOAD_TIMEOUT_MS
-                )
-
-                sidebar.get_by_role("link", name="Chat").click()
-                _expect_chat_page(page)
-                chat_input = page.get_by_test_id("stChatInputTextArea")
-                chat_input.fill("How did revenue change in March?")
-                chat_input.press("Enter")
-                expect(_answer(page)).to_contain_text(
-                    "The report says revenue grew 12% in March [1].", timeout=PAGE_TIMEOUT_MS
-                )
+                upload_report_and_ask(page)
                 source = page.get_by_text("[1] report.pdf, page 2")
                 source.click()
                 expect(page.get_by_text("Revenue grew by 12 percent in March").last).to_be_visible()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from parley.errors import QuotaExceeded
 from store.db import Database
 from store.migrate import upgrade
 from store.models import Base
-from tests.support import ROOT, admitted_by_processes
+from tests.support import ROOT, admitted_by_processes, free_port
 from wiring.services import Services, build_services
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -45,12 +44,6 @@ def _as_postgres(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     # Not under pytest's temporary root: that is private to root, and postgres must enter it.
@@ -58,7 +51,7 @@ def postgres_url() -> Iterator[str]:
     data = folder / "data"
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
-    port = _free_port()
+    port = free_port()
     subprocess.run(
         _as_postgres(
             [

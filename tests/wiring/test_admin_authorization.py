@@ -56,6 +56,11 @@ GUARDED: tuple[Guarded, ...] = (
         PermissionDenied,
         lambda a: a.services.audit.export(a.principal, user_id=a.data.owner.user_id),
     ),
+    Guarded(
+        "audit.export_lines",
+        PermissionDenied,
+        lambda a: a.services.audit.export_lines(a.principal, actor=a.data.owner.name),
+    ),
     Guarded("audit.verify", PermissionDenied, lambda a: a.services.audit.verify(a.principal)),
     Guarded(
         "erasure.erase_user",
