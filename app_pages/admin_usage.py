@@ -11,6 +11,7 @@ from datetime import date, timedelta
 import streamlit as st
 
 from app_pages import state
+from app_pages.rendering import plain_label
 from parley.errors import ParleyError
 
 services = state.services()
@@ -137,4 +138,4 @@ if target is not None:
             except ParleyError as exc:
                 st.error(exc.user_message)
             else:
-                st.success(f"Quotas saved for {target.name}.")
+                st.success(f"Quotas saved for {plain_label(target.name)}.")

@@ -25,7 +25,7 @@ assert principal is not None
 
 def render_sidebar(svc: Services, who: Principal) -> None:
     with st.sidebar:
-        st.caption(f"Logged in as **{who.name}** · answers by `{svc.chat.model}`")
+        st.caption(f"Logged in as **{plain_label(who.name)}** · answers by `{svc.chat.model}`")
         if st.button("New conversation", icon=":material/add:", width="stretch"):
             ui.conversation_id = None
             ui.confirm_delete = None
@@ -116,8 +116,8 @@ def render_conversation_settings(svc: Services, who: Principal, conversation_id:
             current = svc.lab.strategy_of(who, conversation_id)
             if current not in names:  # its plugin was uninstalled: the default answers
                 st.caption(
-                    f":warning: Its strategy {current!r} is no longer installed; "
-                    f"{svc.lab.default!r} answers instead."
+                    f":warning: Its strategy {plain_label(repr(current))} is no longer "
+                    f"installed; {plain_label(repr(svc.lab.default))} answers instead."
                 )
                 current = svc.lab.default
             picked = st.selectbox(
@@ -164,8 +164,8 @@ def usage_line(message: ChatMessage) -> str:
         parts.append(f"{message.cache_creation_input_tokens:,} cached")
     if message.cost_usd:  # the local model is free: no "$0.0000"
         parts.append(f"${message.cost_usd:.4f}")
-    if message.model:
-        parts.append(message.model)
+    if message.model:  # as the API named it: stored text, shown as such
+        parts.append(plain_label(message.model))
     return " · ".join(parts)
 
 
@@ -213,7 +213,7 @@ def render_message(message: ChatMessage) -> None:
         if message.status is MessageStatus.INTERRUPTED:
             st.caption(":warning: This answer broke off; the text above is what arrived.")
         elif message.status is MessageStatus.ERROR:
-            st.caption(f":warning: {message.error or 'No answer arrived.'}")
+            st.caption(f":warning: {plain_label(message.error or 'No answer arrived.')}")
         if message.role is MessageRole.ASSISTANT and (line := usage_line(message)):
             st.caption(line)
 
@@ -276,7 +276,7 @@ for message in messages:
 if conversation_id is not None and services.chat.needs_retry(principal, conversation_id):
     last = messages[-1] if messages else None
     reason = last.error if last and last.error else "This message has no answer yet."
-    st.error(reason)
+    st.error(plain_label(reason))
     if st.button("Retry", icon=":material/refresh:", type="primary"):
         try:
             retried = services.chat.retry(principal, conversation_id)

@@ -7,7 +7,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from app_pages import state
-from app_pages.rendering import plain_label
+from app_pages.rendering import plain_label, safe_markdown
 from chat.documents import SUPPORTED_SUFFIXES, DocumentInfo
 from parley.domain import Principal
 from parley.errors import ParleyError
@@ -39,7 +39,7 @@ def upload(svc: Services, who: Principal) -> None:
         st.warning("Choose at least one file to add.")
         return
     for file in files:
-        bar = st.progress(0.0, text=f"Reading {file.name}")
+        bar = st.progress(0.0, text=plain_label(f"Reading {file.name}"))
 
         def report(fraction: float, step: str, bar: DeltaGenerator = bar) -> None:
             bar.progress(min(1.0, max(0.0, fraction)), text=plain_label(step))
@@ -55,7 +55,7 @@ def upload(svc: Services, who: Principal) -> None:
             )
         except ParleyError as exc:  # one file's problem; the others still go in
             bar.empty()
-            st.error(exc.user_message)
+            st.error(safe_markdown(exc.user_message))  # the sentence names the file
         else:
             bar.progress(1.0, text=plain_label(f"{info.name}: {info.chunks} passages indexed"))
 
@@ -82,7 +82,7 @@ def manage(svc: Services, who: Principal, documents: list[DocumentInfo]) -> None
         if group is not None:
             shared = group in picked.groups
             if st.button(
-                f"Stop sharing with {group}" if shared else f"Share with {group}",
+                plain_label(f"Stop sharing with {group}" if shared else f"Share with {group}"),
                 key="share-toggle",
             ):
                 act(svc, who, picked, group=group, grant=not shared)

