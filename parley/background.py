@@ -6,6 +6,10 @@ because upkeep is derived state (the next turn's upkeep catches up, a title fall
 back to the first message). `drain` waits for what was submitted; `close` drains
 and stops the workers (the CLI before it exits, the app at shutdown).
 `workers=0` runs every task inline (tests, benchmarks).
+
+Work submitted once the pool is closed, or once Python has begun to exit (its
+executors then refuse work), is dropped with a debug line only: shutting down is
+no failure, and whatever the work was for is caught up at the next start or turn.
 """
 
 from __future__ import annotations
@@ -39,12 +43,18 @@ class BackgroundWork:
     def submit(self, task: Callable[[], None], *, name: str) -> bool:
         """Run `task` in the background; False when it was dropped (full or closed)."""
         with self._lock:
-            full = self._executor is not None and len(self._pending) >= self._max_pending
-            if self._closed or full:
-                log.warning("Background work is full or closed; dropped %s.", name)
+            if self._closed:
+                log.debug("Background work is closed; dropped %s.", name)
+                return False
+            if self._executor is not None and len(self._pending) >= self._max_pending:
+                log.warning("Background work is full; dropped %s.", name)
                 return False
             if self._executor is not None:
-                future = self._executor.submit(_run, task, name)
+                try:
+                    future = self._executor.submit(_run, task, name)
+                except RuntimeError:  # the interpreter is exiting: it takes no new work
+                    log.debug("Background work is shutting down; dropped %s.", name)
+                    return False
                 self._pending.add(future)
         if self._executor is None:
             _run(task, name)

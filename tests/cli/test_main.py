@@ -258,3 +258,55 @@ def test_docs_and_groups_from_the_command_line(tmp_path: Path) -> None:
     assert stranger.returncode == 1 and "no document 1" in stranger.stderr
     assert run("docs", "rm", "1", "--user", "ann").returncode == 0
     assert search("ann") == []
+
+
+# Start-up work runs on the background pool; the process must not end under it (it once
+# did: the pool's task then met "cannot schedule new futures after interpreter shutdown"
+# and said "Moving document vectors into scoped collections failed; will retry").
+NOISE = ("will retry", "failed", "interpreter shutdown", "Traceback", "Exception")
+
+
+def assert_quiet(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert not any(word in result.stdout for word in NOISE), result.stdout
+
+
+def logged(tmp_path: Path) -> str:
+    log = tmp_path / "data" / "logs" / "parley.log"
+    return log.read_text() if log.is_file() else ""
+
+
+def test_short_commands_on_a_fresh_data_dir_end_cleanly_and_say_nothing_else(
+    tmp_path: Path,
+) -> None:
+    assert_quiet(run("db", "upgrade"))
+    for command in (
+        ("user", "list"),
+        ("audit", "verify"),
+        ("memory", "strategies"),
+        ("usage",),
+        ("user", "add", "ann"),
+        ("quota", "show", "ann"),
+    ):
+        assert_quiet(run(*command, stdin="ann-password\n"))
+    assert not any(word in logged(tmp_path) for word in NOISE), logged(tmp_path)
+
+
+def test_start_up_work_that_is_due_is_done_before_the_command_exits(tmp_path: Path) -> None:
+    from parley.config import get_settings
+    from store.db import Database
+    from store.models import DocumentSync
+
+    assert_quiet(run("db", "upgrade"))
+    # A document deleted while the vector store was down: its vectors are still to go.
+    database = Database(get_settings().resolved_database_url)
+    try:
+        with database.session() as session:
+            session.add(DocumentSync(document_id=41, scopes=["documents-u1"]))
+        assert_quiet(run("user", "list"))
+        with database.session() as session:
+            assert session.get(DocumentSync, 41) is None  # the sweep ran to its end
+    finally:
+        database.dispose()
+    assert not any(word in logged(tmp_path) for word in NOISE), logged(tmp_path)

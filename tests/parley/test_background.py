@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +207,99 @@ def test_an_inline_pool_accepts_nothing_once_closed() -> None:
     assert work.close() is True
     assert work.submit(lambda: ran.append("late"), name="late") is False
     assert ran == []
+
+
+def test_close_waits_for_work_that_is_running() -> None:
+    work = BackgroundWork(workers=2)
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def running() -> None:
+        started.set()
+        release.wait(5)
+        ran.append("running")
+
+    assert work.submit(running, name="running")
+    assert started.wait(2)
+    closed: list[bool] = []
+    closer = threading.Thread(target=lambda: closed.append(work.close(timeout=5)), daemon=True)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive() and closed == []  # still waiting for the task
+    release.set()
+    closer.join(5)
+    assert closed == [True] and ran == ["running"]
+
+
+def test_work_submitted_after_close_is_dropped_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    for work in (BackgroundWork(workers=2), BackgroundWork(workers=0)):
+        assert work.close(timeout=2)
+        with caplog.at_level(logging.DEBUG, logger="parley.background"):
+            assert work.submit(lambda: None, name="late") is False
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG, logging.DEBUG]
+    assert all("late" in r.getMessage() for r in caplog.records)
+
+
+def test_work_a_task_submits_during_and_after_close_neither_raises_nor_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    work = BackgroundWork(workers=1)
+    started, release = threading.Event(), threading.Event()
+    outcomes: list[bool] = []
+    ran: list[str] = []
+
+    def parent() -> None:
+        outcomes.append(work.submit(partial(ran.append, "during"), name="during close"))
+        started.set()
+        release.wait(5)
+        # close() gave up waiting and closed the pool meanwhile
+        outcomes.append(work.submit(partial(ran.append, "after"), name="after close"))
+
+    with caplog.at_level(logging.DEBUG, logger="parley.background"):
+        assert work.submit(parent, name="parent")
+        assert started.wait(2)
+        assert work.close(timeout=0.05) is False
+        release.set()
+        wait_until(lambda: len(outcomes) == 2, "the parent submitted twice")
+        wait_until(lambda: work.pending == 0, "the parent finished")
+    assert outcomes == [True, False]
+    assert "after" not in ran
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_work_submitted_while_the_interpreter_shuts_down_is_dropped_quietly(
+    tmp_path: Path,
+) -> None:
+    """A pool nobody closed: Python's exit marks every executor shut before it joins
+    their threads, so a task that submits another meets a RuntimeError there."""
+    script = tmp_path / "exits.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import logging, sys, time
+            from concurrent.futures import ThreadPoolExecutor
+            from parley.background import BackgroundWork
+
+            logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+            work = BackgroundWork(workers=1)
+            probe = ThreadPoolExecutor(max_workers=1)
+
+            def parent():
+                while True:  # until Python's exit has begun (the main thread is done)
+                    try:
+                        probe.submit(lambda: None)
+                    except RuntimeError:
+                        break
+                    time.sleep(0.01)
+                print("child accepted:", work.submit(lambda: print("child ran"), name="child"))
+
+            work.submit(parent, name="parent")
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child accepted: False"]
+    assert done.stderr == ""
