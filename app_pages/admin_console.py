@@ -73,8 +73,8 @@ def filters(svc: Services, who: Principal) -> ReviewFilter:
 
 def render_review(review: Review) -> None:
     st.subheader(plain_label(f"#{review.id} · {review.title}"))
-    st.caption(  # a code span: names are shown as typed, never as links
-        f"Owner `{review.owner}` · {len(review.messages)} messages · "
+    st.caption(
+        f"Owner {plain_label(review.owner)} · {len(review.messages)} messages · "
         f"${review.cost_usd:.4f} in answers"
     )
     for item in review.messages:
@@ -85,7 +85,7 @@ def render_review(review: Review) -> None:
                 continue
             tokens = (message.input_tokens or 0) + (message.output_tokens or 0)
             st.caption(
-                f"{message.status} · {message.model or '?'} · {tokens:,} tokens · "
+                f"{message.status} · {plain_label(message.model or '?')} · {tokens:,} tokens · "
                 f"${message.cost_usd or 0:.4f} · {message.created_at:%Y-%m-%d %H:%M} UTC"
             )
             if item.prompt:
@@ -96,21 +96,22 @@ def render_review(review: Review) -> None:
 def render_prompt(prompt: dict[str, Any]) -> None:
     recalled = prompt.get("recalled") or []
     st.markdown(
-        f"Strategy **{prompt.get('strategy')}** · {prompt.get('total_tokens', 0):,} tokens · "
+        f"Strategy **{plain_label(str(prompt.get('strategy')))}** · "
+        f"{prompt.get('total_tokens', 0):,} tokens · "
         f"turns {len(prompt.get('turn_ids') or [])} · "
         f"summary version {prompt.get('summary_version') or '—'} · recalled {len(recalled)}"
     )
     sources = prompt.get("sources") or []
     if sources:
-        st.table(  # a few rows: a plain table, its text in the page
+        st.table(  # a few rows: a plain table, its text in the page (cells are Markdown)
             [
                 {
                     "passage": s.get("n"),
-                    "document": s.get("name"),
+                    "document": plain_label(str(s.get("name") or "")),
                     "chunks": ", ".join(str(c) for c in s.get("chunks", [])),
                     "page": s.get("page"),
                     "score": s.get("score"),
-                    "allowed as": s.get("allowed_as"),
+                    "allowed as": plain_label(str(s.get("allowed_as") or "")),
                 }
                 for s in sources
             ]
@@ -166,7 +167,10 @@ def conversations_tab() -> None:
     if services.review.granted(admin, chosen.id):
         render_review(services.review.read(admin, chosen.id))
         return
-    st.warning(f"{chosen.owner} will see that you opened this conversation, when, and your reason.")
+    st.warning(
+        f"{plain_label(chosen.owner)} will see that you opened this conversation, when, "
+        "and your reason."
+    )
     with st.form(f"break-glass-{chosen.id}", clear_on_submit=True):  # one reason, one conversation
         reason = st.text_input("Reason", max_chars=500, placeholder="e.g. support ticket 4411")
         if st.form_submit_button("Open with this reason"):
@@ -222,14 +226,38 @@ def audit_tab() -> None:
     prepared = kept[1] if kept is not None and kept[0] == scope else None  # this scope's only
     if prepared is not None:
         st.download_button("Download", prepared, file_name=f"parley-audit.{fmt}", mime="text/plain")
+    last = services.audit.last_checkpoint(admin)
+    st.caption(
+        f"Last checkpoint: {last:%Y-%m-%d %H:%M} UTC." if last is not None else
+        "No checkpoint taken yet: run `parley audit checkpoint` and keep its line "
+        "outside the database (see the README)."
+    )  # fmt: skip
+    anchors = st.file_uploader(
+        "Checkpoints kept elsewhere (optional)",
+        type=["txt", "log"],
+        help="A file of lines printed by `parley audit checkpoint`: each must still hold.",
+        key="audit-checkpoints",
+    )
     if st.button("Verify the chain"):
-        result = services.audit.verify(admin)
+        try:
+            result = (
+                services.audit.verify_against(admin, anchors.getvalue().decode("utf-8"))
+                if anchors is not None
+                else services.audit.verify(admin)
+            )
+        except UnicodeDecodeError:
+            st.error("That checkpoint file is not text. Please choose the file of lines.")
+            return
+        except ParleyError as exc:
+            st.error(exc.user_message)
+            return
         if result.broken is None:
-            st.success(f"The audit trail is intact: {result.records:,} records.")
+            held = f"; {result.anchors:,} checkpoints hold" if result.anchors else ""
+            st.success(f"The audit trail is intact: {result.records:,} records{held}.")
         else:
             st.error(
                 f"The audit trail is broken at record {result.broken.record_id}: "
-                f"{result.broken.reason}."
+                f"{plain_label(result.broken.reason)}."
             )
 
 

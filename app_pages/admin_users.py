@@ -1,10 +1,12 @@
-"""Admins: see accounts, add new ones, disable or enable them, set their passwords."""
+"""Admins: see accounts, add new ones, disable or enable them, unlock them after failed
+sign-ins, set their passwords."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from app_pages import state
+from app_pages.rendering import plain_label
 from parley.domain import Role
 from parley.errors import ParleyError
 
@@ -16,12 +18,17 @@ if principal is None or not principal.is_admin:
 
 st.title("Users")
 users = services.accounts.list_users(principal)
+locks = services.accounts.locked_until(principal)
 st.dataframe(
     [
         {
             "name": u.name,
             "role": u.role.value,
-            "state": "disabled" if u.disabled else "active",
+            "state": "disabled"
+            if u.disabled
+            else f"locked until {locks[u.name]:%H:%M} UTC"
+            if u.name in locks
+            else "active",
             "created": u.created_at,
             "last login": u.last_login_at,
         }
@@ -36,21 +43,30 @@ chosen = st.selectbox("User", [u.name for u in users], key="manage-user")
 target = next((u for u in users if u.name == chosen), None)
 if target is not None:
     toggle = "Enable" if target.disabled else "Disable"
-    if st.button(f"{toggle} {target.name}", key="toggle-user"):
+    shown = plain_label(target.name)  # in labels and sentences, which are Markdown
+    if st.button(f"{toggle} {shown}", key="toggle-user"):
         try:
             services.accounts.set_disabled(principal, target.name, disabled=not target.disabled)
         except ParleyError as exc:
             st.error(exc.user_message)
         else:
             st.success(
-                f"Disabled {target.name}; their sessions have ended."
+                f"Disabled {shown}; their sessions have ended."
                 if not target.disabled
-                else f"Enabled {target.name}."
+                else f"Enabled {shown}."
             )
+            st.rerun()
+    if target.name in locks and st.button(f"Unlock {shown}", key="unlock-user"):
+        try:
+            services.accounts.unlock(principal, target.name)
+        except ParleyError as exc:
+            st.error(exc.user_message)
+        else:
+            st.success(f"Unlocked {shown}: their failed sign-ins are forgotten.")
             st.rerun()
     with st.form("set_password", clear_on_submit=True):
         new_password = st.text_input(
-            f"New password for {target.name}", type="password", help="At least 8 characters."
+            f"New password for {shown}", type="password", help="At least 8 characters."
         )
         if st.form_submit_button("Set password"):
             try:
@@ -58,9 +74,9 @@ if target is not None:
             except ParleyError as exc:
                 st.error(exc.user_message)
             else:
-                st.success(f"New password set for {target.name}; their sessions have ended.")
+                st.success(f"New password set for {shown}; their sessions have ended.")
 
-    with st.expander(f"Erase {target.name}"):
+    with st.expander(f"Erase {shown}"):
         st.caption(
             "Removes the account, its conversations (messages, summaries, memory), its "
             "documents and sessions, leaving no byte of their text. The audit trail keeps "
@@ -74,7 +90,7 @@ if target is not None:
                 st.error(exc.user_message)
             else:
                 st.success(
-                    f"Erased {target.name}: {counts['conversations']} conversations, "
+                    f"Erased {shown}: {counts['conversations']} conversations, "
                     f"{counts['documents']} documents."
                 )
 
@@ -92,4 +108,4 @@ if submitted:
     except ParleyError as exc:
         st.error(exc.user_message)
     else:
-        st.success(f"Added {created.name}.")
+        st.success(f"Added {plain_label(created.name)}.")

@@ -65,8 +65,20 @@ def services() -> Services:
 def _build(fingerprint: str, _settings: Settings) -> Services:  # noqa: ARG001 - the cache key
     # Streamlit hashes `fingerprint` only; `_settings` (leading underscore) is passed through.
     built = build_services(_settings)
-    atexit.register(built.close)  # release the database and the question worker at exit
+    _OPEN.append(built)  # closed by the server's shutdown (`close_all`), or at exit
+    atexit.register(built.close)
     return built
+
+
+_OPEN: list[Services] = []
+
+
+def close_all(timeout: float = 30.0) -> None:
+    """Let every service set this process built finish its background work, then close
+    it: the server calls this when it shuts down, before Python's own exit refuses new
+    work (an `atexit` hook alone runs too late for the pool)."""
+    while _OPEN:
+        _OPEN.pop().close(timeout)
 
 
 def current_principal(svc: Services) -> Principal | None:
@@ -92,8 +104,42 @@ def current_principal(svc: Services) -> Principal | None:
             # by the provider's sign-in still in Streamlit's cookie: both go.
             state.redirect_to = "/session/end?then=oidc"
         return None
-    state.login = Login(resumed.session_id, resumed.principal)
-    return resumed.principal
+    principal = resumed.principal
+    if svc.oidc.needs_resync(principal.user_id):
+        # Resumed long after the provider last confirmed their groups: ask it again.
+        refreshed = svc.oidc.resync_from_provider(
+            principal.user_id, access_token=_access_token(), metadata_urls=_metadata_urls()
+        )
+        if refreshed is None:
+            svc.sessions.end(resumed.session_id)
+            log_out(notice="Please sign in again, so your groups can be checked.")
+            ui_state().redirect_to = "/session/end?then=oidc"
+            return None
+        principal = refreshed
+    state.login = Login(resumed.session_id, principal)
+    return principal
+
+
+def _access_token() -> str | None:
+    """The provider's access token of this browser's sign-in, when `expose_tokens`
+    includes "access" in `.streamlit/secrets.toml` (needed to re-read groups)."""
+    try:
+        token = st.user.tokens.get("access")
+    except Exception:
+        return None
+    return token if isinstance(token, str) and token else None
+
+
+def _metadata_urls() -> list[str]:
+    """Every configured provider's `server_metadata_url`."""
+    try:
+        auth = st.secrets.get("auth")
+    except Exception:
+        return []
+    if not isinstance(auth, Mapping):
+        return []
+    sections = [auth, *(v for v in auth.values() if isinstance(v, Mapping))]
+    return [u for u in (sec.get("server_metadata_url") for sec in sections) if isinstance(u, str)]
 
 
 def log_in(svc: Services, principal: Principal) -> None:

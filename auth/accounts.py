@@ -6,14 +6,17 @@ own login. The first admin is created by the first-run form, and only while no u
 exists: the check and the insert hold the database's write lock together, so two
 submissions at once make exactly one admin.
 
-Sign-in is throttled per account and per client (`auth/throttle.py`); a password
-longer than the limit is refused before any hashing. Disabling a user or giving them
-a new password ends all their sessions.
+Sign-in is throttled per account and per client (`auth/throttle.py`: failures lock
+only the account under attack and slow an address down); a password longer than the
+limit is refused before any hashing, and argon2 never runs inside a write lock.
+Disabling a user or giving them a new password ends all their sessions.
 """
 
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -31,13 +34,20 @@ from auth.sessions import SessionService
 from auth.throttle import LoginThrottle, account_key, client_key
 from parley.domain import Principal, Role
 from parley.errors import AuthError, InvalidInput, NotFound, PermissionDenied, StorageConflict
-from store.audit import append_in, by, text_hash
+from store.audit import append_in, by, keys_of
 from store.db import Database
 from store.models import User, utcnow
 
 DISABLED = "This account is disabled. Please ask an administrator."
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    id: int
+    password_hash: str
+    rehashed: str | None  # a new hash when the cost parameters have changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +85,12 @@ class AccountService:
         *,
         throttle: LoginThrottle | None = None,
         sessions: SessionService | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._db = database
         self._throttle = throttle
         self._sessions = sessions
+        self._sleep = sleep
 
     def has_users(self) -> bool:
         with self._db.session() as session:
@@ -147,56 +159,115 @@ class AccountService:
     ) -> Principal:
         """The user, if `password` is theirs; else `AuthError` with one sentence.
 
-        Throttled per account and per `client` (an address): after a failure the next
-        try must wait (doubling), and too many failures lock the key for a while.
+        Throttled (`auth/throttle.py`): an account's own failures make its next try wait
+        and then lock it; an address's failures only slow it down. The password is
+        hashed outside any write lock: argon2 takes tens of milliseconds, and inside the
+        lock every other sign-in, quota reservation and ledger write would queue behind it.
         """
+        clock_given = now is not None  # tests pass the time; then it stands still
         now = now or datetime.now(UTC)
-        keys = [account_key(name)] + ([client_key(client)] if client else [])
+        account = account_key(name) if isinstance(name, str) else account_key("")
+        address = client_key(client) if isinstance(client, str) and client else None
         if self._throttle is not None:
             try:
-                self._throttle.attempt(keys, now)  # refused here, or counted as a failure
+                admitted = self._throttle.admit(account, address, now)
             except AuthError:
                 self._failed(name, client, "throttled")
                 raise
-        if not isinstance(password, str) or len(password) > MAX_PASSWORD_LENGTH:
-            verified = None  # refused before any hashing
-        else:
-            with self._db.session(write_lock=True) as session:
-                user = session.scalar(select(User).where(User.name == name.strip()))
-                ok = verify_password(user.password_hash if user else None, password)
-                verified = user if ok else None
-                if verified is not None and verified.disabled_at is not None:
-                    append_in(  # the right password for a disabled account: refused
-                        session,
-                        "sign_in_failed",
-                        actor_id=None,
-                        actor=verified.name,
-                        about_id=verified.id,
-                        data={
-                            "method": "password",
-                            "client": _address(client),
-                            "reason": "disabled",
-                        },
-                    )
-                elif verified is not None:
-                    verified.last_login_at = utcnow()
-                    if verified.password_hash and needs_rehash(verified.password_hash):
-                        verified.password_hash = hash_password(password)
-                    append_in(
-                        session,
-                        "sign_in",
-                        actor_id=verified.id,
-                        actor=verified.name,
-                        data={"method": "password", "client": _address(client)},
-                    )
+            if admitted.wait_s > 0:
+                self._sleep(admitted.wait_s)
+        try:
+            verified = self._check_password(name, password)
+        except BaseException:
+            if self._throttle is not None:  # not the user's failure: the attempt just ends
+                self._throttle.release(account)
+            raise
         if verified is None:
+            if self._throttle is not None:
+                # Stamped when the check ended, not when it began: the wait and the
+                # hashing must not eat into the next attempt's delay.
+                ended = now if clock_given else datetime.now(UTC)
+                self._throttle.failed(account, address, ended)
             self._failed(name, client, "wrong name or password")
-            raise AuthError()  # already counted by `attempt`
+            raise AuthError()
         if self._throttle is not None:
-            self._throttle.succeeded(keys)  # the password was right
-        if verified.disabled_at is not None:  # recorded above, in its transaction
-            raise AuthError(f"{verified.name} is disabled", user_message=DISABLED)
-        return Principal(user_id=verified.id, name=verified.name, role=verified.role)
+            self._throttle.succeeded(account)  # the password was right
+        with self._db.session(write_lock=True) as session:
+            user = session.get(User, verified.id)
+            if user is None:
+                raise AuthError()  # erased while the password was checked
+            if user.disabled_at is not None:  # the right password for a disabled account
+                append_in(
+                    session,
+                    "sign_in_failed",
+                    actor_id=None,
+                    actor=user.name,
+                    about_id=user.id,
+                    data={"method": "password", "client": _address(client), "reason": "disabled"},
+                )
+                disabled = True
+            else:
+                disabled = False
+                user.last_login_at = utcnow()
+                if verified.rehashed is not None and user.password_hash == verified.password_hash:
+                    user.password_hash = verified.rehashed
+                append_in(
+                    session,
+                    "sign_in",
+                    actor_id=user.id,
+                    actor=user.name,
+                    data={"method": "password", "client": _address(client)},
+                )
+            principal = Principal(user_id=user.id, name=user.name, role=user.role)
+        if disabled:
+            raise AuthError(f"{principal.name} is disabled", user_message=DISABLED)
+        return principal
+
+    def _check_password(self, name: object, password: object) -> _Verified | None:
+        """The account whose password this is, checked with no lock held; None if not."""
+        if not isinstance(password, str) or len(password) > MAX_PASSWORD_LENGTH:
+            return None  # refused before any hashing
+        typed = name.strip() if isinstance(name, str) else ""
+        with self._db.session() as session:
+            row = session.execute(
+                select(User.id, User.password_hash).where(User.name == typed)
+            ).first()
+        stored = row.password_hash if row is not None else None
+        if not verify_password(stored, password) or row is None or stored is None:
+            return None
+        rehashed = hash_password(password) if needs_rehash(stored) else None
+        return _Verified(row.id, stored, rehashed)
+
+    def unlock(self, principal: Principal, name: str) -> bool:
+        """Admins clear an account's sign-in lock and failures (on record); True if there
+        was anything to clear."""
+        _require_admin(principal, "Only administrators unlock accounts.")
+        with self._db.session() as session:
+            user = _user_named(session, name)
+            user_id, user_name = user.id, user.name
+        cleared = self._throttle.clear([account_key(user_name)]) if self._throttle else 0
+        with self._db.session(write_lock=True) as session:
+            append_in(
+                session,
+                "account_unlocked",
+                **by(principal),
+                about_id=user_id,
+                subject=f"user {user_name}",
+                data={"had_failures": bool(cleared)},
+            )
+        return bool(cleared)
+
+    def locked_until(
+        self, principal: Principal, *, now: datetime | None = None
+    ) -> dict[str, datetime]:
+        """Admins see which accounts are locked now, and until when (by user name)."""
+        _require_admin(principal, "Only administrators see locked accounts.")
+        if self._throttle is None:
+            return {}
+        locks = self._throttle.locked(now or datetime.now(UTC))
+        with self._db.session() as session:
+            names = session.scalars(select(User.name)).all()
+        return {n: locks[account_key(n)] for n in names if account_key(n) in locks}
 
     def _failed(self, name: object, client: str | None, reason: str) -> None:
         """A refused sign-in, in the audit trail: an account's name when it is one; any
@@ -205,8 +276,8 @@ class AccountService:
         with self._db.session(write_lock=True) as session:
             user_id = session.scalar(select(User.id).where(User.name == typed))
             data = {"method": "password", "client": _address(client), "reason": reason}
-            if user_id is None:
-                data["typed_sha256"] = text_hash(typed)
+            if user_id is None:  # keyed: a password typed in the name box cannot be guessed
+                data["typed_hmac"] = keys_of(session).keyed_hash("typed name", typed)
             append_in(
                 session,
                 "sign_in_failed",

@@ -4,9 +4,17 @@ The provider proves who the user is; this turns its ID token claims into a Parle
 
 - the first sign-in provisions the account, linked by issuer and subject (never by
   name: a provider cannot take over a local account that happens to share a name);
-- every sign-in syncs the groups the configured claim lists (groups are created as
-  needed; memberships not in the claim are removed) and the role (admin when one of
-  those groups is an admin group), so the provider stays the truth for its users;
+- every sign-in syncs the groups the configured claim lists and the role, so the
+  provider stays the truth for its users. A provider's groups live in its own
+  namespace, `LABEL#group` (the label read from the issuer; local group names cannot
+  hold `#`): a provider manages only its own groups' memberships, and a user of a second
+  provider, or of the first, claiming a local group's name gains nothing by it. The
+  admin role comes only from entries of `PARLEY_OIDC_ADMIN_GROUPS` written
+  `ISSUER#group`, matched against this issuer's claim; a bare group name is ignored
+  (and said so), since it would let any configured provider make administrators;
+- a resumed session re-reads the user's claims from the provider's userinfo endpoint
+  once `PARLEY_OIDC_RESYNC_MINUTES` have passed since the last sync (`needs_resync`,
+  `resync`); if the provider cannot be asked, the user signs in again;
 - a disabled account stays disabled whatever the provider says.
 
 All of it is one write-locked transaction with its audit records.
@@ -15,12 +23,15 @@ All of it is one write-locked transaction with its audit records.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
+import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -30,19 +41,49 @@ from parley.domain import Principal, Role
 from parley.errors import AuthError
 from store.audit import append_in
 from store.db import Database
-from store.models import Group, GroupMember, User, utcnow
+from store.models import AuditRecord, Group, GroupMember, User, utcnow
 
 log = logging.getLogger(__name__)
 
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.@-]")
+_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 ACTOR = "oidc"
+NAMESPACE = "#"
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimMapping:
     name_claim: str = "email"
     groups_claim: str = "groups"
-    admin_groups: frozenset[str] = frozenset({"parley-admins"})
+    # `ISSUER#group` entries: members of that provider's group are administrators.
+    admin_groups: frozenset[str] = frozenset()
+
+
+def issuer_label(issuer: str) -> str:
+    """The namespace of an issuer's groups: its host and path made readable (every
+    character a group name may not hold becomes `_`, lowercased, at most 40), then a
+    short hash of the whole issuer, so two issuers never share a label however alike
+    they read (`idp.example.com-3fa2c1d0`, `kc.example_realms_staff-9be07a12`)."""
+    exact = issuer.strip().rstrip("/")
+    parts = urlsplit(exact)
+    readable = _LABEL_CHARS.sub("_", (parts.netloc + parts.path) or exact).lower()[:40]
+    return f"{readable}-{hashlib.sha256(exact.encode('utf-8')).hexdigest()[:8]}"
+
+
+def namespaced(issuer: str, group: str) -> str:
+    """The Parley group that stands for `group` of the provider `issuer`."""
+    return f"{issuer_label(issuer)}{NAMESPACE}{group}"
+
+
+def is_admin_of(issuer: str, groups: Sequence[str], mapping: ClaimMapping) -> bool:
+    """Whether `groups` claimed at `issuer` include an admin group written for it."""
+    home = issuer.strip().rstrip("/")
+    wanted = {
+        entry.rsplit(NAMESPACE, 1)[1]
+        for entry in mapping.admin_groups
+        if NAMESPACE in entry and entry.rsplit(NAMESPACE, 1)[0].strip().rstrip("/") == home
+    }
+    return bool(wanted & set(groups))
 
 
 def user_name(claims: Mapping[str, object], mapping: ClaimMapping) -> str:
@@ -80,9 +121,23 @@ class SignInExpired(AuthError):
 
 
 class OidcSignIn:
-    def __init__(self, database: Database, mapping: ClaimMapping) -> None:
+    def __init__(
+        self,
+        database: Database,
+        mapping: ClaimMapping,
+        *,
+        resync_after: timedelta = timedelta(minutes=60),
+    ) -> None:
         self._db = database
         self._mapping = mapping
+        self._resync_after = resync_after
+        bare = sorted(g for g in mapping.admin_groups if NAMESPACE not in g)
+        if bare:
+            log.warning(
+                "PARLEY_OIDC_ADMIN_GROUPS entries %s name no issuer and are ignored: write "
+                "them ISSUER#group (e.g. https://idp.example.com#parley-admins).",
+                bare,
+            )
 
     def sign_in(self, claims: Mapping[str, object], *, now: datetime | None = None) -> Principal:
         """The Parley user for a provider's claims, provisioned and synced; `AuthError`
@@ -103,7 +158,7 @@ class OidcSignIn:
             )
         name = user_name(claims, self._mapping)
         groups = claimed_groups(claims, self._mapping)
-        role = Role.ADMIN if set(groups) & self._mapping.admin_groups else Role.USER
+        role = Role.ADMIN if is_admin_of(issuer, groups, self._mapping) else Role.USER
         refused: str | None = None
         with self._db.session(write_lock=True) as session:
             user = session.scalar(
@@ -130,7 +185,7 @@ class OidcSignIn:
                 )
             else:
                 user.last_login_at = utcnow()
-                self._sync(session, user, role, groups)
+                self._sync(session, user, role, [namespaced(issuer, g) for g in groups])
                 append_in(
                     session,
                     "sign_in",
@@ -162,10 +217,90 @@ class OidcSignIn:
         )
         return user
 
+    def needs_resync(self, user_id: int, *, now: datetime | None = None) -> bool:
+        """Whether this user came from a provider and their groups were last read from
+        it longer ago than the resync interval (a resumed session asks it again)."""
+        with self._db.session() as session:
+            row = session.execute(
+                select(User.oidc_issuer, User.oidc_synced_at).where(User.id == user_id)
+            ).first()
+        if row is None or row.oidc_issuer is None:
+            return False
+        synced: datetime | None = row.oidc_synced_at
+        if synced is None:
+            return True
+        if synced.tzinfo is None:
+            synced = synced.replace(tzinfo=UTC)
+        return bool((now or datetime.now(UTC)) - synced >= self._resync_after)
+
+    def resync(self, user_id: int, claims: Mapping[str, object]) -> Principal | None:
+        """Groups and role from claims the provider gave again (its userinfo endpoint)
+        for a user already signed in; None if the claims are not this user's, or the
+        user is gone or disabled (their session must end)."""
+        issuer, subject = claims.get("iss"), claims.get("sub")
+        with self._db.session(write_lock=True) as session:
+            user = session.get(User, user_id)
+            if (
+                user is None
+                or user.disabled_at is not None
+                or user.oidc_subject is None
+                or subject != user.oidc_subject
+                or (isinstance(issuer, str) and issuer != user.oidc_issuer)
+            ):
+                return None
+            issuer = user.oidc_issuer or ""
+            groups = claimed_groups(claims, self._mapping)
+            role = Role.ADMIN if is_admin_of(issuer, groups, self._mapping) else Role.USER
+            self._sync(session, user, role, [namespaced(issuer, g) for g in groups])
+            return Principal(user_id=user.id, name=user.name, role=user.role)
+
+    def resync_from_provider(
+        self,
+        user_id: int,
+        *,
+        access_token: str | None,
+        metadata_urls: Sequence[str],
+        timeout_s: float = 5.0,
+    ) -> Principal | None:
+        """Ask the user's provider for their claims again (its userinfo endpoint, with the
+        access token of their sign-in) and `resync`; None when the provider cannot be
+        asked or refuses (no token, expired, unreachable): the session must end, and the
+        user sign in again, rather than keep groups nobody has confirmed."""
+        with self._db.session() as session:
+            issuer = session.scalar(select(User.oidc_issuer).where(User.id == user_id))
+        if not access_token or issuer is None:
+            return None
+        # Only the issuer's own discovery document (OIDC Discovery: the issuer plus
+        # /.well-known/openid-configuration): another configured provider's document
+        # claiming this issuer must never receive this user's token.
+        own = issuer.rstrip("/") + "/.well-known/openid-configuration"
+        try:
+            with httpx.Client(timeout=timeout_s, trust_env=False) as client:
+                for url in metadata_urls:
+                    if url.strip() != own:
+                        continue
+                    metadata = client.get(url).raise_for_status().json()
+                    if str(metadata.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):
+                        return None
+                    endpoint = metadata.get("userinfo_endpoint")
+                    if not isinstance(endpoint, str):
+                        return None
+                    answer = client.get(
+                        endpoint, headers={"Authorization": f"Bearer {access_token}"}
+                    )
+                    claims = answer.raise_for_status().json()
+                    if not isinstance(claims, dict):
+                        return None
+                    return self.resync(user_id, {**claims, "iss": issuer})
+        except (httpx.HTTPError, ValueError) as exc:
+            log.info("Re-reading a user's claims from the provider failed: %s", exc)
+        return None
+
     def _sync(self, session: Session, user: User, role: Role, groups: list[str]) -> None:
         # The user's row changes before any audit record: every transaction takes the
         # rows it changes first and the audit head last, so two can never deadlock.
         previous, user.role = user.role, role
+        user.oidc_synced_at = utcnow()
         session.flush()
         if previous is not role:
             append_in(
@@ -193,18 +328,61 @@ class OidcSignIn:
                     subject=f"group {group_name}",
                 )
             wanted[group_id] = group_name
+        # Only this provider's own groups: local groups and another provider's are
+        # the business of admins and of that provider.
+        own = issuer_label(user.oidc_issuer or "") + NAMESPACE
         current = dict(
             session.execute(
                 select(Group.id, Group.name)
                 .join(GroupMember, GroupMember.group_id == Group.id)
-                .where(GroupMember.user_id == user.id)
+                .where(GroupMember.user_id == user.id, Group.name.startswith(own, autoescape=True))
             ).all()
         )
         oidc = {"actor_id": None, "actor": ACTOR}
+        # Versions before namespacing put provider users into groups by bare name, local
+        # ones included: those memberships the provider made go now (once, on record).
+        current.update(_legacy_memberships(session, user.id))
         for group_id in sorted(set(wanted) - set(current)):
             add_member(session, (group_id, wanted[group_id]), (user.id, user.name), oidc)
         for group_id in sorted(set(current) - set(wanted)):
             remove_member(session, (group_id, current[group_id]), (user.id, user.name), oidc)
 
 
-__all__ = ["ClaimMapping", "OidcSignIn", "SignInExpired", "claimed_groups", "user_name"]
+def _legacy_memberships(session: Session, user_id: int) -> dict[int, str]:
+    """The user's memberships of groups without a namespace that a provider, not an
+    admin, made: the newest membership record of each such group is by `oidc`."""
+    bare = dict(
+        session.execute(
+            select(Group.id, Group.name)
+            .join(GroupMember, GroupMember.group_id == Group.id)
+            .where(GroupMember.user_id == user_id, Group.name.not_like("%#%"))
+        ).all()
+    )
+    if not bare:
+        return {}
+    newest: dict[int, str] = {}
+    records = session.execute(
+        select(AuditRecord.actor, AuditRecord.data)
+        .where(
+            AuditRecord.about_id == user_id,
+            AuditRecord.kind.in_(("group_member_added", "group_member_removed")),
+        )
+        .order_by(AuditRecord.id.desc())
+    )
+    for actor, data in records:
+        group_id = json.loads(data).get("group_id")
+        if isinstance(group_id, int) and group_id in bare:
+            newest.setdefault(group_id, actor)
+    return {g: bare[g] for g, actor in newest.items() if actor == ACTOR}
+
+
+__all__ = [
+    "ClaimMapping",
+    "OidcSignIn",
+    "SignInExpired",
+    "claimed_groups",
+    "is_admin_of",
+    "issuer_label",
+    "namespaced",
+    "user_name",
+]

@@ -88,7 +88,7 @@ class SessionService:
         """A new session for a user who just proved who they are: its id and a ticket."""
         now = now or datetime.now(UTC)
         ticket = secrets.token_urlsafe(32)
-        with self._db.session() as session:
+        with self._db.session(write_lock=True) as session:
             # Sessions that ended over a day ago are of no further use: keep the table small.
             session.execute(
                 delete(LoginSession).where(
@@ -112,7 +112,7 @@ class SessionService:
         """The cookie value for a ticket, once; None for an unknown, used or old ticket."""
         now = now or datetime.now(UTC)
         token = secrets.token_urlsafe(32)
-        with self._db.session() as session:
+        with self._db.session(write_lock=True) as session:
             claimed = session.execute(
                 update(LoginSession)
                 .where(
@@ -147,7 +147,9 @@ class SessionService:
         """The session's user as they are now, or None if the session has ended.
 
         Ends it (for good) when idle or past its lifetime, or when the user is disabled
-        or gone.
+        or gone. The read is a plain transaction and each write a write-locked one of its
+        own: a read-then-write transaction on SQLite fails at once ("database is locked")
+        when another writer committed in between, where a write-locked one waits its turn.
         """
         now = now or datetime.now(UTC)
         with self._db.session() as session:
@@ -155,38 +157,43 @@ class SessionService:
             if row is None or row.revoked_at is not None:
                 return None
             user = session.get(User, row.user_id)
-            ended = (
-                user is None
-                or user.disabled_at is not None
-                or now >= utc(row.expires_at)
-                or now - utc(row.last_seen_at) > self._idle
+            user_id = row.user_id
+            gone = user is None or user.disabled_at is not None
+            ended = gone or now >= utc(row.expires_at) or now - utc(row.last_seen_at) > self._idle
+            touch = now - utc(row.last_seen_at) >= TOUCH_EVERY
+            principal = (
+                Principal(user_id=user.id, name=user.name, role=user.role)
+                if user is not None
+                else None
             )
-            if ended:
+        if ended:
+            with self._db.session(write_lock=True) as session:
                 claimed = session.execute(  # one of several tabs or processes ends it
                     update(LoginSession)
-                    .where(LoginSession.id == row.id, LoginSession.revoked_at.is_(None))
+                    .where(LoginSession.id == session_id, LoginSession.revoked_at.is_(None))
                     .values(revoked_at=now)
                 )
-                if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                    return None
-                append_in(
-                    session,
-                    "session_ended",
-                    actor_id=None,
-                    actor="system",
-                    about_id=row.user_id,
-                    subject=f"session {row.id}",
-                    data={
-                        "reason": "user disabled or gone"
-                        if user is None or user.disabled_at
-                        else "expired"
-                    },
+                if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                    append_in(
+                        session,
+                        "session_ended",
+                        actor_id=None,
+                        actor="system",
+                        about_id=user_id,
+                        subject=f"session {session_id}",
+                        data={"reason": "user disabled or gone" if gone else "expired"},
+                    )
+            return None
+        if touch:
+            with self._db.session(write_lock=True) as session:
+                touched = session.execute(
+                    update(LoginSession)
+                    .where(LoginSession.id == session_id, LoginSession.revoked_at.is_(None))
+                    .values(last_seen_at=now)
                 )
-                return None
-            assert user is not None
-            if now - utc(row.last_seen_at) >= TOUCH_EVERY:
-                row.last_seen_at = now
-            return Principal(user_id=user.id, name=user.name, role=user.role)
+                if touched.rowcount != 1:  # type: ignore[attr-defined]
+                    return None  # revoked in between
+        return principal
 
     def end(self, session_id: int, *, now: datetime | None = None) -> None:
         """Log out: the session is revoked; its cookie opens nothing any more."""

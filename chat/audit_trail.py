@@ -10,7 +10,15 @@ from typing import Any, Literal
 
 from parley.domain import Principal
 from parley.errors import PermissionDenied
-from store.audit import AuditLog, Verified, by, to_csv, to_jsonl
+from store.audit import (
+    AuditLog,
+    Checkpoint,
+    Verified,
+    by,
+    parse_checkpoints,
+    to_csv,
+    to_jsonl,
+)
 from store.db import Database
 
 
@@ -89,9 +97,26 @@ class AuditTrail:
         records = self._log.records(user_id=user_id, actor=actor, since=since)
         return to_jsonl(records) if format == "jsonl" else to_csv(records)
 
-    def verify(self, admin: Principal) -> Verified:
+    def verify(self, admin: Principal, anchors: Sequence[Checkpoint] = ()) -> Verified:
         _require_admin(admin)
-        return self._log.verify()
+        return self._log.verify(anchors)
+
+    def verify_against(self, admin: Principal, checkpoints: str) -> Verified:
+        """`verify`, with the anchors of a checkpoint file's text (`InvalidInput` with a
+        sentence when a line is not one `parley audit checkpoint` printed)."""
+        _require_admin(admin)
+        return self._log.verify(parse_checkpoints(checkpoints))
+
+    def checkpoint(self, admin: Principal) -> Checkpoint:
+        """An anchor line for the operator to keep outside the database (on record)."""
+        _require_admin(admin)
+        return self._log.checkpoint(admin)
+
+    def last_checkpoint(self, admin: Principal) -> datetime | None:
+        """When the last checkpoint was taken, if ever (the console shows it)."""
+        _require_admin(admin)
+        at = self._log.last_checkpoint()
+        return datetime.fromisoformat(at) if at else None
 
 
 def _require_admin(principal: Principal) -> None:

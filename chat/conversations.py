@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -14,11 +15,15 @@ from sqlalchemy.orm import Session, defer
 from chat.grants import require_grant
 from parley.domain import MessageRole, MessageStatus, Principal
 from parley.errors import InvalidInput, NotFound, PermissionDenied
+from retrieval.vector_store import deferred_purges
 from store.audit import append_in, by
 from store.db import Database
 from store.models import Conversation, Message, User, VectorErasure, utcnow
 
 log = logging.getLogger(__name__)
+
+# Hands slow work to the background (`BackgroundWork.submit`): False if it was not taken.
+Defer = Callable[[Callable[[], None], str], bool]
 
 MAX_TITLE_CHARS = 200
 
@@ -121,10 +126,21 @@ def conversation_owner(database: Database, conversation_id: int) -> int | None:
 
 class ConversationService:
     def __init__(
-        self, database: Database, *, on_delete: Callable[[int], None] | None = None
+        self,
+        database: Database,
+        *,
+        on_delete: Callable[[int], None] | None = None,
+        forget_cached: Callable[[int], None] | None = None,
+        defer: Defer | None = None,
     ) -> None:
         self._db = database
-        # Drops derived memory (vectors) of a deleted conversation; raises if it cannot.
+        # Drops what this process holds of the conversation in memory, at once.
+        self._forget_cached = forget_cached
+        # Runs slow work (dropping and purging vectors) off the request, on the
+        # services' pool; None runs it inline.
+        self._defer = defer
+        # Drops derived memory (vectors) of a deleted conversation and purges the vector
+        # store's files of them; raises if it cannot.
         self._on_delete = on_delete
 
     def list_for(self, principal: Principal) -> list[ConversationInfo]:
@@ -235,16 +251,46 @@ class ConversationService:
                 subject=f"conversation {conversation_id}",
                 data={"conversation_ids": [conversation_id], "message_count": int(erased)},
             )
-        self._erase_vectors(conversation_id)
+        if self._forget_cached is not None:
+            self._forget_cached(conversation_id)
         self._db.reclaim()
+        # The vectors and the vector store's files follow off the request (a purge
+        # rewrites files): on failure the outbox row stays for the start-up sweep.
+        if self._defer is None or not self._defer(
+            partial(self._erase_vectors_later, conversation_id),
+            f"erase vectors of {conversation_id}",
+        ):
+            self._erase_vectors(conversation_id)
 
     def sweep_erasures(self) -> int:
-        """Retry every pending vector erasure; how many are still pending afterwards."""
+        """Retry every pending vector erasure; how many are still pending afterwards.
+        The vector store's files are purged once for all of them (`deferred_purges`), and
+        their outbox rows go only after that purge."""
         with self._db.session() as session:
             pending = session.scalars(select(VectorErasure.conversation_id)).all()
-        return sum(not self._erase_vectors(cid) for cid in pending)
+        dropped: list[int] = []
+        try:
+            with deferred_purges():
+                dropped = [cid for cid in pending if self._drop_vectors(cid)]
+        except Exception:
+            log.exception("Purging erased conversations' vectors failed; will retry at start-up")
+            self._count_attempts(dropped)
+            return len(pending)
+        self._erased(dropped)
+        return len(pending) - len(dropped)
+
+    def _erase_vectors_later(self, conversation_id: int) -> None:
+        self._erase_vectors(conversation_id)
 
     def _erase_vectors(self, conversation_id: int) -> bool:
+        if not self._drop_vectors(conversation_id):
+            return False
+        self._erased([conversation_id])
+        return True
+
+    def _drop_vectors(self, conversation_id: int) -> bool:
+        """Drop (and purge) a conversation's derived vectors: False, logged and counted,
+        if the vector store failed."""
         try:
             if self._on_delete is not None:
                 self._on_delete(conversation_id)
@@ -253,16 +299,24 @@ class ConversationService:
                 "Dropping the vectors of conversation %s failed; will retry at start-up",
                 conversation_id,
             )
-            with self._db.session() as session:
+            self._count_attempts([conversation_id])
+            return False
+        return True
+
+    def _count_attempts(self, conversation_ids: list[int]) -> None:
+        with self._db.session() as session:
+            for conversation_id in conversation_ids:
                 row = session.get(VectorErasure, conversation_id)
                 if row is not None:
                     row.attempts += 1
-            return False
-        with self._db.session() as session:
-            session.execute(
-                delete(VectorErasure).where(VectorErasure.conversation_id == conversation_id)
-            )
-        return True
+
+    def _erased(self, conversation_ids: list[int]) -> None:
+        """Their vectors are gone, files included: the outbox rows go."""
+        if conversation_ids:
+            with self._db.session() as session:
+                session.execute(
+                    delete(VectorErasure).where(VectorErasure.conversation_id.in_(conversation_ids))
+                )
 
     def messages(self, principal: Principal, conversation_id: int) -> list[ChatMessage]:
         """Every message in order, superseded attempts included (pages may hide them)."""

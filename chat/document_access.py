@@ -131,7 +131,7 @@ def checked_hits(
             for row in session.execute(
                 select(Document, User.name)
                 .join(User, User.id == Document.owner_id)
-                .where(Document.id.in_(document_ids))
+                .where(Document.id.in_(document_ids), Document.ready)  # not mid-upload
             )
         }
         shares: dict[int, set[int]] = {}

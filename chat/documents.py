@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from functools import partial
 
 import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from auth.groups import group_id_named, groups_of
+from chat.conversations import Defer
 from chat.document_access import (
     access_of,
     checked_hits,
@@ -31,11 +34,25 @@ from chat.document_access import (
 from chat.document_hits import Hit, Passage, group_passages
 from parley.domain import Principal
 from parley.errors import InvalidInput, NotFound, ParleyError, StorageConflict, StorageUnavailable
-from retrieval.document_index import Access, Candidate, DocumentIndex, hybrid_rank
+from retrieval.document_index import (
+    LEGACY_COLLECTION,
+    Access,
+    Candidate,
+    DocumentIndex,
+    hybrid_rank,
+)
 from retrieval.documents import KINDS, chunk, parse
 from store.audit import append_in, by
 from store.db import Database
-from store.models import Document, DocumentChunk, DocumentGroup, DocumentSync, Group, User
+from store.models import (
+    Document,
+    DocumentChunk,
+    DocumentGroup,
+    DocumentSync,
+    Group,
+    User,
+    utcnow,
+)
 
 # The file name endings an upload may have (text, Markdown, HTML, PDF, Word).
 SUPPORTED_SUFFIXES = tuple(KINDS)
@@ -43,6 +60,8 @@ SUPPORTED_SUFFIXES = tuple(KINDS)
 EMBED_BATCH = 32
 # Candidates the vector search hands to the hybrid ranking, per hit wanted (at least 40).
 CANDIDATES_PER_HIT = 4
+# An upload not made ready this long after it began was abandoned (its process died).
+ABANDONED_AFTER = timedelta(minutes=30)
 # Progress of an upload: (fraction done, what is happening), fraction in [0, 1].
 Progress = Callable[[float, str], None]
 
@@ -60,9 +79,14 @@ class DocumentInfo:
 
 
 class DocumentService:
-    def __init__(self, database: Database, index: DocumentIndex) -> None:
+    def __init__(
+        self, database: Database, index: DocumentIndex, *, defer: Defer | None = None
+    ) -> None:
         self._db = database
         self._index = index
+        # Runs slow work (dropping and purging a deleted document's vectors) off the
+        # request, on the services' pool; None runs it inline.
+        self._defer = defer
 
     def add(
         self,
@@ -89,8 +113,11 @@ class DocumentService:
             batches.append(self._index.embed([c.text for c in chunks[start : start + EMBED_BATCH]]))
         vectors = np.concatenate(batches)
         report(0.9, f"Indexing {name}")
+        # Three short transactions, and the vector store between them with no lock held:
+        # sign-ins, quota reservations and metering never wait behind an upload. The rows
+        # are written not ready (every read skips them), then indexed, then made ready.
         try:
-            with self._db.session() as session:
+            with self._db.session(write_lock=True) as session:
                 duplicate = session.scalar(
                     select(Document.name).where(
                         Document.owner_id == principal.user_id, Document.sha256 == digest
@@ -106,6 +133,7 @@ class DocumentService:
                     public=public,
                     chunks=len(chunks),
                     tokens=sum(c.tokens for c in chunks),
+                    ready=False,
                 )
                 session.add(document)
                 session.flush()
@@ -123,26 +151,25 @@ class DocumentService:
                     )
                     for c in chunks
                 )
-                session.flush()
                 document_id = document.id
-                access = Access(principal.user_id, public, frozenset(group_ids))
-                try:
-                    # Rows an earlier failed upload left under this id go first (SQLite
-                    # hands out a rolled-back id again).
-                    self._index.remove(document_id, access.scopes)
-                    self._index.add(document_id, vectors, access)
-                except Exception as exc:
-                    try:
-                        self._index.remove(document_id, access.scopes)  # nothing half-indexed
-                    except Exception:
-                        log.exception("Removing a failed upload's vectors failed too")
-                    if isinstance(exc, ParleyError):
-                        raise
-                    raise StorageUnavailable(
-                        f"indexing {name}: {exc}",
-                        user_message=f"{name} could not be indexed; nothing of it was kept. "
-                        "Please try again.",
-                    ) from exc
+        except StorageConflict as exc:
+            raise InvalidInput(f"{name}: you already have this content.") from exc
+        access = Access(principal.user_id, public, frozenset(group_ids))
+        try:
+            self._index.add(document_id, vectors, access)
+        except Exception as exc:
+            self._abandon(document_id, access)
+            if isinstance(exc, ParleyError):
+                raise
+            raise StorageUnavailable(
+                f"indexing {name}: {exc}",
+                user_message=f"{name} could not be indexed; nothing of it was kept. "
+                "Please try again.",
+            ) from exc
+        with self._db.session(write_lock=True) as session:
+            made = session.get(Document, document_id)
+            if made is not None:
+                made.ready = True
                 append_in(  # last: the audit head stays locked until the commit
                     session,
                     "document_added",
@@ -156,8 +183,9 @@ class DocumentService:
                         "public": public,
                     },
                 )
-        except StorageConflict as exc:
-            raise InvalidInput(f"{name}: you already have this content.") from exc
+        if made is None:  # its owner was erased while it was indexed
+            self._abandon(document_id, access)
+            raise NotFound(user_message=f"{name} was deleted while it was being indexed.")
         report(1.0, f"{name}: {len(chunks)} passages indexed")
         return self.get(principal, document_id)
 
@@ -169,7 +197,9 @@ class DocumentService:
     def list_for(self, principal: Principal) -> list[DocumentInfo]:
         """Every document the principal may see (admins: every document)."""
         with self._db.session() as session:
-            documents = session.scalars(select(Document).order_by(Document.id)).all()
+            documents = session.scalars(
+                select(Document).where(Document.ready).order_by(Document.id)
+            ).all()
             mine = groups_of(session, principal.user_id)
             return [
                 _info(session, d)
@@ -255,51 +285,119 @@ class DocumentService:
                 subject=f"document {document.id}",
                 data={"document_id": document.id},
             )
-        self._sync(document_id)
         self._db.reclaim()  # no byte of the chunks left in SQLite's files
+        # The vectors and the index's files follow off the request (a purge rebuilds the
+        # scope's collection): the outbox row stays until done, or for the start-up sweep.
+        if self._defer is None or not self._defer(
+            partial(self._sync_later, document_id), f"erase vectors of document {document_id}"
+        ):
+            self._sync(document_id)
+
+    def _abandon(self, document_id: int, access: Access) -> None:
+        """An upload that will not finish: its vectors and rows go (whatever is left of
+        the vectors, the outbox removes later)."""
+        with self._db.session(write_lock=True) as session:
+            queue_sync(session, document_id, access.scopes)
+            session.execute(delete(DocumentChunk).where(DocumentChunk.document_id == document_id))
+            session.execute(delete(Document).where(Document.id == document_id))
+        self._sync(document_id)
+
+    def sweep_abandoned(self, *, older_than: timedelta = ABANDONED_AFTER) -> int:
+        """Uploads a process died in the middle of (rows never made ready): removed, with
+        whatever vectors they had. How many."""
+        cutoff = utcnow() - older_than
+        with self._db.session() as session:
+            stale = session.scalars(
+                select(Document).where(Document.ready.is_(False), Document.created_at < cutoff)
+            ).all()
+            found = [(d.id, access_of(session, d)) for d in stale]
+        for document_id, access in found:
+            self._abandon(document_id, access)
+        return len(found)
 
     def sweep_index(self) -> int:
         """Bring pending documents' vectors in line with the database (after a vector
-        store failure); vectors kept the older way (one shared collection) are moved
-        into scopes first. How many documents are still pending afterwards."""
+        store failure), and purge every scope of a deleted one from the index's files (an
+        earlier try may have dropped its rows and failed, or died, before the purge);
+        vectors kept the older way (one shared collection) are moved into scopes first.
+        How many documents are still pending afterwards."""
+        moved: list[str] = []
         try:
-            self._index.migrate_legacy(self._access_of)
+            if self._index.migrate_legacy(self._access_of):
+                moved = [LEGACY_COLLECTION]  # dropped, with rows of deleted documents in it
         except Exception:
             log.exception("Moving document vectors into scoped collections failed; will retry")
         with self._db.session() as session:
             pending = session.scalars(select(DocumentSync.document_id)).all()
-        return sum(not self._sync(d) for d in pending)
+        return self._apply(pending, sweeping=True, purge=moved)
 
     def _access_of(self, document_id: int) -> Access | None:
         with self._db.session() as session:
             document = session.get(Document, document_id)
             return access_of(session, document) if document is not None else None
 
+    def _sync_later(self, document_id: int) -> None:
+        self._sync(document_id)
+
     def _sync(self, document_id: int) -> bool:
-        """Apply a pending outbox row: True once the index matches the database."""
-        with self._db.session() as session:
-            row = session.get(DocumentSync, document_id)
-            if row is None:
-                return True
-            scopes, queued = list(row.scopes), row.requested_at
-            document = session.get(Document, document_id)
-            access = access_of(session, document) if document is not None else None
-        try:
-            self._index.sync(document_id, access, stale=scopes)
-        except Exception:
-            log.exception("Updating the vectors of document %s failed; will retry", document_id)
+        """Apply a pending outbox row: True once the index matches the database (and a
+        deleted document's vectors are purged from the index's files)."""
+        return self._apply([document_id], sweeping=False) == 0
+
+    def _apply(
+        self, document_ids: Sequence[int], *, sweeping: bool, purge: Sequence[str] = ()
+    ) -> int:
+        """Apply pending outbox rows; how many stay pending. The scopes a deleted
+        document's rows were dropped from (a sweep: all its scopes) are purged once for
+        the batch, before its outbox row goes; if the purge fails, the row stays."""
+        failed = 0
+        done: list[tuple[int, datetime]] = []
+        erased: list[tuple[int, datetime]] = []
+        scopes = set(purge)
+        for document_id in document_ids:
             with self._db.session() as session:
-                pending = session.get(DocumentSync, document_id)
-                if pending is not None:
-                    pending.attempts += 1
-            return False
+                row = session.get(DocumentSync, document_id)
+                if row is None:
+                    continue
+                stale, queued = list(row.scopes), row.requested_at
+                document = session.get(Document, document_id)
+                access = access_of(session, document) if document is not None else None
+            try:
+                dropped = self._index.sync(document_id, access, stale=stale)
+            except Exception:
+                log.exception("Updating the vectors of document %s failed; will retry", document_id)
+                self._count_attempt(document_id)
+                failed += 1
+                continue
+            if access is None and (dropped or sweeping):
+                scopes.update(stale if sweeping else dropped)
+                erased.append((document_id, queued))
+            else:
+                done.append((document_id, queued))
+        if scopes:
+            try:
+                self._index.purge(sorted(scopes))
+            except Exception:
+                log.exception("Purging deleted documents' vectors failed; will retry")
+                for document_id, _ in erased:
+                    self._count_attempt(document_id)
+                failed += len(erased)
+                erased = []
         with self._db.session() as session:
-            session.execute(  # a change queued meanwhile keeps its row
-                delete(DocumentSync).where(
-                    DocumentSync.document_id == document_id, DocumentSync.requested_at == queued
+            for document_id, queued in [*done, *erased]:
+                session.execute(  # a change queued meanwhile keeps its row
+                    delete(DocumentSync).where(
+                        DocumentSync.document_id == document_id,
+                        DocumentSync.requested_at == queued,
+                    )
                 )
-            )
-        return True
+        return failed
+
+    def _count_attempt(self, document_id: int) -> None:
+        with self._db.session() as session:
+            pending = session.get(DocumentSync, document_id)
+            if pending is not None:
+                pending.attempts += 1
 
     def open_chunk(self, principal: Principal, document_id: int, index: int) -> Hit:
         """One chunk of a document the principal may see (a citation opened on the page)."""
@@ -371,7 +469,10 @@ class DocumentService:
             mine = groups_of(session, principal.user_id)
             shared = select(DocumentGroup.document_id).where(DocumentGroup.group_id.in_(mine))
             query = select(Document.id).where(
-                (Document.owner_id == principal.user_id) | Document.public | Document.id.in_(shared)
+                Document.ready,
+                (Document.owner_id == principal.user_id)
+                | Document.public
+                | Document.id.in_(shared),
             )
             if documents is not None:
                 query = query.where(Document.id.in_(list(documents)))
@@ -404,15 +505,21 @@ class DocumentService:
     def _visible(self, session: Session, principal: Principal, document_id: int) -> Document:
         document = session.get(Document, document_id)
         mine = groups_of(session, principal.user_id)
-        if document is None or not (
-            principal.is_admin or may_see(session, document, principal.user_id, mine)
+        if (
+            document is None
+            or not document.ready
+            or not (principal.is_admin or may_see(session, document, principal.user_id, mine))
         ):
             raise NotFound(user_message=f"There is no document {document_id}.")
         return document
 
     def _managed(self, session: Session, principal: Principal, document_id: int) -> Document:
         document = session.get(Document, document_id)
-        if document is None or not (principal.is_admin or document.owner_id == principal.user_id):
+        if (
+            document is None
+            or not document.ready
+            or not (principal.is_admin or document.owner_id == principal.user_id)
+        ):
             raise NotFound(user_message=f"There is no document {document_id} of yours.")
         return document
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from chat.conversations import ConversationService
 from chat.document_access import access_of, queue_sync, scrub_quotes
 from chat.documents import DocumentService
 from parley.domain import Principal
 from parley.errors import InvalidInput, NotFound, PermissionDenied
-from store.audit import append_in, by
+from store.audit import append_in, by, redact_user_in
 from store.db import Database
-from store.models import Conversation, Document, Message, User, VectorErasure
+from store.models import Conversation, Document, Message, UsageEntry, User, VectorErasure
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,15 @@ class ErasureService:
                 "messages": int(messages or 0),
                 "documents": len(documents),
             }
+            # Their names, addresses, issuers, groups and hashes leave the trail's records
+            # (which keep their place in the chain, naming the user by id).
+            redact_user_in(session, user_id)
+            # The ledger keeps every cost (nothing used is unmade), by id, not by name.
+            session.execute(
+                update(UsageEntry)
+                .where(UsageEntry.user_id == user_id)
+                .values(user_name=f"user #{user_id}")
+            )
             append_in(
                 session,
                 "user_erased",

@@ -14,19 +14,30 @@ knowing: the wiring hands out only the limited provider.
                                     it ended: complete, interrupted (with what the API
                                     reported and the text so far), aborted (the reader
                                     left) or failed
+
+    count_tokens(request)           the API's count (when configured) takes the same
+                                    path: a slot, a request from the bucket, the meter
+
+Metering cannot be lost: a write the database refuses is retried with backoff, then
+kept in the metering outbox (`chat/metering_outbox.py`), which start-up and upkeep
+drain; recording is idempotent by the call's id.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Protocol
 
 from chat.limits import ConcurrencyGate, RateLimiter
-from parley.domain import CallOutcome
+from chat.metering_outbox import MeteringOutbox
+from parley.domain import CallOutcome, Purpose
 from parley.errors import ProviderError
 from parley.llm import (
+    CallMeta,
     CallRecord,
     ChatProvider,
     ChatRequest,
@@ -40,6 +51,9 @@ from parley.llm import (
 from parley.tokens import count_tokens
 
 log = logging.getLogger(__name__)
+
+# Waits between attempts to write a call's metering, before it goes to the outbox.
+METER_RETRY_WAITS_S: Sequence[float] = (0.05, 0.2, 0.8)
 
 
 class Meter(Protocol):
@@ -58,13 +72,19 @@ class LimitedProvider:
         gate: ConcurrencyGate,
         limiter: RateLimiter,
         meter: Meter | None = None,
+        outbox: MeteringOutbox | None = None,
         count_with_api: bool = False,
+        retry_waits_s: Sequence[float] = METER_RETRY_WAITS_S,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._inner = inner
         self._gate = gate
         self._limiter = limiter
         self._meter = meter
+        self._outbox = outbox
         self._count_with_api = count_with_api
+        self._retry_waits_s = retry_waits_s
+        self._sleep = sleep
 
     @property
     def model(self) -> str:
@@ -79,12 +99,27 @@ class LimitedProvider:
         return self._inner.native_citations
 
     def count_tokens(self, request: ChatRequest) -> int:
-        """The API's count when `count_with_api` (and it answers), else the local estimate."""
+        """The API's count when `count_with_api` (and it answers), else the local estimate.
+
+        Asking the API is a request like any other: it waits for a slot and a request
+        from the bucket (it takes no tokens), and the meter and the audit trail get it,
+        under `Purpose.COUNT_TOKENS`, for the user and conversation it was for."""
         if not self._count_with_api:
             return estimate_tokens(request)
+        meta = replace(request.meta, purpose=Purpose.COUNT_TOKENS)
         try:
-            return self._inner.count_tokens(request)
-        except ProviderError as exc:  # an estimate is not worth failing a turn for
+            with self._gate.slot(None):
+                self._limiter.acquire(input_tokens=0)
+                started = datetime.now(UTC)
+                try:
+                    counted = self._inner.count_tokens(request)
+                except ProviderError as exc:
+                    self._record_call(meta, self.model, Usage(), CallOutcome.FAILED, started)
+                    raise exc
+                self._record_call(meta, self.model, Usage(), CallOutcome.COMPLETE, started)
+                return counted
+        except ProviderError as exc:  # a full line, a limit, an API error: an estimate
+            # is not worth failing (or holding up) a turn for
             log.info("count_tokens failed (%s); using the local estimate.", type(exc).__name__)
             return estimate_tokens(request)
 
@@ -164,13 +199,42 @@ class LimitedProvider:
         outcome: CallOutcome,
         started: datetime,
     ) -> None:
+        self._record_call(request.meta, model, usage, outcome, started)
+
+    def _record_call(
+        self, meta: CallMeta, model: str, usage: Usage, outcome: CallOutcome, started: datetime
+    ) -> None:
+        """Meter one call: retried with backoff, then kept in the outbox. Never raises
+        (metering must not cost the user the answer) and never drops the call."""
         if self._meter is None:
             return
-        call = CallRecord(request.meta, model, usage, outcome, started, datetime.now(UTC))
+        call = CallRecord(meta, model, usage, outcome, started, datetime.now(UTC))
+        failure: Exception | None = None
+        for wait in (*self._retry_waits_s, None):
+            try:
+                self._meter.record(call)
+                return
+            except Exception as exc:
+                failure = exc
+            if wait is not None:
+                self._sleep(wait)
+        if self._outbox is None:
+            log.error(
+                "Metering a %s call failed and no outbox is configured: %s",
+                meta.purpose.value,
+                failure,
+            )
+            return
         try:
-            self._meter.record(call)
-        except Exception:  # metering must never cost the user the answer
-            log.exception("Metering a %s call failed", request.meta.purpose.value)
+            self._outbox.put(call)
+        except OSError:
+            log.exception("Metering a %s call failed, and so did its outbox", meta.purpose.value)
+            return
+        log.warning(
+            "Metering a %s call failed (%s); kept in the outbox for the next drain.",
+            meta.purpose.value,
+            failure,
+        )
 
 
 __all__ = ["LimitedProvider", "Meter"]

@@ -11,7 +11,8 @@ page's rerun, the strategy lab) refuses an admin without a reason given in the l
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -22,7 +23,7 @@ from chat.conversations import ChatMessage, to_chat_message
 from chat.grants import OPENED, has_grant, require_grant
 from parley.domain import MessageRole, MessageStatus, Principal
 from parley.errors import InvalidInput, NotFound, PermissionDenied
-from store.audit import append_in, by, text_hash
+from store.audit import append_in, by, keys_of
 from store.db import Database
 from store.models import AuditRecord, Conversation, Message, UsageEntry, User
 
@@ -40,16 +41,17 @@ class ReviewFilter:
     model: str | None = None
     text: str | None = None  # in a message or the title
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, keyed: Callable[[str, str], str]) -> dict[str, Any]:
         return {
             "user": self.user,
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None,
             "status": str(self.status) if self.status else None,
             "model": self.model,
-            # By hash: what was searched may be someone's words, and must not outlive
-            # their erasure; an auditor can still check a suspected phrase against it.
-            "text_sha256": text_hash(self.text) if self.text else None,
+            # By keyed hash: what was searched may be someone's words, and must not
+            # outlive their erasure; whoever holds the audit key can still check a
+            # suspected phrase against it, nobody else can guess it.
+            "text_hmac": keyed("admin search", self.text) if self.text else None,
         }
 
 
@@ -93,13 +95,30 @@ class Review:
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    """An admin opened one of the user's conversations, or searched text that matched."""
+    """Someone else read the user's data: an admin opened one of their conversations,
+    searched text across theirs, opened a chunk of a document not shared with the admin,
+    or exported their audit history. The page chooses the words for each `kind`."""
 
     at: datetime
     admin: str
     reason: str
-    conversation_id: int | None  # None for a search
-    title: str | None  # None for a search, or once the conversation is gone
+    conversation_id: int | None  # None unless a conversation was opened
+    title: str | None  # None unless opened, or once the conversation is gone
+    kind: str = OPENED
+    document_id: int | None = None  # for a chunk opening
+    matched: bool | None = None  # for a search: whether any of the user's matched
+
+
+# Every kind of record by which someone else read a user's data ("Who looked").
+CHUNK_OPENED = "document_chunk_opened"
+EXPORTED = "audit_exported"
+LOOKED = (OPENED, SEARCHED, CHUNK_OPENED, EXPORTED)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPage:
+    accesses: list[Access]
+    total: int
 
 
 class ReviewService:
@@ -112,6 +131,9 @@ class ReviewService:
         """Conversations matching every filter given, most recently active first."""
         _require_admin(admin)
         conditions = _conditions(where)
+        # Whose conversations a text search reads: every owner the other filters leave
+        # in, matched or not (reading them to find nothing is reading them).
+        scope = _conditions(replace(where, text=None))
         per_page = max(1, min(per_page, 200))
         with self._db.session() as session:
             if where.user:
@@ -119,6 +141,7 @@ class ReviewService:
                 if owner is None:
                     raise NotFound(user_message=f"There is no user named {where.user.strip()!r}.")
                 conditions.append(Conversation.user_id == owner)
+                scope.append(Conversation.user_id == owner)
             total = session.scalar(select(func.count(Conversation.id)).where(*conditions)) or 0
             counts = (
                 select(Message.conversation_id, func.count(Message.id).label("n"))
@@ -146,12 +169,14 @@ class ReviewService:
                 .offset(max(0, page) * per_page)
             ).all()
             owners: list[int | None] = []
+            matched: set[int] = set()
             if where.text:
-                owners += session.scalars(
-                    select(Conversation.user_id).where(*conditions).distinct()
-                )
+                owners += session.scalars(select(Conversation.user_id).where(*scope).distinct())
                 owners.sort(key=lambda o: o or 0)
-                owners = owners or [None]  # a search that matched nobody is on record too
+                owners = owners or [None]  # a search that read nobody's is on record too
+                matched.update(
+                    session.scalars(select(Conversation.user_id).where(*conditions).distinct())
+                )
             found = ReviewPage(
                 [
                     ConversationRow(
@@ -168,16 +193,17 @@ class ReviewService:
                 int(total),
             )
         if where.text:
-            # A search of people's words is itself an admin action, and those whose
-            # conversations matched see it ("Who looked"): one record per owner.
+            # A search of people's words is itself an admin action, and everyone whose
+            # conversations it read sees it ("Who looked"): one record per owner.
             with self._db.session(write_lock=True) as session:
+                described = where.describe(keys_of(session).keyed_hash)  # the text keyed
                 for owner_id in owners:
                     append_in(
                         session,
                         SEARCHED,
                         **by(admin),
                         about_id=owner_id,
-                        data={**where.describe(), "found": total},  # the text by its hash
+                        data={**described, "found": total, "matched": owner_id in matched},
                     )
         return found
 
@@ -232,20 +258,49 @@ class ReviewService:
             return conversation is not None and has_grant(session, admin, conversation)
 
     def accesses(
-        self, principal: Principal, *, conversation_id: int | None = None, limit: int = 100
+        self,
+        principal: Principal,
+        *,
+        conversation_id: int | None = None,
+        page: int = 0,
+        per_page: int = 100,
     ) -> list[Access]:
-        """Who opened the principal's conversations (or one of them), when and why, and
-        which searches matched them: newest first. Two queries, however many records."""
-        query = select(AuditRecord).where(AuditRecord.about_id == principal.user_id)
+        """Who read the principal's data (or opened one conversation of theirs), when and
+        why: newest first, a page at a time (`who_looked` gives the total too)."""
+        return self.who_looked(
+            principal, conversation_id=conversation_id, page=page, per_page=per_page
+        ).accesses
+
+    def who_looked(
+        self,
+        principal: Principal,
+        *,
+        conversation_id: int | None = None,
+        page: int = 0,
+        per_page: int = 50,
+    ) -> AccessPage:
+        """Every record of someone else reading the principal's data, newest first, paged:
+        conversations opened, searches that read theirs (matched or not), chunks of their
+        documents opened by an admin, exports of their history. Three queries a page."""
+        query = select(AuditRecord).where(
+            AuditRecord.about_id == principal.user_id,
+            or_(AuditRecord.actor_id.is_(None), AuditRecord.actor_id != principal.user_id),
+        )
         if conversation_id is None:
-            query = query.where(AuditRecord.kind.in_((OPENED, SEARCHED)))
+            query = query.where(AuditRecord.kind.in_(LOOKED))
         else:
             query = query.where(
                 AuditRecord.kind == OPENED,
                 AuditRecord.subject == f"conversation {conversation_id}",
             )
+        per_page = max(1, min(per_page, 500))
         with self._db.session() as session:
-            records = session.scalars(query.order_by(AuditRecord.id.desc()).limit(limit)).all()
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            records = session.scalars(
+                query.order_by(AuditRecord.id.desc())
+                .limit(per_page)
+                .offset(max(0, page) * per_page)
+            ).all()
             opened = {
                 r.id: int(_data(r).get("conversation_id", 0)) for r in records if r.kind == OPENED
             }
@@ -257,24 +312,24 @@ class ReviewService:
                     )
                 ).all()
             )
-        return [
-            Access(
-                datetime.fromisoformat(r.at),
-                r.actor,
-                str(_data(r).get("reason", "")),
-                opened[r.id],
-                titles.get(opened[r.id]),
+        accesses = []
+        for r in records:
+            data = _data(r)
+            document = data.get("document_id")
+            matched = data.get("matched")
+            accesses.append(
+                Access(
+                    datetime.fromisoformat(r.at),
+                    r.actor,
+                    str(data.get("reason", "")) if r.kind == OPENED else "",
+                    opened.get(r.id),
+                    titles.get(opened[r.id]) if r.id in opened else None,
+                    kind=r.kind,
+                    document_id=int(document) if isinstance(document, int) else None,
+                    matched=bool(matched) if isinstance(matched, bool) else None,
+                )
             )
-            if r.kind == OPENED
-            else Access(
-                datetime.fromisoformat(r.at),
-                r.actor,
-                "searched everyone's conversations for a phrase, and some of yours matched",
-                None,
-                None,
-            )
-            for r in records
-        ]
+        return AccessPage(accesses, int(total))
 
 
 def _conditions(where: ReviewFilter) -> list[ColumnElement[bool]]:
@@ -342,7 +397,9 @@ def _require_admin(principal: Principal) -> None:
 
 
 __all__ = [
+    "LOOKED",
     "Access",
+    "AccessPage",
     "ConversationRow",
     "Review",
     "ReviewFilter",

@@ -8,6 +8,7 @@ to the first message.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sqlalchemy import select
 
@@ -35,8 +36,10 @@ class Upkeep:
         settings: Settings,
         model_titles: bool,
         history: HistoryCache,
+        drain_metering: Callable[[], None] | None = None,
     ) -> None:
         self._history = history
+        self._drain_metering = drain_metering
         self._db = database
         self._memory = memory
         self._provider = provider
@@ -51,6 +54,8 @@ class Upkeep:
             self._work.submit(
                 lambda: self.title(user_id, conversation_id), name=f"title {conversation_id}"
             )
+        if self._drain_metering is not None:  # calls metered while the database refused
+            self._work.submit(self._drain_metering, name="drain the metering outbox")
 
     def observe(self, conversation_id: int) -> None:
         """Let the conversation's strategy index new turns and fold summaries."""

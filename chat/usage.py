@@ -114,6 +114,8 @@ class UsageService:
         """
         meta = call.meta
         with self._db.session(write_lock=True) as session:
+            if session.scalar(select(UsageEntry.id).where(UsageEntry.call_id == call.call_id)):
+                return  # recorded already (a retry whose first write did commit)
             user_id = meta.user_id
             if user_id is None and meta.conversation_id is not None:
                 user_id = session.scalar(
@@ -135,6 +137,7 @@ class UsageService:
                 cost_usd=cost,
                 started_at=call.started_at,
                 ended_at=call.ended_at,
+                call_id=call.call_id,
             )
             session.add(entry)
             session.flush()

@@ -1,21 +1,35 @@
-"""`parley audit verify` and `parley audit export`: the hash-chained audit trail."""
+"""`parley audit verify`, `checkpoint` and `export`: the keyed, hash-chained audit trail.
+
+parley audit checkpoint >> /somewhere/else/parley-checkpoints.txt
+parley audit verify [--checkpoint FILE]
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cli.common import OPERATOR
 from cli.common import services as _services
 from parley.errors import InvalidInput
-from store.audit import AuditLog
+from store.audit import AuditLog, parse_checkpoints
 
 
 def audit_commands(commands: Any) -> None:
     audit = commands.add_parser("audit", help="the audit trail").add_subparsers(required=True)
-    audit.add_parser("verify", help="check every link of the chain").set_defaults(func=_verify)
+    verify = audit.add_parser("verify", help="check every link of the chain")
+    verify.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a file of lines printed by `parley audit checkpoint`: each must still hold",
+    )
+    verify.set_defaults(func=_verify)
+    audit.add_parser(
+        "checkpoint", help="print one signed line anchoring the trail; keep it elsewhere"
+    ).set_defaults(func=_checkpoint)
     export = audit.add_parser("export", help="records as JSON lines or CSV, to stdout")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     export.add_argument("--user", help="only records of this actor")
@@ -27,10 +41,19 @@ def _log() -> AuditLog:
     return AuditLog(_services().database)
 
 
-def _verify(_args: argparse.Namespace) -> int:
-    result = _log().verify()
+def _verify(args: argparse.Namespace) -> int:
+    anchors = []
+    if args.checkpoint is not None:
+        try:
+            text = args.checkpoint.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"The checkpoint file {args.checkpoint} cannot be read.") from exc
+        anchors = parse_checkpoints(text)
+    result = _log().verify(anchors)
     if result.broken is None:
-        print(f"The audit trail is intact: {result.records:,} records.")
+        n = result.anchors
+        held = f"; {n} checkpoint{'s hold' if n != 1 else ' holds'}" if n else ""
+        print(f"The audit trail is intact: {result.records:,} records{held}.")
         return 0
     broken = result.broken
     print(
@@ -38,6 +61,11 @@ def _verify(_args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 1
+
+
+def _checkpoint(_args: argparse.Namespace) -> int:
+    print(_services().audit.checkpoint(OPERATOR).line())
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
     parley db upgrade
     parley user add NAME [--admin]      password: asked twice on a terminal, else one line of stdin
     parley user list
+    parley user unlock NAME                                 clear a sign-in lock (on record)
     parley user erase NAME [--yes]                          (everything of theirs, for good)
     parley chat --user NAME [--conversation ID] MESSAGE     (MESSAGE '-' reads stdin)
     parley quota show NAME
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from bench.locomo import format_table, run
 from cli.audit import audit_commands
-from cli.common import OPERATOR
+from cli.common import OPERATOR, close_services
 from cli.common import principal_named as _principal
 from cli.common import services as _services
 from cli.documents import document_commands
@@ -38,14 +39,15 @@ from parley.config import get_settings
 from parley.domain import Role
 from parley.errors import ParleyError
 from parley.logs import console_warnings
-from store.audit import set_channel
-from store.db import Database
+from store.audit import AuditLog, set_channel
 from store.migrate import upgrade
 from wiring import Services
+from wiring.services import open_database
 
 # Whoever runs `parley` on the server already holds the database and the settings: the
 # commands act as this operator, an administrator who is no account.
-# How long `parley chat` waits for its turn's upkeep (memory, summary, title) before exiting.
+# How long a command waits for its background work (a turn's upkeep: memory, summary,
+# title; the start-up sweep) before exiting.
 UPKEEP_TIMEOUT_S = 60.0
 
 
@@ -59,6 +61,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     root.setLevel(logging.WARNING)
     # Whoever runs `parley` acts as the operator, even for a named user: records say so.
     set_channel("cli")
+    code = 1
+    try:
+        code = _run(args)
+    finally:
+        # The services' background work ends before the process does (Python's exit
+        # refuses the executors new work, so a task cut short there fails), and while the
+        # records it appends still say "cli".
+        drained = _close_services()
+        set_channel(None)  # main() may run inside another program (tests)
+    if not drained:
+        print("parley: background upkeep did not finish; exiting without it", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Python joins the pool's threads at exit, which would wait for the stuck call.
+        os._exit(code)
+    return code
+
+
+def _close_services() -> bool:
+    try:
+        return close_services(timeout=UPKEEP_TIMEOUT_S)
+    except KeyboardInterrupt:  # interrupted while it waited: leave without the rest
+        return False
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         result: int = args.func(args)
         return result
@@ -68,8 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("parley: interrupted", file=sys.stderr)
         return 130
-    finally:
-        set_channel(None)  # main() may run inside another program (tests)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +122,11 @@ def _parser() -> argparse.ArgumentParser:
         )
         toggle.add_argument("name")
         toggle.set_defaults(func=_user_toggle, disabled=disabled)
+    user_unlock = user.add_parser(
+        "unlock", help="clear an account's sign-in lock and failed attempts (on record)"
+    )
+    user_unlock.add_argument("name")
+    user_unlock.set_defaults(func=_user_unlock)
     user_passwd = user.add_parser("passwd", help="set an account's password (ends its sessions)")
     user_passwd.add_argument("name")
     user_passwd.set_defaults(func=_user_passwd)
@@ -181,12 +212,23 @@ def _quota_value(text: str) -> int:
 def _db_upgrade(_args: argparse.Namespace) -> int:
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    database = Database(settings.resolved_database_url)
+    database = open_database(settings)
     try:
         upgrade(database)
+        try:  # records from before the trail was keyed: keyed now, once, if they hold
+            sealed = AuditLog(database).seal_legacy()
+        except ValueError as exc:
+            sealed = 0
+            print(
+                f"parley: {exc}; it was left unkeyed, and `parley audit verify` will say "
+                "where. Restore the database from a backup, or keep it as evidence.",
+                file=sys.stderr,
+            )
     finally:
         database.dispose()
     print(f"Database is up to date ({database.url.render_as_string(hide_password=True)}).")
+    if sealed:
+        print(f"Keyed {sealed:,} audit records written before the trail was keyed.")
     return 0
 
 
@@ -231,6 +273,14 @@ def _user_toggle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_unlock(args: argparse.Namespace) -> int:
+    if _services().accounts.unlock(OPERATOR, args.name):
+        print(f"Unlocked {args.name!r}: its failed sign-ins are forgotten.")
+    else:
+        print(f"{args.name!r} was not locked; nothing to clear.")
+    return 0
+
+
 def _user_passwd(args: argparse.Namespace) -> int:
     _services().accounts.set_password(OPERATOR, args.name, _read_password())
     print(f"Set a new password for {args.name!r}; its sessions have ended.")
@@ -252,22 +302,9 @@ def _user_erase(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    services = _services()
-    try:
-        code = _send(services, args)
-    finally:
-        # The turn's upkeep (memory, summary, title) runs in the background: wait for it,
-        # at most UPKEEP_TIMEOUT_S.
-        drained = services.close(timeout=UPKEEP_TIMEOUT_S)
-    if not drained:
-        print(
-            "parley: background upkeep did not finish in time; exiting without it", file=sys.stderr
-        )
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Python joins the pool's threads at exit, which would wait for the stuck call.
-        os._exit(code)
-    return code
+    # The turn's upkeep (memory, summary, title) runs in the background: `main` waits for
+    # it when it closes the services, at most UPKEEP_TIMEOUT_S.
+    return _send(_services(), args)
 
 
 def _send(services: Services, args: argparse.Namespace) -> int:

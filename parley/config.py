@@ -191,6 +191,20 @@ class Settings(BaseSettings):
         default=None,
         description="signs the session cookie; default: a random secret kept in the data dir",
     )
+    audit_key: SecretStr | None = Field(
+        default=None,
+        description="keys the audit trail's HMAC chain; keep it outside the database "
+        "(default: a random key in the file `audit_key_file`)",
+    )
+    audit_key_file: Path | None = Field(
+        default=None,
+        description="file holding the audit key; default `audit.key` in the data dir, "
+        "made on first start (give a path the database's administrators cannot read)",
+    )
+    audit_previous_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="keys the audit trail was keyed with before a rotation (JSON list)",
+    )
     login_max_failures: int = Field(
         default=5, gt=0, description="failed sign-ins (per account or client) before a lockout"
     )
@@ -206,8 +220,14 @@ class Settings(BaseSettings):
         default="groups", description="the claim listing the user's groups (synced each sign-in)"
     )
     oidc_admin_groups: list[str] = Field(
-        default_factory=lambda: ["parley-admins"],
-        description="members of any of these groups (in the groups claim) are administrators",
+        default_factory=list,
+        description="ISSUER#group entries: members of that provider's group (in the groups "
+        "claim) are administrators; a bare group name is ignored",
+    )
+    oidc_resync_minutes: int = Field(
+        default=60,
+        gt=0,
+        description="a resumed session re-reads the provider's groups after this long",
     )
 
     @property
@@ -223,6 +243,12 @@ class Settings(BaseSettings):
         for name, value in self:
             if isinstance(value, SecretStr):
                 dumped[name] = hashlib.sha256(value.get_secret_value().encode()).hexdigest()
+            elif isinstance(value, list) and any(isinstance(v, SecretStr) for v in value):
+                dumped[name] = [
+                    hashlib.sha256(v.get_secret_value().encode()).hexdigest()
+                    for v in value
+                    if isinstance(v, SecretStr)
+                ]
         return hashlib.sha256(json.dumps(dumped, sort_keys=True, default=str).encode()).hexdigest()
 
     def secret_values(self) -> list[str]:
@@ -232,6 +258,8 @@ class Settings(BaseSettings):
         for secret in (
             self.anthropic_api_key,
             self.session_secret,
+            self.audit_key,
+            *self.audit_previous_keys,
             self.database_url,
             self.chroma_url,
         ):

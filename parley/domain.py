@@ -38,6 +38,7 @@ class Purpose(StrEnum):
     TITLE = "title"
     BATCH = "batch"
     EVALUATION = "evaluation"
+    COUNT_TOKENS = "count_tokens"  # the API's token count: no tokens, but a request
 
 
 class CallOutcome(StrEnum):

@@ -11,8 +11,9 @@ Every layer above the leaf speaks these types; only `chat.providers` knows an SD
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
@@ -127,7 +128,8 @@ StreamEvent = TextDelta | UsageSoFar | StreamEnd | Citation
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    """One provider call as the usage ledger keeps it, whatever way it ended."""
+    """One provider call as the usage ledger keeps it, whatever way it ended. `call_id`
+    makes recording it idempotent (a retry, or an outbox drained twice, adds one row)."""
 
     meta: CallMeta
     model: str
@@ -135,6 +137,7 @@ class CallRecord:
     outcome: CallOutcome
     started_at: datetime
     ended_at: datetime
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 def estimate_tokens(request: ChatRequest) -> int:

@@ -132,37 +132,48 @@ class DocumentIndex:
                     matrix = np.concatenate(vectors_list)
                     self._store.add(scope, ids=ids, embeddings=matrix, metadatas=metadatas)
 
-    def sync(self, document_id: int, access: Access | None, stale: Iterable[str]) -> None:
+    def sync(self, document_id: int, access: Access | None, stale: Iterable[str]) -> list[str]:
         """Bring a document's rows in line with its access (None: deleted): dropped from
         `stale` scopes first (a revocation takes effect before anything else), re-tagged
         where they are, copied where they are missing. Idempotent: safe to repeat after
-        a failure part-way."""
+        a failure part-way. The scopes it dropped rows from (their bytes stay in the
+        store's files until `purge`)."""
         where = {"document_id": document_id}
         wanted = access.scopes if access is not None else []
         with _store_errors():
-            for scope in {*stale, LEGACY_COLLECTION} - set(wanted):
-                self._store.delete_where(scope, where)
+            dropped = sorted(
+                scope
+                for scope in {*stale, LEGACY_COLLECTION} - set(wanted)
+                if self._store.delete_where(scope, where)
+            )
             if access is None:
-                return
+                return dropped
             metadata = access.metadata(document_id)
             missing = [s for s in wanted if self._store.set_metadata(s, where, metadata) == 0]
             if not missing:
-                return
+                return dropped
             rows: dict[str, np.ndarray] = {}
             for source in [*wanted, LEGACY_COLLECTION]:
                 rows = rows or self._store.get_where(source, where)
             ids = sorted(rows, key=lambda row_id: int(row_id.partition(":")[2]))
             if not ids:
-                return  # nothing indexed to copy (a failed upload): nothing to show either
+                return dropped  # nothing indexed to copy (a failed upload): nothing to show
             matrix = np.stack([rows[i] for i in ids])
             for scope in missing:
                 self._store.add(scope, ids=ids, embeddings=matrix, metadatas=[metadata] * len(ids))
+        return dropped
 
     def remove(self, document_id: int, scopes: Iterable[str]) -> None:
         """Drop a document's rows from `scopes`."""
         with _store_errors():
             for scope in scopes:
                 self._store.delete_where(scope, {"document_id": document_id})
+
+    def purge(self, scopes: Iterable[str]) -> None:
+        """Leave no byte of rows dropped from `scopes` in the store's files (each scope is
+        rebuilt from its remaining rows, then the files are vacuumed)."""
+        with _store_errors():
+            self._store.purge(scopes)
 
     def search(
         self,

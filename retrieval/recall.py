@@ -143,6 +143,7 @@ class RecallIndex:
         )
         if not self._is_alive(conversation_id):  # erased meanwhile, perhaps elsewhere
             self._store.delete_collection(_collection(conversation_id))
+            self._store.purge([_collection(conversation_id)])
 
     def _is_alive(self, conversation_id: int) -> bool:
         return self._alive is None or self._alive(conversation_id)
@@ -290,7 +291,8 @@ class RecallIndex:
         self._question_worker.shutdown(wait=True)
 
     def forget(self, conversation_id: int) -> None:
-        """Drop a conversation's index from memory and from the store (it was deleted).
+        """Drop a conversation's index from memory and from the store (it was deleted),
+        and purge the store's files of it (`VectorStore.purge`); raises if the store fails.
 
         Waits for work in progress on it (its lock), and marks it erased first, so
         neither that work nor later work stores its vectors again.
@@ -303,6 +305,7 @@ class RecallIndex:
                 self._entries.pop(conversation_id, None)
         if self._store is not None:
             self._store.delete_collection(_collection(conversation_id))
+            self._store.purge([_collection(conversation_id)])
 
 
 def _unique(turns: Sequence[IndexedTurn]) -> list[IndexedTurn]:

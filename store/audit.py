@@ -1,31 +1,54 @@
-"""The audit trail: an append-only record in which each entry carries the hash of the one
-before it, so an edited, removed or inserted record breaks the chain where it was.
+"""The audit trail: an append-only record in which each entry carries a keyed hash of
+the one before it, so an edited, removed or inserted record breaks the chain where it was.
 
-    hash = SHA-256(previous hash + canonical JSON of the record's own fields)
+    content = SHA-256(salt + canonical JSON of actor, subject and data)
+    hash    = HMAC-SHA-256(audit key, previous hash + canonical JSON of the record's
+              id, time, actor and about ids, kind, key id and content hash)
 
-The first record's previous hash is 64 zeros. `audit_head` (one row) holds the last id
-and hash: appending locks it (SQLite's `BEGIN IMMEDIATE`; `FOR UPDATE` on PostgreSQL),
-so any number of processes append one at a time and the chain stays whole; it also
-lets `verify` notice records cut off the end. Record data is metadata and hashes,
-never message text: the messages hold that, and a record names them with their hash
-(`message_ref`), so `verify` finds a message edited afterwards, or removed without an
-erasure record (a tombstone naming its conversation) to say why.
+**Keyed.** The key lives outside the database (`store/keys.py`): whoever can write the
+database but lacks the key cannot re-hash the records after a removed or edited one.
+Each record names its key by id; rotating the key starts a new segment that the old
+key, kept among the previous keys, still verifies. Records written before keys existed
+(no key id) hash with plain SHA-256 and verify as such; none may follow a keyed one.
+
+Records written before keys existed are keyed once by `parley db upgrade`
+(`seal_legacy`, only if their plain SHA-256 chain holds); after that an unkeyed record
+breaks verification, so nobody can downgrade the trail to re-hash it without the key.
+
+**Anchored.** Whoever holds both the database and the key could still rewrite the
+whole chain, or cut its newest records and move the head. `checkpoint` gives one line
+(record count, head id and hash, time, an HMAC of them) for the operator to keep
+elsewhere; `verify(anchors=...)` fails, naming the reason, when an anchored record is
+missing, altered or re-ordered, or the trail is shorter than an anchor says.
+
+**Erasable.** The personal part of a record (actor name, subject, data) enters the
+chain only through its salted content hash and the hash of its redacted form, decided
+when it was written (`store/audit_chain.py`). A user's erasure swaps in exactly that
+form and drops the salt (`redact_user_in`): the chain still verifies, the content hash
+no longer says anything, any other content breaks it, and `verify`
+(`store/audit_verify.py`) accepts a redacted record only when a later `user_erased`
+record names one of its users by id.
+
+`audit_head` (one row) holds the last id and hash: appending locks it (SQLite's
+`BEGIN IMMEDIATE`; `FOR UPDATE` on PostgreSQL), so any number of processes append one at
+a time and the chain stays whole. Record data is metadata and hashes, never message
+text: a record names messages with their hash (`message_ref`), so `verify` finds a
+message edited afterwards, or removed without an erasure record naming its conversation.
 
 Records are written by the services in the same transaction as what they record
 (`append_in`): an action and its record commit together or not at all. `about_id` is
-the user whose data a record concerns (the owner of a conversation an admin opened,
-the user whose quota was set), so a user's history is what they did and what was
-done to their data.
+the user whose data a record concerns, so a user's history is what they did and what
+was done to their data.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
+import logging
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,10 +56,32 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from parley.domain import Principal
+from store.audit_chain import (
+    GENESIS,
+    canonical,
+    content_hash,
+    hashed_fields,
+    keyed_hash,
+    keys_of,
+    record_hash,
+    redacted_content,
+    redacted_hash,
+    text_hash,
+)
+from store.audit_verify import (
+    ERASURE_KINDS,
+    USER_ERASED,
+    Broken,
+    Checkpoint,
+    Verified,
+    parse_checkpoints,
+    verify_chain,
+)
 from store.db import Database
-from store.models import AuditHead, AuditRecord, Message
+from store.models import AuditHead, AuditRecord
 
-GENESIS = "0" * 64
+log = logging.getLogger(__name__)
+
 EXPORT_FIELDS = (
     "id",
     "at",
@@ -46,21 +91,13 @@ EXPORT_FIELDS = (
     "kind",
     "subject",
     "data",
+    "key_id",
+    "content_hash",
+    "redacted_hash",
     "prev_hash",
     "hash",
 )
-# Records whose `data.conversation_ids` were erased: their messages may be gone.
-ERASURE_KINDS = frozenset({"conversation_erased", "user_erased"})
-_CHECK_BATCH = 500
-
-
-def canonical(data: Mapping[str, Any]) -> str:
-    """JSON with sorted keys and no spaces: the same data always gives the same bytes."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def record_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
-    return hashlib.sha256((prev_hash + canonical(fields)).encode("utf-8")).hexdigest()
+CHECKPOINT_KIND = "audit_checkpoint"
 
 
 _channel: str | None = None  # where this process's records come from, when not the app
@@ -71,10 +108,6 @@ def set_channel(name: str | None) -> None:
     sets "cli": an operator acting for a user is then told apart from the user)."""
     global _channel
     _channel = name
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def message_ref(message_id: int, text: str, salt: str | None) -> dict[str, Any]:
@@ -88,21 +121,6 @@ def by(principal: Principal | None) -> dict[str, Any]:
     if principal is None:
         return {"actor_id": None, "actor": "system"}
     return {"actor_id": principal.user_id, "actor": principal.name}
-
-
-def _fields(row: AuditRecord) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "id": row.id,
-        "at": row.at,
-        "actor_id": row.actor_id,
-        "actor": row.actor,
-        "kind": row.kind,
-        "subject": row.subject,
-        "data": row.data,
-    }
-    if row.about_id is not None:
-        fields["about_id"] = row.about_id
-    return fields
 
 
 def append_in(
@@ -130,6 +148,8 @@ def append_in(
     )
     if head is None:
         raise RuntimeError("audit_head is missing: run `parley db upgrade`")
+    keys = keys_of(session)
+    salt = secrets.token_hex(16)
     row = AuditRecord(
         at=datetime.now(UTC).isoformat(timespec="microseconds"),
         actor_id=actor_id,
@@ -138,29 +158,40 @@ def append_in(
         kind=kind[:64],
         subject=subject[:200],
         data=canonical({**(data or {}), "via": _channel} if _channel else (data or {})),
+        key_id=keys.current_id,
+        salt=salt,
         prev_hash=head.last_hash,
         hash="",
     )
+    row.content_hash = content_hash(salt, row.actor, row.subject, row.data)
+    row.redacted_hash = redacted_hash(*redacted_content(actor_id, row.actor, row.subject, row.data))
     session.add(row)
     session.flush()  # the id is part of what is hashed
-    row.hash = record_hash(row.prev_hash, _fields(row))
+    row.hash = keyed_hash(keys.current, row.prev_hash, hashed_fields(row))
     head.last_id, head.last_hash = row.id, row.hash
     session.flush()
     return row.id
 
 
-@dataclass(frozen=True, slots=True)
-class Broken:
-    """The first place the chain does not hold."""
-
-    record_id: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Verified:
-    records: int
-    broken: Broken | None
+def redact_user_in(session: Session, user_id: int) -> int:
+    """A user's erasure, in its transaction: every record by or about the user keeps
+    its place in the chain, but its personal part becomes the redacted form decided when
+    it was written (ids, numbers and Parley's own words; `store/audit_chain.py`), and
+    its salt goes, so the content hash no longer confirms a guess. `verify` accepts it
+    only with a later `user_erased` record for the user. How many were redacted."""
+    rows = session.scalars(
+        select(AuditRecord).where(
+            or_(AuditRecord.actor_id == user_id, AuditRecord.about_id == user_id),
+            AuditRecord.salt.is_not(None),
+        )
+    ).all()
+    for row in rows:
+        row.actor, row.subject, row.data = redacted_content(
+            row.actor_id, row.actor, row.subject, row.data
+        )
+        row.salt = None
+    session.flush()
+    return len(rows)
 
 
 class AuditLog:
@@ -189,49 +220,80 @@ class AuditLog:
                 data=data,
             )
 
-    def verify(self) -> Verified:
-        """Walk the chain from the first record: the first broken link, if any.
+    def verify(self, anchors: Sequence[Checkpoint] = ()) -> Verified:
+        """The first place the trail does not hold (`store/audit_verify.py`)."""
+        return verify_chain(self._db, anchors)
 
-        Then the messages the records name: each must still hash as recorded, and one
-        that is gone must belong to a conversation an erasure record names.
-        """
-        count = 0
-        previous = GENESIS
-        last_id = 0
-        problems: list[Broken] = []
-        refs: dict[int, tuple[int, str, int | None]] = {}  # message -> record, hash, conv.
-        missing: dict[int, tuple[int, int | None]] = {}
-        erased: set[int] = set()
-        with self._db.session() as session:
-            rows = session.scalars(select(AuditRecord).order_by(AuditRecord.id))
-            for row in rows.yield_per(1000):
-                count += 1
-                if row.prev_hash != previous:
-                    return Verified(
-                        count, Broken(row.id, "a record before it was removed or changed")
+    def seal_legacy(self) -> int:
+        """Key the records written before the trail was keyed (`parley db upgrade`
+        does this once): their plain SHA-256 chain is checked first, and only an intact
+        one is keyed, from the first record to the head, in one write-locked
+        transaction. How many records were keyed; `ValueError` naming the first broken
+        record if the old chain does not hold (it is then left as it is)."""
+        with self._db.session(write_lock=True) as session:
+            if session.scalar(select(AuditRecord.id).where(AuditRecord.key_id.is_(None))) is None:
+                return 0
+            keys = keys_of(session)
+            rows = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
+            previous = GENESIS
+            for row in rows:  # the old chain first: nothing forged gets keyed
+                if row.key_id is not None:
+                    break
+                if row.prev_hash != previous or record_hash(previous, hashed_fields(row)) != (
+                    row.hash
+                ):
+                    raise ValueError(f"the unkeyed audit trail is broken at record {row.id}")
+                previous = row.hash
+            previous, sealed = GENESIS, 0
+            for row in rows:
+                if row.key_id is None:
+                    row.salt = secrets.token_hex(16)
+                    row.content_hash = content_hash(row.salt, row.actor, row.subject, row.data)
+                    row.redacted_hash = redacted_hash(
+                        *redacted_content(row.actor_id, row.actor, row.subject, row.data)
                     )
-                if record_hash(row.prev_hash, _fields(row)) != row.hash:
-                    return Verified(count, Broken(row.id, "this record was changed"))
-                previous, last_id = row.hash, row.id
-                data = json.loads(row.data)
-                if row.kind in ERASURE_KINDS:
-                    erased.update(int(c) for c in data.get("conversation_ids", ()))
-                refs_here = data.get("messages")
-                for ref in refs_here if isinstance(refs_here, list) else ():
-                    refs[int(ref["id"])] = (row.id, str(ref["sha256"]), data.get("conversation_id"))
-                if len(refs) >= _CHECK_BATCH:
-                    problems += _check_messages(session, refs, missing)
-                    refs.clear()
-            problems += _check_messages(session, refs, missing)
+                    row.key_id = keys.current_id
+                    sealed += 1
+                key = keys.get(row.key_id)
+                if key is None:
+                    raise ValueError(f"record {row.id} is keyed with a key this server lacks")
+                row.prev_hash = previous
+                row.hash = keyed_hash(key, previous, hashed_fields(row))
+                previous = row.hash
+            session.execute(
+                update(AuditHead)
+                .where(AuditHead.id == 1)
+                .values(last_id=rows[-1].id, last_hash=previous)
+            )
+        log.info("Keyed %d audit records written before the trail was keyed.", sealed)
+        return sealed
+
+    def checkpoint(self, principal: Principal | None = None) -> Checkpoint:
+        """An anchor for the operator to keep outside the database: the trail's record
+        count, head and time, signed with the key. The checkpoint itself goes on record
+        first (the console shows when the last one was taken), and is covered by it."""
+        with self._db.session(write_lock=True) as session:
+            append_in(session, CHECKPOINT_KIND, **by(principal))
             head = session.get(AuditHead, 1)
-        if head is not None and (head.last_id, head.last_hash) != (last_id, previous):
-            return Verified(count, Broken(head.last_id, "records at the end were removed"))
-        problems += [
-            Broken(record_id, f"message {message_id} was removed with no erasure record")
-            for message_id, (record_id, conversation_id) in missing.items()
-            if conversation_id not in erased
-        ]
-        return Verified(count, min(problems, key=lambda b: b.record_id) if problems else None)
+            if head is None:
+                raise RuntimeError("audit_head is missing: run `parley db upgrade`")
+            records = int(session.scalar(select(func.count(AuditRecord.id))) or 0)
+            keys = keys_of(session)
+            at = datetime.now(UTC).isoformat(timespec="seconds")
+            message = Checkpoint.message(records, head.last_id, head.last_hash, at)
+            signature = keys.sign(keys.current_id, message)
+            assert signature is not None  # the current key is always in the ring
+            return Checkpoint(records, head.last_id, head.last_hash, at, keys.current_id, signature)
+
+    def last_checkpoint(self) -> str | None:
+        """When the last checkpoint was taken (its record's time), if ever."""
+        with self._db.session() as session:
+            return session.scalar(
+                select(AuditRecord.at)
+                .where(AuditRecord.kind == CHECKPOINT_KIND)
+                .order_by(AuditRecord.id.desc())
+                .limit(1)
+            )
 
     def records(
         self,
@@ -266,9 +328,17 @@ class AuditLog:
         with self._db.session() as session:
             for row in session.scalars(query).yield_per(1000):
                 yield {
-                    **_fields(row),
+                    "id": row.id,
+                    "at": row.at,
+                    "actor_id": row.actor_id,
+                    "actor": row.actor,
                     "about_id": row.about_id,
+                    "kind": row.kind,
+                    "subject": row.subject,
                     "data": json.loads(row.data),
+                    "key_id": row.key_id,
+                    "content_hash": row.content_hash,
+                    "redacted_hash": row.redacted_hash,
                     "prev_hash": row.prev_hash,
                     "hash": row.hash,
                 }
@@ -287,29 +357,6 @@ class AuditLog:
     def kinds(self) -> list[str]:
         with self._db.session() as session:
             return sorted(session.scalars(select(AuditRecord.kind).distinct()))
-
-
-def _check_messages(
-    session: Session,
-    refs: Mapping[int, tuple[int, str, int | None]],
-    missing: dict[int, tuple[int, int | None]],
-) -> list[Broken]:
-    """Messages whose text no longer hashes as recorded; gone ones go into `missing`."""
-    if not refs:
-        return []
-    found = {
-        row[0]: (row[2] or "") + row[1]
-        for row in session.execute(
-            select(Message.id, Message.content, Message.salt).where(Message.id.in_(list(refs)))
-        )
-    }
-    problems = []
-    for message_id, (record_id, digest, conversation_id) in refs.items():
-        if message_id not in found:
-            missing[message_id] = (record_id, conversation_id)
-        elif text_hash(found[message_id]) != digest:
-            problems.append(Broken(record_id, f"message {message_id} was changed"))
-    return problems
 
 
 def to_jsonl(records: Iterator[dict[str, Any]]) -> Iterator[str]:
@@ -331,8 +378,16 @@ def to_csv(records: Iterator[dict[str, Any]]) -> Iterator[str]:
 
 
 __all__ = [
+    "CHECKPOINT_KIND",
     "ERASURE_KINDS",
     "GENESIS",
+    "USER_ERASED",
+    "Checkpoint",
+    "content_hash",
+    "keyed_hash",
+    "keys_of",
+    "parse_checkpoints",
+    "redact_user_in",
     "AuditLog",
     "Broken",
     "Verified",

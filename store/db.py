@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from parley.errors import ConfigurationError, StorageConflict, StorageError, StorageUnavailable
+from store.keys import AuditKeys
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 class Database:
     """One engine and session factory per process; sessions are short-lived, one per operation."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, audit_keys: AuditKeys | None = None) -> None:
         try:
             parsed = make_url(url)
         except Exception as exc:  # sqlalchemy raises ArgumentError with the URL inside
@@ -41,9 +42,15 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Sessions carry the audit key ring (never stored in the database itself), so
+        # every `append_in` in any transaction keys its record with it.
+        self.audit_keys = audit_keys
+        info = {AUDIT_KEYS: audit_keys}
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, info=info)
         self._locked_sessions = sessionmaker(
-            self.engine.execution_options(**{_WRITE_LOCK: True}), expire_on_commit=False
+            self.engine.execution_options(**{_WRITE_LOCK: True}),
+            expire_on_commit=False,
+            info=info,
         )
 
     @contextmanager
@@ -95,6 +102,7 @@ class Database:
 
 
 _WRITE_LOCK = "parley_write_lock"
+AUDIT_KEYS = "parley_audit_keys"
 
 
 def _sqlite_begin(connection: Connection) -> None:

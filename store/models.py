@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -63,6 +64,8 @@ class User(Base):
     # Set for users an identity provider signs in (OIDC): the link is issuer and subject.
     oidc_issuer: Mapped[str | None] = mapped_column(String(500))
     oidc_subject: Mapped[str | None] = mapped_column(String(255))
+    # When the provider's groups and role were last read (sign-in, or a resync).
+    oidc_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     conversations: Mapped[list[Conversation]] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True
@@ -181,6 +184,7 @@ class UsageEntry(Base):
     __table_args__ = (
         Index("ix_usage_ledger_user_ended", "user_id", "ended_at"),
         Index("ix_usage_ledger_ended", "ended_at"),
+        UniqueConstraint("call_id", name="uq_usage_ledger_call_id"),
         {"sqlite_autoincrement": True},
     )
 
@@ -198,6 +202,8 @@ class UsageEntry(Base):
     cost_usd: Mapped[float] = mapped_column(Float)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The call's own id: a retried write or a drained outbox line adds no second row.
+    call_id: Mapped[str | None] = mapped_column(String(32))
 
     @property
     def tokens(self) -> int:
@@ -248,13 +254,16 @@ class LoginSession(Base):
 
 
 class LoginFailures(Base):
-    """Failed sign-ins by key (`account:NAME` or `client:ADDRESS`), for throttling."""
+    """Failed sign-ins by key (`account:NAME` or `client:ADDRESS`), for throttling;
+    `pending` counts an account's attempts whose password is being checked."""
 
     __tablename__ = "login_failures"
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
+    pending: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_failure_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -279,7 +288,8 @@ class Group(Base):
     __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # Local names (64 characters at most) or a provider's `LABEL#group`.
+    name: Mapped[str] = mapped_column(String(160), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -311,6 +321,8 @@ class Document(Base):
     chunks: Mapped[int] = mapped_column(Integer, default=0)
     tokens: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # False while an upload is being indexed: every read skips the document until then.
+    ready: Mapped[bool] = mapped_column(default=True, server_default=true())
 
 
 class DocumentGroup(Base):
@@ -373,6 +385,13 @@ class AuditRecord(Base):
     kind: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(200), default="")
     data: Mapped[str] = mapped_column(Text)  # canonical JSON
+    # Keyed records (0016 on): the key's id, and the salted hash through which actor,
+    # subject and data enter the chain (the salt goes when a user's erasure redacts it).
+    key_id: Mapped[str | None] = mapped_column(String(16))
+    salt: Mapped[str | None] = mapped_column(String(32))
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    # The hash of the redacted form an erasure may put in place of the personal part.
+    redacted_hash: Mapped[str | None] = mapped_column(String(64))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
 

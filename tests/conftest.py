@@ -19,7 +19,7 @@ from store.db import Database
 from store.migrate import upgrade
 from tests.chroma_server import chroma_url  # noqa: F401 - a fixture shared by the suite
 from tests.support import ROOT
-from wiring.services import Services, build_services
+from wiring.services import Services, build_services, open_database
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -78,7 +78,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def database(settings: Settings) -> Iterator[Database]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.resolved_database_url)
+    db = open_database(settings)
     upgrade(db)
     yield db
     db.dispose()

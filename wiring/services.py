@@ -14,6 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from sqlalchemy import select
+
 from auth.accounts import AccountService
 from auth.groups import GroupService
 from auth.oidc import ClaimMapping, OidcSignIn
@@ -28,6 +30,7 @@ from chat.history import HistoryCache
 from chat.lab import StrategyLab
 from chat.limited import LimitedProvider
 from chat.limits import ConcurrencyGate, DatabaseBucketStore, MemoryBucketStore, RateLimiter
+from chat.metering_outbox import MeteringOutbox
 from chat.providers import build_provider
 from chat.review import ReviewService
 from chat.service import ChatService
@@ -45,7 +48,9 @@ from retrieval.embeddings import MiniLMEmbedder
 from retrieval.recall import RecallIndex
 from retrieval.vector_store import VectorStore
 from store.db import Database
+from store.keys import AuditKeys
 from store.migrate import is_current
+from store.models import Document, DocumentSync, VectorErasure
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class Services:
     erasure: ErasureService
     upkeep: Upkeep
     background: BackgroundWork
+    metering_outbox: MeteringOutbox
 
     def close(self, timeout: float | None = 30.0) -> bool:
         """Let background work finish (at most `timeout`), then release the database."""
@@ -91,7 +97,7 @@ def build_services(
     `document_index` the documents' vectors (tests pass one with a light embedder)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(settings)
-    database = Database(settings.resolved_database_url)
+    database = open_database(settings)
     if not is_current(database):
         raise ConfigurationError(
             "The database is not at this version's schema (new, or older): "
@@ -109,13 +115,20 @@ def build_services(
     gate = ConcurrencyGate(settings.max_concurrent_calls, max_waiting=settings.max_queued_calls)
     usage = UsageService(database, settings)
     explicit_provider = provider is not None
+    outbox = MeteringOutbox(settings.data_dir / "metering-outbox")
     limited = LimitedProvider(
         provider or build_provider(settings, on_headers=limiter.observe_headers),
         gate=gate,
         limiter=limiter,
         meter=usage,
+        outbox=outbox,
         count_with_api=settings.anthropic_count_tokens,
     )
+
+    def drain_metering() -> None:
+        if outbox.waiting():
+            outbox.drain(usage)
+
     # The embedded 135M model is no use as a summarizer or titler; Claude (or a provider a
     # caller chose on purpose) is.
     capable = explicit_provider or settings.uses_anthropic
@@ -149,8 +162,15 @@ def build_services(
         work=work,
         settings=settings,
         model_titles=settings.model_titles and capable,
+        drain_metering=drain_metering,
     )
-    documents = DocumentService(database, document_index or build_document_index(settings))
+
+    def defer(task: Callable[[], None], name: str) -> bool:
+        return work.submit(task, name=name)
+
+    documents = DocumentService(
+        database, document_index or build_document_index(settings), defer=defer
+    )
     sessions = build_sessions(settings, database)
     throttle = LoginThrottle(
         database,
@@ -163,10 +183,19 @@ def build_services(
         history.forget(conversation_id)
         memory.forget(conversation_id)
 
-    conversations = ConversationService(database, on_delete=erase_derived)
-    # Vectors of conversations and documents erased while the vector store was down:
-    # try again now.
-    work.submit(lambda: _sweep(database, conversations, documents), name="sweep vector erasures")
+    conversations = ConversationService(
+        database, on_delete=erase_derived, forget_cached=history.forget, defer=defer
+    )
+    # Vectors of conversations and documents erased while the vector store was down, and
+    # documents' vectors still in the shared collection of earlier versions: moved now, on
+    # the pool (drained by `close`), and only if the database says there are any, so a
+    # command with nothing to move opens no vector store and says nothing.
+    if outbox.waiting():  # calls metered while the database refused, last time
+        work.submit(drain_metering, name="drain the metering outbox")
+    if _sweep_due(database):
+        work.submit(lambda: _sweep(database, conversations, documents), name="start-up sweep")
+    elif database.is_sqlite:  # no query tells whether an erasure left pages in the log
+        work.submit(lambda: _reclaim(database), name="start-up checkpoint")
     return Services(
         settings=settings,
         database=database,
@@ -181,6 +210,7 @@ def build_services(
                 groups_claim=settings.oidc_groups_claim,
                 admin_groups=frozenset(settings.oidc_admin_groups),
             ),
+            resync_after=timedelta(minutes=settings.oidc_resync_minutes),
         ),
         documents=documents,
         conversations=conversations,
@@ -204,14 +234,33 @@ def build_services(
         erasure=ErasureService(database, conversations, documents),
         upkeep=upkeep,
         background=work,
+        metering_outbox=outbox,
     )
+
+
+def _sweep_due(database: Database) -> bool:
+    """Whether the start-up sweep has anything to do: outbox rows of erasures and document
+    changes the vector store missed, or any document (its vectors may still be in the
+    shared collection of earlier versions)."""
+    probes = (
+        select(VectorErasure.conversation_id),
+        select(DocumentSync.document_id),
+        select(Document.id),
+    )
+    with database.session() as session:
+        return any(session.scalar(probe.limit(1)) is not None for probe in probes)
 
 
 def _sweep(
     database: Database, conversations: ConversationService, documents: DocumentService
 ) -> None:
     conversations.sweep_erasures()
+    documents.sweep_abandoned()  # uploads a process died in the middle of
     documents.sweep_index()
+    _reclaim(database)
+
+
+def _reclaim(database: Database) -> None:
     database.reclaim()  # an erasure's pages a reader kept in the log last time
 
 
@@ -232,7 +281,35 @@ def build_sessions(settings: Settings, database: Database) -> SessionService:
 
 def build_sessions_alone(settings: Settings) -> SessionService:
     """Sessions with their own database handle, for the cookie routes beside the app."""
-    return build_sessions(settings, Database(settings.resolved_database_url))
+    return build_sessions(settings, open_database(settings))
+
+
+def audit_keys(settings: Settings) -> AuditKeys:
+    """The audit key ring: `PARLEY_AUDIT_KEY`, else the file `PARLEY_AUDIT_KEY_FILE` (which
+    must exist), else `audit.key` in the data dir, made on first start; plus the keys
+    it replaced. Never read from, or written to, the database."""
+    if settings.audit_key is not None:
+        current = settings.audit_key.get_secret_value()
+    elif settings.audit_key_file is not None:
+        try:
+            current = settings.audit_key_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"The audit key file {settings.audit_key_file} cannot be read ({exc.strerror})."
+            ) from None
+    else:
+        current = secret_from_file(settings.data_dir / "audit.key")
+    try:
+        return AuditKeys.from_secrets(
+            current, [k.get_secret_value() for k in settings.audit_previous_keys]
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def open_database(settings: Settings) -> Database:
+    """The database of these settings, with the audit key ring its records are keyed with."""
+    return Database(settings.resolved_database_url, audit_keys=audit_keys(settings))
 
 
 def build_vector_store(settings: Settings) -> VectorStore:

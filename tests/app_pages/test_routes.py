@@ -14,6 +14,7 @@ from auth import COOKIE_NAME
 from cli.main import main as cli_main
 from parley.config import get_settings
 from parley.domain import Principal
+from parley.errors import StorageUnavailable
 from tests.support import ROOT
 from wiring.services import Services, build_services
 
@@ -93,10 +94,57 @@ def test_behind_https_the_cookie_is_secure(app_services: Services, client: TestC
     assert "Secure" in response.headers["set-cookie"]
 
 
-def test_logout_clears_the_cookie(client: TestClient) -> None:
-    response = client.get("/session/end", follow_redirects=False)
-    assert response.status_code == 303
+def test_logout_is_a_post_from_this_site_that_clears_the_cookie(client: TestClient) -> None:
+    response = client.post("/session/end", headers=SAME_ORIGIN, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/"
     assert (
         f'{COOKIE_NAME}=""' in response.headers["set-cookie"]
         or "Max-Age=0" in response.headers["set-cookie"]
     )
+    oidc = client.post("/session/end?then=oidc", headers=SAME_ORIGIN, follow_redirects=False)
+    assert oidc.headers["location"] == "/auth/logout"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Sec-Fetch-Site": "cross-site"}, {"Referer": "https://evil.example/page"}, {}],
+)
+def test_a_logout_from_elsewhere_ends_nothing(client: TestClient, headers: dict[str, str]) -> None:
+    response = client.post("/session/end", headers=headers, follow_redirects=False)
+    assert response.status_code == 403 and "set-cookie" not in response.headers
+    assert "must start from Parley's own page" in response.text
+    # A GET (a link, an image) clears nothing either: it shows a form to post.
+    shown = client.get("/session/end", headers=headers, follow_redirects=False)
+    assert shown.status_code == 200 and "set-cookie" not in shown.headers
+    assert 'method="post"' in shown.text and "/session/end.js" not in shown.text
+
+
+def test_the_app_sends_the_browser_to_a_form_that_posts_itself(client: TestClient) -> None:
+    shown = client.get("/session/end?then=oidc", headers=SAME_ORIGIN)
+    assert 'action="/session/end?then=oidc"' in shown.text
+    assert '<script src="/session/end.js"></script>' in shown.text
+    script = client.get("/session/end.js")
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "submit()" in script.text
+
+
+def test_a_route_never_answers_a_bare_500(
+    app_services: Services, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, ticket = ticket_for(app_services)
+
+    def locked(_ticket: str) -> str:
+        raise StorageUnavailable("database is locked")
+
+    monkeypatch.setattr(routes._sessions(), "exchange", locked)
+    response = client.get(f"/session/start?ticket={ticket}", headers=SAME_ORIGIN)
+    assert response.status_code == 503
+    assert StorageUnavailable().user_message in response.text
+    assert "Traceback" not in response.text and "set-cookie" not in response.headers
+
+    def broken(_ticket: str) -> str:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(routes._sessions(), "exchange", broken)
+    response = client.get(f"/session/start?ticket={ticket}", headers=SAME_ORIGIN)
+    assert response.status_code == 503 and "went wrong on Parley&#x27;s side" in response.text

@@ -3,6 +3,7 @@ and server-side sessions behind a signed cookie."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -47,7 +48,8 @@ def test_failures_grow_the_wait_then_lock_the_account(services: Services, alice:
         sign_in(services, "alice", "alice-password", later, client="5.6.7.8")
     unlock = at + timedelta(minutes=settings.login_lockout_minutes)
     assert locked.value.user_message == (
-        f"Too many failed sign-ins. Please try again at {unlock:%H:%M} UTC."
+        f"Too many failed sign-ins. Please try again at {unlock:%H:%M} UTC, "
+        "or ask an administrator to unlock the account."
     )
     after = unlock + timedelta(seconds=1)
     assert sign_in(services, "alice", "alice-password", after, client="5.6.7.8") == alice
@@ -58,15 +60,109 @@ def test_failures_grow_the_wait_then_lock_the_account(services: Services, alice:
     assert sign_in(services, "alice", "alice-password", at) == alice
 
 
+@pytest.fixture
+def waits(services: Services, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits sign-in imposed on a slowed address, recorded instead of slept."""
+    recorded: list[float] = []
+    monkeypatch.setattr(services.accounts, "_sleep", recorded.append)
+    return recorded
+
+
 @pytest.mark.usefixtures("alice")
-def test_one_client_guessing_many_accounts_is_throttled(services: Services, bob: Principal) -> None:
+def test_one_client_guessing_is_slowed_but_never_refuses_a_right_password(
+    services: Services, bob: Principal, waits: list[float]
+) -> None:
     with pytest.raises(AuthError, match="Wrong"):
         sign_in(services, "alice", "guess-one", T0, client="6.6.6.6")
-    with pytest.raises(AuthError) as caught:  # another account, the same client: must wait
-        sign_in(services, "bob", "bob-password", T0 + timedelta(milliseconds=100), client="6.6.6.6")
-    assert caught.value.user_message.startswith("Please wait")
+    assert waits == []  # the first failure costs nothing yet
+    # Another account from the same address: slowed by the delay, then let in.
+    at = T0 + timedelta(milliseconds=100)
+    assert sign_in(services, "bob", "bob-password", at, client="6.6.6.6") == bob
+    assert waits == [pytest.approx(services.settings.login_delay_s - 0.1)]
     # Bob from his own machine is not held up by the guesser.
     assert sign_in(services, "bob", "bob-password", T0, client="7.7.7.7") == bob
+    assert len(waits) == 1
+
+
+@pytest.mark.usefixtures("alice")
+def test_an_address_full_of_failures_never_locks_out_another_account(
+    services: Services, waits: list[float]
+) -> None:
+    """Ten wrong passwords for one account from one address; the admin's right password
+    from the same address still gets in (slowed, not refused), and only the attacked
+    account is locked."""
+    admin = services.accounts.create_user(
+        ROOT, name="admin", password="admin-password", role=Role.ADMIN
+    )
+    at = T0
+    for _ in range(10):
+        at += timedelta(minutes=1)  # past the account's own delay each time
+        with pytest.raises(AuthError):
+            sign_in(services, "alice", "wrong-password", at, client="10.0.0.1")
+    at += timedelta(seconds=1)
+    assert sign_in(services, "admin", "admin-password", at, client="10.0.0.1") == admin
+    assert waits[-1] == 8.0  # slowed, by at most the cap
+    with pytest.raises(AuthError) as locked:
+        sign_in(services, "alice", "alice-password", at, client="10.0.0.2")
+    assert locked.value.user_message.startswith("Too many failed sign-ins")
+    assert set(services.accounts.locked_until(ROOT, now=at)) == {"alice"}
+
+
+@pytest.mark.usefixtures("waits")
+def test_unlock_clears_the_lock_and_is_on_record(services: Services, alice: Principal) -> None:
+    at = T0
+    for _ in range(services.settings.login_max_failures):
+        with pytest.raises(AuthError):
+            sign_in(services, "alice", "wrong-password", at)
+        at += timedelta(minutes=1)
+    with pytest.raises(AuthError) as locked:
+        sign_in(services, "alice", "alice-password", at)
+    assert locked.value.user_message.startswith("Too many failed sign-ins")
+    with pytest.raises(PermissionDenied):
+        services.accounts.unlock(alice, "alice")
+    assert set(services.accounts.locked_until(ROOT, now=at)) == {"alice"}
+    assert services.accounts.unlock(ROOT, "alice") is True
+    assert services.accounts.locked_until(ROOT, now=at) == {}
+    assert sign_in(services, "alice", "alice-password", at) == alice
+    assert services.accounts.unlock(ROOT, "alice") is False  # nothing left to clear
+    records = services.audit.history(ROOT, kinds=["account_unlocked"]).records
+    assert [(r["about_id"], r["data"]["had_failures"]) for r in records] == [
+        (alice.user_id, False),  # newest first
+        (alice.user_id, True),
+    ]
+
+
+@pytest.mark.usefixtures("waits")
+def test_twelve_people_sign_in_at_once_from_one_address(services: Services) -> None:
+    """Everyone behind one proxy, at the same moment, some after a typo: all get in."""
+    people = [
+        services.accounts.create_user(ROOT, name=f"user{n}", password=f"password-{n}")
+        for n in range(12)
+    ]
+    barrier = threading.Barrier(len(people))
+    signed_in: list[Principal] = []
+    refused: list[str] = []
+
+    def arrive(n: int) -> None:
+        barrier.wait()
+        try:
+            if n % 4 == 0:  # a typo first
+                with contextlib.suppress(AuthError):
+                    typed = datetime.now(UTC) - timedelta(seconds=5)  # then typed it again
+                    sign_in(services, f"user{n}", "typo-password", typed, "10.9.9.9")
+            signed_in.append(
+                sign_in(services, f"user{n}", f"password-{n}", datetime.now(UTC), "10.9.9.9")
+            )
+        except Exception as exc:
+            refused.append(f"user{n}: {exc!r}")
+
+    threads = [threading.Thread(target=arrive, args=(n,)) for n in range(len(people))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert refused == []
+    assert sorted(p.user_id for p in signed_in) == sorted(p.user_id for p in people)
 
 
 @pytest.mark.usefixtures("alice")

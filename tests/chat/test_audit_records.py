@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 
 from chat.providers.scripted import ScriptedProvider
 from parley.domain import Principal
@@ -18,8 +18,8 @@ from parley.errors import AuthError
 from retrieval.document_index import DocumentIndex
 from retrieval.embeddings import HashingEmbedder
 from retrieval.vector_store import VectorStore
-from store.audit import AuditLog, text_hash
-from store.models import Message
+from store.audit import AuditLog, redact_user_in, text_hash
+from store.models import Message, UsageEntry
 from tests.support import ROOT
 from wiring.services import Services, build_services
 
@@ -117,7 +117,11 @@ def test_sign_ins_refusals_and_sessions_are_recorded(services: Services, alice: 
         ("alice", alice.user_id),
         ("?", None),  # no such account: the typed name only by its hash
     ]
-    assert failed[1]["data"]["typed_sha256"] == text_hash("nobody")
+    # Only by a keyed hash: a password typed into the name box cannot be guessed from it.
+    keys = services.database.audit_keys
+    assert keys is not None
+    assert failed[1]["data"]["typed_hmac"] == keys.keyed_hash("typed name", "nobody")
+    assert text_hash("nobody") not in json.dumps(failed)
     assert "not-her-password" not in json.dumps(records(services))
     session_id, _ = services.sessions.start(alice)
     services.sessions.end(session_id)
@@ -171,3 +175,50 @@ def test_admin_and_document_actions_are_recorded(
     ]
     assert "launch" not in json.dumps(records(docs))
     assert AuditLog(docs.database).verify().broken is None
+
+
+def test_an_erased_users_names_leave_the_trail_and_the_ledger_and_it_still_verifies(
+    services: Services, scripted: ScriptedProvider
+) -> None:
+    """An OIDC user with an e-mail name, an issuer and groups chats, fails a sign-in and
+    is erased: none of those strings stays in any record or ledger row, the records
+    keep their place (by id), and the chain verifies."""
+    issuer = "https://idp.erase-me.example"
+    user = services.oidc.sign_in(
+        {"iss": issuer, "sub": "s-9", "email": "zoe.secret@example.com", "groups": ["zoeteam"]}
+    )
+    with pytest.raises(AuthError):
+        services.accounts.authenticate(
+            name=user.name, password="not-her-password", client="10.1.2.3"
+        )
+    scripted.enqueue("Noted.")
+    list(services.chat.send(user, None, "Hello there"))
+    before = json.dumps(records(services))
+    assert "zoe.secret@example.com" in before and "idp.erase-me.example" in before
+    services.erasure.erase_user(ROOT, user.name)
+    after = records(services)
+    # Every record by or about them (a group's own records are the organisation's:
+    # `group_created` keeps the group's name, which others share).
+    mine = [r for r in after if user.user_id in (r["actor_id"], r["about_id"])]
+    dumped = json.dumps(mine)
+    for secret in ("zoe.secret@example.com", "idp.erase-me.example", "zoeteam", "10.1.2.3"):
+        assert secret not in dumped, [r for r in mine if secret in json.dumps(r)]
+    assert "zoe.secret@example.com" not in json.dumps(after)
+    assert {r["kind"] for r in mine} >= {"user_created", "sign_in", "ai_call", "user_erased"}
+    # By id, or Parley's own words; the refused sign-in named her: "[erased]". Only the
+    # erasure record itself, written after, names the operator who erased her.
+    assert {r["actor"] for r in mine} == {f"user #{user.user_id}", "oidc", "[erased]", ROOT.name}
+    with services.database.session() as session:
+        names = session.scalars(select(UsageEntry.user_name)).all()
+    assert names and set(names) == {f"user #{user.user_id}"}
+    assert AuditLog(services.database).verify().broken is None
+
+
+def test_a_redaction_with_no_erasure_on_record_breaks_verification(
+    services: Services, alice: Principal
+) -> None:
+    services.accounts.set_password(ROOT, "alice", "a-new-password")
+    with services.database.session() as session:  # an insider "redacts" to hide an action
+        redact_user_in(session, alice.user_id)
+    broken = AuditLog(services.database).verify().broken
+    assert broken is not None and "no later erasure of its user" in broken.reason

@@ -3,15 +3,19 @@ may not see (a property test over random users, groups, shares and revocations).
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from chat.documents import DocumentService
 from parley.config import Settings
 from parley.domain import Principal
 from parley.errors import InvalidInput, NotFound, StorageUnavailable
@@ -115,6 +119,81 @@ def test_a_failure_while_indexing_leaves_nothing(
         assert session.scalars(select(Document)).all() == []
         assert session.scalars(select(DocumentChunk)).all() == []
     assert rows(store) == set()
+
+
+def test_an_upload_holds_no_lock_while_it_is_indexed_and_is_unseen_until_ready(
+    services: Services, store: VectorStore, alice: Principal, bob: Principal
+) -> None:
+    """While the vector store indexes an upload, other people sign in and write (the
+    database's write lock is free), and no read shows the half-made document."""
+    indexing, release = threading.Event(), threading.Event()
+
+    class Slow(DocumentIndex):
+        def add(self, document_id: int, vectors: np.ndarray, access: Access) -> None:
+            indexing.set()
+            assert release.wait(30)
+            super().add(document_id, vectors, access)
+
+    slow = build_services(
+        services.settings,
+        background=services.background,
+        document_index=Slow(embedder=HashingEmbedder(), store=store),
+    )
+    added: list[int] = []
+    upload = threading.Thread(
+        target=lambda: added.append(
+            slow.documents.add(alice, "lake.md", b"# Lake\nThe lake froze in January.\n").id
+        )
+    )
+    upload.start()
+    try:
+        assert indexing.wait(30)
+        started = time.monotonic()
+        # A write-locked transaction of someone else's: a sign-in and its audit record.
+        assert slow.accounts.authenticate(name="bob", password="bob-password") == bob
+        assert time.monotonic() - started < 2.0
+        assert slow.documents.list_for(alice) == [] and slow.documents.list_for(ROOT) == []
+        assert not slow.documents.has_any(alice)
+    finally:
+        release.set()
+        upload.join(30)
+    assert [d.id for d in slow.documents.list_for(alice)] == added
+    assert [h.name for h in slow.documents.search(alice, "lake froze")] == ["lake.md"]
+
+
+def test_a_deleted_documents_vectors_are_purged_off_the_request(
+    docs: Services, store: VectorStore, alice: Principal
+) -> None:
+    """A delete answers once the rows are gone; dropping and purging the vectors (a
+    rebuild of the scope) runs on the background pool, and the database keeps the
+    document out of every search meanwhile."""
+    later: list[Callable[[], None]] = []
+
+    def defer(task: Callable[[], None], _name: str) -> bool:
+        later.append(task)
+        return True
+
+    deferred = DocumentService(docs.database, docs.documents._index, defer=defer)
+    info = deferred.add(alice, "lake.md", b"# Lake\nThe lake froze in January.\n")
+    deferred.delete(alice, info.id)
+    assert rows(store) and len(later) == 1  # not yet: the request did not wait for it
+    assert deferred.search(alice, "lake froze") == []
+    later.pop()()
+    assert rows(store) == set()
+
+
+def test_an_upload_abandoned_by_a_dead_process_is_swept(
+    docs: Services, store: VectorStore, alice: Principal
+) -> None:
+    info = docs.documents.add(alice, "lake.md", b"# Lake\nThe lake froze in January.\n")
+    with docs.database.session() as session:  # as if its process died before "ready"
+        session.execute(update(Document).values(ready=False))
+    assert docs.documents.search(alice, "lake froze") == []
+    assert docs.documents.sweep_abandoned(older_than=timedelta(0)) == 1
+    with docs.database.session() as session:
+        assert session.scalars(select(Document)).all() == []
+        assert session.scalars(select(DocumentChunk)).all() == []
+    assert rows(store) == set() and info.id
 
 
 def test_rows_live_in_the_scopes_that_may_see_them_and_move_when_sharing_changes(

@@ -7,16 +7,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from chat.limited import LimitedProvider
+from chat.limited import METER_RETRY_WAITS_S, LimitedProvider
 from chat.limits import ConcurrencyGate, RateLimiter
+from chat.metering_outbox import MeteringOutbox
 from chat.providers.scripted import ScriptedProvider
 from parley.background import BackgroundWork
 from parley.domain import CallOutcome, Principal, Purpose
-from parley.errors import ProviderUnavailable, StreamInterrupted
+from parley.errors import ProviderUnavailable, StorageUnavailable, StreamInterrupted
 from parley.llm import (
     CallMeta,
     CallRecord,
@@ -30,7 +33,7 @@ from parley.llm import (
 )
 from parley.tokens import count_tokens
 from store.models import UsageEntry
-from tests.support import FakeClock
+from tests.support import ROOT, FakeClock
 from wiring.services import Services, build_services
 
 
@@ -61,6 +64,21 @@ class FakeMeter:
 class BrokenMeter:
     def record(self, call: CallRecord) -> None:
         raise RuntimeError(f"meter down ({call.meta.purpose}, {call.model}, {call.outcome})")
+
+
+@dataclass
+class FlakyMeter:
+    """Refuses the first `failures` writes (a locked database), then records."""
+
+    failures: int
+    calls: list[CallRecord] = field(default_factory=list)
+    tries: int = 0
+
+    def record(self, call: CallRecord) -> None:
+        self.tries += 1
+        if self.tries <= self.failures:
+            raise StorageUnavailable("database is locked")
+        self.calls.append(call)
 
 
 class KeptStreams:
@@ -132,15 +150,19 @@ def limited_provider(
     *,
     gate: ConcurrencyGate | None = None,
     rate: RateLimiter | None = None,
-    meter: FakeMeter | BrokenMeter | None = None,
+    meter: FakeMeter | BrokenMeter | FlakyMeter | None = None,
     count_with_api: bool = False,
+    outbox: MeteringOutbox | None = None,
+    waits: list[float] | None = None,
 ) -> LimitedProvider:
     return LimitedProvider(
         inner,
         gate=gate or ConcurrencyGate(1),
         limiter=rate or limiter(),
         meter=meter,
+        outbox=outbox,
         count_with_api=count_with_api,
+        sleep=(waits if waits is not None else []).append,
     )
 
 
@@ -180,18 +202,136 @@ def test_each_stream_is_metered_once_by_purpose_user_and_conversation() -> None:
     assert [call.usage.output_tokens for call in meter.calls] == [2, 1]
 
 
-def test_a_failing_meter_costs_the_reader_nothing(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_meter_that_refuses_for_a_moment_is_retried_with_backoff() -> None:
+    scripted, meter, waits = ScriptedProvider(), FlakyMeter(failures=2), []
+    provider = limited_provider(scripted, meter=meter, waits=waits)
+    scripted.enqueue("answered")
+    events = list(provider.stream(request(CallMeta(Purpose.CHAT, 1, 2))))
+    assert text_of(events) == "answered"
+    assert len(meter.calls) == 1 and meter.tries == 3
+    assert waits == list(METER_RETRY_WAITS_S[:2])  # growing waits between attempts
+
+
+def test_a_meter_that_stays_down_costs_the_reader_nothing_and_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     scripted, gate = ScriptedProvider(), ConcurrencyGate(1)
-    provider = limited_provider(scripted, gate=gate, meter=BrokenMeter())
+    outbox = MeteringOutbox(tmp_path / "outbox")
+    provider = limited_provider(scripted, gate=gate, meter=BrokenMeter(), outbox=outbox)
     scripted.enqueue("still ", "answered")
-    with caplog.at_level(logging.ERROR, logger="chat.limited"):
+    scripted.enqueue("again")
+    with caplog.at_level(logging.WARNING, logger="chat.limited"):
         events = list(provider.stream(request(CallMeta(Purpose.CHAT, 1, 2))))
+        list(provider.stream(request(CallMeta(Purpose.TITLE, 1, 2))))
     assert text_of(events) == "still answered"
     assert isinstance(events[-1], StreamEnd)  # the end still reaches the reader
-    failures = [r for r in caplog.records if r.name == "chat.limited"]
-    assert [r.getMessage() for r in failures] == ["Metering a chat call failed"]
-    assert failures[0].exc_info is not None
     assert gate.busy == 0
+    assert outbox.waiting() == 2
+    assert any("kept in the outbox" in r.getMessage() for r in caplog.records)
+    # The database is back: a drain records both, in order, once.
+    meter = FakeMeter()
+    assert outbox.drain(meter) == 2
+    assert [c.meta.purpose for c in meter.calls] == [Purpose.CHAT, Purpose.TITLE]
+    assert meter.calls[0].usage == events[-1].usage  # type: ignore[union-attr]
+    assert outbox.waiting() == 0 and outbox.drain(meter) == 0
+
+
+def test_a_drain_that_fails_midway_keeps_the_rest(tmp_path: Path) -> None:
+    outbox = MeteringOutbox(tmp_path / "outbox")
+    calls = [
+        CallRecord(CallMeta(Purpose.CHAT, 1, n), "m", Usage(n, n), CallOutcome.COMPLETE,
+                   datetime.now(UTC), datetime.now(UTC))
+        for n in range(3)
+    ]  # fmt: skip
+    for call in calls:
+        outbox.put(call)
+    flaky = FlakyMeter(failures=0)
+    flaky.record(calls[0])  # the first was recorded before a crash: drained again
+    half = FlakyMeter(failures=0)
+    original = half.record
+
+    def refuse_the_second(call: CallRecord) -> None:
+        if call.meta.conversation_id == 1:
+            raise StorageUnavailable("database is locked")
+        original(call)
+
+    half.record = refuse_the_second  # type: ignore[method-assign]
+    assert outbox.drain(half) == 1 and outbox.waiting() == 2
+    assert outbox.drain(FakeMeter()) == 2 and outbox.waiting() == 0
+
+
+def test_calls_kept_while_others_drain_are_never_lost(tmp_path: Path) -> None:
+    """Writers keep calls while drains run at the same time: every call is recorded
+    exactly once (each call is a file of its own, claimed by rename)."""
+    outbox, meter = MeteringOutbox(tmp_path / "outbox"), FakeMeter()
+    kept = [
+        CallRecord(CallMeta(Purpose.CHAT, 1, n), "m", Usage(n, 1), CallOutcome.COMPLETE,
+                   datetime.now(UTC), datetime.now(UTC))
+        for n in range(300)
+    ]  # fmt: skip
+    done = threading.Event()
+
+    def write(part: list[CallRecord]) -> None:
+        for call in part:
+            outbox.put(call)
+
+    def drain() -> None:
+        while not done.is_set():
+            outbox.drain(meter)
+
+    writers = [threading.Thread(target=write, args=(kept[n::3],)) for n in range(3)]
+    drainers = [threading.Thread(target=drain) for _ in range(2)]
+    for thread in writers + drainers:
+        thread.start()
+    for thread in writers:
+        thread.join(60)
+    done.set()
+    for thread in drainers:
+        thread.join(60)
+    outbox.drain(meter)
+    assert sorted(c.call_id for c in meter.calls) == sorted(c.call_id for c in kept)
+    assert outbox.waiting() == 0
+
+
+def test_the_ledger_takes_a_call_once_whatever_the_retries(services: Services) -> None:
+    call = CallRecord(CallMeta(Purpose.CHAT, None, None), "scripted", Usage(3, 4),
+                      CallOutcome.COMPLETE, datetime.now(UTC), datetime.now(UTC))  # fmt: skip
+    services.usage.record(call)
+    services.usage.record(call)  # a retry whose first write had in fact committed
+    with services.database.session() as session:
+        rows = session.scalars(select(UsageEntry).where(UsageEntry.call_id == call.call_id))
+        assert len(rows.all()) == 1
+
+
+def test_a_turn_metered_while_the_database_refuses_reaches_the_ledger_later(
+    services: Services,
+    alice: Principal,
+    scripted: ScriptedProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ledger write fails at the end of the turn (the database locked for longer than
+    the retries): the answer is kept, the call waits in the outbox, and the next turn's
+    upkeep drains it, with its `ai_call` record and its quota charge."""
+    real_record = services.usage.record
+    monkeypatch.setattr(services.provider, "_retry_waits_s", (0.0,))
+
+    def locked(_call: CallRecord) -> None:
+        raise StorageUnavailable("database is locked")
+
+    monkeypatch.setattr(services.usage, "record", locked)
+    scripted.enqueue("First answer.")
+    first = services.chat.send(alice, None, "First question")
+    assert "".join(first) == "First answer."
+    assert model_calls(services) == [] and services.metering_outbox.waiting() == 1
+    monkeypatch.setattr(services.usage, "record", real_record)
+    scripted.enqueue("Second answer.")
+    "".join(services.chat.send(alice, first.conversation_id, "Second question"))
+    services.background.drain()
+    assert [c[0] for c in model_calls(services)] == [Purpose.CHAT, Purpose.CHAT]
+    assert services.metering_outbox.waiting() == 0
+    calls = services.audit.history(ROOT, kinds=["ai_call"]).records
+    assert len(calls) == 2
+    assert services.usage.today(alice).messages == 2
 
 
 # ---------------------------------------------------------------- buckets and the gate
@@ -272,19 +412,52 @@ def test_count_tokens_is_the_local_estimate_by_default() -> None:
     assert inner.counted == []  # the API was never asked
 
 
-def test_count_tokens_asks_the_api_when_configured() -> None:
-    inner = ApiCounter(12345)
-    plain = request()
-    assert limited_provider(inner, count_with_api=True).count_tokens(plain) == 12345
+def test_count_tokens_asks_the_api_when_configured_and_meters_it() -> None:
+    inner, meter = ApiCounter(12345), FakeMeter()
+    plain = request(CallMeta(Purpose.CHAT, user_id=5, conversation_id=9))
+    provider = limited_provider(inner, count_with_api=True, meter=meter)
+    assert provider.count_tokens(plain) == 12345
     assert inner.counted == [plain]
+    counted = CallMeta(Purpose.COUNT_TOKENS, user_id=5, conversation_id=9)
+    assert meter.seen() == [(counted, inner.model, Usage(), CallOutcome.COMPLETE)]
+
+
+def test_count_tokens_waits_for_a_slot_and_a_request_like_any_call() -> None:
+    clock = FakeClock()
+    gate, rate = ConcurrencyGate(1), limiter(clock, rpm=1)
+    inner = ApiCounter(42)
+    provider = limited_provider(inner, gate=gate, rate=rate, count_with_api=True)
+    counted: list[int] = []
+    with gate.slot():  # another call holds the only slot
+        worker = threading.Thread(target=lambda: counted.append(provider.count_tokens(request())))
+        worker.start()
+        wait_until(lambda: gate.waiting == 1, "the count waits in line")
+        assert counted == []
+    worker.join(5)
+    assert counted == [42] and clock.slept == []
+    provider.count_tokens(request())  # the bucket's one request a minute is spent: waits
+    assert clock.slept and sum(clock.slept) == pytest.approx(60, abs=1)
+
+
+def test_a_count_that_finds_the_line_full_falls_back_to_the_estimate() -> None:
+    """The count is no reason to refuse the turn: with every slot taken and no room to
+    wait, the local estimate stands in (the turn itself then queues as usual)."""
+    gate, inner = ConcurrencyGate(1, max_waiting=0), ApiCounter(42)
+    provider = limited_provider(inner, gate=gate, count_with_api=True)
+    plain = request()
+    with gate.slot():
+        assert provider.count_tokens(plain) == estimate_tokens(plain)
+    assert inner.counted == []
 
 
 def test_a_failed_api_count_falls_back_to_the_estimate(caplog: pytest.LogCaptureFixture) -> None:
     inner = ApiCounter(ProviderUnavailable("count endpoint down"))
     plain = request()
+    meter = FakeMeter()
     with caplog.at_level(logging.INFO, logger="chat.limited"):
-        counted = limited_provider(inner, count_with_api=True).count_tokens(plain)
+        counted = limited_provider(inner, count_with_api=True, meter=meter).count_tokens(plain)
     assert counted == estimate_tokens(plain)
+    assert [c.outcome for c in meter.calls] == [CallOutcome.FAILED]  # on record too
     assert inner.counted == [plain]
     assert any("count_tokens failed" in r.getMessage() for r in caplog.records)
 

@@ -76,13 +76,19 @@ def test_filters_find_a_users_conversation_from_yesterday(
     with pytest.raises(InvalidInput):
         review.find(admin, ReviewFilter(since=date.today(), until=day))
     searched = services.audit.history(admin, kinds=["conversations_searched"]).records
-    (alice_saw,) = [a for a in services.review.accesses(alice) if a.conversation_id is None]
-    assert alice_saw.admin == "root" and "searched" in alice_saw.reason
-    assert [a for a in services.review.accesses(bob) if a.conversation_id is None]
-    assert {r["data"]["text_sha256"] for r in searched} == {
-        text_hash(t) for t in ("harbour", "HARBOUR", "100%")
+    # Every search that read someone's conversations is theirs to see, matched or not:
+    # alice's were read by "harbour" (a match) and "100%" (none); bob's by all three.
+    alice_saw = [a for a in services.review.accesses(alice) if a.kind == "conversations_searched"]
+    assert [(a.admin, a.matched) for a in alice_saw] == [("root", False), ("root", True)]
+    bob_saw = [a for a in services.review.accesses(bob) if a.kind == "conversations_searched"]
+    assert [a.matched for a in bob_saw] == [False, True, True]
+    keys = services.database.audit_keys
+    assert keys is not None
+    assert {r["data"]["text_hmac"] for r in searched} == {
+        keys.keyed_hash("admin search", t) for t in ("harbour", "HARBOUR", "100%")
     }
     assert "harbour" not in json.dumps(searched)
+    assert text_hash("harbour") not in json.dumps(searched)  # keyed: no guessing without it
 
 
 def test_pages_split_the_rows_and_count_them_all(

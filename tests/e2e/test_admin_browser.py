@@ -7,6 +7,7 @@ to refresh the README's screenshot."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -101,6 +102,8 @@ def test_an_admin_signed_in_through_oidc_reviews_yesterdays_conversation(tmp_pat
             ANTHROPIC_API_KEY="sk-ant-e2e",
             ANTHROPIC_BASE_URL=fake.base_url,
             PARLEY_MODEL_TITLES="false",
+            # The admin group of this provider, and of no other (groups are per issuer).
+            PARLEY_OIDC_ADMIN_GROUPS=json.dumps([f"{provider.url}#parley-admins"]),
             STREAMLIT_SECRETS_FILES=str(secrets_file(tmp_path, provider)),
         )
         with _serve(tmp_path, env) as running, sync_playwright() as p:
@@ -143,7 +146,8 @@ def test_an_admin_signed_in_through_oidc_reviews_yesterdays_conversation(tmp_pat
                     admin.screenshot(path=str(ROOT / SCREENSHOT), full_page=True)
 
                 alice.get_by_test_id("stSidebar").get_by_role("link", name="Who looked").click()
-                expect(alice.get_by_text("root@example.com opened conversation")).to_be_visible()
+                opened = alice.get_by_text("root@example.com opened your conversation")
+                expect(opened).to_be_visible()
                 expect(alice.get_by_text(REASON, exact=False)).to_be_visible()
 
                 # Revoked sessions stay revoked: the provider's sign-in still in Streamlit's

@@ -15,6 +15,7 @@ from retrieval.embeddings import Embedder, HashingEmbedder
 from retrieval.recall import ConversationRecall, IndexedTurn, RecallIndex, embedding_text
 from retrieval.scoring import ScoringWeights, fuse_scores, minmax
 from retrieval.vector_store import VectorStore
+from tests.retrieval.test_vector_store import files_holding, files_holding_vectors
 
 # ---------------------------------------------------------------- helpers
 
@@ -341,8 +342,13 @@ def test_forget_drops_memory_and_collection(tmp_path: Path) -> None:
     turns = make_turns()
     index.observe(5, turns)
     assert set(store.get("conversation-5")) == {str(t.id) for t in turns}
+    vectors = HashingEmbedder().embed([embedding_text(t) for t in turns])
+    assert files_holding_vectors(tmp_path / "c", vectors)
+    assert files_holding(tmp_path / "c", b"Caroline")  # a speaker's name, in the metadata
     index.forget(5)
     assert store.get("conversation-5") == {}
+    assert files_holding_vectors(tmp_path / "c", vectors) == []  # the files are purged too
+    assert files_holding(tmp_path / "c", b"Caroline") == []
     index.sync(5, turns)
     assert len(embedder.texts) == 12  # embedded again: nothing was left
     index.observe(5, [*turns, IndexedTurn(99, "a late turn", None, "Session 9")])
@@ -441,3 +447,5 @@ def test_vectors_written_while_the_conversation_was_erased_are_dropped(tmp_path:
     )
     index.observe(6, make_turns(2))
     assert store.get("conversation-6") == {}
+    vectors = HashingEmbedder().embed([embedding_text(t) for t in make_turns(2)])
+    assert files_holding_vectors(tmp_path / "c", vectors) == []

@@ -10,12 +10,22 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 
 from parley.config import Settings
-from store.audit import AuditLog
+from parley.errors import InvalidInput
+from store.audit import AuditLog, Checkpoint, parse_checkpoints
+from store.audit_chain import (
+    GENESIS,
+    content_hash,
+    hashed_fields,
+    keyed_hash,
+    record_hash,
+    redacted_content,
+)
 from store.db import Database
-from store.models import AuditRecord
+from store.keys import AuditKeys, key_id
+from store.models import AuditHead, AuditRecord
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 
@@ -40,30 +50,177 @@ def test_an_edited_record_is_found(log: AuditLog, database: Database) -> None:
     assert broken is not None and broken.record_id == 3 and "changed" in broken.reason
 
 
-def test_a_record_rehashed_after_editing_breaks_the_next_link(
+def rechain(database: Database, key: bytes | None) -> None:
+    """What a forger who can write the database does after changing it: recompute every
+    record's hash from the first, with `key` if they hold it — else the best they can:
+    turn every record into an unkeyed one, hashed with plain SHA-256 as before keys
+    existed — and move the head to the new last record."""
+    previous = GENESIS
+    with database.session() as session:
+        rows = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
+        for row in rows:
+            row.prev_hash = previous
+            if key is None:
+                row.key_id = row.salt = row.content_hash = row.redacted_hash = None
+            elif row.salt is not None:
+                row.content_hash = content_hash(row.salt, row.actor, row.subject, row.data)
+            fields = hashed_fields(row)
+            row.hash = keyed_hash(key, previous, fields) if key else record_hash(previous, fields)
+            previous = row.hash
+        session.execute(
+            update(AuditHead).values(last_id=rows[-1].id if rows else 0, last_hash=previous)
+        )
+
+
+def test_a_record_rehashed_without_the_key_is_found(log: AuditLog, database: Database) -> None:
+    with database.session() as session:  # a careful forger recomputes every hash after it
+        session.execute(update(AuditRecord).where(AuditRecord.id == 2).values(actor="someone-else"))
+    rechain(database, key=b"a guess at the audit key, wrong")
+    broken = log.verify().broken
+    assert broken is not None and broken.record_id == 1 and "changed" in broken.reason
+    rechain(database, key=None)  # the whole trail downgraded to the unkeyed kind
+    broken = log.verify().broken
+    assert broken is not None and broken.record_id == 1 and "unkeyed" in broken.reason
+
+
+def test_records_from_before_keys_are_keyed_once_if_their_chain_holds(
     log: AuditLog, database: Database
 ) -> None:
-    from store.audit import record_hash
+    rechain(database, key=None)  # as an older version wrote them
+    assert log.seal_legacy() == 5 and log.seal_legacy() == 0
+    result = log.verify()
+    assert (result.records, result.broken) == (5, None)
+    rechain(database, key=None)
+    with database.session() as session:  # a legacy record edited before the upgrade
+        session.execute(update(AuditRecord).where(AuditRecord.id == 3).values(data='{"n":33}'))
+    with pytest.raises(ValueError, match="broken at record 3"):
+        log.seal_legacy()
+    broken = log.verify().broken
+    assert broken is not None and "unkeyed" in broken.reason  # left as it was
 
-    with database.session() as session:  # a careful forger recomputes the record's hash
+
+def test_redaction_puts_only_the_form_decided_when_it_was_written(
+    log: AuditLog, database: Database
+) -> None:
+    """An insider "redacting" a record to rewrite it: any content but the redacted form
+    breaks the record; the redacted form itself needs an erasure on record."""
+    with database.session() as session:
         row = session.get(AuditRecord, 2)
         assert row is not None
-        row.actor = "someone-else"
-        session.flush()
-        row.hash = record_hash(
-            row.prev_hash,
-            {
-                "id": row.id,
-                "at": row.at,
-                "actor_id": row.actor_id,
-                "actor": row.actor,
-                "kind": row.kind,
-                "subject": row.subject,
-                "data": row.data,
-            },
+        row.actor, row.subject, row.data = redacted_content(
+            row.actor_id, row.actor, row.subject, row.data
+        )
+        row.salt = None
+    broken = log.verify().broken
+    assert broken is not None and broken.record_id == 2
+    assert "no later erasure of its user" in broken.reason
+    with database.session() as session:
+        session.execute(
+            update(AuditRecord).where(AuditRecord.id == 2).values(data='{"n":"forged"}')
         )
     broken = log.verify().broken
-    assert broken is not None and broken.record_id == 3  # the next record no longer links
+    assert broken is not None and broken.record_id == 2 and "changed" in broken.reason
+
+
+@pytest.fixture
+def anchored(log: AuditLog) -> list[Checkpoint]:
+    """A checkpoint the operator kept elsewhere, then more records."""
+    anchor = log.checkpoint()
+    for n in range(6, 9):
+        log.append("login", actor_id=n, actor=f"user{n}", data={"n": n})
+    return parse_checkpoints(anchor.line() + "\n")
+
+
+def insider_key(database: Database) -> bytes:
+    keys = database.audit_keys
+    assert keys is not None
+    return keys.current
+
+
+def test_a_rehash_forgery_by_the_key_holder_is_caught_by_a_checkpoint(
+    log: AuditLog, database: Database, anchored: list[Checkpoint]
+) -> None:
+    with database.session() as session:
+        session.execute(update(AuditRecord).where(AuditRecord.id == 3).values(data='{"n":30}'))
+    rechain(database, insider_key(database))
+    assert log.verify().broken is None  # the chain alone cannot tell: the key signed it
+    broken = log.verify(anchored).broken
+    assert broken is not None and broken.record_id == 6
+    assert "altered, removed or re-ordered since the checkpoint of" in broken.reason
+
+
+def test_a_deleted_middle_record_is_caught_by_a_checkpoint(
+    log: AuditLog, database: Database, anchored: list[Checkpoint]
+) -> None:
+    with database.session() as session:
+        session.execute(delete(AuditRecord).where(AuditRecord.id == 2))
+    rechain(database, insider_key(database))
+    assert log.verify().broken is None
+    broken = log.verify(anchored).broken
+    assert broken is not None and "altered, removed or re-ordered" in broken.reason
+
+
+def test_a_cut_tail_is_caught_by_a_checkpoint(
+    log: AuditLog, database: Database, anchored: list[Checkpoint]
+) -> None:
+    with database.session() as session:  # cut the checkpoint and everything after it
+        session.execute(delete(AuditRecord).where(AuditRecord.id >= 6))
+        last = session.get(AuditRecord, 5)
+        assert last is not None
+        session.execute(update(AuditHead).values(last_id=5, last_hash=last.hash))
+    assert log.verify().broken is None  # the head was moved with it
+    broken = log.verify(anchored).broken
+    assert broken is not None and broken.record_id == 6
+    assert "shorter than the checkpoint" in broken.reason and "6 records" in broken.reason
+
+
+def test_a_reordered_trail_is_caught_by_a_checkpoint(
+    log: AuditLog, database: Database, anchored: list[Checkpoint]
+) -> None:
+    with database.session() as session:  # records 2 and 3 swap their contents
+        two, three = session.get(AuditRecord, 2), session.get(AuditRecord, 3)
+        assert two is not None and three is not None
+        for field in ("at", "actor_id", "actor", "subject", "data", "salt"):
+            a, b = getattr(two, field), getattr(three, field)
+            setattr(two, field, b)
+            setattr(three, field, a)
+    rechain(database, insider_key(database))
+    assert log.verify().broken is None
+    broken = log.verify(anchored).broken
+    assert broken is not None and "re-ordered" in broken.reason
+
+
+def test_a_forged_checkpoint_line_is_refused(log: AuditLog, anchored: list[Checkpoint]) -> None:
+    genuine = anchored[0]
+    assert log.verify(anchored).broken is None and log.verify(anchored).anchors == 1
+    forged = Checkpoint(genuine.records - 1, genuine.head_id - 1, "0" * 64, genuine.at,
+                        genuine.key_id, genuine.hmac)  # fmt: skip
+    broken = log.verify([forged]).broken
+    assert broken is not None and "not genuine" in broken.reason
+    with pytest.raises(InvalidInput, match="not a checkpoint line"):
+        parse_checkpoints("records=5 head=5\n")
+
+
+def test_a_rotated_key_starts_a_segment_the_old_key_still_verifies(
+    database: Database, settings: Settings, anchored: list[Checkpoint]
+) -> None:
+    old = insider_key(database).decode()
+    new = "a new audit key, rotated in, long enough"
+    rotated = Database(
+        settings.resolved_database_url, audit_keys=AuditKeys.from_secrets(new, [old])
+    )
+    after = AuditLog(rotated)
+    after.append("login", actor_id=9, actor="user9", data={"n": 9})
+    result = after.verify(anchored)  # the checkpoint was signed with the old key
+    assert (result.records, result.broken) == (10, None)
+    kids = [r["key_id"] for r in after.records()]
+    assert kids[:-1] == [key_id(old.encode())] * 9 and kids[-1] == key_id(new.encode())
+    forgot = AuditLog(Database(settings.resolved_database_url,
+                               audit_keys=AuditKeys.from_secrets(new)))  # fmt: skip
+    broken = forgot.verify().broken
+    assert broken is not None and broken.record_id == 1
+    assert "which this server does not hold" in broken.reason
+    rotated.dispose()
 
 
 def test_removed_records_are_found_in_the_middle_and_at_the_end(
@@ -84,8 +241,9 @@ APPENDER = textwrap.dedent(
     import sys
     from store.audit import AuditLog
     from store.db import Database
+    from store.keys import AuditKeys
 
-    log = AuditLog(Database(sys.argv[1]))
+    log = AuditLog(Database(sys.argv[1], audit_keys=AuditKeys.from_secrets(sys.argv[4])))
     for n in range(int(sys.argv[3])):
         log.append("admin_action", actor_id=None, actor=sys.argv[2], data={"n": n})
     """
@@ -96,8 +254,11 @@ def test_processes_appending_at_once_keep_the_chain_whole(
     database: Database, settings: Settings
 ) -> None:
     url = settings.resolved_database_url
+    key = (settings.data_dir / "audit.key").read_text()  # the fixture's database made it
     workers = [
-        subprocess.Popen([sys.executable, "-c", APPENDER, url, f"process{p}", "40"], cwd=ROOT_DIR)
+        subprocess.Popen(
+            [sys.executable, "-c", APPENDER, url, f"process{p}", "40", key], cwd=ROOT_DIR
+        )
         for p in range(4)
     ]
     assert [w.wait(timeout=120) for w in workers] == [0, 0, 0, 0]

@@ -182,3 +182,19 @@ def test_the_ledger_migration_keeps_past_usage(tmp_path: Path) -> None:
         ("ann", "title", "complete", "m2", 4, 2, 0.01),
     ]
     database.dispose()
+
+
+def test_every_table_that_never_reuses_ids_keeps_autoincrement_after_all_migrations(
+    database: Database,
+) -> None:
+    """A batch migration recreates a SQLite table from its reflection, which forgets
+    AUTOINCREMENT: ids of erased users, documents or ledger rows would come back."""
+    wanted = {
+        table.name
+        for table in Base.metadata.tables.values()
+        if table.kwargs.get("sqlite_autoincrement")
+    }
+    assert {"users", "documents", "groups", "usage_ledger", "audit_records"} <= wanted
+    with database.engine.connect() as connection:
+        ddl = dict(connection.exec_driver_sql("SELECT name, sql FROM sqlite_master").all())
+    assert [name for name in sorted(wanted) if "AUTOINCREMENT" not in (ddl[name] or "")] == []

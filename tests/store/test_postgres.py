@@ -25,6 +25,7 @@ from parley.config import ProviderChoice, Settings
 from parley.domain import Role
 from parley.errors import QuotaExceeded
 from store.db import Database
+from store.keys import AuditKeys
 from store.migrate import upgrade
 from store.models import Base
 from tests.support import ROOT, admitted_by_processes, free_port
@@ -42,6 +43,11 @@ pytestmark = pytest.mark.skipif(
 def _as_postgres(command: list[str]) -> list[str]:
     # PostgreSQL refuses to run as root; CI runs as root.
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+# The module's tests share one PostgreSQL database, so they share its audit key too.
+PG_AUDIT_KEY = "postgres-tests-audit-key-0123456789"
+PG_KEYS = AuditKeys.from_secrets(PG_AUDIT_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +122,7 @@ def postgres_url() -> Iterator[str]:
 
 
 def test_migrations_match_the_models_on_postgres(postgres_url: str) -> None:
-    database = Database(postgres_url)
+    database = Database(postgres_url, audit_keys=PG_KEYS)
     upgrade(database)
     with database.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -128,12 +134,13 @@ def test_chat_usage_quotas_and_summaries_on_postgres(postgres_url: str, tmp_path
     settings = Settings(
         data_dir=tmp_path,
         database_url=postgres_url,
+        audit_key=PG_AUDIT_KEY,  # one server for the module's tests: one audit key
         provider=ProviderChoice.LOCAL,
         model_titles=False,
         memory_strategy="summary_buffer",
         memory_fold_tokens=200,
     )
-    database = Database(postgres_url)
+    database = Database(postgres_url, audit_keys=PG_KEYS)
     upgrade(database)
     database.dispose()
     provider = ScriptedProvider(model="claude-sonnet-test", default_answer="An answer " * 20)
@@ -171,7 +178,7 @@ def exercise(services: Services) -> None:
 
 def test_shared_token_buckets_on_postgres(postgres_url: str, tmp_path: Path) -> None:
     """Five processes at a barrier over one bucket row, locked `FOR UPDATE`."""
-    database = Database(postgres_url)
+    database = Database(postgres_url, audit_keys=PG_KEYS)
     upgrade(database)
     with database.session() as session:
         session.execute(text("DELETE FROM rate_buckets"))
@@ -185,14 +192,15 @@ def test_processes_append_to_one_audit_chain_on_postgres(postgres_url: str) -> N
     from store.audit import AuditLog
     from tests.store.test_audit import APPENDER, ROOT_DIR
 
-    database = Database(postgres_url)
+    database = Database(postgres_url, audit_keys=PG_KEYS)
     upgrade(database)
     log = AuditLog(database)
     before = log.verify()
     assert before.broken is None
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", APPENDER, postgres_url, f"pg{p}", "30"], cwd=ROOT_DIR
+            [sys.executable, "-c", APPENDER, postgres_url, f"pg{p}", "30", PG_AUDIT_KEY],
+            cwd=ROOT_DIR,
         )
         for p in range(4)
     ]
@@ -217,11 +225,12 @@ def test_review_break_glass_and_erasure_on_postgres(postgres_url: str, tmp_path:
     settings = Settings(
         data_dir=tmp_path,
         database_url=postgres_url,
+        audit_key=PG_AUDIT_KEY,  # one server for the module's tests: one audit key
         provider=ProviderChoice.LOCAL,
         model_titles=False,
         memory_strategy="token_window",
     )
-    database = Database(postgres_url)
+    database = Database(postgres_url, audit_keys=PG_KEYS)
     upgrade(database)
     database.dispose()
     provider = ScriptedProvider(model="claude-sonnet-test", default_answer="See [1].")

@@ -63,6 +63,19 @@ GUARDED: tuple[Guarded, ...] = (
     ),
     Guarded("audit.verify", PermissionDenied, lambda a: a.services.audit.verify(a.principal)),
     Guarded(
+        "audit.verify_against",
+        PermissionDenied,
+        lambda a: a.services.audit.verify_against(a.principal, "not a checkpoint"),
+    ),
+    Guarded(
+        "audit.checkpoint", PermissionDenied, lambda a: a.services.audit.checkpoint(a.principal)
+    ),
+    Guarded(
+        "audit.last_checkpoint",
+        PermissionDenied,
+        lambda a: a.services.audit.last_checkpoint(a.principal),
+    ),
+    Guarded(
         "erasure.erase_user",
         PermissionDenied,
         lambda a: a.services.erasure.erase_user(a.principal, a.data.owner.name),
@@ -70,7 +83,7 @@ GUARDED: tuple[Guarded, ...] = (
 )
 # Answer only about the principal's own data: `accesses` lists who opened *their*
 # conversations; `granted` is False for anyone but an admin with a recorded reason.
-OWN_DATA_ONLY = {"review.accesses", "review.granted"}
+OWN_DATA_ONLY = {"review.accesses", "review.who_looked", "review.granted"}
 CLASSES = {"review": ReviewService, "audit": AuditTrail, "erasure": ErasureService}
 PRINCIPAL_NAMES = {"principal", "admin"}
 

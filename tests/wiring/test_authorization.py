@@ -153,6 +153,16 @@ GUARDED: tuple[Guarded, ...] = (
         ),
     ),
     Guarded(
+        "accounts.unlock",
+        PermissionDenied,
+        lambda a: a.services.accounts.unlock(a.principal, a.data.owner.name),
+    ),
+    Guarded(
+        "accounts.locked_until",
+        PermissionDenied,
+        lambda a: a.services.accounts.locked_until(a.principal),
+    ),
+    Guarded(
         "accounts.find_principal",
         PermissionDenied,
         lambda a: a.services.accounts.find_principal(a.principal, a.data.owner.name),

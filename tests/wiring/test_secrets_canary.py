@@ -15,8 +15,9 @@ from streamlit.testing.v1 import AppTest
 
 from fakes.anthropic_server import FakeAnthropic, Fault, Reply
 from parley.config import get_settings
+from store.migrate import upgrade
 from tests.support import ROOT
-from wiring.services import build_services
+from wiring.services import build_services, open_database
 
 CANARY = "sk-ant-CANARY-3f9a61c2e7b84d05a1"
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -108,3 +109,23 @@ def test_canary_key_never_leaks(
     assert leaked == []
     # The key really was used: the fake accepted only the canary.
     assert any(r.api_key == CANARY for r in canary_env.requests)
+
+
+def test_the_audit_key_is_never_written_anywhere(tmp_path: Path) -> None:
+    """Given by setting, the audit key keys records and checkpoints but never lands in
+    the database, the log, a checkpoint line or any file of the data directory."""
+    audit_canary = "audit-CANARY-7c1e0b9d4f2a6e83"
+    settings = get_settings(data_dir=tmp_path / "data", audit_key=audit_canary)
+    settings.data_dir.mkdir(parents=True)
+    upgrade(open_database(settings))
+    services = build_services(settings)
+    try:
+        services.accounts.create_user(ROOT, name="alice", password="alice-password")
+        line = services.audit.checkpoint(ROOT).line()
+        assert services.audit.verify(ROOT).broken is None
+    finally:
+        services.close()
+    assert audit_canary not in line and audit_canary not in repr(services.database.audit_keys)
+    assert not (settings.data_dir / "audit.key").exists()  # no default key made beside it
+    for path, data in every_file_under(tmp_path).items():
+        assert audit_canary.encode() not in data, path
