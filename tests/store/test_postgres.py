@@ -256,7 +256,14 @@ def test_review_break_glass_and_erasure_on_postgres(postgres_url: str, tmp_path:
         assert services.review.find(admin, ReviewFilter(text="1_0")).rows == []
         services.review.open(admin, reply.conversation_id, "Checking the launch answer")
         assert services.review.read(admin, reply.conversation_id).owner == "pg-reader"
-        assert [a.admin for a in services.review.accesses(reader)] == ["pg-root", "pg-root"]
+        # Newest first: the opening, then both searches (the one that matched nothing
+        # read her conversations too).
+        seen = [(a.admin, a.kind, a.matched) for a in services.review.accesses(reader)]
+        assert seen == [
+            ("pg-root", "conversation_opened", None),
+            ("pg-root", "conversations_searched", False),
+            ("pg-root", "conversations_searched", True),
+        ]
         facts = services.usage.facts(admin, since=date(2000, 1, 1), until=date(2100, 1, 1))
         assert "pg-reader" in {f.user for f in facts}
         services.erasure.erase_user(admin, "pg-owner")
