@@ -107,13 +107,21 @@ def safe_markdown(text: str) -> str:
     return _escape_every_line(text)  # nothing left that any Markdown reads as syntax
 
 
+WORD_JOINER = "\u2060"
+_AUTOLINK = re.compile(r"(?i)(?:https?|ftp)(?=\\:)|www(?=\\\.)")
+
+
 def plain_label(text: str) -> str:
     """`text` for a place Streamlit renders as Markdown (a heading, a caption, a button,
     expander or tab label, a table cell, an alert), with every ASCII punctuation character
     escaped and whitespace folded to single spaces: a title written from the conversation
     (by the model, or by an injection), a file or user name shows as the characters it is,
     never as an image, a link, math or a directive."""
-    return _ASCII_PUNCTUATION.sub(r"\\\1", " ".join(text.split()))
+    escaped = _ASCII_PUNCTUATION.sub(r"\\\1", " ".join(text.split()))
+    # GFM's autolink literals are found in the text after escapes are read (remark-gfm
+    # links `https://…` and `www.…` in any text node): an invisible word joiner after the
+    # scheme or `www` keeps them plain text. (An e-mail address stays a mailto link.)
+    return _AUTOLINK.sub("\\g<0>" + WORD_JOINER, escaped)
 
 
 # --- the check -------------------------------------------------------------------------

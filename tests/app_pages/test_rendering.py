@@ -9,6 +9,7 @@ import re
 import string
 import textwrap
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
@@ -19,7 +20,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from app_pages.rendering import plain_label, safe_markdown
+from app_pages.rendering import WORD_JOINER, plain_label, safe_markdown
 from app_pages.security_headers import SecurityHeaders, content_security_policy, security_headers
 
 # A renderer that passes raw HTML through (stricter than Streamlit's, which drops it),
@@ -94,7 +95,8 @@ def test_titles_show_as_the_characters_they_are() -> None:
     assert "<img" not in rendered and "<strong>" not in rendered and "<a " not in rendered
     assert "<b>" not in rendered
     text_only = re.sub(r"<[^>]+>", "", rendered).strip()
-    assert text_only.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"') == title
+    shown = text_only.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
+    assert shown.replace(WORD_JOINER, "") == title
 
 
 def test_plain_text_is_unchanged() -> None:
@@ -348,14 +350,26 @@ MARKUP = ["&lt;", "&#36;", "&amp;", "![", "](", ":red[", "$", "www.", "https://"
 )
 def test_a_label_shows_as_exactly_its_characters(name: str) -> None:
     label = plain_label(name)
-    assert rendered_text(label) == " ".join(name.split())
+    assert rendered_text(label).replace(WORD_JOINER, "") == " ".join(name.split())
     assert streamlit_reads(label) == set()
 
 
 def test_a_file_name_that_is_markdown_shows_as_its_name() -> None:
     name = f"![x]({LEAK}) notes &lt;b&gt; $x$ :red[y].md"
-    assert rendered_text(plain_label(name)) == name
+    assert rendered_text(plain_label(name)).replace(WORD_JOINER, "") == name
     assert streamlit_reads(plain_label(name)) == set()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["![x](http://127.0.0.1:9/x) notes.md", "see https://evil.example/a", "www.evil.example"],
+)
+def test_a_label_holds_no_address_that_gfm_would_link(name: str) -> None:
+    """remark-gfm links bare addresses in any text node, escaped or not: a label's
+    address is broken by an invisible word joiner, so it shows but never links."""
+    seen = rendered_text(plain_label(name))
+    assert seen.replace(WORD_JOINER, "") == name
+    assert not re.search(r"(?i)\b(?:https?|ftp)://|\bwww\.", seen)
 
 
 # ------------------------------------------------------------ the second line: the headers
