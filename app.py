@@ -25,7 +25,9 @@ if principal is None and state.signed_in_with_oidc() and not state.ui_state().oi
     # The provider has signed the user in (st.login): provision or sync them, and start a
     # Parley session as a password sign-in would.
     try:
-        state.log_in(services, services.oidc.sign_in(st.user.to_dict()))
+        claims = st.user.to_dict()
+        metadata_url = state.signed_in_metadata_url()
+        state.log_in(services, services.oidc.sign_in(claims, metadata_url=metadata_url))
     except SignInExpired:  # an old token in Streamlit's cookie: back to the provider
         state.ui_state().redirect_to = "/session/end?then=oidc"
     except ParleyError as exc:

@@ -131,15 +131,24 @@ def _access_token() -> str | None:
 
 
 def _metadata_urls() -> list[str]:
-    """Every configured provider's `server_metadata_url`."""
+    """The `server_metadata_url` of the provider section this browser signed in with."""
+    found = signed_in_metadata_url()
+    return [found] if found else []
+
+
+def signed_in_metadata_url() -> str:
+    """The `server_metadata_url` of the `[auth]` section (or `[auth.NAME]`) Streamlit
+    signed this browser in with ("" if none): the claims must be that issuer's own."""
     try:
         auth = st.secrets.get("auth")
+        provider = st.user.to_dict().get("provider")
     except Exception:
-        return []
+        return ""
     if not isinstance(auth, Mapping):
-        return []
-    sections = [auth, *(v for v in auth.values() if isinstance(v, Mapping))]
-    return [u for u in (sec.get("server_metadata_url") for sec in sections) if isinstance(u, str)]
+        return ""
+    section = auth if provider in (None, "default") else auth.get(str(provider))
+    url = section.get("server_metadata_url") if isinstance(section, Mapping) else None
+    return url if isinstance(url, str) else ""
 
 
 def log_in(svc: Services, principal: Principal) -> None:

@@ -62,12 +62,17 @@ class ClaimMapping:
 def issuer_label(issuer: str) -> str:
     """The namespace of an issuer's groups: its host and path made readable (every
     character a group name may not hold becomes `_`, lowercased, at most 40), then a
-    short hash of the whole issuer, so two issuers never share a label however alike
+    hash of the whole issuer (96 bits), so two issuers never share a label however alike
     they read (`idp.example.com-3fa2c1d0`, `kc.example_realms_staff-9be07a12`)."""
     exact = issuer.strip().rstrip("/")
     parts = urlsplit(exact)
     readable = _LABEL_CHARS.sub("_", (parts.netloc + parts.path) or exact).lower()[:40]
-    return f"{readable}-{hashlib.sha256(exact.encode('utf-8')).hexdigest()[:8]}"
+    return f"{readable}-{hashlib.sha256(exact.encode('utf-8')).hexdigest()[:24]}"
+
+
+def discovery_url(issuer: str) -> str:
+    """The issuer's own discovery document (OpenID Connect Discovery 1.0, section 4)."""
+    return issuer.strip().rstrip("/") + "/.well-known/openid-configuration"
 
 
 def namespaced(issuer: str, group: str) -> str:
@@ -139,7 +144,13 @@ class OidcSignIn:
                 bare,
             )
 
-    def sign_in(self, claims: Mapping[str, object], *, now: datetime | None = None) -> Principal:
+    def sign_in(
+        self,
+        claims: Mapping[str, object],
+        *,
+        now: datetime | None = None,
+        metadata_url: str | None = None,
+    ) -> Principal:
         """The Parley user for a provider's claims, provisioned and synced; `AuthError`
         with a sentence when they cannot sign in, `SignInExpired` when the ID token the
         claims came from has expired (Streamlit keeps them in a cookie for 30 days)."""
@@ -155,6 +166,14 @@ class OidcSignIn:
             raise AuthError(
                 "claims without iss or sub",
                 user_message="The sign-in provider did not say who you are. Please try again.",
+            )
+        if metadata_url is not None and metadata_url.strip() != discovery_url(issuer):
+            # The provider section the user signed in with must be this issuer's own:
+            # another configured provider could otherwise claim it and act as it.
+            raise AuthError(
+                "claims of an issuer another provider section names",
+                user_message="That sign-in provider may not speak for its issuer. "
+                "Please ask an administrator.",
             )
         name = user_name(claims, self._mapping)
         groups = claimed_groups(claims, self._mapping)
@@ -273,7 +292,7 @@ class OidcSignIn:
         # Only the issuer's own discovery document (OIDC Discovery: the issuer plus
         # /.well-known/openid-configuration): another configured provider's document
         # claiming this issuer must never receive this user's token.
-        own = issuer.rstrip("/") + "/.well-known/openid-configuration"
+        own = discovery_url(issuer)
         try:
             with httpx.Client(timeout=timeout_s, trust_env=False) as client:
                 for url in metadata_urls:
@@ -360,20 +379,21 @@ def _legacy_memberships(session: Session, user_id: int) -> dict[int, str]:
     )
     if not bare:
         return {}
-    newest: dict[int, str] = {}
+    newest: dict[int, tuple[str, int | None]] = {}
     records = session.execute(
-        select(AuditRecord.actor, AuditRecord.data)
+        select(AuditRecord.actor, AuditRecord.actor_id, AuditRecord.data)
         .where(
             AuditRecord.about_id == user_id,
             AuditRecord.kind.in_(("group_member_added", "group_member_removed")),
         )
         .order_by(AuditRecord.id.desc())
     )
-    for actor, data in records:
+    for actor, actor_id, data in records:
         group_id = json.loads(data).get("group_id")
         if isinstance(group_id, int) and group_id in bare:
-            newest.setdefault(group_id, actor)
-    return {g: bare[g] for g, actor in newest.items() if actor == ACTOR}
+            newest.setdefault(group_id, (actor, actor_id))
+    # The provider acts with no account (an admin named "oidc" has an id).
+    return {g: bare[g] for g, by in newest.items() if by == (ACTOR, None)}
 
 
 __all__ = [

@@ -17,6 +17,7 @@ drains is never lost with a file it did not belong to.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -109,6 +110,7 @@ class MeteringOutbox:
                 claimed = path.with_name(f"draining-{uuid.uuid4().hex}-{path.name}")
                 try:
                     path.rename(claimed)
+                    os.utime(claimed)  # the claim's time, so no live claim looks abandoned
                 except FileNotFoundError:
                     continue  # another process claimed it
             elif time.time() - modified > ABANDONED_CLAIM_S:
@@ -127,7 +129,8 @@ class MeteringOutbox:
                 meter.record(call)
             except Exception as exc:
                 log.warning("Metering from the outbox failed (%s); kept for later.", exc)
-                claimed.rename(self._folder / f"pending-{call.call_id}.json")
+                with contextlib.suppress(FileNotFoundError):  # taken up meanwhile
+                    claimed.rename(self._folder / f"pending-{call.call_id}.json")
                 break
             claimed.unlink(missing_ok=True)
             recorded += 1

@@ -40,7 +40,7 @@ from parley.domain import Role
 from parley.errors import ParleyError
 from parley.logs import console_warnings
 from store.audit import AuditLog, set_channel
-from store.migrate import upgrade
+from store.migrate import KEYED_AUDIT_REVISION, current_revision, upgrade
 from wiring import Services
 from wiring.services import open_database
 
@@ -214,11 +214,13 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = open_database(settings)
     try:
+        before = current_revision(database)
         upgrade(database)
-        try:  # records from before the trail was keyed: keyed now, once, if they hold
-            sealed = AuditLog(database).seal_legacy()
+        sealed = 0
+        try:  # records from before the trail was keyed: keyed once, by this very upgrade
+            if before is not None and before < KEYED_AUDIT_REVISION:
+                sealed = AuditLog(database).seal_legacy()
         except ValueError as exc:
-            sealed = 0
             print(
                 f"parley: {exc}; it was left unkeyed, and `parley audit verify` will say "
                 "where. Restore the database from a backup, or keep it as evidence.",

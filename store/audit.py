@@ -233,6 +233,10 @@ class AuditLog:
         with self._db.session(write_lock=True) as session:
             if session.scalar(select(AuditRecord.id).where(AuditRecord.key_id.is_(None))) is None:
                 return 0
+            if session.scalar(select(AuditRecord.id).where(AuditRecord.key_id.is_not(None))):
+                # Parley never writes an unkeyed record once the trail is keyed: these were
+                # made by hand, and keying them would launder whatever was done.
+                raise ValueError("unkeyed audit records appear in a keyed trail; not keyed")
             keys = keys_of(session)
             rows = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
             previous = GENESIS

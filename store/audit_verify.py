@@ -31,7 +31,7 @@ from store.audit_chain import (
 )
 from store.db import Database
 from store.keys import AuditKeys
-from store.models import AuditHead, AuditRecord, Message
+from store.models import AuditHead, AuditRecord, Message, User
 
 # Records whose `data.conversation_ids` were erased: their messages may be gone.
 ERASURE_KINDS = frozenset({"conversation_erased", "user_erased"})
@@ -134,15 +134,16 @@ def verify_chain(database: Database, anchors: Sequence[Checkpoint] = ()) -> Veri
             if row.id in anchored:
                 hashes[row.id] = (count, row.hash)
             previous, last_id = row.hash, row.id
-            if row.salt is None:
-                users = frozenset(u for u in (row.actor_id, row.about_id) if u is not None)
-                redacted.append((row.id, users))
-                continue  # its data is the redacted form: no message refs left
             data = json.loads(row.data)
+            # Kind and ids are keyed; the ids in a redacted record's data survive it.
             if row.kind == USER_ERASED and row.about_id is not None:
                 erased_users[row.about_id] = row.id
             if row.kind in ERASURE_KINDS:
                 erased.update(int(c) for c in data.get("conversation_ids", ()))
+            if row.salt is None:
+                users = frozenset(u for u in (row.actor_id, row.about_id) if u is not None)
+                redacted.append((row.id, users))
+                continue  # its data is the redacted form: no message refs left
             refs_here = data.get("messages")
             for ref in refs_here if isinstance(refs_here, list) else ():
                 refs[int(ref["id"])] = (row.id, str(ref["sha256"]), data.get("conversation_id"))
@@ -151,6 +152,11 @@ def verify_chain(database: Database, anchors: Sequence[Checkpoint] = ()) -> Veri
                 refs.clear()
         problems += _check_messages(session, refs, missing)
         head = session.get(AuditHead, 1)
+        alive = set(session.scalars(select(User.id).where(User.id.in_(list(erased_users)))))
+    problems += [  # an erasure on record of someone who is still here: a forged one
+        Broken(erased_users[user], f"it erases user {user}, who still has an account")
+        for user in sorted(alive)
+    ]
     for anchor in anchors:
         broken = _check_anchor(anchor, keys, hashes, count, last_id)
         if broken is not None:
@@ -174,7 +180,7 @@ def verify_chain(database: Database, anchors: Sequence[Checkpoint] = ()) -> Veri
 def _check_record(row: AuditRecord, keys: AuditKeys | None) -> Broken | None:
     """This record's own hash, and its content's (as written, or as redacted)."""
     if row.key_id is None:
-        return Broken(row.id, "an unkeyed record (run `parley db upgrade` to key the trail, once)")
+        return Broken(row.id, "an unkeyed record (Parley writes none once the trail is keyed)")
     key = keys.get(row.key_id) if keys is not None else None
     if key is None:
         return Broken(

@@ -38,11 +38,20 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
-def is_current(database: Database) -> bool:
-    """True when the schema is at the newest migration; the app refuses to start otherwise."""
+# The migration that keyed the audit trail: only an upgrade from before it keys old records.
+KEYED_AUDIT_REVISION = "0016"
+
+
+def current_revision(database: Database) -> str | None:
+    """The schema's migration now (None: a new database)."""
     try:
         with database.engine.connect() as connection:
-            revision = MigrationContext.configure(connection).get_current_revision()
+            return MigrationContext.configure(connection).get_current_revision()
     except SQLAlchemyError as exc:
         raise translate_database_error(exc) from exc
+
+
+def is_current(database: Database) -> bool:
+    """True when the schema is at the newest migration; the app refuses to start otherwise."""
+    revision = current_revision(database)
     return revision is not None and revision == head_revision()

@@ -281,3 +281,13 @@ def test_memberships_a_provider_made_before_namespacing_are_dropped_once(
     oidc.sign_in(claims(groups=[]))
     groups = dict(services.groups.list_all(ROOT))
     assert groups["staff"] == [] and groups["chosen"] == [user.name]
+
+
+def test_a_provider_section_cannot_speak_for_another_issuer(oidc: OidcSignIn) -> None:
+    """The claims must come from the issuer whose discovery document the provider
+    section the browser signed in with names: a second section claiming it is refused."""
+    with pytest.raises(AuthError) as refused:
+        oidc.sign_in(claims(), metadata_url="https://evil.example/.well-known/openid-configuration")
+    assert "may not speak for its issuer" in refused.value.user_message
+    own = f"{ISSUER}/.well-known/openid-configuration"
+    assert oidc.sign_in(claims(), metadata_url=own).name == "s-1@example.com"

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from chat.providers.scripted import ScriptedProvider
-from parley.domain import Principal
+from parley.domain import Principal, Role
 from parley.errors import AuthError
 from retrieval.document_index import DocumentIndex
 from retrieval.embeddings import HashingEmbedder
@@ -222,3 +222,16 @@ def test_a_redaction_with_no_erasure_on_record_breaks_verification(
         redact_user_in(session, alice.user_id)
     broken = AuditLog(services.database).verify().broken
     assert broken is not None and "no later erasure of its user" in broken.reason
+
+
+@pytest.mark.usefixtures("alice")
+def test_erasing_the_admin_who_erased_someone_keeps_the_trail_whole(services: Services) -> None:
+    """The erasure record of alice names its admin; erasing that admin later redacts
+    it, and alice's redacted records still have their erasure on record."""
+    services.accounts.create_user(ROOT, name="eraser", password="eraser-password", role=Role.ADMIN)
+    eraser = services.accounts.find_principal(ROOT, "eraser")
+    assert eraser is not None
+    services.accounts.set_password(ROOT, "alice", "a-new-password")  # a record about her
+    services.erasure.erase_user(eraser, "alice")
+    services.erasure.erase_user(ROOT, "eraser")
+    assert AuditLog(services.database).verify().broken is None

@@ -284,3 +284,31 @@ def test_export_and_verify_from_the_command_line(log: AuditLog) -> None:
     assert ",audit_exported," in table.splitlines()[-1]  # each export is on record
     bad = run("audit", "export", "--since", "yesterday")
     assert bad.returncode != 0 and "is not a day" in bad.stderr
+
+
+def test_unkeyed_records_in_a_keyed_trail_are_never_keyed(
+    log: AuditLog, database: Database
+) -> None:
+    """A forger without the key turns one record into the unkeyed kind, hoping an
+    upgrade keys (launders) it: sealing refuses, and verify keeps pointing at it."""
+    with database.session() as session:
+        session.execute(update(AuditRecord).where(AuditRecord.id == 4).values(key_id=None))
+    with pytest.raises(ValueError, match="appear in a keyed trail"):
+        log.seal_legacy()
+    broken = log.verify().broken
+    assert broken is not None and broken.record_id == 4 and "unkeyed" in broken.reason
+
+
+def test_an_erasure_of_someone_still_here_is_a_forgery(log: AuditLog, database: Database) -> None:
+    """Even with the key, an erasure record for a user who still has an account (to
+    justify redacting their records) breaks verification."""
+    from store.audit import append_in
+    from store.models import User
+
+    with database.session(write_lock=True) as session:
+        user = User(name="still-here", password_hash=None)
+        session.add(user)
+        session.flush()
+        append_in(session, "user_erased", actor_id=None, actor="system", about_id=user.id)
+    broken = log.verify().broken
+    assert broken is not None and "still has an account" in broken.reason
