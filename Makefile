@@ -50,7 +50,7 @@ lint: install-dev
 	$(BIN)/lint-imports
 
 typecheck: install-dev
-	$(BIN)/mypy --strict parley store retrieval auth memory chat wiring cli bench fakes app_pages app.py server.py
+	$(BIN)/mypy --strict parley app.py server.py
 
 pytest: install-dev system-deps
 	$(BIN)/pytest
@@ -59,9 +59,9 @@ test: lint typecheck pytest
 
 # Benchmarks print tables; their figures are quoted in the README. Not part of `make test`.
 bench: install-dev
-	$(BIN)/python -m bench.ttft
-	$(BIN)/python -m bench.memory_table --data ../shared/data/locomo_dev.json
-	$(BIN)/python -m bench.documents --data ../shared/data/locomo_dev.json
+	$(BIN)/python -m parley.bench.ttft
+	$(BIN)/python -m parley.bench.memory_table --data ../shared/data/locomo_dev.json
+	$(BIN)/python -m parley.bench.documents --data ../shared/data/locomo_dev.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

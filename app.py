@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_pages import state
-from auth.oidc import SignInExpired
-from parley.errors import ParleyError
+from parley.app_pages import state
+from parley.auth.oidc import SignInExpired
+from parley.core.errors import ParleyError
 
 st.set_page_config(page_title="Parley", page_icon=":speech_balloon:", layout="centered")
 # Set here too, not only in .streamlit/config.toml (read from the working directory):
@@ -41,22 +41,28 @@ def log_out_page() -> None:
 
 
 if not services.accounts.has_users() and not state.oidc_providers():
-    pages = [st.Page("app_pages/first_run.py", title="Welcome", icon=":material/rocket_launch:")]
+    pages = [
+        st.Page("parley/app_pages/first_run.py", title="Welcome", icon=":material/rocket_launch:")
+    ]
 elif principal is None:
-    pages = [st.Page("app_pages/login.py", title="Log in", icon=":material/login:")]
+    pages = [st.Page("parley/app_pages/login.py", title="Log in", icon=":material/login:")]
 else:
     pages = [
-        st.Page("app_pages/chat.py", title="Chat", icon=":material/chat:", default=True),
-        st.Page("app_pages/documents.py", title="Documents", icon=":material/description:"),
-        st.Page("app_pages/privacy.py", title="Who looked", icon=":material/visibility:"),
+        st.Page("parley/app_pages/chat.py", title="Chat", icon=":material/chat:", default=True),
+        st.Page("parley/app_pages/documents.py", title="Documents", icon=":material/description:"),
+        st.Page("parley/app_pages/privacy.py", title="Who looked", icon=":material/visibility:"),
     ]
     if principal.is_admin:
         pages += [
-            st.Page("app_pages/admin_console.py", title="Admin console", icon=":material/policy:"),
-            st.Page("app_pages/admin_usage.py", title="Usage", icon=":material/bar_chart:"),
-            st.Page("app_pages/admin_users.py", title="Users", icon=":material/group:"),
-            st.Page("app_pages/admin_groups.py", title="Groups", icon=":material/groups:"),
-            st.Page("app_pages/strategy_lab.py", title="Strategy lab", icon=":material/science:"),
+            st.Page(
+                "parley/app_pages/admin_console.py", title="Admin console", icon=":material/policy:"
+            ),
+            st.Page("parley/app_pages/admin_usage.py", title="Usage", icon=":material/bar_chart:"),
+            st.Page("parley/app_pages/admin_users.py", title="Users", icon=":material/group:"),
+            st.Page("parley/app_pages/admin_groups.py", title="Groups", icon=":material/groups:"),
+            st.Page(
+                "parley/app_pages/strategy_lab.py", title="Strategy lab", icon=":material/science:"
+            ),
         ]
     pages.append(
         st.Page(log_out_page, title="Log out", icon=":material/logout:", url_path="logout")

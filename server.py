@@ -1,8 +1,8 @@
 """Parley served as an ASGI app (`streamlit run server.py`, as `make run` does).
 
 `app.py` is the Streamlit script; this adds the sign-in cookie routes
-(`app_pages/routes.py`), the security headers on every response
-(`app_pages/security_headers.py`: a Content-Security-Policy that lets the browser load
+(`parley/app_pages/routes.py`), the security headers on every response
+(`parley/app_pages/security_headers.py`: a Content-Security-Policy that lets the browser load
 nothing from elsewhere, nosniff, no referrer to other sites, no framing) and sets, in
 code, the options that must hold wherever the app is started from (no tracebacks or
 error details in the browser).
@@ -19,9 +19,9 @@ import streamlit as st
 from starlette.middleware import Middleware
 from streamlit import config
 
-from app_pages.routes import ROUTES
-from app_pages.security_headers import SecurityHeaders
-from app_pages.state import close_all
+from parley.app_pages.routes import ROUTES
+from parley.app_pages.security_headers import SecurityHeaders
+from parley.app_pages.state import close_all
 
 config.set_option("client.showErrorDetails", "none")
 config.set_option("client.toolbarMode", "minimal")

@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from chat.providers.scripted import ScriptedProvider
-from fakes.anthropic_server import FakeAnthropic
-from parley.background import BackgroundWork
-from parley.config import ProviderChoice, Settings
-from parley.domain import Principal, Role
-from retrieval.vector_store import forget_clients
-from store.db import Database
-from store.migrate import upgrade
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.core.background import BackgroundWork
+from parley.core.config import ProviderChoice, Settings
+from parley.core.domain import Principal, Role
+from parley.fakes.anthropic_server import FakeAnthropic
+from parley.retrieval.vector_store import forget_clients
+from parley.store.db import Database
+from parley.store.migrate import upgrade
+from parley.wiring.services import Services, build_services, open_database
 from tests.chroma_server import chroma_url  # noqa: F401 - a fixture shared by the suite
 from tests.support import ROOT
-from wiring.services import Services, build_services, open_database
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

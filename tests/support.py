@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from parley.domain import Principal, Role
+from parley.core.domain import Principal, Role
 
 
 # The operator: an administrator who is no account, as the CLI acts. Tests set users up so.
@@ -57,9 +57,9 @@ def admitted_by_processes(
     barrier, and return how many requests each was granted and the seconds it took."""
     script = textwrap.dedent(f"""
         import os, sys, time
-        from chat.limits import DatabaseBucketStore, RateLimiter
-        from parley.errors import RateLimited
-        from store.db import Database
+        from parley.chat.gateway.admission import DatabaseBucketStore, RateLimiter
+        from parley.core.errors import RateLimited
+        from parley.store.db import Database
         limiter = RateLimiter(requests_per_minute={per_minute}, input_tokens_per_minute=1e9,
                               output_tokens_per_minute=1e9, max_wait_s=0,
                               store=DatabaseBucketStore(Database({url!r})), clock=time.time)

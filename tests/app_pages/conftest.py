@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import streamlit as st
 
-from cli.main import main as cli_main
-from fakes.anthropic_server import FakeAnthropic
+from parley.cli.main import main as cli_main
+from parley.fakes.anthropic_server import FakeAnthropic
 
 
 @pytest.fixture(autouse=True)

@@ -24,9 +24,9 @@ def log_in(at: AppTest, name: str, password: str) -> None:
 
 
 def add_user(name: str, password: str, *, admin: bool = False) -> None:
-    from parley.config import get_settings
-    from parley.domain import Role
-    from wiring.services import build_services
+    from parley.core.config import get_settings
+    from parley.core.domain import Role
+    from parley.wiring.services import build_services
 
     build_services(get_settings()).accounts.create_user(
         ROOT, name=name, password=password, role=Role.ADMIN if admin else Role.USER

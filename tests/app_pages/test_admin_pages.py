@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_pages.rendering import plain_label
-from app_pages.state import UiState
-from cli.main import main as cli_main
-from fakes.anthropic_server import Cited, FakeAnthropic, Reply
+from parley.app_pages.rendering import plain_label
+from parley.app_pages.state import UiState
+from parley.cli.main import main as cli_main
+from parley.fakes.anthropic_server import Cited, FakeAnthropic, Reply
 from tests.app_pages.support import add_user, app, log_in, page_text
 from tests.app_pages.test_document_pages import POLICY, upload
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
-CONSOLE = "app_pages/admin_console.py"
-USAGE = "app_pages/admin_usage.py"
-PRIVACY = "app_pages/privacy.py"
+CONSOLE = "parley/app_pages/admin_console.py"
+USAGE = "parley/app_pages/admin_usage.py"
+PRIVACY = "parley/app_pages/privacy.py"
 
 
 def alice_asks(claude_env: FakeAnthropic) -> AppTest:
@@ -67,7 +67,7 @@ def test_an_admin_opens_a_conversation_with_a_reason_and_the_user_sees_it(
     seen = page_text(alice).replace("\\", "")  # shown escaped: plain text, never markdown
     assert "root opened your conversation" in seen
     assert "Support ticket 4411: a wrong opening time" in seen
-    alice.switch_page("app_pages/chat.py").run()
+    alice.switch_page("parley/app_pages/chat.py").run()
     next(b for b in alice.button if "harbour" in b.label.lower()).click().run()
     assert any("root opened this conversation" in i.value for i in alice.info)
     assert any("Support ticket 4411" in i.value for i in alice.info)
@@ -122,9 +122,9 @@ def test_usage_page_charts_and_saves_a_quota(claude_env: FakeAnthropic) -> None:
 ADMIN_PAGES = [
     CONSOLE,
     USAGE,
-    "app_pages/admin_users.py",
-    "app_pages/admin_groups.py",
-    "app_pages/strategy_lab.py",
+    "parley/app_pages/admin_users.py",
+    "parley/app_pages/admin_groups.py",
+    "parley/app_pages/strategy_lab.py",
 ]
 
 
@@ -148,7 +148,7 @@ def test_the_users_page_erases_a_user_once_the_name_is_typed(claude_env: FakeAnt
     add_user("root", "root-password", admin=True)
     at = app()
     log_in(at, "root", "root-password")
-    at.switch_page("app_pages/admin_users.py").run()
+    at.switch_page("parley/app_pages/admin_users.py").run()
     at.selectbox(key="manage-user").set_value("alice").run()
     erase = next(b for b in at.button if b.label == "Erase for good")
     assert erase.disabled
@@ -171,7 +171,7 @@ def test_stored_names_show_in_the_console_as_text(claude_env: FakeAnthropic) -> 
     claude_env.enqueue(
         Reply(segments=["Refunds take ", Cited("30 days", source=0), "."], model=model)
     )
-    alice.switch_page("app_pages/chat.py").run()
+    alice.switch_page("parley/app_pages/chat.py").run()
     alice.chat_input[0].set_value("How long do refunds take?").run()
     assert not alice.exception
     under_the_answer = [c.value for c in alice.chat_message[1].caption]

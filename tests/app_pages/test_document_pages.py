@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
 
-from fakes.anthropic_server import Cited, FakeAnthropic, Reply
-from parley.config import get_settings
+from parley.core.config import get_settings
+from parley.fakes.anthropic_server import Cited, FakeAnthropic, Reply
+from parley.wiring.services import build_services
 from tests.app_pages.support import add_user, app, log_in, page_text
-from wiring.services import build_services
 
 POLICY = b"# Refunds\nRefunds are paid within 30 days of the request, by bank transfer."
 
 
 def upload(at: AppTest, *files: tuple[str, bytes]) -> None:
-    at.switch_page("app_pages/documents.py").run()
+    at.switch_page("parley/app_pages/documents.py").run()
     at.file_uploader[0].set_value([(name, data, "text/plain") for name, data in files])
     next(b for b in at.button if b.label == "Add").click().run()
     assert not at.exception
@@ -42,14 +42,14 @@ def test_other_users_see_nothing_until_it_is_shared_with_their_group() -> None:
     upload(alice, ("policy.md", POLICY))
     bob = app()
     log_in(bob, "bob", "bob-password")
-    bob.switch_page("app_pages/documents.py").run()
+    bob.switch_page("parley/app_pages/documents.py").run()
     assert "No documents yet." in page_text(bob)
     bob.text_input[0].input("refunds paid").run()
     assert "Nothing you may read matches." in page_text(bob)
 
     admin = app()
     log_in(admin, "root", "root-password")
-    admin.switch_page("app_pages/admin_groups.py").run()
+    admin.switch_page("parley/app_pages/admin_groups.py").run()
     admin.text_input[0].input("finance")
     next(b for b in admin.button if b.label == "Create group").click().run()
     for name in ("alice", "bob"):  # a user shares with the groups they are in
@@ -57,7 +57,7 @@ def test_other_users_see_nothing_until_it_is_shared_with_their_group() -> None:
         next(b for b in admin.button if b.label.startswith(f"Add {name}")).click().run()
     assert list(admin.dataframe[0].value["members"]) == ["alice, bob"]
 
-    alice.switch_page("app_pages/documents.py").run()
+    alice.switch_page("parley/app_pages/documents.py").run()
     alice.selectbox(key="share-group").select("finance").run()
     next(b for b in alice.button if b.label == "Share with finance").click().run()
     assert list(alice.dataframe[0].value["who may read it"]) == ["groups: finance"]
@@ -75,7 +75,7 @@ def test_a_cited_answer_shows_its_source_and_opens_the_passage(
     claude_env.enqueue(
         Reply(segments=["Refunds take ", Cited("30 days", source=0), "."]),
     )
-    at.switch_page("app_pages/chat.py").run()
+    at.switch_page("parley/app_pages/chat.py").run()
     at.chat_input[0].set_value("How long do refunds take?").run()
     assert not at.exception
     answer = at.chat_message[1]
@@ -105,7 +105,7 @@ def test_the_sidebar_narrows_a_conversation_to_chosen_documents(
     alice = services.accounts.authenticate(name="alice", password="alice-password")
     assert alice is not None
     menu_id = next(d.id for d in services.documents.list_for(alice) if d.name == "menu.md")
-    at.switch_page("app_pages/chat.py").run()
+    at.switch_page("parley/app_pages/chat.py").run()
     at.multiselect(key="documents-new").select(menu_id).run()  # a new conversation: the menu
     at.chat_input[0].set_value("When are refunds paid and what is on Friday?").run()
     assert not at.exception

@@ -10,13 +10,13 @@ import streamlit as st
 from sqlalchemy import update
 from streamlit.testing.v1 import AppTest
 
-from app_pages.state import UiState
-from cli.main import main as cli_main
-from fakes.anthropic_server import FakeAnthropic, Fault, Reply
-from store.models import Conversation, LoginSession
+from parley.app_pages.state import UiState
+from parley.cli.main import main as cli_main
+from parley.fakes.anthropic_server import FakeAnthropic, Fault, Reply
+from parley.store.models import Conversation, LoginSession
+from parley.wiring.services import Services, build_services
 from tests.app_pages.support import add_user, app, log_in, page_text
 from tests.support import ROOT
-from wiring.services import Services, build_services
 
 
 def test_first_run_creates_the_admin_and_logs_in() -> None:
@@ -142,7 +142,7 @@ def test_bad_messages_are_not_sent_and_not_lost(claude_env: FakeAnthropic, text:
 
 
 def services_now() -> Services:
-    from parley.config import get_settings
+    from parley.core.config import get_settings
 
     return build_services(get_settings())
 
@@ -194,13 +194,13 @@ def test_admin_sees_the_users_page_and_a_user_does_not() -> None:
     add_user("alice", "alice-password")
     at = app()
     log_in(at, "root", "root-password")
-    at.switch_page("app_pages/admin_users.py").run()
+    at.switch_page("parley/app_pages/admin_users.py").run()
     assert not at.exception
     assert at.title[0].value == "Users"
     user_at = app()
     log_in(user_at, "alice", "alice-password")
     with pytest.raises(ValueError, match="Could not find a navigation page"):
-        user_at.switch_page("app_pages/admin_users.py")
+        user_at.switch_page("parley/app_pages/admin_users.py")
 
 
 def test_admins_disable_enable_and_set_passwords_on_the_users_page() -> None:
@@ -211,7 +211,7 @@ def test_admins_disable_enable_and_set_passwords_on_the_users_page() -> None:
     assert alice_at.chat_input
     at = app()
     log_in(at, "root", "root-password")
-    at.switch_page("app_pages/admin_users.py").run()
+    at.switch_page("parley/app_pages/admin_users.py").run()
     at.selectbox(key="manage-user").select("alice").run()
     at.button(key="toggle-user").click().run()
     assert not at.exception
@@ -258,7 +258,7 @@ def test_strategy_lab_compares_two_strategies(claude_env: FakeAnthropic) -> None
     strategy_box = at.selectbox(key="memory-strategy")
     assert strategy_box.value == "token_window"
     strategy_box.set_value("window").run()  # an admin sets this conversation's strategy
-    at.switch_page("app_pages/strategy_lab.py").run()
+    at.switch_page("parley/app_pages/strategy_lab.py").run()
     assert not at.exception
     assert at.title[0].value == "Strategy lab"
     at.selectbox[2].set_value("full").run()  # strategy A

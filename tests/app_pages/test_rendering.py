@@ -20,8 +20,12 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from app_pages.rendering import WORD_JOINER, plain_label, safe_markdown
-from app_pages.security_headers import SecurityHeaders, content_security_policy, security_headers
+from parley.app_pages.rendering import WORD_JOINER, plain_label, safe_markdown
+from parley.app_pages.security_headers import (
+    SecurityHeaders,
+    content_security_policy,
+    security_headers,
+)
 
 # A renderer that passes raw HTML through (stricter than Streamlit's, which drops it),
 # with the GitHub tables and strikethrough Streamlit renders.

@@ -9,14 +9,14 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from app_pages import routes
-from auth import COOKIE_NAME
-from cli.main import main as cli_main
-from parley.config import get_settings
-from parley.domain import Principal
-from parley.errors import StorageUnavailable
+from parley.app_pages import routes
+from parley.auth import COOKIE_NAME
+from parley.cli.main import main as cli_main
+from parley.core.config import get_settings
+from parley.core.domain import Principal
+from parley.core.errors import StorageUnavailable
+from parley.wiring.services import Services, build_services
 from tests.support import ROOT
-from wiring.services import Services, build_services
 
 
 @pytest.fixture

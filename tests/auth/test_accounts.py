@@ -7,11 +7,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from parley.domain import Role
-from parley.errors import AuthError, InvalidInput
-from store.models import User
+from parley.core.domain import Role
+from parley.core.errors import AuthError, InvalidInput
+from parley.store.models import User
+from parley.wiring.services import Services
 from tests.support import ROOT
-from wiring.services import Services
 
 
 def test_password_is_stored_as_argon2id_hash(services: Services) -> None:

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from auth.groups import add_member, group_id_named
-from auth.oidc import (
+from parley.auth.groups import add_member, group_id_named
+from parley.auth.oidc import (
     ClaimMapping,
     OidcSignIn,
     claimed_groups,
@@ -23,12 +23,12 @@ from auth.oidc import (
     namespaced,
     user_name,
 )
-from parley.domain import Role
-from parley.errors import AuthError
-from store.audit import AuditLog
-from store.db import Database
+from parley.core.domain import Role
+from parley.core.errors import AuthError
+from parley.store.audit import AuditLog
+from parley.store.db import Database
+from parley.wiring.services import Services
 from tests.support import ROOT
-from wiring.services import Services
 
 ISSUER = "http://127.0.0.1:9400"
 ADMINS = f"{ISSUER}#parley-admins"
@@ -94,7 +94,7 @@ def test_a_disabled_account_stays_out_and_bad_claims_are_a_sentence(
 def test_claims_of_an_expired_id_token_are_not_replayed(oidc: OidcSignIn) -> None:
     from datetime import UTC, datetime
 
-    from auth.oidc import SignInExpired
+    from parley.auth.oidc import SignInExpired
 
     now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
     fresh = claims(exp=now.timestamp() + 60)
@@ -148,7 +148,7 @@ def test_a_provider_manages_only_its_own_groups(oidc: OidcSignIn, services: Serv
 def test_a_bare_admin_group_names_no_issuer_and_makes_nobody_admin(
     database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level("WARNING", logger="auth.oidc"):
+    with caplog.at_level("WARNING", logger="parley.auth.oidc"):
         bare = OidcSignIn(database, ClaimMapping(admin_groups=frozenset({"parley-admins"})))
     assert any("name no issuer and are ignored" in r.getMessage() for r in caplog.records)
     assert bare.sign_in(claims(groups=["parley-admins"])).role is Role.USER

@@ -10,14 +10,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from auth import accounts as accounts_module
-from auth.passwords import MAX_PASSWORD_LENGTH
-from auth.sessions import SessionService, secret_from_file
-from parley.domain import Principal, Role
-from parley.errors import AuthError, InvalidInput, NotFound, PermissionDenied
-from store.models import LoginFailures, LoginSession, User
+from parley.auth import accounts as accounts_module
+from parley.auth.passwords import MAX_PASSWORD_LENGTH
+from parley.auth.sessions import SessionService, secret_from_file
+from parley.core.domain import Principal, Role
+from parley.core.errors import AuthError, InvalidInput, NotFound, PermissionDenied
+from parley.store.models import LoginFailures, LoginSession, User
+from parley.wiring.services import Services
 from tests.support import ROOT
-from wiring.services import Services
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.locomo import evidence_ids, load, normalise, run
+from parley.bench.locomo import evidence_ids, load, normalise, run
 
 
 def write_sample(path: Path) -> Path:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import threading
 
-from parley.domain import Principal
-from store.audit import AuditLog
+from parley.core.domain import Principal
+from parley.store.audit import AuditLog
+from parley.wiring.services import Services
 from tests.support import ROOT
-from wiring.services import Services
 
 
 def test_services_appending_from_several_threads_keep_one_chain(services: Services) -> None:

@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, select, update
 
-from chat.providers.scripted import ScriptedProvider
-from parley.domain import Principal, Role
-from parley.errors import AuthError
-from retrieval.document_index import DocumentIndex
-from retrieval.embeddings import HashingEmbedder
-from retrieval.vector_store import VectorStore
-from store.audit import AuditLog, redact_user_in, text_hash
-from store.models import Message, UsageEntry
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.core.domain import Principal, Role
+from parley.core.errors import AuthError
+from parley.retrieval.document_index import DocumentIndex
+from parley.retrieval.embeddings import HashingEmbedder
+from parley.retrieval.vector_store import VectorStore
+from parley.store.audit import AuditLog, redact_user_in, text_hash
+from parley.store.models import Message, UsageEntry
+from parley.wiring.services import Services, build_services
 from tests.support import ROOT
-from wiring.services import Services, build_services
 
 
 def records(services: Services, kind: str | None = None) -> list[dict[str, Any]]:

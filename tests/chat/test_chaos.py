@@ -17,16 +17,16 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from chat.providers.anthropic import AnthropicProvider
-from chat.providers.keys import StaticKey
-from fakes.anthropic_server import FakeAnthropic
-from parley.background import BackgroundWork
-from parley.config import Settings
-from parley.domain import MessageRole, MessageStatus
-from store.models import Message
+from parley.chat.gateway.providers.anthropic import AnthropicProvider
+from parley.chat.gateway.providers.keys import StaticKey
+from parley.core.background import BackgroundWork
+from parley.core.config import Settings
+from parley.core.domain import MessageRole, MessageStatus
+from parley.fakes.anthropic_server import FakeAnthropic
+from parley.store.models import Message
+from parley.wiring.services import Services, build_services
 from tests.conftest import SUMMARY_LINES
 from tests.support import ROOT
-from wiring.services import Services, build_services
 
 TURNS = 300
 FAULT_RATE = 0.3
@@ -141,8 +141,8 @@ def test_cli_against_a_faulty_server_never_loses_a_message() -> None:
             if done.returncode != 0:
                 assert lines[-2].startswith("parley: ") and lines[-2].endswith(".")
             endings.append(done.returncode)
-    from parley.config import get_settings
-    from wiring.services import build_services
+    from parley.core.config import get_settings
+    from parley.wiring.services import build_services
 
     svc = build_services(get_settings())
     with svc.database.session() as session:

@@ -7,11 +7,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from chat.conversations import ConversationService
-from parley.domain import Principal
-from parley.errors import InvalidInput, NotFound
-from store.models import Message, Summary, VectorErasure
-from wiring.services import Services
+from parley.chat.conversation.conversations import ConversationService
+from parley.core.domain import Principal
+from parley.core.errors import InvalidInput, NotFound
+from parley.store.models import Message, Summary, VectorErasure
+from parley.wiring.services import Services
 
 
 def test_list_is_newest_first_and_only_mine(

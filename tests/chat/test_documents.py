@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
 
-from chat.documents import DocumentService
-from parley.config import Settings
-from parley.domain import Principal
-from parley.errors import InvalidInput, NotFound, StorageUnavailable
-from retrieval.document_index import (
+from parley.chat.documents.library import DocumentService
+from parley.core.config import Settings
+from parley.core.domain import Principal
+from parley.core.errors import InvalidInput, NotFound, StorageUnavailable
+from parley.retrieval.document_index import (
     LEGACY_COLLECTION,
     PUBLIC_SCOPE,
     Access,
@@ -27,11 +27,11 @@ from retrieval.document_index import (
     group_scope,
     user_scope,
 )
-from retrieval.embeddings import HashingEmbedder
-from retrieval.vector_store import VectorStore
-from store.models import Document, DocumentChunk
+from parley.retrieval.embeddings import HashingEmbedder
+from parley.retrieval.vector_store import VectorStore
+from parley.store.models import Document, DocumentChunk
+from parley.wiring.services import Services, build_services, build_vector_store
 from tests.support import ROOT
-from wiring.services import Services, build_services, build_vector_store
 
 
 @pytest.fixture
@@ -406,7 +406,7 @@ def test_a_share_or_revocation_the_index_missed_is_applied_later(
 
 
 def test_relevant_neighbouring_chunks_join_one_passage_within_the_allotment() -> None:
-    from chat.document_hits import Hit, group_passages
+    from parley.chat.documents.hits import Hit, group_passages
 
     def hit(doc: int, chunk: int, rank: float, words: int = 50) -> Hit:
         text = " ".join(["word"] * words)

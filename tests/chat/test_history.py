@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from sqlalchemy import update
 
-from chat.history import HistoryCache, prompt_turns
-from chat.providers.scripted import ScriptedProvider
-from parley.domain import MessageStatus, Principal
-from parley.errors import StreamInterrupted
-from store.models import Conversation, Message
-from wiring.services import Services
+from parley.chat.conversation.history import HistoryCache, prompt_turns
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.core.domain import MessageStatus, Principal
+from parley.core.errors import StreamInterrupted
+from parley.store.models import Conversation, Message
+from parley.wiring.services import Services
 
 
 def cached(services: Services, cache: HistoryCache, conversation_id: int) -> list[int]:

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from chat.limited import METER_RETRY_WAITS_S, LimitedProvider
-from chat.limits import ConcurrencyGate, RateLimiter
-from chat.metering_outbox import MeteringOutbox
-from chat.providers.scripted import ScriptedProvider
-from parley.background import BackgroundWork
-from parley.domain import CallOutcome, Principal, Purpose
-from parley.errors import ProviderUnavailable, StorageUnavailable, StreamInterrupted
-from parley.llm import (
+from parley.chat.gateway.admission import ConcurrencyGate, RateLimiter
+from parley.chat.gateway.limited_provider import METER_RETRY_WAITS_S, LimitedProvider
+from parley.chat.gateway.outbox import MeteringOutbox
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.core.background import BackgroundWork
+from parley.core.domain import CallOutcome, Principal, Purpose
+from parley.core.errors import ProviderUnavailable, StorageUnavailable, StreamInterrupted
+from parley.core.llm import (
     CallMeta,
     CallRecord,
     ChatRequest,
@@ -31,10 +31,10 @@ from parley.llm import (
     Usage,
     estimate_tokens,
 )
-from parley.tokens import count_tokens
-from store.models import UsageEntry
+from parley.core.tokens import count_tokens
+from parley.store.models import UsageEntry
+from parley.wiring.services import Services, build_services
 from tests.support import ROOT, FakeClock
-from wiring.services import Services, build_services
 
 
 def limiter(clock: FakeClock | None = None, **limits: float) -> RateLimiter:
@@ -220,7 +220,7 @@ def test_a_meter_that_stays_down_costs_the_reader_nothing_and_loses_nothing(
     provider = limited_provider(scripted, gate=gate, meter=BrokenMeter(), outbox=outbox)
     scripted.enqueue("still ", "answered")
     scripted.enqueue("again")
-    with caplog.at_level(logging.WARNING, logger="chat.limited"):
+    with caplog.at_level(logging.WARNING, logger="parley.chat.gateway.limited_provider"):
         events = list(provider.stream(request(CallMeta(Purpose.CHAT, 1, 2))))
         list(provider.stream(request(CallMeta(Purpose.TITLE, 1, 2))))
     assert text_of(events) == "still answered"
@@ -454,7 +454,7 @@ def test_a_failed_api_count_falls_back_to_the_estimate(caplog: pytest.LogCapture
     inner = ApiCounter(ProviderUnavailable("count endpoint down"))
     plain = request()
     meter = FakeMeter()
-    with caplog.at_level(logging.INFO, logger="chat.limited"):
+    with caplog.at_level(logging.INFO, logger="parley.chat.gateway.limited_provider"):
         counted = limited_provider(inner, count_with_api=True, meter=meter).count_tokens(plain)
     assert counted == estimate_tokens(plain)
     assert [c.outcome for c in meter.calls] == [CallOutcome.FAILED]  # on record too

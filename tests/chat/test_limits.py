@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chat.limits import ConcurrencyGate, RateLimiter
-from parley.errors import Overloaded, RateLimited
+from parley.chat.gateway.admission import ConcurrencyGate, RateLimiter
+from parley.core.errors import Overloaded, RateLimited
 from tests.support import FakeClock, admitted_by_processes
 
 
@@ -122,8 +122,8 @@ def test_database_buckets_are_shared_by_processes(tmp_path: Path) -> None:
     On SQLite each take begins with `BEGIN IMMEDIATE`; with pysqlite's deferred begin
     the processes read the same level and each took from it.
     """
-    from store.db import Database
-    from store.migrate import upgrade
+    from parley.store.db import Database
+    from parley.store.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'limits.db'}"
     database = Database(url)

@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from chat.providers.anthropic import AnthropicProvider
-from chat.providers.keys import StaticKey
-from chat.providers.scripted import ScriptedProvider
-from fakes.anthropic_server import Cited, FakeAnthropic, Reply
-from parley.domain import Principal
-from parley.llm import Citation
-from retrieval.document_index import DocumentIndex
-from retrieval.embeddings import HashingEmbedder
-from retrieval.vector_store import VectorStore
+from parley.chat.gateway.providers.anthropic import AnthropicProvider
+from parley.chat.gateway.providers.keys import StaticKey
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.core.domain import Principal
+from parley.core.llm import Citation
+from parley.fakes.anthropic_server import Cited, FakeAnthropic, Reply
+from parley.retrieval.document_index import DocumentIndex
+from parley.retrieval.embeddings import HashingEmbedder
+from parley.retrieval.vector_store import VectorStore
+from parley.wiring.services import Services, build_services
 from tests.support import ROOT
-from wiring.services import Services, build_services
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 ENVELOPE = re.compile(r"<(quoted_documents_[0-9a-f]{16})>(.*?)</\1>", re.DOTALL)

@@ -9,15 +9,15 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
-import chat.grants
-from chat.providers.scripted import ScriptedProvider
-from chat.review import ReviewFilter
-from parley.domain import MessageStatus, Principal, Role
-from parley.errors import InvalidInput, NotFound, PermissionDenied, ProviderError
-from store.audit import text_hash
-from store.models import Message
+import parley.chat.conversation.grants
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.chat.oversight.review import ReviewFilter
+from parley.core.domain import MessageStatus, Principal, Role
+from parley.core.errors import InvalidInput, NotFound, PermissionDenied, ProviderError
+from parley.store.audit import text_hash
+from parley.store.models import Message
+from parley.wiring.services import Services
 from tests.support import ROOT
-from wiring.services import Services
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_a_grant_expires(
     conversation = ask(services, alice, "Hello")
     services.review.open(admin, conversation, "Checking a reported bug")
     assert services.review.granted(admin, conversation)
-    monkeypatch.setattr(chat.grants, "GRANT_LIFETIME", timedelta(0))
+    monkeypatch.setattr(parley.chat.conversation.grants, "GRANT_LIFETIME", timedelta(0))
     assert not services.review.granted(admin, conversation)
     with pytest.raises(PermissionDenied):
         services.review.read(admin, conversation)

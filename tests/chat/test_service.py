@@ -8,21 +8,21 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-import chat.service
-from chat.providers.scripted import ScriptedProvider
-from chat.replies import ReplyStream
-from chat.service import NOT_SAVED, ChatService
-from parley.domain import MessageRole, MessageStatus, Principal
-from parley.errors import (
+import parley.chat.conversation.service
+from parley.chat.conversation.replies import ReplyStream
+from parley.chat.conversation.service import NOT_SAVED, ChatService
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.core.domain import MessageRole, MessageStatus, Principal
+from parley.core.errors import (
     InvalidInput,
     NotFound,
     ProviderError,
     StorageUnavailable,
     StreamInterrupted,
 )
-from parley.llm import ChatRequest
-from store.models import Message
-from wiring.services import Services
+from parley.core.llm import ChatRequest
+from parley.store.models import Message
+from parley.wiring.services import Services
 
 
 def stored(services: Services, conversation_id: int) -> list[Message]:
@@ -249,8 +249,8 @@ def test_a_queued_turn_hears_its_position(
 ) -> None:
     import threading
 
-    from parley.background import BackgroundWork
-    from wiring.services import build_services
+    from parley.core.background import BackgroundWork
+    from parley.wiring.services import build_services
 
     one_slot = services.settings.model_copy(update={"max_concurrent_calls": 1})
     services = build_services(one_slot, provider=scripted, background=BackgroundWork(workers=0))
@@ -281,8 +281,8 @@ def test_a_queued_turn_hears_its_position(
 def test_a_full_queue_ends_the_turn_with_a_sentence_and_keeps_the_message(
     services: Services, scripted: ScriptedProvider, alice: Principal
 ) -> None:
-    from parley.background import BackgroundWork
-    from wiring.services import build_services
+    from parley.core.background import BackgroundWork
+    from parley.wiring.services import build_services
 
     no_line = services.settings.model_copy(
         update={"max_concurrent_calls": 1, "max_queued_calls": 0}
@@ -311,7 +311,9 @@ def flaky_insert(
         return insert(self, fields, stream)
 
     monkeypatch.setattr(ChatService, "_insert_answer", fail_then_insert)
-    monkeypatch.setattr(chat.service, "STORE_RETRY_DELAYS_S", (0.001, 0.001, 0.001))
+    monkeypatch.setattr(
+        parley.chat.conversation.service, "STORE_RETRY_DELAYS_S", (0.001, 0.001, 0.001)
+    )
     return attempts
 
 
@@ -346,7 +348,7 @@ def test_an_answer_the_database_never_takes_ends_with_a_sentence_not_an_exceptio
     scripted.enqueue("Lost ", "words.")
     reply = services.chat.send(alice, None, "Remember this")
     assert "".join(reply) == "Lost words."  # the reader saw the text, and no exception
-    assert len(attempts) == len(chat.service.STORE_RETRY_DELAYS_S) + 1
+    assert len(attempts) == len(parley.chat.conversation.service.STORE_RETRY_DELAYS_S) + 1
     assert reply.result is not None
     assert reply.result.message_id is None
     assert reply.result.status is MessageStatus.ERROR
@@ -356,7 +358,7 @@ def test_an_answer_the_database_never_takes_ends_with_a_sentence_not_an_exceptio
     assert user.content == "Remember this"
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(failures) == 1
-    assert failures[0].name == "chat.service"
+    assert failures[0].name == "parley.chat.conversation.service"
     assert "Could not store the answer" in failures[0].getMessage()
     assert f"conversation {reply.conversation_id}" in failures[0].getMessage()
     assert failures[0].exc_info is not None  # the database error is in the log

@@ -1,16 +1,16 @@
-"""chat/summaries.py: the model-written summary, metered, fenced off, with a fallback."""
+"""model_summaries.py: the model-written summary, metered, fenced off, with a fallback."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
 
-from chat.providers.scripted import ScriptedProvider
-from chat.summaries import ModelSummarizer
-from memory import SummaryDraft, Turn
-from parley.domain import Purpose
-from parley.errors import Overloaded
-from parley.llm import CallMeta, ChatRequest
+from parley.chat.conversation.model_summaries import ModelSummarizer
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.core.domain import Purpose
+from parley.core.errors import Overloaded
+from parley.core.llm import CallMeta, ChatRequest
+from parley.memory import SummaryDraft, Turn
 
 
 def chat_turns(n: int, needle_at: int) -> list[Turn]:

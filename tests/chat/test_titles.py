@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from chat.providers.scripted import ScriptedProvider
-from chat.titles import TITLE_CHARS, fallback_title, generate_title, parse_title
-from parley.background import BackgroundWork
-from parley.domain import Principal, Purpose
-from parley.errors import Overloaded
-from parley.llm import CallMeta
-from wiring.services import Services, build_services
+from parley.chat.conversation.titles import TITLE_CHARS, fallback_title, generate_title, parse_title
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.core.background import BackgroundWork
+from parley.core.domain import Principal, Purpose
+from parley.core.errors import Overloaded
+from parley.core.llm import CallMeta
+from parley.wiring.services import Services, build_services
 
 TITLE = CallMeta(Purpose.TITLE, user_id=1, conversation_id=1)
 

@@ -9,16 +9,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from chat.providers.scripted import ScriptedProvider
-from chat.usage import RESERVATION_LIFETIME, cost_usd
-from parley.background import BackgroundWork
-from parley.config import ModelPrice
-from parley.domain import CallOutcome, MessageRole, Principal, Purpose
-from parley.errors import QuotaExceeded
-from parley.llm import Usage
-from store.models import Message, QuotaReservation, UsageEntry
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.chat.gateway.usage import RESERVATION_LIFETIME, cost_usd
+from parley.core.background import BackgroundWork
+from parley.core.config import ModelPrice
+from parley.core.domain import CallOutcome, MessageRole, Principal, Purpose
+from parley.core.errors import QuotaExceeded
+from parley.core.llm import Usage
+from parley.store.models import Message, QuotaReservation, UsageEntry
+from parley.wiring.services import Services, build_services
 from tests.support import ROOT
-from wiring.services import Services, build_services
 
 
 def test_cost_prices_cache_reads_and_writes_apart() -> None:

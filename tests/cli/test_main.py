@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from fakes.anthropic_server import FakeAnthropic, Fault, Reply
+from parley.fakes.anthropic_server import FakeAnthropic, Fault, Reply
 
 PARLEY = str(Path(sys.executable).with_name("parley"))
 
@@ -51,8 +51,8 @@ def test_user_add_reads_the_password_from_stdin_and_list_shows_it(tmp_path: Path
 
 
 def test_user_disable_enable_and_passwd(tmp_path: Path) -> None:
-    from parley.config import get_settings
-    from wiring.services import build_services
+    from parley.core.config import get_settings
+    from parley.wiring.services import build_services
 
     assert run("db", "upgrade").returncode == 0
     assert run("user", "add", "bob", stdin="bob-password\n").returncode == 0
@@ -294,9 +294,9 @@ def test_short_commands_on_a_fresh_data_dir_end_cleanly_and_say_nothing_else(
 
 
 def test_start_up_work_that_is_due_is_done_before_the_command_exits(tmp_path: Path) -> None:
-    from parley.config import get_settings
-    from store.db import Database
-    from store.models import DocumentSync
+    from parley.core.config import get_settings
+    from parley.store.db import Database
+    from parley.store.models import DocumentSync
 
     assert_quiet(run("db", "upgrade"))
     # A document deleted while the vector store was down: its vectors are still to go.

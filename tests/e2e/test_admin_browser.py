@@ -18,9 +18,9 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 from sqlalchemy import update
 
-from fakes.anthropic_server import FakeAnthropic
-from store.db import Database
-from store.models import Message
+from parley.fakes.anthropic_server import FakeAnthropic
+from parley.store.db import Database
+from parley.store.models import Message
 from tests.e2e.test_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,

@@ -332,7 +332,7 @@ class _Listener:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium on PATH (make system-deps)")
 def test_an_answer_never_makes_the_browser_fetch_an_image(tmp_path: Path) -> None:
-    from fakes.anthropic_server import FakeAnthropic, Reply
+    from parley.fakes.anthropic_server import FakeAnthropic, Reply
 
     listener = _Listener()
     answer = (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from fakes.anthropic_server import Cited, FakeAnthropic, Reply
+from parley.fakes.anthropic_server import Cited, FakeAnthropic, Reply
 from tests.e2e.test_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,

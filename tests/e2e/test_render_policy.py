@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from app_pages.rendering import WORD_JOINER
-from fakes.anthropic_server import FakeAnthropic, Reply
+from parley.app_pages.rendering import WORD_JOINER
+from parley.fakes.anthropic_server import FakeAnthropic, Reply
 from tests.e2e.test_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,

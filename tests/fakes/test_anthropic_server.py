@@ -12,7 +12,7 @@ import httpx2
 import pytest
 from anthropic.types import MessageParam, TextBlockParam
 
-from fakes.anthropic_server import (
+from parley.fakes.anthropic_server import (
     FakeAnthropic,
     Fault,
     RecordedRequest,

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memory.assembly import assemble, recalled_tokens, render_recalled, request_boundary
-from memory.base import Turn, message_tokens
-from parley.tokens import count_tokens
+from parley.core.tokens import count_tokens
+from parley.memory.assembly import assemble, recalled_tokens, render_recalled, request_boundary
+from parley.memory.base import Turn, message_tokens
 
 words = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=80

@@ -8,9 +8,9 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memory.assembly import assemble, neutralise, summary_block
-from memory.base import ContextWindow, Turn
-from memory.summaries import Summary
+from parley.memory.assembly import assemble, neutralise, summary_block
+from parley.memory.base import ContextWindow, Turn
+from parley.memory.summaries import Summary
 
 OPERATOR = "You are Parley's assistant. Answer briefly."
 FORGED_SUMMARY = (

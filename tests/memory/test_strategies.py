@@ -14,10 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from chat.providers.scripted import ScriptedProvider
-from memory.base import ContextRequest, ContextWindow, MemoryStrategy, Turn, turn_tokens
-from memory.registry import MemoryDeps, StrategyRegistry, available
-from memory.summaries import (
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.core.background import BackgroundWork
+from parley.core.config import Settings
+from parley.core.domain import MessageRole, Principal, Role
+from parley.core.errors import ConfigurationError, InvalidInput, PermissionDenied
+from parley.memory.base import ContextRequest, ContextWindow, MemoryStrategy, Turn, turn_tokens
+from parley.memory.registry import MemoryDeps, StrategyRegistry, available
+from parley.memory.summaries import (
     ExtractiveSummarizer,
     RollingSummary,
     Summarizer,
@@ -25,16 +29,12 @@ from memory.summaries import (
     SummaryDraft,
     SummaryStore,
 )
-from parley.background import BackgroundWork
-from parley.config import Settings
-from parley.domain import MessageRole, Principal, Role
-from parley.errors import ConfigurationError, InvalidInput, PermissionDenied
-from retrieval.embeddings import HashingEmbedder
-from retrieval.recall import RecallIndex
-from store.db import Database
-from store.models import Message
+from parley.retrieval.embeddings import HashingEmbedder
+from parley.retrieval.turn_recall import RecallIndex
+from parley.store.db import Database
+from parley.store.models import Message
+from parley.wiring.services import Services, build_services
 from tests.support import ROOT
-from wiring.services import Services, build_services
 
 BUILT_INS = {"full", "window", "token_window", "summary_buffer", "vector_recall", "hybrid"}
 
@@ -112,7 +112,7 @@ def third_party(tmp_path: Path) -> Iterator[str]:
     )
     (site / "parley_echo.py").write_text(
         textwrap.dedent("""
-        from memory.assembly import assemble
+        from parley.memory.assembly import assemble
 
         class EchoLast:
             name = "echo_last"
@@ -307,7 +307,7 @@ def test_admins_choose_a_strategy_per_conversation(services: Services, alice: Pr
 def test_deleting_a_conversation_drops_its_vectors(
     settings: Settings, scripted: ScriptedProvider, tmp_path: Path
 ) -> None:
-    from retrieval.vector_store import VectorStore
+    from parley.retrieval.vector_store import VectorStore
 
     store = VectorStore.persistent(tmp_path / "chroma")
     chosen = settings.model_copy(update={"memory_strategy": "vector_recall"})

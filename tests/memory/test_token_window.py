@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memory.base import ContextRequest, ContextWindow, Turn
-from memory.token_window import TokenWindow
-from parley.errors import InvalidInput
+from parley.core.errors import InvalidInput
+from parley.memory.base import ContextRequest, ContextWindow, Turn
+from parley.memory.token_window import TokenWindow
 
 
 def conversation(lengths: list[int]) -> list[Turn]:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from parley.config import Settings
-from retrieval.embeddings import HashingEmbedder
-from retrieval.recall import IndexedTurn, RecallIndex
-from wiring.services import build_recall_index
+from parley.core.config import Settings
+from parley.retrieval.embeddings import HashingEmbedder
+from parley.retrieval.turn_recall import IndexedTurn, RecallIndex
+from parley.wiring.services import build_recall_index
 
 
 def test_recall_persists_on_a_chroma_server(chroma_url: str, tmp_path: Path) -> None:
@@ -61,8 +61,8 @@ def test_recall_persists_on_a_chroma_server(chroma_url: str, tmp_path: Path) -> 
 def test_the_chroma_urls_scheme_and_port_are_honoured(
     url: str, expected: tuple[str, int, bool], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from retrieval.vector_store import VectorStore
-    from wiring.services import build_recall_index
+    from parley.retrieval.vector_store import VectorStore
+    from parley.wiring.services import build_recall_index
 
     made: list[tuple[str, int, bool]] = []
     monkeypatch.setattr(
@@ -80,8 +80,8 @@ def test_the_chroma_urls_scheme_and_port_are_honoured(
     "url", ["chroma.internal:8000", "ftp://chroma", "http://:8000", "http://h:port"]
 )
 def test_a_bad_chroma_url_is_a_sentence(url: str, tmp_path: Path) -> None:
-    from parley.errors import ConfigurationError
-    from wiring.services import build_recall_index
+    from parley.core.errors import ConfigurationError
+    from parley.wiring.services import build_recall_index
 
     with pytest.raises(ConfigurationError, match="PARLEY_CHROMA_URL"):
         build_recall_index(Settings(data_dir=tmp_path, chroma_url=url))

@@ -1,4 +1,4 @@
-"""retrieval/documents.py: parsing every supported kind of file, and chunking by tokens."""
+"""parley/retrieval/documents.py: parsing every supported kind of file, and chunking by tokens."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from parley.errors import InvalidInput
-from parley.tokens import count_tokens
-from retrieval.documents import MAX_FILE_BYTES, Section, chunk, parse
+from parley.core.errors import InvalidInput
+from parley.core.tokens import count_tokens
+from parley.retrieval.documents import MAX_FILE_BYTES, Section, chunk, parse
 from tests.support import pdf_with_pages
 
 
@@ -100,7 +100,7 @@ def test_chunks_respect_the_size_overlap_and_sections() -> None:
 
 
 def test_hybrid_rank_lets_an_exact_rare_word_win_over_a_closer_vector() -> None:
-    from retrieval.document_index import Candidate, hybrid_rank
+    from parley.retrieval.document_index import Candidate, hybrid_rank
 
     candidates = [
         Candidate(1, 0, 0.62, "Our travel policy covers flights and hotels."),
@@ -116,7 +116,7 @@ def test_hybrid_rank_lets_an_exact_rare_word_win_over_a_closer_vector() -> None:
 
 
 def test_hybrid_rank_lifts_a_chunk_whose_neighbour_matches() -> None:
-    from retrieval.document_index import Candidate, hybrid_rank
+    from parley.retrieval.document_index import Candidate, hybrid_rank
 
     candidates = [
         Candidate(1, 4, 0.9, "The refund rules, part one: the request."),

@@ -1,4 +1,4 @@
-"""retrieval/embeddings.py: the hashing double, MiniLM on torch and on onnxruntime."""
+"""parley/retrieval/embeddings.py: the hashing double, MiniLM on torch and on onnxruntime."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parley.errors import ConfigurationError
-from retrieval import embeddings
-from retrieval.embeddings import Embedder, HashingEmbedder, MiniLMEmbedder, bundled_minilm_path
+from parley.core.errors import ConfigurationError
+from parley.retrieval import embeddings
+from parley.retrieval.embeddings import (
+    Embedder,
+    HashingEmbedder,
+    MiniLMEmbedder,
+    bundled_minilm_path,
+)
 
 
 def test_hashing_embedder_is_deterministic_and_normalised() -> None:
@@ -107,7 +112,7 @@ def test_failed_export_falls_back_to_torch(
 
     monkeypatch.setattr(embeddings, "export_minilm_onnx", broken)
     embedder = MiniLMEmbedder(cache_dir=tmp_path / "models")
-    with caplog.at_level(logging.WARNING, logger="retrieval.embeddings"):
+    with caplog.at_level(logging.WARNING, logger="parley.retrieval.embeddings"):
         vectors = embedder.embed(["my new dog"])
     assert embedder.runtime == "torch" and vectors.shape == (1, 384)
     assert "Embedding on torch" in caplog.text

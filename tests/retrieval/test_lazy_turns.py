@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from retrieval.embeddings import HashingEmbedder
-from retrieval.recall import IndexedTurn, LazyTurns, RecallIndex
+from parley.retrieval.embeddings import HashingEmbedder
+from parley.retrieval.turn_recall import IndexedTurn, LazyTurns, RecallIndex
 
 TURNS = [
     IndexedTurn(

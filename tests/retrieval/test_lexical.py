@@ -1,4 +1,4 @@
-"""retrieval/lexical.py: the tokenizer, the light stemmer and incremental BM25."""
+"""parley/retrieval/lexical.py: the tokenizer, the light stemmer and incremental BM25."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from retrieval.lexical import BM25Index, stem, tokenize
+from parley.retrieval.lexical import BM25Index, stem, tokenize
 
 
 def test_tokenize_drops_stopwords_and_apostrophes_and_stems() -> None:

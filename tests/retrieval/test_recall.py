@@ -1,4 +1,4 @@
-"""retrieval/: score fusion and the recall index (memory, the store, sync, forget, concurrency)."""
+"""retrieval: score fusion and the recall index (memory, the store, sync, forget, concurrency)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from retrieval.embeddings import Embedder, HashingEmbedder
-from retrieval.recall import ConversationRecall, IndexedTurn, RecallIndex, embedding_text
-from retrieval.scoring import ScoringWeights, fuse_scores, minmax
-from retrieval.vector_store import VectorStore
+from parley.retrieval.embeddings import Embedder, HashingEmbedder
+from parley.retrieval.scoring import ScoringWeights, fuse_scores, minmax
+from parley.retrieval.turn_recall import (
+    ConversationRecall,
+    IndexedTurn,
+    RecallIndex,
+    embedding_text,
+)
+from parley.retrieval.vector_store import VectorStore
 from tests.retrieval.test_vector_store import files_holding, files_holding_vectors
 
 # ---------------------------------------------------------------- helpers

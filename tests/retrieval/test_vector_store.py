@@ -1,4 +1,4 @@
-"""retrieval/vector_store.py: the Chroma-backed store of ids, embeddings and metadata."""
+"""parley/retrieval/vector_store.py: the Chroma-backed store of ids, embeddings and metadata."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.vector_store import VectorStore, deferred_purges
+from parley.retrieval.vector_store import VectorStore, deferred_purges
 
 
 def files_holding(root: Path, needle: bytes) -> list[str]:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select, update
 
-from parley.config import Settings
-from parley.errors import InvalidInput
-from store.audit import AuditLog, Checkpoint, parse_checkpoints
-from store.audit_chain import (
+from parley.core.config import Settings
+from parley.core.errors import InvalidInput
+from parley.store.audit import AuditLog, Checkpoint, parse_checkpoints
+from parley.store.audit_chain import (
     GENESIS,
     content_hash,
     hashed_fields,
@@ -23,9 +23,9 @@ from store.audit_chain import (
     record_hash,
     redacted_content,
 )
-from store.db import Database
-from store.keys import AuditKeys, key_id
-from store.models import AuditHead, AuditRecord
+from parley.store.db import Database
+from parley.store.keys import AuditKeys, key_id
+from parley.store.models import AuditHead, AuditRecord
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 
@@ -239,9 +239,9 @@ def test_removed_records_are_found_in_the_middle_and_at_the_end(
 APPENDER = textwrap.dedent(
     """
     import sys
-    from store.audit import AuditLog
-    from store.db import Database
-    from store.keys import AuditKeys
+    from parley.store.audit import AuditLog
+    from parley.store.db import Database
+    from parley.store.keys import AuditKeys
 
     log = AuditLog(Database(sys.argv[1], audit_keys=AuditKeys.from_secrets(sys.argv[4])))
     for n in range(int(sys.argv[3])):
@@ -302,8 +302,8 @@ def test_unkeyed_records_in_a_keyed_trail_are_never_keyed(
 def test_an_erasure_of_someone_still_here_is_a_forgery(log: AuditLog, database: Database) -> None:
     """Even with the key, an erasure record for a user who still has an account (to
     justify redacting their records) breaks verification."""
-    from store.audit import append_in
-    from store.models import User
+    from parley.store.audit import append_in
+    from parley.store.models import User
 
     with database.session(write_lock=True) as session:
         user = User(name="still-here", password_hash=None)

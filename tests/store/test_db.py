@@ -11,20 +11,20 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from parley.config import Settings
-from parley.domain import Role
-from parley.errors import (
+from parley.core.config import Settings
+from parley.core.domain import Role
+from parley.core.errors import (
     ConfigurationError,
     InvalidInput,
     StorageConflict,
     StorageError,
     StorageUnavailable,
 )
-from store.db import Database
-from store.migrate import is_current, upgrade
-from store.models import Base, User
+from parley.store.db import Database
+from parley.store.migrate import is_current, upgrade
+from parley.store.models import Base, User
+from parley.wiring.services import Services, build_services
 from tests.support import ROOT
-from wiring.services import Services, build_services
 
 
 def test_migrations_create_exactly_the_models_schema(database: Database) -> None:

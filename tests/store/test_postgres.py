@@ -19,17 +19,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from chat.providers.scripted import ScriptedProvider
-from parley.background import BackgroundWork
-from parley.config import ProviderChoice, Settings
-from parley.domain import Role
-from parley.errors import QuotaExceeded
-from store.db import Database
-from store.keys import AuditKeys
-from store.migrate import upgrade
-from store.models import Base
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.core.background import BackgroundWork
+from parley.core.config import ProviderChoice, Settings
+from parley.core.domain import Role
+from parley.core.errors import QuotaExceeded
+from parley.store.db import Database
+from parley.store.keys import AuditKeys
+from parley.store.migrate import upgrade
+from parley.store.models import Base
+from parley.wiring.services import Services, build_services
 from tests.support import ROOT, admitted_by_processes, free_port
-from wiring.services import Services, build_services
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 INITDB = shutil.which("initdb") or str(PG_BIN / "initdb")
@@ -189,7 +189,7 @@ def test_shared_token_buckets_on_postgres(postgres_url: str, tmp_path: Path) -> 
 
 def test_processes_append_to_one_audit_chain_on_postgres(postgres_url: str) -> None:
     """The audit head row is locked `FOR UPDATE`: four processes, one unbroken chain."""
-    from store.audit import AuditLog
+    from parley.store.audit import AuditLog
     from tests.store.test_audit import APPENDER, ROOT_DIR
 
     database = Database(postgres_url, audit_keys=PG_KEYS)
@@ -216,11 +216,11 @@ def test_review_break_glass_and_erasure_on_postgres(postgres_url: str, tmp_path:
     by cascade, usage facts, and a chain that still verifies."""
     from datetime import date
 
-    from chat.review import ReviewFilter
-    from retrieval.document_index import DocumentIndex
-    from retrieval.embeddings import HashingEmbedder
-    from retrieval.vector_store import VectorStore
-    from store.audit import AuditLog
+    from parley.chat.oversight.review import ReviewFilter
+    from parley.retrieval.document_index import DocumentIndex
+    from parley.retrieval.embeddings import HashingEmbedder
+    from parley.retrieval.vector_store import VectorStore
+    from parley.store.audit import AuditLog
 
     settings = Settings(
         data_dir=tmp_path,

@@ -10,12 +10,12 @@ import json
 
 import pytest
 
-from chat.audit_trail import AuditTrail
-from chat.erasure import ErasureService
-from chat.review import ReviewFilter, ReviewService
-from parley.domain import Principal, Role
-from parley.errors import PermissionDenied
-from store.audit import AuditLog
+from parley.chat.oversight.audit_trail import AuditTrail
+from parley.chat.oversight.erasure import ErasureService
+from parley.chat.oversight.review import ReviewFilter, ReviewService
+from parley.core.domain import Principal, Role
+from parley.core.errors import PermissionDenied
+from parley.store.audit import AuditLog
 from tests.wiring.test_authorization import (
     Guarded,
     World,
@@ -178,7 +178,7 @@ def test_the_chat_page_shows_nothing_of_a_conversation_id_that_is_not_yours(
 ) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from app_pages.state import Login, UiState
+    from parley.app_pages.state import Login, UiState
     from tests.app_pages.support import APP, page_text
 
     alice_data, bob_data = world.owners

@@ -21,17 +21,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from auth.accounts import AccountService
-from chat.conversations import ConversationService
-from chat.lab import StrategyLab
-from chat.providers.scripted import ScriptedProvider
-from chat.service import ChatService
-from chat.usage import UsageService
-from parley.domain import Principal, Role
-from parley.errors import NotFound, ParleyError, PermissionDenied, ProviderError
-from store.models import Base
+from parley.auth.accounts import AccountService
+from parley.chat.conversation.conversations import ConversationService
+from parley.chat.conversation.lab import StrategyLab
+from parley.chat.conversation.service import ChatService
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.chat.gateway.usage import UsageService
+from parley.core.domain import Principal, Role
+from parley.core.errors import NotFound, ParleyError, PermissionDenied, ProviderError
+from parley.store.models import Base
+from parley.wiring.services import Services
 from tests.support import ROOT
-from wiring.services import Services
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from auth.groups import GroupService
-from chat.documents import DocumentService
-from parley.domain import Principal, Role
-from parley.errors import InvalidInput, NotFound, ParleyError, PermissionDenied
-from retrieval.document_index import DocumentIndex
-from retrieval.embeddings import HashingEmbedder
-from retrieval.vector_store import VectorStore
-from store.models import Base
+from parley.auth.groups import GroupService
+from parley.chat.documents.library import DocumentService
+from parley.core.domain import Principal, Role
+from parley.core.errors import InvalidInput, NotFound, ParleyError, PermissionDenied
+from parley.retrieval.document_index import DocumentIndex
+from parley.retrieval.embeddings import HashingEmbedder
+from parley.retrieval.vector_store import VectorStore
+from parley.store.models import Base
+from parley.wiring.services import Services, build_services
 from tests.support import ROOT
-from wiring.services import Services, build_services
 
 SECRET = "The vault code is 4417 and only alice knows it."
 

@@ -21,20 +21,20 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from chat.providers.scripted import ScriptedProvider
-from parley.background import BackgroundWork
-from parley.config import Settings
-from parley.domain import Principal
-from parley.errors import AuthError
-from retrieval.documents import chunk, parse
-from retrieval.embeddings import HashingEmbedder
-from retrieval.vector_store import VectorStore
-from store.audit import AuditLog
-from store.db import Database
-from store.models import DocumentSync, Summary, VectorErasure
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.core.background import BackgroundWork
+from parley.core.config import Settings
+from parley.core.domain import Principal
+from parley.core.errors import AuthError
+from parley.retrieval.documents import chunk, parse
+from parley.retrieval.embeddings import HashingEmbedder
+from parley.retrieval.vector_store import VectorStore
+from parley.store.audit import AuditLog
+from parley.store.db import Database
+from parley.store.models import DocumentSync, Summary, VectorErasure
+from parley.wiring.services import Services, build_services
 from tests.retrieval.test_vector_store import files_holding_vectors
 from tests.support import ROOT
-from wiring.services import Services, build_services
 
 PADDING = "We spoke about the garden, the weather, the harbour and the long walk home. " * 3
 
@@ -79,7 +79,7 @@ def chunk_vectors(name: str, data: bytes) -> list[np.ndarray]:
 def embedder(monkeypatch: pytest.MonkeyPatch) -> RecordingEmbedder:
     recording = RecordingEmbedder()
     # Recall and documents both embed with the wiring's shared embedder.
-    monkeypatch.setattr("wiring.services.shared_embedder", lambda _settings: recording)
+    monkeypatch.setattr("parley.wiring.services.shared_embedder", lambda _settings: recording)
     return recording
 
 

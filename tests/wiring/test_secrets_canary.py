@@ -13,11 +13,11 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from fakes.anthropic_server import FakeAnthropic, Fault, Reply
-from parley.config import get_settings
-from store.migrate import upgrade
+from parley.core.config import get_settings
+from parley.fakes.anthropic_server import FakeAnthropic, Fault, Reply
+from parley.store.migrate import upgrade
+from parley.wiring.services import build_services, open_database
 from tests.support import ROOT
-from wiring.services import build_services, open_database
 
 CANARY = "sk-ant-CANARY-3f9a61c2e7b84d05a1"
 APP = str(Path(__file__).resolve().parents[2] / "app.py")

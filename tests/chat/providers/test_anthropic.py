@@ -9,14 +9,12 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from chat.limited import LimitedProvider
-from chat.limits import ConcurrencyGate, RateLimiter
-from chat.providers.anthropic import AnthropicProvider
-from chat.providers.keys import FileKey, KeySource, StaticKey
-from fakes.anthropic_script import rough_tokens
-from fakes.anthropic_server import FakeAnthropic, Fault, Reply
-from parley.domain import CallOutcome
-from parley.errors import (
+from parley.chat.gateway.admission import ConcurrencyGate, RateLimiter
+from parley.chat.gateway.limited_provider import LimitedProvider
+from parley.chat.gateway.providers.anthropic import AnthropicProvider
+from parley.chat.gateway.providers.keys import FileKey, KeySource, StaticKey
+from parley.core.domain import CallOutcome
+from parley.core.errors import (
     AuthenticationFailed,
     ContextTooLong,
     InvalidRequest,
@@ -26,7 +24,7 @@ from parley.errors import (
     RateLimited,
     StreamInterrupted,
 )
-from parley.llm import (
+from parley.core.llm import (
     CallRecord,
     ChatRequest,
     PromptMessage,
@@ -36,7 +34,9 @@ from parley.llm import (
     Usage,
     UsageSoFar,
 )
-from parley.tokens import count_tokens
+from parley.core.tokens import count_tokens
+from parley.fakes.anthropic_script import rough_tokens
+from parley.fakes.anthropic_server import FakeAnthropic, Fault, Reply
 
 REQUEST = ChatRequest(
     system="Be brief.",

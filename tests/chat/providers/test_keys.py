@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from chat.providers import build_key_source
-from chat.providers.keys import CommandKey, FileKey, StaticKey
-from parley.config import KeySourceChoice, Settings
-from parley.errors import ConfigurationError
+from parley.chat.gateway.providers import build_key_source
+from parley.chat.gateway.providers.keys import CommandKey, FileKey, StaticKey
+from parley.core.config import KeySourceChoice, Settings
+from parley.core.errors import ConfigurationError
 
 
 def key_script(tmp_path: Path, body: str) -> Path:

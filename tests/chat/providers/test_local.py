@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat.providers.local import (
+from parley.chat.gateway.providers.local import (
     ESCAPE_MARK,
     LOCAL_MODEL_NAME,
     LoadedModel,
@@ -25,8 +25,8 @@ from chat.providers.local import (
     neutralise_controls,
     prompt_tokens,
 )
-from parley.errors import ProviderMisconfigured
-from parley.llm import ChatRequest, PromptMessage, StreamEnd, TextDelta
+from parley.core.errors import ProviderMisconfigured
+from parley.core.llm import ChatRequest, PromptMessage, StreamEnd, TextDelta
 
 CHATML = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 

@@ -1,1 +1,0 @@
-"""The `parley` command (`cli.main:main`): accounts, quotas, usage, chat and benchmarks."""

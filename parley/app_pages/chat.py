@@ -1,0 +1,320 @@
+"""The chat page: the user's conversations in the sidebar, the current one replayed and streamed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import streamlit as st
+
+from parley.app_pages import state
+from parley.app_pages.rendering import plain_label, safe_markdown
+from parley.chat.conversation.conversations import ChatMessage
+from parley.chat.conversation.replies import ReplyStream
+from parley.core.domain import MessageRole, MessageStatus, Principal
+from parley.core.errors import NotFound, ParleyError
+from parley.wiring.services import Services
+
+services = state.services()
+ui = state.ui_state()
+principal = state.current_principal(services)
+if principal is None:  # the router shows this page only after login; a session may expire
+    st.rerun()
+assert principal is not None
+
+
+def render_sidebar(svc: Services, who: Principal) -> None:
+    with st.sidebar:
+        st.caption(f"Logged in as **{plain_label(who.name)}** · answers by `{svc.chat.model}`")
+        if st.button("New conversation", icon=":material/add:", width="stretch"):
+            ui.conversation_id = None
+            ui.confirm_delete = None
+            st.rerun()
+        if ui.conversation_id is None and (labels := document_labels(svc, who)):
+
+            def keep(picked: list[int] | None) -> None:
+                ui.new_documents = picked
+
+            pick_documents(labels, ui.new_documents, key="documents-new", on_change=keep)
+        conversations = svc.conversations.list_for(who)
+        if not conversations:
+            st.caption("No conversations yet.")
+        for conversation in conversations:
+            current = conversation.id == ui.conversation_id
+            if st.button(
+                plain_label(conversation.title),
+                key=f"conversation-{conversation.id}",
+                type="secondary" if current else "tertiary",
+                icon=":material/chat_bubble:" if current else None,
+                width="stretch",
+            ):
+                ui.conversation_id = conversation.id
+                ui.confirm_delete = None
+                st.rerun()
+
+
+def document_labels(svc: Services, who: Principal) -> dict[int, str]:
+    return {d.id: f"{d.name} ({d.owner})" for d in svc.documents.list_for(who)}
+
+
+def pick_documents(
+    labels: dict[int, str],
+    chosen: list[int] | None,
+    *,
+    key: str,
+    on_change: Callable[[list[int] | None], None],
+) -> None:
+    """A multiselect of documents; nothing picked means every document (None). Only a
+    change the user makes is passed on: a chosen document that is no longer visible
+    stays chosen (it may be shared again), rather than the choice widening to all."""
+    hidden = [d for d in chosen or [] if d not in labels]
+
+    def changed() -> None:
+        picked = list(st.session_state[key])
+        on_change([*picked, *hidden] if picked or hidden else None)
+
+    st.multiselect(
+        "Documents it draws on",
+        list(labels),
+        default=[d for d in chosen or [] if d in labels],
+        format_func=lambda d: labels.get(d, f"document {d}"),
+        placeholder="Every document you may read",
+        key=key,
+        on_change=changed,
+    )
+
+
+def render_document_choice(svc: Services, who: Principal, conversation_id: int) -> None:
+    labels = document_labels(svc, who)
+    if not labels:
+        return
+
+    def choose(picked: list[int] | None) -> None:
+        try:
+            svc.conversations.choose_documents(who, conversation_id, picked)
+        except ParleyError as exc:
+            ui.rejected_reason = exc.user_message
+
+    chosen = svc.conversations.documents_of(who, conversation_id)
+    pick_documents(labels, chosen, key=f"documents-{conversation_id}", on_change=choose)
+
+
+def render_conversation_settings(svc: Services, who: Principal, conversation_id: int) -> None:
+    with st.sidebar.expander("This conversation"):
+        render_document_choice(svc, who, conversation_id)
+        title = svc.conversations.get(who, conversation_id).title
+        new_title = st.text_input("Title", value=title, max_chars=200, key="rename")
+        if st.button("Rename", key="rename-button") and new_title != title:
+            try:
+                svc.conversations.rename(who, conversation_id, new_title)
+            except ParleyError as exc:
+                st.error(exc.user_message)
+            else:
+                st.rerun()
+        if who.is_admin:
+            names = svc.lab.strategies
+            current = svc.lab.strategy_of(who, conversation_id)
+            if current not in names:  # its plugin was uninstalled: the default answers
+                st.caption(
+                    f":warning: Its strategy {plain_label(repr(current))} is no longer "
+                    f"installed; {plain_label(repr(svc.lab.default))} answers instead."
+                )
+                current = svc.lab.default
+            picked = st.selectbox(
+                "Memory strategy", names, index=names.index(current), key="memory-strategy"
+            )
+            if picked != current:
+                try:
+                    svc.lab.set_memory_strategy(who, conversation_id, picked)
+                except ParleyError as exc:
+                    st.error(exc.user_message)
+                else:
+                    st.rerun()
+        if ui.confirm_delete != conversation_id:
+            if st.button("Delete", key="delete-button", icon=":material/delete:"):
+                ui.confirm_delete = conversation_id
+                st.rerun()
+        else:
+            st.warning("Delete this conversation and all its messages?")
+            left, right = st.columns(2)
+            if left.button("Yes, delete", key="delete-confirm", type="primary"):
+                try:
+                    svc.conversations.delete(who, conversation_id)
+                except ParleyError as exc:
+                    st.error(exc.user_message)
+                else:
+                    ui.conversation_id = None
+                    ui.confirm_delete = None
+                    st.rerun()
+            if right.button("Keep it", key="delete-cancel"):
+                ui.confirm_delete = None
+                st.rerun()
+
+
+def usage_line(message: ChatMessage) -> str:
+    """`312 in · 85 out · 1,024 cached · $0.0021 · model` for an answer."""
+    parts = []
+    if message.input_tokens is not None:
+        parts.append(f"{message.input_tokens:,} in")
+    if message.output_tokens is not None:
+        parts.append(f"{message.output_tokens:,} out")
+    if message.cache_read_input_tokens:
+        parts.append(f"{message.cache_read_input_tokens:,} from cache")
+    if message.cache_creation_input_tokens:
+        parts.append(f"{message.cache_creation_input_tokens:,} cached")
+    if message.cost_usd:  # the local model is free: no "$0.0000"
+        parts.append(f"${message.cost_usd:.4f}")
+    if message.model:  # as the API named it: stored text, shown as such
+        parts.append(plain_label(message.model))
+    return " · ".join(parts)
+
+
+def with_markers(text: str, citations: tuple[dict[str, Any], ...]) -> str:
+    """The answer with a [n] marker where each native citation stands (the local
+    model's answers carry their own markers already)."""
+    places: set[tuple[int, int]] = set()
+    for citation in citations:
+        if not citation.get("marker"):  # a [n] the model wrote is in the text already
+            places.add((min(int(citation["offset"]), len(text)), int(citation["n"])))
+    for offset, n in sorted(places, reverse=True):
+        text = f"{text[:offset]} [{n}]{text[offset:]}"
+    return text
+
+
+def render_citations(svc: Services, who: Principal, message: ChatMessage) -> None:
+    """One expander per cited passage: its document's name, and the chunk itself."""
+    seen: dict[int, dict[str, Any]] = {}
+    chunks: dict[int, set[int]] = {}
+    for citation in message.citations:  # every chunk cited of each passage
+        n = int(citation["n"])
+        seen.setdefault(n, citation)
+        chunks.setdefault(n, set()).update(int(i) for i in citation.get("chunks") or [])
+    for n, citation in sorted(seen.items()):
+        page = f", page {citation['page']}" if citation.get("page") else ""
+        with st.expander(plain_label(f"[{n}] {citation['name']}{page}"), icon=":material/link:"):
+            for index in sorted(chunks[n]):
+                try:
+                    chunk = svc.documents.open_chunk(who, int(citation["document_id"]), int(index))
+                except ParleyError:
+                    st.caption("This document is no longer there for you to read.")
+                    break
+                where = f" · section {chunk.heading}" if chunk.heading else ""
+                st.caption(plain_label(f"{chunk.name}, passage {index + 1}{where}"))
+                st.text(chunk.text)
+
+
+def render_message(message: ChatMessage) -> None:
+    avatar = "user" if message.role is MessageRole.USER else "assistant"
+    with st.chat_message(avatar):
+        if message.content:
+            st.markdown(safe_markdown(with_markers(message.content, message.citations)))
+        if message.citations and principal is not None:
+            render_citations(services, principal, message)
+        if message.status is MessageStatus.INTERRUPTED:
+            st.caption(":warning: This answer broke off; the text above is what arrived.")
+        elif message.status is MessageStatus.ERROR:
+            st.caption(f":warning: {plain_label(message.error or 'No answer arrived.')}")
+        if message.role is MessageRole.ASSISTANT and (line := usage_line(message)):
+            st.caption(line)
+
+
+def stream_reply(reply: ReplyStream) -> None:
+    try:
+        with st.chat_message("assistant"):
+            queue_note = st.empty()
+
+            def show_position(position: int) -> None:
+                queue_note.caption(
+                    f":hourglass: Many people are asking right now: you are number {position} "
+                    "in the queue."
+                )
+
+            reply.on_queue = show_position
+            shown = st.empty()
+            text = ""
+            for chunk in reply:  # the whole text so far is made safe each time:
+                text += chunk  # an image split across chunks is still caught
+                shown.markdown(safe_markdown(text) + " ▌")
+            shown.markdown(safe_markdown(text))
+            queue_note.empty()
+    finally:
+        # Stores the partial answer if the page stopped early, or frees the quota of an
+        # answer that never began (a rerun before its first chunk).
+        reply.close()
+    ui.conversation_id = reply.conversation_id
+    st.rerun()
+
+
+render_sidebar(services, principal)
+
+conversation_id = ui.conversation_id
+messages: list[ChatMessage] = []
+if conversation_id is not None:
+    try:
+        messages = services.conversations.messages(principal, conversation_id)
+    except NotFound:
+        ui.conversation_id = conversation_id = None
+if conversation_id is not None:
+    render_conversation_settings(services, principal, conversation_id)
+    st.subheader(plain_label(services.conversations.get(principal, conversation_id).title))
+    for access in services.review.accesses(principal, conversation_id=conversation_id):
+        st.info(
+            plain_label(
+                f"{access.admin} opened this conversation on {access.at:%Y-%m-%d %H:%M} "
+                f"UTC. Reason: {access.reason}"
+            ),
+            icon=":material/visibility:",
+        )
+else:
+    st.subheader("New conversation")
+    st.caption(f"Answers come from `{services.chat.model}`.")
+
+for message in messages:
+    if message.status is not MessageStatus.SUPERSEDED:
+        render_message(message)
+
+if conversation_id is not None and services.chat.needs_retry(principal, conversation_id):
+    last = messages[-1] if messages else None
+    reason = last.error if last and last.error else "This message has no answer yet."
+    st.error(plain_label(reason))
+    if st.button("Retry", icon=":material/refresh:", type="primary"):
+        try:
+            retried = services.chat.retry(principal, conversation_id)
+        except ParleyError as exc:
+            st.error(exc.user_message)
+        else:
+            stream_reply(retried)
+
+if ui.rejected_reason:
+    st.error(ui.rejected_reason)
+    if ui.rejected_text:
+        st.text_area("Your message was not sent; here it is to copy:", ui.rejected_text, height=120)
+    if st.button("Dismiss"):
+        ui.rejected_text = ui.rejected_reason = None
+        st.rerun()
+
+estimate = services.chat.estimate_next(principal, conversation_id)
+if estimate.input_cost_usd or estimate.max_output_cost_usd:
+    st.caption(
+        f"Next message: about {estimate.input_tokens:,} tokens of context "
+        f"(≈ ${estimate.input_cost_usd:.4f}) plus your text; "
+        f"the answer at most ≈ ${estimate.max_output_cost_usd:.4f}."
+    )
+prompt = st.chat_input("Message Parley")
+if prompt is not None:
+    try:
+        reply = services.chat.send(
+            principal,
+            conversation_id,
+            prompt,
+            documents=ui.new_documents if conversation_id is None else None,
+        )
+    except ParleyError as exc:
+        ui.rejected_text = prompt if prompt.strip() else None
+        ui.rejected_reason = exc.user_message
+        st.rerun()
+    else:
+        ui.rejected_text = ui.rejected_reason = None
+        with st.chat_message("user"):
+            st.markdown(safe_markdown(prompt))
+        stream_reply(reply)

@@ -1,0 +1,97 @@
+"""The prompt for a conversation: its strategy, its budget, and what it will cost.
+
+Shared by the turn lifecycle (`conversation.service`) and the strategy lab
+(`conversation.lab`), so both build exactly the context the model would get.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from parley.chat.gateway.usage import UsageService
+from parley.core.config import Settings
+from parley.core.llm import ChatProvider
+from parley.memory import ContextRequest, ContextWindow, StrategyRegistry, Turn
+
+# cl100k counts run a little below Claude's and SmolLM2's tokenizers; keep headroom.
+BUDGET_MARGIN = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What the next message is expected to cost, before it is sent."""
+
+    input_tokens: int
+    input_cost_usd: float
+    max_output_cost_usd: float
+
+
+class ContextBuilder:
+    def __init__(
+        self,
+        *,
+        provider: ChatProvider,
+        memory: StrategyRegistry,
+        settings: Settings,
+        usage: UsageService,
+    ) -> None:
+        self._provider = provider
+        self._memory = memory
+        self._settings = settings
+        self._usage = usage
+
+    @property
+    def memory(self) -> StrategyRegistry:
+        return self._memory
+
+    def budget(self) -> int:
+        """Prompt tokens allowed: the model's context minus the answer's reserve, less a margin,
+        and at most `memory_prompt_tokens` (so a turn's cost stops growing with the history)."""
+        model_room = (
+            self._provider.context_window - self._settings.max_output_tokens
+        ) * BUDGET_MARGIN
+        return min(int(model_room), self._settings.memory_prompt_tokens)
+
+    def prepare(self, question: str) -> None:
+        """Start, in the background, what `build` will need for `question`."""
+        self._memory.prepare(question)
+
+    def build(
+        self,
+        *,
+        conversation_id: int,
+        strategy: str | None,
+        history: Sequence[Turn],
+        question: str,
+        budget: int | None = None,
+    ) -> ContextWindow:
+        """The context `strategy` (None: the default) builds, within the budget (or less)."""
+        limit = self.budget()
+        return self._memory.resolve(strategy).build(
+            ContextRequest(
+                conversation_id=conversation_id,
+                system=self._settings.system_prompt,
+                history=history,
+                question=question,
+                budget=min(budget or limit, limit),
+            )
+        )
+
+    def estimate(self, context: ContextWindow) -> Estimate:
+        model = self._provider.model
+        return Estimate(
+            input_tokens=context.total_tokens,
+            input_cost_usd=self._usage.estimate_cost(model, input_tokens=context.total_tokens),
+            max_output_cost_usd=self._usage.estimate_cost(
+                model, input_tokens=0, output_tokens=self._settings.max_output_tokens
+            ),
+        )
+
+    def is_free(self) -> bool:
+        """True when the model costs nothing (the local one): no estimate worth showing."""
+        price = self._usage.price(self._provider.model)
+        return price is None or not (price.input or price.output)
+
+
+__all__ = ["BUDGET_MARGIN", "ContextBuilder", "Estimate"]

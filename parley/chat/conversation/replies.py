@@ -1,0 +1,95 @@
+"""What a turn hands back: the reply stream, its result, and the text rules for a message."""
+
+from __future__ import annotations
+
+import inspect
+import unicodedata
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+
+from parley.core.domain import MessageStatus
+from parley.core.errors import InvalidInput
+from parley.core.llm import Usage
+from parley.memory import ContextWindow
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyResult:
+    """How an answer ended. `error` is a sentence for the user, or None.
+
+    `message_id` is None only when the database refused the answer for good (logged).
+    """
+
+    message_id: int | None
+    status: MessageStatus
+    text: str
+    model: str
+    usage: Usage | None
+    cost_usd: float | None
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is MessageStatus.COMPLETE
+
+
+def clean_message_text(text: str, *, max_chars: int) -> str:
+    """The text as it will be stored and sent, or `InvalidInput` with a sentence to show."""
+    if not isinstance(text, str):
+        raise InvalidInput("A message must be text.")
+    # Lone surrogates (from broken encodings) cannot be stored as UTF-8; NUL breaks PostgreSQL.
+    text = text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+    if not text:
+        raise InvalidInput("The message is empty. Type something to send.")
+    if len(text) > max_chars:
+        raise InvalidInput(
+            f"The message has {len(text):,} characters; the limit is {max_chars:,}. "
+            "Please shorten it or split it up."
+        )
+    return text
+
+
+class ReplyStream:
+    """The answer as an iterator of text chunks; `result` is set once it has ended.
+
+    Iterate it to the end, or call `close()` when giving up early (the partial
+    answer is then stored as interrupted). It never raises a provider error.
+    Set `on_queue` to hear the queue position while the call waits for a slot.
+    """
+
+    def __init__(
+        self,
+        conversation_id: int,
+        user_message_id: int,
+        estimate: int,
+        context: ContextWindow,
+        *,
+        user_id: int,
+        reservation: int | None = None,
+    ) -> None:
+        self.conversation_id = conversation_id
+        self.reservation = reservation  # quota set aside until the answer ends
+        self.user_message_id = user_message_id
+        self.user_id = user_id
+        self.estimated_input_tokens = estimate
+        self.context = context
+        self.result: ReplyResult | None = None
+        self.on_queue: Callable[[int], None] | None = None
+        self._chunks: Generator[str, None, None] | None = None
+        self._abandon: Callable[[], None] | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self._chunks if self._chunks is not None else iter(())
+
+    def close(self) -> None:
+        """Give up on the answer: what arrived is stored as interrupted. An answer never
+        started (the page reran first) is stored as stopped and its quota given back."""
+        if self._chunks is None:
+            return
+        if inspect.getgeneratorstate(self._chunks) == inspect.GEN_CREATED:
+            self._chunks = None  # closing an unstarted generator would skip its bookkeeping
+            if self._abandon is not None:
+                self._abandon()
+            return
+        self._chunks.close()

@@ -1,0 +1,473 @@
+"""A chat turn, from the user's text to the stored answer, with nothing lost on the way.
+
+The order is fixed: validate the text, check the user's daily quota, assemble the
+context, **commit the user's message**, then call the model (through the limited
+provider: queue, buckets, metering). The answer is committed when the stream ends:
+`complete`, or the partial text as `interrupted` (or `error` when nothing arrived)
+with one sentence for the user. A stream that breaks after some text is continued
+once by sending the partial answer back as a prefill. Storing the answer survives a
+passing database error (retried, then logged) and never raises into the reader.
+The page and the CLI both use this; upkeep after the answer is `parley.chat.conversation.upkeep`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import select
+
+from parley.chat.conversation.context import ContextBuilder, Estimate
+from parley.chat.conversation.conversations import owned_conversation
+from parley.chat.conversation.history import HistoryCache, prompt_turns, visible_messages
+from parley.chat.conversation.replies import ReplyResult, ReplyStream, clean_message_text
+from parley.chat.conversation.titles import fallback_title
+from parley.chat.conversation.upkeep import Upkeep
+from parley.chat.documents.library import DocumentService
+from parley.chat.documents.passages import NO_PASSAGES, Passages, find_passages
+from parley.chat.gateway.limited_provider import LimitedProvider
+from parley.chat.gateway.usage import UsageService
+from parley.core.config import Settings
+from parley.core.domain import MessageRole, MessageStatus, Principal, Purpose
+from parley.core.errors import (
+    InvalidInput,
+    ParleyError,
+    ProviderError,
+    StorageError,
+    StorageUnavailable,
+    StreamInterrupted,
+)
+from parley.core.llm import (
+    CallMeta,
+    ChatRequest,
+    Citation,
+    PromptMessage,
+    StreamEnd,
+    TextDelta,
+    Usage,
+)
+from parley.memory import ContextWindow, Turn, message_tokens
+from parley.store.audit import append_in, message_ref
+from parley.store.db import Database
+from parley.store.models import Conversation, Message, User, utcnow
+
+log = logging.getLogger(__name__)
+
+# Waits between attempts to store an answer when the database fails for a moment.
+STORE_RETRY_DELAYS_S = (0.05, 0.25, 1.0)
+NOT_SAVED = (
+    "The answer could not be saved (the database did not take it); "
+    "what you see was not kept. Please retry."
+)
+
+
+class ChatService:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        provider: LimitedProvider,
+        context: ContextBuilder,
+        settings: Settings,
+        usage: UsageService,
+        upkeep: Upkeep,
+        history: HistoryCache,
+        documents: DocumentService | None = None,
+    ) -> None:
+        self._documents = documents
+        self._db = database
+        self._history = history
+        self._provider = provider
+        self._context = context
+        self._settings = settings
+        self._usage = usage
+        self._upkeep = upkeep
+
+    @property
+    def model(self) -> str:
+        return self._provider.model
+
+    def send(
+        self,
+        principal: Principal,
+        conversation_id: int | None,
+        text: str,
+        *,
+        documents: Sequence[int] | None = None,
+    ) -> ReplyStream:
+        """Store the user's message and start the answer. A new conversation draws on
+        `documents` (ids; None: every document the user may see); an existing one on
+        what it was set to.
+
+        Raises `InvalidInput`, `NotFound` or `QuotaExceeded` before anything is stored.
+        """
+        text = clean_message_text(text, max_chars=self._settings.max_message_chars)
+        self._usage.check_quota(principal)  # a quick refusal; the reservation below holds
+        self._context.prepare(text)  # the question's embedding runs while we go on
+        reservation: int | None = None
+        try:
+            with self._db.session() as session:
+                conversation: Conversation | None = None
+                history: Sequence[Turn] = ()
+                if conversation_id is not None:
+                    conversation = owned_conversation(session, principal, conversation_id)
+                    history = self._history.turns(session, conversation)
+                    documents = conversation.document_ids
+                passages = self._passages(principal, text, documents)
+                context = passages.attach(
+                    self._context.build(
+                        conversation_id=conversation.id if conversation else 0,
+                        strategy=conversation.memory_strategy if conversation else None,
+                        history=history,
+                        question=text,
+                        budget=self._context.budget() - passages.tokens if passages.hits else None,
+                    ),
+                    native=self._provider.native_citations,
+                )
+                # Before this session writes anything: the reservation takes the write lock.
+                reservation = self._reserve(principal, context)
+                if conversation is None:
+                    conversation = Conversation(
+                        user_id=principal.user_id,
+                        title=fallback_title(text),
+                        document_ids=None if documents is None else sorted(set(documents)),
+                    )
+                    session.add(conversation)
+                    session.flush()
+                user_message = Message(
+                    conversation_id=conversation.id,
+                    role=MessageRole.USER,
+                    content=text,
+                    status=MessageStatus.COMPLETE,
+                    tokens=message_tokens(text),
+                    estimated_input_tokens=context.total_tokens,
+                    completed_at=utcnow(),
+                )
+                session.add(user_message)
+                conversation.updated_at = utcnow()
+                session.flush()
+                ids = (conversation.id, user_message.id)
+            # The user's message is committed here, before the provider is called.
+            return self._start(principal, ids[0], ids[1], context, reservation, passages)
+        except BaseException:
+            self._usage.release(reservation)
+            raise
+
+    def retry(self, principal: Principal, conversation_id: int) -> ReplyStream:
+        """Answer the last user message again; a failed answer to it is kept as superseded."""
+        self._usage.check_quota(principal)
+        reservation: int | None = None
+        try:
+            with self._db.session() as session:
+                conversation = owned_conversation(session, principal, conversation_id)
+                rows = visible_messages(session, conversation.id)
+                last_user_index = max(
+                    (i for i, m in enumerate(rows) if m.role is MessageRole.USER), default=None
+                )
+                if last_user_index is None:
+                    raise InvalidInput("There is no message to retry.")
+                question = rows[last_user_index]
+                later = rows[last_user_index + 1 :]
+                if any(m.status is MessageStatus.COMPLETE for m in later):
+                    raise InvalidInput("The last message already has an answer.")
+                history = prompt_turns(session, conversation.id, before_id=question.id)
+                passages = self._passages(principal, question.content, conversation.document_ids)
+                context = passages.attach(
+                    self._context.build(
+                        conversation_id=conversation.id,
+                        strategy=conversation.memory_strategy,
+                        history=history,
+                        question=question.content,
+                        budget=self._context.budget() - passages.tokens if passages.hits else None,
+                    ),
+                    native=self._provider.native_citations,
+                )
+                reservation = self._reserve(principal, context)
+                for failed in later:
+                    failed.status = MessageStatus.SUPERSEDED
+                ids = (conversation.id, question.id)
+            return self._start(principal, ids[0], ids[1], context, reservation, passages)
+        except BaseException:
+            self._usage.release(reservation)
+            raise
+
+    def _passages(
+        self, principal: Principal, question: str, chosen: Sequence[int] | None
+    ) -> Passages:
+        if self._documents is None:
+            return NO_PASSAGES
+        return find_passages(
+            self._documents,
+            principal,
+            question,
+            max_tokens=self._settings.document_prompt_tokens,
+            min_score=self._settings.document_min_score,
+            native=self._provider.native_citations,
+            chosen=chosen,
+        )
+
+    def _reserve(self, principal: Principal, context: ContextWindow) -> int | None:
+        """The quota for this answer: its prompt and the longest answer it may get."""
+        tokens = context.total_tokens + self._settings.max_output_tokens
+        return self._usage.reserve(principal, tokens=tokens)
+
+    def needs_retry(self, principal: Principal, conversation_id: int) -> bool:
+        """True when the last user message has no complete answer."""
+        with self._db.session() as session:
+            conversation = owned_conversation(session, principal, conversation_id)
+            last = session.execute(
+                select(Message.role, Message.status)
+                .where(
+                    Message.conversation_id == conversation.id,
+                    Message.status != MessageStatus.SUPERSEDED,
+                )
+                .order_by(Message.id.desc())
+                .limit(1)
+            ).first()
+        if last is None:
+            return False
+        return last.role is MessageRole.USER or last.status is not MessageStatus.COMPLETE
+
+    def estimate_next(self, principal: Principal, conversation_id: int | None) -> Estimate:
+        """Cost of the next message's context (the new message adds its own tokens)."""
+        free = self._context.is_free()
+        strategy: str | None = None
+        history: Sequence[Turn] = ()
+        cid = 0  # a new conversation has no id yet
+        with self._db.session() as session:
+            if conversation_id is not None:
+                # Checked even when nothing is estimated: a foreign conversation is NotFound.
+                conversation = owned_conversation(session, principal, conversation_id)
+                strategy, cid = conversation.memory_strategy, conversation.id
+                if not free:
+                    history = self._history.turns(session, conversation)
+        if free:
+            return Estimate(input_tokens=0, input_cost_usd=0.0, max_output_cost_usd=0.0)
+        context = self._context.build(
+            conversation_id=cid, strategy=strategy, history=history, question="?"
+        )
+        return self._context.estimate(context)
+
+    def _start(
+        self,
+        principal: Principal,
+        conversation_id: int,
+        user_message_id: int,
+        context: ContextWindow,
+        reservation: int | None,
+        passages: Passages = NO_PASSAGES,
+    ) -> ReplyStream:
+        request = ChatRequest(
+            system=context.system,
+            messages=context.messages,
+            max_tokens=self._settings.max_output_tokens,
+            temperature=self._settings.temperature.chat,
+            meta=CallMeta(Purpose.CHAT, principal.user_id, conversation_id),
+            estimated_input_tokens=context.total_tokens,
+        )
+        estimate = self._provider.count_tokens(request)
+        request = replace(request, estimated_input_tokens=estimate)
+        stream = ReplyStream(
+            conversation_id,
+            user_message_id,
+            estimate,
+            context,
+            user_id=principal.user_id,
+            reservation=reservation,
+        )
+        stream._chunks = self._generate(stream, request, passages)
+        stream._abandon = lambda: self._abandoned(stream)
+        return stream
+
+    def _abandoned(self, stream: ReplyStream) -> None:
+        """The reader gave up before the answer began: say so, and free the quota."""
+        stopped = StreamInterrupted("reader left before the answer began")
+        stopped.user_message = "The answer was stopped before it began."
+        try:
+            stream.result = self._store_answer(stream, "", (), stopped, [])
+        finally:
+            self._usage.release(stream.reservation)
+
+    def _generate(
+        self, stream: ReplyStream, request: ChatRequest, passages: Passages
+    ) -> Generator[str, None, None]:
+        parts: list[str] = []
+        citations: list[dict[str, object]] = []
+        ends: list[StreamEnd] = []
+        error: ParleyError | None = None
+        attempt = request
+        continued = False
+        strip_leading_space = False
+        try:
+            while True:
+                events = self._provider.stream(attempt, on_queue=stream.on_queue)
+                try:
+                    for event in events:
+                        if isinstance(event, TextDelta):
+                            text = event.text
+                            if strip_leading_space:
+                                text, strip_leading_space = text.lstrip(), not text.strip()
+                            if text:
+                                parts.append(text)
+                                yield text
+                        elif isinstance(event, Citation):
+                            cited = passages.cited(event, sum(len(p) for p in parts))
+                            if cited is not None:
+                                citations.append(cited)
+                        elif isinstance(event, StreamEnd):
+                            ends.append(event)
+                    break
+                except StreamInterrupted:
+                    if continued or not parts:
+                        raise
+                    continued = True
+                    so_far = "".join(parts)
+                    prefill = so_far.rstrip()  # the API refuses a prefill ending in whitespace
+                    strip_leading_space = prefill != so_far
+                    log.info("Stream broke after %d chars; continuing once.", len(so_far))
+                    attempt = replace(
+                        request,
+                        messages=(*request.messages, PromptMessage("assistant", prefill)),
+                        meta=replace(request.meta, purpose=Purpose.CONTINUATION),
+                        estimated_input_tokens=None,
+                    )
+                finally:
+                    events.close()
+        except ProviderError as exc:
+            error = exc
+        except GeneratorExit:
+            error = StreamInterrupted("reader left")
+            error.user_message = "The answer was stopped before it finished."
+            raise
+        except Exception as exc:  # a bug in a provider must not lose the answer
+            log.exception("Provider %s failed unexpectedly", self._provider.model)
+            error = ProviderError(f"unexpected {type(exc).__name__}")
+        finally:
+            text = "".join(parts)
+            if passages.hits and not self._provider.native_citations:
+                citations = passages.numbered(text)
+            stream.result = self._store_answer(stream, text, ends, error, citations)
+            # Every call of this answer is in the ledger by now (the limited provider's meter).
+            self._usage.release(stream.reservation)
+            self._upkeep.after_answer(
+                user_id=stream.user_id,
+                conversation_id=stream.conversation_id,
+                answered=stream.result.ok,
+            )
+
+    def _store_answer(
+        self,
+        stream: ReplyStream,
+        text: str,
+        ends: Sequence[StreamEnd],
+        error: ParleyError | None,
+        citations: list[dict[str, object]],
+    ) -> ReplyResult:
+        """Commit the answer; a database that fails for a moment is tried again, then logged."""
+        if error is None and ends:
+            status, sentence = MessageStatus.COMPLETE, None
+        else:
+            error = error or StreamInterrupted("stream ended without a result")
+            status = MessageStatus.INTERRUPTED if text else MessageStatus.ERROR
+            sentence = error.user_message
+            log.warning(
+                "Answer in conversation %s ended %s: %s", stream.conversation_id, status, error
+            )
+        model = ends[-1].model if ends else self._provider.model
+        usage = sum((e.usage for e in ends), Usage()) if ends else None
+        cost = self._usage.cost(model, usage) if usage else None
+        message: dict[str, Any] = {
+            "conversation_id": stream.conversation_id,
+            "role": MessageRole.ASSISTANT,
+            "content": text,
+            "status": status,
+            "model": model,
+            "tokens": message_tokens(text) if text else 0,
+            "input_tokens": usage.input_tokens if usage else None,
+            "output_tokens": usage.output_tokens if usage else None,
+            "cache_creation_input_tokens": usage.cache_creation_input_tokens if usage else None,
+            "cache_read_input_tokens": usage.cache_read_input_tokens if usage else None,
+            "estimated_input_tokens": stream.estimated_input_tokens,
+            "cost_usd": cost,
+            "context": stream.context.provenance(),
+            "citations": citations or None,
+            "stop_reason": ends[-1].stop_reason if ends else None,
+            "error": sentence,
+        }
+        for attempt, delay in enumerate((*STORE_RETRY_DELAYS_S, None), start=1):
+            try:
+                message_id = self._insert_answer(message, stream)
+                break
+            except StorageError as exc:
+                # A passing outage is tried again; a conflict (the conversation was deleted
+                # meanwhile) will not get better.
+                if delay is None or not isinstance(exc, StorageUnavailable):
+                    log.exception(
+                        "Could not store the answer in conversation %s after %d attempt(s) "
+                        "(%d characters lost)",
+                        stream.conversation_id,
+                        attempt,
+                        len(text),
+                    )
+                    return ReplyResult(
+                        None, MessageStatus.ERROR, text, model, usage, cost, NOT_SAVED
+                    )
+                log.warning("Storing an answer failed (%s); trying again.", exc)
+                time.sleep(delay)
+        return ReplyResult(message_id, status, text, model, usage, cost, sentence)
+
+    def _insert_answer(self, fields: dict[str, Any], stream: ReplyStream) -> int:
+        """The answer, and in the same transaction its audit record: who asked, the
+        question and answer by id and hash, what went into the prompt, what it cost."""
+        now = utcnow()
+        with self._db.session(write_lock=True) as session:
+            message = Message(**fields, created_at=now, completed_at=now)
+            session.add(message)
+            conversation = session.get(Conversation, fields["conversation_id"])
+            if conversation is not None:
+                conversation.updated_at = now
+            session.flush()
+            question = session.get(Message, stream.user_message_id)
+            asker = session.get(User, stream.user_id)
+            refs = [message_ref(message.id, message.content, message.salt)]
+            if question is not None:
+                refs.insert(0, message_ref(question.id, question.content, question.salt))
+            append_in(
+                session,
+                "answer",
+                actor_id=stream.user_id,
+                actor=asker.name if asker else "system",
+                subject=f"conversation {stream.conversation_id}",
+                data={
+                    "conversation_id": stream.conversation_id,
+                    "messages": refs,
+                    "status": str(message.status),
+                    "model": message.model,
+                    "input_tokens": message.input_tokens,
+                    "output_tokens": message.output_tokens,
+                    "cost_usd": message.cost_usd,
+                    "prompt": _without_names(fields["context"]),
+                    "cited": [
+                        {"n": c["n"], "document_id": c["document_id"], "chunks": c["chunks"]}
+                        for c in fields["citations"] or ()
+                    ],
+                },
+            )
+            return message.id
+
+
+def _without_names(provenance: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The prompt's provenance as the audit keeps it: documents by id, not by name (a
+    name is the owner's text, and must go when the document is erased)."""
+    if provenance is None:
+        return None
+    sources = [
+        {k: v for k, v in source.items() if k != "name"} for source in provenance.get("sources", ())
+    ]
+    return {**provenance, "sources": sources}
+
+
+__all__ = ["ChatService"]

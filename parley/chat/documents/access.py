@@ -1,0 +1,206 @@
+"""Who may see and share a document, read from the database: the permission checks
+the document service applies, and the check of every search candidate against them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import String, cast, or_, select
+from sqlalchemy.orm import Session
+
+from parley.auth.groups import group_id_named, groups_of
+from parley.chat.documents.hits import Hit
+from parley.core.domain import Principal
+from parley.core.errors import InvalidInput
+from parley.retrieval.document_index import Access
+from parley.store.db import Database
+from parley.store.models import (
+    Document,
+    DocumentChunk,
+    DocumentGroup,
+    DocumentSync,
+    Group,
+    Message,
+    User,
+    utcnow,
+)
+
+
+def group_ids(session: Session, document_id: int) -> set[int]:
+    return set(
+        session.scalars(
+            select(DocumentGroup.group_id).where(DocumentGroup.document_id == document_id)
+        )
+    )
+
+
+def may_see(session: Session, document: Document, user_id: int, groups: set[int]) -> bool:
+    return (
+        document.owner_id == user_id
+        or document.public
+        or bool(group_ids(session, document.id) & groups)
+    )
+
+
+def why(session: Session, document: Document, user_id: int, groups: set[int]) -> str:
+    if document.owner_id == user_id:
+        return "owner"
+    if document.public:
+        return "public"
+    shared = group_ids(session, document.id) & groups
+    names = session.scalars(select(Group.name).where(Group.id.in_(shared)).order_by(Group.name))
+    return "group " + ", ".join(names)
+
+
+DELETED_DOCUMENT = "(a deleted document)"
+
+
+def scrub_quotes(session: Session, document_ids: Sequence[int]) -> int:
+    """In the caller's transaction, take the text of deleted documents out of every
+    message that quoted them (citations' quoted text, and the document names in answers'
+    provenance, of anyone's conversations): a deleted or erased document leaves nothing
+    behind. How many messages changed."""
+    ids = set(document_ids)
+    if not ids:
+        return 0
+    patterns = [f'%"document_id": {d}%' for d in sorted(ids)]
+    changed = 0
+    candidates = select(Message).where(
+        or_(
+            *(cast(Message.citations, String).like(p) for p in patterns),
+            *(cast(Message.context, String).like(p) for p in patterns),
+        )
+    )
+    for message in session.scalars(candidates):
+        citations = [
+            {**c, "name": DELETED_DOCUMENT, "cited_text": ""} if c.get("document_id") in ids else c
+            for c in message.citations or ()
+        ]
+        context = dict(message.context or {})
+        context["sources"] = [
+            {**s, "name": DELETED_DOCUMENT} if s.get("document_id") in ids else s
+            for s in context.get("sources", ())
+        ]
+        if citations != (message.citations or []) or context != (message.context or {}):
+            message.citations = citations or None
+            message.context = context if message.context is not None else None
+            changed += 1
+    return changed
+
+
+def queue_sync(session: Session, document_id: int, scopes: Sequence[str]) -> None:
+    """Record, in the caller's transaction, that the document's vectors must follow the
+    database, and every scope its rows may be in now."""
+    row = session.get(DocumentSync, document_id)
+    if row is None:
+        session.add(DocumentSync(document_id=document_id, scopes=sorted(set(scopes)), attempts=0))
+    else:
+        row.scopes = sorted(set(row.scopes) | set(scopes))
+        row.requested_at = utcnow()
+
+
+def shareable_group(session: Session, principal: Principal, name: str) -> int:
+    """The id of a group the principal may share with: any for admins, else one of
+    their own (the same sentence whether the group exists or not)."""
+    if principal.is_admin:
+        return group_id_named(session, name)
+    mine = groups_of(session, principal.user_id)
+    found = session.scalar(select(Group.id).where(Group.name == name.strip()))
+    if found is None or found not in mine:
+        raise InvalidInput(f"You can share only with groups you are in; {name.strip()!r} is not.")
+    return found
+
+
+def access_of(session: Session, document: Document) -> Access:
+    return Access(document.owner_id, document.public, frozenset(group_ids(session, document.id)))
+
+
+def checked_hits(
+    database: Database, principal: Principal, raw: Sequence[tuple[int, int, float]]
+) -> dict[tuple[int, int], Hit]:
+    """The vector search's candidates that the database says the principal may see,
+    with their text: memberships, documents, shares and chunks read afresh, in four
+    queries whatever the number of candidates."""
+    if not raw:
+        return {}
+    document_ids = sorted({d for d, _, _ in raw})
+    with database.session() as session:
+        mine = groups_of(session, principal.user_id)  # afresh: a revocation counts now
+        documents = {
+            row.Document.id: row
+            for row in session.execute(
+                select(Document, User.name)
+                .join(User, User.id == Document.owner_id)
+                .where(Document.id.in_(document_ids), Document.ready)  # not mid-upload
+            )
+        }
+        shares: dict[int, set[int]] = {}
+        for document_id, group_id in session.execute(
+            select(DocumentGroup.document_id, DocumentGroup.group_id).where(
+                DocumentGroup.document_id.in_(document_ids)
+            )
+        ):
+            shares.setdefault(document_id, set()).add(group_id)
+        group_names = dict(
+            session.execute(select(Group.id, Group.name).where(Group.id.in_(mine))).all()
+        )
+        chunks = {
+            (document_id, index): (text, heading, page)
+            for document_id, index, text, heading, page in session.execute(
+                select(
+                    DocumentChunk.document_id,
+                    DocumentChunk.index,
+                    DocumentChunk.text,
+                    DocumentChunk.heading,
+                    DocumentChunk.page,
+                ).where(
+                    # One indexed lookup per pair: a row-value IN scans the table.
+                    or_(
+                        *(
+                            (DocumentChunk.document_id == d) & (DocumentChunk.index == i)
+                            for d, i in sorted({(d, i) for d, i, _ in raw})
+                        )
+                    )
+                )
+            )
+        }
+    found: dict[tuple[int, int], Hit] = {}
+    for document_id, index, score in raw:
+        entry = documents.get(document_id)
+        row = chunks.get((document_id, index))
+        if entry is None or row is None:
+            continue  # deleted meanwhile
+        document, owner = entry.Document, entry.name
+        via = sorted(group_names[g] for g in shares.get(document_id, set()) & mine)
+        if document.owner_id == principal.user_id:
+            why = "owner"
+        elif document.public:
+            why = "public"
+        elif via:
+            why = "group " + ", ".join(via)
+        else:
+            continue  # defence in depth: the database has the last word
+        text, heading, page = row
+        found[(document_id, index)] = Hit(
+            document.id,
+            document.name,
+            owner,
+            index,
+            heading,
+            page,
+            text,
+            score,
+            why,
+        )
+    return found
+
+
+__all__ = [
+    "access_of",
+    "checked_hits",
+    "group_ids",
+    "may_see",
+    "queue_sync",
+    "shareable_group",
+    "why",
+]

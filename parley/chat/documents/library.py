@@ -1,0 +1,562 @@
+"""Documents: upload, list, share, unshare, delete, and permission-scoped search.
+
+A document is private to its owner, shared with groups, or public to every user.
+Owners and admins share, unshare and delete. `search` filters inside the Chroma query
+by the principal's id and groups (read afresh on every call), then checks each hit
+against the database's access list before returning it, so a revoked share or a
+deleted document is gone from the very next search, in every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from functools import partial
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from parley.auth.groups import group_id_named, groups_of
+from parley.chat.documents.access import (
+    access_of,
+    checked_hits,
+    may_see,
+    queue_sync,
+    scrub_quotes,
+    shareable_group,
+    why,
+)
+from parley.chat.documents.hits import Hit, Passage, group_passages
+from parley.core.background import Defer
+from parley.core.domain import Principal
+from parley.core.errors import (
+    InvalidInput,
+    NotFound,
+    ParleyError,
+    StorageConflict,
+    StorageUnavailable,
+)
+from parley.retrieval.document_index import (
+    LEGACY_COLLECTION,
+    Access,
+    Candidate,
+    DocumentIndex,
+    hybrid_rank,
+)
+from parley.retrieval.documents import KINDS, chunk, parse
+from parley.store.audit import append_in, by
+from parley.store.db import Database
+from parley.store.models import (
+    Document,
+    DocumentChunk,
+    DocumentGroup,
+    DocumentSync,
+    Group,
+    User,
+    utcnow,
+)
+
+# The file name endings an upload may have (text, Markdown, HTML, PDF, Word).
+SUPPORTED_SUFFIXES = tuple(KINDS)
+# Chunks embedded per batch while a file is indexed (progress is reported per batch).
+EMBED_BATCH = 32
+# Candidates the vector search hands to the hybrid ranking, per hit wanted (at least 40).
+CANDIDATES_PER_HIT = 4
+# An upload not made ready this long after it began was abandoned (its process died).
+ABANDONED_AFTER = timedelta(minutes=30)
+# Progress of an upload: (fraction done, what is happening), fraction in [0, 1].
+Progress = Callable[[float, str], None]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInfo:
+    id: int
+    name: str
+    owner: str
+    groups: tuple[str, ...]
+    public: bool
+    chunks: int
+
+
+class DocumentService:
+    def __init__(
+        self, database: Database, index: DocumentIndex, *, defer: Defer | None = None
+    ) -> None:
+        self._db = database
+        self._index = index
+        # Runs slow work (dropping and purging a deleted document's vectors) off the
+        # request, on the services' pool; None runs it inline.
+        self._defer = defer
+
+    def add(
+        self,
+        principal: Principal,
+        name: str,
+        data: bytes,
+        *,
+        groups: tuple[str, ...] = (),
+        public: bool = False,
+        progress: Progress | None = None,
+    ) -> DocumentInfo:
+        """Parse, chunk, embed and index a file for the principal; all or nothing.
+        `progress` hears how far it got (parsing, then each batch of chunks embedded)."""
+        report = progress or _silent
+        report(0.0, f"Reading {name}")
+        chunks = chunk(parse(name, data))
+        digest = hashlib.sha256(data).hexdigest()
+        with self._db.session() as session:
+            for group in groups:  # a group they may not share with is said before the slow part
+                shareable_group(session, principal, group)
+        batches = []
+        for start in range(0, len(chunks), EMBED_BATCH):
+            report(0.05 + 0.85 * start / len(chunks), f"Embedding {name}: {start}/{len(chunks)}")
+            batches.append(self._index.embed([c.text for c in chunks[start : start + EMBED_BATCH]]))
+        vectors = np.concatenate(batches)
+        report(0.9, f"Indexing {name}")
+        # Three short transactions, and the vector store between them with no lock held:
+        # sign-ins, quota reservations and metering never wait behind an upload. The rows
+        # are written not ready (every read skips them), then indexed, then made ready.
+        try:
+            with self._db.session(write_lock=True) as session:
+                duplicate = session.scalar(
+                    select(Document.name).where(
+                        Document.owner_id == principal.user_id, Document.sha256 == digest
+                    )
+                )
+                if duplicate is not None:
+                    raise InvalidInput(f"{name}: you already have this content as {duplicate!r}.")
+                group_ids = [shareable_group(session, principal, g) for g in groups]
+                document = Document(
+                    owner_id=principal.user_id,
+                    name=name[:255],
+                    sha256=digest,
+                    public=public,
+                    chunks=len(chunks),
+                    tokens=sum(c.tokens for c in chunks),
+                    ready=False,
+                )
+                session.add(document)
+                session.flush()
+                session.add_all(
+                    DocumentGroup(document_id=document.id, group_id=g) for g in group_ids
+                )
+                session.add_all(
+                    DocumentChunk(
+                        document_id=document.id,
+                        index=c.index,
+                        text=c.text,
+                        heading=c.heading[:500],
+                        page=c.page,
+                        tokens=c.tokens,
+                    )
+                    for c in chunks
+                )
+                document_id = document.id
+        except StorageConflict as exc:
+            raise InvalidInput(f"{name}: you already have this content.") from exc
+        access = Access(principal.user_id, public, frozenset(group_ids))
+        try:
+            self._index.add(document_id, vectors, access)
+        except Exception as exc:
+            self._abandon(document_id, access)
+            if isinstance(exc, ParleyError):
+                raise
+            raise StorageUnavailable(
+                f"indexing {name}: {exc}",
+                user_message=f"{name} could not be indexed; nothing of it was kept. "
+                "Please try again.",
+            ) from exc
+        with self._db.session(write_lock=True) as session:
+            made = session.get(Document, document_id)
+            if made is not None:
+                made.ready = True
+                append_in(  # last: the audit head stays locked until the commit
+                    session,
+                    "document_added",
+                    **by(principal),
+                    subject=f"document {document_id}",
+                    data={
+                        "document_id": document_id,
+                        "sha256": digest,
+                        "chunks": len(chunks),
+                        "groups": sorted(groups),
+                        "public": public,
+                    },
+                )
+        if made is None:  # its owner was erased while it was indexed
+            self._abandon(document_id, access)
+            raise NotFound(user_message=f"{name} was deleted while it was being indexed.")
+        report(1.0, f"{name}: {len(chunks)} passages indexed")
+        return self.get(principal, document_id)
+
+    def get(self, principal: Principal, document_id: int) -> DocumentInfo:
+        with self._db.session() as session:
+            document = self._visible(session, principal, document_id)
+            return _info(session, document)
+
+    def list_for(self, principal: Principal) -> list[DocumentInfo]:
+        """Every document the principal may see (admins: every document)."""
+        with self._db.session() as session:
+            documents = session.scalars(
+                select(Document).where(Document.ready).order_by(Document.id)
+            ).all()
+            mine = groups_of(session, principal.user_id)
+            return [
+                _info(session, d)
+                for d in documents
+                if principal.is_admin or may_see(session, d, principal.user_id, mine)
+            ]
+
+    def share(
+        self,
+        principal: Principal,
+        document_id: int,
+        *,
+        group: str | None = None,
+        public: bool = False,
+    ) -> DocumentInfo:
+        return self._change(principal, document_id, group=group, public=public, granted=True)
+
+    def unshare(
+        self,
+        principal: Principal,
+        document_id: int,
+        *,
+        group: str | None = None,
+        public: bool = False,
+    ) -> DocumentInfo:
+        return self._change(principal, document_id, group=group, public=public, granted=False)
+
+    def _change(
+        self,
+        principal: Principal,
+        document_id: int,
+        *,
+        group: str | None,
+        public: bool,
+        granted: bool,
+    ) -> DocumentInfo:
+        if group is None and not public:
+            raise InvalidInput("Say whom to share with: a group, or everyone (public).")
+        with self._db.session(write_lock=True) as session:
+            document = self._managed(session, principal, document_id)
+            before = access_of(session, document)
+            if group is not None:
+                group_id = (
+                    shareable_group(session, principal, group)
+                    if granted
+                    else group_id_named(session, group)
+                )
+                link = session.get(DocumentGroup, (document.id, group_id))
+                if granted and link is None:
+                    session.add(DocumentGroup(document_id=document.id, group_id=group_id))
+                elif not granted and link is not None:
+                    session.delete(link)
+            if public:
+                document.public = granted
+            session.flush()
+            queue_sync(session, document.id, before.scopes)
+            append_in(
+                session,
+                "document_shared" if granted else "document_unshared",
+                **by(principal),
+                about_id=document.owner_id,
+                subject=f"document {document.id}",
+                data={"document_id": document.id, "group": group, "public": public},
+            )
+        self._sync(document_id)  # if the index fails, the outbox keeps the change
+        return self.get(principal, document_id)
+
+    def delete(self, principal: Principal, document_id: int) -> None:
+        """Delete a document: its rows go at once (searches check the database, so it is
+        gone from the next one), and an outbox row in the same transaction makes sure its
+        vectors follow, now or at the next start-up."""
+        with self._db.session(write_lock=True) as session:
+            document = self._managed(session, principal, document_id)
+            queue_sync(session, document.id, access_of(session, document).scopes)
+            session.execute(delete(DocumentChunk).where(DocumentChunk.document_id == document.id))
+            session.delete(document)
+            scrub_quotes(session, [document.id])
+            append_in(
+                session,
+                "document_deleted",
+                **by(principal),
+                about_id=document.owner_id,
+                subject=f"document {document.id}",
+                data={"document_id": document.id},
+            )
+        self._db.reclaim()  # no byte of the chunks left in SQLite's files
+        # The vectors and the index's files follow off the request (a purge rebuilds the
+        # scope's collection): the outbox row stays until done, or for the start-up sweep.
+        if self._defer is None or not self._defer(
+            partial(self._sync_later, document_id), f"erase vectors of document {document_id}"
+        ):
+            self._sync(document_id)
+
+    def _abandon(self, document_id: int, access: Access) -> None:
+        """An upload that will not finish: its vectors and rows go (whatever is left of
+        the vectors, the outbox removes later)."""
+        with self._db.session(write_lock=True) as session:
+            queue_sync(session, document_id, access.scopes)
+            session.execute(delete(DocumentChunk).where(DocumentChunk.document_id == document_id))
+            session.execute(delete(Document).where(Document.id == document_id))
+        self._sync(document_id)
+
+    def sweep_abandoned(self, *, older_than: timedelta = ABANDONED_AFTER) -> int:
+        """Uploads a process died in the middle of (rows never made ready): removed, with
+        whatever vectors they had. How many."""
+        cutoff = utcnow() - older_than
+        with self._db.session() as session:
+            stale = session.scalars(
+                select(Document).where(Document.ready.is_(False), Document.created_at < cutoff)
+            ).all()
+            found = [(d.id, access_of(session, d)) for d in stale]
+        for document_id, access in found:
+            self._abandon(document_id, access)
+        return len(found)
+
+    def sweep_index(self) -> int:
+        """Bring pending documents' vectors in line with the database (after a vector
+        store failure), and purge every scope of a deleted one from the index's files (an
+        earlier try may have dropped its rows and failed, or died, before the purge);
+        vectors kept the older way (one shared collection) are moved into scopes first.
+        How many documents are still pending afterwards."""
+        moved: list[str] = []
+        try:
+            if self._index.migrate_legacy(self._access_of):
+                moved = [LEGACY_COLLECTION]  # dropped, with rows of deleted documents in it
+        except Exception:
+            log.exception("Moving document vectors into scoped collections failed; will retry")
+        with self._db.session() as session:
+            pending = session.scalars(select(DocumentSync.document_id)).all()
+        return self._apply(pending, sweeping=True, purge=moved)
+
+    def _access_of(self, document_id: int) -> Access | None:
+        with self._db.session() as session:
+            document = session.get(Document, document_id)
+            return access_of(session, document) if document is not None else None
+
+    def _sync_later(self, document_id: int) -> None:
+        self._sync(document_id)
+
+    def _sync(self, document_id: int) -> bool:
+        """Apply a pending outbox row: True once the index matches the database (and a
+        deleted document's vectors are purged from the index's files)."""
+        return self._apply([document_id], sweeping=False) == 0
+
+    def _apply(
+        self, document_ids: Sequence[int], *, sweeping: bool, purge: Sequence[str] = ()
+    ) -> int:
+        """Apply pending outbox rows; how many stay pending. The scopes a deleted
+        document's rows were dropped from (a sweep: all its scopes) are purged once for
+        the batch, before its outbox row goes; if the purge fails, the row stays."""
+        failed = 0
+        done: list[tuple[int, datetime]] = []
+        erased: list[tuple[int, datetime]] = []
+        scopes = set(purge)
+        for document_id in document_ids:
+            with self._db.session() as session:
+                row = session.get(DocumentSync, document_id)
+                if row is None:
+                    continue
+                stale, queued = list(row.scopes), row.requested_at
+                document = session.get(Document, document_id)
+                access = access_of(session, document) if document is not None else None
+            try:
+                dropped = self._index.sync(document_id, access, stale=stale)
+            except Exception:
+                log.exception("Updating the vectors of document %s failed; will retry", document_id)
+                self._count_attempt(document_id)
+                failed += 1
+                continue
+            if access is None and (dropped or sweeping):
+                scopes.update(stale if sweeping else dropped)
+                erased.append((document_id, queued))
+            else:
+                done.append((document_id, queued))
+        if scopes:
+            try:
+                self._index.purge(sorted(scopes))
+            except Exception:
+                log.exception("Purging deleted documents' vectors failed; will retry")
+                for document_id, _ in erased:
+                    self._count_attempt(document_id)
+                failed += len(erased)
+                erased = []
+        with self._db.session() as session:
+            for document_id, queued in [*done, *erased]:
+                session.execute(  # a change queued meanwhile keeps its row
+                    delete(DocumentSync).where(
+                        DocumentSync.document_id == document_id,
+                        DocumentSync.requested_at == queued,
+                    )
+                )
+        return failed
+
+    def _count_attempt(self, document_id: int) -> None:
+        with self._db.session() as session:
+            pending = session.get(DocumentSync, document_id)
+            if pending is not None:
+                pending.attempts += 1
+
+    def open_chunk(self, principal: Principal, document_id: int, index: int) -> Hit:
+        """One chunk of a document the principal may see (a citation opened on the page)."""
+        with self._db.session() as session:
+            document = self._visible(session, principal, document_id)
+            row = session.get(DocumentChunk, (document.id, index))
+            if row is None:
+                raise NotFound(user_message=f"Document {document_id} has no passage {index}.")
+            owner = session.get(User, document.owner_id)
+            mine = groups_of(session, principal.user_id)
+            overridden = principal.is_admin and not may_see(
+                session, document, principal.user_id, mine
+            )
+            allowed_as = "admin" if overridden else why(session, document, principal.user_id, mine)
+            if overridden:  # an admin reading a document not shared with them: on record
+                append_in(
+                    session,
+                    "document_chunk_opened",
+                    **by(principal),
+                    about_id=document.owner_id,
+                    subject=f"document {document.id}",
+                    data={"document_id": document.id, "chunk": index},
+                )
+            return Hit(
+                document.id,
+                document.name,
+                owner.name if owner else "?",
+                index,
+                row.heading,
+                row.page,
+                row.text,
+                1.0,
+                allowed_as,
+            )
+
+    def search(
+        self,
+        principal: Principal,
+        query: str,
+        *,
+        k: int = 5,
+        documents: Iterable[int] | None = None,
+    ) -> list[Hit]:
+        """The best chunks the principal may see (of `documents` only, when given), best
+        first: BM25 and cosine fused over the vector search's candidates."""
+        if not query.strip():
+            raise InvalidInput("The search is empty. Type something to look for.")
+        chosen = None if documents is None else sorted(set(documents))
+        if chosen == []:
+            return []
+        with self._db.session() as session:
+            mine = groups_of(session, principal.user_id)
+        raw = self._index.search(
+            query,
+            user_id=principal.user_id,
+            groups=mine,
+            n=max(40, k * CANDIDATES_PER_HIT),
+            documents=chosen,
+        )
+        found = checked_hits(self._db, principal, raw)
+        candidates = [Candidate(d, i, h.score, h.text) for (d, i), h in found.items()]
+        ranked = hybrid_rank(query, candidates)
+        return [replace(found[(c.document_id, c.index)], rank=rank) for c, rank in ranked[:k]]
+
+    def has_any(self, principal: Principal, documents: Iterable[int] | None = None) -> bool:
+        """Whether the principal may see at least one document (of `documents`, when
+        given); else no search is run."""
+        with self._db.session() as session:
+            mine = groups_of(session, principal.user_id)
+            shared = select(DocumentGroup.document_id).where(DocumentGroup.group_id.in_(mine))
+            query = select(Document.id).where(
+                Document.ready,
+                (Document.owner_id == principal.user_id)
+                | Document.public
+                | Document.id.in_(shared),
+            )
+            if documents is not None:
+                query = query.where(Document.id.in_(list(documents)))
+            found = session.scalar(query.limit(1))
+        return found is not None
+
+    def passages(
+        self,
+        principal: Principal,
+        question: str,
+        *,
+        max_tokens: int,
+        min_score: float,
+        documents: Iterable[int] | None = None,
+    ) -> list[Passage]:
+        """The passages worth putting before the question, best first, within
+        `max_tokens`: chunks whose cosine reaches `min_score`, in fused order; a chunk's
+        relevant next or previous chunk joins it, so a passage reads on where an answer
+        runs over a chunk's edge."""
+        chosen = None if documents is None else list(documents)
+        if max_tokens <= 0 or not self.has_any(principal, chosen):
+            return []
+        hits = [
+            h
+            for h in self.search(principal, question, k=12, documents=chosen)
+            if h.score >= min_score
+        ]
+        return group_passages(hits, max_tokens)
+
+    def _visible(self, session: Session, principal: Principal, document_id: int) -> Document:
+        document = session.get(Document, document_id)
+        mine = groups_of(session, principal.user_id)
+        if (
+            document is None
+            or not document.ready
+            or not (principal.is_admin or may_see(session, document, principal.user_id, mine))
+        ):
+            raise NotFound(user_message=f"There is no document {document_id}.")
+        return document
+
+    def _managed(self, session: Session, principal: Principal, document_id: int) -> Document:
+        document = session.get(Document, document_id)
+        if (
+            document is None
+            or not document.ready
+            or not (principal.is_admin or document.owner_id == principal.user_id)
+        ):
+            raise NotFound(user_message=f"There is no document {document_id} of yours.")
+        return document
+
+
+def _silent(fraction: float, step: str) -> None:  # noqa: ARG001 - a Progress that listens to nothing
+    return None
+
+
+def _info(session: Session, document: Document) -> DocumentInfo:
+    owner = session.get(User, document.owner_id)
+    names = session.scalars(
+        select(Group.name)
+        .join(DocumentGroup, DocumentGroup.group_id == Group.id)
+        .where(DocumentGroup.document_id == document.id)
+        .order_by(Group.name)
+    ).all()
+    return DocumentInfo(
+        document.id,
+        document.name,
+        owner.name if owner else "?",
+        tuple(names),
+        document.public,
+        document.chunks,
+    )
+
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "DocumentInfo",
+    "DocumentService",
+    "Hit",
+    "Passage",
+    "Progress",
+]

@@ -1,0 +1,359 @@
+"""The `parley` command: accounts, migrations and chat from a terminal.
+
+    parley db upgrade
+    parley user add NAME [--admin]      password: asked twice on a terminal, else one line of stdin
+    parley user list
+    parley user unlock NAME                                 clear a sign-in lock (on record)
+    parley user erase NAME [--yes]                          (everything of theirs, for good)
+    parley chat --user NAME [--conversation ID] MESSAGE     (MESSAGE '-' reads stdin)
+    parley quota show NAME
+    parley quota set NAME [--messages N] [--tokens N]      (0: no limit; 'default': the setting)
+    parley usage [--days N]                                 tokens and cost per user and day
+    parley conversation strategy ID NAME|default --as ADMIN    memory strategy per conversation
+    parley memory strategies                                the installed memory strategies
+    parley bench memory --data FILE --strategy NAME --budget TOKENS [--json]
+    parley audit verify | audit export [--format jsonl|csv] [--user U] [--since YYYY-MM-DD]
+
+Everything goes through the same services the page uses, under `PARLEY_DATA_DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from parley.bench.locomo import format_table, run
+from parley.cli.audit import audit_commands
+from parley.cli.common import OPERATOR, close_services
+from parley.cli.common import principal_named as _principal
+from parley.cli.common import services as _services
+from parley.cli.documents import document_commands
+from parley.cli.users import user_commands
+from parley.core.config import get_settings
+from parley.core.errors import ParleyError
+from parley.core.logs import console_warnings
+from parley.memory import available
+from parley.store.audit import AuditLog, set_channel
+from parley.store.migrate import KEYED_AUDIT_REVISION, current_revision, upgrade
+from parley.wiring import Services
+from parley.wiring.services import open_database
+
+# Whoever runs `parley` on the server already holds the database and the settings: the
+# commands act as this operator, an administrator who is no account.
+# How long a command waits for its background work (a turn's upkeep: memory, summary,
+# title; the start-up sweep) before exiting.
+UPKEEP_TIMEOUT_S = 60.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    # Log lines go to the log file (configure_logging); the terminal gets warnings and
+    # errors only, one sentence each, so nothing lands between an answer's chunks.
+    root = logging.getLogger()
+    root.addHandler(console_warnings())
+    root.setLevel(logging.WARNING)
+    # Whoever runs `parley` acts as the operator, even for a named user: records say so.
+    set_channel("cli")
+    code = 1
+    try:
+        code = _run(args)
+    finally:
+        # The services' background work ends before the process does (Python's exit
+        # refuses the executors new work, so a task cut short there fails), and while the
+        # records it appends still say "cli".
+        drained = _close_services()
+        set_channel(None)  # main() may run inside another program (tests)
+    if not drained:
+        print("parley: background upkeep did not finish; exiting without it", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Python joins the pool's threads at exit, which would wait for the stuck call.
+        os._exit(code)
+    return code
+
+
+def _close_services() -> bool:
+    try:
+        return close_services(timeout=UPKEEP_TIMEOUT_S)
+    except KeyboardInterrupt:  # interrupted while it waited: leave without the rest
+        return False
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        result: int = args.func(args)
+        return result
+    except ParleyError as exc:
+        print(f"parley: {exc.user_message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("parley: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parley", description="Parley: self-hosted chat.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    db = commands.add_parser("db", help="database migrations").add_subparsers(required=True)
+    db_upgrade = db.add_parser("upgrade", help="apply all migrations")
+    db_upgrade.set_defaults(func=_db_upgrade)
+
+    user_commands(commands)
+
+    chat = commands.add_parser("chat", help="send one message and stream the answer")
+    chat.add_argument("--user", required=True, help="the account that sends the message")
+    chat.add_argument("--conversation", type=int, help="continue this conversation")
+    chat.add_argument("message", help="the message, or - to read it from stdin")
+    chat.set_defaults(func=_chat)
+
+    quota = commands.add_parser("quota", help="per-user daily quotas").add_subparsers(required=True)
+    quota_show = quota.add_parser("show", help="a user's quotas and today's use")
+    quota_show.add_argument("name")
+    quota_show.set_defaults(func=_quota_show)
+    quota_set = quota.add_parser("set", help="override a user's daily quotas")
+    quota_set.add_argument("name")
+    quota_set.add_argument("--messages", type=_quota_value, help="messages per day")
+    quota_set.add_argument("--tokens", type=_quota_value, help="tokens per day")
+    quota_set.set_defaults(func=_quota_set)
+
+    usage = commands.add_parser("usage", help="tokens and cost per user and day")
+    usage.add_argument("--days", type=int, default=7)
+    usage.set_defaults(func=_usage)
+
+    conversation = commands.add_parser("conversation", help="conversations").add_subparsers(
+        required=True
+    )
+    strategy = conversation.add_parser("strategy", help="set a conversation's memory strategy")
+    strategy.add_argument("id", type=int)
+    strategy.add_argument("name", help="a strategy name, or 'default'")
+    strategy.add_argument("--as", dest="admin", required=True, help="the admin making the change")
+    strategy.set_defaults(func=_conversation_strategy)
+    listing = conversation.add_parser("list", help="a user's conversations, newest first")
+    listing.add_argument("--user", required=True)
+    listing.add_argument("--json", action="store_true", help="end with one JSON list")
+    listing.set_defaults(func=_conversation_list)
+    remove = conversation.add_parser(
+        "rm", help="erase a conversation: its messages, summaries and vectors"
+    )
+    remove.add_argument("id", type=int)
+    remove.add_argument("--user", required=True, help="the conversation's owner")
+    remove.set_defaults(func=_conversation_rm)
+
+    document_commands(commands)
+    audit_commands(commands)
+    memory = commands.add_parser("memory", help="memory strategies").add_subparsers(required=True)
+    memory.add_parser("strategies", help="list installed strategies").set_defaults(
+        func=_memory_strategies
+    )
+
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(required=True)
+    bench_memory = bench.add_parser("memory", help="a memory strategy on LoCoMo-format data")
+    bench_memory.add_argument("--data", type=Path, required=True)
+    bench_memory.add_argument("--strategy", required=True)
+    bench_memory.add_argument("--budget", type=int, required=True, action="append")
+    bench_memory.add_argument("--limit", type=int, help="only the first N conversations")
+    bench_memory.add_argument("--json", action="store_true", help="end with one JSON line")
+    bench_memory.set_defaults(func=_bench_memory)
+    return parser
+
+
+_DEFAULT = -1  # `parley quota set --messages default`: back to the setting
+
+
+def _quota_value(text: str) -> int:
+    if text == "default":
+        return _DEFAULT
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a whole number, 0 for no limit, or 'default'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a whole number, 0 for no limit, or 'default'")
+    return value
+
+
+def _db_upgrade(_args: argparse.Namespace) -> int:
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = open_database(settings)
+    try:
+        before = current_revision(database)
+        upgrade(database)
+        sealed = 0
+        try:  # records from before the trail was keyed: keyed once, by this very upgrade
+            if before is not None and before < KEYED_AUDIT_REVISION:
+                sealed = AuditLog(database).seal_legacy()
+        except ValueError as exc:
+            print(
+                f"parley: {exc}; it was left unkeyed, and `parley audit verify` will say "
+                "where. Restore the database from a backup, or keep it as evidence.",
+                file=sys.stderr,
+            )
+    finally:
+        database.dispose()
+    print(f"Database is up to date ({database.url.render_as_string(hide_password=True)}).")
+    if sealed:
+        print(f"Keyed {sealed:,} audit records written before the trail was keyed.")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    # The turn's upkeep (memory, summary, title) runs in the background: `main` waits for
+    # it when it closes the services, at most UPKEEP_TIMEOUT_S.
+    return _send(_services(), args)
+
+
+def _send(services: Services, args: argparse.Namespace) -> int:
+    principal = _principal(services, args.user)
+    text = sys.stdin.read() if args.message == "-" else args.message
+    reply = services.chat.send(principal, args.conversation, text)
+    try:
+        for chunk in reply:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    finally:
+        reply.close()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    result = reply.result
+    if result is not None and result.error:
+        print(f"parley: {result.error}", file=sys.stderr)
+    print(reply.conversation_id, file=sys.stderr)
+    return 0 if result is not None and result.ok else 1
+
+
+def _limit(value: int) -> str:
+    return "no limit" if value == 0 else f"{value:,}"
+
+
+def _quota_show(args: argparse.Namespace) -> int:
+    services = _services()
+    principal = _principal(services, args.name)
+    quota = services.usage.quota(OPERATOR, principal.user_id)
+    used = services.usage.today(OPERATOR, principal.user_id)
+    print(
+        f"{principal.name}: today {used.messages:,} messages, {used.tokens:,} tokens, "
+        f"${used.cost_usd:.4f}"
+    )
+    print(f"  messages per day: {_limit(quota.messages_per_day)}")
+    print(f"  tokens per day:   {_limit(quota.tokens_per_day)}")
+    return 0
+
+
+def _quota_set(args: argparse.Namespace) -> int:
+    services = _services()
+    principal = _principal(services, args.name)
+    current = services.usage.stored_quota(OPERATOR, principal.user_id)
+
+    def choose(new: int | None, old: int | None) -> int | None:
+        if new is None:
+            return old
+        return None if new == _DEFAULT else new
+
+    services.usage.set_quota(
+        OPERATOR,
+        principal.user_id,
+        messages_per_day=choose(args.messages, current[0]),
+        tokens_per_day=choose(args.tokens, current[1]),
+    )
+    return _quota_show(args)
+
+
+def _usage(args: argparse.Namespace) -> int:
+    rows = _services().usage.by_user_and_day(OPERATOR, days=max(1, args.days))
+    if not rows:
+        print(f"No answers in the last {args.days} day(s).")
+        return 0
+    print(
+        f"{'day':<10}  {'user':<16} {'answers':>7} {'input':>10} {'output':>9} "
+        f"{'cache rd':>9} {'cache wr':>9} {'cost $':>9}"
+    )
+    for r in rows:
+        print(
+            f"{r.day.isoformat():<10}  {r.user:<16} {r.messages:>7} {r.input_tokens:>10,} "
+            f"{r.output_tokens:>9,} {r.cache_read_tokens:>9,} {r.cache_write_tokens:>9,} "
+            f"{r.cost_usd:>9.4f}"
+        )
+    return 0
+
+
+def _conversation_strategy(args: argparse.Namespace) -> int:
+    services = _services()
+    admin = _principal(services, args.admin)
+    name = None if args.name == "default" else args.name
+    services.lab.set_memory_strategy(admin, args.id, name)
+    print(f"Conversation {args.id} now uses {services.lab.strategy_of(admin, args.id)!r}.")
+    return 0
+
+
+def _conversation_list(args: argparse.Namespace) -> int:
+    services = _services()
+    owner = _principal(services, args.user)
+    rows = services.conversations.list_for(owner)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": c.id,
+                        "title": c.title,
+                        "created_at": c.created_at.isoformat(),
+                        "updated_at": c.updated_at.isoformat(),
+                    }
+                    for c in rows
+                ],
+                ensure_ascii=False,
+            )
+        )
+        return 0
+    if not rows:
+        print(f"{owner.name} has no conversations.")
+    for c in rows:
+        print(f"{c.id:>6}  {c.updated_at:%Y-%m-%d %H:%M}  {c.title}")
+    return 0
+
+
+def _conversation_rm(args: argparse.Namespace) -> int:
+    services = _services()
+    owner = _principal(services, args.user)
+    services.conversations.delete(owner, args.id)
+    print(f"Erased conversation {args.id} of {owner.name}: messages, summaries and vectors.")
+    return 0
+
+
+def _memory_strategies(_args: argparse.Namespace) -> int:
+    default = get_settings().memory_strategy
+    for name in sorted(available()):
+        print(f"{name}{'  (default)' if name == default else ''}")
+    return 0
+
+
+def _bench_memory(args: argparse.Namespace) -> int:
+    if not args.data.is_file():
+        raise ParleyError(user_message=f"No such data file: {args.data}")
+    results = run(args.data, args.strategy, args.budget, settings=get_settings(), limit=args.limit)
+    print(format_table(results))
+    for result in results:
+        d = result.as_dict()
+        print(
+            f"{result.strategy} @ {result.budget:,}: {d['questions']} questions, "
+            f"ingestion {d['ingest_turns_per_s']} turns/s, {result.over_budget} over budget"
+        )
+    if args.json:
+        print(
+            json.dumps(
+                results[-1].as_dict() if len(results) == 1 else [r.as_dict() for r in results]
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

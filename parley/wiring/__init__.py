@@ -1,0 +1,8 @@
+"""The wiring: every service built from `Settings`, once per process (pages, CLI, benchmarks).
+
+from parley.wiring import Services, build_services
+"""
+
+from parley.wiring.services import Services, build_recall_index, build_services
+
+__all__ = ["Services", "build_recall_index", "build_services"]

@@ -1,8 +1,0 @@
-"""The wiring: every service built from `Settings`, once per process (pages, CLI, benchmarks).
-
-from wiring import Services, build_services
-"""
-
-from wiring.services import Services, build_recall_index, build_services
-
-__all__ = ["Services", "build_recall_index", "build_services"]
