@@ -53,7 +53,7 @@ typecheck: install-dev
 	$(BIN)/mypy --strict parley app.py server.py
 
 pytest: install-dev system-deps
-	$(BIN)/pytest
+	CI=1 $(BIN)/pytest
 
 test: lint typecheck pytest
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from parley.app_pages import state
+from parley.app_pages.words import say
 from parley.auth.oidc import SignInExpired
 from parley.core.errors import ParleyError
 
@@ -16,7 +17,7 @@ st.set_option("client.showErrorDetails", "none")
 try:
     services = state.services()
 except ParleyError as exc:
-    st.error(exc.user_message)
+    st.error(say(exc))
     st.stop()
 
 principal = state.current_principal(services)
@@ -31,7 +32,7 @@ if principal is None and state.signed_in_with_oidc() and not state.ui_state().oi
     except SignInExpired:  # an old token in Streamlit's cookie: back to the provider
         state.ui_state().redirect_to = "/session/end?then=oidc"
     except ParleyError as exc:
-        state.ui_state().oidc_refused = exc.user_message
+        state.ui_state().oidc_refused = say(exc)
     st.rerun()
 
 
@@ -71,4 +72,4 @@ else:
 try:
     st.navigation(pages).run()
 except ParleyError as exc:  # a page that did not catch it: its sentence, never a traceback
-    st.error(exc.user_message)
+    st.error(say(exc))

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from parley.chat.oversight.audit_trail import record_facts
 from parley.core.domain import Principal, Role
+from parley.store.audit import AuditChain, Checkpoint, Verified
+from parley.store.db import Database
 
 
 # The operator: an administrator who is no account, as the CLI acts. Tests set users up so.
@@ -33,6 +40,22 @@ def stop(process: subprocess.Popen[Any], timeout: float = 15) -> None:
 
 
 ROOT = Principal(user_id=0, name="(operator)", role=Role.ADMIN)
+
+# Data written by others (BIPIA, LoCoMo), read at run time from beside the checkout.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """The path of `name` in ../shared/data. When it is missing, the test skips on a
+    developer's machine but fails under CI (`CI` set, as `make test` sets it): a build
+    must never pass by not running the tests that read it."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        message = f"{path} is not here (data written by others, read from ../shared/data)"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return path
 
 
 class FakeClock:
@@ -124,3 +147,13 @@ def pdf_with_pages(*pages: str) -> bytes:
         b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
     )
     return out.getvalue()
+
+
+def audit_records(database: Database) -> list[dict[str, Any]]:
+    """Every audit record, oldest first, as an export line's object (data decoded)."""
+    return [record.exported() for record in AuditChain(database).records()]
+
+
+def verify_audit(database: Database, anchors: Sequence[Checkpoint] = ()) -> Verified:
+    """The chain checked as the admin console and `parley audit verify` check it."""
+    return AuditChain(database).verify(record_facts, anchors)

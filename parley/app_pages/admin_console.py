@@ -5,15 +5,16 @@ chain's check. Every rule is in the services; this page only asks them."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 import streamlit as st
 
 from parley.app_pages import state
 from parley.app_pages.rendering import plain_label, safe_markdown
+from parley.app_pages.words import say
 from parley.chat.oversight.review import Review, ReviewFilter, ReviewPage
 from parley.core.domain import MessageRole, MessageStatus, Principal
 from parley.core.errors import ParleyError
+from parley.core.records import Provenance
 from parley.wiring.services import Services
 
 PER_PAGE = 20
@@ -93,33 +94,31 @@ def render_review(review: Review) -> None:
                     render_prompt(item.prompt)
 
 
-def render_prompt(prompt: dict[str, Any]) -> None:
-    recalled = prompt.get("recalled") or []
+def render_prompt(prompt: Provenance) -> None:
     st.markdown(
-        f"Strategy **{plain_label(str(prompt.get('strategy')))}** · "
-        f"{prompt.get('total_tokens', 0):,} tokens · "
-        f"turns {len(prompt.get('turn_ids') or [])} · "
-        f"summary version {prompt.get('summary_version') or '—'} · recalled {len(recalled)}"
+        f"Strategy **{plain_label(prompt.strategy)}** · "
+        f"{prompt.total_tokens:,} tokens · "
+        f"turns {len(prompt.turn_ids)} · "
+        f"summary version {prompt.summary_version or '—'} · recalled {len(prompt.recalled)}"
     )
-    sources = prompt.get("sources") or []
-    if sources:
+    if prompt.sources:
         st.table(  # a few rows: a plain table, its text in the page (cells are Markdown)
             [
                 {
-                    "passage": s.get("n"),
-                    "document": plain_label(str(s.get("name") or "")),
-                    "chunks": ", ".join(str(c) for c in s.get("chunks", [])),
-                    "page": s.get("page"),
-                    "score": s.get("score"),
-                    "allowed as": plain_label(str(s.get("allowed_as") or "")),
+                    "passage": s.n,
+                    "document": plain_label(s.name or ""),
+                    "chunks": ", ".join(str(c) for c in s.chunks),
+                    "page": s.page,
+                    "score": s.score,
+                    "allowed as": plain_label(s.allowed_as),
                 }
-                for s in sources
+                for s in prompt.sources
             ]
         )
     else:
         st.caption("No document passages.")
-    if recalled:
-        st.caption("Recalled turns: " + ", ".join(f"#{r['turn_id']}" for r in recalled))
+    if prompt.recalled:
+        st.caption("Recalled turns: " + ", ".join(f"#{r.turn_id}" for r in prompt.recalled))
 
 
 def conversations_tab() -> None:
@@ -134,7 +133,7 @@ def conversations_tab() -> None:
             admin, where, page=page, per_page=PER_PAGE
         )
     except ParleyError as exc:
-        st.error(exc.user_message)
+        st.error(say(exc))
         return
     if where.text:
         cache[(where, page)] = found
@@ -177,7 +176,7 @@ def conversations_tab() -> None:
             try:
                 services.review.open(admin, chosen.id, reason)
             except ParleyError as exc:
-                st.error(exc.user_message)
+                st.error(say(exc))
             else:
                 st.rerun()
 
@@ -197,12 +196,12 @@ def audit_tab() -> None:
     st.dataframe(
         [
             {
-                "id": r["id"],
-                "at": r["at"][:19].replace("T", " "),
-                "actor": r["actor"],
-                "kind": r["kind"],
-                "subject": r["subject"],
-                "data": str(r["data"])[:300],
+                "id": r.id,
+                "at": r.at[:19].replace("T", " "),
+                "actor": r.actor,
+                "kind": r.kind,
+                "subject": r.subject,
+                "data": r.data[:300],
             }
             for r in history.records
         ],
@@ -249,7 +248,7 @@ def audit_tab() -> None:
             st.error("That checkpoint file is not text. Please choose the file of lines.")
             return
         except ParleyError as exc:
-            st.error(exc.user_message)
+            st.error(say(exc))
             return
         if result.broken is None:
             held = f"; {result.anchors:,} checkpoints hold" if result.anchors else ""

@@ -7,6 +7,7 @@ import streamlit as st
 
 from parley.app_pages import state
 from parley.app_pages.rendering import plain_label
+from parley.app_pages.words import say
 from parley.core.errors import ParleyError
 
 services = state.services()
@@ -32,7 +33,7 @@ with st.form("new-group", clear_on_submit=True):
         try:
             services.groups.create(principal, name)
         except ParleyError as exc:
-            st.error(exc.user_message)
+            st.error(say(exc))
         else:
             st.rerun()
 
@@ -53,6 +54,6 @@ if groups:
                 else:
                     services.groups.assign(principal, group, user)
             except ParleyError as exc:
-                st.error(exc.user_message)
+                st.error(say(exc))
             else:
                 st.rerun()

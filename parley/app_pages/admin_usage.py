@@ -3,15 +3,13 @@ with a CSV export; and each user's daily quotas."""
 
 from __future__ import annotations
 
-import csv
-import io
-from collections import defaultdict
-from datetime import date, timedelta
+from datetime import timedelta
 
 import streamlit as st
 
 from parley.app_pages import state
 from parley.app_pages.rendering import plain_label
+from parley.app_pages.words import say
 from parley.core.errors import ParleyError
 
 services = state.services()
@@ -25,26 +23,25 @@ st.title("Usage and quotas")
 days = st.date_input("Between", (state.utc_today() - timedelta(days=29), state.utc_today()))
 since, until = (days[0], days[-1]) if isinstance(days, tuple) and days else (state.utc_today(),) * 2
 try:
-    facts = services.usage.facts(admin, since=since, until=until)
+    report = services.usage.report(admin, since=since, until=until)
 except ParleyError as exc:
-    st.error(exc.user_message)
+    st.error(say(exc))
     st.stop()
 
-if not facts:
+if not report.facts:
     st.info("No model calls in these days.")
 else:
-    total_cost = sum(f.cost_usd for f in facts)
     top = st.columns(3)
-    top[0].metric("Cost", f"${total_cost:,.2f}")
-    top[1].metric("Calls", f"{sum(f.calls for f in facts):,}")
-    top[2].metric("Tokens", f"{sum(f.input_tokens + f.output_tokens for f in facts):,}")
+    top[0].metric("Cost", f"${report.cost_usd:,.2f}")
+    top[1].metric("Calls", f"{report.calls:,}")
+    top[2].metric("Tokens", f"{report.tokens:,}")
 
     st.subheader("Cost per day, by user")
-    per_day: dict[tuple[date, str], float] = defaultdict(float)
-    for f in facts:
-        per_day[(f.day, f.user)] += f.cost_usd
     st.bar_chart(
-        [{"day": d, "user": u, "cost ($)": c} for (d, u), c in sorted(per_day.items())],
+        [
+            {"day": r.day, "user": r.user, "cost ($)": r.cost_usd}
+            for r in reversed(report.per_user_and_day())
+        ],
         x="day",
         y="cost ($)",
         color="user",
@@ -53,54 +50,43 @@ else:
     left, right = st.columns(2)
     with left:
         st.subheader("By model")
-        per_model: dict[str, float] = defaultdict(float)
-        for f in facts:
-            per_model[f.model] += f.cost_usd
         st.bar_chart(
-            [{"model": m, "cost ($)": c} for m, c in sorted(per_model.items())],
+            [{"model": m, "cost ($)": c} for m, c in report.cost_per_model().items()],
             x="model",
             y="cost ($)",
         )
     with right:
         st.subheader("By group")
-        per_user_cost: dict[str, float] = defaultdict(float)
-        for f in facts:
-            per_user_cost[f.user] += f.cost_usd
-        groups = [
-            {"group": group, "cost ($)": sum(per_user_cost.get(n, 0.0) for n in names)}
-            for group, names in services.groups.list_all(admin)
-        ]
-        if groups:
-            st.bar_chart(groups, x="group", y="cost ($)")
+        per_group = report.cost_per_group()
+        if per_group:
+            st.bar_chart(
+                [{"group": g, "cost ($)": c} for g, c in per_group.items()],
+                x="group",
+                y="cost ($)",
+            )
             st.caption("A user in two groups counts in both.")
         else:
             st.caption("No groups yet.")
 
     st.subheader("Per user")
-    fields = ("calls", "input_tokens", "output_tokens", "cache_tokens", "cost_usd")
-    per_user: dict[str, dict[str, float]] = {}
-    for f in facts:
-        row = per_user.setdefault(f.user, dict.fromkeys(fields, 0.0))
-        for name in fields:
-            row[name] += getattr(f, name)
     st.dataframe(
         [
-            {"user": user, **{k.replace("_", " "): round(v, 4) for k, v in row.items()}}
-            for user, row in sorted(per_user.items(), key=lambda item: -item[1]["cost_usd"])
+            {
+                "user": r.user,
+                "calls": r.calls,
+                "input tokens": r.input_tokens,
+                "output tokens": r.output_tokens,
+                "cache tokens": r.cache_tokens,
+                "cost usd": round(r.cost_usd, 4),
+            }
+            for r in report.per_user()
         ],
         hide_index=True,
         width="stretch",
     )
-    table = io.StringIO()
-    writer = csv.writer(table)
-    writer.writerow(["day", "user", "model", "purpose", "calls", *fields[1:]])
-    for f in facts:
-        writer.writerow(
-            [f.day, f.user, f.model, f.purpose, f.calls, *(getattr(f, n) for n in fields[1:])]
-        )
     st.download_button(
         "Export CSV (day, user, model, purpose)",
-        table.getvalue(),
+        report.csv(),
         file_name=f"parley-usage-{since}-{until}.csv",
         mime="text/csv",
     )
@@ -136,6 +122,6 @@ if target is not None:
                     tokens_per_day=None if keep else int(new_tokens),
                 )
             except ParleyError as exc:
-                st.error(exc.user_message)
+                st.error(say(exc))
             else:
                 st.success(f"Quotas saved for {plain_label(target.name)}.")

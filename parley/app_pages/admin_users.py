@@ -7,6 +7,7 @@ import streamlit as st
 
 from parley.app_pages import state
 from parley.app_pages.rendering import plain_label
+from parley.app_pages.words import say
 from parley.core.domain import Role
 from parley.core.errors import ParleyError
 
@@ -48,7 +49,7 @@ if target is not None:
         try:
             services.accounts.set_disabled(principal, target.name, disabled=not target.disabled)
         except ParleyError as exc:
-            st.error(exc.user_message)
+            st.error(say(exc))
         else:
             st.success(
                 f"Disabled {shown}; their sessions have ended."
@@ -60,7 +61,7 @@ if target is not None:
         try:
             services.accounts.unlock(principal, target.name)
         except ParleyError as exc:
-            st.error(exc.user_message)
+            st.error(say(exc))
         else:
             st.success(f"Unlocked {shown}: their failed sign-ins are forgotten.")
             st.rerun()
@@ -72,7 +73,7 @@ if target is not None:
             try:
                 services.accounts.set_password(principal, target.name, new_password)
             except ParleyError as exc:
-                st.error(exc.user_message)
+                st.error(say(exc))
             else:
                 st.success(f"New password set for {shown}; their sessions have ended.")
 
@@ -87,7 +88,7 @@ if target is not None:
             try:
                 counts = services.erasure.erase_user(principal, target.name)
             except ParleyError as exc:
-                st.error(exc.user_message)
+                st.error(say(exc))
             else:
                 st.success(
                     f"Erased {shown}: {counts['conversations']} conversations, "
@@ -106,6 +107,6 @@ if submitted:
             principal, name=name, password=password, role=Role.ADMIN if admin else Role.USER
         )
     except ParleyError as exc:
-        st.error(exc.user_message)
+        st.error(say(exc))
     else:
         st.success(f"Added {plain_label(created.name)}.")

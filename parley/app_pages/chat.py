@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import streamlit as st
 
 from parley.app_pages import state
 from parley.app_pages.rendering import plain_label, safe_markdown
+from parley.app_pages.words import say
 from parley.chat.conversation.conversations import ChatMessage
 from parley.chat.conversation.replies import ReplyStream
 from parley.core.domain import MessageRole, MessageStatus, Principal
 from parley.core.errors import NotFound, ParleyError
+from parley.core.records import CitedPassage
 from parley.wiring.services import Services
 
 services = state.services()
@@ -93,7 +94,7 @@ def render_document_choice(svc: Services, who: Principal, conversation_id: int) 
         try:
             svc.conversations.choose_documents(who, conversation_id, picked)
         except ParleyError as exc:
-            ui.rejected_reason = exc.user_message
+            ui.rejected_reason = say(exc)
 
     chosen = svc.conversations.documents_of(who, conversation_id)
     pick_documents(labels, chosen, key=f"documents-{conversation_id}", on_change=choose)
@@ -108,7 +109,7 @@ def render_conversation_settings(svc: Services, who: Principal, conversation_id:
             try:
                 svc.conversations.rename(who, conversation_id, new_title)
             except ParleyError as exc:
-                st.error(exc.user_message)
+                st.error(say(exc))
             else:
                 st.rerun()
         if who.is_admin:
@@ -125,9 +126,9 @@ def render_conversation_settings(svc: Services, who: Principal, conversation_id:
             )
             if picked != current:
                 try:
-                    svc.lab.set_memory_strategy(who, conversation_id, picked)
+                    svc.lab.set_conversation_strategy(who, conversation_id, picked)
                 except ParleyError as exc:
-                    st.error(exc.user_message)
+                    st.error(say(exc))
                 else:
                     st.rerun()
         if ui.confirm_delete != conversation_id:
@@ -141,7 +142,7 @@ def render_conversation_settings(svc: Services, who: Principal, conversation_id:
                 try:
                     svc.conversations.delete(who, conversation_id)
                 except ParleyError as exc:
-                    st.error(exc.user_message)
+                    st.error(say(exc))
                 else:
                     ui.conversation_id = None
                     ui.confirm_delete = None
@@ -169,13 +170,13 @@ def usage_line(message: ChatMessage) -> str:
     return " · ".join(parts)
 
 
-def with_markers(text: str, citations: tuple[dict[str, Any], ...]) -> str:
+def with_markers(text: str, citations: tuple[CitedPassage, ...]) -> str:
     """The answer with a [n] marker where each native citation stands (the local
     model's answers carry their own markers already)."""
     places: set[tuple[int, int]] = set()
     for citation in citations:
-        if not citation.get("marker"):  # a [n] the model wrote is in the text already
-            places.add((min(int(citation["offset"]), len(text)), int(citation["n"])))
+        if not citation.marker:  # a [n] the model wrote is in the text already
+            places.add((min(citation.offset, len(text)), citation.n))
     for offset, n in sorted(places, reverse=True):
         text = f"{text[:offset]} [{n}]{text[offset:]}"
     return text
@@ -183,18 +184,17 @@ def with_markers(text: str, citations: tuple[dict[str, Any], ...]) -> str:
 
 def render_citations(svc: Services, who: Principal, message: ChatMessage) -> None:
     """One expander per cited passage: its document's name, and the chunk itself."""
-    seen: dict[int, dict[str, Any]] = {}
+    seen: dict[int, CitedPassage] = {}
     chunks: dict[int, set[int]] = {}
     for citation in message.citations:  # every chunk cited of each passage
-        n = int(citation["n"])
-        seen.setdefault(n, citation)
-        chunks.setdefault(n, set()).update(int(i) for i in citation.get("chunks") or [])
+        seen.setdefault(citation.n, citation)
+        chunks.setdefault(citation.n, set()).update(citation.chunks)
     for n, citation in sorted(seen.items()):
-        page = f", page {citation['page']}" if citation.get("page") else ""
-        with st.expander(plain_label(f"[{n}] {citation['name']}{page}"), icon=":material/link:"):
+        page = f", page {citation.page}" if citation.page else ""
+        with st.expander(plain_label(f"[{n}] {citation.name}{page}"), icon=":material/link:"):
             for index in sorted(chunks[n]):
                 try:
-                    chunk = svc.documents.open_chunk(who, int(citation["document_id"]), int(index))
+                    chunk = svc.documents.open_chunk(who, citation.document_id, index)
                 except ParleyError:
                     st.caption("This document is no longer there for you to read.")
                     break
@@ -257,7 +257,7 @@ if conversation_id is not None:
 if conversation_id is not None:
     render_conversation_settings(services, principal, conversation_id)
     st.subheader(plain_label(services.conversations.get(principal, conversation_id).title))
-    for access in services.review.accesses(principal, conversation_id=conversation_id):
+    for access in services.review.looks(principal, conversation_id=conversation_id):
         st.info(
             plain_label(
                 f"{access.admin} opened this conversation on {access.at:%Y-%m-%d %H:%M} "
@@ -281,7 +281,7 @@ if conversation_id is not None and services.chat.needs_retry(principal, conversa
         try:
             retried = services.chat.retry(principal, conversation_id)
         except ParleyError as exc:
-            st.error(exc.user_message)
+            st.error(say(exc))
         else:
             stream_reply(retried)
 
@@ -311,7 +311,7 @@ if prompt is not None:
         )
     except ParleyError as exc:
         ui.rejected_text = prompt if prompt.strip() else None
-        ui.rejected_reason = exc.user_message
+        ui.rejected_reason = say(exc)
         st.rerun()
     else:
         ui.rejected_text = ui.rejected_reason = None

@@ -8,6 +8,7 @@ from streamlit.delta_generator import DeltaGenerator
 
 from parley.app_pages import state
 from parley.app_pages.rendering import plain_label, safe_markdown
+from parley.app_pages.words import say
 from parley.chat.documents.library import SUPPORTED_SUFFIXES, DocumentInfo
 from parley.core.domain import Principal
 from parley.core.errors import ParleyError
@@ -55,7 +56,7 @@ def upload(svc: Services, who: Principal) -> None:
             )
         except ParleyError as exc:  # one file's problem; the others still go in
             bar.empty()
-            st.error(safe_markdown(exc.user_message))  # the sentence names the file
+            st.error(safe_markdown(say(exc)))  # the sentence names the file
         else:
             bar.progress(1.0, text=plain_label(f"{info.name}: {info.chunks} passages indexed"))
 
@@ -69,7 +70,7 @@ def visibility(info: DocumentInfo) -> str:
 
 
 def manage(svc: Services, who: Principal, documents: list[DocumentInfo]) -> None:
-    mine = [d for d in documents if who.is_admin or d.owner == who.name]
+    mine = [d for d in documents if d.may_manage]  # the service says who may
     if not mine:
         return
     st.subheader("Share or delete")
@@ -99,7 +100,7 @@ def manage(svc: Services, who: Principal, documents: list[DocumentInfo]) -> None
                 try:
                     svc.documents.delete(who, picked.id)
                 except ParleyError as exc:
-                    st.error(exc.user_message)
+                    st.error(say(exc))
                 ui.confirm_delete = None
                 st.rerun()
             if st.button("Keep it", key="document-delete-cancel"):
@@ -120,7 +121,7 @@ def act(
     try:
         change(who, document.id, group=group, public=public)
     except ParleyError as exc:
-        st.error(exc.user_message)
+        st.error(say(exc))
     else:
         st.rerun()
 
@@ -133,7 +134,7 @@ def search(svc: Services, who: Principal) -> None:
     try:
         hits = svc.documents.search(who, query, k=5)
     except ParleyError as exc:
-        st.error(exc.user_message)
+        st.error(say(exc))
         return
     if not hits:
         st.caption("Nothing you may read matches.")

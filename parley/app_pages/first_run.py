@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from parley.app_pages import state
+from parley.app_pages.words import say
 from parley.core.errors import ParleyError
 
 services = state.services()
@@ -25,7 +26,7 @@ if submitted:
         try:
             principal = services.accounts.create_first_admin(name=name, password=password)
         except ParleyError as exc:
-            st.error(exc.user_message)
+            st.error(say(exc))
         else:
             state.log_in(services, principal)
             st.rerun()

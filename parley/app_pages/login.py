@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from parley.app_pages import state
+from parley.app_pages.words import say
 from parley.auth.passwords import MAX_PASSWORD_LENGTH
 from parley.core.errors import ParleyError
 
@@ -37,6 +38,6 @@ if submitted:
         )
         state.log_in(services, principal)
     except ParleyError as exc:
-        st.error(exc.user_message)
+        st.error(say(exc))
     else:
         st.rerun()

@@ -9,7 +9,7 @@ import streamlit as st
 
 from parley.app_pages import state
 from parley.app_pages.rendering import plain_label
-from parley.chat.oversight.review import Access
+from parley.chat.oversight.review import Look
 
 PER_PAGE = 25
 
@@ -19,7 +19,7 @@ if principal is None:
     st.stop()
 
 
-def sentence(access: Access) -> str:
+def sentence(access: Look) -> str:
     """The words for one record (the service gives facts; the page chooses words)."""
     if access.kind == "conversation_opened":
         title = f"“{access.title}”" if access.title is not None else "(since deleted)"
@@ -45,7 +45,7 @@ page_number = int(st.session_state.get("who-looked-page", 0))
 found = services.review.who_looked(principal, page=page_number, per_page=PER_PAGE)
 if not found.total:
     st.info("Nobody else has read your conversations or documents.")
-for access in found.accesses:
+for access in found.looks:
     with st.container(border=True):
         st.markdown(plain_label(sentence(access)))
         when = f"{access.at:%Y-%m-%d %H:%M} UTC"

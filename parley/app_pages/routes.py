@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from parley.app_pages.words import say
 from parley.auth import COOKIE_NAME, SessionService
 from parley.core.config import get_settings
 from parley.core.errors import ParleyError
@@ -88,7 +89,7 @@ def _never_a_bare_500(handler: Callable[[Request], Response]) -> Callable[[Reque
         try:
             return handler(request)
         except ParleyError as exc:
-            sentence = exc.user_message
+            sentence = say(exc)
             log.warning("%s failed: %s", request.url.path, exc)
         except Exception:
             sentence = "Something went wrong on Parley's side."

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import streamlit as st
 
 from parley.app_pages import state
+from parley.app_pages.words import say
 from parley.core.domain import MessageRole
 from parley.core.errors import ParleyError
 from parley.memory import ContextWindow
@@ -18,7 +21,8 @@ if principal is None or not principal.is_admin:
 st.title("Strategy lab")
 st.caption(
     "Replay a stored conversation through two memory strategies: what each puts in the "
-    "prompt for the chosen message, its tokens and its estimated cost."
+    "prompt for the chosen message, its tokens and its estimated cost. Each strategy's "
+    "options can be set for this conversation; blank ones keep the environment's."
 )
 
 conversations = services.conversations.list_all(principal)
@@ -37,7 +41,7 @@ try:
         if m.role is MessageRole.USER
     ]
 except ParleyError as exc:  # someone else's, not opened with a reason in the last hour
-    st.warning(exc.user_message)
+    st.warning(say(exc))
     st.page_link(
         "parley/app_pages/admin_console.py", label="Admin console", icon=":material/policy:"
     )
@@ -61,15 +65,56 @@ budget = budget_col.number_input("Budget (tokens)", min_value=200, value=2000, s
 admin = principal
 
 
+def shown(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def options_form(name: str) -> None:
+    """`name`'s options for this conversation: blank ones are the environment's."""
+    try:
+        options = services.lab.options_of(admin, chosen.id, name)
+    except ParleyError as exc:
+        st.error(say(exc))
+        return
+    if not options.rows:
+        st.caption("This strategy has no options.")
+        return
+    label = f"Options · {len(options.overrides)} set for this conversation"
+    with st.expander(label), st.form(key=f"memory-options-{name}"):
+        typed = {
+            row.name: st.text_input(
+                row.name,
+                value=shown(row.conversation) if row.overridden else "",
+                placeholder=f"{shown(row.environment)} (the environment's)",
+                help=f"{row.description or row.name} ({row.type}; default {shown(row.default)})",
+                key=f"memory-option-{name}-{row.name}",
+            )
+            for row in options.rows
+        }
+        saved = st.form_submit_button("Save for this conversation")
+    if saved:
+        chosen_values = {key: text.strip() for key, text in typed.items() if text.strip()}
+        try:  # checked by the strategy's own model: a sentence, and nothing stored, if wrong
+            services.lab.set_memory_options(admin, chosen.id, name, chosen_values)
+        except ParleyError as exc:
+            st.error(say(exc))
+            return
+        st.success("Saved: this conversation's answers, and the replay below, use them.")
+        options = services.lab.options_of(admin, chosen.id, name)
+    if options.problem:
+        st.warning(options.problem)
+
+
 def show(column: st.delta_generator.DeltaGenerator, name: str) -> None:
     with column:
         st.subheader(name)
+        options_form(name)
         try:
             context, estimate = services.lab.replay_context(
                 admin, chosen.id, message.id, name, budget=int(budget)
             )
         except ParleyError as exc:
-            st.error(exc.user_message)
+            st.error(say(exc))
             return
         render(context, estimate.input_cost_usd)
 

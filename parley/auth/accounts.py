@@ -32,9 +32,18 @@ from parley.auth.passwords import (
 )
 from parley.auth.sessions import SessionService
 from parley.auth.throttle import LoginThrottle, account_key, client_key
-from parley.core.domain import Principal, Role
-from parley.core.errors import AuthError, InvalidInput, NotFound, PermissionDenied, StorageConflict
-from parley.store.audit import append_in, by, keys_of
+from parley.core.audit_events import (
+    AccountUnlocked,
+    PasswordSet,
+    SignedIn,
+    SignInFailed,
+    UserCreated,
+    UserDisabled,
+    UserEnabled,
+)
+from parley.core.domain import Principal, Role, require_admin
+from parley.core.errors import AuthError, InvalidInput, NotFound, StorageConflict
+from parley.store.audit import actor_of, append_in, keys_of
 from parley.store.db import Database
 from parley.store.models import User, utcnow
 
@@ -100,7 +109,7 @@ class AccountService:
         self, principal: Principal, *, name: str, password: str, role: Role = Role.USER
     ) -> Principal:
         """Admins add a local account."""
-        _require_admin(principal, "Only administrators add users.")
+        require_admin(principal, "Only administrators add users.")
         return self._insert(principal, name=name, password=password, role=role)
 
     def _insert(self, principal: Principal, *, name: str, password: str, role: Role) -> Principal:
@@ -113,11 +122,9 @@ class AccountService:
                 session.flush()
                 append_in(
                     session,
-                    "user_created",
-                    **by(principal),
+                    UserCreated(user_id=user.id, role=str(role), sign_in="local"),
+                    **actor_of(principal),
                     about_id=user.id,
-                    subject=f"user {name}",
-                    data={"role": str(role), "sign_in": "local"},
                 )
                 return Principal(user_id=user.id, name=user.name, role=user.role)
         except StorageConflict as exc:
@@ -140,12 +147,10 @@ class AccountService:
             session.flush()
             append_in(
                 session,
-                "user_created",
+                UserCreated(user_id=user.id, role=str(Role.ADMIN), sign_in="local", first_run=True),
                 actor_id=user.id,
                 actor=name,
                 about_id=user.id,
-                subject=f"user {name}",
-                data={"role": str(Role.ADMIN), "sign_in": "local", "first_run": True},
             )
             return Principal(user_id=user.id, name=user.name, role=user.role)
 
@@ -199,11 +204,10 @@ class AccountService:
             if user.disabled_at is not None:  # the right password for a disabled account
                 append_in(
                     session,
-                    "sign_in_failed",
+                    SignInFailed(method="password", client=_address(client), reason="disabled"),
                     actor_id=None,
                     actor=user.name,
                     about_id=user.id,
-                    data={"method": "password", "client": _address(client), "reason": "disabled"},
                 )
                 disabled = True
             else:
@@ -213,10 +217,9 @@ class AccountService:
                     user.password_hash = verified.rehashed
                 append_in(
                     session,
-                    "sign_in",
+                    SignedIn(method="password", client=_address(client)),
                     actor_id=user.id,
                     actor=user.name,
-                    data={"method": "password", "client": _address(client)},
                 )
             principal = Principal(user_id=user.id, name=user.name, role=user.role)
         if disabled:
@@ -241,7 +244,7 @@ class AccountService:
     def unlock(self, principal: Principal, name: str) -> bool:
         """Admins clear an account's sign-in lock and failures (on record); True if there
         was anything to clear."""
-        _require_admin(principal, "Only administrators unlock accounts.")
+        require_admin(principal, "Only administrators unlock accounts.")
         with self._db.session() as session:
             user = _user_named(session, name)
             user_id, user_name = user.id, user.name
@@ -249,11 +252,9 @@ class AccountService:
         with self._db.session(write_lock=True) as session:
             append_in(
                 session,
-                "account_unlocked",
-                **by(principal),
+                AccountUnlocked(user_id=user_id, had_failures=bool(cleared)),
+                **actor_of(principal),
                 about_id=user_id,
-                subject=f"user {user_name}",
-                data={"had_failures": bool(cleared)},
             )
         return bool(cleared)
 
@@ -261,7 +262,7 @@ class AccountService:
         self, principal: Principal, *, now: datetime | None = None
     ) -> dict[str, datetime]:
         """Admins see which accounts are locked now, and until when (by user name)."""
-        _require_admin(principal, "Only administrators see locked accounts.")
+        require_admin(principal, "Only administrators see locked accounts.")
         if self._throttle is None:
             return {}
         locks = self._throttle.locked(now or datetime.now(UTC))
@@ -275,16 +276,19 @@ class AccountService:
         typed = name.strip()[:64] if isinstance(name, str) else ""
         with self._db.session(write_lock=True) as session:
             user_id = session.scalar(select(User.id).where(User.name == typed))
-            data = {"method": "password", "client": _address(client), "reason": reason}
-            if user_id is None:  # keyed: a password typed in the name box cannot be guessed
-                data["typed_hmac"] = keys_of(session).keyed_hash("typed name", typed)
+            # keyed: a password typed in the name box cannot be guessed
+            typed_hmac = None if user_id else keys_of(session).keyed_hash("typed name", typed)
             append_in(
                 session,
-                "sign_in_failed",
+                SignInFailed(
+                    method="password",
+                    client=_address(client),
+                    reason=reason,
+                    typed_hmac=typed_hmac,
+                ),
                 actor_id=None,
                 actor=typed if user_id is not None else "?",
                 about_id=user_id,
-                data=data,
             )
 
     def refresh(self, principal: Principal) -> Principal | None:
@@ -298,7 +302,7 @@ class AccountService:
 
     def set_disabled(self, principal: Principal, name: str, *, disabled: bool) -> None:
         """Admins disable (all their sessions end, sign-in refused) or enable a user."""
-        _require_admin(principal, "Only administrators disable or enable users.")
+        require_admin(principal, "Only administrators disable or enable users.")
         with self._db.session(write_lock=True) as session:
             user = _user_named(session, name)
             if disabled and user.id == principal.user_id:
@@ -307,31 +311,30 @@ class AccountService:
             user_id = user.id
             append_in(
                 session,
-                "user_disabled" if disabled else "user_enabled",
-                **by(principal),
+                UserDisabled(user_id=user_id) if disabled else UserEnabled(user_id=user_id),
+                **actor_of(principal),
                 about_id=user_id,
-                subject=f"user {user.name}",
             )
         if disabled and self._sessions is not None:
             self._sessions.end_all(user_id, by=principal, reason="disabled")
 
     def set_password(self, principal: Principal, name: str, password: str) -> None:
         """Admins set a user's password; every session of that user ends."""
-        _require_admin(principal, "Only administrators set passwords.")
+        require_admin(principal, "Only administrators set passwords.")
         password_hash = hash_password(validate_password(password))
         with self._db.session(write_lock=True) as session:
             user = _user_named(session, name)
             user.password_hash = password_hash
             user_id = user.id
             append_in(
-                session, "password_set", **by(principal), about_id=user_id, subject=f"user {name}"
+                session, PasswordSet(user_id=user_id), **actor_of(principal), about_id=user_id
             )
         if self._sessions is not None:
             self._sessions.end_all(user_id, by=principal, reason="new password")
 
     def find_principal(self, principal: Principal, name: str) -> Principal | None:
         """Admins look a user up by name (the CLI acts for a named user this way)."""
-        _require_admin(principal, "Only administrators look users up.")
+        require_admin(principal, "Only administrators look users up.")
         with self._db.session() as session:
             user = session.scalar(select(User).where(User.name == name))
             if user is None:
@@ -340,7 +343,7 @@ class AccountService:
 
     def list_users(self, principal: Principal) -> list[UserInfo]:
         """Every account: admins only."""
-        _require_admin(principal, "Only administrators see the list of users.")
+        require_admin(principal, "Only administrators see the list of users.")
         with self._db.session() as session:
             users = session.scalars(select(User).order_by(User.name)).all()
             return [
@@ -356,11 +359,6 @@ def _user_named(session: Session, name: str) -> User:
     if user is None:
         raise NotFound(user_message=f"There is no user named {name.strip()!r}.")
     return user
-
-
-def _require_admin(principal: Principal, sentence: str) -> None:
-    if not principal.is_admin:
-        raise PermissionDenied(user_message=sentence)
 
 
 def _address(client: object) -> str | None:

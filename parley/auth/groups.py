@@ -3,18 +3,18 @@ groups are readable by the services that filter what they may see."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from parley.auth.accounts import validate_name
-from parley.core.domain import Principal
-from parley.core.errors import InvalidInput, NotFound, PermissionDenied, StorageConflict
-from parley.store.audit import append_in, by
+from parley.core.audit_events import GroupCreated, GroupMemberAdded, GroupMemberRemoved
+from parley.core.domain import Principal, require_admin
+from parley.core.errors import InvalidInput, NotFound, StorageConflict
+from parley.store.audit import Actor, actor_of, append_in
 from parley.store.db import Database
 from parley.store.models import Group, GroupMember, User
+
+ONLY_ADMINS = "Only administrators manage groups."
 
 
 class GroupService:
@@ -22,31 +22,33 @@ class GroupService:
         self._db = database
 
     def create(self, principal: Principal, name: str) -> int:
-        _require_admin(principal)
+        require_admin(principal, ONLY_ADMINS)
         name = validate_name(name)
         try:
             with self._db.session(write_lock=True) as session:
                 group = Group(name=name)
                 session.add(group)
                 session.flush()
-                append_in(session, "group_created", **by(principal), subject=f"group {name}")
+                append_in(
+                    session, GroupCreated(group_id=group.id, group=name), **actor_of(principal)
+                )
                 return group.id
         except StorageConflict as exc:
             raise InvalidInput(f"A group named {name!r} already exists.") from exc
 
     def assign(self, principal: Principal, group: str, user: str) -> None:
-        _require_admin(principal)
+        require_admin(principal, ONLY_ADMINS)
         with self._db.session(write_lock=True) as session:
             group_id, user_id = group_id_named(session, group), _user_id(session, user)
-            add_member(session, (group_id, group), (user_id, user), by(principal))
+            add_member(session, (group_id, group), (user_id, user), actor_of(principal))
 
     def remove(self, principal: Principal, group: str, user: str) -> None:
         """Take a user out of a group: documents shared with it vanish from their very
         next search (every search reads the memberships afresh)."""
-        _require_admin(principal)
+        require_admin(principal, ONLY_ADMINS)
         with self._db.session(write_lock=True) as session:
             group_id, user_id = group_id_named(session, group), _user_id(session, user)
-            remove_member(session, (group_id, group), (user_id, user), by(principal))
+            remove_member(session, (group_id, group), (user_id, user), actor_of(principal))
 
     def names_for(self, principal: Principal) -> list[str]:
         """The groups a principal may share documents with: their own (admins: all)."""
@@ -58,7 +60,7 @@ class GroupService:
 
     def list_all(self, principal: Principal) -> list[tuple[str, list[str]]]:
         """Every group and its members' names: admins only."""
-        _require_admin(principal)
+        require_admin(principal, ONLY_ADMINS)
         with self._db.session() as session:
             groups = session.scalars(select(Group).order_by(Group.name)).all()
             rows = session.execute(
@@ -74,44 +76,37 @@ def add_member(
     session: Session,
     group: tuple[int, str],
     user: tuple[int, str],
-    actor: Mapping[str, Any],
+    actor: Actor,
 ) -> None:
     """Put a user (id, name) in a group (id, name), on record, in the caller's
     transaction; nothing if they are in it already."""
     if session.get(GroupMember, (group[0], user[0])) is None:
         session.add(GroupMember(group_id=group[0], user_id=user[0]))
-        _membership_record(session, "group_member_added", group, user, actor)
+        append_in(
+            session,
+            GroupMemberAdded(group_id=group[0], group=group[1], user=user[1]),
+            **actor,
+            about_id=user[0],
+        )
 
 
 def remove_member(
     session: Session,
     group: tuple[int, str],
     user: tuple[int, str],
-    actor: Mapping[str, Any],
+    actor: Actor,
 ) -> None:
     """Take a user out of a group, on record, in the caller's transaction."""
     removed = session.execute(
         delete(GroupMember).where(GroupMember.group_id == group[0], GroupMember.user_id == user[0])
     )
     if removed.rowcount:  # type: ignore[attr-defined]
-        _membership_record(session, "group_member_removed", group, user, actor)
-
-
-def _membership_record(
-    session: Session,
-    kind: str,
-    group: tuple[int, str],
-    user: tuple[int, str],
-    actor: Mapping[str, Any],
-) -> None:
-    append_in(
-        session,
-        kind,
-        **actor,
-        about_id=user[0],
-        subject=f"group {group[1]}",
-        data={"group_id": group[0], "user": user[1]},
-    )
+        append_in(
+            session,
+            GroupMemberRemoved(group_id=group[0], group=group[1], user=user[1]),
+            **actor,
+            about_id=user[0],
+        )
 
 
 def groups_of(session: Session, user_id: int) -> set[int]:
@@ -131,11 +126,6 @@ def _user_id(session: Session, name: str) -> int:
     if found is None:
         raise NotFound(user_message=f"There is no user named {name.strip()!r}.")
     return found
-
-
-def _require_admin(principal: Principal) -> None:
-    if not principal.is_admin:
-        raise PermissionDenied(user_message="Only administrators manage groups.")
 
 
 __all__ = ["GroupService", "group_id_named", "groups_of"]

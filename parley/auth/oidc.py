@@ -23,7 +23,6 @@ All of it is one write-locked transaction with its audit records.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -37,9 +36,19 @@ from sqlalchemy.orm import Session
 
 from parley.auth.accounts import DISABLED, NAME_PATTERN
 from parley.auth.groups import add_member, remove_member
+from parley.core.audit_events import (
+    AuditKind,
+    GroupCreated,
+    GroupMemberAdded,
+    RoleChanged,
+    SignedIn,
+    SignInFailed,
+    UserCreated,
+    read_event,
+)
 from parley.core.domain import Principal, Role
 from parley.core.errors import AuthError
-from parley.store.audit import append_in
+from parley.store.audit import Actor, append_in
 from parley.store.db import Database
 from parley.store.models import AuditRecord, Group, GroupMember, User, utcnow
 
@@ -196,21 +205,19 @@ class OidcSignIn:
             if refused is not None or user is None:
                 append_in(
                     session,
-                    "sign_in_failed",
+                    SignInFailed(method="oidc", issuer=issuer, reason=refused or "refused"),
                     actor_id=None,
                     actor=name,
                     about_id=user.id if user is not None else None,
-                    data={"method": "oidc", "issuer": issuer, "reason": refused},
                 )
             else:
                 user.last_login_at = utcnow()
                 self._sync(session, user, role, [namespaced(issuer, g) for g in groups])
                 append_in(
                     session,
-                    "sign_in",
+                    SignedIn(method="oidc", issuer=issuer, groups=groups),
                     actor_id=user.id,
                     actor=user.name,
-                    data={"method": "oidc", "issuer": issuer, "groups": groups},
                 )
                 principal = Principal(user_id=user.id, name=user.name, role=user.role)
         if refused is not None:
@@ -227,12 +234,10 @@ class OidcSignIn:
         session.flush()
         append_in(
             session,
-            "user_created",
+            UserCreated(user_id=user.id, role=str(role), sign_in="oidc", issuer=issuer),
             actor_id=None,
             actor=ACTOR,
             about_id=user.id,
-            subject=f"user {name}",
-            data={"role": str(role), "sign_in": "oidc", "issuer": issuer},
         )
         return user
 
@@ -324,12 +329,10 @@ class OidcSignIn:
         if previous is not role:
             append_in(
                 session,
-                "role_changed",
+                RoleChanged(user_id=user.id, previous=str(previous), role=str(role)),
                 actor_id=None,
                 actor=ACTOR,
                 about_id=user.id,
-                subject=f"user {user.name}",
-                data={"from": str(previous), "to": str(role)},
             )
         wanted: dict[int, str] = {}
         for group_name in groups:
@@ -341,10 +344,9 @@ class OidcSignIn:
                 group_id = group.id
                 append_in(
                     session,
-                    "group_created",
+                    GroupCreated(group_id=group_id, group=group_name),
                     actor_id=None,
                     actor=ACTOR,
-                    subject=f"group {group_name}",
                 )
             wanted[group_id] = group_name
         # Only this provider's own groups: local groups and another provider's are
@@ -357,7 +359,7 @@ class OidcSignIn:
                 .where(GroupMember.user_id == user.id, Group.name.startswith(own, autoescape=True))
             ).all()
         )
-        oidc = {"actor_id": None, "actor": ACTOR}
+        oidc: Actor = {"actor_id": None, "actor": ACTOR}
         # Versions before namespacing put provider users into groups by bare name, local
         # ones included: those memberships the provider made go now (once, on record).
         current.update(_legacy_memberships(session, user.id))
@@ -381,17 +383,17 @@ def _legacy_memberships(session: Session, user_id: int) -> dict[int, str]:
         return {}
     newest: dict[int, tuple[str, int | None]] = {}
     records = session.execute(
-        select(AuditRecord.actor, AuditRecord.actor_id, AuditRecord.data)
+        select(AuditRecord.actor, AuditRecord.actor_id, AuditRecord.kind, AuditRecord.data)
         .where(
             AuditRecord.about_id == user_id,
-            AuditRecord.kind.in_(("group_member_added", "group_member_removed")),
+            AuditRecord.kind.in_((AuditKind.GROUP_MEMBER_ADDED, AuditKind.GROUP_MEMBER_REMOVED)),
         )
         .order_by(AuditRecord.id.desc())
     )
-    for actor, actor_id, data in records:
-        group_id = json.loads(data).get("group_id")
-        if isinstance(group_id, int) and group_id in bare:
-            newest.setdefault(group_id, (actor, actor_id))
+    for actor, actor_id, kind, data in records:
+        event = read_event(kind, data)
+        if isinstance(event, GroupMemberAdded) and event.group_id in bare:
+            newest.setdefault(event.group_id, (actor, actor_id))
     # The provider acts with no account (an admin named "oidc" has an id).
     return {g: bare[g] for g, by in newest.items() if by == (ACTOR, None)}
 

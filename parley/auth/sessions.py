@@ -27,10 +27,10 @@ from itsdangerous import BadSignature, Signer
 from sqlalchemy import delete, select, update
 
 from parley.auth.throttle import utc
+from parley.core.audit_events import SessionEnded, SessionsRevoked
 from parley.core.domain import Principal
 from parley.core.errors import ConfigurationError
-from parley.store.audit import append_in
-from parley.store.audit import by as actor_of
+from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
 from parley.store.models import LoginSession, User
 
@@ -176,12 +176,13 @@ class SessionService:
                 if claimed.rowcount == 1:  # type: ignore[attr-defined]
                     append_in(
                         session,
-                        "session_ended",
+                        SessionEnded(
+                            session_id=session_id,
+                            reason="user disabled or gone" if gone else "expired",
+                        ),
                         actor_id=None,
                         actor="system",
                         about_id=user_id,
-                        subject=f"session {session_id}",
-                        data={"reason": "user disabled or gone" if gone else "expired"},
                     )
             return None
         if touch:
@@ -209,11 +210,9 @@ class SessionService:
                 name = session.scalar(select(User.name).where(User.id == user_id)) or "?"
                 append_in(
                     session,
-                    "session_ended",
+                    SessionEnded(session_id=session_id, reason="signed out"),
                     actor_id=user_id,
                     actor=name,
-                    subject=f"session {session_id}",
-                    data={"reason": "signed out"},
                 )
 
     def end_all(
@@ -235,11 +234,9 @@ class SessionService:
             if count:
                 append_in(
                     session,
-                    "sessions_revoked",
+                    SessionsRevoked(user_id=user_id, sessions=count, reason=reason),
                     **actor_of(by),
                     about_id=user_id,
-                    subject=f"user {user_id}",
-                    data={"sessions": count, "reason": reason},
                 )
             return count
 

@@ -39,7 +39,7 @@ from parley.bench.locomo import load
 from parley.core.background import BackgroundWork
 from parley.core.config import Settings
 from parley.core.domain import Principal, Role
-from parley.retrieval.document_index import Access, DocumentIndex
+from parley.retrieval.document_index import DocumentAccess, DocumentIndex
 from parley.retrieval.documents import chunk, parse
 from parley.store.db import Database
 from parley.store.migrate import upgrade
@@ -114,12 +114,12 @@ def fill(
     """Add documents of real chunk texts and jittered real vectors until `target` chunks."""
     texts, vectors = pool
     store_rng = np.random.default_rng(rng.randrange(2**32))
-    database = services.database
+    database = services._database  # seeding 100,000 chunks bypasses the services
     with database.session() as session:
         have = int(session.scalar(select(func.coalesce(func.sum(Document.chunks), 0))) or 0)
     while have < target:
         with database.session() as session:
-            batch: list[tuple[int, np.ndarray, Access]] = []
+            batch: list[tuple[int, np.ndarray, DocumentAccess]] = []
             for _ in range(min(500, -(-(target - have) // CHUNKS_PER_DOCUMENT))):
                 owner = rng.choice(users)
                 public = rng.random() < PUBLIC_SHARE
@@ -145,7 +145,9 @@ def fill(
                 jitter = store_rng.normal(0.0, 0.02, (len(picks), vectors.shape[1]))
                 rows = vectors[picks] + jitter.astype(np.float32)
                 rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-                batch.append((document.id, rows, Access(owner.user_id, public, frozenset(shared))))
+                batch.append(
+                    (document.id, rows, DocumentAccess(owner.user_id, public, frozenset(shared)))
+                )
                 have += CHUNKS_PER_DOCUMENT
         index.add_many(batch)
     return have

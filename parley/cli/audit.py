@@ -15,7 +15,6 @@ from typing import Any
 from parley.cli.common import OPERATOR
 from parley.cli.common import services as _services
 from parley.core.errors import InvalidInput
-from parley.store.audit import AuditLog, parse_checkpoints
 
 
 def audit_commands(commands: Any) -> None:
@@ -37,19 +36,16 @@ def audit_commands(commands: Any) -> None:
     export.set_defaults(func=_export)
 
 
-def _log() -> AuditLog:
-    return AuditLog(_services().database)
-
-
 def _verify(args: argparse.Namespace) -> int:
-    anchors = []
-    if args.checkpoint is not None:
+    audit = _services().audit  # the console's service
+    if args.checkpoint is None:
+        result = audit.verify(OPERATOR)
+    else:
         try:
             text = args.checkpoint.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidInput(f"The checkpoint file {args.checkpoint} cannot be read.") from exc
-        anchors = parse_checkpoints(text)
-    result = _log().verify(anchors)
+        result = audit.verify_against(OPERATOR, text)
     if result.broken is None:
         n = result.anchors
         held = f"; {n} checkpoint{'s hold' if n != 1 else ' holds'}" if n else ""

@@ -1,11 +1,18 @@
-"""What every `parley` command shares: the operator it acts as, and the services."""
+"""What every `parley` command shares: the operator it acts as, and the services.
+
+The wiring (the settings, SQLAlchemy, every service) loads when a command first asks for
+the services, not when the parser is built: `parley --help` needs none of it.
+"""
 
 from __future__ import annotations
 
-from parley.core.config import get_settings
+from typing import TYPE_CHECKING
+
 from parley.core.domain import Principal, Role
 from parley.core.errors import ParleyError
-from parley.wiring.services import Services, build_services
+
+if TYPE_CHECKING:
+    from parley.wiring.services import Services
 
 # The CLI acts as the operator: an administrator who is no account (whoever runs
 # `parley` on the server holds the database anyway).
@@ -18,7 +25,11 @@ _built: list[Services] = []
 
 def services() -> Services:
     if not _built:
-        _built.append(build_services(get_settings()))
+        from parley.core.config import get_settings
+        from parley.wiring.services import build_services
+
+        # Vectors kept the older way are the app's to move at its start, not a command's.
+        _built.append(build_services(get_settings(), legacy_sweep=False))
     return _built[0]
 
 

@@ -10,11 +10,16 @@
     parley quota set NAME [--messages N] [--tokens N]      (0: no limit; 'default': the setting)
     parley usage [--days N]                                 tokens and cost per user and day
     parley conversation strategy ID NAME|default --as ADMIN    memory strategy per conversation
-    parley memory strategies                                the installed memory strategies
+    parley memory strategies [--json]                       the installed memory strategies
+    parley memory new NAME [--dir DIR]                      a memory strategy plug-in project
     parley bench memory --data FILE --strategy NAME --budget TOKENS [--json]
     parley audit verify | audit export [--format jsonl|csv] [--user U] [--since YYYY-MM-DD]
 
 Everything goes through the same services the page uses, under `PARLEY_DATA_DIR`.
+
+Building the parser imports nothing heavy: a command imports the settings, the database,
+the services (and the model SDK only once a model is called) when it runs, so `parley
+--help` or a mistyped command answers at once (`python -m parley.bench.cli_start`).
 """
 
 from __future__ import annotations
@@ -26,22 +31,19 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from parley.bench.locomo import format_table, run
 from parley.cli.audit import audit_commands
 from parley.cli.common import OPERATOR, close_services
 from parley.cli.common import principal_named as _principal
 from parley.cli.common import services as _services
 from parley.cli.documents import document_commands
+from parley.cli.memory import memory_commands
 from parley.cli.users import user_commands
-from parley.core.config import get_settings
 from parley.core.errors import ParleyError
-from parley.core.logs import console_warnings
-from parley.memory import available
-from parley.store.audit import AuditLog, set_channel
-from parley.store.migrate import KEYED_AUDIT_REVISION, current_revision, upgrade
-from parley.wiring import Services
-from parley.wiring.services import open_database
+
+if TYPE_CHECKING:
+    from parley.wiring import Services
 
 # Whoever runs `parley` on the server already holds the database and the settings: the
 # commands act as this operator, an administrator who is no account.
@@ -53,6 +55,10 @@ UPKEEP_TIMEOUT_S = 60.0
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    # A command that runs needs these; `--help` and a usage error have left by now.
+    from parley.core.logs import console_warnings
+    from parley.store.audit import set_channel
+
     # Log lines go to the log file (configure_logging); the terminal gets warnings and
     # errors only, one sentence each, so nothing lands between an answer's chunks.
     root = logging.getLogger()
@@ -148,10 +154,7 @@ def _parser() -> argparse.ArgumentParser:
 
     document_commands(commands)
     audit_commands(commands)
-    memory = commands.add_parser("memory", help="memory strategies").add_subparsers(required=True)
-    memory.add_parser("strategies", help="list installed strategies").set_defaults(
-        func=_memory_strategies
-    )
+    memory_commands(commands)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(required=True)
     bench_memory = bench.add_parser("memory", help="a memory strategy on LoCoMo-format data")
@@ -180,6 +183,11 @@ def _quota_value(text: str) -> int:
 
 
 def _db_upgrade(_args: argparse.Namespace) -> int:
+    from parley.core.config import get_settings
+    from parley.store.audit import AuditChain
+    from parley.store.migrate import KEYED_AUDIT_REVISION, current_revision, upgrade
+    from parley.wiring.services import open_database
+
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = open_database(settings)
@@ -189,7 +197,7 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
         sealed = 0
         try:  # records from before the trail was keyed: keyed once, by this very upgrade
             if before is not None and before < KEYED_AUDIT_REVISION:
-                sealed = AuditLog(database).seal_legacy()
+                sealed = AuditChain(database).seal_legacy()
         except ValueError as exc:
             print(
                 f"parley: {exc}; it was left unkeyed, and `parley audit verify` will say "
@@ -277,7 +285,7 @@ def _usage(args: argparse.Namespace) -> int:
     )
     for r in rows:
         print(
-            f"{r.day.isoformat():<10}  {r.user:<16} {r.messages:>7} {r.input_tokens:>10,} "
+            f"{r.day!s:<10}  {r.user:<16} {r.messages:>7} {r.input_tokens:>10,} "
             f"{r.output_tokens:>9,} {r.cache_read_tokens:>9,} {r.cache_write_tokens:>9,} "
             f"{r.cost_usd:>9.4f}"
         )
@@ -288,7 +296,7 @@ def _conversation_strategy(args: argparse.Namespace) -> int:
     services = _services()
     admin = _principal(services, args.admin)
     name = None if args.name == "default" else args.name
-    services.lab.set_memory_strategy(admin, args.id, name)
+    services.lab.set_conversation_strategy(admin, args.id, name)
     print(f"Conversation {args.id} now uses {services.lab.strategy_of(admin, args.id)!r}.")
     return 0
 
@@ -328,14 +336,11 @@ def _conversation_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _memory_strategies(_args: argparse.Namespace) -> int:
-    default = get_settings().memory_strategy
-    for name in sorted(available()):
-        print(f"{name}{'  (default)' if name == default else ''}")
-    return 0
-
-
 def _bench_memory(args: argparse.Namespace) -> int:
+    # The benchmark (every memory strategy, the embeddings) loads for this command alone.
+    from parley.bench.locomo import format_table, run
+    from parley.core.config import get_settings
+
     if not args.data.is_file():
         raise ParleyError(user_message=f"No such data file: {args.data}")
     results = run(args.data, args.strategy, args.budget, settings=get_settings(), limit=args.limit)

@@ -155,6 +155,12 @@ class Settings(BaseSettings):
     title_attempts: int = Field(default=3, ge=1)
 
     memory_strategy: str = Field(default="hybrid", description="default memory strategy")
+    memory: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="each strategy's options, `PARLEY_MEMORY__<STRATEGY>__<OPTION>=value` "
+        "(checked by the strategy's own model when the services start)",
+    )
+    # The flat settings of earlier versions: still read, as defaults of the options above.
     memory_window_turns: int = Field(default=6, ge=1, description="turns kept by `window`")
     memory_fold_tokens: int = Field(
         default=3000, ge=200, description="unsummarized tokens that trigger a summary fold"
@@ -235,6 +241,26 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url.get_secret_value()
         return f"sqlite:///{(self.data_dir / 'parley.db').resolve()}"
+
+    def memory_options(self) -> dict[str, dict[str, Any]]:
+        """Each memory strategy's options from the environment, by strategy name:
+        `PARLEY_MEMORY__<STRATEGY>__<OPTION>`, over the flat settings of earlier versions
+        where one was set (`PARLEY_MEMORY_WINDOW_TURNS` is `window`'s `turns`;
+        `PARLEY_MEMORY_FOLD_TOKENS` and `PARLEY_MEMORY_SUMMARY_TOKENS` are the
+        `fold_tokens` and `summary_tokens` of `summary_buffer` and `hybrid`)."""
+        legacy: dict[str, dict[str, Any]] = {}
+        chosen = self.model_fields_set
+        if "memory_window_turns" in chosen:
+            legacy.setdefault("window", {})["turns"] = self.memory_window_turns
+        for strategy in ("summary_buffer", "hybrid"):
+            if "memory_fold_tokens" in chosen:
+                legacy.setdefault(strategy, {})["fold_tokens"] = self.memory_fold_tokens
+            if "memory_summary_tokens" in chosen:
+                legacy.setdefault(strategy, {})["summary_tokens"] = self.memory_summary_tokens
+        merged = {name: dict(values) for name, values in legacy.items()}
+        for name, values in self.memory.items():
+            merged[name] = {**merged.get(name, {}), **values}
+        return merged
 
     def fingerprint(self) -> str:
         """A hash that changes whenever any setting does, secrets included (each secret

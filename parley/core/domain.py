@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from parley.core.errors import PermissionDenied
+
 
 class Role(StrEnum):
     USER = "user"
@@ -63,4 +65,19 @@ class Principal:
         return self.role is Role.ADMIN
 
 
-__all__ = ["CallOutcome", "MessageRole", "MessageStatus", "Principal", "Purpose", "Role"]
+__all__ = [
+    "require_admin",
+    "CallOutcome",
+    "MessageRole",
+    "MessageStatus",
+    "Principal",
+    "Purpose",
+    "Role",
+]
+
+
+def require_admin(principal: Principal, sentence: str = "Only administrators may do that.") -> None:
+    """The one check of admin-only actions: `PermissionDenied` with `sentence` (which
+    says what only administrators do, never where) unless the principal is an admin."""
+    if not principal.is_admin:
+        raise PermissionDenied(user_message=sentence)

@@ -58,6 +58,28 @@ class PermissionDenied(ParleyError):
     user_message = "You are not allowed to do that."
 
 
+class GrantRequired(PermissionDenied):
+    """An admin asked for another user's conversation without a recent recorded reason
+    (break-glass): the page says where to give one."""
+
+    user_message = (
+        "Reading this conversation needs a reason on record first: its owner will see "
+        "who looked and why."
+    )
+
+
+class HistoryTooLong(InvalidInput):
+    """A memory strategy cannot fit the conversation into the budget at all."""
+
+    def __init__(self, strategy: str, budget: int) -> None:
+        super().__init__(
+            f"This conversation no longer fits the model's context with the `{strategy}` "
+            "memory strategy. Start a new conversation."
+        )
+        self.strategy = strategy
+        self.budget = budget
+
+
 class AuthError(ParleyError):
     user_message = "Wrong user name or password."
 

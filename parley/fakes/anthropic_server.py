@@ -9,19 +9,27 @@ Usage::
     with FakeAnthropic() as fake:
         fake.enqueue(Reply(text="Hi there"), Fault("rate_limit", retry_after=1))
         client = anthropic.Anthropic(api_key="k", base_url=fake.base_url, max_retries=0)
+
+On its own, for watching the prompts a memory strategy builds (each request's system
+prompt and messages are printed as they arrive; every answer is ``--reply``)::
+
+    python -m parley.fakes.anthropic_server --port 8765 [--reply TEXT] [--quiet]
+    ANTHROPIC_API_KEY=fake ANTHROPIC_BASE_URL=http://127.0.0.1:8765 parley chat ...
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import random
 import socket
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, cast
+from typing import Any, TextIO, cast
 
 from parley.fakes.anthropic_script import (
     DEFAULT_RANDOM_KINDS,
@@ -303,6 +311,9 @@ class FakeAnthropic:
         default_reply: Reply | None = None,
         api_keys: set[str] | None = None,
         error_headers: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log: TextIO | None = None,
     ) -> None:
         kinds = tuple(fault_kinds) if fault_kinds is not None else DEFAULT_RANDOM_KINDS
         for kind in kinds:
@@ -318,6 +329,8 @@ class FakeAnthropic:
         self.error_headers = dict(error_headers or {})
         self.requests: list[RecordedRequest] = []
         self.base_url = ""
+        self.address = (host, port)  # port 0: any free one
+        self.log = log  # each request's prompt is written here as it arrives
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._queue: deque[Reply | Fault] = deque()
@@ -341,6 +354,9 @@ class FakeAnthropic:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
+            if self.log is not None:
+                self.log.write(describe_request(request))
+                self.log.flush()
 
     @property
     def pending(self) -> int:
@@ -352,10 +368,10 @@ class FakeAnthropic:
         if self._server is not None:
             return self
         self._stopping.clear()
-        server = _Server(("127.0.0.1", 0), _Handler)
+        server = _Server(self.address, _Handler)
         server.fake = self
         self._server = server
-        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+        self.base_url = f"http://{self.address[0]}:{server.server_address[1]}"
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -386,6 +402,74 @@ def running_fake(**kw: Any) -> Iterator[FakeAnthropic]:
         yield fake
 
 
+def _block_text(block: Any) -> str:
+    if not isinstance(block, dict):
+        return str(block)
+    cached = " [cache_control]" if block.get("cache_control") else ""
+    if block.get("type") == "text":
+        return f"{block.get('text', '')}{cached}"
+    title = f" {block['title']!r}" if isinstance(block.get("title"), str) else ""
+    return f"<{block.get('type')} block{title}>{cached}"
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, list):
+        return "\n".join(_block_text(block) for block in content)
+    return str(content)
+
+
+def describe_request(request: RecordedRequest) -> str:
+    """One request as a person reads it: the call, the system prompt and each message."""
+    body = request.body if isinstance(request.body, dict) else {}
+    lines = [f"=== {request.method} {request.path}"]
+    if body:
+        lines[0] += (
+            f"  model={body.get('model')} max_tokens={body.get('max_tokens')}"
+            f" stream={bool(body.get('stream'))}"
+        )
+    if "system" in body:
+        lines += ["--- system", _content_text(body["system"])]
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            lines += [f"--- {message.get('role')}", _content_text(message.get("content"))]
+    return "\n".join(lines) + "\n\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until interrupted, printing the base URL, then each request's prompt."""
+    parser = argparse.ArgumentParser(
+        prog="python -m parley.fakes.anthropic_server",
+        description="A fake Anthropic Messages API that prints each prompt it receives.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765, help="0: any free port")
+    parser.add_argument("--reply", default=Reply().text, help="the text of every answer")
+    parser.add_argument("--quiet", action="store_true", help="do not print the requests")
+    args = parser.parse_args(argv)
+    out = sys.stdout
+    fake = FakeAnthropic(
+        default_reply=Reply(text=args.reply),
+        host=args.host,
+        port=args.port,
+        log=None if args.quiet else out,
+    )
+    try:
+        fake.start()
+    except OSError as exc:
+        sys.stderr.write(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n")
+        return 1
+    out.write(f"Fake Anthropic API at {fake.base_url}\n")
+    out.write(f"  ANTHROPIC_API_KEY=fake ANTHROPIC_BASE_URL={fake.base_url}\n\n")
+    out.flush()
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.stop()
+    return 0
+
+
 __all__ = [
     "DEFAULT_RANDOM_KINDS",
     "FAULT_KINDS",
@@ -395,7 +479,13 @@ __all__ = [
     "FaultKind",
     "RecordedRequest",
     "Reply",
+    "describe_request",
+    "main",
     "rough_tokens",
     "running_fake",
     "split_words",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

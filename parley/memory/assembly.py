@@ -214,6 +214,13 @@ def recalled_tokens(turns: Sequence[Turn], boundary: str | None = None) -> int:
     return total
 
 
+def prompt_tokens(context: ContextWindow) -> int:
+    """Tokens of the prompt `context` holds, counted afresh from its text: the system
+    prompt, and each message with its allowance for role markers. `assemble` never
+    lets this exceed the budget (its own piece-wise sum is never below it)."""
+    return count_tokens(context.system) + sum(message_tokens(m.content) for m in context.messages)
+
+
 def assemble(
     *,
     strategy: str,

@@ -75,9 +75,6 @@ class ContextWindow:
     summary_version: int | None = None
     summary_covers: tuple[int, int] | None = None  # first and last turn id folded into it
     recalled: tuple[RecalledItem, ...] = ()
-    # Passages from the user's documents in the prompt (document, chunk, score, and why
-    # the user may see it), added by the chat service; kept with the answer.
-    sources: tuple[dict[str, object], ...] = ()
 
     @property
     def total_tokens(self) -> int:
@@ -87,30 +84,54 @@ class ContextWindow:
         """Everything the model reads, for checks and benchmarks."""
         return "\n".join([self.system, *(m.content for m in self.messages)])
 
-    def provenance(self) -> dict[str, object]:
-        """A JSON-ready record of what went into the prompt (stored with the answer)."""
-        return {
-            "strategy": self.strategy,
-            "turn_ids": list(self.turn_ids),
-            "summary_version": self.summary_version,
-            "summary_covers": list(self.summary_covers) if self.summary_covers else None,
-            "recalled": [{"turn_id": r.turn_id, "score": round(r.score, 4)} for r in self.recalled],
-            "sources": [dict(source) for source in self.sources],
-            "section_tokens": dict(self.section_tokens),
-            "total_tokens": self.total_tokens,
-        }
-
 
 @runtime_checkable
 class MemoryStrategy(Protocol):
+    """Selects and condenses a conversation's stored turns into a bounded prompt.
+
+    One instance serves every conversation (one per set of option values), from several
+    threads at once: keep per-conversation state keyed by `conversation_id`, behind a
+    lock, and rebuildable from the turns it is given.
+    """
+
     name: str
 
     def observe(self, conversation_id: int, turns: Sequence[Turn]) -> None:
-        """New turns were stored (called after each answer, off the hot path)."""
+        """Catch up on the conversation's stored turns (index them, fold a summary).
+
+        How it is really called (`parley.chat.conversation.upkeep.Upkeep.observe`):
+
+        - after every answer, whether it completed, broke off or failed, on the
+          services' background pool (`PARLEY_BACKGROUND_WORKERS` threads): never on the
+          path of an answer, so slow work (embedding, a summary's model call) belongs here;
+        - with *every* turn the prompt may use, oldest first (ids ascending): the whole
+          history, not the new turns alone. Superseded answers and answers with no text
+          are left out, so the last turn may be the user's (the answer failed);
+        - so the same turns arrive again and again: each call repeats the earlier ones,
+          a call may bring exactly the turns of the one before (a failed answer adds
+          none, two queued calls read the same rows), and calls for one conversation may
+          run at the same time on two threads. It must be idempotent: observing the same
+          turns twice changes nothing;
+        - a turn can leave the history: a partial answer that `retry` supersedes is in
+          one call's turns and not in the next. A turn's text never changes;
+        - a call may be skipped (the pool is full, or the process is stopping): the
+          next one brings everything, so catch up from `turns`, not from a count of calls;
+        - it may come after the conversation was deleted (and `forget` called), and it
+          is not called for a conversation that has no turns stored yet.
+
+        It raises nothing that matters to anyone: a failure is logged and the next
+        call catches up. The benchmark (`parley bench memory`) calls it after each turn.
+        """
         ...
 
     def build(self, request: ContextRequest) -> ContextWindow:
-        """The context for `request.question` within `request.budget` tokens."""
+        """The context for `request.question` within `request.budget` tokens.
+
+        Called on the answer's path (keep it quick), inside the sending request, with the
+        turns stored before the question; the strategy lab calls it with an older message's
+        history to replay it. Raises `InvalidInput` with a sentence when the question
+        cannot fit. `parley.memory.testing.check_strategy` checks the rules.
+        """
         ...
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from parley.core.errors import InvalidInput
+from parley.core.errors import HistoryTooLong, InvalidInput
 from parley.memory.assembly import assemble
 from parley.memory.base import ContextRequest, ContextWindow, Turn
 from parley.memory.registry import MemoryDeps
@@ -34,8 +34,4 @@ class FullHistory:
                 budget=request.budget,
             )
         except InvalidInput:
-            raise InvalidInput(
-                "This conversation no longer fits the model's context with the `full` memory "
-                "strategy. Start a new conversation, or ask an administrator to switch this "
-                "one to `hybrid`."
-            ) from None
+            raise HistoryTooLong(self.name, request.budget) from None

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from parley.core.tokens import count_tokens
@@ -55,6 +56,8 @@ _STOP = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Summary:
+    """One version of a conversation's rolling summary, and the turns folded into it."""
+
     conversation_id: int
     version: int
     first_turn_id: int
@@ -63,7 +66,71 @@ class Summary:
     method: str
 
 
+class SummaryStorage(Protocol):
+    """Where summaries are kept: the database (`SummaryStore`), or memory in tests
+    (`InMemorySummaryStore`)."""
+
+    def latest(self, conversation_id: int, *, up_to_turn: int | None = None) -> Summary | None:
+        """The newest version, or the newest that covers no turn after `up_to_turn`."""
+        ...
+
+    def save(
+        self,
+        conversation_id: int,
+        *,
+        text: str,
+        first_turn_id: int,
+        last_turn_id: int,
+        method: str,
+        model: str | None,
+    ) -> Summary:
+        """Store the next version (the previous one plus one) and return it."""
+        ...
+
+
+class InMemorySummaryStore:
+    """Summaries in this process's memory: for tests and for trying a strategy out."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._versions: dict[int, list[Summary]] = {}
+
+    def latest(self, conversation_id: int, *, up_to_turn: int | None = None) -> Summary | None:
+        with self._lock:
+            versions = self._versions.get(conversation_id, [])
+            for summary in reversed(versions):
+                if up_to_turn is None or summary.last_turn_id <= up_to_turn:
+                    return summary
+            return None
+
+    def save(
+        self,
+        conversation_id: int,
+        *,
+        text: str,
+        first_turn_id: int,
+        last_turn_id: int,
+        method: str,
+        model: str | None,
+    ) -> Summary:
+        del model  # the database keeps it for provenance; a summary itself does not carry it
+        with self._lock:
+            versions = self._versions.setdefault(conversation_id, [])
+            summary = Summary(
+                conversation_id=conversation_id,
+                version=len(versions) + 1,
+                first_turn_id=first_turn_id,
+                last_turn_id=last_turn_id,
+                text=text,
+                method=method,
+            )
+            versions.append(summary)
+            return summary
+
+
 class SummaryStore:
+    """Summaries in the `summaries` table (deleted with their conversation)."""
+
     def __init__(self, database: Database) -> None:
         self._db = database
 
@@ -210,6 +277,17 @@ class _ConversationLocks:
                     self._locks[conversation_id] = (lock, users - 1)
 
 
+class SummaryOptions(BaseModel):
+    """The options of a strategy that keeps a rolling summary (`summary_buffer`, `hybrid`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fold_tokens: int = Field(
+        default=3000, ge=200, description="unsummarized tokens that trigger a summary fold"
+    )
+    summary_tokens: int = Field(default=400, ge=50, description="longest summary, in tokens")
+
+
 class RollingSummary:
     """Folds the oldest unsummarized turns into the next summary version when they pile up.
 
@@ -221,7 +299,7 @@ class RollingSummary:
 
     def __init__(
         self,
-        store: SummaryStore,
+        store: SummaryStorage,
         summarizer: Summarizer,
         *,
         fold_tokens: int,

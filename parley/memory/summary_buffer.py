@@ -13,18 +13,20 @@ from parley.core.tokens import count_tokens
 from parley.memory.assembly import assemble, newest_that_fit, summary_tokens, too_long
 from parley.memory.base import ContextRequest, ContextWindow, Turn, message_tokens
 from parley.memory.registry import MemoryDeps
-from parley.memory.summaries import RollingSummary
+from parley.memory.summaries import RollingSummary, SummaryOptions
 
 
 class SummaryBuffer:
     name = "summary_buffer"
+    Options = SummaryOptions
 
     def __init__(self, deps: MemoryDeps) -> None:
+        options = deps.options_as(SummaryOptions)
         self._rolling = RollingSummary(
             deps.summaries,
             deps.summarizer,
-            fold_tokens=deps.settings.memory_fold_tokens,
-            summary_tokens=deps.settings.memory_summary_tokens,
+            fold_tokens=options.fold_tokens,
+            summary_tokens=options.summary_tokens,
         )
 
     def observe(self, conversation_id: int, history: Sequence[Turn]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -39,10 +40,32 @@ def group_scope(group_id: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Access:
+class Allowed:
+    """Why a user may see a document: they own it, it is public, or it is shared with
+    these of their groups (ids)."""
+
+    reason: Literal["owner", "public", "group"]
+    groups: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentAccess:
+    """Who may see a document. `allowed` is the one rule (the service's checks, listing,
+    opening a chunk and the check of every search candidate use it); `scopes` are the
+    vector collections that carry the same rule into Chroma: a document's scopes meet
+    a user's `visible_scopes` exactly when `allowed` says yes (a test holds them to it)."""
+
     owner: int
     public: bool
     groups: frozenset[int]
+
+    def allowed(self, user_id: int, user_groups: Iterable[int]) -> Allowed | None:
+        if self.owner == user_id:
+            return Allowed("owner")
+        if self.public:
+            return Allowed("public")
+        shared = self.groups & set(user_groups)
+        return Allowed("group", tuple(sorted(shared))) if shared else None
 
     def metadata(self, document_id: int) -> dict[str, MetadataValue]:
         tags: dict[str, MetadataValue] = {f"g{g}": True for g in sorted(self.groups)}
@@ -111,11 +134,11 @@ class DocumentIndex:
         with _store_errors():
             return self._embedder.embed(texts)
 
-    def add(self, document_id: int, vectors: np.ndarray, access: Access) -> None:
+    def add(self, document_id: int, vectors: np.ndarray, access: DocumentAccess) -> None:
         """Index a document's chunks (row i is chunk i) in every scope that may see it."""
         self.add_many([(document_id, vectors, access)])
 
-    def add_many(self, documents: Sequence[tuple[int, np.ndarray, Access]]) -> None:
+    def add_many(self, documents: Sequence[tuple[int, np.ndarray, DocumentAccess]]) -> None:
         """Index several documents' chunks, one write per scope (bulk loads)."""
         rows: dict[str, tuple[list[str], list[np.ndarray], list[dict[str, MetadataValue]]]] = {}
         for document_id, vectors, access in documents:
@@ -132,7 +155,9 @@ class DocumentIndex:
                     matrix = np.concatenate(vectors_list)
                     self._store.add(scope, ids=ids, embeddings=matrix, metadatas=metadatas)
 
-    def sync(self, document_id: int, access: Access | None, stale: Iterable[str]) -> list[str]:
+    def sync(
+        self, document_id: int, access: DocumentAccess | None, stale: Iterable[str]
+    ) -> list[str]:
         """Bring a document's rows in line with its access (None: deleted): dropped from
         `stale` scopes first (a revocation takes effect before anything else), re-tagged
         where they are, copied where they are missing. Idempotent: safe to repeat after
@@ -211,7 +236,7 @@ class DocumentIndex:
             found.append((int(document), int(index), score))
         return found
 
-    def migrate_legacy(self, access_of: Callable[[int], Access | None]) -> int:
+    def migrate_legacy(self, access_of: Callable[[int], DocumentAccess | None]) -> int:
         """Move the rows of the one shared collection of earlier versions into the scopes
         of each document's access *as the database has it now* (`access_of`; None: the
         document is gone and its rows are dropped), then drop that collection. How many
@@ -222,7 +247,7 @@ class DocumentIndex:
             for row_id, (vector, _) in rows.items():
                 document, _, index = row_id.partition(":")
                 by_document.setdefault(int(document), []).append((int(index), vector))
-            batch: list[tuple[int, np.ndarray, Access]] = []
+            batch: list[tuple[int, np.ndarray, DocumentAccess]] = []
             for document_id, chunks in by_document.items():
                 access = access_of(document_id)
                 if access is not None:
@@ -252,8 +277,9 @@ def _store_errors() -> Iterator[None]:
 __all__ = [
     "LEGACY_COLLECTION",
     "PUBLIC_SCOPE",
-    "Access",
+    "Allowed",
     "Candidate",
+    "DocumentAccess",
     "DocumentIndex",
     "group_scope",
     "hybrid_rank",

@@ -48,13 +48,15 @@ import io
 import json
 import logging
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from parley.core.audit_events import AuditCheckpoint, AuditEvent, AuditKind
 from parley.core.domain import Principal
 from parley.store.audit_chain import (
     GENESIS,
@@ -69,10 +71,10 @@ from parley.store.audit_chain import (
     text_hash,
 )
 from parley.store.audit_verify import (
-    ERASURE_KINDS,
-    USER_ERASED,
     Broken,
     Checkpoint,
+    FactsReader,
+    RecordFacts,
     Verified,
     parse_checkpoints,
     verify_chain,
@@ -97,7 +99,6 @@ EXPORT_FIELDS = (
     "prev_hash",
     "hash",
 )
-CHECKPOINT_KIND = "audit_checkpoint"
 
 
 _channel: str | None = None  # where this process's records come from, when not the app
@@ -110,14 +111,19 @@ def set_channel(name: str | None) -> None:
     _channel = name
 
 
-def message_ref(message_id: int, text: str, salt: str | None) -> dict[str, Any]:
-    """How a record names a message: its id and the hash of its salt and text (never the
+def message_hash(text: str, salt: str | None) -> str:
+    """How a record names a message's text: the hash of its salt and text (never the
     text). The salt lives in the message row: erased with it, the hash tells nothing."""
-    return {"id": message_id, "sha256": text_hash((salt or "") + text)}
+    return text_hash((salt or "") + text)
 
 
-def by(principal: Principal | None) -> dict[str, Any]:
-    """The actor fields for `append_in` (None: the system, e.g. start-up work)."""
+class Actor(TypedDict):
+    actor_id: int | None
+    actor: str
+
+
+def actor_of(principal: Principal | None) -> Actor:
+    """Who acted, as `append_in` takes it (None: the system, e.g. start-up work)."""
     if principal is None:
         return {"actor_id": None, "actor": "system"}
     return {"actor_id": principal.user_id, "actor": principal.name}
@@ -125,15 +131,14 @@ def by(principal: Principal | None) -> dict[str, Any]:
 
 def append_in(
     session: Session,
-    kind: str,
+    event: AuditEvent,
     *,
     actor_id: int | None,
     actor: str,
     about_id: int | None = None,
-    subject: str = "",
-    data: Mapping[str, Any] | None = None,
 ) -> int:
-    """Add one record at the end of the chain, in the caller's transaction; its id.
+    """Add one record of `event` at the end of the chain, in the caller's transaction;
+    its id. The store hashes the event's kind, subject and data without reading them.
 
     The head row is updated first: that takes SQLite's write lock (or PostgreSQL's row
     lock) before the last hash is read, so appenders in any number of processes queue
@@ -150,14 +155,18 @@ def append_in(
         raise RuntimeError("audit_head is missing: run `parley db upgrade`")
     keys = keys_of(session)
     salt = secrets.token_hex(16)
+    data = event.data()
+    if _channel:
+        data["via"] = _channel
+    subject = event.subject()
     row = AuditRecord(
         at=datetime.now(UTC).isoformat(timespec="microseconds"),
         actor_id=actor_id,
         actor=actor[:200],
         about_id=about_id,
-        kind=kind[:64],
-        subject=subject[:200],
-        data=canonical({**(data or {}), "via": _channel} if _channel else (data or {})),
+        kind=str(event.kind),
+        subject=str(subject) if subject is not None else "",
+        data=canonical(data),
         key_id=keys.current_id,
         salt=salt,
         prev_hash=head.last_hash,
@@ -194,35 +203,53 @@ def redact_user_in(session: Session, user_id: int) -> int:
     return len(rows)
 
 
-class AuditLog:
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """One record as stored: `data` is its canonical JSON text, read by kind through
+    `parley.core.audit_events.read_event`."""
+
+    id: int
+    at: str
+    actor_id: int | None
+    actor: str
+    about_id: int | None
+    kind: str
+    subject: str
+    data: str
+    key_id: str | None
+    content_hash: str | None
+    redacted_hash: str | None
+    prev_hash: str
+    hash: str
+
+    def exported(self) -> dict[str, Any]:
+        """The record as an export line's object (`data` decoded into it)."""
+        return {**asdict(self), "data": json.loads(self.data)}
+
+
+class AuditChain:
+    """The stored chain: append, verify, checkpoint, key old records, read records.
+    Authorization is the caller's (`parley.chat.oversight.audit_trail.AuditTrail`)."""
+
     def __init__(self, database: Database) -> None:
         self._db = database
 
     def append(
         self,
-        kind: str,
+        event: AuditEvent,
         *,
         actor_id: int | None,
         actor: str,
         about_id: int | None = None,
-        subject: str = "",
-        data: Mapping[str, Any] | None = None,
     ) -> int:
         """Add one record at the end of the chain in a transaction of its own; its id."""
         with self._db.session(write_lock=True) as session:
-            return append_in(
-                session,
-                kind,
-                actor_id=actor_id,
-                actor=actor,
-                about_id=about_id,
-                subject=subject,
-                data=data,
-            )
+            return append_in(session, event, actor_id=actor_id, actor=actor, about_id=about_id)
 
-    def verify(self, anchors: Sequence[Checkpoint] = ()) -> Verified:
-        """The first place the trail does not hold (`parley/store/audit_verify.py`)."""
-        return verify_chain(self._db, anchors)
+    def verify(self, facts_of: FactsReader, anchors: Sequence[Checkpoint] = ()) -> Verified:
+        """The first place the trail does not hold (`parley/store/audit_verify.py`);
+        `facts_of` reads what each record says about erasures and messages."""
+        return verify_chain(self._db, facts_of, anchors)
 
     def seal_legacy(self) -> int:
         """Key the records written before the trail was keyed (`parley db upgrade`
@@ -277,7 +304,7 @@ class AuditLog:
         count, head and time, signed with the key. The checkpoint itself goes on record
         first (the console shows when the last one was taken), and is covered by it."""
         with self._db.session(write_lock=True) as session:
-            append_in(session, CHECKPOINT_KIND, **by(principal))
+            append_in(session, AuditCheckpoint(), **actor_of(principal))
             head = session.get(AuditHead, 1)
             if head is None:
                 raise RuntimeError("audit_head is missing: run `parley db upgrade`")
@@ -294,7 +321,7 @@ class AuditLog:
         with self._db.session() as session:
             return session.scalar(
                 select(AuditRecord.at)
-                .where(AuditRecord.kind == CHECKPOINT_KIND)
+                .where(AuditRecord.kind == AuditKind.AUDIT_CHECKPOINT)
                 .order_by(AuditRecord.id.desc())
                 .limit(1)
             )
@@ -310,8 +337,8 @@ class AuditLog:
         limit: int | None = None,
         offset: int = 0,
         newest_first: bool = False,
-    ) -> Iterator[dict[str, Any]]:
-        """Records as exported (`data` decoded): by actor name, by user (what they did
+    ) -> Iterator[StoredRecord]:
+        """Records as stored: by actor name, by user (what they did
         and what was done to their data), kinds and time; oldest first unless asked."""
         order = AuditRecord.id.desc() if newest_first else AuditRecord.id
         query = select(AuditRecord).order_by(order).offset(offset)
@@ -331,21 +358,21 @@ class AuditLog:
             query = query.limit(limit)
         with self._db.session() as session:
             for row in session.scalars(query).yield_per(1000):
-                yield {
-                    "id": row.id,
-                    "at": row.at,
-                    "actor_id": row.actor_id,
-                    "actor": row.actor,
-                    "about_id": row.about_id,
-                    "kind": row.kind,
-                    "subject": row.subject,
-                    "data": json.loads(row.data),
-                    "key_id": row.key_id,
-                    "content_hash": row.content_hash,
-                    "redacted_hash": row.redacted_hash,
-                    "prev_hash": row.prev_hash,
-                    "hash": row.hash,
-                }
+                yield StoredRecord(
+                    id=row.id,
+                    at=row.at,
+                    actor_id=row.actor_id,
+                    actor=row.actor,
+                    about_id=row.about_id,
+                    kind=row.kind,
+                    subject=row.subject,
+                    data=row.data,
+                    key_id=row.key_id,
+                    content_hash=row.content_hash,
+                    redacted_hash=row.redacted_hash,
+                    prev_hash=row.prev_hash,
+                    hash=row.hash,
+                )
 
     def count(self, *, user_id: int | None = None, kinds: Sequence[str] = ()) -> int:
         query = select(func.count(AuditRecord.id))
@@ -363,17 +390,17 @@ class AuditLog:
             return sorted(session.scalars(select(AuditRecord.kind).distinct()))
 
 
-def to_jsonl(records: Iterator[dict[str, Any]]) -> Iterator[str]:
+def to_jsonl(records: Iterator[StoredRecord]) -> Iterator[str]:
     for record in records:
-        yield canonical(record) + "\n"
+        yield canonical(record.exported()) + "\n"
 
 
-def to_csv(records: Iterator[dict[str, Any]]) -> Iterator[str]:
+def to_csv(records: Iterator[StoredRecord]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=EXPORT_FIELDS)
     writer.writeheader()
     for record in records:
-        writer.writerow({**record, "data": canonical(record["data"])})
+        writer.writerow(asdict(record))
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
@@ -382,23 +409,24 @@ def to_csv(records: Iterator[dict[str, Any]]) -> Iterator[str]:
 
 
 __all__ = [
-    "CHECKPOINT_KIND",
-    "ERASURE_KINDS",
     "GENESIS",
-    "USER_ERASED",
+    "Actor",
+    "AuditChain",
     "Checkpoint",
+    "FactsReader",
+    "RecordFacts",
+    "StoredRecord",
     "content_hash",
     "keyed_hash",
     "keys_of",
     "parse_checkpoints",
     "redact_user_in",
-    "AuditLog",
     "Broken",
     "Verified",
+    "actor_of",
     "append_in",
-    "by",
     "canonical",
-    "message_ref",
+    "message_hash",
     "record_hash",
     "set_channel",
     "text_hash",

@@ -12,9 +12,8 @@ a `Checkpoint` line kept outside the database — must still hold.
 from __future__ import annotations
 
 import hmac
-import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -33,10 +32,25 @@ from parley.store.db import Database
 from parley.store.keys import AuditKeys
 from parley.store.models import AuditHead, AuditRecord, Message, User
 
-# Records whose `data.conversation_ids` were erased: their messages may be gone.
-ERASURE_KINDS = frozenset({"conversation_erased", "user_erased"})
-USER_ERASED = "user_erased"
 _CHECK_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFacts:
+    """What the verifier needs from a record's data, read by the caller (who knows the
+    kinds and their data; this module knows neither)."""
+
+    erases_user: bool = False  # the record erases its `about_id` user
+    # The record's kind is one the verifier must read (it names messages or erasures)
+    # and its data is not that kind's: unless redacted, the record is broken.
+    unreadable: bool = False
+    erased_conversations: tuple[int, ...] = ()  # their messages may be gone
+    messages: tuple[tuple[int, str], ...] = ()  # (message id, sha256) it names
+    conversation_id: int | None = None  # where those messages were
+
+
+# The caller's reading of a record: its kind and stored data (JSON) to its facts.
+FactsReader = Callable[[str, str], RecordFacts]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +122,11 @@ def parse_checkpoints(text: str) -> list[Checkpoint]:
     return [Checkpoint.parse(line) for line in lines]
 
 
-def verify_chain(database: Database, anchors: Sequence[Checkpoint] = ()) -> Verified:
-    """The first place the chain, the messages it names or an anchor does not hold."""
+def verify_chain(
+    database: Database, facts_of: FactsReader, anchors: Sequence[Checkpoint] = ()
+) -> Verified:
+    """The first place the chain, the messages it names or an anchor does not hold.
+    `facts_of` reads what a record says about erasures and messages."""
     keys = database.audit_keys
     count = 0
     previous = GENESIS
@@ -134,19 +151,19 @@ def verify_chain(database: Database, anchors: Sequence[Checkpoint] = ()) -> Veri
             if row.id in anchored:
                 hashes[row.id] = (count, row.hash)
             previous, last_id = row.hash, row.id
-            data = json.loads(row.data)
+            facts = facts_of(row.kind, row.data)
+            if facts.unreadable and row.salt is not None:
+                problems.append(Broken(row.id, f"its data does not read as its kind ({row.kind})"))
             # Kind and ids are keyed; the ids in a redacted record's data survive it.
-            if row.kind == USER_ERASED and row.about_id is not None:
+            if facts.erases_user and row.about_id is not None:
                 erased_users[row.about_id] = row.id
-            if row.kind in ERASURE_KINDS:
-                erased.update(int(c) for c in data.get("conversation_ids", ()))
+            erased.update(facts.erased_conversations)
             if row.salt is None:
                 users = frozenset(u for u in (row.actor_id, row.about_id) if u is not None)
                 redacted.append((row.id, users))
                 continue  # its data is the redacted form: no message refs left
-            refs_here = data.get("messages")
-            for ref in refs_here if isinstance(refs_here, list) else ():
-                refs[int(ref["id"])] = (row.id, str(ref["sha256"]), data.get("conversation_id"))
+            for message_id, digest in facts.messages:
+                refs[message_id] = (row.id, digest, facts.conversation_id)
             if len(refs) >= _CHECK_BATCH:
                 problems += _check_messages(session, refs, missing)
                 refs.clear()
@@ -270,10 +287,10 @@ def _check_messages(
 
 __all__ = [
     "CHECKPOINT_TAG",
-    "ERASURE_KINDS",
-    "USER_ERASED",
     "Broken",
     "Checkpoint",
+    "FactsReader",
+    "RecordFacts",
     "Verified",
     "parse_checkpoints",
     "verify_chain",

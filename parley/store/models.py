@@ -24,6 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from parley.core.domain import CallOutcome, MessageRole, MessageStatus, Purpose, Role
+from parley.core.records import CitedPassage, Provenance
+from parley.store.typed_json import TypedJSON
 
 
 def utcnow() -> datetime:
@@ -85,6 +87,9 @@ class Conversation(Base):
     title: Mapped[str] = mapped_column(String(200), default="New conversation")
     # The memory strategy for this conversation (None: the settings' default).
     memory_strategy: Mapped[str | None] = mapped_column(String(64))
+    # Its own memory options by strategy ({"window": {"turns": 3}}), over the environment's;
+    # checked by each strategy's options model when written and when read. None: none.
+    memory_options: Mapped[dict[str, dict[str, Any]] | None] = mapped_column(JSON)
     # The documents this conversation draws on (ids); None: every document its user may see.
     document_ids: Mapped[list[int] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -130,11 +135,10 @@ class Message(Base):
     # Mixed into the audit trail's hash of the content: once the message is erased, the
     # hash left in the trail cannot be checked against guesses of what it said.
     salt: Mapped[str | None] = mapped_column(String(32), default=lambda: secrets.token_hex(16))
-    # Provenance of the prompt that produced this answer (memory.ContextWindow.provenance()).
-    context: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # The passages an answer cites: [{"n", "document_id", "name", "chunks", "page",
-    # "cited_text", "offset"}], offset being where in the answer the citation stands.
-    citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # What went into the prompt that produced this answer.
+    context: Mapped[Provenance | None] = mapped_column(TypedJSON(Provenance))
+    # The passages an answer cites, in the answer's order.
+    citations: Mapped[list[CitedPassage] | None] = mapped_column(TypedJSON(list[CitedPassage]))
     stop_reason: Mapped[str | None] = mapped_column(String(40))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -3,22 +3,28 @@
 The only place that knows every layer. It hands out one `LimitedProvider` (queue,
 buckets, metering) to everything that calls a model, and one `BackgroundWork` pool
 to everything that works after a turn; `Services.close` drains that pool.
+
+What a command may well not use is made when first used (`_Once`): the model provider
+(Claude's imports the Anthropic SDK) and OIDC sign-in (httpx). The recall index and the
+documents' embedder and Chroma were already (see `build_recall_index`, `VectorStore`).
+So `parley user list` imports none of them; `python -m parley.bench.cli_start` times it.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
 from parley.auth.accounts import AccountService
 from parley.auth.groups import GroupService
-from parley.auth.oidc import ClaimMapping, OidcSignIn
 from parley.auth.sessions import SessionService, secret_from_file
 from parley.auth.throttle import LoginThrottle
 from parley.chat.conversation.context import ContextBuilder
@@ -28,7 +34,7 @@ from parley.chat.conversation.conversations import (
     conversation_owner,
 )
 from parley.chat.conversation.history import HistoryCache
-from parley.chat.conversation.lab import StrategyLab
+from parley.chat.conversation.lab import StrategyLab, stored_memory_options
 from parley.chat.conversation.model_summaries import ModelSummarizer
 from parley.chat.conversation.service import ChatService
 from parley.chat.conversation.upkeep import Upkeep
@@ -41,7 +47,7 @@ from parley.chat.gateway.admission import (
 )
 from parley.chat.gateway.limited_provider import LimitedProvider
 from parley.chat.gateway.outbox import MeteringOutbox
-from parley.chat.gateway.providers import build_provider
+from parley.chat.gateway.providers import build_key_source, build_provider
 from parley.chat.gateway.usage import UsageService
 from parley.chat.oversight.audit_trail import AuditTrail
 from parley.chat.oversight.erasure import ErasureService
@@ -49,7 +55,7 @@ from parley.chat.oversight.review import ReviewService
 from parley.core.background import BackgroundWork
 from parley.core.config import Settings
 from parley.core.errors import ConfigurationError
-from parley.core.llm import ChatProvider
+from parley.core.llm import ChatProvider, ChatRequest, StreamEvent
 from parley.core.logs import configure_logging
 from parley.memory import (
     ExtractiveSummarizer,
@@ -67,16 +73,44 @@ from parley.store.keys import AuditKeys
 from parley.store.migrate import is_current
 from parley.store.models import Document, DocumentSync, VectorErasure
 
+if TYPE_CHECKING:
+    from parley.auth.oidc import OidcSignIn
+
+T = TypeVar("T")
+
+
+class _Once(Generic[T]):
+    """A part made by `build` when first asked for, once, whichever thread asks first.
+
+    What a command that does not use it should not import: the provider (the Anthropic
+    SDK) and OIDC sign-in (httpx, and with it rich and pygments)."""
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._made: T | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        made = self._made
+        if made is None:
+            with self._lock:
+                if self._made is None:
+                    self._made = self._build()
+                made = self._made
+        return made
+
 
 @dataclass(frozen=True)
 class Services:
     settings: Settings
-    database: Database
+    # Not a service: pages and commands call services. The database is here to be closed
+    # (and for tests and benchmarks that seed it).
+    _database: Database = field(repr=False)
     provider: LimitedProvider  # the only provider anything calls
     accounts: AccountService
     sessions: SessionService
     groups: GroupService
-    oidc: OidcSignIn
+    _oidc: _Once[OidcSignIn] = field(repr=False)  # see `oidc`
     documents: DocumentService
     conversations: ConversationService
     usage: UsageService
@@ -92,11 +126,16 @@ class Services:
     background: BackgroundWork
     metering_outbox: MeteringOutbox
 
+    @property
+    def oidc(self) -> OidcSignIn:
+        """Sign-in through an OpenID provider; made on first use (see `_Once`)."""
+        return self._oidc.get()
+
     def close(self, timeout: float | None = 30.0) -> bool:
         """Let background work finish (at most `timeout`), then release the database."""
         drained = self.background.close(timeout)
         self.memory.close()
-        self.database.dispose()
+        self._database.dispose()
         return drained
 
 
@@ -106,10 +145,13 @@ def build_services(
     provider: ChatProvider | None = None,
     background: BackgroundWork | None = None,
     document_index: DocumentIndex | None = None,
+    legacy_sweep: bool = True,
 ) -> Services:
     """Everything the app needs. `provider` overrides the settings' choice (tests, benchmarks);
     `background` the upkeep pool (`BackgroundWork(workers=0)` runs upkeep inline);
-    `document_index` the documents' vectors (tests pass one with a light embedder)."""
+    `document_index` the documents' vectors (tests pass one with a light embedder).
+    `legacy_sweep=False` (the command line) leaves moving vectors kept the older way to
+    the app's start: a command then opens the vector store only for pending work."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(settings)
     database = open_database(settings)
@@ -132,7 +174,7 @@ def build_services(
     explicit_provider = provider is not None
     outbox = MeteringOutbox(settings.data_dir / "metering-outbox")
     limited = LimitedProvider(
-        provider or build_provider(settings, on_headers=limiter.observe_headers),
+        provider or _provider_on_first_call(settings, on_headers=limiter.observe_headers),
         gate=gate,
         limiter=limiter,
         meter=usage,
@@ -158,13 +200,15 @@ def build_services(
     )
     memory = StrategyRegistry(
         MemoryDeps(
-            settings=settings,
             summaries=SummaryStore(database),
             summarizer=summarizer,
             recall_factory=lambda: build_recall_index(
                 settings, alive=lambda cid: conversation_exists(database, cid)
             ),
-        )
+        ),
+        default=settings.memory_strategy,
+        options=settings.memory_options(),
+        conversation_options=lambda cid: stored_memory_options(database, cid),
     )
     work = background or BackgroundWork(workers=settings.background_workers)
     context = ContextBuilder(provider=limited, memory=memory, settings=settings, usage=usage)
@@ -207,26 +251,18 @@ def build_services(
     # command with nothing to move opens no vector store and says nothing.
     if outbox.waiting():  # calls metered while the database refused, last time
         work.submit(drain_metering, name="drain the metering outbox")
-    if _sweep_due(database):
+    if _sweep_due(database, legacy=legacy_sweep):
         work.submit(lambda: _sweep(database, conversations, documents), name="start-up sweep")
     elif database.is_sqlite:  # no query tells whether an erasure left pages in the log
         work.submit(lambda: _reclaim(database), name="start-up checkpoint")
     return Services(
         settings=settings,
-        database=database,
+        _database=database,
         provider=limited,
         accounts=AccountService(database, throttle=throttle, sessions=sessions),
         sessions=sessions,
         groups=GroupService(database),
-        oidc=OidcSignIn(
-            database,
-            ClaimMapping(
-                name_claim=settings.oidc_name_claim,
-                groups_claim=settings.oidc_groups_claim,
-                admin_groups=frozenset(settings.oidc_admin_groups),
-            ),
-            resync_after=timedelta(minutes=settings.oidc_resync_minutes),
-        ),
+        _oidc=_Once(lambda: build_oidc(settings, database)),
         documents=documents,
         conversations=conversations,
         usage=usage,
@@ -253,15 +289,68 @@ def build_services(
     )
 
 
-def _sweep_due(database: Database) -> bool:
-    """Whether the start-up sweep has anything to do: outbox rows of erasures and document
-    changes the vector store missed, or any document (its vectors may still be in the
-    shared collection of earlier versions)."""
-    probes = (
-        select(VectorErasure.conversation_id),
-        select(DocumentSync.document_id),
-        select(Document.id),
+class _ProviderOnFirstCall:
+    """The settings' provider, made when a model is first asked something: Claude's
+    module imports the Anthropic SDK, a second of start-up that a command calling no
+    model (`parley user list`) never needs. A `ChatProvider` itself."""
+
+    def __init__(self, build: Callable[[], ChatProvider]) -> None:
+        self._provider = _Once(build)
+
+    def _made(self) -> ChatProvider:
+        return self._provider.get()
+
+    @property
+    def model(self) -> str:
+        return self._made().model
+
+    @property
+    def context_window(self) -> int:
+        return self._made().context_window
+
+    @property
+    def native_citations(self) -> bool:
+        return self._made().native_citations
+
+    def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
+        return self._made().stream(request)
+
+    def count_tokens(self, request: ChatRequest) -> int:
+        return self._made().count_tokens(request)
+
+
+def _provider_on_first_call(
+    settings: Settings, *, on_headers: Callable[[Mapping[str, str]], None]
+) -> ChatProvider:
+    if settings.uses_anthropic:
+        build_key_source(settings)  # a missing key still stops the start, not the first answer
+    return _ProviderOnFirstCall(lambda: build_provider(settings, on_headers=on_headers))
+
+
+def build_oidc(settings: Settings, database: Database) -> OidcSignIn:
+    """OIDC sign-in as the settings map the provider's claims."""
+    # Imported here, not at the top: httpx (a tenth of a second, with the rich and pygments
+    # it imports) is for sign-in only; `parley user list` never needs it.
+    from parley.auth.oidc import ClaimMapping, OidcSignIn
+
+    return OidcSignIn(
+        database,
+        ClaimMapping(
+            name_claim=settings.oidc_name_claim,
+            groups_claim=settings.oidc_groups_claim,
+            admin_groups=frozenset(settings.oidc_admin_groups),
+        ),
+        resync_after=timedelta(minutes=settings.oidc_resync_minutes),
     )
+
+
+def _sweep_due(database: Database, *, legacy: bool = True) -> bool:
+    """Whether the start-up sweep has anything to do: outbox rows of erasures and document
+    changes the vector store missed, or (`legacy`) any document (its vectors may still be
+    in the shared collection of earlier versions)."""
+    probes = [select(VectorErasure.conversation_id), select(DocumentSync.document_id)]
+    if legacy:
+        probes.append(select(Document.id))
     with database.session() as session:
         return any(session.scalar(probe.limit(1)) is not None for probe in probes)
 

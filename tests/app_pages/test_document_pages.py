@@ -91,7 +91,7 @@ def test_a_cited_answer_shows_its_source_and_opens_the_passage(
     assert alice is not None
     (conversation,) = services.conversations.list_for(alice)
     stored = services.conversations.messages(alice, conversation.id)[-1]
-    assert stored.citations[0]["name"] == "policy.md"
+    assert stored.citations[0].name == "policy.md"
 
 
 def test_the_sidebar_narrows_a_conversation_to_chosen_documents(

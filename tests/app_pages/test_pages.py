@@ -154,7 +154,7 @@ def test_idle_session_expires() -> None:
     state: UiState = at.session_state["parley_ui"]
     assert state.login is not None
     idle = services_now().settings.session_idle_minutes
-    with services_now().database.session() as session:
+    with services_now()._database.session() as session:
         row = session.get(LoginSession, state.login.session_id)
         assert row is not None
         row.last_seen_at = datetime.now(UTC) - timedelta(minutes=idle + 1)
@@ -325,7 +325,7 @@ def test_a_conversation_whose_strategy_was_uninstalled_goes_on(claude_env: FakeA
     at = app()
     log_in(at, "root", "root-password")
     at.chat_input[0].set_value("keep going").run()
-    with services_now().database.session() as session:
+    with services_now()._database.session() as session:
         session.execute(update(Conversation).values(memory_strategy="uninstalled_plugin"))
     at.run()
     assert not at.exception

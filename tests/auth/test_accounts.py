@@ -16,7 +16,7 @@ from tests.support import ROOT
 
 def test_password_is_stored_as_argon2id_hash(services: Services) -> None:
     services.accounts.create_user(ROOT, name="carol", password="s3cret-pass")
-    with services.database.session() as session:
+    with services._database.session() as session:
         user = session.scalars(select(User)).one()
     assert user.password_hash is not None
     assert user.password_hash.startswith("$argon2id$")
@@ -69,7 +69,7 @@ def test_first_admin_only_while_no_user_exists(services: Services) -> None:
 
 def test_role_changes_take_effect_for_a_logged_in_principal(services: Services) -> None:
     user = services.accounts.create_user(ROOT, name="carol", password="s3cret-pass")
-    with services.database.session() as session:
+    with services._database.session() as session:
         session.get_one(User, user.user_id).role = Role.ADMIN
     current = services.accounts.refresh(user)
     assert current is not None and current.is_admin

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from parley.auth.groups import add_member, group_id_named
+from parley.auth.groups import group_id_named
 from parley.auth.oidc import (
     ClaimMapping,
     OidcSignIn,
@@ -23,12 +23,14 @@ from parley.auth.oidc import (
     namespaced,
     user_name,
 )
+from parley.core.audit_events import AuditEvent, AuditKind
 from parley.core.domain import Role
 from parley.core.errors import AuthError
-from parley.store.audit import AuditLog
+from parley.store.audit import append_in
 from parley.store.db import Database
+from parley.store.models import GroupMember
 from parley.wiring.services import Services
-from tests.support import ROOT
+from tests.support import ROOT, audit_records, verify_audit
 
 ISSUER = "http://127.0.0.1:9400"
 ADMINS = f"{ISSUER}#parley-admins"
@@ -61,10 +63,10 @@ def test_the_first_sign_in_provisions_and_later_ones_sync(
         f"{LABEL}#research": ["s-1@example.com"],
         f"{LABEL}#staff": [],
     }
-    kinds = [r["kind"] for r in AuditLog(services.database).records()]
+    kinds = [r["kind"] for r in audit_records(services._database)]
     assert kinds.count("sign_in") == 2 and "role_changed" in kinds
     assert kinds.count("group_member_removed") == 2
-    assert AuditLog(services.database).verify().broken is None
+    assert verify_audit(services._database).broken is None
 
 
 def test_a_local_account_with_the_same_name_is_not_taken_over(
@@ -87,7 +89,7 @@ def test_a_disabled_account_stays_out_and_bad_claims_are_a_sentence(
     assert "disabled" in refused.value.user_message
     with pytest.raises(AuthError):
         oidc.sign_in({"sub": "no-issuer"})
-    failed = [r for r in AuditLog(services.database).records() if r["kind"] == "sign_in_failed"]
+    failed = [r for r in audit_records(services._database) if r["kind"] == "sign_in_failed"]
     assert len(failed) == 1 and failed[0]["about_id"] == user.user_id
 
 
@@ -261,6 +263,14 @@ def test_issuers_that_read_alike_never_share_a_namespace() -> None:
     assert issuer_label("https://idp.example.com/") == issuer_label("https://idp.example.com")
 
 
+class OlderMembership(AuditEvent):
+    """A membership record as versions before typed audit events wrote it."""
+
+    kind = AuditKind.GROUP_MEMBER_ADDED
+    group_id: int
+    user: str
+
+
 def test_memberships_a_provider_made_before_namespacing_are_dropped_once(
     oidc: OidcSignIn, services: Services, database: Database
 ) -> None:
@@ -269,13 +279,15 @@ def test_memberships_a_provider_made_before_namespacing_are_dropped_once(
     services.groups.create(ROOT, "staff")
     services.groups.create(ROOT, "chosen")
     user = oidc.sign_in(claims(groups=[]))
-    with database.session(write_lock=True) as session:  # what an older version did
+    with database.session(write_lock=True) as session:  # what an older version wrote
         staff = group_id_named(session, "staff")
-        add_member(
+        session.add(GroupMember(group_id=staff, user_id=user.user_id))
+        append_in(  # its record's data had no group name: {"group_id", "user"}
             session,
-            (staff, "staff"),
-            (user.user_id, user.name),
-            {"actor_id": None, "actor": "oidc"},
+            OlderMembership(group_id=staff, user=user.name),
+            actor_id=None,
+            actor="oidc",
+            about_id=user.user_id,
         )
     services.groups.assign(ROOT, "chosen", user.name)  # an admin's choice
     oidc.sign_in(claims(groups=[]))

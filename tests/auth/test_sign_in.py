@@ -4,6 +4,7 @@ and server-side sessions behind a signed cookie."""
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -126,7 +127,7 @@ def test_unlock_clears_the_lock_and_is_on_record(services: Services, alice: Prin
     assert sign_in(services, "alice", "alice-password", at) == alice
     assert services.accounts.unlock(ROOT, "alice") is False  # nothing left to clear
     records = services.audit.history(ROOT, kinds=["account_unlocked"]).records
-    assert [(r["about_id"], r["data"]["had_failures"]) for r in records] == [
+    assert [(r.about_id, json.loads(r.data)["had_failures"]) for r in records] == [
         (alice.user_id, False),  # newest first
         (alice.user_id, True),
     ]
@@ -198,7 +199,7 @@ def test_exactly_one_first_admin_under_concurrent_submissions(services: Services
         thread.join(60)
     assert len(made) == 1 and made[0].role is Role.ADMIN
     assert refused == ["Parley already has users; please log in."] * 5
-    with services.database.session() as session:
+    with services._database.session() as session:
         assert session.scalar(select(func.count(User.id))) == 1
 
 
@@ -257,7 +258,7 @@ def test_a_ticket_buys_one_cookie_and_the_cookie_resumes_the_session(
     assert services.sessions.exchange(ticket) is None  # once only
     resumed = services.sessions.resume(cookie)
     assert resumed is not None and resumed.session_id == session_id and resumed.principal == alice
-    with services.database.session() as session:
+    with services._database.session() as session:
         row = session.get(LoginSession, session_id)
         assert row is not None and row.ticket_hash is None
         token = cookie.rsplit(".", 1)[0]
@@ -275,7 +276,7 @@ def test_forged_altered_and_unknown_cookies_open_nothing(
     assert services.sessions.resume(f"{token}.{signature[:-2]}AA") is None
     assert services.sessions.resume("") is None and services.sessions.resume(None) is None
     other = SessionService(
-        services.database,
+        services._database,
         secret="another-secret",
         idle=timedelta(hours=1),
         lifetime=timedelta(days=1),
@@ -343,7 +344,7 @@ def test_ended_sessions_and_stale_failures_are_cleared_away(
     services.sessions.start(alice, now=later)
     with pytest.raises(AuthError):
         sign_in(services, "someone", "guess-password", later, client="9.9.9.9")
-    with services.database.session() as session:
+    with services._database.session() as session:
         assert session.get(LoginSession, old) is None
         keys = set(session.scalars(select(LoginFailures.key)))
     assert keys == {"account:someone", "client:9.9.9.9"}

@@ -20,6 +20,7 @@ MEMORY_MODULES = (
     "parley.memory.summary_buffer",
     "parley.memory.vector_recall",
     "parley.memory.hybrid",
+    "parley.memory.testing",  # what a plug-in's tests import
 )
 FORBIDDEN = ("anthropic", "llama_cpp", "parley.chat", "parley.wiring")
 

@@ -39,18 +39,23 @@ from tests.support import ROOT
 BUILT_INS = {"full", "window", "token_window", "summary_buffer", "vector_recall", "hybrid"}
 
 
-def deps_for(settings: Settings, database: Database) -> MemoryDeps:
+def deps_for(database: Database) -> MemoryDeps:
     return MemoryDeps(
-        settings=settings,
         summaries=SummaryStore(database),
         summarizer=ExtractiveSummarizer(),
         recall_factory=lambda: RecallIndex(embedder=HashingEmbedder(), store=None),
     )
 
 
+def registry_for(settings: Settings, database: Database) -> StrategyRegistry:
+    return StrategyRegistry(
+        deps_for(database), default=settings.memory_strategy, options=settings.memory_options()
+    )
+
+
 @pytest.fixture
 def registry(settings: Settings, database: Database) -> StrategyRegistry:
-    return StrategyRegistry(deps_for(settings, database))
+    return registry_for(settings, database)
 
 
 @pytest.fixture
@@ -96,7 +101,7 @@ def test_an_unknown_default_is_a_configuration_error(
 ) -> None:
     wrong = settings.model_copy(update={"memory_strategy": "nope"})
     with pytest.raises(ConfigurationError, match="PARLEY_MEMORY_STRATEGY"):
-        StrategyRegistry(deps_for(wrong, database))
+        registry_for(wrong, database)
 
 
 @pytest.fixture
@@ -112,7 +117,7 @@ def third_party(tmp_path: Path) -> Iterator[str]:
     )
     (site / "parley_echo.py").write_text(
         textwrap.dedent("""
-        from parley.memory.assembly import assemble
+        from parley.memory import assemble
 
         class EchoLast:
             name = "echo_last"
@@ -249,9 +254,8 @@ def test_hybrid_recalls_an_old_relevant_turn_with_provenance(
     assert "Biscuit" in context.messages[-1].content
     assert 11 in [r.turn_id for r in context.recalled]
     assert 300 in context.turn_ids  # the recent window
-    provenance = context.provenance()
-    assert provenance["strategy"] == "hybrid"
-    assert sum(provenance["section_tokens"].values()) == provenance["total_tokens"] <= 1500
+    assert context.strategy == "hybrid"
+    assert sum(context.section_tokens.values()) == context.total_tokens <= 1500
     assert context.messages[-1].content.endswith("What is my dog called?")
 
 
@@ -267,14 +271,14 @@ def test_answers_store_the_context_provenance(services: Services, alice: Princip
     list(services.chat.send(alice, None, "first"))
     reply = services.chat.send(alice, None, "second")
     list(reply)
-    with services.database.session() as session:
+    with services._database.session() as session:
         answer = session.scalars(
             select(Message).where(Message.role == MessageRole.ASSISTANT).order_by(Message.id.desc())
         ).first()
     assert answer is not None and answer.context is not None
-    assert answer.context["strategy"] == "token_window"
-    assert answer.context["total_tokens"] == reply.context.total_tokens
-    assert answer.context["section_tokens"]["question"] > 0
+    assert answer.context.strategy == "token_window"  # typed on the way out of the store
+    assert answer.context.total_tokens == reply.context.total_tokens
+    assert answer.context.section_tokens["question"] > 0
 
 
 def test_admins_choose_a_strategy_per_conversation(services: Services, alice: Principal) -> None:
@@ -284,10 +288,10 @@ def test_admins_choose_a_strategy_per_conversation(services: Services, alice: Pr
     reply = services.chat.send(alice, None, "hello")
     list(reply)
     with pytest.raises(PermissionDenied):
-        services.lab.set_memory_strategy(alice, reply.conversation_id, "window")
+        services.lab.set_conversation_strategy(alice, reply.conversation_id, "window")
     with pytest.raises(InvalidInput):
-        services.lab.set_memory_strategy(admin, reply.conversation_id, "nope")
-    services.lab.set_memory_strategy(admin, reply.conversation_id, "window")
+        services.lab.set_conversation_strategy(admin, reply.conversation_id, "nope")
+    services.lab.set_conversation_strategy(admin, reply.conversation_id, "window")
     assert services.lab.strategy_of(admin, reply.conversation_id) == "window"
     follow = services.chat.send(alice, reply.conversation_id, "again")
     list(follow)
@@ -305,16 +309,21 @@ def test_admins_choose_a_strategy_per_conversation(services: Services, alice: Pr
 
 @pytest.mark.usefixtures("database")
 def test_deleting_a_conversation_drops_its_vectors(
-    settings: Settings, scripted: ScriptedProvider, tmp_path: Path
+    settings: Settings, scripted: ScriptedProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from parley.retrieval.vector_store import VectorStore
+    from parley.wiring import services as wiring
 
     store = VectorStore.persistent(tmp_path / "chroma")
     chosen = settings.model_copy(update={"memory_strategy": "vector_recall"})
-    services = build_services(chosen, provider=scripted, background=BackgroundWork(workers=0))
-    services.memory.deps.recall_factory = lambda: RecallIndex(
-        embedder=HashingEmbedder(), store=store
+    monkeypatch.setattr(
+        wiring,
+        "build_recall_index",
+        lambda _settings, alive=None: RecallIndex(
+            embedder=HashingEmbedder(), store=store, alive=alive
+        ),
     )
+    services = build_services(chosen, provider=scripted, background=BackgroundWork(workers=0))
     alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
     reply = services.chat.send(alice, None, "remember the blue door")
     list(reply)
@@ -325,7 +334,7 @@ def test_deleting_a_conversation_drops_its_vectors(
 
 
 def test_recall_failure_degrades_to_the_recent_window(
-    registry: StrategyRegistry, conversation_id: int, caplog: pytest.LogCaptureFixture
+    settings: Settings, database: Database, conversation_id: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     class BrokenIndex:
         def observe(self, *_: object) -> None:
@@ -333,7 +342,12 @@ def test_recall_failure_degrades_to_the_recent_window(
 
         score = similar = observe
 
-    registry.deps._recall = BrokenIndex()  # type: ignore[assignment]
+    deps = MemoryDeps(
+        summaries=SummaryStore(database),
+        summarizer=ExtractiveSummarizer(),
+        recall_factory=lambda: BrokenIndex(),  # type: ignore[arg-type,return-value]
+    )
+    registry = StrategyRegistry(deps, default=settings.memory_strategy)
     history = chat_turns(50, needle_at=3)
     for name in ("hybrid", "vector_recall"):
         context = ask(registry.get(name), conversation_id, history, "dog?", 800)

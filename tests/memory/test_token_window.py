@@ -31,7 +31,7 @@ def test_keeps_the_newest_turns_that_fit() -> None:
     assert window.turn_ids == (4, 5)
     assert window.messages[-1].content == "q?"
     assert window.total_tokens <= 100
-    assert window.provenance()["strategy"] == "token_window"
+    assert window.strategy == "token_window"
 
 
 def test_prompt_starts_with_a_user_turn() -> None:

@@ -116,7 +116,7 @@ def test_a_duplicate_user_name_is_invalid_input_with_a_sentence(services: Servic
         services.accounts.create_user(ROOT, name="alice", password="other-password")
     assert caught.value.user_message == "A user named 'alice' already exists."
     assert isinstance(caught.value.__cause__, StorageConflict)
-    assert users_named(services.database, "alice") == 1
+    assert users_named(services._database, "alice") == 1
 
 
 def test_a_database_behind_the_newest_migration_is_refused_until_upgraded(
@@ -198,3 +198,11 @@ def test_every_table_that_never_reuses_ids_keeps_autoincrement_after_all_migrati
     with database.engine.connect() as connection:
         ddl = dict(connection.exec_driver_sql("SELECT name, sql FROM sqlite_master").all())
     assert [name for name in sorted(wanted) if "AUTOINCREMENT" not in (ddl[name] or "")] == []
+
+
+def test_the_head_the_start_up_check_knows_is_alembics_head() -> None:
+    """`is_current` compares with `HEAD_REVISION` so that starting needs no Alembic: a
+    new migration must move it."""
+    from parley.store.migrate import HEAD_REVISION, head_revision
+
+    assert head_revision() == HEAD_REVISION

@@ -29,7 +29,7 @@ from parley.store.keys import AuditKeys
 from parley.store.migrate import upgrade
 from parley.store.models import Base
 from parley.wiring.services import Services, build_services
-from tests.support import ROOT, admitted_by_processes, free_port
+from tests.support import ROOT, admitted_by_processes, free_port, verify_audit
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 INITDB = shutil.which("initdb") or str(PG_BIN / "initdb")
@@ -148,7 +148,7 @@ def test_chat_usage_quotas_and_summaries_on_postgres(postgres_url: str, tmp_path
     try:
         exercise(services)
     finally:
-        services.database.dispose()
+        services._database.dispose()
 
 
 def exercise(services: Services) -> None:
@@ -189,13 +189,11 @@ def test_shared_token_buckets_on_postgres(postgres_url: str, tmp_path: Path) -> 
 
 def test_processes_append_to_one_audit_chain_on_postgres(postgres_url: str) -> None:
     """The audit head row is locked `FOR UPDATE`: four processes, one unbroken chain."""
-    from parley.store.audit import AuditLog
     from tests.store.test_audit import APPENDER, ROOT_DIR
 
     database = Database(postgres_url, audit_keys=PG_KEYS)
     upgrade(database)
-    log = AuditLog(database)
-    before = log.verify()
+    before = verify_audit(database)
     assert before.broken is None
     workers = [
         subprocess.Popen(
@@ -205,7 +203,7 @@ def test_processes_append_to_one_audit_chain_on_postgres(postgres_url: str) -> N
         for p in range(4)
     ]
     assert [w.wait(timeout=120) for w in workers] == [0, 0, 0, 0]
-    after = log.verify()
+    after = verify_audit(database)
     assert (after.records - before.records, after.broken) == (120, None)
     database.dispose()
 
@@ -220,7 +218,6 @@ def test_review_break_glass_and_erasure_on_postgres(postgres_url: str, tmp_path:
     from parley.retrieval.document_index import DocumentIndex
     from parley.retrieval.embeddings import HashingEmbedder
     from parley.retrieval.vector_store import VectorStore
-    from parley.store.audit import AuditLog
 
     settings = Settings(
         data_dir=tmp_path,
@@ -250,7 +247,7 @@ def test_review_break_glass_and_erasure_on_postgres(postgres_url: str, tmp_path:
         reply = services.chat.send(reader, None, "When is the launch? 100% please")
         list(reply)
         cited = services.conversations.messages(reader, reply.conversation_id)[-1]
-        assert cited.citations and "fifth of June" in cited.citations[0]["cited_text"]
+        assert cited.citations and "fifth of June" in cited.citations[0].cited_text
         found = services.review.find(admin, ReviewFilter(text="100%"))
         assert [r.id for r in found.rows] == [reply.conversation_id]
         assert services.review.find(admin, ReviewFilter(text="1_0")).rows == []
@@ -258,7 +255,7 @@ def test_review_break_glass_and_erasure_on_postgres(postgres_url: str, tmp_path:
         assert services.review.read(admin, reply.conversation_id).owner == "pg-reader"
         # Newest first: the opening, then both searches (the one that matched nothing
         # read her conversations too).
-        seen = [(a.admin, a.kind, a.matched) for a in services.review.accesses(reader)]
+        seen = [(a.admin, a.kind, a.matched) for a in services.review.looks(reader)]
         assert seen == [
             ("pg-root", "conversation_opened", None),
             ("pg-root", "conversations_searched", False),
@@ -268,8 +265,8 @@ def test_review_break_glass_and_erasure_on_postgres(postgres_url: str, tmp_path:
         assert "pg-reader" in {f.user for f in facts}
         services.erasure.erase_user(admin, "pg-owner")
         kept = services.conversations.messages(reader, reply.conversation_id)[-1]
-        assert kept.citations and kept.citations[0]["cited_text"] == ""
+        assert kept.citations and kept.citations[0].cited_text == ""
         assert services.accounts.find_principal(admin, "pg-owner") is None
-        assert AuditLog(services.database).verify().broken is None
+        assert verify_audit(services._database).broken is None
     finally:
-        services.database.dispose()
+        services._database.dispose()

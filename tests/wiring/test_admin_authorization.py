@@ -15,7 +15,7 @@ from parley.chat.oversight.erasure import ErasureService
 from parley.chat.oversight.review import ReviewFilter, ReviewService
 from parley.core.domain import Principal, Role
 from parley.core.errors import PermissionDenied
-from parley.store.audit import AuditLog
+from tests.support import audit_records
 from tests.wiring.test_authorization import (
     Guarded,
     World,
@@ -83,7 +83,7 @@ GUARDED: tuple[Guarded, ...] = (
 )
 # Answer only about the principal's own data: `accesses` lists who opened *their*
 # conversations; `granted` is False for anyone but an admin with a recorded reason.
-OWN_DATA_ONLY = {"review.accesses", "review.who_looked", "review.granted"}
+OWN_DATA_ONLY = {"review.looks", "review.who_looked", "review.granted"}
 CLASSES = {"review": ReviewService, "audit": AuditTrail, "erasure": ErasureService}
 PRINCIPAL_NAMES = {"principal", "admin"}
 
@@ -114,14 +114,14 @@ def test_users_ghosts_and_borrowed_ids_are_refused(world: World, method: Guarded
 def test_a_user_sees_only_accesses_to_their_own_conversations(world: World) -> None:
     alice_data, bob_data = world.owners
     world.services.review.open(world.admin, alice_data.answered, "Checking a reported answer")
-    assert [a.conversation_id for a in world.services.review.accesses(alice_data.owner)] == [
+    assert [a.conversation_id for a in world.services.review.looks(alice_data.owner)] == [
         alice_data.answered
     ]
     for other in (bob_data.owner, world.carol):
-        assert world.services.review.accesses(other) == []
+        assert world.services.review.looks(other) == []
         assert not world.services.review.granted(other, alice_data.answered)
     borrowed = Principal(user_id=bob_data.owner.user_id, name="alice", role=Role.USER)
-    assert world.services.review.accesses(borrowed) == []
+    assert world.services.review.looks(borrowed) == []
 
 
 def test_an_admin_needs_a_reason_for_each_conversation(world: World) -> None:
@@ -161,7 +161,7 @@ def test_the_command_line_refuses_another_users_conversation(world: World) -> No
     mine = run("conversation", "list", "--user", "alice", "--json")
     assert alice_data.answered in {c["id"] for c in json.loads(mine.stdout.splitlines()[-1])}
     run("chat", "--user", "bob", "hello from the operator")
-    records = list(AuditLog(world.services.database).records())
+    records = list(audit_records(world.services._database))
     answered = [r for r in records if r["kind"] == "answer" and r["actor"] == "bob"]
     assert answered[-1]["data"]["via"] == "cli"  # the operator, acting for bob
     assert all("via" not in r["data"] for r in records if r["kind"] == "user_created")

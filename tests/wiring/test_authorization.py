@@ -67,7 +67,7 @@ def own_data(services: Services, scripted: ScriptedProvider, owner: Principal, n
     reply = services.chat.send(owner, None, f"{owner.name}'s private question")
     list(reply)
     services.conversations.rename(owner, reply.conversation_id, f"{owner.name}'s secrets")
-    services.lab.set_memory_strategy(ROOT, reply.conversation_id, "window")
+    services.lab.set_conversation_strategy(ROOT, reply.conversation_id, "window")
     scripted.enqueue_error(ProviderError("down", user_message="The model is down."))
     failed = services.chat.send(owner, None, f"{owner.name} asks again")
     list(failed)
@@ -93,7 +93,7 @@ def world(services: Services, scripted: ScriptedProvider) -> World:
 
 def snapshot(world: World) -> tuple[object, ...]:
     """Every row of every table, and how many calls reached the model."""
-    with world.services.database.session() as session:
+    with world.services._database.session() as session:
         tables = tuple(
             tuple(session.execute(select(table).order_by(*table.primary_key.columns)).all())
             for table in Base.metadata.sorted_tables
@@ -196,6 +196,11 @@ GUARDED: tuple[Guarded, ...] = (
         lambda a: a.services.usage.facts(a.principal, since=date(2000, 1, 1), until=date.today()),
     ),
     Guarded(
+        "usage.report",
+        PermissionDenied,
+        lambda a: a.services.usage.report(a.principal, since=date(2000, 1, 1), until=date.today()),
+    ),
+    Guarded(
         "conversations.get",
         NotFound,
         lambda a: a.services.conversations.get(a.principal, a.data.answered),
@@ -241,9 +246,21 @@ GUARDED: tuple[Guarded, ...] = (
         lambda a: a.services.lab.strategy_of(a.principal, a.data.answered),
     ),
     Guarded(
-        "lab.set_memory_strategy",
+        "lab.set_conversation_strategy",
         PermissionDenied,
-        lambda a: a.services.lab.set_memory_strategy(a.principal, a.data.answered, "full"),
+        lambda a: a.services.lab.set_conversation_strategy(a.principal, a.data.answered, "full"),
+    ),
+    Guarded(
+        "lab.options_of",
+        PermissionDenied,
+        lambda a: a.services.lab.options_of(a.principal, a.data.answered, "window"),
+    ),
+    Guarded(
+        "lab.set_memory_options",
+        PermissionDenied,
+        lambda a: a.services.lab.set_memory_options(
+            a.principal, a.data.answered, "window", {"turns": 2}
+        ),
     ),
     Guarded(
         "lab.replay_context",
@@ -483,6 +500,9 @@ def check_admin(world: World, method: str, admin: Principal, data: Owned) -> Non
     elif method == "usage.facts":
         facts = services.usage.facts(admin, since=date(2000, 1, 1), until=date.today())
         assert owner.name in {f.user for f in facts}
+    elif method == "usage.report":
+        report = services.usage.report(admin, since=date(2000, 1, 1), until=date.today())
+        assert owner.name in {r.user for r in report.per_user()}
     elif method == "conversations.messages_of":
         services.review.open(admin, data.answered, "checking the memory strategy")
         assert services.conversations.messages_of(
@@ -493,10 +513,16 @@ def check_admin(world: World, method: str, admin: Principal, data: Owned) -> Non
         assert rows[data.answered] == rows[data.failed] == owner.name
     elif method == "lab.strategy_of":
         assert services.lab.strategy_of(admin, data.answered) == "window"
-    elif method == "lab.set_memory_strategy":
-        services.lab.set_memory_strategy(admin, data.answered, "full")
+    elif method == "lab.set_conversation_strategy":
+        services.lab.set_conversation_strategy(admin, data.answered, "full")
         assert services.lab.strategy_of(owner, data.answered) == "full"
-        services.lab.set_memory_strategy(admin, data.answered, "window")
+        services.lab.set_conversation_strategy(admin, data.answered, "window")
+    elif method == "lab.set_memory_options":
+        services.lab.set_memory_options(admin, data.answered, "window", {"turns": 3})
+        assert services.lab.options_of(admin, data.answered, "window").overrides == {"turns": 3}
+        services.lab.set_memory_options(admin, data.answered, "window", None)
+    elif method == "lab.options_of":
+        assert services.lab.options_of(admin, data.answered, "window").overrides == {}
     elif method == "lab.replay_context":
         services.review.open(admin, data.answered, "checking the memory strategy")
         context, _ = services.lab.replay_context(admin, data.answered, data.question_id, "full")
@@ -517,10 +543,13 @@ ADMIN_METHODS = [
     "usage.today",
     "usage.by_user_and_day",
     "usage.facts",
+    "usage.report",
     "conversations.messages_of",
     "conversations.list_all",
     "lab.strategy_of",
-    "lab.set_memory_strategy",
+    "lab.set_conversation_strategy",
+    "lab.options_of",
+    "lab.set_memory_options",
     "lab.replay_context",
 ]
 

@@ -126,7 +126,7 @@ def test_the_table_names_every_method_that_takes_a_principal() -> None:
 
 
 def snapshot(world: World) -> tuple[object, ...]:
-    with world.services.database.session() as session:
+    with world.services._database.session() as session:
         return tuple(
             tuple(session.execute(select(t).order_by(*t.primary_key.columns)).all())
             for t in Base.metadata.sorted_tables

@@ -125,7 +125,7 @@ def test_the_audit_key_is_never_written_anywhere(tmp_path: Path) -> None:
         assert services.audit.verify(ROOT).broken is None
     finally:
         services.close()
-    assert audit_canary not in line and audit_canary not in repr(services.database.audit_keys)
+    assert audit_canary not in line and audit_canary not in repr(services._database.audit_keys)
     assert not (settings.data_dir / "audit.key").exists()  # no default key made beside it
     for path, data in every_file_under(tmp_path).items():
         assert audit_canary.encode() not in data, path

@@ -6,13 +6,20 @@ Shared by the turn lifecycle (`conversation.service`) and the strategy lab
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from parley.chat.gateway.usage import UsageService
 from parley.core.config import Settings
+from parley.core.errors import InvalidInput
 from parley.core.llm import ChatProvider
+from parley.core.records import DocumentSource, Provenance, RecalledTurn
 from parley.memory import ContextRequest, ContextWindow, StrategyRegistry, Turn
+
+log = logging.getLogger(__name__)
 
 # cl100k counts run a little below Claude's and SmolLM2's tokenizers; keep headroom.
 BUDGET_MARGIN = 0.9
@@ -94,4 +101,31 @@ class ContextBuilder:
         return price is None or not (price.input or price.output)
 
 
-__all__ = ["BUDGET_MARGIN", "ContextBuilder", "Estimate"]
+def provenance_of(window: ContextWindow, sources: Sequence[DocumentSource] = ()) -> Provenance:
+    """What went into a prompt, as kept with its answer: the strategy's choices and the
+    document passages the chat layer added (`Passages.sources`). `InvalidInput` if a
+    strategy reported what cannot be kept (`parley.memory.testing` checks for it)."""
+    try:
+        return Provenance(
+            strategy=window.strategy,
+            turn_ids=list(window.turn_ids),
+            summary_version=window.summary_version,
+            summary_covers=window.summary_covers,
+            recalled=[
+                RecalledTurn(turn_id=r.turn_id, score=round(r.score, 4)) for r in window.recalled
+            ],
+            sources=list(sources),
+            section_tokens=dict(window.section_tokens),
+            total_tokens=window.total_tokens,
+        )
+    except ValidationError as exc:
+        log.error(
+            "Memory strategy %r reported a prompt that cannot be kept: %s", window.strategy, exc
+        )
+        raise InvalidInput(
+            f"The memory strategy `{window.strategy}` built a prompt Parley cannot record; "
+            "nothing was sent. Please try again, or use another strategy."
+        ) from None
+
+
+__all__ = ["BUDGET_MARGIN", "ContextBuilder", "Estimate", "provenance_of"]

@@ -7,17 +7,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, defer
 
 from parley.chat.conversation.grants import require_grant
+from parley.core.audit_events import ConversationErased
 from parley.core.background import Defer
-from parley.core.domain import MessageRole, MessageStatus, Principal
-from parley.core.errors import InvalidInput, NotFound, PermissionDenied
+from parley.core.domain import MessageRole, MessageStatus, Principal, require_admin
+from parley.core.errors import InvalidInput, NotFound
+from parley.core.records import CitedPassage
 from parley.retrieval.vector_store import deferred_purges
-from parley.store.audit import append_in, by
+from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
 from parley.store.models import Conversation, Message, User, VectorErasure, utcnow
 
@@ -49,7 +50,7 @@ class ChatMessage:
     error: str | None
     created_at: datetime
     # The passages the answer cites (see `Message.citations`), in the answer's order.
-    citations: tuple[dict[str, Any], ...] = ()
+    citations: tuple[CitedPassage, ...] = ()
 
 
 def to_info(conversation: Conversation) -> ConversationInfo:
@@ -152,8 +153,7 @@ class ConversationService:
 
     def list_all(self, principal: Principal) -> list[ConversationSummary]:
         """Every conversation, newest first: admins only."""
-        if not principal.is_admin:
-            raise PermissionDenied(user_message="Only administrators see every conversation.")
+        require_admin(principal, "Only administrators see every conversation.")
         with self._db.session() as session:
             counts = (
                 select(Message.conversation_id, func.count(Message.id).label("n"))
@@ -174,8 +174,7 @@ class ConversationService:
     def messages_of(self, principal: Principal, conversation_id: int) -> list[ChatMessage]:
         """Any conversation's messages, for admins (the strategy lab): their own, or one
         they opened with a reason (break-glass, `parley/chat/oversight/review.py`)."""
-        if not principal.is_admin:
-            raise PermissionDenied(user_message="Only administrators read others' conversations.")
+        require_admin(principal, "Only administrators read others' conversations.")
         with self._db.session() as session:
             conversation = session.get(Conversation, conversation_id)
             if conversation is None:
@@ -243,11 +242,9 @@ class ConversationService:
             session.add(VectorErasure(conversation_id=conversation_id, attempts=0))
             append_in(  # the tombstone: what was erased, never what it said
                 session,
-                "conversation_erased",
-                **by(principal),
+                ConversationErased(conversation_ids=[conversation_id], message_count=int(erased)),
+                **actor_of(principal),
                 about_id=principal.user_id,
-                subject=f"conversation {conversation_id}",
-                data={"conversation_ids": [conversation_id], "message_count": int(erased)},
             )
         if self._forget_cached is not None:
             self._forget_cached(conversation_id)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from parley.core.domain import MessageStatus
 from parley.core.errors import InvalidInput
 from parley.core.llm import Usage
+from parley.core.records import Provenance
 from parley.memory import ContextWindow
 
 
@@ -64,6 +65,7 @@ class ReplyStream:
         user_message_id: int,
         estimate: int,
         context: ContextWindow,
+        provenance: Provenance,
         *,
         user_id: int,
         reservation: int | None = None,
@@ -73,7 +75,8 @@ class ReplyStream:
         self.user_message_id = user_message_id
         self.user_id = user_id
         self.estimated_input_tokens = estimate
-        self.context = context
+        self.context = context  # the prompt as the model gets it
+        self.provenance = provenance  # what went into it, kept with the answer
         self.result: ReplyResult | None = None
         self.on_queue: Callable[[int], None] | None = None
         self._chunks: Generator[str, None, None] | None = None

@@ -13,14 +13,13 @@ The page and the CLI both use this; upkeep after the answer is `parley.chat.conv
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Generator, Sequence
 from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import select
 
-from parley.chat.conversation.context import ContextBuilder, Estimate
+from parley.chat.conversation.context import ContextBuilder, Estimate, provenance_of
 from parley.chat.conversation.conversations import owned_conversation
 from parley.chat.conversation.history import HistoryCache, prompt_turns, visible_messages
 from parley.chat.conversation.replies import ReplyResult, ReplyStream, clean_message_text
@@ -30,6 +29,7 @@ from parley.chat.documents.library import DocumentService
 from parley.chat.documents.passages import NO_PASSAGES, Passages, find_passages
 from parley.chat.gateway.limited_provider import LimitedProvider
 from parley.chat.gateway.usage import UsageService
+from parley.core.audit_events import Answered, CitedRef, MessageRef
 from parley.core.config import Settings
 from parley.core.domain import MessageRole, MessageStatus, Principal, Purpose
 from parley.core.errors import (
@@ -49,8 +49,10 @@ from parley.core.llm import (
     TextDelta,
     Usage,
 )
+from parley.core.records import CitedPassage, Provenance
+from parley.core.retry import retried
 from parley.memory import ContextWindow, Turn, message_tokens
-from parley.store.audit import append_in, message_ref
+from parley.store.audit import append_in, message_hash
 from parley.store.db import Database
 from parley.store.models import Conversation, Message, User, utcnow
 
@@ -127,6 +129,7 @@ class ChatService:
                     ),
                     native=self._provider.native_citations,
                 )
+                provenance = provenance_of(context, passages.sources())  # before any write
                 # Before this session writes anything: the reservation takes the write lock.
                 reservation = self._reserve(principal, context)
                 if conversation is None:
@@ -151,7 +154,9 @@ class ChatService:
                 session.flush()
                 ids = (conversation.id, user_message.id)
             # The user's message is committed here, before the provider is called.
-            return self._start(principal, ids[0], ids[1], context, reservation, passages)
+            return self._start(
+                principal, ids[0], ids[1], context, provenance, reservation, passages
+            )
         except BaseException:
             self._usage.release(reservation)
             raise
@@ -185,11 +190,14 @@ class ChatService:
                     ),
                     native=self._provider.native_citations,
                 )
+                provenance = provenance_of(context, passages.sources())  # before any write
                 reservation = self._reserve(principal, context)
                 for failed in later:
                     failed.status = MessageStatus.SUPERSEDED
                 ids = (conversation.id, question.id)
-            return self._start(principal, ids[0], ids[1], context, reservation, passages)
+            return self._start(
+                principal, ids[0], ids[1], context, provenance, reservation, passages
+            )
         except BaseException:
             self._usage.release(reservation)
             raise
@@ -257,6 +265,7 @@ class ChatService:
         conversation_id: int,
         user_message_id: int,
         context: ContextWindow,
+        provenance: Provenance,
         reservation: int | None,
         passages: Passages = NO_PASSAGES,
     ) -> ReplyStream:
@@ -275,6 +284,7 @@ class ChatService:
             user_message_id,
             estimate,
             context,
+            provenance,
             user_id=principal.user_id,
             reservation=reservation,
         )
@@ -295,7 +305,7 @@ class ChatService:
         self, stream: ReplyStream, request: ChatRequest, passages: Passages
     ) -> Generator[str, None, None]:
         parts: list[str] = []
-        citations: list[dict[str, object]] = []
+        citations: list[CitedPassage] = []
         ends: list[StreamEnd] = []
         error: ParleyError | None = None
         attempt = request
@@ -364,7 +374,7 @@ class ChatService:
         text: str,
         ends: Sequence[StreamEnd],
         error: ParleyError | None,
-        citations: list[dict[str, object]],
+        citations: list[CitedPassage],
     ) -> ReplyResult:
         """Commit the answer; a database that fails for a moment is tried again, then logged."""
         if error is None and ends:
@@ -392,31 +402,29 @@ class ChatService:
             "cache_read_input_tokens": usage.cache_read_input_tokens if usage else None,
             "estimated_input_tokens": stream.estimated_input_tokens,
             "cost_usd": cost,
-            "context": stream.context.provenance(),
+            "context": stream.provenance,
             "citations": citations or None,
             "stop_reason": ends[-1].stop_reason if ends else None,
             "error": sentence,
         }
-        for attempt, delay in enumerate((*STORE_RETRY_DELAYS_S, None), start=1):
-            try:
-                message_id = self._insert_answer(message, stream)
-                break
-            except StorageError as exc:
-                # A passing outage is tried again; a conflict (the conversation was deleted
-                # meanwhile) will not get better.
-                if delay is None or not isinstance(exc, StorageUnavailable):
-                    log.exception(
-                        "Could not store the answer in conversation %s after %d attempt(s) "
-                        "(%d characters lost)",
-                        stream.conversation_id,
-                        attempt,
-                        len(text),
-                    )
-                    return ReplyResult(
-                        None, MessageStatus.ERROR, text, model, usage, cost, NOT_SAVED
-                    )
-                log.warning("Storing an answer failed (%s); trying again.", exc)
-                time.sleep(delay)
+        try:
+            # A passing outage is tried again; a conflict (the conversation was deleted
+            # meanwhile) will not get better.
+            message_id = retried(
+                lambda: self._insert_answer(message, stream),
+                STORE_RETRY_DELAYS_S,
+                retry_on=StorageUnavailable,
+                on_retry=lambda exc: log.warning(
+                    "Storing an answer failed (%s); trying again.", exc
+                ),  # noqa: E501
+            )
+        except StorageError:
+            log.exception(
+                "Could not store the answer in conversation %s (%d characters lost)",
+                stream.conversation_id,
+                len(text),
+            )
+            return ReplyResult(None, MessageStatus.ERROR, text, model, usage, cost, NOT_SAVED)
         return ReplyResult(message_id, status, text, model, usage, cost, sentence)
 
     def _insert_answer(self, fields: dict[str, Any], stream: ReplyStream) -> int:
@@ -432,42 +440,35 @@ class ChatService:
             session.flush()
             question = session.get(Message, stream.user_message_id)
             asker = session.get(User, stream.user_id)
-            refs = [message_ref(message.id, message.content, message.salt)]
-            if question is not None:
-                refs.insert(0, message_ref(question.id, question.content, question.salt))
+            refs = [
+                MessageRef(id=m.id, sha256=message_hash(m.content, m.salt))
+                for m in (question, message)
+                if m is not None
+            ]
             append_in(
                 session,
-                "answer",
-                actor_id=stream.user_id,
-                actor=asker.name if asker else "system",
-                subject=f"conversation {stream.conversation_id}",
-                data={
-                    "conversation_id": stream.conversation_id,
-                    "messages": refs,
-                    "status": str(message.status),
-                    "model": message.model,
-                    "input_tokens": message.input_tokens,
-                    "output_tokens": message.output_tokens,
-                    "cost_usd": message.cost_usd,
-                    "prompt": _without_names(fields["context"]),
-                    "cited": [
-                        {"n": c["n"], "document_id": c["document_id"], "chunks": c["chunks"]}
+                Answered(
+                    conversation_id=stream.conversation_id,
+                    messages=refs,
+                    status=str(message.status),
+                    model=message.model,
+                    input_tokens=message.input_tokens,
+                    output_tokens=message.output_tokens,
+                    cost_usd=message.cost_usd,
+                    prompt=stream.provenance.without_names(),
+                    cited=[
+                        CitedRef(n=c.n, document_id=c.document_id, chunks=c.chunks)
                         for c in fields["citations"] or ()
                     ],
-                },
+                ),
+                actor_id=stream.user_id,
+                actor=asker.name if asker else "system",
             )
             return message.id
 
 
-def _without_names(provenance: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The prompt's provenance as the audit keeps it: documents by id, not by name (a
-    name is the owner's text, and must go when the document is erased)."""
-    if provenance is None:
-        return None
-    sources = [
-        {k: v for k, v in source.items() if k != "name"} for source in provenance.get("sources", ())
-    ]
-    return {**provenance, "sources": sources}
+def _storing_again(exc: Exception) -> None:
+    log.warning("Storing an answer failed (%s); trying again.", exc)
 
 
 __all__ = ["ChatService"]

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import String, cast, or_, select
+from sqlalchemy import JSON, String, cast, or_, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from parley.auth.groups import group_id_named, groups_of
 from parley.chat.documents.hits import Hit
 from parley.core.domain import Principal
 from parley.core.errors import InvalidInput
-from parley.retrieval.document_index import Access
+from parley.retrieval.document_index import Allowed, DocumentAccess
 from parley.store.db import Database
 from parley.store.models import (
     Document,
@@ -34,21 +34,16 @@ def group_ids(session: Session, document_id: int) -> set[int]:
     )
 
 
-def may_see(session: Session, document: Document, user_id: int, groups: set[int]) -> bool:
-    return (
-        document.owner_id == user_id
-        or document.public
-        or bool(group_ids(session, document.id) & groups)
+def allowed_as(session: Session, allowed: Allowed | None) -> str:
+    """How a reason reads where it is recorded (provenance, a hit): "owner", "public",
+    "group finance, hr"; "" when there is none."""
+    if allowed is None:
+        return ""
+    if allowed.reason != "group":
+        return allowed.reason
+    names = session.scalars(
+        select(Group.name).where(Group.id.in_(allowed.groups)).order_by(Group.name)
     )
-
-
-def why(session: Session, document: Document, user_id: int, groups: set[int]) -> str:
-    if document.owner_id == user_id:
-        return "owner"
-    if document.public:
-        return "public"
-    shared = group_ids(session, document.id) & groups
-    names = session.scalars(select(Group.name).where(Group.id.in_(shared)).order_by(Group.name))
     return "group " + ", ".join(names)
 
 
@@ -71,19 +66,51 @@ def scrub_quotes(session: Session, document_ids: Sequence[int]) -> int:
             *(cast(Message.context, String).like(p) for p in patterns),
         )
     )
+    gone = {"name": DELETED_DOCUMENT, "cited_text": ""}
     for message in session.scalars(candidates):
         citations = [
-            {**c, "name": DELETED_DOCUMENT, "cited_text": ""} if c.get("document_id") in ids else c
+            c.model_copy(update=gone) if c.document_id in ids else c
             for c in message.citations or ()
         ]
-        context = dict(message.context or {})
-        context["sources"] = [
-            {**s, "name": DELETED_DOCUMENT} if s.get("document_id") in ids else s
-            for s in context.get("sources", ())
-        ]
-        if citations != (message.citations or []) or context != (message.context or {}):
+        context = message.context
+        if context is not None:
+            context = context.model_copy(
+                update={
+                    "sources": [
+                        s.model_copy(update={"name": DELETED_DOCUMENT})
+                        if s.document_id in ids
+                        else s
+                        for s in context.sources
+                    ]
+                }
+            )
+        if citations != (message.citations or []) or context != message.context:
             message.citations = citations or None
-            message.context = context if message.context is not None else None
+            message.context = context
+            changed += 1
+    # A row whose stored JSON no longer reads as its record (made by hand) is read as
+    # None above: what it quotes cannot be scrubbed piecemeal, so it goes whole.
+    raw = select(
+        Message.id,
+        type_coerce(Message.citations, JSON),
+        type_coerce(Message.context, JSON),
+    ).where(
+        or_(
+            *(cast(Message.citations, String).like(p) for p in patterns),
+            *(cast(Message.context, String).like(p) for p in patterns),
+        )
+    )
+    for message_id, raw_citations, raw_context in session.execute(raw).all():
+        row = session.get(Message, message_id)
+        if row is None:
+            continue
+        unreadable: dict[str, None] = {}
+        if raw_citations is not None and row.citations is None:
+            unreadable["citations"] = None
+        if raw_context is not None and row.context is None:
+            unreadable["context"] = None
+        if unreadable:
+            session.execute(update(Message).where(Message.id == message_id).values(unreadable))
             changed += 1
     return changed
 
@@ -111,8 +138,11 @@ def shareable_group(session: Session, principal: Principal, name: str) -> int:
     return found
 
 
-def access_of(session: Session, document: Document) -> Access:
-    return Access(document.owner_id, document.public, frozenset(group_ids(session, document.id)))
+def access_of(session: Session, document: Document) -> DocumentAccess:
+    """Who may see the document, read afresh (its shares included)."""
+    return DocumentAccess(
+        document.owner_id, document.public, frozenset(group_ids(session, document.id))
+    )
 
 
 def checked_hits(
@@ -171,15 +201,15 @@ def checked_hits(
         if entry is None or row is None:
             continue  # deleted meanwhile
         document, owner = entry.Document, entry.name
-        via = sorted(group_names[g] for g in shares.get(document_id, set()) & mine)
-        if document.owner_id == principal.user_id:
-            why = "owner"
-        elif document.public:
-            why = "public"
-        elif via:
-            why = "group " + ", ".join(via)
-        else:
+        access = DocumentAccess(
+            document.owner_id, document.public, frozenset(shares.get(document_id, ()))
+        )
+        allowed = access.allowed(principal.user_id, mine)
+        if allowed is None:
             continue  # defence in depth: the database has the last word
+        why: str = allowed.reason
+        if allowed.reason == "group":
+            why = "group " + ", ".join(sorted(group_names[g] for g in allowed.groups))
         text, heading, page = row
         found[(document_id, index)] = Hit(
             document.id,
@@ -196,11 +226,12 @@ def checked_hits(
 
 
 __all__ = [
+    "DELETED_DOCUMENT",
     "access_of",
+    "allowed_as",
     "checked_hits",
     "group_ids",
-    "may_see",
     "queue_sync",
+    "scrub_quotes",
     "shareable_group",
-    "why",
 ]

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 
 import numpy as np
@@ -23,14 +23,21 @@ from sqlalchemy.orm import Session
 from parley.auth.groups import group_id_named, groups_of
 from parley.chat.documents.access import (
     access_of,
+    allowed_as,
     checked_hits,
-    may_see,
     queue_sync,
     scrub_quotes,
     shareable_group,
-    why,
 )
 from parley.chat.documents.hits import Hit, Passage, group_passages
+from parley.chat.documents.index_sync import IndexSync
+from parley.core.audit_events import (
+    DocumentAdded,
+    DocumentChunkOpened,
+    DocumentDeleted,
+    DocumentShared,
+    DocumentUnshared,
+)
 from parley.core.background import Defer
 from parley.core.domain import Principal
 from parley.core.errors import (
@@ -41,20 +48,18 @@ from parley.core.errors import (
     StorageUnavailable,
 )
 from parley.retrieval.document_index import (
-    LEGACY_COLLECTION,
-    Access,
     Candidate,
+    DocumentAccess,
     DocumentIndex,
     hybrid_rank,
 )
 from parley.retrieval.documents import KINDS, chunk, parse
-from parley.store.audit import append_in, by
+from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
 from parley.store.models import (
     Document,
     DocumentChunk,
     DocumentGroup,
-    DocumentSync,
     Group,
     User,
     utcnow,
@@ -82,6 +87,7 @@ class DocumentInfo:
     groups: tuple[str, ...]
     public: bool
     chunks: int
+    may_manage: bool = False  # the asker may share, unshare and delete it
 
 
 class DocumentService:
@@ -90,6 +96,7 @@ class DocumentService:
     ) -> None:
         self._db = database
         self._index = index
+        self._index_sync = IndexSync(database, index)
         # Runs slow work (dropping and purging a deleted document's vectors) off the
         # request, on the services' pool; None runs it inline.
         self._defer = defer
@@ -160,7 +167,7 @@ class DocumentService:
                 document_id = document.id
         except StorageConflict as exc:
             raise InvalidInput(f"{name}: you already have this content.") from exc
-        access = Access(principal.user_id, public, frozenset(group_ids))
+        access = DocumentAccess(principal.user_id, public, frozenset(group_ids))
         try:
             self._index.add(document_id, vectors, access)
         except Exception as exc:
@@ -178,16 +185,14 @@ class DocumentService:
                 made.ready = True
                 append_in(  # last: the audit head stays locked until the commit
                     session,
-                    "document_added",
-                    **by(principal),
-                    subject=f"document {document_id}",
-                    data={
-                        "document_id": document_id,
-                        "sha256": digest,
-                        "chunks": len(chunks),
-                        "groups": sorted(groups),
-                        "public": public,
-                    },
+                    DocumentAdded(
+                        document_id=document_id,
+                        sha256=digest,
+                        chunks=len(chunks),
+                        groups=sorted(groups),
+                        public=public,
+                    ),
+                    **actor_of(principal),
                 )
         if made is None:  # its owner was erased while it was indexed
             self._abandon(document_id, access)
@@ -198,7 +203,7 @@ class DocumentService:
     def get(self, principal: Principal, document_id: int) -> DocumentInfo:
         with self._db.session() as session:
             document = self._visible(session, principal, document_id)
-            return _info(session, document)
+            return _info(session, document, principal)
 
     def list_for(self, principal: Principal) -> list[DocumentInfo]:
         """Every document the principal may see (admins: every document)."""
@@ -208,9 +213,9 @@ class DocumentService:
             ).all()
             mine = groups_of(session, principal.user_id)
             return [
-                _info(session, d)
+                _info(session, d, principal)
                 for d in documents
-                if principal.is_admin or may_see(session, d, principal.user_id, mine)
+                if principal.is_admin or access_of(session, d).allowed(principal.user_id, mine)
             ]
 
     def share(
@@ -262,13 +267,12 @@ class DocumentService:
                 document.public = granted
             session.flush()
             queue_sync(session, document.id, before.scopes)
+            change = DocumentShared if granted else DocumentUnshared
             append_in(
                 session,
-                "document_shared" if granted else "document_unshared",
-                **by(principal),
+                change(document_id=document.id, group=group, public=public),
+                **actor_of(principal),
                 about_id=document.owner_id,
-                subject=f"document {document.id}",
-                data={"document_id": document.id, "group": group, "public": public},
             )
         self._sync(document_id)  # if the index fails, the outbox keeps the change
         return self.get(principal, document_id)
@@ -285,11 +289,9 @@ class DocumentService:
             scrub_quotes(session, [document.id])
             append_in(
                 session,
-                "document_deleted",
-                **by(principal),
+                DocumentDeleted(document_id=document.id),
+                **actor_of(principal),
                 about_id=document.owner_id,
-                subject=f"document {document.id}",
-                data={"document_id": document.id},
             )
         self._db.reclaim()  # no byte of the chunks left in SQLite's files
         # The vectors and the index's files follow off the request (a purge rebuilds the
@@ -299,7 +301,7 @@ class DocumentService:
         ):
             self._sync(document_id)
 
-    def _abandon(self, document_id: int, access: Access) -> None:
+    def _abandon(self, document_id: int, access: DocumentAccess) -> None:
         """An upload that will not finish: its vectors and rows go (whatever is left of
         the vectors, the outbox removes later)."""
         with self._db.session(write_lock=True) as session:
@@ -322,88 +324,15 @@ class DocumentService:
         return len(found)
 
     def sweep_index(self) -> int:
-        """Bring pending documents' vectors in line with the database (after a vector
-        store failure), and purge every scope of a deleted one from the index's files (an
-        earlier try may have dropped its rows and failed, or died, before the purge);
-        vectors kept the older way (one shared collection) are moved into scopes first.
-        How many documents are still pending afterwards."""
-        moved: list[str] = []
-        try:
-            if self._index.migrate_legacy(self._access_of):
-                moved = [LEGACY_COLLECTION]  # dropped, with rows of deleted documents in it
-        except Exception:
-            log.exception("Moving document vectors into scoped collections failed; will retry")
-        with self._db.session() as session:
-            pending = session.scalars(select(DocumentSync.document_id)).all()
-        return self._apply(pending, sweeping=True, purge=moved)
-
-    def _access_of(self, document_id: int) -> Access | None:
-        with self._db.session() as session:
-            document = session.get(Document, document_id)
-            return access_of(session, document) if document is not None else None
+        """Finish the index's pending work (`IndexSync.sweep`); how many documents are
+        still pending afterwards."""
+        return self._index_sync.sweep()
 
     def _sync_later(self, document_id: int) -> None:
-        self._sync(document_id)
+        self._index_sync.sync(document_id)
 
     def _sync(self, document_id: int) -> bool:
-        """Apply a pending outbox row: True once the index matches the database (and a
-        deleted document's vectors are purged from the index's files)."""
-        return self._apply([document_id], sweeping=False) == 0
-
-    def _apply(
-        self, document_ids: Sequence[int], *, sweeping: bool, purge: Sequence[str] = ()
-    ) -> int:
-        """Apply pending outbox rows; how many stay pending. The scopes a deleted
-        document's rows were dropped from (a sweep: all its scopes) are purged once for
-        the batch, before its outbox row goes; if the purge fails, the row stays."""
-        failed = 0
-        done: list[tuple[int, datetime]] = []
-        erased: list[tuple[int, datetime]] = []
-        scopes = set(purge)
-        for document_id in document_ids:
-            with self._db.session() as session:
-                row = session.get(DocumentSync, document_id)
-                if row is None:
-                    continue
-                stale, queued = list(row.scopes), row.requested_at
-                document = session.get(Document, document_id)
-                access = access_of(session, document) if document is not None else None
-            try:
-                dropped = self._index.sync(document_id, access, stale=stale)
-            except Exception:
-                log.exception("Updating the vectors of document %s failed; will retry", document_id)
-                self._count_attempt(document_id)
-                failed += 1
-                continue
-            if access is None and (dropped or sweeping):
-                scopes.update(stale if sweeping else dropped)
-                erased.append((document_id, queued))
-            else:
-                done.append((document_id, queued))
-        if scopes:
-            try:
-                self._index.purge(sorted(scopes))
-            except Exception:
-                log.exception("Purging deleted documents' vectors failed; will retry")
-                for document_id, _ in erased:
-                    self._count_attempt(document_id)
-                failed += len(erased)
-                erased = []
-        with self._db.session() as session:
-            for document_id, queued in [*done, *erased]:
-                session.execute(  # a change queued meanwhile keeps its row
-                    delete(DocumentSync).where(
-                        DocumentSync.document_id == document_id,
-                        DocumentSync.requested_at == queued,
-                    )
-                )
-        return failed
-
-    def _count_attempt(self, document_id: int) -> None:
-        with self._db.session() as session:
-            pending = session.get(DocumentSync, document_id)
-            if pending is not None:
-                pending.attempts += 1
+        return self._index_sync.sync(document_id)
 
     def open_chunk(self, principal: Principal, document_id: int, index: int) -> Hit:
         """One chunk of a document the principal may see (a citation opened on the page)."""
@@ -414,18 +343,15 @@ class DocumentService:
                 raise NotFound(user_message=f"Document {document_id} has no passage {index}.")
             owner = session.get(User, document.owner_id)
             mine = groups_of(session, principal.user_id)
-            overridden = principal.is_admin and not may_see(
-                session, document, principal.user_id, mine
-            )
-            allowed_as = "admin" if overridden else why(session, document, principal.user_id, mine)
+            allowed = access_of(session, document).allowed(principal.user_id, mine)
+            overridden = allowed is None  # only an admin gets this far without a reason
+            reason = "admin" if overridden else allowed_as(session, allowed)
             if overridden:  # an admin reading a document not shared with them: on record
                 append_in(
                     session,
-                    "document_chunk_opened",
-                    **by(principal),
+                    DocumentChunkOpened(document_id=document.id, chunk=index),
+                    **actor_of(principal),
                     about_id=document.owner_id,
-                    subject=f"document {document.id}",
-                    data={"document_id": document.id, "chunk": index},
                 )
             return Hit(
                 document.id,
@@ -436,7 +362,7 @@ class DocumentService:
                 row.page,
                 row.text,
                 1.0,
-                allowed_as,
+                reason,
             )
 
     def search(
@@ -514,18 +440,16 @@ class DocumentService:
         if (
             document is None
             or not document.ready
-            or not (principal.is_admin or may_see(session, document, principal.user_id, mine))
+            or not (
+                principal.is_admin or access_of(session, document).allowed(principal.user_id, mine)
+            )
         ):
             raise NotFound(user_message=f"There is no document {document_id}.")
         return document
 
     def _managed(self, session: Session, principal: Principal, document_id: int) -> Document:
         document = session.get(Document, document_id)
-        if (
-            document is None
-            or not document.ready
-            or not (principal.is_admin or document.owner_id == principal.user_id)
-        ):
+        if document is None or not document.ready or not may_manage(principal, document):
             raise NotFound(user_message=f"There is no document {document_id} of yours.")
         return document
 
@@ -534,7 +458,13 @@ def _silent(fraction: float, step: str) -> None:  # noqa: ARG001 - a Progress th
     return None
 
 
-def _info(session: Session, document: Document) -> DocumentInfo:
+def may_manage(principal: Principal, document: Document) -> bool:
+    """Who may share, unshare and delete a document: its owner and admins (by id and
+    role, never by name)."""
+    return principal.is_admin or document.owner_id == principal.user_id
+
+
+def _info(session: Session, document: Document, principal: Principal) -> DocumentInfo:
     owner = session.get(User, document.owner_id)
     names = session.scalars(
         select(Group.name)
@@ -549,6 +479,7 @@ def _info(session: Session, document: Document) -> DocumentInfo:
         tuple(names),
         document.public,
         document.chunks,
+        may_manage=may_manage(principal, document),
     )
 
 

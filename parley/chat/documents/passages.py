@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from parley.chat.documents.library import DocumentService, Passage
 from parley.core.domain import Principal
 from parley.core.llm import Citation, SearchSource, sources_tokens
+from parley.core.records import CitedPassage, DocumentSource
 from parley.core.tokens import count_tokens
 from parley.memory import ContextWindow, neutralise, request_boundary
 
@@ -69,8 +70,7 @@ class Passages:
 
     def attach(self, context: ContextWindow, *, native: bool) -> ContextWindow:
         """The context with the passages in the last message (as sources when `native`,
-        else an envelope before the question), each passage and the permission that let
-        it in recorded in provenance."""
+        else an envelope before the question); `sources` says what they were."""
         if not self.passages:
             return context
         last = context.messages[-1]
@@ -78,26 +78,28 @@ class Passages:
             last = replace(last, sources=as_sources(self.passages))
         else:
             last = replace(last, content=f"{render_passages(self.passages)}\n\n{last.content}")
-        sources: tuple[dict[str, object], ...] = tuple(
-            {
-                "n": n,
-                "document_id": p.first.document_id,
-                "name": p.first.name,
-                "chunks": list(p.chunks),
-                "page": p.first.page,
-                "score": round(max(h.score for h in p.hits), 4),
-                "allowed_as": p.first.why,
-            }
-            for n, p in enumerate(self.passages, start=1)
-        )
         return replace(
             context,
             messages=(*context.messages[:-1], last),
             section_tokens={**context.section_tokens, "documents": self.tokens},
-            sources=sources,
         )
 
-    def cited(self, citation: Citation, offset: int) -> dict[str, object] | None:
+    def sources(self) -> tuple[DocumentSource, ...]:
+        """Each passage in the prompt and the permission that let it in (provenance)."""
+        return tuple(
+            DocumentSource(
+                n=n,
+                document_id=p.first.document_id,
+                name=p.first.name,
+                chunks=list(p.chunks),
+                page=p.first.page,
+                score=round(max(h.score for h in p.hits), 4),
+                allowed_as=p.first.why,
+            )
+            for n, p in enumerate(self.passages, start=1)
+        )
+
+    def cited(self, citation: Citation, offset: int) -> CitedPassage | None:
         """A native citation as stored with the answer (None if it names no passage)."""
         if not 0 <= citation.source_index < len(self.passages):
             return None
@@ -105,16 +107,16 @@ class Passages:
         chunks = passage.chunks[citation.start_block : citation.end_block] or passage.chunks
         return _record(citation.source_index + 1, passage, chunks, citation.cited_text, offset)
 
-    def numbered(self, text: str) -> list[dict[str, object]]:
+    def numbered(self, text: str) -> list[CitedPassage]:
         """The [n] markers of an answer written without native citations, as citations."""
-        found: list[dict[str, object]] = []
+        found: list[CitedPassage] = []
         for match in _MARKER.finditer(text):
             for number in _numbers(match.group(1)):
                 if 1 <= number <= len(self.passages):
                     passage = self.passages[number - 1]
                     quoted = "\n".join(h.text for h in passage.hits)
                     cited = _record(number, passage, passage.chunks, quoted, match.end())
-                    found.append({**cited, "marker": True})  # the answer shows it already
+                    found.append(cited.model_copy(update={"marker": True}))  # shown already
         return found
 
 
@@ -127,16 +129,16 @@ def _numbers(listed: str) -> Iterable[int]:
 
 def _record(
     number: int, passage: Passage, chunks: Sequence[int], cited_text: str, offset: int
-) -> dict[str, object]:
-    return {
-        "n": number,
-        "document_id": passage.first.document_id,
-        "name": passage.first.name,
-        "chunks": list(chunks),
-        "page": passage.first.page,
-        "cited_text": cited_text[:2000],
-        "offset": offset,
-    }
+) -> CitedPassage:
+    return CitedPassage(
+        n=number,
+        document_id=passage.first.document_id,
+        name=passage.first.name,
+        chunks=list(chunks),
+        page=passage.first.page,
+        cited_text=cited_text[:2000],
+        offset=offset,
+    )
 
 
 NO_PASSAGES = Passages((), 0)

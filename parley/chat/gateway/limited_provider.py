@@ -48,6 +48,7 @@ from parley.core.llm import (
     UsageSoFar,
     estimate_tokens,
 )
+from parley.core.retry import retried
 from parley.core.tokens import count_tokens
 
 log = logging.getLogger(__name__)
@@ -209,15 +210,12 @@ class LimitedProvider:
         if self._meter is None:
             return
         call = CallRecord(meta, model, usage, outcome, started, datetime.now(UTC))
-        failure: Exception | None = None
-        for wait in (*self._retry_waits_s, None):
-            try:
-                self._meter.record(call)
-                return
-            except Exception as exc:
-                failure = exc
-            if wait is not None:
-                self._sleep(wait)
+        meter = self._meter
+        try:
+            retried(lambda: meter.record(call), self._retry_waits_s, sleep=self._sleep)
+            return
+        except Exception as exc:  # whatever the meter raised: the call is kept below
+            failure = exc
         if self._outbox is None:
             log.error(
                 "Metering a %s call failed and no outbox is configured: %s",

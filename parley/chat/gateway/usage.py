@@ -24,13 +24,22 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.orm import Session
 
+from parley.chat.gateway.usage_report import UsageFact, UsageReport, UsageRow
+from parley.core.audit_events import AiCall, QuotaSet
 from parley.core.config import ModelPrice, Settings
-from parley.core.domain import CallOutcome, Principal, Purpose
-from parley.core.errors import InvalidInput, NotFound, PermissionDenied, QuotaExceeded, StorageError
+from parley.core.domain import CallOutcome, Principal, Purpose, require_admin
+from parley.core.errors import InvalidInput, NotFound, QuotaExceeded, StorageError
 from parley.core.llm import CallRecord, Usage
-from parley.store.audit import append_in, by
+from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
-from parley.store.models import Conversation, QuotaReservation, UsageEntry, User
+from parley.store.models import (
+    Conversation,
+    Group,
+    GroupMember,
+    QuotaReservation,
+    UsageEntry,
+    User,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,31 +64,6 @@ def day_start(moment: datetime) -> datetime:
 class DayUsage:
     messages: int
     tokens: int
-    cost_usd: float
-
-
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    day: date
-    user: str
-    messages: int
-    input_tokens: int
-    output_tokens: int
-    cache_read_tokens: int
-    cache_write_tokens: int
-    cost_usd: float
-
-
-@dataclass(frozen=True, slots=True)
-class UsageFact:
-    day: date
-    user: str
-    model: str
-    purpose: str
-    calls: int
-    input_tokens: int
-    output_tokens: int
-    cache_tokens: int  # read from and written to the prompt cache
     cost_usd: float
 
 
@@ -143,23 +127,21 @@ class UsageService:
             session.flush()
             append_in(
                 session,
-                "ai_call",
+                AiCall(
+                    ledger_id=entry.id,
+                    conversation_id=meta.conversation_id,
+                    purpose=str(meta.purpose),
+                    model=call.model,
+                    outcome=str(call.outcome),
+                    input_tokens=call.usage.input_tokens,
+                    output_tokens=call.usage.output_tokens,
+                    cache_write_tokens=call.usage.cache_creation_input_tokens,
+                    cache_read_tokens=call.usage.cache_read_input_tokens,
+                    cost_usd=round(cost, 8),
+                    latency_ms=round((call.ended_at - call.started_at).total_seconds() * 1000),
+                ),
                 actor_id=user_id,
                 actor=name or "system",
-                subject=f"conversation {meta.conversation_id}" if meta.conversation_id else "",
-                data={
-                    "ledger_id": entry.id,
-                    "conversation_id": meta.conversation_id,
-                    "purpose": str(meta.purpose),
-                    "model": call.model,
-                    "outcome": str(call.outcome),
-                    "input_tokens": call.usage.input_tokens,
-                    "output_tokens": call.usage.output_tokens,
-                    "cache_write_tokens": call.usage.cache_creation_input_tokens,
-                    "cache_read_tokens": call.usage.cache_read_input_tokens,
-                    "cost_usd": round(cost, 8),
-                    "latency_ms": round((call.ended_at - call.started_at).total_seconds() * 1000),
-                },
             )
 
     def today(
@@ -208,8 +190,7 @@ class UsageService:
         tokens_per_day: int | None,
     ) -> None:
         """Admins override a user's quotas (None: back to the default; 0: no limit)."""
-        if not principal.is_admin:
-            raise PermissionDenied(user_message="Only administrators set quotas.")
+        require_admin(principal, "Only administrators set quotas.")
         with self._db.session(write_lock=True) as session:
             user = session.get(User, user_id)
             if user is None:
@@ -218,11 +199,13 @@ class UsageService:
             user.quota_tokens_per_day = tokens_per_day
             append_in(
                 session,
-                "quota_set",
-                **by(principal),
+                QuotaSet(
+                    user_id=user_id,
+                    messages_per_day=messages_per_day,
+                    tokens_per_day=tokens_per_day,
+                ),
+                **actor_of(principal),
                 about_id=user_id,
-                subject=f"user {user.name}",
-                data={"messages_per_day": messages_per_day, "tokens_per_day": tokens_per_day},
             )
 
     def check_quota(self, principal: Principal, *, now: datetime | None = None) -> None:
@@ -306,44 +289,29 @@ class UsageService:
     def by_user_and_day(
         self, principal: Principal, *, days: int = 7, now: datetime | None = None
     ) -> list[UsageRow]:
-        """Tokens and cost per user per day from the ledger, newest day first: admins only.
+        """Totals per user per day over the last `days` UTC days, newest day first (the
+        same aggregation as `report`): admins only. Users are named as they were when the
+        calls were made, so erased users remain (as "user #ID")."""
+        until = (now or datetime.now(UTC)).astimezone(UTC).date()
+        since = until - timedelta(days=max(1, days) - 1)
+        return self.report(principal, since=since, until=until).per_user_and_day()
 
-        Users are named as they were when the calls were made, so erased users remain.
-        """
-        if not principal.is_admin:
-            raise PermissionDenied(user_message="Only administrators see everyone's usage.")
-        since = day_start(now or datetime.now(UTC)) - timedelta(days=days - 1)
-        day = self._utc_day()
-        who = func.coalesce(UsageEntry.user_name, "(no user)")
+    def report(self, principal: Principal, *, since: date, until: date) -> UsageReport:
+        """Usage between two UTC days (both included) for chargeback, with the groups'
+        members: admins only."""
+        facts = self.facts(principal, since=since, until=until)
         with self._db.session() as session:
             rows = session.execute(
-                select(
-                    day.label("day"),
-                    who,
-                    func.count(UsageEntry.id).filter(_is_message()),
-                    func.coalesce(func.sum(UsageEntry.input_tokens), 0),
-                    func.coalesce(func.sum(UsageEntry.output_tokens), 0),
-                    func.coalesce(func.sum(UsageEntry.cache_read_input_tokens), 0),
-                    func.coalesce(func.sum(UsageEntry.cache_creation_input_tokens), 0),
-                    func.coalesce(func.sum(UsageEntry.cost_usd), 0.0),
-                )
-                .where(UsageEntry.ended_at >= since)
-                .group_by(day, who)
-                .order_by(day.desc(), who)
+                select(Group.name, User.name)
+                .join(GroupMember, GroupMember.group_id == Group.id)
+                .join(User, User.id == GroupMember.user_id)
             ).all()
-        return [
-            UsageRow(
-                day=r[0] if isinstance(r[0], date) else date.fromisoformat(str(r[0])),
-                user=r[1],
-                messages=r[2],
-                input_tokens=int(r[3]),
-                output_tokens=int(r[4]),
-                cache_read_tokens=int(r[5]),
-                cache_write_tokens=int(r[6]),
-                cost_usd=float(r[7]),
-            )
-            for r in rows
-        ]
+            groups: dict[str, list[str]] = {
+                name: [] for name in session.scalars(select(Group.name))
+            }
+        for group, user in rows:
+            groups[group].append(user)
+        return UsageReport(since, until, tuple(facts), groups)
 
     def _utc_day(self) -> ColumnElement[Any]:
         """The UTC day a call ended. SQLite stores UTC already; PostgreSQL's date() of a
@@ -355,8 +323,7 @@ class UsageService:
     def facts(self, principal: Principal, *, since: date, until: date) -> list[UsageFact]:
         """Calls, tokens and cost per UTC day, user, model and purpose between two days
         (both included), for chargeback charts: admins only."""
-        if not principal.is_admin:
-            raise PermissionDenied(user_message="Only administrators see everyone's usage.")
+        require_admin(principal, "Only administrators see everyone's usage.")
         if since > until:
             raise InvalidInput("The first day comes after the last.")
         start = datetime.combine(since, time.min, UTC)
@@ -371,15 +338,11 @@ class UsageService:
                     UsageEntry.model,
                     UsageEntry.purpose,
                     func.count(UsageEntry.id),
+                    func.count(UsageEntry.id).filter(_is_message()),
                     func.coalesce(func.sum(UsageEntry.input_tokens), 0),
                     func.coalesce(func.sum(UsageEntry.output_tokens), 0),
-                    func.coalesce(
-                        func.sum(
-                            UsageEntry.cache_read_input_tokens
-                            + UsageEntry.cache_creation_input_tokens
-                        ),
-                        0,
-                    ),
+                    func.coalesce(func.sum(UsageEntry.cache_read_input_tokens), 0),
+                    func.coalesce(func.sum(UsageEntry.cache_creation_input_tokens), 0),
                     func.coalesce(func.sum(UsageEntry.cost_usd), 0.0),
                 )
                 .where(UsageEntry.ended_at >= start, UsageEntry.ended_at < end)
@@ -393,10 +356,12 @@ class UsageService:
                 model=r[2],
                 purpose=str(r[3]),
                 calls=int(r[4]),
-                input_tokens=int(r[5]),
-                output_tokens=int(r[6]),
-                cache_tokens=int(r[7]),
-                cost_usd=float(r[8]),
+                messages=int(r[5]),
+                input_tokens=int(r[6]),
+                output_tokens=int(r[7]),
+                cache_read_tokens=int(r[8]),
+                cache_write_tokens=int(r[9]),
+                cost_usd=float(r[10]),
             )
             for r in rows
         ]

@@ -17,9 +17,10 @@ from sqlalchemy import delete, func, select, update
 from parley.chat.conversation.conversations import ConversationService
 from parley.chat.documents.access import access_of, queue_sync, scrub_quotes
 from parley.chat.documents.library import DocumentService
-from parley.core.domain import Principal
-from parley.core.errors import InvalidInput, NotFound, PermissionDenied
-from parley.store.audit import append_in, by, redact_user_in
+from parley.core.audit_events import UserErased
+from parley.core.domain import Principal, require_admin
+from parley.core.errors import InvalidInput, NotFound
+from parley.store.audit import actor_of, append_in, redact_user_in
 from parley.store.db import Database
 from parley.store.models import Conversation, Document, Message, UsageEntry, User, VectorErasure
 
@@ -36,8 +37,7 @@ class ErasureService:
 
     def erase_user(self, admin: Principal, name: str) -> dict[str, int]:
         """Erase a user and everything of theirs; counts of what went."""
-        if not admin.is_admin:
-            raise PermissionDenied(user_message="Only administrators erase users.")
+        require_admin(admin, "Only administrators erase users.")
         with self._db.session(write_lock=True) as session:
             user = session.scalar(select(User).where(User.name == name.strip()))
             if user is None:
@@ -73,15 +73,14 @@ class ErasureService:
             )
             append_in(
                 session,
-                "user_erased",
-                **by(admin),
-                about_id=user_id,
-                subject=f"user {user_id}",
-                data={
+                UserErased(
+                    user_id=user_id,
+                    conversation_ids=conversation_ids,
+                    document_ids=[d.id for d in documents],
                     **counts,
-                    "conversation_ids": conversation_ids,
-                    "document_ids": [d.id for d in documents],
-                },
+                ),
+                **actor_of(admin),
+                about_id=user_id,
             )
         pending = self._conversations.sweep_erasures() + self._documents.sweep_index()
         if pending:

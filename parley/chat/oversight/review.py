@@ -1,7 +1,7 @@
 """Admins review conversations: find them by user, day, status, model or text, and open
 one, with what fed each answer and what it cost. Opening someone else's conversation
 is break-glass: the admin gives a reason, the audit trail records it, and the owner
-sees who looked, when and why (`accesses`).
+sees who looked, when and why (`who_looked`).
 
 Every check is here, not in a page: `find` and `open` refuse non-admins; `read` (the
 page's rerun, the strategy lab) refuses an admin without a reason given in the last
@@ -10,7 +10,6 @@ page's rerun, the strategy lab) refuses an admin without a reason given in the l
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -20,16 +19,27 @@ from sqlalchemy import ColumnElement, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from parley.chat.conversation.conversations import ChatMessage, to_chat_message
-from parley.chat.conversation.grants import OPENED, has_grant, require_grant
-from parley.core.domain import MessageRole, MessageStatus, Principal
-from parley.core.errors import InvalidInput, NotFound, PermissionDenied
-from parley.store.audit import append_in, by, keys_of
+from parley.chat.conversation.grants import has_grant, require_grant
+from parley.core.audit_events import (
+    AuditKind,
+    ConversationOpened,
+    ConversationsSearched,
+    DocumentChunkOpened,
+    Subject,
+    read_event,
+)
+from parley.core.domain import MessageRole, MessageStatus, Principal, require_admin
+from parley.core.errors import InvalidInput, NotFound
+from parley.core.records import Provenance
+from parley.store.audit import actor_of, append_in, keys_of
 from parley.store.db import Database
 from parley.store.models import AuditRecord, Conversation, Message, UsageEntry, User
 
-SEARCHED = "conversations_searched"
 MIN_REASON_CHARS = 10
 MAX_REASON_CHARS = 500
+
+
+ONLY_ADMINS = "Only administrators review conversations."
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +88,7 @@ class ReviewPage:
 @dataclass(frozen=True, slots=True)
 class ReviewedMessage:
     message: ChatMessage
-    prompt: dict[str, Any] | None  # what went into the prompt (answers only)
+    prompt: Provenance | None  # what went into the prompt (answers only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +104,7 @@ class Review:
 
 
 @dataclass(frozen=True, slots=True)
-class Access:
+class Look:
     """Someone else read the user's data: an admin opened one of their conversations,
     searched text across theirs, opened a chunk of a document not shared with the admin,
     or exported their audit history. The page chooses the words for each `kind`."""
@@ -104,20 +114,23 @@ class Access:
     reason: str
     conversation_id: int | None  # None unless a conversation was opened
     title: str | None  # None unless opened, or once the conversation is gone
-    kind: str = OPENED
+    kind: AuditKind = AuditKind.CONVERSATION_OPENED
     document_id: int | None = None  # for a chunk opening
     matched: bool | None = None  # for a search: whether any of the user's matched
 
 
 # Every kind of record by which someone else read a user's data ("Who looked").
-CHUNK_OPENED = "document_chunk_opened"
-EXPORTED = "audit_exported"
-LOOKED = (OPENED, SEARCHED, CHUNK_OPENED, EXPORTED)
+LOOKED = (
+    AuditKind.CONVERSATION_OPENED,
+    AuditKind.CONVERSATIONS_SEARCHED,
+    AuditKind.DOCUMENT_CHUNK_OPENED,
+    AuditKind.AUDIT_EXPORTED,
+)
 
 
 @dataclass(frozen=True, slots=True)
-class AccessPage:
-    accesses: list[Access]
+class Looks:
+    looks: list[Look]
     total: int
 
 
@@ -129,7 +142,7 @@ class ReviewService:
         self, admin: Principal, where: ReviewFilter, *, page: int = 0, per_page: int = 25
     ) -> ReviewPage:
         """Conversations matching every filter given, most recently active first."""
-        _require_admin(admin)
+        require_admin(admin, ONLY_ADMINS)
         conditions = _conditions(where)
         # Whose conversations a text search reads: every owner the other filters leave
         # in, matched or not (reading them to find nothing is reading them).
@@ -200,16 +213,17 @@ class ReviewService:
                 for owner_id in owners:
                     append_in(
                         session,
-                        SEARCHED,
-                        **by(admin),
+                        ConversationsSearched(
+                            found=total, matched=owner_id in matched, **described
+                        ),
+                        **actor_of(admin),
                         about_id=owner_id,
-                        data={**described, "found": total, "matched": owner_id in matched},
                     )
         return found
 
     def models(self, admin: Principal) -> list[str]:
         """Every model that answered, for the filter."""
-        _require_admin(admin)
+        require_admin(admin, ONLY_ADMINS)
         with self._db.session() as session:
             return sorted(
                 m
@@ -221,7 +235,7 @@ class ReviewService:
         """Break-glass: an admin opens a conversation, giving a reason the owner will see.
 
         The admin's own conversations need no reason (and leave no record)."""
-        _require_admin(admin)
+        require_admin(admin, ONLY_ADMINS)
         reason = " ".join((reason or "").split())
         with self._db.session(write_lock=True) as session:
             conversation = _conversation(session, conversation_id)
@@ -233,17 +247,17 @@ class ReviewService:
                     )
                 append_in(
                     session,
-                    OPENED,
-                    **by(admin),
+                    ConversationOpened(
+                        conversation_id=conversation.id, reason=reason[:MAX_REASON_CHARS]
+                    ),
+                    **actor_of(admin),
                     about_id=conversation.user_id,
-                    subject=f"conversation {conversation.id}",
-                    data={"conversation_id": conversation.id, "reason": reason[:MAX_REASON_CHARS]},
                 )
             return _review(session, conversation)
 
     def read(self, admin: Principal, conversation_id: int) -> Review:
         """A conversation the admin opened with a reason in the last hour (or owns)."""
-        _require_admin(admin)
+        require_admin(admin, ONLY_ADMINS)
         with self._db.session() as session:
             conversation = _conversation(session, conversation_id)
             require_grant(session, admin, conversation)
@@ -257,19 +271,19 @@ class ReviewService:
             conversation = session.get(Conversation, conversation_id)
             return conversation is not None and has_grant(session, admin, conversation)
 
-    def accesses(
+    def looks(
         self,
         principal: Principal,
         *,
         conversation_id: int | None = None,
         page: int = 0,
         per_page: int = 100,
-    ) -> list[Access]:
+    ) -> list[Look]:
         """Who read the principal's data (or opened one conversation of theirs), when and
         why: newest first, a page at a time (`who_looked` gives the total too)."""
         return self.who_looked(
             principal, conversation_id=conversation_id, page=page, per_page=per_page
-        ).accesses
+        ).looks
 
     def who_looked(
         self,
@@ -278,7 +292,7 @@ class ReviewService:
         conversation_id: int | None = None,
         page: int = 0,
         per_page: int = 50,
-    ) -> AccessPage:
+    ) -> Looks:
         """Every record of someone else reading the principal's data, newest first, paged:
         conversations opened, searches that read theirs (matched or not), chunks of their
         documents opened by an admin, exports of their history. Three queries a page."""
@@ -290,8 +304,8 @@ class ReviewService:
             query = query.where(AuditRecord.kind.in_(LOOKED))
         else:
             query = query.where(
-                AuditRecord.kind == OPENED,
-                AuditRecord.subject == f"conversation {conversation_id}",
+                AuditRecord.kind == AuditKind.CONVERSATION_OPENED,
+                AuditRecord.subject == str(Subject.conversation(conversation_id)),
             )
         per_page = max(1, min(per_page, 500))
         with self._db.session() as session:
@@ -301,8 +315,11 @@ class ReviewService:
                 .limit(per_page)
                 .offset(max(0, page) * per_page)
             ).all()
+            events = {r.id: read_event(r.kind, r.data) for r in records}
             opened = {
-                r.id: int(_data(r).get("conversation_id", 0)) for r in records if r.kind == OPENED
+                record_id: event.conversation_id
+                for record_id, event in events.items()
+                if isinstance(event, ConversationOpened)
             }
             titles = dict(
                 session.execute(
@@ -312,24 +329,24 @@ class ReviewService:
                     )
                 ).all()
             )
-        accesses = []
+        looks = []
         for r in records:
-            data = _data(r)
-            document = data.get("document_id")
-            matched = data.get("matched")
-            accesses.append(
-                Access(
+            event = events[r.id]
+            looks.append(
+                Look(
                     datetime.fromisoformat(r.at),
                     r.actor,
-                    str(data.get("reason", "")) if r.kind == OPENED else "",
+                    event.reason if isinstance(event, ConversationOpened) else "",
                     opened.get(r.id),
                     titles.get(opened[r.id]) if r.id in opened else None,
-                    kind=r.kind,
-                    document_id=int(document) if isinstance(document, int) else None,
-                    matched=bool(matched) if isinstance(matched, bool) else None,
+                    kind=AuditKind(r.kind),
+                    document_id=(
+                        event.document_id if isinstance(event, DocumentChunkOpened) else None
+                    ),
+                    matched=event.matched if isinstance(event, ConversationsSearched) else None,
                 )
             )
-        return AccessPage(accesses, int(total))
+        return Looks(looks, int(total))
 
 
 def _conditions(where: ReviewFilter) -> list[ColumnElement[bool]]:
@@ -386,20 +403,10 @@ def _review(session: Session, conversation: Conversation) -> Review:
     )
 
 
-def _data(record: AuditRecord) -> dict[str, Any]:
-    loaded = json.loads(record.data)
-    return loaded if isinstance(loaded, dict) else {}
-
-
-def _require_admin(principal: Principal) -> None:
-    if not principal.is_admin:
-        raise PermissionDenied(user_message="Only administrators review conversations.")
-
-
 __all__ = [
     "LOOKED",
-    "Access",
-    "AccessPage",
+    "Look",
+    "Looks",
     "ConversationRow",
     "Review",
     "ReviewFilter",

@@ -1,8 +1,14 @@
-"""Model providers behind one small protocol, and the choice between them by settings."""
+"""Model providers behind one small protocol, and the choice between them by settings.
+
+`AnthropicProvider` loads with the first provider that needs it: its module imports the
+Anthropic SDK, a second of start-up that a command calling no model (`parley user
+list`) should not pay for importing this package.
+"""
 
 from __future__ import annotations
 
-from parley.chat.gateway.providers.anthropic import AnthropicProvider, HeadersObserver
+from typing import TYPE_CHECKING
+
 from parley.chat.gateway.providers.keys import CommandKey, FileKey, KeySource, StaticKey
 from parley.chat.gateway.providers.local import LocalProvider
 from parley.chat.gateway.providers.scripted import ScriptedProvider
@@ -17,6 +23,17 @@ from parley.core.llm import (
     TextDelta,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from parley.chat.gateway.providers.anthropic import AnthropicProvider, HeadersObserver
+
+
+def __getattr__(name: str) -> object:
+    if name == "AnthropicProvider":  # the SDK, on first mention (see the docstring)
+        from parley.chat.gateway.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_key_source(settings: Settings) -> KeySource:
@@ -43,8 +60,11 @@ def build_provider(
 ) -> ChatProvider:
     """Claude when a key is set (or forced), else the embedded local model."""
     if settings.uses_anthropic:
+        keys = build_key_source(settings)  # a missing key is an error before the SDK loads
+        from parley.chat.gateway.providers.anthropic import AnthropicProvider
+
         return AnthropicProvider(
-            keys=build_key_source(settings),
+            keys=keys,
             model=settings.claude_model,
             base_url=settings.anthropic_base_url,
             context_window=settings.claude_context_window,

@@ -298,7 +298,7 @@ def test_the_ledger_takes_a_call_once_whatever_the_retries(services: Services) -
                       CallOutcome.COMPLETE, datetime.now(UTC), datetime.now(UTC))  # fmt: skip
     services.usage.record(call)
     services.usage.record(call)  # a retry whose first write had in fact committed
-    with services.database.session() as session:
+    with services._database.session() as session:
         rows = session.scalars(select(UsageEntry).where(UsageEntry.call_id == call.call_id))
         assert len(rows.all()) == 1
 
@@ -466,7 +466,7 @@ def test_a_failed_api_count_falls_back_to_the_estimate(caplog: pytest.LogCapture
 
 
 def model_calls(services: Services) -> list[tuple[Purpose, int | None, int | None, str]]:
-    with services.database.session() as session:
+    with services._database.session() as session:
         rows = session.scalars(select(UsageEntry).order_by(UsageEntry.id)).all()
         return [(r.purpose, r.user_id, r.conversation_id, r.model) for r in rows]
 

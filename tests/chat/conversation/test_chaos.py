@@ -80,7 +80,7 @@ def test_chaos_no_message_lost(services: Services, settings: Settings) -> None:
                 assert result.error and result.error.endswith(".")
         assert sum(1 for r in fake.requests if r.body.get("stream")) >= TURNS
 
-    with services.database.session() as session:
+    with services._database.session() as session:
         messages = session.scalars(select(Message).order_by(Message.id)).all()
     users = [m for m in messages if m.role is MessageRole.USER]
     answers = [m for m in messages if m.role is MessageRole.ASSISTANT]
@@ -145,7 +145,7 @@ def test_cli_against_a_faulty_server_never_loses_a_message() -> None:
     from parley.wiring.services import build_services
 
     svc = build_services(get_settings())
-    with svc.database.session() as session:
+    with svc._database.session() as session:
         stored = session.scalars(
             select(Message.content).where(Message.role == MessageRole.USER).order_by(Message.id)
         ).all()

@@ -87,17 +87,17 @@ class FlakyVectors:
 
 
 def pending(services: Services) -> list[int]:
-    with services.database.session() as session:
+    with services._database.session() as session:
         return list(session.scalars(select(VectorErasure.conversation_id)))
 
 
 def test_erasing_drops_messages_summaries_and_vectors(services: Services, alice: Principal) -> None:
     vectors = FlakyVectors()
-    conversations = ConversationService(services.database, on_delete=vectors)
+    conversations = ConversationService(services._database, on_delete=vectors)
     reply = services.chat.send(alice, None, "hello")
     list(reply)
     cid = reply.conversation_id
-    with services.database.session() as session:
+    with services._database.session() as session:
         session.add(
             Summary(
                 conversation_id=cid,
@@ -109,7 +109,7 @@ def test_erasing_drops_messages_summaries_and_vectors(services: Services, alice:
             )
         )
     conversations.delete(alice, cid)
-    with services.database.session() as session:
+    with services._database.session() as session:
         assert session.scalars(select(Message).where(Message.conversation_id == cid)).all() == []
         assert session.scalars(select(Summary).where(Summary.conversation_id == cid)).all() == []
     assert vectors.dropped == [cid] and pending(services) == []
@@ -119,7 +119,7 @@ def test_a_failed_vector_erase_is_kept_and_retried(
     services: Services, alice: Principal, caplog: pytest.LogCaptureFixture
 ) -> None:
     vectors = FlakyVectors()
-    conversations = ConversationService(services.database, on_delete=vectors)
+    conversations = ConversationService(services._database, on_delete=vectors)
     first = conversations.create(alice, title="one")
     vectors.down = True
     conversations.delete(alice, first.id)  # the user's deletion stands

@@ -35,7 +35,7 @@ def ask(services: Services, user: Principal, question: str, conversation: int | 
 
 def backdate(services: Services, conversation_id: int, days: int) -> None:
     """Move a conversation's messages `days` into the past (as if asked then)."""
-    with services.database.session() as session:
+    with services._database.session() as session:
         session.execute(
             update(Message)
             .where(Message.conversation_id == conversation_id)
@@ -78,17 +78,19 @@ def test_filters_find_a_users_conversation_from_yesterday(
     searched = services.audit.history(admin, kinds=["conversations_searched"]).records
     # Every search that read someone's conversations is theirs to see, matched or not:
     # alice's were read by "harbour" (a match) and "100%" (none); bob's by all three.
-    alice_saw = [a for a in services.review.accesses(alice) if a.kind == "conversations_searched"]
+    alice_saw = [a for a in services.review.looks(alice) if a.kind == "conversations_searched"]
     assert [(a.admin, a.matched) for a in alice_saw] == [("root", False), ("root", True)]
-    bob_saw = [a for a in services.review.accesses(bob) if a.kind == "conversations_searched"]
+    bob_saw = [a for a in services.review.looks(bob) if a.kind == "conversations_searched"]
     assert [a.matched for a in bob_saw] == [False, True, True]
-    keys = services.database.audit_keys
+    keys = services._database.audit_keys
     assert keys is not None
-    assert {r["data"]["text_hmac"] for r in searched} == {
+    assert {json.loads(r.data)["text_hmac"] for r in searched} == {
         keys.keyed_hash("admin search", t) for t in ("harbour", "HARBOUR", "100%")
     }
-    assert "harbour" not in json.dumps(searched)
-    assert text_hash("harbour") not in json.dumps(searched)  # keyed: no guessing without it
+    assert "harbour" not in json.dumps([r.exported() for r in searched])
+    assert text_hash("harbour") not in json.dumps(
+        [r.exported() for r in searched]
+    )  # keyed: no guessing without it
 
 
 def test_pages_split_the_rows_and_count_them_all(
@@ -113,20 +115,20 @@ def test_break_glass_needs_a_reason_is_recorded_and_shown_to_the_owner(
         services.conversations.messages_of(admin, conversation)
     with pytest.raises(InvalidInput):
         services.review.open(admin, conversation, "   because ")
-    assert services.review.accesses(alice) == []
+    assert services.review.looks(alice) == []
     opened = services.review.open(admin, conversation, "Support ticket 4411: wrong answer")
     assert opened.owner == "alice" and opened.messages[0].message.content == "My private worry"
     answer = opened.messages[1]
-    assert answer.prompt is not None and answer.prompt["strategy"] == "token_window"
+    assert answer.prompt is not None and answer.prompt.strategy == "token_window"
     assert services.review.read(admin, conversation).id == conversation
-    (access,) = services.review.accesses(alice)
+    (access,) = services.review.looks(alice)
     assert (access.admin, access.reason, access.conversation_id) == (
         "root",
         "Support ticket 4411: wrong answer",
         conversation,
     )
     assert access.title is not None
-    assert services.review.accesses(bob) == []  # bob sees only accesses to his own
+    assert services.review.looks(bob) == []  # bob sees only accesses to his own
     with pytest.raises(PermissionDenied):
         services.review.open(alice, conversation, "I am curious about this")
 
@@ -154,8 +156,8 @@ def test_history_and_exports(services: Services, admin: Principal, alice: Princi
     services.usage.set_quota(admin, alice.user_id, messages_per_day=3, tokens_per_day=None)
     page = services.audit.history(admin, user_id=alice.user_id, per_page=2)
     assert page.total == 4  # nothing of root's own
-    assert [r["kind"] for r in page.records] == ["quota_set", "answer"]
-    kinds = {r["kind"] for r in services.audit.history(admin, user_id=alice.user_id).records}
+    assert [r.kind for r in page.records] == ["quota_set", "answer"]
+    kinds = {r.kind for r in services.audit.history(admin, user_id=alice.user_id).records}
     assert kinds == {"user_created", "ai_call", "answer", "quota_set"}
     lines = services.audit.export(admin, format="jsonl", user_id=alice.user_id).splitlines()
     assert [json.loads(line)["kind"] for line in lines][-1] == "audit_exported"

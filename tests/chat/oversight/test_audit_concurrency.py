@@ -7,9 +7,8 @@ from __future__ import annotations
 import threading
 
 from parley.core.domain import Principal
-from parley.store.audit import AuditLog
 from parley.wiring.services import Services
-from tests.support import ROOT
+from tests.support import ROOT, audit_records, verify_audit
 
 
 def test_services_appending_from_several_threads_keep_one_chain(services: Services) -> None:
@@ -17,7 +16,7 @@ def test_services_appending_from_several_threads_keep_one_chain(services: Servic
         services.accounts.create_user(ROOT, name=f"user{n}", password=f"password-{n}")
         for n in range(4)
     ]
-    before = AuditLog(services.database).verify().records
+    before = verify_audit(services._database).records
     start = threading.Barrier(len(users))
     errors: list[BaseException] = []
 
@@ -39,9 +38,9 @@ def test_services_appending_from_several_threads_keep_one_chain(services: Servic
     for thread in threads:
         thread.join(timeout=120)
     assert not errors, errors
-    result = AuditLog(services.database).verify()
+    result = verify_audit(services._database)
     assert result.broken is None
     # per action: sign_in; ai_call and answer; quota_set — five rounds, four users
     assert result.records - before == 4 * 5 * 4
-    ids = [r["id"] for r in AuditLog(services.database).records()]
+    ids = [r["id"] for r in audit_records(services._database)]
     assert ids == list(range(1, len(ids) + 1))  # no gaps, no forks

@@ -29,12 +29,11 @@ from parley.core.errors import AuthError
 from parley.retrieval.documents import chunk, parse
 from parley.retrieval.embeddings import HashingEmbedder
 from parley.retrieval.vector_store import VectorStore
-from parley.store.audit import AuditLog
 from parley.store.db import Database
 from parley.store.models import DocumentSync, Summary, VectorErasure
 from parley.wiring.services import Services, build_services
 from tests.retrieval.test_vector_store import files_holding_vectors
-from tests.support import ROOT
+from tests.support import ROOT, audit_records, verify_audit
 
 PADDING = "We spoke about the garden, the weather, the harbour and the long walk home. " * 3
 
@@ -118,7 +117,7 @@ def test_a_deleted_conversation_leaves_no_byte_of_its_text_or_vectors(
     marker = "ZEBRA-QUILL-7731"
     conversation_id = converse(real, alice, scripted, marker)
     kept = converse(real, alice, scripted, "OTTER-LANTERN-2207")  # another, left alone
-    with real.database.session() as session:
+    with real._database.session() as session:
         folded = session.scalar(
             select(func.count(Summary.id)).where(Summary.conversation_id == conversation_id)
         )
@@ -133,7 +132,7 @@ def test_a_deleted_conversation_leaves_no_byte_of_its_text_or_vectors(
     assert files_holding(settings.data_dir, "OTTER-LANTERN-2207")  # the other one stays
     assert files_holding_vectors(settings.data_dir, other[:1])
     assert [c.id for c in real.conversations.list_for(alice)] == [kept]
-    assert AuditLog(real.database).verify().broken is None
+    assert verify_audit(real._database).broken is None
 
 
 def test_an_erased_user_leaves_no_byte_of_their_text_and_cannot_sign_in(
@@ -151,13 +150,13 @@ def test_an_erased_user_leaves_no_byte_of_their_text_and_cannot_sign_in(
     data = f"# Notes\nThe vault code is {document_marker}.\n{PADDING}".encode()
     real.documents.add(alice, name, data, public=True)  # bob's answers will quote it too
     converse(real, alice, scripted, marker)
-    cited = [r for r in AuditLog(real.database).records() if r["kind"] == "answer"]
+    cited = [r for r in audit_records(real._database) if r["kind"] == "answer"]
     assert any(r["data"]["prompt"]["sources"] for r in cited), "the document fed an answer"
     scripted.default_answer = f"As the notes say [1]. {PADDING}"
     reply = real.chat.send(bob, None, f"What is the vault code? {PADDING}")
     list(reply)
     (quoted,) = [m for m in real.conversations.messages(bob, reply.conversation_id) if m.citations]
-    assert document_marker in quoted.citations[0]["cited_text"]  # bob's answer quotes it
+    assert document_marker in quoted.citations[0].cited_text  # bob's answer quotes it
     converse(real, bob, scripted, "SPRUCE-KITE-3310")
     assert files_holding(settings.data_dir, marker)
     assert files_holding(settings.data_dir, document_marker)
@@ -167,7 +166,7 @@ def test_an_erased_user_leaves_no_byte_of_their_text_and_cannot_sign_in(
     counts = real.erasure.erase_user(ROOT, "alice")
     assert counts == {"conversations": 1, "messages": 16, "documents": 1}
     (kept,) = [m for m in real.conversations.messages(bob, reply.conversation_id) if m.citations]
-    assert kept.citations[0]["cited_text"] == "" and kept.content.startswith("As the notes")
+    assert kept.citations[0].cited_text == "" and kept.content.startswith("As the notes")
     assert files_holding(settings.data_dir, marker) == []
     assert files_holding(settings.data_dir, document_marker) == []
     assert files_holding_vectors(settings.data_dir, erased) == []
@@ -175,9 +174,9 @@ def test_an_erased_user_leaves_no_byte_of_their_text_and_cannot_sign_in(
     assert files_holding_vectors(settings.data_dir, turn_vectors(embedder, "SPRUCE-KITE-3310"))
     with pytest.raises(AuthError):
         real.accounts.authenticate(name="alice", password="alice-password")
-    verified = AuditLog(real.database).verify()
+    verified = verify_audit(real._database)
     assert verified.broken is None
-    (tombstone,) = [r for r in AuditLog(real.database).records() if r["kind"] == "user_erased"]
+    (tombstone,) = [r for r in audit_records(real._database) if r["kind"] == "user_erased"]
     assert tombstone["about_id"] == alice.user_id and tombstone["data"]["messages"] == 16
     # The ledger keeps what the calls cost (metadata, for the accounts), by id, not by name.
     ledger = {row.user for row in real.usage.by_user_and_day(ROOT, days=1)}
@@ -231,14 +230,14 @@ def test_a_purge_that_fails_is_done_by_the_start_up_sweep(
         real.documents.delete(alice, document.id)
     assert files_holding(settings.data_dir, marker) == []  # the database's part is done
     assert files_holding_vectors(settings.data_dir, erased)  # the vector store's is not...
-    with real.database.session() as session:  # ...and stays pending
+    with real._database.session() as session:  # ...and stays pending
         assert session.scalars(select(VectorErasure.conversation_id)).all() == [conversation_id]
         assert session.scalars(select(DocumentSync.document_id)).all() == [document.id]
     real.close()
     # A restart: its start-up sweep (run inline here) purges what is pending.
     restarted = build_services(real.settings, provider=scripted, background=inline())
     assert files_holding_vectors(settings.data_dir, erased) == []
-    with restarted.database.session() as session:
+    with restarted._database.session() as session:
         assert session.scalars(select(VectorErasure.conversation_id)).all() == []
         assert session.scalars(select(DocumentSync.document_id)).all() == []
 

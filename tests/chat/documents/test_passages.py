@@ -1,7 +1,8 @@
 """Document passages in the prompt: `search_result` blocks for Claude, a data envelope
 for the local model, never the system prompt; cited, recorded with the answer, and only
 ever the asking user's own to see. The BIPIA attack strings (read from ../shared/data at
-run time) are planted in documents and checked in the request each model receives."""
+run time; missing, they skip the tests locally and fail them under CI) are planted in
+documents and checked in the request each model receives."""
 
 from __future__ import annotations
 
@@ -22,21 +23,28 @@ from parley.retrieval.document_index import DocumentIndex
 from parley.retrieval.embeddings import HashingEmbedder
 from parley.retrieval.vector_store import VectorStore
 from parley.wiring.services import Services, build_services
-from tests.support import ROOT
+from tests.support import ROOT, shared_data
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 ENVELOPE = re.compile(r"<(quoted_documents_[0-9a-f]{16})>(.*?)</\1>", re.DOTALL)
 
 
 def attacks() -> list[str]:
     found: list[str] = []
     for name in ("bipia_text_attack_train.json", "bipia_code_attack_train.json"):
-        path = SHARED / name
-        if not path.is_file():
-            pytest.skip(f"{path} is not here")
-        for strings in json.loads(path.read_text()).values():
+        for strings in json.loads(shared_data(name).read_text()).values():
             found.extend(strings)
     return found
+
+
+def test_missing_attack_strings_fail_under_ci_and_skip_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="is not here"):
+        shared_data("bipia_no_such_file.json")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="is not here"):
+        shared_data("bipia_no_such_file.json")
 
 
 @pytest.fixture
@@ -135,10 +143,10 @@ def test_claudes_citations_are_stored_with_the_answer(
     assert "".join(reply) == "The policy says refunds take 30 days."
     (stored,) = claude.conversations.messages(alice, reply.conversation_id)[1:]
     (citation,) = stored.citations
-    assert citation["n"] == 1 and citation["document_id"] == info.id
-    assert citation["name"] == "policy.md" and citation["chunks"] == [0]
-    assert "within 30 days" in str(citation["cited_text"])
-    assert citation["offset"] == len("The policy says refunds take 30 days")
+    assert citation.n == 1 and citation.document_id == info.id
+    assert citation.name == "policy.md" and citation.chunks == [0]
+    assert "within 30 days" in citation.cited_text
+    assert citation.offset == len("The policy says refunds take 30 days")
     opened = claude.documents.open_chunk(alice, info.id, 0)
     assert opened.name == "policy.md" and "within 30 days" in opened.text
 
@@ -165,9 +173,9 @@ def test_the_local_models_numbered_references_become_citations(
     reply = local.chat.send(alice, None, "How long do refunds take?")
     list(reply)
     (citation,) = local.conversations.messages(alice, reply.conversation_id)[-1].citations
-    assert citation["n"] == 1 and citation["document_id"] == info.id
-    assert citation["offset"] == len("Within 30 days [1]")
-    assert citation["marker"] is True  # the page adds no second [1]
+    assert citation.n == 1 and citation.document_id == info.id
+    assert citation.offset == len("Within 30 days [1]")
+    assert citation.marker is True  # the page adds no second [1]
 
 
 def test_a_scripted_native_citation_takes_its_place_in_the_answer(
@@ -184,7 +192,7 @@ def test_a_scripted_native_citation_takes_its_place_in_the_answer(
     list(reply)
     assert scripted.requests[-1].messages[-1].sources[0].texts == ("Alpha is the first letter.",)
     (citation,) = native.conversations.messages(alice, reply.conversation_id)[-1].citations
-    assert citation["offset"] == len("Alpha")
+    assert citation.offset == len("Alpha")
 
 
 def test_passages_are_recorded_with_the_answer_and_why_they_were_allowed(
@@ -199,14 +207,14 @@ def test_passages_are_recorded_with_the_answer_and_why_they_were_allowed(
     bob_reply = claude.chat.send(bob, None, "Marketing budget in May?")
     list(bob_reply)
     assert results_text(fake_anthropic) == ""  # not shared with him yet
-    assert bob_reply.context.sources == ()
+    assert bob_reply.provenance.sources == []
     claude.groups.assign(ROOT, "finance", "alice")
     claude.documents.share(alice, info.id, group="finance")
     reply = claude.chat.send(bob, None, "Marketing budget in May?")
     list(reply)
     assert "40,000 euros" in results_text(fake_anthropic)
-    (source,) = reply.context.sources
-    assert source["document_id"] == info.id and source["allowed_as"] == "group finance"
+    (source,) = reply.provenance.sources
+    assert source.document_id == info.id and source.allowed_as == "group finance"
     stored = claude.conversations.messages(bob, reply.conversation_id)
     assert stored[-1].content == "I cannot see that."
 
@@ -218,7 +226,7 @@ def test_a_conversation_draws_only_on_the_documents_it_was_given(
     second = claude.documents.add(alice, "b.md", b"The red budget is 20 euros.")
     reply = claude.chat.send(alice, None, "What is the budget?", documents=[second.id])
     list(reply)
-    assert [s["document_id"] for s in reply.context.sources] == [second.id]
+    assert [s.document_id for s in reply.provenance.sources] == [second.id]
     cid = reply.conversation_id
     assert claude.conversations.documents_of(alice, cid) == [second.id]
     claude.conversations.choose_documents(alice, cid, None)

@@ -47,7 +47,7 @@ def test_each_answer_stores_usage_and_cost(
 ) -> None:
     scripted.model = "claude-haiku-test"
     list(services.chat.send(alice, None, "x" * 4000))
-    with services.database.session() as session:
+    with services._database.session() as session:
         user_row, answer = session.scalars(select(Message).order_by(Message.id)).all()
     assert user_row.estimated_input_tokens and user_row.estimated_input_tokens > 400
     assert answer.input_tokens and answer.output_tokens == 1
@@ -84,7 +84,7 @@ def test_message_quota_ends_with_the_reset_time(
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).date()
     assert caught.value.resets_at.date() == tomorrow
     assert len(scripted.requests) == 2
-    with services.database.session() as session:
+    with services._database.session() as session:
         contents = session.scalars(
             select(Message.content).where(Message.role == MessageRole.USER)
         ).all()
@@ -96,7 +96,7 @@ def test_token_quota_reserves_the_prompt_and_the_output_cap(
 ) -> None:
     cap = services.settings.max_output_tokens
     list(services.chat.send(bob, None, "a question"))  # bob is not limited
-    with services.database.session() as session:
+    with services._database.session() as session:
         prompt = session.scalar(select(Message.estimated_input_tokens).limit(1))
     assert prompt
     # Room for exactly one such message (its prompt and the longest answer), not two.
@@ -119,7 +119,7 @@ def test_yesterdays_use_does_not_count_today(
 ) -> None:
     services.usage.set_quota(ROOT, alice.user_id, messages_per_day=1, tokens_per_day=None)
     list(services.chat.send(alice, None, "yesterday"))
-    with services.database.session() as session:
+    with services._database.session() as session:
         for entry in session.scalars(select(UsageEntry)):
             entry.ended_at = datetime.now(UTC) - timedelta(days=1)
     list(services.chat.send(alice, None, "today"))
@@ -152,7 +152,7 @@ def test_summaries_and_titles_count_against_the_owner(
     scripted.enqueue("Lisbon is lovely in spring.")
     scripted.enqueue('{"title": "Spring in Lisbon"}')
     list(services.chat.send(alice, None, "Where should I go in April?"))
-    with services.database.session() as session:
+    with services._database.session() as session:
         entries = session.scalars(select(UsageEntry).order_by(UsageEntry.id)).all()
         by_purpose = {e.purpose: e.tokens for e in entries}
         assert {e.user_name for e in entries} == {"alice"}
@@ -170,7 +170,7 @@ def test_an_aborted_answer_is_charged(
     chunks = iter(reply)
     assert next(chunks) == "one "
     reply.close()  # the reader leaves: Stop, Ctrl-C, a closed tab
-    with services.database.session() as session:
+    with services._database.session() as session:
         (entry,) = session.scalars(select(UsageEntry)).all()
     assert (entry.purpose, entry.outcome) == (Purpose.CHAT, CallOutcome.ABORTED)
     assert entry.input_tokens == reply.estimated_input_tokens > 0
@@ -204,7 +204,7 @@ def test_concurrent_sends_cannot_overshoot_the_quota(services: Services, alice: 
         thread.join(30)
     assert sorted(outcomes) == ["answered"] * 3 + ["refused"] * 5
     assert services.usage.today(alice).messages == 3
-    with services.database.session() as session:
+    with services._database.session() as session:
         assert session.scalars(select(QuotaReservation)).all() == []  # all given back
 
 
@@ -225,13 +225,13 @@ def test_an_answer_never_started_frees_its_quota(
     """The page reran between the send and the first chunk: nothing is held for 15 minutes."""
     services.usage.set_quota(ROOT, alice.user_id, messages_per_day=1, tokens_per_day=None)
     reply = services.chat.send(alice, None, "never read")
-    with services.database.session() as session:
+    with services._database.session() as session:
         assert len(session.scalars(select(QuotaReservation)).all()) == 1
     reply.close()
     assert reply.result is not None and reply.result.error == (
         "The answer was stopped before it began."
     )
-    with services.database.session() as session:
+    with services._database.session() as session:
         assert session.scalars(select(QuotaReservation)).all() == []
         stored = session.scalars(select(Message).order_by(Message.id)).all()
     assert [m.status.value for m in stored] == ["complete", "error"]  # the question is kept

@@ -18,14 +18,14 @@ from parley.core.errors import AuthError
 from parley.retrieval.document_index import DocumentIndex
 from parley.retrieval.embeddings import HashingEmbedder
 from parley.retrieval.vector_store import VectorStore
-from parley.store.audit import AuditLog, redact_user_in, text_hash
+from parley.store.audit import redact_user_in, text_hash
 from parley.store.models import Message, UsageEntry
 from parley.wiring.services import Services, build_services
-from tests.support import ROOT
+from tests.support import ROOT, audit_records, verify_audit
 
 
 def records(services: Services, kind: str | None = None) -> list[dict[str, Any]]:
-    found = list(AuditLog(services.database).records())
+    found = list(audit_records(services._database))
     return [r for r in found if kind is None or r["kind"] == kind]
 
 
@@ -44,7 +44,7 @@ def test_an_answer_is_recorded_with_its_calls_provenance_and_hashes(
     (answer,) = records(services, "answer")
     refs = answer["data"]["messages"]
     assert [r["id"] for r in refs] == [reply.user_message_id, reply.result.message_id]
-    with services.database.session() as session:
+    with services._database.session() as session:
         salts = [session.get(Message, r["id"]).salt for r in refs]  # type: ignore[union-attr]
     assert all(salts) and salts[0] != salts[1]  # random, one per message
     assert refs[0]["sha256"] == text_hash(f"{salts[0]}When did the lake freeze?")
@@ -55,7 +55,7 @@ def test_an_answer_is_recorded_with_its_calls_provenance_and_hashes(
     assert "summary_version" in prompt and "recalled" in prompt and "sources" in prompt
     everything = json.dumps(records(services))
     assert "lake" not in everything  # hashes and ids only: the text lives in the messages
-    assert AuditLog(services.database).verify().broken is None
+    assert verify_audit(services._database).broken is None
 
 
 def test_a_message_edited_or_removed_by_hand_breaks_verification(
@@ -67,17 +67,16 @@ def test_a_message_edited_or_removed_by_hand_breaks_verification(
     scripted.enqueue("Still fine.")
     second = services.chat.send(alice, first.conversation_id, "And now?")
     list(second)
-    log = AuditLog(services.database)
-    assert log.verify().broken is None
+    assert verify_audit(services._database).broken is None
     answer_records = records(services, "answer")
-    with services.database.session() as session:
+    with services._database.session() as session:
         session.execute(
             update(Message).where(Message.id == first.user_message_id).values(content="Edited")
         )
-    broken = log.verify().broken
+    broken = verify_audit(services._database).broken
     assert broken is not None and broken.record_id == answer_records[0]["id"]
     assert f"message {first.user_message_id} was changed" in broken.reason
-    with services.database.session() as session:
+    with services._database.session() as session:
         session.execute(
             update(Message)
             .where(Message.id == first.user_message_id)
@@ -85,7 +84,7 @@ def test_a_message_edited_or_removed_by_hand_breaks_verification(
         )
         assert second.result is not None
         session.execute(delete(Message).where(Message.id == second.result.message_id))
-    broken = log.verify().broken
+    broken = verify_audit(services._database).broken
     assert broken is not None and broken.record_id == answer_records[1]["id"]
     assert "removed with no erasure record" in broken.reason
 
@@ -100,7 +99,7 @@ def test_an_erased_conversation_leaves_a_tombstone_and_the_chain_verifies(
     (tombstone,) = records(services, "conversation_erased")
     assert tombstone["data"] == {"conversation_ids": [reply.conversation_id], "message_count": 2}
     assert tombstone["about_id"] == alice.user_id
-    assert AuditLog(services.database).verify().broken is None
+    assert verify_audit(services._database).broken is None
     assert "4-8-15" not in json.dumps(records(services))
 
 
@@ -118,7 +117,7 @@ def test_sign_ins_refusals_and_sessions_are_recorded(services: Services, alice: 
         ("?", None),  # no such account: the typed name only by its hash
     ]
     # Only by a keyed hash: a password typed into the name box cannot be guessed from it.
-    keys = services.database.audit_keys
+    keys = services._database.audit_keys
     assert keys is not None
     assert failed[1]["data"]["typed_hmac"] == keys.keyed_hash("typed name", "nobody")
     assert text_hash("nobody") not in json.dumps(failed)
@@ -129,10 +128,12 @@ def test_sign_ins_refusals_and_sessions_are_recorded(services: Services, alice: 
     services.sessions.start(alice)
     services.accounts.set_password(ROOT, "alice", "a-new-password")
     (ended,) = records(services, "session_ended")
-    assert ended["data"] == {"reason": "signed out"} and ended["actor"] == "alice"
+    assert ended["data"]["reason"] == "signed out" and ended["actor"] == "alice"
+    assert ended["subject"] == f"session {ended['data']['session_id']}"
     (revoked,) = records(services, "sessions_revoked")
     assert revoked["actor"] == "(operator)" and revoked["about_id"] == alice.user_id
-    assert revoked["data"] == {"reason": "new password", "sessions": 2}
+    assert revoked["data"] == {"reason": "new password", "sessions": 2, "user_id": alice.user_id}
+    assert revoked["subject"] == f"user {alice.user_id}"  # ids, never names
     (password_set,) = records(services, "password_set")
     assert password_set["about_id"] == alice.user_id
 
@@ -174,7 +175,7 @@ def test_admin_and_document_actions_are_recorded(
         ("document_deleted", "alice", alice.user_id),
     ]
     assert "launch" not in json.dumps(records(docs))
-    assert AuditLog(docs.database).verify().broken is None
+    assert verify_audit(docs._database).broken is None
 
 
 def test_an_erased_users_names_leave_the_trail_and_the_ledger_and_it_still_verifies(
@@ -208,19 +209,19 @@ def test_an_erased_users_names_leave_the_trail_and_the_ledger_and_it_still_verif
     # By id, or Parley's own words; the refused sign-in named her: "[erased]". Only the
     # erasure record itself, written after, names the operator who erased her.
     assert {r["actor"] for r in mine} == {f"user #{user.user_id}", "oidc", "[erased]", ROOT.name}
-    with services.database.session() as session:
+    with services._database.session() as session:
         names = session.scalars(select(UsageEntry.user_name)).all()
     assert names and set(names) == {f"user #{user.user_id}"}
-    assert AuditLog(services.database).verify().broken is None
+    assert verify_audit(services._database).broken is None
 
 
 def test_a_redaction_with_no_erasure_on_record_breaks_verification(
     services: Services, alice: Principal
 ) -> None:
     services.accounts.set_password(ROOT, "alice", "a-new-password")
-    with services.database.session() as session:  # an insider "redacts" to hide an action
+    with services._database.session() as session:  # an insider "redacts" to hide an action
         redact_user_in(session, alice.user_id)
-    broken = AuditLog(services.database).verify().broken
+    broken = verify_audit(services._database).broken
     assert broken is not None and "no later erasure of its user" in broken.reason
 
 
@@ -234,4 +235,4 @@ def test_erasing_the_admin_who_erased_someone_keeps_the_trail_whole(services: Se
     services.accounts.set_password(ROOT, "alice", "a-new-password")  # a record about her
     services.erasure.erase_user(eraser, "alice")
     services.erasure.erase_user(ROOT, "eraser")
-    assert AuditLog(services.database).verify().broken is None
+    assert verify_audit(services._database).broken is None

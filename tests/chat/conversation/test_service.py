@@ -26,7 +26,7 @@ from parley.wiring.services import Services
 
 
 def stored(services: Services, conversation_id: int) -> list[Message]:
-    with services.database.session() as session:
+    with services._database.session() as session:
         return list(
             session.scalars(
                 select(Message)
@@ -44,7 +44,7 @@ def test_user_message_is_committed_before_the_provider_is_called(
     def check_database(request: ChatRequest) -> None:
         del request
         # A separate session: only committed rows are visible.
-        with services.database.session() as session:
+        with services._database.session() as session:
             rows = session.scalars(select(Message).order_by(Message.id)).all()
             seen.append([(m.role.value, m.content) for m in rows])
 

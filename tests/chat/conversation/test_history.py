@@ -13,14 +13,14 @@ from parley.wiring.services import Services
 
 
 def cached(services: Services, cache: HistoryCache, conversation_id: int) -> list[int]:
-    with services.database.session() as session:
+    with services._database.session() as session:
         conversation = session.get(Conversation, conversation_id)
         assert conversation is not None
         return [t.id for t in cache.turns(session, conversation)]
 
 
 def fresh(services: Services, conversation_id: int) -> list[int]:
-    with services.database.session() as session:
+    with services._database.session() as session:
         return [t.id for t in prompt_turns(session, conversation_id)]
 
 
@@ -61,7 +61,7 @@ def test_a_change_made_elsewhere_is_noticed(services: Services, alice: Principal
     list(services.chat.send(alice, conversation, "second"))
     assert len(cached(services, cache, conversation)) == 4
     # Another process supersedes an answer and adds a turn: the cache notices and rereads.
-    with services.database.session() as session:
+    with services._database.session() as session:
         session.execute(
             update(Message)
             .where(Message.id == reply.result.message_id)  # type: ignore[union-attr]
@@ -82,7 +82,7 @@ def test_a_deleted_conversations_id_given_again_brings_back_nothing(
     new = services.chat.send(bob, None, "bob's question")
     list(new)
     # SQLite gives the highest id again after a delete; either way nothing of alice's shows.
-    with services.database.session() as session:
+    with services._database.session() as session:
         texts = [
             t.content
             for t in cache.turns(session, session.get(Conversation, new.conversation_id))  # type: ignore[arg-type]
@@ -98,13 +98,13 @@ def test_a_message_that_commits_late_with_a_lower_id_is_not_lost(
     list(reply)
     conversation = reply.conversation_id
     newest = max(fresh(services, conversation))
-    with services.database.session() as session:
+    with services._database.session() as session:
         session.add(
             Message(id=newest + 100, conversation_id=conversation, role="user", content="b")
         )
     assert cached(services, cache, conversation) == fresh(services, conversation)
     # Another writer took a lower id earlier and commits only now (PostgreSQL sequences).
-    with services.database.session() as session:
+    with services._database.session() as session:
         session.add(Message(id=newest + 50, conversation_id=conversation, role="user", content="a"))
     assert cached(services, cache, conversation) == fresh(services, conversation)
     assert newest + 50 in cached(services, cache, conversation)

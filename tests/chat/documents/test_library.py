@@ -22,7 +22,7 @@ from parley.core.errors import InvalidInput, NotFound, StorageUnavailable
 from parley.retrieval.document_index import (
     LEGACY_COLLECTION,
     PUBLIC_SCOPE,
-    Access,
+    DocumentAccess,
     DocumentIndex,
     group_scope,
     user_scope,
@@ -103,7 +103,7 @@ def test_a_failure_while_indexing_leaves_nothing(
     services: Services, store: VectorStore, alice: Principal
 ) -> None:
     class Failing(DocumentIndex):
-        def add(self, document_id: int, vectors: np.ndarray, access: Access) -> None:
+        def add(self, document_id: int, vectors: np.ndarray, access: DocumentAccess) -> None:
             super().add(document_id, vectors[:1], access)  # half written, then it breaks
             raise ConnectionError("vector store went away")
 
@@ -115,7 +115,7 @@ def test_a_failure_while_indexing_leaves_nothing(
     with pytest.raises(StorageUnavailable) as failed:
         broken.documents.add(alice, "long.txt", " ".join(["word"] * 2000).encode())
     assert failed.value.user_message.startswith("long.txt could not be indexed")
-    with services.database.session() as session:
+    with services._database.session() as session:
         assert session.scalars(select(Document)).all() == []
         assert session.scalars(select(DocumentChunk)).all() == []
     assert rows(store) == set()
@@ -129,7 +129,7 @@ def test_an_upload_holds_no_lock_while_it_is_indexed_and_is_unseen_until_ready(
     indexing, release = threading.Event(), threading.Event()
 
     class Slow(DocumentIndex):
-        def add(self, document_id: int, vectors: np.ndarray, access: Access) -> None:
+        def add(self, document_id: int, vectors: np.ndarray, access: DocumentAccess) -> None:
             indexing.set()
             assert release.wait(30)
             super().add(document_id, vectors, access)
@@ -173,7 +173,7 @@ def test_a_deleted_documents_vectors_are_purged_off_the_request(
         later.append(task)
         return True
 
-    deferred = DocumentService(docs.database, docs.documents._index, defer=defer)
+    deferred = DocumentService(docs._database, docs.documents._index, defer=defer)
     info = deferred.add(alice, "lake.md", b"# Lake\nThe lake froze in January.\n")
     deferred.delete(alice, info.id)
     assert rows(store) and len(later) == 1  # not yet: the request did not wait for it
@@ -186,11 +186,11 @@ def test_an_upload_abandoned_by_a_dead_process_is_swept(
     docs: Services, store: VectorStore, alice: Principal
 ) -> None:
     info = docs.documents.add(alice, "lake.md", b"# Lake\nThe lake froze in January.\n")
-    with docs.database.session() as session:  # as if its process died before "ready"
+    with docs._database.session() as session:  # as if its process died before "ready"
         session.execute(update(Document).values(ready=False))
     assert docs.documents.search(alice, "lake froze") == []
     assert docs.documents.sweep_abandoned(older_than=timedelta(0)) == 1
-    with docs.database.session() as session:
+    with docs._database.session() as session:
         assert session.scalars(select(Document)).all() == []
         assert session.scalars(select(DocumentChunk)).all() == []
     assert rows(store) == set() and info.id
@@ -229,7 +229,7 @@ def test_vectors_of_the_one_shared_collection_move_into_scopes_at_start_up(
     vector = store.get(user_scope(alice.user_id))[f"{info.id}:0"]
     for name in store.names():
         store.delete_collection(name)
-    legacy = Access(alice.user_id, False, frozenset({team}))
+    legacy = DocumentAccess(alice.user_id, False, frozenset({team}))
     store.add(LEGACY_COLLECTION, [f"{info.id}:0"], vector[None, :], [legacy.metadata(info.id)])
     assert docs.documents.sweep_index() == 0
     assert LEGACY_COLLECTION not in store.names()
@@ -337,7 +337,7 @@ def test_no_user_ever_finds_what_they_may_not_see(
         return owner == user or (owner >= 0 and (public or bool(shared & in_groups)))
 
     ours = {d[0] for d in documents}
-    with world.database.session() as session:  # earlier examples' documents: public ones only
+    with world._database.session() as session:  # earlier examples' documents: public ones only
         public_elsewhere = set(
             session.scalars(select(Document.id).where(Document.public, Document.id.not_in(ours)))
         )
@@ -357,7 +357,7 @@ class Flaky(DocumentIndex):
 
     down = False
 
-    def sync(self, document_id: int, access: Access | None, stale: Iterable[str]) -> None:
+    def sync(self, document_id: int, access: DocumentAccess | None, stale: Iterable[str]) -> None:
         if self.down:
             raise ConnectionError("vector store went away")
         super().sync(document_id, access, stale)
