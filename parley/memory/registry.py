@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "parley.memory_strategies"
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+class LookUp:
+    """`resolve`'s default: read the conversation's options per call."""
+
+
+LOOK_UP = LookUp()
 
 
 class _LazyRecall:
@@ -264,12 +271,17 @@ class StrategyRegistry:
         Raises `InvalidInput` when what the conversation stored no longer suits the
         strategy (a plug-in changed its options); the stored values are left as they are.
         """
-        strategy = self._strategy(name)
-        overrides = self.conversation_overrides(conversation_id, name)
+        return self._with_overrides(name, self.conversation_overrides(conversation_id, name))
+
+    def _with_overrides(self, name: str, overrides: Mapping[str, object]) -> BaseModel:
         if not overrides:
             return self._env_options[name]
         return opts.validated(
-            name, strategy.options_model, self._env_values.get(name, {}), overrides, stored=True
+            name,
+            self._strategy(name).options_model,
+            self._env_values.get(name, {}),
+            overrides,
+            stored=True,
         )
 
     def prepare(self, question: str) -> None:
@@ -287,16 +299,24 @@ class StrategyRegistry:
         """Release what the strategies hold (the recall index's question worker)."""
         self._deps.close()
 
-    def resolve(self, name: str | None) -> MemoryStrategy:
+    def resolve(
+        self, name: str | None, stored: Mapping[str, Any] | None | LookUp = LOOK_UP
+    ) -> MemoryStrategy:
         """The strategy a conversation chose, or the default if it is no longer installed
         (logged): a removed plugin must not stop a conversation from going on. Each call of
-        its `build` and `observe` uses that conversation's own options."""
+        its `build` and `observe` uses that conversation's own options — `stored` (what the
+        conversation row holds, by strategy) when the caller has read them already, else
+        looked up per call."""
         if name is not None and name not in self._installed:
             log.warning(
                 "Memory strategy %r is not installed; using the default %r.", name, self.default
             )
             name = None
         chosen = name or self.default
+        if not isinstance(stored, LookUp):
+            return self._instance(
+                chosen, self._with_overrides(chosen, (stored or {}).get(chosen) or {})
+            )
         if self._conversation_options is None:
             return self.get(chosen)
         return _PerConversation(self, chosen)

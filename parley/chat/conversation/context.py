@@ -7,8 +7,9 @@ Shared by the turn lifecycle (`conversation.service`) and the strategy lab
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -18,6 +19,7 @@ from parley.core.errors import InvalidInput
 from parley.core.llm import ChatProvider
 from parley.core.records import DocumentSource, Provenance, RecalledTurn
 from parley.memory import ContextRequest, ContextWindow, StrategyRegistry, Turn
+from parley.memory.registry import LOOK_UP, LookUp
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +74,12 @@ class ContextBuilder:
         history: Sequence[Turn],
         question: str,
         budget: int | None = None,
+        options: Mapping[str, Any] | None | LookUp = LOOK_UP,
     ) -> ContextWindow:
-        """The context `strategy` (None: the default) builds, within the budget (or less)."""
+        """The context `strategy` (None: the default) builds, within the budget (or less);
+        `options` the conversation's stored memory options, when the caller has its row."""
         limit = self.budget()
-        return self._memory.resolve(strategy).build(
+        return self._memory.resolve(strategy, options).build(
             ContextRequest(
                 conversation_id=conversation_id,
                 system=self._settings.system_prompt,

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import unicodedata
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 
+from parley.chat.conversation.context import provenance_of
 from parley.core.domain import MessageStatus
 from parley.core.errors import InvalidInput
 from parley.core.llm import Usage
-from parley.core.records import Provenance
+from parley.core.records import DocumentSource, Provenance
 from parley.memory import ContextWindow
 
 
@@ -65,7 +67,7 @@ class ReplyStream:
         user_message_id: int,
         estimate: int,
         context: ContextWindow,
-        provenance: Provenance,
+        sources: Sequence[DocumentSource],
         *,
         user_id: int,
         reservation: int | None = None,
@@ -76,11 +78,21 @@ class ReplyStream:
         self.user_id = user_id
         self.estimated_input_tokens = estimate
         self.context = context  # the prompt as the model gets it
-        self.provenance = provenance  # what went into it, kept with the answer
+        self.sources = tuple(sources)  # the document passages in it
         self.result: ReplyResult | None = None
         self.on_queue: Callable[[int], None] | None = None
         self._chunks: Generator[str, None, None] | None = None
         self._abandon: Callable[[], None] | None = None
+
+    @functools.cached_property
+    def provenance(self) -> Provenance | None:
+        """What went into the prompt, kept with the answer: made when first asked (after
+        the stream, off the first token's path). None, logged, if the strategy reported
+        what cannot be kept: the answer is stored all the same."""
+        try:
+            return provenance_of(self.context, self.sources)
+        except InvalidInput:
+            return None
 
     def __iter__(self) -> Iterator[str]:
         return self._chunks if self._chunks is not None else iter(())

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from parley.chat.conversation.context import ContextBuilder, Estimate, provenance_of
+from parley.chat.conversation.context import ContextBuilder, Estimate
 from parley.chat.conversation.conversations import owned_conversation
 from parley.chat.conversation.history import HistoryCache, prompt_turns, visible_messages
 from parley.chat.conversation.replies import ReplyResult, ReplyStream, clean_message_text
@@ -49,7 +49,7 @@ from parley.core.llm import (
     TextDelta,
     Usage,
 )
-from parley.core.records import CitedPassage, Provenance
+from parley.core.records import CitedPassage
 from parley.core.retry import retried
 from parley.memory import ContextWindow, Turn, message_tokens
 from parley.store.audit import append_in, message_hash
@@ -123,13 +123,13 @@ class ChatService:
                     self._context.build(
                         conversation_id=conversation.id if conversation else 0,
                         strategy=conversation.memory_strategy if conversation else None,
+                        options=conversation.memory_options if conversation else None,
                         history=history,
                         question=text,
                         budget=self._context.budget() - passages.tokens if passages.hits else None,
                     ),
                     native=self._provider.native_citations,
                 )
-                provenance = provenance_of(context, passages.sources())  # before any write
                 # Before this session writes anything: the reservation takes the write lock.
                 reservation = self._reserve(principal, context)
                 if conversation is None:
@@ -154,9 +154,7 @@ class ChatService:
                 session.flush()
                 ids = (conversation.id, user_message.id)
             # The user's message is committed here, before the provider is called.
-            return self._start(
-                principal, ids[0], ids[1], context, provenance, reservation, passages
-            )
+            return self._start(principal, ids[0], ids[1], context, reservation, passages)
         except BaseException:
             self._usage.release(reservation)
             raise
@@ -184,20 +182,18 @@ class ChatService:
                     self._context.build(
                         conversation_id=conversation.id,
                         strategy=conversation.memory_strategy,
+                        options=conversation.memory_options,
                         history=history,
                         question=question.content,
                         budget=self._context.budget() - passages.tokens if passages.hits else None,
                     ),
                     native=self._provider.native_citations,
                 )
-                provenance = provenance_of(context, passages.sources())  # before any write
                 reservation = self._reserve(principal, context)
                 for failed in later:
                     failed.status = MessageStatus.SUPERSEDED
                 ids = (conversation.id, question.id)
-            return self._start(
-                principal, ids[0], ids[1], context, provenance, reservation, passages
-            )
+            return self._start(principal, ids[0], ids[1], context, reservation, passages)
         except BaseException:
             self._usage.release(reservation)
             raise
@@ -265,7 +261,6 @@ class ChatService:
         conversation_id: int,
         user_message_id: int,
         context: ContextWindow,
-        provenance: Provenance,
         reservation: int | None,
         passages: Passages = NO_PASSAGES,
     ) -> ReplyStream:
@@ -284,7 +279,7 @@ class ChatService:
             user_message_id,
             estimate,
             context,
-            provenance,
+            passages.sources(),
             user_id=principal.user_id,
             reservation=reservation,
         )
@@ -402,7 +397,7 @@ class ChatService:
             "cache_read_input_tokens": usage.cache_read_input_tokens if usage else None,
             "estimated_input_tokens": stream.estimated_input_tokens,
             "cost_usd": cost,
-            "context": stream.provenance,
+            "context": stream.provenance,  # made after the stream, off the first token's path
             "citations": citations or None,
             "stop_reason": ends[-1].stop_reason if ends else None,
             "error": sentence,
@@ -455,7 +450,7 @@ class ChatService:
                     input_tokens=message.input_tokens,
                     output_tokens=message.output_tokens,
                     cost_usd=message.cost_usd,
-                    prompt=stream.provenance.without_names(),
+                    prompt=stream.provenance.without_names() if stream.provenance else None,
                     cited=[
                         CitedRef(n=c.n, document_id=c.document_id, chunks=c.chunks)
                         for c in fields["citations"] or ()
