@@ -166,7 +166,9 @@ def test_an_admin_signed_in_through_oidc_reviews_yesterdays_conversation(tmp_pat
                 # Signing out ends the provider's sign-in in this browser too: back at the
                 # sign-in page, not signed straight back in.
                 alice.get_by_test_id("stSidebar").get_by_role("link", name="Log out").click()
-                alice.wait_for_timeout(1500)
+                # Wait for the provider's end of session itself, not a fixed time: on a busy
+                # machine the redirect could land after the next page was asked for.
+                alice.wait_for_url(f"{provider.url}/oauth2/end_session*")
                 alice.goto(running.url)
                 expect(
                     alice.get_by_role("button", name="Sign in with single sign-on")
