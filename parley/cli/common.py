@@ -1,11 +1,16 @@
 """What every `parley` command shares: the operator it acts as, and the services.
 
-The wiring (the settings, SQLAlchemy, every service) loads when a command first asks for
-the services, not when the parser is built: `parley --help` needs none of it.
+The wiring (the settings, SQLAlchemy) loads when a command first asks for the services,
+not when the parser is built: `parley --help` needs none of it. Each service is then
+made when the command first uses it (`eager=False`): `parley user list` makes the
+accounts, not the conversation's modules and memory strategies.
 """
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from parley.core.domain import Principal, Role
@@ -23,13 +28,45 @@ OPERATOR = Principal(user_id=0, name="(operator)", role=Role.ADMIN)
 _built: list[Services] = []
 
 
+# Set by the `parley` process itself (`start_quickly`), not by a program that calls `main`.
+_quick_start: list[bool] = []
+
+
+def start_quickly() -> None:
+    """Let `starting` hold the cyclic garbage collector off in this process's start-up."""
+    _quick_start.append(True)
+
+
+@contextmanager
+def starting() -> Iterator[None]:
+    """A command's start-up: the imports (SQLAlchemy, pydantic) and the wiring.
+
+    They make hundreds of thousands of objects and no garbage, and the cyclic collector
+    would walk them again and again as they come: a third of `parley user list`'s
+    start here (`python -m parley.bench.cli_start`). In the `parley` process the
+    collector is off while they load; what they made is then frozen (`gc.freeze`: left
+    out of every later collection, the last one at exit included) and the collector is
+    on again for the command itself. A program that calls `main` keeps its collector.
+    """
+    if not _quick_start or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def services() -> Services:
     if not _built:
-        from parley.core.config import get_settings
-        from parley.wiring.services import build_services
+        with starting():
+            from parley.core.config import get_settings
+            from parley.wiring.services import build_services
 
-        # Vectors kept the older way are the app's to move at its start, not a command's.
-        _built.append(build_services(get_settings(), legacy_sweep=False))
+            # Vectors kept the older way are the app's to move at its start, not a command's.
+            _built.append(build_services(get_settings(), legacy_sweep=False, eager=False))
     return _built[0]
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from parley.cli.audit import audit_commands
-from parley.cli.common import OPERATOR, close_services
+from parley.cli.common import OPERATOR, close_services, start_quickly, starting
 from parley.cli.common import principal_named as _principal
 from parley.cli.common import services as _services
 from parley.cli.documents import document_commands
@@ -56,8 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     # A command that runs needs these; `--help` and a usage error have left by now.
-    from parley.core.logs import console_warnings
-    from parley.store.audit import set_channel
+    with starting():
+        from parley.core.logs import console_warnings
+        from parley.store.audit import set_channel
 
     # Log lines go to the log file (configure_logging); the terminal gets warnings and
     # errors only, one sentence each, so nothing lands between an answer's chunks.
@@ -360,5 +361,11 @@ def _bench_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def run() -> int:
+    """The `parley` console script: `main`, starting quickly (see `common.starting`)."""
+    start_quickly()
+    return main()
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run())

@@ -4,10 +4,17 @@ The only place that knows every layer. It hands out one `LimitedProvider` (queue
 buckets, metering) to everything that calls a model, and one `BackgroundWork` pool
 to everything that works after a turn; `Services.close` drains that pool.
 
-What a command may well not use is made when first used (`_Once`): the model provider
-(Claude's imports the Anthropic SDK) and OIDC sign-in (httpx). The recall index and the
-documents' embedder and Chroma were already (see `build_recall_index`, `VectorStore`).
-So `parley user list` imports none of them; `python -m parley.bench.cli_start` times it.
+Each service is a part of `Services`, made when first asked for (`_Part`), once,
+whichever thread asks first. The app asks for all of them at its start
+(`build_services(eager=True)`, the default: a wrong setting stops the start, not a
+later page); a command asks for what it uses, so `parley user list` imports the
+settings, the database and the accounts, and not the conversation's modules, the
+memory strategies, NumPy or a model SDK. That is why the services' modules are
+imported inside the parts below rather than at the top: to keep a command's start
+short (`python -m parley.bench.cli_start` times it), not to dodge a layer.
+The model provider (Claude's module imports the Anthropic SDK) is made on its first
+call, and the recall index and the documents' embedder and Chroma on first use, even
+in the app (see `_ProviderOnFirstCall`, `build_recall_index`, `VectorStore`).
 """
 
 from __future__ import annotations
@@ -15,75 +22,54 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
-from parley.auth.accounts import AccountService
-from parley.auth.groups import GroupService
 from parley.auth.sessions import SessionService, secret_from_file
-from parley.auth.throttle import LoginThrottle
-from parley.chat.conversation.context import ContextBuilder
-from parley.chat.conversation.conversations import (
-    ConversationService,
-    conversation_exists,
-    conversation_owner,
-)
-from parley.chat.conversation.history import HistoryCache
-from parley.chat.conversation.lab import StrategyLab, stored_memory_options
-from parley.chat.conversation.model_summaries import ModelSummarizer
-from parley.chat.conversation.service import ChatService
-from parley.chat.conversation.upkeep import Upkeep
-from parley.chat.documents.library import DocumentService
-from parley.chat.gateway.admission import (
-    ConcurrencyGate,
-    DatabaseBucketStore,
-    MemoryBucketStore,
-    RateLimiter,
-)
-from parley.chat.gateway.limited_provider import LimitedProvider
-from parley.chat.gateway.outbox import MeteringOutbox
-from parley.chat.gateway.providers import build_key_source, build_provider
-from parley.chat.gateway.usage import UsageService
-from parley.chat.oversight.audit_trail import AuditTrail
-from parley.chat.oversight.erasure import ErasureService
-from parley.chat.oversight.review import ReviewService
 from parley.core.background import BackgroundWork
 from parley.core.config import Settings
 from parley.core.errors import ConfigurationError
 from parley.core.llm import ChatProvider, ChatRequest, StreamEvent
 from parley.core.logs import configure_logging
-from parley.memory import (
-    ExtractiveSummarizer,
-    MemoryDeps,
-    StrategyRegistry,
-    Summarizer,
-    SummaryStore,
-)
-from parley.retrieval.document_index import DocumentIndex
-from parley.retrieval.embeddings import MiniLMEmbedder
-from parley.retrieval.turn_recall import RecallIndex
-from parley.retrieval.vector_store import VectorStore
 from parley.store.db import Database
 from parley.store.keys import AuditKeys
 from parley.store.migrate import is_current
 from parley.store.models import Document, DocumentSync, VectorErasure
 
 if TYPE_CHECKING:
+    from parley.auth.accounts import AccountService
+    from parley.auth.groups import GroupService
     from parley.auth.oidc import OidcSignIn
+    from parley.auth.throttle import LoginThrottle
+    from parley.chat.conversation.context import ContextBuilder
+    from parley.chat.conversation.conversations import ConversationService
+    from parley.chat.conversation.history import HistoryCache
+    from parley.chat.conversation.lab import StrategyLab
+    from parley.chat.conversation.service import ChatService
+    from parley.chat.conversation.upkeep import Upkeep
+    from parley.chat.documents.library import DocumentService
+    from parley.chat.gateway.admission import ConcurrencyGate, RateLimiter
+    from parley.chat.gateway.limited_provider import LimitedProvider
+    from parley.chat.gateway.outbox import MeteringOutbox
+    from parley.chat.gateway.usage import UsageService
+    from parley.chat.oversight.audit_trail import AuditTrail
+    from parley.chat.oversight.erasure import ErasureService
+    from parley.chat.oversight.review import ReviewService
+    from parley.memory import StrategyRegistry, Summarizer
+    from parley.retrieval.document_index import DocumentIndex
+    from parley.retrieval.embeddings import MiniLMEmbedder
+    from parley.retrieval.turn_recall import RecallIndex
+    from parley.retrieval.vector_store import VectorStore
 
 T = TypeVar("T")
 
 
 class _Once(Generic[T]):
-    """A part made by `build` when first asked for, once, whichever thread asks first.
-
-    What a command that does not use it should not import: the provider (the Anthropic
-    SDK) and OIDC sign-in (httpx, and with it rich and pygments)."""
+    """A value made by `build` when first asked for, once, whichever thread asks first."""
 
     def __init__(self, build: Callable[[], T]) -> None:
         self._build = build
@@ -100,43 +86,322 @@ class _Once(Generic[T]):
         return made
 
 
-@dataclass(frozen=True)
-class Services:
-    settings: Settings
-    # Not a service: pages and commands call services. The database is here to be closed
-    # (and for tests and benchmarks that seed it).
-    _database: Database = field(repr=False)
-    provider: LimitedProvider  # the only provider anything calls
-    accounts: AccountService
-    sessions: SessionService
-    groups: GroupService
-    _oidc: _Once[OidcSignIn] = field(repr=False)  # see `oidc`
-    documents: DocumentService
-    conversations: ConversationService
-    usage: UsageService
-    limiter: RateLimiter
-    gate: ConcurrencyGate
-    memory: StrategyRegistry
-    chat: ChatService
-    lab: StrategyLab
-    review: ReviewService
-    audit: AuditTrail
-    erasure: ErasureService
-    upkeep: Upkeep
-    background: BackgroundWork
-    metering_outbox: MeteringOutbox
+class _Part(Generic[T]):
+    """A part of `Services`, made by the decorated method when first read, once.
 
-    @property
-    def oidc(self) -> OidcSignIn:
-        """Sign-in through an OpenID provider; made on first use (see `_Once`)."""
-        return self._oidc.get()
+    The made part is kept in the instance's `__dict__` under the part's name, where
+    Python finds it before this descriptor: reading a made part costs nothing. Making
+    one holds the services' lock (re-entrant: the chat service makes its context, which
+    makes the memory strategies), so two threads asking at once make it once."""
+
+    def __init__(self, build: Callable[[Services], T]) -> None:
+        self._build = build
+        self.name = build.__name__
+        self.__doc__ = build.__doc__
+
+    @overload
+    def __get__(self, services: None, owner: type[Services]) -> _Part[T]: ...
+
+    @overload
+    def __get__(self, services: Services, owner: type[Services]) -> T: ...
+
+    def __get__(self, services: Services | None, owner: type[Services]) -> _Part[T] | T:
+        if services is None:
+            return self
+        with services._making:
+            made = services.__dict__.get(self.name, _NOT_MADE)
+            if made is _NOT_MADE:
+                made = self._build(services)
+                services.__dict__[self.name] = made
+        return made  # type: ignore[no-any-return]
+
+
+_NOT_MADE: Any = object()
+
+
+class Services:
+    """Every service of one process, each made on first use (see the module docstring).
+
+    Pages and commands call services. The database is here to be closed (and for tests
+    and benchmarks that seed it), not handed out: no public part is the database."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        *,
+        provider: ChatProvider | None,
+        background: BackgroundWork,
+        document_index: DocumentIndex | None,
+    ) -> None:
+        self.settings = settings
+        self._database = database
+        self.background = background
+        self._chosen_provider = provider  # tests and benchmarks choose; else the settings
+        self._chosen_document_index = document_index
+        self._making = threading.RLock()
+
+    @classmethod
+    def part_names(cls) -> list[str]:
+        """The public parts, in the order they are declared."""
+        return [
+            name
+            for name, value in vars(cls).items()
+            if isinstance(value, _Part) and not name.startswith("_")
+        ]
+
+    def make_all(self) -> None:
+        """Make every part now (the app's start): a wrong setting shows at once."""
+        for name in self.part_names():
+            getattr(self, name)
 
     def close(self, timeout: float | None = 30.0) -> bool:
         """Let background work finish (at most `timeout`), then release the database."""
         drained = self.background.close(timeout)
-        self.memory.close()
+        memory = self.__dict__.get("memory")
+        if memory is not None:
+            memory.close()
         self._database.dispose()
         return drained
+
+    # -- accounts and sign-in ---------------------------------------------------------
+
+    @_Part
+    def sessions(self) -> SessionService:
+        return build_sessions(self.settings, self._database)
+
+    @_Part
+    def _throttle(self) -> LoginThrottle:
+        from parley.auth.throttle import LoginThrottle
+
+        s = self.settings
+        return LoginThrottle(
+            self._database,
+            max_failures=s.login_max_failures,
+            lockout=timedelta(minutes=s.login_lockout_minutes),
+            delay_s=s.login_delay_s,
+        )
+
+    @_Part
+    def accounts(self) -> AccountService:
+        from parley.auth.accounts import AccountService
+
+        return AccountService(self._database, throttle=self._throttle, sessions=self.sessions)
+
+    @_Part
+    def groups(self) -> GroupService:
+        from parley.auth.groups import GroupService
+
+        return GroupService(self._database)
+
+    @_Part
+    def _oidc(self) -> OidcSignIn:
+        return build_oidc(self.settings, self._database)
+
+    @property
+    def oidc(self) -> OidcSignIn:
+        """Sign-in through an OpenID provider: made on first use even in the app (which may
+        well never use it; httpx, with the rich and pygments it imports)."""
+        return self._oidc
+
+    # -- the provider gateway ---------------------------------------------------------
+
+    @_Part
+    def limiter(self) -> RateLimiter:
+        from parley.chat.gateway.admission import (
+            DatabaseBucketStore,
+            MemoryBucketStore,
+            RateLimiter,
+        )
+
+        s = self.settings
+        shared = s.limiter_store == "database"
+        return RateLimiter(
+            requests_per_minute=s.requests_per_minute,
+            input_tokens_per_minute=s.input_tokens_per_minute,
+            output_tokens_per_minute=s.output_tokens_per_minute,
+            max_wait_s=s.anthropic_max_retry_wait_s,
+            store=DatabaseBucketStore(self._database) if shared else MemoryBucketStore(),
+            clock=time.time if shared else time.monotonic,  # processes share wall time only
+        )
+
+    @_Part
+    def gate(self) -> ConcurrencyGate:
+        from parley.chat.gateway.admission import ConcurrencyGate
+
+        s = self.settings
+        return ConcurrencyGate(s.max_concurrent_calls, max_waiting=s.max_queued_calls)
+
+    @_Part
+    def usage(self) -> UsageService:
+        from parley.chat.gateway.usage import UsageService
+
+        return UsageService(self._database, self.settings)
+
+    @_Part
+    def metering_outbox(self) -> MeteringOutbox:
+        from parley.chat.gateway.outbox import MeteringOutbox
+
+        return MeteringOutbox(self.settings.data_dir / "metering-outbox")
+
+    @_Part
+    def provider(self) -> LimitedProvider:
+        """The only provider anything calls."""
+        from parley.chat.gateway.limited_provider import LimitedProvider
+
+        return LimitedProvider(
+            self._chosen_provider
+            or _provider_on_first_call(self.settings, on_headers=self.limiter.observe_headers),
+            gate=self.gate,
+            limiter=self.limiter,
+            meter=self.usage,
+            outbox=self.metering_outbox,
+            count_with_api=self.settings.anthropic_count_tokens,
+        )
+
+    def drain_metering(self) -> None:
+        """Calls metered while the database refused, written to the ledger now."""
+        outbox = self.metering_outbox
+        if outbox.waiting():
+            outbox.drain(self.usage)
+
+    # -- the conversation -------------------------------------------------------------
+
+    @property
+    def _capable(self) -> bool:
+        # The embedded 135M model is no use as a summarizer or titler; Claude (or a
+        # provider a caller chose on purpose) is.
+        return self._chosen_provider is not None or self.settings.uses_anthropic
+
+    @_Part
+    def _summarizer(self) -> Summarizer:
+        from parley.chat.conversation.conversations import conversation_owner
+        from parley.chat.conversation.model_summaries import ModelSummarizer
+        from parley.memory import ExtractiveSummarizer
+
+        if not self._capable:
+            return ExtractiveSummarizer()
+        database = self._database
+        return ModelSummarizer(
+            self.provider,
+            temperature=self.settings.temperature.summarize,
+            owner_of=lambda cid: conversation_owner(database, cid),
+        )
+
+    @_Part
+    def memory(self) -> StrategyRegistry:
+        from parley.chat.conversation.conversations import conversation_exists
+        from parley.chat.conversation.lab import stored_memory_options
+        from parley.memory import MemoryDeps, StrategyRegistry, SummaryStore
+
+        settings, database = self.settings, self._database
+        return StrategyRegistry(
+            MemoryDeps(
+                summaries=SummaryStore(database),
+                summarizer=self._summarizer,
+                recall_factory=lambda: build_recall_index(
+                    settings, alive=lambda cid: conversation_exists(database, cid)
+                ),
+            ),
+            default=settings.memory_strategy,
+            options=settings.memory_options(),
+            conversation_options=lambda cid: stored_memory_options(database, cid),
+        )
+
+    @_Part
+    def _context(self) -> ContextBuilder:
+        from parley.chat.conversation.context import ContextBuilder
+
+        return ContextBuilder(
+            provider=self.provider, memory=self.memory, settings=self.settings, usage=self.usage
+        )
+
+    @_Part
+    def _history(self) -> HistoryCache:
+        from parley.chat.conversation.history import HistoryCache
+
+        return HistoryCache()
+
+    @_Part
+    def upkeep(self) -> Upkeep:
+        from parley.chat.conversation.upkeep import Upkeep
+
+        return Upkeep(
+            history=self._history,
+            database=self._database,
+            memory=self.memory,
+            provider=self.provider,
+            work=self.background,
+            settings=self.settings,
+            model_titles=self.settings.model_titles and self._capable,
+            drain_metering=self.drain_metering,
+        )
+
+    def _defer(self, task: Callable[[], None], name: str) -> bool:
+        return self.background.submit(task, name=name)
+
+    def _erase_derived(self, conversation_id: int) -> None:  # cached turns, then vectors
+        self._history.forget(conversation_id)
+        self.memory.forget(conversation_id)
+
+    @_Part
+    def conversations(self) -> ConversationService:
+        from parley.chat.conversation.conversations import ConversationService
+
+        return ConversationService(
+            self._database,
+            on_delete=self._erase_derived,
+            forget_cached=self._history.forget,
+            defer=self._defer,
+        )
+
+    @_Part
+    def documents(self) -> DocumentService:
+        from parley.chat.documents.library import DocumentService
+
+        index = self._chosen_document_index or build_document_index(self.settings)
+        return DocumentService(self._database, index, defer=self._defer)
+
+    @_Part
+    def chat(self) -> ChatService:
+        from parley.chat.conversation.service import ChatService
+
+        return ChatService(
+            database=self._database,
+            provider=self.provider,
+            context=self._context,
+            settings=self.settings,
+            usage=self.usage,
+            upkeep=self.upkeep,
+            history=self._history,
+            documents=self.documents,
+        )
+
+    @_Part
+    def lab(self) -> StrategyLab:
+        from parley.chat.conversation.lab import StrategyLab
+
+        return StrategyLab(database=self._database, context=self._context)
+
+    # -- oversight --------------------------------------------------------------------
+
+    @_Part
+    def review(self) -> ReviewService:
+        from parley.chat.oversight.review import ReviewService
+
+        return ReviewService(self._database)
+
+    @_Part
+    def audit(self) -> AuditTrail:
+        from parley.chat.oversight.audit_trail import AuditTrail
+
+        return AuditTrail(self._database)
+
+    @_Part
+    def erasure(self) -> ErasureService:
+        from parley.chat.oversight.erasure import ErasureService
+
+        return ErasureService(self._database, self.conversations, self.documents)
 
 
 def build_services(
@@ -146,12 +411,14 @@ def build_services(
     background: BackgroundWork | None = None,
     document_index: DocumentIndex | None = None,
     legacy_sweep: bool = True,
+    eager: bool = True,
 ) -> Services:
     """Everything the app needs. `provider` overrides the settings' choice (tests, benchmarks);
     `background` the upkeep pool (`BackgroundWork(workers=0)` runs upkeep inline);
     `document_index` the documents' vectors (tests pass one with a light embedder).
     `legacy_sweep=False` (the command line) leaves moving vectors kept the older way to
-    the app's start: a command then opens the vector store only for pending work."""
+    the app's start: a command then opens the vector store only for pending work.
+    `eager=False` (the command line) makes each service when first used."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(settings)
     database = open_database(settings)
@@ -160,133 +427,32 @@ def build_services(
             "The database is not at this version's schema (new, or older): "
             "run `parley db upgrade` (make run does it)."
         )
-    shared = settings.limiter_store == "database"
-    limiter = RateLimiter(
-        requests_per_minute=settings.requests_per_minute,
-        input_tokens_per_minute=settings.input_tokens_per_minute,
-        output_tokens_per_minute=settings.output_tokens_per_minute,
-        max_wait_s=settings.anthropic_max_retry_wait_s,
-        store=DatabaseBucketStore(database) if shared else MemoryBucketStore(),
-        clock=time.time if shared else time.monotonic,  # processes share wall time only
-    )
-    gate = ConcurrencyGate(settings.max_concurrent_calls, max_waiting=settings.max_queued_calls)
-    usage = UsageService(database, settings)
-    explicit_provider = provider is not None
-    outbox = MeteringOutbox(settings.data_dir / "metering-outbox")
-    limited = LimitedProvider(
-        provider or _provider_on_first_call(settings, on_headers=limiter.observe_headers),
-        gate=gate,
-        limiter=limiter,
-        meter=usage,
-        outbox=outbox,
-        count_with_api=settings.anthropic_count_tokens,
-    )
+    if provider is None and settings.uses_anthropic:
+        from parley.chat.gateway.providers import build_key_source
 
-    def drain_metering() -> None:
-        if outbox.waiting():
-            outbox.drain(usage)
-
-    # The embedded 135M model is no use as a summarizer or titler; Claude (or a provider a
-    # caller chose on purpose) is.
-    capable = explicit_provider or settings.uses_anthropic
-    summarizer: Summarizer = (
-        ModelSummarizer(
-            limited,
-            temperature=settings.temperature.summarize,
-            owner_of=lambda cid: conversation_owner(database, cid),
-        )
-        if capable
-        else ExtractiveSummarizer()
-    )
-    memory = StrategyRegistry(
-        MemoryDeps(
-            summaries=SummaryStore(database),
-            summarizer=summarizer,
-            recall_factory=lambda: build_recall_index(
-                settings, alive=lambda cid: conversation_exists(database, cid)
-            ),
-        ),
-        default=settings.memory_strategy,
-        options=settings.memory_options(),
-        conversation_options=lambda cid: stored_memory_options(database, cid),
-    )
-    work = background or BackgroundWork(workers=settings.background_workers)
-    context = ContextBuilder(provider=limited, memory=memory, settings=settings, usage=usage)
-    history = HistoryCache()
-    upkeep = Upkeep(
-        history=history,
-        database=database,
-        memory=memory,
-        provider=limited,
-        work=work,
-        settings=settings,
-        model_titles=settings.model_titles and capable,
-        drain_metering=drain_metering,
-    )
-
-    def defer(task: Callable[[], None], name: str) -> bool:
-        return work.submit(task, name=name)
-
-    documents = DocumentService(
-        database, document_index or build_document_index(settings), defer=defer
-    )
-    sessions = build_sessions(settings, database)
-    throttle = LoginThrottle(
+        build_key_source(settings)  # a missing key stops the start, not the first answer
+    services = Services(
+        settings,
         database,
-        max_failures=settings.login_max_failures,
-        lockout=timedelta(minutes=settings.login_lockout_minutes),
-        delay_s=settings.login_delay_s,
+        provider=provider,
+        background=background or BackgroundWork(workers=settings.background_workers),
+        document_index=document_index,
     )
-
-    def erase_derived(conversation_id: int) -> None:  # cached turns, then vectors
-        history.forget(conversation_id)
-        memory.forget(conversation_id)
-
-    conversations = ConversationService(
-        database, on_delete=erase_derived, forget_cached=history.forget, defer=defer
-    )
-    # Vectors of conversations and documents erased while the vector store was down, and
-    # documents' vectors still in the shared collection of earlier versions: moved now, on
-    # the pool (drained by `close`), and only if the database says there are any, so a
-    # command with nothing to move opens no vector store and says nothing.
-    if outbox.waiting():  # calls metered while the database refused, last time
-        work.submit(drain_metering, name="drain the metering outbox")
+    if eager:
+        services.make_all()
+    work = services.background
+    # Calls metered while the database refused, last time; vectors of conversations and
+    # documents erased while the vector store was down, and documents' vectors still in
+    # the shared collection of earlier versions: moved now, on the pool (drained by
+    # `close`), and only if there are any, so a command with nothing to move opens no
+    # vector store and says nothing.
+    if services.metering_outbox.waiting():
+        work.submit(services.drain_metering, name="drain the metering outbox")
     if _sweep_due(database, legacy=legacy_sweep):
-        work.submit(lambda: _sweep(database, conversations, documents), name="start-up sweep")
+        work.submit(lambda: _sweep(database, services), name="start-up sweep")
     elif database.is_sqlite:  # no query tells whether an erasure left pages in the log
         work.submit(lambda: _reclaim(database), name="start-up checkpoint")
-    return Services(
-        settings=settings,
-        _database=database,
-        provider=limited,
-        accounts=AccountService(database, throttle=throttle, sessions=sessions),
-        sessions=sessions,
-        groups=GroupService(database),
-        _oidc=_Once(lambda: build_oidc(settings, database)),
-        documents=documents,
-        conversations=conversations,
-        usage=usage,
-        limiter=limiter,
-        gate=gate,
-        memory=memory,
-        chat=ChatService(
-            database=database,
-            provider=limited,
-            context=context,
-            settings=settings,
-            usage=usage,
-            upkeep=upkeep,
-            history=history,
-            documents=documents,
-        ),
-        lab=StrategyLab(database=database, context=context),
-        review=ReviewService(database),
-        audit=AuditTrail(database),
-        erasure=ErasureService(database, conversations, documents),
-        upkeep=upkeep,
-        background=work,
-        metering_outbox=outbox,
-    )
+    return services
 
 
 class _ProviderOnFirstCall:
@@ -322,6 +488,8 @@ class _ProviderOnFirstCall:
 def _provider_on_first_call(
     settings: Settings, *, on_headers: Callable[[Mapping[str, str]], None]
 ) -> ChatProvider:
+    from parley.chat.gateway.providers import build_key_source, build_provider
+
     if settings.uses_anthropic:
         build_key_source(settings)  # a missing key still stops the start, not the first answer
     return _ProviderOnFirstCall(lambda: build_provider(settings, on_headers=on_headers))
@@ -355,12 +523,10 @@ def _sweep_due(database: Database, *, legacy: bool = True) -> bool:
         return any(session.scalar(probe.limit(1)) is not None for probe in probes)
 
 
-def _sweep(
-    database: Database, conversations: ConversationService, documents: DocumentService
-) -> None:
-    conversations.sweep_erasures()
-    documents.sweep_abandoned()  # uploads a process died in the middle of
-    documents.sweep_index()
+def _sweep(database: Database, services: Services) -> None:
+    services.conversations.sweep_erasures()
+    services.documents.sweep_abandoned()  # uploads a process died in the middle of
+    services.documents.sweep_index()
     _reclaim(database)
 
 
@@ -418,6 +584,8 @@ def open_database(settings: Settings) -> Database:
 
 def build_vector_store(settings: Settings) -> VectorStore:
     """Chroma: a server if `PARLEY_CHROMA_URL`, else files under the data dir."""
+    from parley.retrieval.vector_store import VectorStore
+
     if settings.chroma_url:
         url = urlsplit(settings.chroma_url.get_secret_value())
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -437,6 +605,8 @@ _EMBEDDERS: dict[tuple[int, Path], MiniLMEmbedder] = {}
 
 def shared_embedder(settings: Settings) -> MiniLMEmbedder:
     """One MiniLM per process and settings: conversations and documents share it."""
+    from parley.retrieval.embeddings import MiniLMEmbedder
+
     key = (settings.embedding_threads, (settings.data_dir / "models").resolve())
     if key not in _EMBEDDERS:
         _EMBEDDERS[key] = MiniLMEmbedder(threads=key[0], cache_dir=key[1])
@@ -447,10 +617,14 @@ def build_recall_index(
     settings: Settings, *, alive: Callable[[int], bool] | None = None
 ) -> RecallIndex:
     """MiniLM embeddings of conversation turns, persisted in Chroma."""
+    from parley.retrieval.turn_recall import RecallIndex
+
     return RecallIndex(
         embedder=shared_embedder(settings), store=build_vector_store(settings), alive=alive
     )
 
 
 def build_document_index(settings: Settings) -> DocumentIndex:
+    from parley.retrieval.document_index import DocumentIndex
+
     return DocumentIndex(embedder=shared_embedder(settings), store=build_vector_store(settings))
