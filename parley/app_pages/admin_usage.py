@@ -96,9 +96,9 @@ users = services.accounts.list_users(admin)
 name = st.selectbox("User", [u.name for u in users], key="quota-user")
 target = next((u for u in users if u.name == name), None)
 if target is not None:
-    messages, tokens = services.usage.stored_quota(admin, target.id)
-    in_force = services.usage.quota(admin, target.id)
-    used = services.usage.today(admin, target.id)
+    messages, tokens = services.quotas.stored_quota(admin, target.id)
+    in_force = services.quotas.quota(admin, target.id)
+    used = services.quotas.today(admin, target.id)
     st.caption(
         f"Today {used.messages:,} messages and {used.tokens:,} tokens (${used.cost_usd:.4f}); "
         f"in force: {in_force.messages_per_day or 'no limit'} messages, "
@@ -115,7 +115,7 @@ if target is not None:
         )
         if st.form_submit_button("Save quotas"):
             try:
-                services.usage.set_quota(
+                services.quotas.set_quota(
                     admin,
                     target.id,
                     messages_per_day=None if keep else int(new_messages),

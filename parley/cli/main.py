@@ -245,8 +245,8 @@ def _limit(value: int) -> str:
 def _quota_show(args: argparse.Namespace) -> int:
     services = _services()
     principal = _principal(services, args.name)
-    quota = services.usage.quota(OPERATOR, principal.user_id)
-    used = services.usage.today(OPERATOR, principal.user_id)
+    quota = services.quotas.quota(OPERATOR, principal.user_id)
+    used = services.quotas.today(OPERATOR, principal.user_id)
     print(
         f"{principal.name}: today {used.messages:,} messages, {used.tokens:,} tokens, "
         f"${used.cost_usd:.4f}"
@@ -259,14 +259,14 @@ def _quota_show(args: argparse.Namespace) -> int:
 def _quota_set(args: argparse.Namespace) -> int:
     services = _services()
     principal = _principal(services, args.name)
-    current = services.usage.stored_quota(OPERATOR, principal.user_id)
+    current = services.quotas.stored_quota(OPERATOR, principal.user_id)
 
     def choose(new: int | None, old: int | None) -> int | None:
         if new is None:
             return old
         return None if new == _DEFAULT else new
 
-    services.usage.set_quota(
+    services.quotas.set_quota(
         OPERATOR,
         principal.user_id,
         messages_per_day=choose(args.messages, current[0]),

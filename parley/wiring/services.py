@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from parley.chat.gateway.admission import ConcurrencyGate, RateLimiter
     from parley.chat.gateway.limited_provider import LimitedProvider
     from parley.chat.gateway.outbox import MeteringOutbox
+    from parley.chat.gateway.pricing import Pricing
+    from parley.chat.gateway.quotas import QuotaService
     from parley.chat.gateway.usage import UsageService
     from parley.chat.oversight.audit_trail import AuditTrail
     from parley.chat.oversight.erasure import ErasureService
@@ -233,10 +235,23 @@ class Services:
         return ConcurrencyGate(s.max_concurrent_calls, max_waiting=s.max_queued_calls)
 
     @_Part
+    def _pricing(self) -> Pricing:
+        from parley.chat.gateway.pricing import Pricing
+
+        return Pricing(self.settings)
+
+    @_Part
     def usage(self) -> UsageService:
+        """The usage ledger: every model call's meter, and the admins' reports."""
         from parley.chat.gateway.usage import UsageService
 
-        return UsageService(self._database, self.settings)
+        return UsageService(self._database, self._pricing)
+
+    @_Part
+    def quotas(self) -> QuotaService:
+        from parley.chat.gateway.quotas import QuotaService
+
+        return QuotaService(self._database, self.settings)
 
     @_Part
     def metering_outbox(self) -> MeteringOutbox:
@@ -313,7 +328,10 @@ class Services:
         from parley.chat.conversation.context import ContextBuilder
 
         return ContextBuilder(
-            provider=self.provider, memory=self.memory, settings=self.settings, usage=self.usage
+            provider=self.provider,
+            memory=self.memory,
+            settings=self.settings,
+            pricing=self._pricing,
         )
 
     @_Part
@@ -371,7 +389,8 @@ class Services:
             provider=self.provider,
             context=self._context,
             settings=self.settings,
-            usage=self.usage,
+            quotas=self.quotas,
+            pricing=self._pricing,
             upkeep=self.upkeep,
             history=self._history,
             documents=self.documents,

@@ -313,7 +313,7 @@ def test_retry_over_quota_is_a_sentence(claude_env: FakeAnthropic) -> None:
     log_in(at, "alice", "alice-password")
     at.chat_input[0].set_value("will fail").run()
     assert any(b.label == "Retry" for b in at.button)
-    services_now().usage.set_quota(ROOT, 1, messages_per_day=None, tokens_per_day=1)
+    services_now().quotas.set_quota(ROOT, 1, messages_per_day=None, tokens_per_day=1)
     next(b for b in at.button if b.label == "Retry").click().run()
     assert not at.exception
     assert any("tokens" in e.value for e in at.error)

@@ -169,7 +169,7 @@ def exercise(services: Services) -> None:
     assert rows[0].cost_usd > 0
     summary = services.memory.deps.summaries.latest(conversation)
     assert summary is not None and summary.version >= 1
-    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=12, tokens_per_day=None)
+    services.quotas.set_quota(ROOT, alice.user_id, messages_per_day=12, tokens_per_day=None)
     with pytest.raises(QuotaExceeded):
         services.chat.send(alice, conversation, "one too many")
     services.conversations.delete(alice, conversation)

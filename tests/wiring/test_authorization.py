@@ -26,6 +26,7 @@ from parley.chat.conversation.conversations import ConversationService
 from parley.chat.conversation.lab import StrategyLab
 from parley.chat.conversation.service import ChatService
 from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.chat.gateway.quotas import QuotaService
 from parley.chat.gateway.usage import UsageService
 from parley.core.domain import Principal, Role
 from parley.core.errors import NotFound, ParleyError, PermissionDenied, ProviderError
@@ -72,7 +73,7 @@ def own_data(services: Services, scripted: ScriptedProvider, owner: Principal, n
     failed = services.chat.send(owner, None, f"{owner.name} asks again")
     list(failed)
     quota = (100 + n, 10_000 + n)
-    services.usage.set_quota(
+    services.quotas.set_quota(
         ROOT, owner.user_id, messages_per_day=quota[0], tokens_per_day=quota[1]
     )
     return Owned(owner, reply.conversation_id, reply.user_message_id, failed.conversation_id, quota)
@@ -168,20 +169,24 @@ GUARDED: tuple[Guarded, ...] = (
         lambda a: a.services.accounts.find_principal(a.principal, a.data.owner.name),
     ),
     Guarded(
-        "usage.today", NotFound, lambda a: a.services.usage.today(a.principal, a.data.owner.user_id)
-    ),
-    Guarded(
-        "usage.stored_quota",
+        "quotas.today",
         NotFound,
-        lambda a: a.services.usage.stored_quota(a.principal, a.data.owner.user_id),
+        lambda a: a.services.quotas.today(a.principal, a.data.owner.user_id),
     ),
     Guarded(
-        "usage.quota", NotFound, lambda a: a.services.usage.quota(a.principal, a.data.owner.user_id)
+        "quotas.stored_quota",
+        NotFound,
+        lambda a: a.services.quotas.stored_quota(a.principal, a.data.owner.user_id),
     ),
     Guarded(
-        "usage.set_quota",
+        "quotas.quota",
+        NotFound,
+        lambda a: a.services.quotas.quota(a.principal, a.data.owner.user_id),
+    ),
+    Guarded(
+        "quotas.set_quota",
         PermissionDenied,
-        lambda a: a.services.usage.set_quota(
+        lambda a: a.services.quotas.set_quota(
             a.principal, a.data.owner.user_id, messages_per_day=0, tokens_per_day=0
         ),
     ),
@@ -295,8 +300,8 @@ GUARDED: tuple[Guarded, ...] = (
 # only the principal's own reservation).
 OWN_DATA_ONLY = {
     "accounts.refresh",
-    "usage.check_quota",
-    "usage.reserve",
+    "quotas.check_quota",
+    "quotas.reserve",
     "conversations.list_for",
     "conversations.create",
 }
@@ -304,6 +309,7 @@ OWN_DATA_ONLY = {
 SERVICE_CLASSES = {
     "accounts": AccountService,
     "usage": UsageService,
+    "quotas": QuotaService,
     "conversations": ConversationService,
     "lab": StrategyLab,
     "chat": ChatService,
@@ -423,14 +429,14 @@ def check_owner(world: World, method: str, data: Owned) -> None:
         assert services.conversations.documents_of(owner, data.answered) == [1, 3]
         services.conversations.choose_documents(owner, data.answered, None)
         assert services.conversations.documents_of(owner, data.answered) is None
-    elif method == "usage.stored_quota":
-        assert services.usage.stored_quota(owner, owner.user_id) == data.quota
-    elif method == "usage.quota":
-        quota = services.usage.quota(owner)
+    elif method == "quotas.stored_quota":
+        assert services.quotas.stored_quota(owner, owner.user_id) == data.quota
+    elif method == "quotas.quota":
+        quota = services.quotas.quota(owner)
         assert (quota.messages_per_day, quota.tokens_per_day) == data.quota
-    elif method == "usage.today":
+    elif method == "quotas.today":
         # One answered message; the failed one used nothing and is not counted.
-        assert services.usage.today(owner, owner.user_id).messages == 1
+        assert services.quotas.today(owner, owner.user_id).messages == 1
     elif method == "lab.strategy_of":
         assert services.lab.strategy_of(owner, data.answered) == "window"
     elif method == "chat.needs_retry":
@@ -449,9 +455,9 @@ OWNER_METHODS = [
     "conversations.rename",
     "conversations.messages",
     "conversations.choose_documents",
-    "usage.stored_quota",
-    "usage.quota",
-    "usage.today",
+    "quotas.stored_quota",
+    "quotas.quota",
+    "quotas.today",
     "lab.strategy_of",
     "chat.needs_retry",
     "chat.estimate_next",
@@ -484,17 +490,17 @@ def check_admin(world: World, method: str, admin: Principal, data: Owned) -> Non
         password = f"{owner.name}-password"  # set back to what it was
         services.accounts.set_password(admin, owner.name, password)
         assert services.accounts.authenticate(name=owner.name, password=password) == owner
-    elif method == "usage.stored_quota":
-        assert services.usage.stored_quota(admin, owner.user_id) == data.quota
-    elif method == "usage.set_quota":
-        services.usage.set_quota(admin, owner.user_id, messages_per_day=7, tokens_per_day=None)
-        assert services.usage.stored_quota(owner) == (7, None)
+    elif method == "quotas.stored_quota":
+        assert services.quotas.stored_quota(admin, owner.user_id) == data.quota
+    elif method == "quotas.set_quota":
+        services.quotas.set_quota(admin, owner.user_id, messages_per_day=7, tokens_per_day=None)
+        assert services.quotas.stored_quota(owner) == (7, None)
         messages, tokens = data.quota
-        services.usage.set_quota(
+        services.quotas.set_quota(
             admin, owner.user_id, messages_per_day=messages, tokens_per_day=tokens
         )
-    elif method == "usage.today":
-        assert services.usage.today(admin, owner.user_id) == services.usage.today(owner)
+    elif method == "quotas.today":
+        assert services.quotas.today(admin, owner.user_id) == services.quotas.today(owner)
     elif method == "usage.by_user_and_day":
         assert owner.name in {row.user for row in services.usage.by_user_and_day(admin, days=1)}
     elif method == "usage.facts":
@@ -538,9 +544,9 @@ ADMIN_METHODS = [
     "accounts.find_principal",
     "accounts.set_disabled",
     "accounts.set_password",
-    "usage.stored_quota",
-    "usage.set_quota",
-    "usage.today",
+    "quotas.stored_quota",
+    "quotas.set_quota",
+    "quotas.today",
     "usage.by_user_and_day",
     "usage.facts",
     "usage.report",

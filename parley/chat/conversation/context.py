@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from parley.chat.gateway.usage import UsageService
+from parley.chat.gateway.pricing import Pricing
 from parley.core.config import Settings
 from parley.core.errors import InvalidInput
 from parley.core.llm import ChatProvider
@@ -43,12 +43,12 @@ class ContextBuilder:
         provider: ChatProvider,
         memory: StrategyRegistry,
         settings: Settings,
-        usage: UsageService,
+        pricing: Pricing,
     ) -> None:
         self._provider = provider
         self._memory = memory
         self._settings = settings
-        self._usage = usage
+        self._pricing = pricing
 
     @property
     def memory(self) -> StrategyRegistry:
@@ -93,15 +93,15 @@ class ContextBuilder:
         model = self._provider.model
         return Estimate(
             input_tokens=context.total_tokens,
-            input_cost_usd=self._usage.estimate_cost(model, input_tokens=context.total_tokens),
-            max_output_cost_usd=self._usage.estimate_cost(
+            input_cost_usd=self._pricing.estimate_cost(model, input_tokens=context.total_tokens),
+            max_output_cost_usd=self._pricing.estimate_cost(
                 model, input_tokens=0, output_tokens=self._settings.max_output_tokens
             ),
         )
 
     def is_free(self) -> bool:
         """True when the model costs nothing (the local one): no estimate worth showing."""
-        price = self._usage.price(self._provider.model)
+        price = self._pricing.price(self._provider.model)
         return price is None or not (price.input or price.output)
 
 

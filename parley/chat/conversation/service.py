@@ -28,7 +28,8 @@ from parley.chat.conversation.upkeep import Upkeep
 from parley.chat.documents.library import DocumentService
 from parley.chat.documents.passages import NO_PASSAGES, Passages, find_passages
 from parley.chat.gateway.limited_provider import LimitedProvider
-from parley.chat.gateway.usage import UsageService
+from parley.chat.gateway.pricing import Pricing
+from parley.chat.gateway.quotas import QuotaService
 from parley.core.audit_events import Answered, CitedRef, MessageRef
 from parley.core.config import Settings
 from parley.core.domain import MessageRole, MessageStatus, Principal, Purpose
@@ -74,7 +75,8 @@ class ChatService:
         provider: LimitedProvider,
         context: ContextBuilder,
         settings: Settings,
-        usage: UsageService,
+        quotas: QuotaService,
+        pricing: Pricing,
         upkeep: Upkeep,
         history: HistoryCache,
         documents: DocumentService | None = None,
@@ -85,7 +87,8 @@ class ChatService:
         self._provider = provider
         self._context = context
         self._settings = settings
-        self._usage = usage
+        self._quotas = quotas
+        self._pricing = pricing
         self._upkeep = upkeep
 
     @property
@@ -107,7 +110,7 @@ class ChatService:
         Raises `InvalidInput`, `NotFound` or `QuotaExceeded` before anything is stored.
         """
         text = clean_message_text(text, max_chars=self._settings.max_message_chars)
-        self._usage.check_quota(principal)  # a quick refusal; the reservation below holds
+        self._quotas.check_quota(principal)  # a quick refusal; the reservation below holds
         self._context.prepare(text)  # the question's embedding runs while we go on
         reservation: int | None = None
         try:
@@ -156,12 +159,12 @@ class ChatService:
             # The user's message is committed here, before the provider is called.
             return self._start(principal, ids[0], ids[1], context, reservation, passages)
         except BaseException:
-            self._usage.release(reservation)
+            self._quotas.release(reservation)
             raise
 
     def retry(self, principal: Principal, conversation_id: int) -> ReplyStream:
         """Answer the last user message again; a failed answer to it is kept as superseded."""
-        self._usage.check_quota(principal)
+        self._quotas.check_quota(principal)
         reservation: int | None = None
         try:
             with self._db.session() as session:
@@ -195,7 +198,7 @@ class ChatService:
                 ids = (conversation.id, question.id)
             return self._start(principal, ids[0], ids[1], context, reservation, passages)
         except BaseException:
-            self._usage.release(reservation)
+            self._quotas.release(reservation)
             raise
 
     def _passages(
@@ -216,7 +219,7 @@ class ChatService:
     def _reserve(self, principal: Principal, context: ContextWindow) -> int | None:
         """The quota for this answer: its prompt and the longest answer it may get."""
         tokens = context.total_tokens + self._settings.max_output_tokens
-        return self._usage.reserve(principal, tokens=tokens)
+        return self._quotas.reserve(principal, tokens=tokens)
 
     def needs_retry(self, principal: Principal, conversation_id: int) -> bool:
         """True when the last user message has no complete answer."""
@@ -294,7 +297,7 @@ class ChatService:
         try:
             stream.result = self._store_answer(stream, "", (), stopped, [])
         finally:
-            self._usage.release(stream.reservation)
+            self._quotas.release(stream.reservation)
 
     def _generate(
         self, stream: ReplyStream, request: ChatRequest, passages: Passages
@@ -356,7 +359,7 @@ class ChatService:
                 citations = passages.numbered(text)
             stream.result = self._store_answer(stream, text, ends, error, citations)
             # Every call of this answer is in the ledger by now (the limited provider's meter).
-            self._usage.release(stream.reservation)
+            self._quotas.release(stream.reservation)
             self._upkeep.after_answer(
                 user_id=stream.user_id,
                 conversation_id=stream.conversation_id,
@@ -383,7 +386,7 @@ class ChatService:
             )
         model = ends[-1].model if ends else self._provider.model
         usage = sum((e.usage for e in ends), Usage()) if ends else None
-        cost = self._usage.cost(model, usage) if usage else None
+        cost = self._pricing.cost(model, usage) if usage else None
         message: dict[str, Any] = {
             "conversation_id": stream.conversation_id,
             "role": MessageRole.ASSISTANT,

@@ -331,7 +331,7 @@ def test_a_turn_metered_while_the_database_refuses_reaches_the_ledger_later(
     assert services.metering_outbox.waiting() == 0
     calls = services.audit.history(ROOT, kinds=["ai_call"]).records
     assert len(calls) == 2
-    assert services.usage.today(alice).messages == 2
+    assert services.quotas.today(alice).messages == 2
 
 
 # ---------------------------------------------------------------- buckets and the gate

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
+from parley.chat.gateway.pricing import cost_usd
 from parley.chat.gateway.providers.scripted import ScriptedProvider
-from parley.chat.gateway.usage import RESERVATION_LIFETIME, cost_usd
+from parley.chat.gateway.quotas import RESERVATION_LIFETIME
 from parley.core.background import BackgroundWork
 from parley.core.config import ModelPrice
 from parley.core.domain import CallOutcome, MessageRole, Principal, Purpose
@@ -67,14 +68,14 @@ def test_usage_by_user_and_day(
     assert [(r.user, r.messages) for r in rows] == [("alice", 2), ("bob", 1)]
     assert rows[0].day == datetime.now(UTC).date()
     assert rows[0].cost_usd > 0
-    today = services.usage.today(alice)
+    today = services.quotas.today(alice)
     assert today.messages == 2 and today.tokens > 0
 
 
 def test_message_quota_ends_with_the_reset_time(
     services: Services, scripted: ScriptedProvider, alice: Principal
 ) -> None:
-    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=2, tokens_per_day=None)
+    services.quotas.set_quota(ROOT, alice.user_id, messages_per_day=2, tokens_per_day=None)
     list(services.chat.send(alice, None, "one"))
     list(services.chat.send(alice, None, "two"))
     with pytest.raises(QuotaExceeded) as caught:
@@ -101,23 +102,23 @@ def test_token_quota_reserves_the_prompt_and_the_output_cap(
     assert prompt
     # Room for exactly one such message (its prompt and the longest answer), not two.
     quota = cap + prompt + 2
-    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=None, tokens_per_day=quota)
+    services.quotas.set_quota(ROOT, alice.user_id, messages_per_day=None, tokens_per_day=quota)
     list(services.chat.send(alice, None, "a question"))
-    used = services.usage.today(alice).tokens
+    used = services.quotas.today(alice).tokens
     assert 0 < used < quota
     with pytest.raises(QuotaExceeded) as caught:
         services.chat.send(alice, None, "a question")
     assert f"{quota - used:,} of today's {quota:,} are left" in caught.value.user_message
-    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=None, tokens_per_day=0)
+    services.quotas.set_quota(ROOT, alice.user_id, messages_per_day=None, tokens_per_day=0)
     list(services.chat.send(alice, None, "now it works"))  # 0: no limit
-    assert services.usage.quota(alice).tokens_per_day == 0
+    assert services.quotas.quota(alice).tokens_per_day == 0
     assert len(scripted.requests) == 3
 
 
 def test_yesterdays_use_does_not_count_today(
     services: Services, scripted: ScriptedProvider, alice: Principal
 ) -> None:
-    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=1, tokens_per_day=None)
+    services.quotas.set_quota(ROOT, alice.user_id, messages_per_day=1, tokens_per_day=None)
     list(services.chat.send(alice, None, "yesterday"))
     with services._database.session() as session:
         for entry in session.scalars(select(UsageEntry)):
@@ -129,16 +130,16 @@ def test_yesterdays_use_does_not_count_today(
 def test_deleting_every_conversation_gives_no_quota_back(
     services: Services, scripted: ScriptedProvider, alice: Principal
 ) -> None:
-    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=2, tokens_per_day=None)
+    services.quotas.set_quota(ROOT, alice.user_id, messages_per_day=2, tokens_per_day=None)
     for text in ("one", "two"):
         list(services.chat.send(alice, None, text))
-    before = services.usage.today(alice)
+    before = services.quotas.today(alice)
     for conversation in services.conversations.list_for(alice):
         services.conversations.delete(alice, conversation.id)
     assert services.conversations.list_for(alice) == []
     with pytest.raises(QuotaExceeded, match="2 messages"):
         services.chat.send(alice, None, "three")
-    assert services.usage.today(alice) == before
+    assert services.quotas.today(alice) == before
     rows = services.usage.by_user_and_day(ROOT, days=1)
     assert [(r.user, r.messages) for r in rows] == [("alice", 2)]
     assert len(scripted.requests) == 2
@@ -157,7 +158,7 @@ def test_summaries_and_titles_count_against_the_owner(
         by_purpose = {e.purpose: e.tokens for e in entries}
         assert {e.user_name for e in entries} == {"alice"}
     assert set(by_purpose) == {Purpose.CHAT, Purpose.TITLE}
-    today = services.usage.today(alice)
+    today = services.quotas.today(alice)
     assert today.messages == 1  # the title is no message of hers,
     assert today.tokens == sum(by_purpose.values())  # but its tokens are her use
 
@@ -175,12 +176,12 @@ def test_an_aborted_answer_is_charged(
     assert (entry.purpose, entry.outcome) == (Purpose.CHAT, CallOutcome.ABORTED)
     assert entry.input_tokens == reply.estimated_input_tokens > 0
     assert entry.output_tokens >= 1 and entry.cost_usd >= 0
-    assert services.usage.today(alice).messages == 1
+    assert services.quotas.today(alice).messages == 1
 
 
 def test_concurrent_sends_cannot_overshoot_the_quota(services: Services, alice: Principal) -> None:
     """Eight tabs send at once with room for three messages: three are answered."""
-    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=3, tokens_per_day=None)
+    services.quotas.set_quota(ROOT, alice.user_id, messages_per_day=3, tokens_per_day=None)
     barrier = threading.Barrier(8)
     outcomes: list[str] = []
     lock = threading.Lock()
@@ -203,27 +204,27 @@ def test_concurrent_sends_cannot_overshoot_the_quota(services: Services, alice: 
     for thread in threads:
         thread.join(30)
     assert sorted(outcomes) == ["answered"] * 3 + ["refused"] * 5
-    assert services.usage.today(alice).messages == 3
+    assert services.quotas.today(alice).messages == 3
     with services._database.session() as session:
         assert session.scalars(select(QuotaReservation)).all() == []  # all given back
 
 
 def test_a_reservation_left_by_a_dead_process_expires(services: Services, alice: Principal) -> None:
-    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=1, tokens_per_day=None)
+    services.quotas.set_quota(ROOT, alice.user_id, messages_per_day=1, tokens_per_day=None)
     now = datetime.now(UTC)
-    held = services.usage.reserve(alice, tokens=10, now=now)
+    held = services.quotas.reserve(alice, tokens=10, now=now)
     assert held is not None
     with pytest.raises(QuotaExceeded):
-        services.usage.reserve(alice, tokens=10, now=now + timedelta(minutes=1))
+        services.quotas.reserve(alice, tokens=10, now=now + timedelta(minutes=1))
     later = now + RESERVATION_LIFETIME + timedelta(seconds=1)
-    assert services.usage.reserve(alice, tokens=10, now=later) is not None
+    assert services.quotas.reserve(alice, tokens=10, now=later) is not None
 
 
 def test_an_answer_never_started_frees_its_quota(
     services: Services, scripted: ScriptedProvider, alice: Principal
 ) -> None:
     """The page reran between the send and the first chunk: nothing is held for 15 minutes."""
-    services.usage.set_quota(ROOT, alice.user_id, messages_per_day=1, tokens_per_day=None)
+    services.quotas.set_quota(ROOT, alice.user_id, messages_per_day=1, tokens_per_day=None)
     reply = services.chat.send(alice, None, "never read")
     with services._database.session() as session:
         assert len(session.scalars(select(QuotaReservation)).all()) == 1

@@ -26,7 +26,7 @@ def test_services_appending_from_several_threads_keep_one_chain(services: Servic
             for turn in range(5):
                 services.accounts.authenticate(name=user.name, password=f"password-{n}")
                 list(services.chat.send(user, None, f"turn {turn} of {user.name}"))
-                services.usage.set_quota(
+                services.quotas.set_quota(
                     ROOT, user.user_id, messages_per_day=100 + turn, tokens_per_day=None
                 )
         except BaseException as exc:  # reported below, in the test's thread

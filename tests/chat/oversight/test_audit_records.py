@@ -153,7 +153,7 @@ def test_admin_and_document_actions_are_recorded(
     docs.groups.assign(ROOT, "team", "alice")
     docs.groups.remove(ROOT, "team", "alice")
     docs.groups.assign(ROOT, "team", "alice")
-    docs.usage.set_quota(ROOT, bob.user_id, messages_per_day=5, tokens_per_day=None)
+    docs.quotas.set_quota(ROOT, bob.user_id, messages_per_day=5, tokens_per_day=None)
     docs.accounts.set_disabled(ROOT, "bob", disabled=True)
     info = docs.documents.add(alice, "plan.txt", b"The launch is on the fifth of June.")
     docs.documents.share(alice, info.id, group="team")

@@ -153,7 +153,7 @@ def test_an_admins_own_conversation_needs_no_reason(services: Services, admin: P
 
 def test_history_and_exports(services: Services, admin: Principal, alice: Principal) -> None:
     ask(services, alice, "One")
-    services.usage.set_quota(admin, alice.user_id, messages_per_day=3, tokens_per_day=None)
+    services.quotas.set_quota(admin, alice.user_id, messages_per_day=3, tokens_per_day=None)
     page = services.audit.history(admin, user_id=alice.user_id, per_page=2)
     assert page.total == 4  # nothing of root's own
     assert [r.kind for r in page.records] == ["quota_set", "answer"]
