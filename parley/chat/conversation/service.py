@@ -2,11 +2,11 @@
 
 The order is fixed: validate the text, check the user's daily quota, assemble the
 context, **commit the user's message**, then call the model (through the limited
-provider: queue, buckets, metering). The answer is committed when the stream ends:
-`complete`, or the partial text as `interrupted` (or `error` when nothing arrived)
-with one sentence for the user. A stream that breaks after some text is continued
-once by sending the partial answer back as a prefill. Storing the answer survives a
-passing database error (retried, then logged) and never raises into the reader.
+provider: queue, buckets, metering). The answer is committed when the stream ends
+(`parley.chat.conversation.answer`): `complete`, or the partial text as
+`interrupted` (or `error` when nothing arrived) with one sentence for the user. A
+stream that breaks after some text is continued once by sending the partial answer
+back as a prefill.
 The page and the CLI both use this; upkeep after the answer is `parley.chat.conversation.upkeep`'s.
 """
 
@@ -15,14 +15,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Generator, Sequence
 from dataclasses import replace
-from typing import Any
 
 from sqlalchemy import select
 
+from parley.chat.conversation.answer import AnswerStore
 from parley.chat.conversation.context import ContextBuilder, Estimate
 from parley.chat.conversation.conversations import owned_conversation
 from parley.chat.conversation.history import HistoryCache, prompt_turns, visible_messages
-from parley.chat.conversation.replies import ReplyResult, ReplyStream, clean_message_text
+from parley.chat.conversation.replies import ReplyStream, clean_message_text
 from parley.chat.conversation.titles import fallback_title
 from parley.chat.conversation.upkeep import Upkeep
 from parley.chat.documents.library import DocumentService
@@ -30,15 +30,12 @@ from parley.chat.documents.passages import NO_PASSAGES, Passages, find_passages
 from parley.chat.gateway.limited_provider import LimitedProvider
 from parley.chat.gateway.pricing import Pricing
 from parley.chat.gateway.quotas import QuotaService
-from parley.core.audit_events import Answered, CitedRef, MessageRef
 from parley.core.config import Settings
 from parley.core.domain import MessageRole, MessageStatus, Principal, Purpose
 from parley.core.errors import (
     InvalidInput,
     ParleyError,
     ProviderError,
-    StorageError,
-    StorageUnavailable,
     StreamInterrupted,
 )
 from parley.core.llm import (
@@ -48,23 +45,13 @@ from parley.core.llm import (
     PromptMessage,
     StreamEnd,
     TextDelta,
-    Usage,
 )
 from parley.core.records import CitedPassage
-from parley.core.retry import retried
 from parley.memory import ContextWindow, Turn, message_tokens
-from parley.store.audit import append_in, message_hash
 from parley.store.db import Database
-from parley.store.models import Conversation, Message, User, utcnow
+from parley.store.models import Conversation, Message, utcnow
 
 log = logging.getLogger(__name__)
-
-# Waits between attempts to store an answer when the database fails for a moment.
-STORE_RETRY_DELAYS_S = (0.05, 0.25, 1.0)
-NOT_SAVED = (
-    "The answer could not be saved (the database did not take it); "
-    "what you see was not kept. Please retry."
-)
 
 
 class ChatService:
@@ -88,7 +75,7 @@ class ChatService:
         self._context = context
         self._settings = settings
         self._quotas = quotas
-        self._pricing = pricing
+        self._answers = AnswerStore(database, pricing, fallback_model=lambda: provider.model)
         self._upkeep = upkeep
 
     @property
@@ -295,7 +282,7 @@ class ChatService:
         stopped = StreamInterrupted("reader left before the answer began")
         stopped.user_message = "The answer was stopped before it began."
         try:
-            stream.result = self._store_answer(stream, "", (), stopped, [])
+            stream.result = self._answers.store(stream, "", (), stopped, [])
         finally:
             self._quotas.release(stream.reservation)
 
@@ -357,7 +344,7 @@ class ChatService:
             text = "".join(parts)
             if passages.hits and not self._provider.native_citations:
                 citations = passages.numbered(text)
-            stream.result = self._store_answer(stream, text, ends, error, citations)
+            stream.result = self._answers.store(stream, text, ends, error, citations)
             # Every call of this answer is in the ledger by now (the limited provider's meter).
             self._quotas.release(stream.reservation)
             self._upkeep.after_answer(
@@ -365,108 +352,6 @@ class ChatService:
                 conversation_id=stream.conversation_id,
                 answered=stream.result.ok,
             )
-
-    def _store_answer(
-        self,
-        stream: ReplyStream,
-        text: str,
-        ends: Sequence[StreamEnd],
-        error: ParleyError | None,
-        citations: list[CitedPassage],
-    ) -> ReplyResult:
-        """Commit the answer; a database that fails for a moment is tried again, then logged."""
-        if error is None and ends:
-            status, sentence = MessageStatus.COMPLETE, None
-        else:
-            error = error or StreamInterrupted("stream ended without a result")
-            status = MessageStatus.INTERRUPTED if text else MessageStatus.ERROR
-            sentence = error.user_message
-            log.warning(
-                "Answer in conversation %s ended %s: %s", stream.conversation_id, status, error
-            )
-        model = ends[-1].model if ends else self._provider.model
-        usage = sum((e.usage for e in ends), Usage()) if ends else None
-        cost = self._pricing.cost(model, usage) if usage else None
-        message: dict[str, Any] = {
-            "conversation_id": stream.conversation_id,
-            "role": MessageRole.ASSISTANT,
-            "content": text,
-            "status": status,
-            "model": model,
-            "tokens": message_tokens(text) if text else 0,
-            "input_tokens": usage.input_tokens if usage else None,
-            "output_tokens": usage.output_tokens if usage else None,
-            "cache_creation_input_tokens": usage.cache_creation_input_tokens if usage else None,
-            "cache_read_input_tokens": usage.cache_read_input_tokens if usage else None,
-            "estimated_input_tokens": stream.estimated_input_tokens,
-            "cost_usd": cost,
-            "context": stream.provenance,  # made after the stream, off the first token's path
-            "citations": citations or None,
-            "stop_reason": ends[-1].stop_reason if ends else None,
-            "error": sentence,
-        }
-        try:
-            # A passing outage is tried again; a conflict (the conversation was deleted
-            # meanwhile) will not get better.
-            message_id = retried(
-                lambda: self._insert_answer(message, stream),
-                STORE_RETRY_DELAYS_S,
-                retry_on=StorageUnavailable,
-                on_retry=lambda exc: log.warning(
-                    "Storing an answer failed (%s); trying again.", exc
-                ),  # noqa: E501
-            )
-        except StorageError:
-            log.exception(
-                "Could not store the answer in conversation %s (%d characters lost)",
-                stream.conversation_id,
-                len(text),
-            )
-            return ReplyResult(None, MessageStatus.ERROR, text, model, usage, cost, NOT_SAVED)
-        return ReplyResult(message_id, status, text, model, usage, cost, sentence)
-
-    def _insert_answer(self, fields: dict[str, Any], stream: ReplyStream) -> int:
-        """The answer, and in the same transaction its audit record: who asked, the
-        question and answer by id and hash, what went into the prompt, what it cost."""
-        now = utcnow()
-        with self._db.session(write_lock=True) as session:
-            message = Message(**fields, created_at=now, completed_at=now)
-            session.add(message)
-            conversation = session.get(Conversation, fields["conversation_id"])
-            if conversation is not None:
-                conversation.updated_at = now
-            session.flush()
-            question = session.get(Message, stream.user_message_id)
-            asker = session.get(User, stream.user_id)
-            refs = [
-                MessageRef(id=m.id, sha256=message_hash(m.content, m.salt))
-                for m in (question, message)
-                if m is not None
-            ]
-            append_in(
-                session,
-                Answered(
-                    conversation_id=stream.conversation_id,
-                    messages=refs,
-                    status=str(message.status),
-                    model=message.model,
-                    input_tokens=message.input_tokens,
-                    output_tokens=message.output_tokens,
-                    cost_usd=message.cost_usd,
-                    prompt=stream.provenance.without_names() if stream.provenance else None,
-                    cited=[
-                        CitedRef(n=c.n, document_id=c.document_id, chunks=c.chunks)
-                        for c in fields["citations"] or ()
-                    ],
-                ),
-                actor_id=stream.user_id,
-                actor=asker.name if asker else "system",
-            )
-            return message.id
-
-
-def _storing_again(exc: Exception) -> None:
-    log.warning("Storing an answer failed (%s); trying again.", exc)
 
 
 __all__ = ["ChatService"]

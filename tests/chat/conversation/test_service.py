@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-import parley.chat.conversation.service
+import parley.chat.conversation.answer
+from parley.chat.conversation.answer import NOT_SAVED, AnswerRow, AnswerStore
 from parley.chat.conversation.replies import ReplyStream
-from parley.chat.conversation.service import NOT_SAVED, ChatService
 from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.core.domain import MessageRole, MessageStatus, Principal
 from parley.core.errors import (
@@ -297,22 +296,20 @@ def test_a_full_queue_ends_the_turn_with_a_sentence_and_keeps_the_message(
     assert scripted.requests == []
 
 
-def flaky_insert(
-    monkeypatch: pytest.MonkeyPatch, *, failures: int | None
-) -> list[dict[str, object]]:
+def flaky_insert(monkeypatch: pytest.MonkeyPatch, *, failures: int | None) -> list[AnswerRow]:
     """Make storing an answer fail `failures` times (None: always), then call through."""
-    attempts: list[dict[str, object]] = []
-    insert = ChatService._insert_answer
+    attempts: list[AnswerRow] = []
+    insert = AnswerStore._insert
 
-    def fail_then_insert(self: ChatService, fields: dict[str, Any], stream: ReplyStream) -> int:
-        attempts.append(fields)
+    def fail_then_insert(self: AnswerStore, row: AnswerRow, stream: ReplyStream) -> int:
+        attempts.append(row)
         if failures is None or len(attempts) <= failures:
             raise StorageUnavailable("database error: OperationalError")
-        return insert(self, fields, stream)
+        return insert(self, row, stream)
 
-    monkeypatch.setattr(ChatService, "_insert_answer", fail_then_insert)
+    monkeypatch.setattr(AnswerStore, "_insert", fail_then_insert)
     monkeypatch.setattr(
-        parley.chat.conversation.service, "STORE_RETRY_DELAYS_S", (0.001, 0.001, 0.001)
+        parley.chat.conversation.answer, "STORE_RETRY_DELAYS_S", (0.001, 0.001, 0.001)
     )
     return attempts
 
@@ -348,7 +345,7 @@ def test_an_answer_the_database_never_takes_ends_with_a_sentence_not_an_exceptio
     scripted.enqueue("Lost ", "words.")
     reply = services.chat.send(alice, None, "Remember this")
     assert "".join(reply) == "Lost words."  # the reader saw the text, and no exception
-    assert len(attempts) == len(parley.chat.conversation.service.STORE_RETRY_DELAYS_S) + 1
+    assert len(attempts) == len(parley.chat.conversation.answer.STORE_RETRY_DELAYS_S) + 1
     assert reply.result is not None
     assert reply.result.message_id is None
     assert reply.result.status is MessageStatus.ERROR
@@ -358,7 +355,7 @@ def test_an_answer_the_database_never_takes_ends_with_a_sentence_not_an_exceptio
     assert user.content == "Remember this"
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(failures) == 1
-    assert failures[0].name == "parley.chat.conversation.service"
+    assert failures[0].name == "parley.chat.conversation.answer"
     assert "Could not store the answer" in failures[0].getMessage()
     assert f"conversation {reply.conversation_id}" in failures[0].getMessage()
     assert failures[0].exc_info is not None  # the database error is in the log
@@ -371,14 +368,14 @@ def test_an_answer_to_a_conversation_deleted_meanwhile_is_not_retried(
     alice: Principal,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    attempts: list[dict[str, object]] = []
-    insert = ChatService._insert_answer
+    attempts: list[AnswerRow] = []
+    insert = AnswerStore._insert
 
-    def counted(self: ChatService, fields: dict[str, Any], stream: ReplyStream) -> int:
-        attempts.append(fields)
-        return insert(self, fields, stream)
+    def counted(self: AnswerStore, row: AnswerRow, stream: ReplyStream) -> int:
+        attempts.append(row)
+        return insert(self, row, stream)
 
-    monkeypatch.setattr(ChatService, "_insert_answer", counted)
+    monkeypatch.setattr(AnswerStore, "_insert", counted)
     first = services.chat.send(alice, None, "Hello")
     list(first)
     attempts.clear()

@@ -1,0 +1,171 @@
+"""Storing an answer when its stream ends, with its audit record, come what may.
+
+`complete` when the stream ended with a result; otherwise the partial text as
+`interrupted` (or `error` when nothing arrived) with the error's one sentence for the
+user. Storing survives a passing database error (tried again, then logged) and never
+raises into the reader: an answer the database would not take comes back as a result
+that says so (`NOT_SAVED`), its text still in hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from parley.chat.conversation.replies import ReplyResult, ReplyStream
+from parley.chat.gateway.pricing import Pricing
+from parley.core.audit_events import Answered, CitedRef, MessageRef
+from parley.core.domain import MessageRole, MessageStatus
+from parley.core.errors import ParleyError, StorageError, StorageUnavailable, StreamInterrupted
+from parley.core.llm import StreamEnd, Usage
+from parley.core.records import CitedPassage, Provenance
+from parley.core.retry import retried
+from parley.memory import message_tokens
+from parley.store.audit import append_in, message_hash
+from parley.store.db import Database
+from parley.store.models import Conversation, Message, User, utcnow
+
+log = logging.getLogger(__name__)
+
+# Waits between attempts to store an answer when the database fails for a moment.
+STORE_RETRY_DELAYS_S = (0.05, 0.25, 1.0)
+NOT_SAVED = (
+    "The answer could not be saved (the database did not take it); "
+    "what you see was not kept. Please retry."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerRow:
+    """The assistant message's columns, as stored."""
+
+    conversation_id: int
+    content: str
+    status: MessageStatus
+    model: str
+    tokens: int
+    input_tokens: int | None
+    output_tokens: int | None
+    cache_creation_input_tokens: int | None
+    cache_read_input_tokens: int | None
+    estimated_input_tokens: int
+    cost_usd: float | None
+    context: Provenance | None
+    citations: list[CitedPassage] | None
+    stop_reason: str | None
+    error: str | None
+
+
+class AnswerStore:
+    def __init__(
+        self, database: Database, pricing: Pricing, *, fallback_model: Callable[[], str]
+    ) -> None:
+        self._db = database
+        self._pricing = pricing
+        self._fallback_model = fallback_model  # when no call got as far as naming its model
+
+    def store(
+        self,
+        stream: ReplyStream,
+        text: str,
+        ends: Sequence[StreamEnd],
+        error: ParleyError | None,
+        citations: list[CitedPassage],
+    ) -> ReplyResult:
+        """Commit the answer; a database that fails for a moment is tried again, then logged."""
+        if error is None and ends:
+            status, sentence = MessageStatus.COMPLETE, None
+        else:
+            error = error or StreamInterrupted("stream ended without a result")
+            status = MessageStatus.INTERRUPTED if text else MessageStatus.ERROR
+            sentence = error.user_message
+            log.warning(
+                "Answer in conversation %s ended %s: %s", stream.conversation_id, status, error
+            )
+        model = ends[-1].model if ends else self._fallback_model()
+        usage = sum((e.usage for e in ends), Usage()) if ends else None
+        cost = self._pricing.cost(model, usage) if usage else None
+        row = AnswerRow(
+            conversation_id=stream.conversation_id,
+            content=text,
+            status=status,
+            model=model,
+            tokens=message_tokens(text) if text else 0,
+            input_tokens=usage.input_tokens if usage else None,
+            output_tokens=usage.output_tokens if usage else None,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens if usage else None,
+            cache_read_input_tokens=usage.cache_read_input_tokens if usage else None,
+            estimated_input_tokens=stream.estimated_input_tokens,
+            cost_usd=cost,
+            context=stream.provenance,  # made after the stream, off the first token's path
+            citations=citations or None,
+            stop_reason=ends[-1].stop_reason if ends else None,
+            error=sentence,
+        )
+        try:
+            # A passing outage is tried again; a conflict (the conversation was deleted
+            # meanwhile) will not get better.
+            message_id = retried(
+                lambda: self._insert(row, stream),
+                STORE_RETRY_DELAYS_S,
+                retry_on=StorageUnavailable,
+                on_retry=_storing_again,
+            )
+        except StorageError:
+            log.exception(
+                "Could not store the answer in conversation %s (%d characters lost)",
+                stream.conversation_id,
+                len(text),
+            )
+            return ReplyResult(None, MessageStatus.ERROR, text, model, usage, cost, NOT_SAVED)
+        return ReplyResult(message_id, status, text, model, usage, cost, sentence)
+
+    def _insert(self, row: AnswerRow, stream: ReplyStream) -> int:
+        """The answer, and in the same transaction its audit record: who asked, the
+        question and answer by id and hash, what went into the prompt, what it cost."""
+        now = utcnow()
+        with self._db.session(write_lock=True) as session:
+            columns = {field: getattr(row, field) for field in AnswerRow.__slots__}
+            message = Message(
+                **columns, role=MessageRole.ASSISTANT, created_at=now, completed_at=now
+            )
+            session.add(message)
+            conversation = session.get(Conversation, row.conversation_id)
+            if conversation is not None:
+                conversation.updated_at = now
+            session.flush()
+            question = session.get(Message, stream.user_message_id)
+            asker = session.get(User, stream.user_id)
+            refs = [
+                MessageRef(id=m.id, sha256=message_hash(m.content, m.salt))
+                for m in (question, message)
+                if m is not None
+            ]
+            append_in(
+                session,
+                Answered(
+                    conversation_id=stream.conversation_id,
+                    messages=refs,
+                    status=str(message.status),
+                    model=message.model,
+                    input_tokens=message.input_tokens,
+                    output_tokens=message.output_tokens,
+                    cost_usd=message.cost_usd,
+                    prompt=row.context.without_names() if row.context else None,
+                    cited=[
+                        CitedRef(n=c.n, document_id=c.document_id, chunks=c.chunks)
+                        for c in row.citations or ()
+                    ],
+                ),
+                actor_id=stream.user_id,
+                actor=asker.name if asker else "system",
+            )
+            return message.id
+
+
+def _storing_again(exc: Exception) -> None:
+    log.warning("Storing an answer failed (%s); trying again.", exc)
+
+
+__all__ = ["NOT_SAVED", "STORE_RETRY_DELAYS_S", "AnswerRow", "AnswerStore"]
