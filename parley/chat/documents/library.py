@@ -1,4 +1,4 @@
-"""Documents: upload, list, share, unshare, delete, and permission-scoped search.
+"""Documents: upload (`upload.py`), list, share, unshare, delete, and permission-scoped search.
 
 A document is private to its owner, shared with groups, or public to every user.
 Owners and admins share, unshare and delete. `search` filters inside the Chroma query
@@ -9,14 +9,12 @@ deleted document is gone from the very next search, in every process.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
 
-import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -31,8 +29,13 @@ from parley.chat.documents.access import (
 )
 from parley.chat.documents.hits import Hit, Passage, group_passages
 from parley.chat.documents.index_sync import IndexSync
+from parley.chat.documents.upload import (
+    ABANDONED_AFTER,
+    SUPPORTED_SUFFIXES,
+    Progress,
+    Uploads,
+)
 from parley.core.audit_events import (
-    DocumentAdded,
     DocumentChunkOpened,
     DocumentDeleted,
     DocumentShared,
@@ -43,17 +46,12 @@ from parley.core.domain import Principal
 from parley.core.errors import (
     InvalidInput,
     NotFound,
-    ParleyError,
-    StorageConflict,
-    StorageUnavailable,
 )
 from parley.retrieval.document_index import (
     Candidate,
-    DocumentAccess,
     DocumentIndex,
     hybrid_rank,
 )
-from parley.retrieval.documents import KINDS, chunk, parse
 from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
 from parley.store.models import (
@@ -62,19 +60,10 @@ from parley.store.models import (
     DocumentGroup,
     Group,
     User,
-    utcnow,
 )
 
-# The file name endings an upload may have (text, Markdown, HTML, PDF, Word).
-SUPPORTED_SUFFIXES = tuple(KINDS)
-# Chunks embedded per batch while a file is indexed (progress is reported per batch).
-EMBED_BATCH = 32
 # Candidates the vector search hands to the hybrid ranking, per hit wanted (at least 40).
 CANDIDATES_PER_HIT = 4
-# An upload not made ready this long after it began was abandoned (its process died).
-ABANDONED_AFTER = timedelta(minutes=30)
-# Progress of an upload: (fraction done, what is happening), fraction in [0, 1].
-Progress = Callable[[float, str], None]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +86,7 @@ class DocumentService:
         self._db = database
         self._index = index
         self._index_sync = IndexSync(database, index)
+        self._uploads = Uploads(database, index, self._index_sync)
         # Runs slow work (dropping and purging a deleted document's vectors) off the
         # request, on the services' pool; None runs it inline.
         self._defer = defer
@@ -111,93 +101,11 @@ class DocumentService:
         public: bool = False,
         progress: Progress | None = None,
     ) -> DocumentInfo:
-        """Parse, chunk, embed and index a file for the principal; all or nothing.
-        `progress` hears how far it got (parsing, then each batch of chunks embedded)."""
-        report = progress or _silent
-        report(0.0, f"Reading {name}")
-        chunks = chunk(parse(name, data))
-        digest = hashlib.sha256(data).hexdigest()
-        with self._db.session() as session:
-            for group in groups:  # a group they may not share with is said before the slow part
-                shareable_group(session, principal, group)
-        batches = []
-        for start in range(0, len(chunks), EMBED_BATCH):
-            report(0.05 + 0.85 * start / len(chunks), f"Embedding {name}: {start}/{len(chunks)}")
-            batches.append(self._index.embed([c.text for c in chunks[start : start + EMBED_BATCH]]))
-        vectors = np.concatenate(batches)
-        report(0.9, f"Indexing {name}")
-        # Three short transactions, and the vector store between them with no lock held:
-        # sign-ins, quota reservations and metering never wait behind an upload. The rows
-        # are written not ready (every read skips them), then indexed, then made ready.
-        try:
-            with self._db.session(write_lock=True) as session:
-                duplicate = session.scalar(
-                    select(Document.name).where(
-                        Document.owner_id == principal.user_id, Document.sha256 == digest
-                    )
-                )
-                if duplicate is not None:
-                    raise InvalidInput(f"{name}: you already have this content as {duplicate!r}.")
-                group_ids = [shareable_group(session, principal, g) for g in groups]
-                document = Document(
-                    owner_id=principal.user_id,
-                    name=name[:255],
-                    sha256=digest,
-                    public=public,
-                    chunks=len(chunks),
-                    tokens=sum(c.tokens for c in chunks),
-                    ready=False,
-                )
-                session.add(document)
-                session.flush()
-                session.add_all(
-                    DocumentGroup(document_id=document.id, group_id=g) for g in group_ids
-                )
-                session.add_all(
-                    DocumentChunk(
-                        document_id=document.id,
-                        index=c.index,
-                        text=c.text,
-                        heading=c.heading[:500],
-                        page=c.page,
-                        tokens=c.tokens,
-                    )
-                    for c in chunks
-                )
-                document_id = document.id
-        except StorageConflict as exc:
-            raise InvalidInput(f"{name}: you already have this content.") from exc
-        access = DocumentAccess(principal.user_id, public, frozenset(group_ids))
-        try:
-            self._index.add(document_id, vectors, access)
-        except Exception as exc:
-            self._abandon(document_id, access)
-            if isinstance(exc, ParleyError):
-                raise
-            raise StorageUnavailable(
-                f"indexing {name}: {exc}",
-                user_message=f"{name} could not be indexed; nothing of it was kept. "
-                "Please try again.",
-            ) from exc
-        with self._db.session(write_lock=True) as session:
-            made = session.get(Document, document_id)
-            if made is not None:
-                made.ready = True
-                append_in(  # last: the audit head stays locked until the commit
-                    session,
-                    DocumentAdded(
-                        document_id=document_id,
-                        sha256=digest,
-                        chunks=len(chunks),
-                        groups=sorted(groups),
-                        public=public,
-                    ),
-                    **actor_of(principal),
-                )
-        if made is None:  # its owner was erased while it was indexed
-            self._abandon(document_id, access)
-            raise NotFound(user_message=f"{name} was deleted while it was being indexed.")
-        report(1.0, f"{name}: {len(chunks)} passages indexed")
+        """Parse, chunk, embed and index a file for the principal; all or nothing
+        (`parley.chat.documents.upload`). `progress` hears how far it got."""
+        document_id = self._uploads.add(
+            principal, name, data, groups=groups, public=public, progress=progress
+        )
         return self.get(principal, document_id)
 
     def get(self, principal: Principal, document_id: int) -> DocumentInfo:
@@ -301,27 +209,9 @@ class DocumentService:
         ):
             self._sync(document_id)
 
-    def _abandon(self, document_id: int, access: DocumentAccess) -> None:
-        """An upload that will not finish: its vectors and rows go (whatever is left of
-        the vectors, the outbox removes later)."""
-        with self._db.session(write_lock=True) as session:
-            queue_sync(session, document_id, access.scopes)
-            session.execute(delete(DocumentChunk).where(DocumentChunk.document_id == document_id))
-            session.execute(delete(Document).where(Document.id == document_id))
-        self._sync(document_id)
-
     def sweep_abandoned(self, *, older_than: timedelta = ABANDONED_AFTER) -> int:
-        """Uploads a process died in the middle of (rows never made ready): removed, with
-        whatever vectors they had. How many."""
-        cutoff = utcnow() - older_than
-        with self._db.session() as session:
-            stale = session.scalars(
-                select(Document).where(Document.ready.is_(False), Document.created_at < cutoff)
-            ).all()
-            found = [(d.id, access_of(session, d)) for d in stale]
-        for document_id, access in found:
-            self._abandon(document_id, access)
-        return len(found)
+        """Uploads a process died in the middle of, removed (`Uploads.sweep_abandoned`)."""
+        return self._uploads.sweep_abandoned(older_than=older_than)
 
     def sweep_index(self) -> int:
         """Finish the index's pending work (`IndexSync.sweep`); how many documents are
@@ -452,10 +342,6 @@ class DocumentService:
         if document is None or not document.ready or not may_manage(principal, document):
             raise NotFound(user_message=f"There is no document {document_id} of yours.")
         return document
-
-
-def _silent(fraction: float, step: str) -> None:  # noqa: ARG001 - a Progress that listens to nothing
-    return None
 
 
 def may_manage(principal: Principal, document: Document) -> bool:
