@@ -32,21 +32,27 @@ _built: list[Services] = []
 _quick_start: list[bool] = []
 
 
-def start_quickly() -> None:
-    """Let `starting` hold the cyclic garbage collector off in this process's start-up."""
-    _quick_start.append(True)
+def start_quickly(on: bool = True) -> None:
+    """Let `starting` hold the cyclic garbage collector off in this process's start-up
+    (`on=False`: no longer)."""
+    _quick_start.clear()
+    if on:
+        _quick_start.append(True)
 
 
 @contextmanager
 def starting() -> Iterator[None]:
-    """A command's start-up: the imports (SQLAlchemy, pydantic) and the wiring.
+    """A command's start-up: the settings, the database and the imports of the wiring.
 
-    They make hundreds of thousands of objects and no garbage, and the cyclic collector
-    would walk them again and again as they come: a third of `parley user list`'s
-    start here (`python -m parley.bench.cli_start`). In the `parley` process the
-    collector is off while they load; what they made is then frozen (`gc.freeze`: left
-    out of every later collection, the last one at exit included) and the collector is
-    on again for the command itself. A program that calls `main` keeps its collector.
+    SQLAlchemy and pydantic make hundreds of thousands of objects as they load and next
+    to no garbage, and the cyclic collector would walk them again and again as they
+    come: a third of `parley user list`'s start here (`python -m parley.bench.cli_start`).
+    In the `parley` process the collector is off while they load; what they made is
+    then frozen (`gc.freeze`: left out of every later collection, the last one at exit
+    included; the few thousand unreachable objects among them are never freed, which a
+    short command does not mind) and the collector is on again for the command itself,
+    and for the services it makes when it first uses them. A program that calls `main`
+    keeps its collector.
     """
     if not _quick_start or not gc.isenabled():
         yield

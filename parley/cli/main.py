@@ -364,7 +364,10 @@ def _bench_memory(args: argparse.Namespace) -> int:
 def run() -> int:
     """The `parley` console script: `main`, starting quickly (see `common.starting`)."""
     start_quickly()
-    return main()
+    try:
+        return main()
+    finally:
+        start_quickly(on=False)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from parley.core.errors import ConfigurationError
@@ -177,6 +177,23 @@ class Settings(BaseSettings):
         "default: files in data dir",
     )
     embedding_threads: int = Field(default=1, ge=1)
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _chroma_url_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        """Checked with the settings, so every process and command refuses a malformed
+        URL at its start, not only one that opens the vector store."""
+        if value is None or not value.get_secret_value():
+            return value
+        url = urlsplit(value.get_secret_value())
+        try:
+            url.port  # noqa: B018 - reading it is the check
+        except ValueError:
+            raise ValueError("the port is not a number") from None
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("must look like http://host:port or https://host:port")
+        return value
+
     document_prompt_tokens: int = Field(
         default=2000, ge=0, description="most prompt tokens of document passages per question"
     )

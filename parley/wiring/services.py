@@ -605,21 +605,17 @@ def build_vector_store(settings: Settings) -> VectorStore:
     """Chroma: a server if `PARLEY_CHROMA_URL`, else files under the data dir."""
     from parley.retrieval.vector_store import VectorStore
 
-    if settings.chroma_url:
+    if settings.chroma_url:  # its shape is checked with the settings
         url = urlsplit(settings.chroma_url.get_secret_value())
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ConfigurationError(
-                "PARLEY_CHROMA_URL must look like http://host:port or https://host:port."
-            )
-        try:
-            port = url.port or (443 if url.scheme == "https" else 8000)
-        except ValueError as exc:
-            raise ConfigurationError("PARLEY_CHROMA_URL has a port that is not a number.") from exc
+        if url.hostname is None:  # settings made without their validation
+            raise ConfigurationError("PARLEY_CHROMA_URL names no host.")
+        port = url.port or (443 if url.scheme == "https" else 8000)
         return VectorStore.http(url.hostname, port, ssl=url.scheme == "https")
     return VectorStore.persistent(settings.data_dir / "chroma")
 
 
 _EMBEDDERS: dict[tuple[int, Path], MiniLMEmbedder] = {}
+_EMBEDDERS_LOCK = threading.Lock()
 
 
 def shared_embedder(settings: Settings) -> MiniLMEmbedder:
@@ -627,9 +623,10 @@ def shared_embedder(settings: Settings) -> MiniLMEmbedder:
     from parley.retrieval.embeddings import MiniLMEmbedder
 
     key = (settings.embedding_threads, (settings.data_dir / "models").resolve())
-    if key not in _EMBEDDERS:
-        _EMBEDDERS[key] = MiniLMEmbedder(threads=key[0], cache_dir=key[1])
-    return _EMBEDDERS[key]
+    with _EMBEDDERS_LOCK:  # the start-up sweep may ask on the pool while a page asks too
+        if key not in _EMBEDDERS:
+            _EMBEDDERS[key] = MiniLMEmbedder(threads=key[0], cache_dir=key[1])
+        return _EMBEDDERS[key]
 
 
 def build_recall_index(

@@ -115,6 +115,21 @@ def test_a_missing_key_still_stops_a_command_before_it_runs(database: Database) 
     assert "ANTHROPIC_API_KEY" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_malformed_setting_stops_a_command_that_does_not_use_it(database: Database) -> None:
+    del database  # migrated by its fixture
+    # `user list` opens no vector store, and still refuses a Chroma URL of the wrong shape.
+    done = subprocess.run(
+        [PARLEY, "user", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PARLEY_CHROMA_URL": "ftp://chroma.internal:8000"},
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "chroma_url" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_help_answers_quickly() -> None:
     # Generous: about 0.1 s on a quiet machine, and 3 s when it imported every service.
     best = float("inf")

@@ -122,3 +122,29 @@ def test_a_key_of_any_shape_is_redacted() -> None:
 
     StaticKey(SecretStr("gateway-token-7f3a"))  # not shaped like sk-ant-...
     assert RedactSecrets.scrub("sent gateway-token-7f3a upstream") == "sent [redacted] upstream"
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ftp://chroma.internal:8000", "must look like http://host:port"),
+        ("http://:8000", "must look like http://host:port"),
+        ("http://chroma.internal:port", "the port is not a number"),
+    ],
+)
+def test_a_malformed_chroma_url_stops_the_settings(
+    monkeypatch: pytest.MonkeyPatch, url: str, why: str
+) -> None:
+    # Checked with the settings: every process and command refuses it at its start,
+    # also one that never opens the vector store.
+    monkeypatch.setenv("PARLEY_CHROMA_URL", url)
+    with pytest.raises(ConfigurationError) as refused:
+        get_settings()
+    assert "chroma_url" in str(refused.value) and why in str(refused.value)
+    assert url not in str(refused.value)  # it may hold a password
+
+
+def test_a_chroma_url_of_the_right_shape_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARLEY_CHROMA_URL", "https://chroma.internal")
+    chroma = get_settings().chroma_url
+    assert chroma is not None and chroma.get_secret_value() == "https://chroma.internal"

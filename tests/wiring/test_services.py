@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -11,7 +12,9 @@ from parley.chat.conversation import service as chat_service
 from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.core.background import BackgroundWork
 from parley.core.config import Settings
+from parley.retrieval import embeddings
 from parley.store.db import Database
+from parley.wiring import services as services_module
 from parley.wiring.services import Services, build_services
 
 ACTORS = 12
@@ -74,3 +77,31 @@ def test_many_threads_asking_at_once_share_one_chat_service(
         assert services.chat is got[0] and services.provider is services.provider
     finally:
         services.close()
+
+
+def test_one_embedder_per_process_when_many_threads_ask_at_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+
+    class SlowEmbedder:
+        def __init__(self, **_: object) -> None:
+            time.sleep(0.05)  # a model's load, long enough for the others to ask
+            made.append(threading.current_thread().name)
+
+    monkeypatch.setattr(embeddings, "MiniLMEmbedder", SlowEmbedder)
+    monkeypatch.setattr(services_module, "_EMBEDDERS", {})
+    start = threading.Barrier(ACTORS)
+    got: list[object] = []
+
+    def ask() -> None:
+        start.wait()
+        got.append(services_module.shared_embedder(settings))
+
+    threads = [threading.Thread(target=ask) for _ in range(ACTORS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(made) == 1
+    assert len(got) == ACTORS and len({id(e) for e in got}) == 1
