@@ -79,9 +79,11 @@ def test_the_chroma_urls_scheme_and_port_are_honoured(
 @pytest.mark.parametrize(
     "url", ["chroma.internal:8000", "ftp://chroma", "http://:8000", "http://h:port"]
 )
-def test_a_bad_chroma_url_is_a_sentence(url: str, tmp_path: Path) -> None:
+def test_a_bad_chroma_url_is_a_sentence(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Refused with the settings, before any vector store is opened.
+    from parley.core.config import get_settings
     from parley.core.errors import ConfigurationError
-    from parley.wiring.services import build_recall_index
 
-    with pytest.raises(ConfigurationError, match="PARLEY_CHROMA_URL"):
-        build_recall_index(Settings(data_dir=tmp_path, chroma_url=url))
+    monkeypatch.setenv("PARLEY_CHROMA_URL", url)
+    with pytest.raises(ConfigurationError, match="chroma_url"):
+        get_settings()
