@@ -17,7 +17,8 @@ from parley.fakes.anthropic_server import FakeAnthropic
 from parley.retrieval.vector_store import forget_clients
 from parley.store.db import Database
 from parley.store.migrate import upgrade
-from parley.wiring.services import Services, build_services, open_database
+from parley.wiring.factories import open_database
+from parley.wiring.services import Services, build_services
 from tests.chroma_server import chroma_url  # noqa: F401 - a fixture shared by the suite
 from tests.support import ROOT
 

@@ -29,7 +29,7 @@ from parley.app_pages.words import say
 from parley.auth import COOKIE_NAME, SessionService
 from parley.core.config import get_settings
 from parley.core.errors import ParleyError
-from parley.wiring.services import build_sessions_alone
+from parley.wiring.factories import build_sessions_alone
 
 log = logging.getLogger(__name__)
 

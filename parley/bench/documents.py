@@ -45,7 +45,7 @@ from parley.store.db import Database
 from parley.store.migrate import upgrade
 from parley.store.models import Document, DocumentChunk, DocumentGroup
 from parley.wiring import Services, build_services
-from parley.wiring.services import build_document_index, shared_embedder
+from parley.wiring.factories import build_document_index, shared_embedder
 
 OPERATOR = Principal(user_id=0, name="(operator)", role=Role.ADMIN)
 USERS = 40

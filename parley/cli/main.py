@@ -187,7 +187,7 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
     from parley.core.config import get_settings
     from parley.store.audit import AuditChain
     from parley.store.migrate import KEYED_AUDIT_REVISION, current_revision, upgrade
-    from parley.wiring.services import open_database
+    from parley.wiring.factories import open_database
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)

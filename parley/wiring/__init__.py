@@ -3,6 +3,7 @@
 from parley.wiring import Services, build_services
 """
 
-from parley.wiring.services import Services, build_recall_index, build_services
+from parley.wiring.factories import build_recall_index
+from parley.wiring.services import Services, build_services
 
 __all__ = ["Services", "build_recall_index", "build_services"]

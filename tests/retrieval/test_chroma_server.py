@@ -9,7 +9,7 @@ import pytest
 from parley.core.config import Settings
 from parley.retrieval.embeddings import HashingEmbedder
 from parley.retrieval.turn_recall import IndexedTurn, RecallIndex
-from parley.wiring.services import build_recall_index
+from parley.wiring.factories import build_recall_index
 
 
 def test_recall_persists_on_a_chroma_server(chroma_url: str, tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_the_chroma_urls_scheme_and_port_are_honoured(
     url: str, expected: tuple[str, int, bool], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from parley.retrieval.vector_store import VectorStore
-    from parley.wiring.services import build_recall_index
+    from parley.wiring.factories import build_recall_index
 
     made: list[tuple[str, int, bool]] = []
     monkeypatch.setattr(

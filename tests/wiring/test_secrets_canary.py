@@ -16,7 +16,8 @@ from streamlit.testing.v1 import AppTest
 from parley.core.config import get_settings
 from parley.fakes.anthropic_server import FakeAnthropic, Fault, Reply
 from parley.store.migrate import upgrade
-from parley.wiring.services import build_services, open_database
+from parley.wiring.factories import open_database
+from parley.wiring.services import build_services
 from tests.support import ROOT
 
 CANARY = "sk-ant-CANARY-3f9a61c2e7b84d05a1"

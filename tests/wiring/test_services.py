@@ -14,7 +14,7 @@ from parley.core.background import BackgroundWork
 from parley.core.config import Settings
 from parley.retrieval import embeddings
 from parley.store.db import Database
-from parley.wiring import services as services_module
+from parley.wiring import factories as factories_module
 from parley.wiring.services import Services, build_services
 
 ACTORS = 12
@@ -90,13 +90,13 @@ def test_one_embedder_per_process_when_many_threads_ask_at_once(
             made.append(threading.current_thread().name)
 
     monkeypatch.setattr(embeddings, "MiniLMEmbedder", SlowEmbedder)
-    monkeypatch.setattr(services_module, "_EMBEDDERS", {})
+    monkeypatch.setattr(factories_module, "_EMBEDDERS", {})
     start = threading.Barrier(ACTORS)
     got: list[object] = []
 
     def ask() -> None:
         start.wait()
-        got.append(services_module.shared_embedder(settings))
+        got.append(factories_module.shared_embedder(settings))
 
     threads = [threading.Thread(target=ask) for _ in range(ACTORS)]
     for thread in threads:

@@ -30,7 +30,8 @@ from parley.retrieval.document_index import (
 from parley.retrieval.embeddings import HashingEmbedder
 from parley.retrieval.vector_store import VectorStore
 from parley.store.models import Document, DocumentChunk
-from parley.wiring.services import Services, build_services, build_vector_store
+from parley.wiring.factories import build_vector_store
+from parley.wiring.services import Services, build_services
 from tests.support import ROOT
 
 
