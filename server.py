@@ -22,9 +22,28 @@ from streamlit import config
 from parley.app_pages.routes import ROUTES
 from parley.app_pages.security_headers import SecurityHeaders
 from parley.app_pages.state import close_all
+from parley.core.config import get_settings
+from parley.core.errors import ParleyError
+from parley.wiring.factories import streamlit_cookie_secret
 
 config.set_option("client.showErrorDetails", "none")
 config.set_option("client.toolbarMode", "minimal")
+
+
+def _share_streamlit_cookie_secret() -> None:
+    """Streamlit signs its XSRF and OIDC cookies with a secret random per process unless
+    one is set: behind a proxy, a browser moved to another process would be refused.
+    Unless the operator set one, it is derived from Parley's session secret."""
+    if config.is_manually_set("server.cookieSecret"):
+        return
+    try:
+        secret = streamlit_cookie_secret(get_settings())
+    except ParleyError:
+        return  # the app's first page says what is wrong with the settings
+    config.set_option("server.cookieSecret", secret)
+
+
+_share_streamlit_cookie_secret()
 
 
 @asynccontextmanager

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,10 +78,17 @@ class Resumed:
 
 class SessionService:
     def __init__(
-        self, database: Database, *, secret: str, idle: timedelta, lifetime: timedelta
+        self,
+        database: Database,
+        *,
+        secret: str,
+        idle: timedelta,
+        lifetime: timedelta,
+        previous_secrets: Sequence[str] = (),
     ) -> None:
         self._db = database
-        self._signer = Signer(secret, salt="parley-session")
+        # Signs with the last key; a cookie signed with a rotated-out one still reads.
+        self._signer = Signer([*previous_secrets, secret], salt="parley-session")
         self._idle = idle
         self._lifetime = lifetime
 

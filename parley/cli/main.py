@@ -187,13 +187,16 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
     from parley.core.config import get_settings
     from parley.store.audit import AuditChain
     from parley.store.migrate import KEYED_AUDIT_REVISION, current_revision, upgrade
-    from parley.wiring.factories import open_database
+    from parley.wiring.factories import agree_on_audit_key, open_database
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = open_database(settings)
     try:
         before = current_revision(database)
+        if before is not None and before >= "0021":
+            # A process with another audit key must not key the old records with it.
+            agree_on_audit_key(settings, database)
         upgrade(database)
         sealed = 0
         try:  # records from before the trail was keyed: keyed once, by this very upgrade

@@ -214,6 +214,10 @@ class Settings(BaseSettings):
         default=None,
         description="signs the session cookie; default: a random secret kept in the data dir",
     )
+    session_previous_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description="session secrets replaced by a rotation, still accepted on cookies (JSON list)",
+    )
     audit_key: SecretStr | None = Field(
         default=None,
         description="keys the audit trail's HMAC chain; keep it outside the database "
@@ -303,6 +307,7 @@ class Settings(BaseSettings):
             self.session_secret,
             self.audit_key,
             *self.audit_previous_keys,
+            *self.session_previous_secrets,
             self.database_url,
             self.chroma_url,
         ):

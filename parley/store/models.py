@@ -176,6 +176,38 @@ class RateBucket(Base):
     updated_at: Mapped[float] = mapped_column(Float)  # Unix time: the same in every process
 
 
+class SecretFingerprint(Base):
+    """A fingerprint of a secret every process on this database must hold (never the
+    secret): a process whose secret gives another fingerprint refuses to start."""
+
+    __tablename__ = "secret_fingerprints"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    set_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Lease(Base):
+    """Work one process at a time does (the sweep, a summary fold): who holds it, until when."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Float)  # Unix time: the same in every process
+
+
+class CallSlot(Base):
+    """One of the model-call slots every process shares (`PARLEY_LIMITER_STORE=database`):
+    free when `holder` is empty or its lease has run out (a process that died)."""
+
+    __tablename__ = "call_slots"
+
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    holder: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
 class UsageEntry(Base):
     """The usage ledger: one row per provider call, however it ended. Append-only.
 

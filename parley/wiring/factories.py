@@ -10,6 +10,7 @@ inside the function that needs them, for the reason `parley.wiring.services` giv
 
 from __future__ import annotations
 
+import hmac
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
@@ -23,6 +24,7 @@ from parley.core.errors import ConfigurationError
 from parley.core.llm import ChatProvider, ChatRequest, StreamEvent
 from parley.store.db import Database
 from parley.store.keys import AuditKeys
+from parley.store.shared import agree_on_secret
 
 if TYPE_CHECKING:
     from parley.auth.oidc import OidcSignIn
@@ -111,16 +113,31 @@ def build_oidc(settings: Settings, database: Database) -> OidcSignIn:
     )
 
 
+def session_secret(settings: Settings) -> str:
+    """`PARLEY_SESSION_SECRET` (a setting or a file in the secrets directory), else a
+    secret kept in the data dir (made on first start: right for one host only)."""
+    if settings.session_secret:
+        return settings.session_secret.get_secret_value()
+    return secret_from_file(settings.data_dir / "session_secret")
+
+
+def streamlit_cookie_secret(settings: Settings) -> str:
+    """Streamlit's own cookie secret (its XSRF and OIDC cookies), derived from the session
+    secret, so processes that share one share the other (and neither is written down)."""
+    return hmac.new(
+        session_secret(settings).encode(), b"parley-streamlit-cookie-secret", "sha256"
+    ).hexdigest()
+
+
 def build_sessions(settings: Settings, database: Database) -> SessionService:
-    """Sign-in sessions, signed with `PARLEY_SESSION_SECRET` or a secret kept in the data dir."""
-    secret = (
-        settings.session_secret.get_secret_value()
-        if settings.session_secret
-        else secret_from_file(settings.data_dir / "session_secret")
-    )
+    """Sign-in sessions, signed with the session secret (`session_secret`)."""
+    secret = session_secret(settings)
+    previous = [s.get_secret_value() for s in settings.session_previous_secrets]
+    agree_on_secret(database, "session secret", secret, previous, setting="PARLEY_SESSION_SECRET")
     return SessionService(
         database,
         secret=secret,
+        previous_secrets=previous,
         idle=timedelta(minutes=settings.session_idle_minutes),
         lifetime=timedelta(hours=settings.session_lifetime_hours),
     )
@@ -152,6 +169,18 @@ def audit_keys(settings: Settings) -> AuditKeys:
         )
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
+
+
+def agree_on_audit_key(settings: Settings, database: Database) -> None:
+    """Refuse to start when the audit key is not the one the database was set up with."""
+    keys = database.audit_keys or audit_keys(settings)
+    agree_on_secret(
+        database,
+        "audit key",
+        keys.current.decode("utf-8"),
+        [k.decode("utf-8") for k in keys.previous],
+        setting="PARLEY_AUDIT_KEY (or PARLEY_AUDIT_KEY_FILE)",
+    )
 
 
 def open_database(settings: Settings) -> Database:

@@ -38,6 +38,7 @@ from parley.store.db import Database
 from parley.store.migrate import is_current
 from parley.store.models import Document, DocumentSync, VectorErasure
 from parley.wiring.factories import (
+    agree_on_audit_key,
     build_document_index,
     build_oidc,
     build_recall_index,
@@ -431,6 +432,7 @@ def build_services(
             "The database is not at this version's schema (new, or older): "
             "run `parley db upgrade` (make run does it)."
         )
+    agree_on_audit_key(settings, database)
     if provider is None and settings.uses_anthropic:
         from parley.chat.gateway.providers import build_key_source
 

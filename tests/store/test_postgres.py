@@ -48,6 +48,7 @@ def _as_postgres(command: list[str]) -> list[str]:
 # The module's tests share one PostgreSQL database, so they share its audit key too.
 PG_AUDIT_KEY = "postgres-tests-audit-key-0123456789"
 PG_KEYS = AuditKeys.from_secrets(PG_AUDIT_KEY)
+PG_SESSION_SECRET = "postgres-tests-session-secret-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +136,7 @@ def test_chat_usage_quotas_and_summaries_on_postgres(postgres_url: str, tmp_path
         data_dir=tmp_path,
         database_url=postgres_url,
         audit_key=PG_AUDIT_KEY,  # one server for the module's tests: one audit key
+        session_secret=PG_SESSION_SECRET,  # and one session secret
         provider=ProviderChoice.LOCAL,
         model_titles=False,
         memory_strategy="summary_buffer",
@@ -223,6 +225,7 @@ def test_review_break_glass_and_erasure_on_postgres(postgres_url: str, tmp_path:
         data_dir=tmp_path,
         database_url=postgres_url,
         audit_key=PG_AUDIT_KEY,  # one server for the module's tests: one audit key
+        session_secret=PG_SESSION_SECRET,  # and one session secret
         provider=ProviderChoice.LOCAL,
         model_titles=False,
         memory_strategy="token_window",

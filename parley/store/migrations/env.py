@@ -34,6 +34,10 @@ def run_migrations_online() -> None:
             connection=connection, target_metadata=target_metadata, render_as_batch=True
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Several processes may upgrade at once (a cluster's start): one migrates,
+                # the others wait here and then find nothing left to do.
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7261657964)")
             context.run_migrations()
 
 
