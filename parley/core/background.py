@@ -34,6 +34,17 @@ class BackgroundWork:
         self._pending: set[Future[None]] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._stop = threading.Event()
+
+    def every(self, seconds: float, task: Callable[[], None], *, name: str) -> None:
+        """Submit `task` every `seconds` until the pool closes (a daemon thread that only
+        submits: the work itself runs, and is drained, on the pool)."""
+
+        def tick() -> None:
+            while not self._stop.wait(seconds):
+                self.submit(task, name=name)
+
+        threading.Thread(target=tick, name=f"parley-every-{name}", daemon=True).start()
 
     @property
     def pending(self) -> int:
@@ -84,6 +95,7 @@ class BackgroundWork:
 
     def close(self, timeout: float | None = None) -> bool:
         """Drain (at most `timeout`), then stop accepting work and let the workers end."""
+        self._stop.set()
         drained = self.drain(timeout)
         with self._lock:
             self._closed = True

@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     background_workers: int = Field(
         default=2, ge=1, description="threads for upkeep after a turn (memory, summaries, titles)"
     )
+    sweep_minutes: float = Field(
+        default=5.0,
+        gt=0,
+        description="how often the app retries vector work the store missed (one process "
+        "at a time does it)",
+    )
     limiter_store: str = Field(
         default="memory",
         pattern=r"^(memory|database)$",

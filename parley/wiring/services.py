@@ -20,6 +20,7 @@ and `VectorStore`). The factories each part calls live in `factories.py`.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from parley.core.logs import configure_logging
 from parley.store.db import Database
 from parley.store.migrate import is_current
 from parley.store.models import Document, DocumentSync, VectorErasure
+from parley.store.shared import release_lease, try_lease
 from parley.wiring.factories import (
     agree_on_audit_key,
     build_document_index,
@@ -72,6 +74,9 @@ if TYPE_CHECKING:
     from parley.retrieval.document_index import DocumentIndex
 
 T = TypeVar("T")
+
+
+log = logging.getLogger(__name__)
 
 
 class _Part(Generic[T]):
@@ -458,6 +463,12 @@ def build_services(
         work.submit(lambda: _sweep(database, services), name="start-up sweep")
     elif database.is_sqlite:  # no query tells whether an erasure left pages in the log
         work.submit(lambda: _reclaim(database), name="start-up checkpoint")
+    if eager:  # the app: what the vector store missed is retried while it runs, too
+        work.every(
+            settings.sweep_minutes * 60,
+            lambda: _sweep(database, services) if _sweep_due(database, legacy=False) else None,
+            name="sweep",
+        )
     return services
 
 
@@ -472,10 +483,21 @@ def _sweep_due(database: Database, *, legacy: bool = True) -> bool:
         return any(session.scalar(probe.limit(1)) is not None for probe in probes)
 
 
+SWEEP_LEASE_S = 600.0  # longer than any sweep; a process that dies sweeping frees it then
+
+
 def _sweep(database: Database, services: Services) -> None:
-    services.conversations.sweep_erasures()
-    services.documents.sweep_abandoned()  # uploads a process died in the middle of
-    services.documents.sweep_index()
+    """The vector outbox and abandoned uploads, by one process at a time (a lease): two
+    would do the same vector store work twice, and count each other's attempts."""
+    if not try_lease(database, "sweep", SWEEP_LEASE_S):
+        log.info("Another process is sweeping; this one leaves it to that one.")
+        return
+    try:
+        services.conversations.sweep_erasures()
+        services.documents.sweep_abandoned()  # uploads a process died in the middle of
+        services.documents.sweep_index()
+    finally:
+        release_lease(database, "sweep")
     _reclaim(database)
 
 

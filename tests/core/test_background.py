@@ -303,3 +303,14 @@ def test_work_submitted_while_the_interpreter_shuts_down_is_dropped_quietly(
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["child accepted: False"]
     assert done.stderr == ""
+
+
+def test_every_submits_again_and_again_until_the_pool_closes() -> None:
+    work = BackgroundWork(workers=2)
+    ran: list[float] = []
+    work.every(0.05, lambda: ran.append(time.monotonic()), name="tick")
+    wait_until(lambda: len(ran) >= 3, "three ticks")
+    work.close(timeout=2)
+    after_close = len(ran)
+    time.sleep(0.2)
+    assert len(ran) == after_close  # no tick once closed

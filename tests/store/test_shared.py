@@ -92,10 +92,7 @@ def test_processes_starting_together_agree_on_the_first_secret_and_refuse_anothe
     results: multiprocessing.Queue[str] = spawn.Queue()
     start = time.time() + 1.0
     secrets = ["shared-secret-0123456789"] * 5 + ["stray-secret-0123456789"]
-    workers = [
-        spawn.Process(target=_agree, args=(url, s, start, results))
-        for s in secrets
-    ]
+    workers = [spawn.Process(target=_agree, args=(url, s, start, results)) for s in secrets]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -145,7 +142,9 @@ def test_one_holder_at_a_time_until_release_or_expiry(database: Database) -> Non
     assert try_lease(database, "sweep", 60, holder="a")
 
 
-def _race_for_lease(url: str, holder: str, start: float, results: multiprocessing.Queue[str]) -> None:
+def _race_for_lease(
+    url: str, holder: str, start: float, results: multiprocessing.Queue[str]
+) -> None:
     database = Database(url)
     time.sleep(max(0.0, start - time.time()))
     if try_lease(database, "nightly", 60, holder=holder):
@@ -159,8 +158,7 @@ def test_processes_racing_for_a_new_lease_give_it_to_exactly_one(database: Datab
     results: multiprocessing.Queue[str] = spawn.Queue()
     start = time.time() + 1.0
     workers = [
-        spawn.Process(target=_race_for_lease, args=(url, f"p{i}", start, results))
-        for i in range(6)
+        spawn.Process(target=_race_for_lease, args=(url, f"p{i}", start, results)) for i in range(6)
     ]
     for worker in workers:
         worker.start()

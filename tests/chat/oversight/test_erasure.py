@@ -31,6 +31,7 @@ from parley.retrieval.embeddings import HashingEmbedder
 from parley.retrieval.vector_store import VectorStore
 from parley.store.db import Database
 from parley.store.models import DocumentSync, Summary, VectorErasure
+from parley.store.shared import release_lease, try_lease
 from parley.wiring.services import Services, build_services
 from tests.retrieval.test_vector_store import files_holding_vectors
 from tests.support import ROOT, audit_records, verify_audit
@@ -78,7 +79,7 @@ def chunk_vectors(name: str, data: bytes) -> list[np.ndarray]:
 def embedder(monkeypatch: pytest.MonkeyPatch) -> RecordingEmbedder:
     recording = RecordingEmbedder()
     # Recall and documents both embed with the wiring's shared embedder.
-    monkeypatch.setattr("parley.wiring.services.shared_embedder", lambda _settings: recording)
+    monkeypatch.setattr("parley.wiring.factories.shared_embedder", lambda _settings: recording)
     return recording
 
 
@@ -234,7 +235,15 @@ def test_a_purge_that_fails_is_done_by_the_start_up_sweep(
         assert session.scalars(select(VectorErasure.conversation_id)).all() == [conversation_id]
         assert session.scalars(select(DocumentSync.document_id)).all() == [document.id]
     real.close()
-    # A restart: its start-up sweep (run inline here) purges what is pending.
+    # Another process is sweeping (it holds the lease): a restart leaves the work to it.
+    assert try_lease(real._database, "sweep", 60, holder="another process")
+    restarted = build_services(real.settings, provider=scripted, background=inline())
+    assert files_holding_vectors(settings.data_dir, erased)
+    with restarted._database.session() as session:
+        assert session.scalars(select(VectorErasure.conversation_id)).all() == [conversation_id]
+    restarted.close()
+    release_lease(real._database, "sweep", holder="another process")
+    # A restart once nobody sweeps: its start-up sweep (run inline here) purges it all.
     restarted = build_services(real.settings, provider=scripted, background=inline())
     assert files_holding_vectors(settings.data_dir, erased) == []
     with restarted._database.session() as session:
