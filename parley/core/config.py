@@ -152,7 +152,8 @@ class Settings(BaseSettings):
     limiter_store: str = Field(
         default="memory",
         pattern=r"^(memory|database)$",
-        description="where token buckets live: this process, or the database (several processes)",
+        description="where token buckets and the concurrency limit live: this process, or the "
+        "database (shared by several processes)",
     )
     quota_messages_per_day: int = Field(default=500, ge=0, description="0: no limit")
     quota_tokens_per_day: int = Field(default=2_000_000, ge=0, description="0: no limit")

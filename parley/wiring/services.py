@@ -221,9 +221,17 @@ class Services:
     @_Part
     def gate(self) -> ConcurrencyGate:
         from parley.chat.gateway.admission import ConcurrencyGate
+        from parley.chat.gateway.shared_slots import SharedSlots
 
         s = self.settings
-        return ConcurrencyGate(s.max_concurrent_calls, max_waiting=s.max_queued_calls)
+        shared = (
+            SharedSlots(self._database, s.max_concurrent_calls)
+            if s.limiter_store == "database"
+            else None
+        )
+        return ConcurrencyGate(
+            s.max_concurrent_calls, max_waiting=s.max_queued_calls, shared=shared
+        )
 
     @_Part
     def _pricing(self) -> Pricing:

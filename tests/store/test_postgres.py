@@ -273,3 +273,16 @@ def test_review_break_glass_and_erasure_on_postgres(postgres_url: str, tmp_path:
         assert verify_audit(services._database).broken is None
     finally:
         services._database.dispose()
+
+
+def test_a_concurrency_limit_shared_by_processes_on_postgres(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Slots taken `FOR UPDATE SKIP LOCKED`: four processes of three threads, three slots."""
+    from tests.chat.gateway.test_shared_slots import calls_in_processes, most_at_once
+
+    database = Database(postgres_url, audit_keys=PG_KEYS)
+    upgrade(database)
+    database.dispose()
+    spans = calls_in_processes(postgres_url, tmp_path, processes=4, threads=3, slots=3, calls=4)
+    assert len(spans) == 48 and most_at_once(spans) == 3

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,6 +27,9 @@ from sqlalchemy.orm import Session
 from parley.core.errors import Overloaded, RateLimited, StorageError
 from parley.store.db import Database
 from parley.store.models import RateBucket
+
+if TYPE_CHECKING:
+    from parley.chat.gateway.shared_slots import SharedSlots
 
 REQUESTS, INPUT_TOKENS, OUTPUT_TOKENS = "requests", "input_tokens", "output_tokens"
 
@@ -238,10 +241,17 @@ class ConcurrencyGate:
     happens to it (its `on_position` callback raising, its reader going away).
     A call that would make the line longer than `max_waiting` is refused at once with
     `Overloaded` (a sentence and a Retry), rather than left to wait for minutes.
+
+    With `shared` (`SharedSlots`), a call that has its place here also holds one of the
+    slots every process shares: the limit is then for all processes together, and the
+    line's positions count this process's waiters.
     """
 
-    def __init__(self, slots: int, *, max_waiting: int = 1000) -> None:
+    def __init__(
+        self, slots: int, *, max_waiting: int = 1000, shared: SharedSlots | None = None
+    ) -> None:
         self._slots = slots
+        self._shared = shared
         self._max_waiting = max_waiting
         self._busy = 0
         self._line: deque[object] = deque()
@@ -261,9 +271,16 @@ class ConcurrencyGate:
     def slot(self, on_position: Callable[[int], None] | None = None) -> Iterator[None]:
         """Hold a slot for the block. `on_position(n)` hears the line position while waiting."""
         self._wait_for_slot(on_position)
+        shared = None
         try:
+            if self._shared is not None:
+                # First in this process's line: now one of the slots every process shares.
+                while (shared := self._shared.try_take()) is None:
+                    time.sleep(self._shared.poll_s)
             yield
         finally:
+            if shared is not None and self._shared is not None:
+                self._shared.give_back(shared)
             with self._cond:
                 self._busy -= 1
                 self._cond.notify_all()
