@@ -11,6 +11,7 @@ error details in the browser).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,11 +20,13 @@ import streamlit as st
 from starlette.middleware import Middleware
 from streamlit import config
 
+from parley.app_pages.operator_routes import ROUTES as OPERATOR_ROUTES
 from parley.app_pages.routes import ROUTES
 from parley.app_pages.security_headers import SecurityHeaders
 from parley.app_pages.state import close_all
 from parley.core.config import get_settings
 from parley.core.errors import ParleyError
+from parley.core.metrics import process_ended
 from parley.wiring.factories import streamlit_cookie_secret
 
 config.set_option("client.showErrorDetails", "none")
@@ -52,7 +55,13 @@ async def lifespan(_app: Any) -> AsyncIterator[None]:
     cleanly while the interpreter can still run it."""
     yield
     await asyncio.to_thread(close_all)
+    process_ended(os.getpid())  # its live gauges leave the host's sums
 
 
 # Middleware given to st.App wraps Streamlit's own: every response passes through it.
-app = st.App("app.py", routes=ROUTES, middleware=[Middleware(SecurityHeaders)], lifespan=lifespan)
+app = st.App(
+    "app.py",
+    routes=[*ROUTES, *OPERATOR_ROUTES],
+    middleware=[Middleware(SecurityHeaders)],
+    lifespan=lifespan,
+)

@@ -27,25 +27,51 @@ from starlette.routing import Route
 
 from parley.app_pages.words import say
 from parley.auth import COOKIE_NAME, SessionService
-from parley.core.config import get_settings
+from parley.core.config import Settings, get_settings
 from parley.core.errors import ParleyError
-from parley.wiring.factories import build_sessions_alone
+from parley.wiring.factories import build_sessions, open_database
 
 log = logging.getLogger(__name__)
 
-_BUILT: dict[str, SessionService] = {}
+
+class RouteServices:
+    """What the routes beside the app use: their own database handle, and sessions made on
+    first use (a readiness check must not need the schema that sessions need)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.database = open_database(settings)
+        self._sessions: SessionService | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def sessions(self) -> SessionService:
+        with self._lock:
+            if self._sessions is None:
+                self._sessions = build_sessions(self._settings, self.database)
+            return self._sessions
+
+
+_BUILT: dict[str, RouteServices] = {}
 _BUILT_LOCK = threading.Lock()
 
 
-def _sessions() -> SessionService:
-    """Sessions for the current settings; a new database URL or secret builds anew."""
+def route_services() -> RouteServices:
+    """For the current settings; a new database URL or secret builds anew (and lets the
+    old database handle go)."""
     settings = get_settings()
     key = settings.fingerprint()
     with _BUILT_LOCK:
         if key not in _BUILT:
+            for old in _BUILT.values():
+                old.database.dispose()
             _BUILT.clear()
-            _BUILT[key] = build_sessions_alone(settings)
+            _BUILT[key] = RouteServices(settings)
         return _BUILT[key]
+
+
+def _sessions() -> SessionService:
+    return route_services().sessions
 
 
 def _is_https(request: Request) -> bool:

@@ -143,11 +143,6 @@ def build_sessions(settings: Settings, database: Database) -> SessionService:
     )
 
 
-def build_sessions_alone(settings: Settings) -> SessionService:
-    """Sessions with their own database handle, for the cookie routes beside the app."""
-    return build_sessions(settings, open_database(settings))
-
-
 def audit_keys(settings: Settings) -> AuditKeys:
     """The audit key ring: `PARLEY_AUDIT_KEY`, else the file `PARLEY_AUDIT_KEY_FILE` (which
     must exist), else `audit.key` in the data dir, made on first start; plus the keys

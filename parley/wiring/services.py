@@ -271,6 +271,7 @@ class Services:
             meter=self.usage,
             outbox=self.metering_outbox,
             count_with_api=self.settings.anthropic_count_tokens,
+            price=self._pricing.cost,
         )
 
     def drain_metering(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
+from parley.core import metrics
 from parley.core.domain import MessageRole, MessageStatus
 from parley.memory.base import Turn
 from parley.store.models import Conversation, Message
@@ -107,6 +108,9 @@ class HistoryCache:
                     superseded,
                     max([cached.newest, *(r.id for r in new)]),
                 )
+        metrics.CACHE_LOOKUPS.labels(
+            cache="history", result="miss" if entry is None else "hit"
+        ).inc()
         if entry is None:
             rows = _messages_after(session, conversation.id, 0)
             entry = _Cached(

@@ -34,6 +34,7 @@ from typing import Protocol
 
 from parley.chat.gateway.admission import ConcurrencyGate, RateLimiter
 from parley.chat.gateway.outbox import MeteringOutbox
+from parley.core import metrics
 from parley.core.domain import CallOutcome, Purpose
 from parley.core.errors import ProviderError
 from parley.core.llm import (
@@ -77,7 +78,9 @@ class LimitedProvider:
         count_with_api: bool = False,
         retry_waits_s: Sequence[float] = METER_RETRY_WAITS_S,
         sleep: Callable[[float], None] = time.sleep,
+        price: Callable[[str, Usage], float] | None = None,
     ) -> None:
+        self._price = price
         self._inner = inner
         self._gate = gate
         self._limiter = limiter
@@ -132,34 +135,52 @@ class LimitedProvider:
         `UsageSoFar` events stay here: they are what the meter records if the call
         never reaches its `StreamEnd`.
         """
-        with self._gate.slot(on_queue):
-            self._limiter.acquire(input_tokens=estimate_tokens(request))
-            started = datetime.now(UTC)
-            reported: Usage | None = None
-            text: list[str] = []
-            outcome = CallOutcome.FAILED
-            events = self._inner.stream(request)
-            try:
-                for event in events:
-                    if isinstance(event, UsageSoFar):
-                        reported = event.usage
-                        continue
-                    if isinstance(event, StreamEnd):
-                        outcome = CallOutcome.COMPLETE
-                        self._limiter.record_output(event.usage.output_tokens)
-                        self._record(request, event.model, event.usage, outcome, started)
-                    elif isinstance(event, TextDelta):
-                        text.append(event.text)
-                    yield event
-            except GeneratorExit:
-                if outcome is not CallOutcome.COMPLETE:
-                    outcome = CallOutcome.ABORTED
-                raise
-            finally:
-                if isinstance(events, Generator):  # the reader left: end the inner call now
-                    events.close()
-                if outcome is not CallOutcome.COMPLETE:
-                    self._record_unfinished(request, outcome, reported, text, started)
+        purpose = request.meta.purpose.value
+        began = time.monotonic()
+        try:
+            with self._gate.slot(on_queue):
+                self._limiter.acquire(input_tokens=estimate_tokens(request))
+                metrics.QUEUE_WAIT.observe(time.monotonic() - began)
+                yield from self._stream_in_slot(request, began)
+        except ProviderError as exc:
+            metrics.PROVIDER_ERRORS.labels(kind=type(exc).__name__).inc()
+            raise
+        finally:
+            metrics.ANSWER_DURATION.labels(purpose=purpose).observe(time.monotonic() - began)
+
+    def _stream_in_slot(
+        self, request: ChatRequest, began: float
+    ) -> Generator[StreamEvent, None, None]:
+        started = datetime.now(UTC)
+        reported: Usage | None = None
+        text: list[str] = []
+        outcome = CallOutcome.FAILED
+        events = self._inner.stream(request)
+        try:
+            for event in events:
+                if isinstance(event, UsageSoFar):
+                    reported = event.usage
+                    continue
+                if isinstance(event, StreamEnd):
+                    outcome = CallOutcome.COMPLETE
+                    self._limiter.record_output(event.usage.output_tokens)
+                    self._record(request, event.model, event.usage, outcome, started)
+                elif isinstance(event, TextDelta):
+                    if not text:
+                        metrics.TIME_TO_FIRST_TOKEN.labels(
+                            purpose=request.meta.purpose.value
+                        ).observe(time.monotonic() - began)
+                    text.append(event.text)
+                yield event
+        except GeneratorExit:
+            if outcome is not CallOutcome.COMPLETE:
+                outcome = CallOutcome.ABORTED
+            raise
+        finally:
+            if isinstance(events, Generator):  # the reader left: end the inner call now
+                events.close()
+            if outcome is not CallOutcome.COMPLETE:
+                self._record_unfinished(request, outcome, reported, text, started)
 
     def _record_unfinished(
         self,
@@ -207,6 +228,17 @@ class LimitedProvider:
     ) -> None:
         """Meter one call: retried with backoff, then kept in the outbox. Never raises
         (metering must not cost the user the answer) and never drops the call."""
+        metrics.ANSWERS.labels(purpose=meta.purpose.value, outcome=outcome.value).inc()
+        for kind, tokens in (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_input_tokens),
+            ("cache_write", usage.cache_creation_input_tokens),
+        ):
+            if tokens:
+                metrics.TOKENS.labels(model=model, kind=kind).inc(tokens)
+        if self._price is not None:
+            metrics.COST.labels(model=model).inc(self._price(model, usage))
         if self._meter is None:
             return
         call = CallRecord(meta, model, usage, outcome, started, datetime.now(UTC))

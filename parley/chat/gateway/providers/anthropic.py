@@ -36,6 +36,7 @@ from anthropic.types import (
 
 from parley.chat.gateway.providers.errors import retry_after_seconds, translate
 from parley.chat.gateway.providers.keys import KeySource
+from parley.core import metrics
 from parley.core.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -70,6 +71,9 @@ class _RetryPolicy(anthropic.Middleware):
         headers = response.headers
         if self._on_headers is not None:
             self._on_headers(headers)
+        status = response.status_code
+        if status in (408, 409, 429) or status >= 500:
+            metrics.RETRYABLE_RESPONSES.labels(status=str(status)).inc()
         if response.status_code in (429, 503, 529):
             wait = retry_after_seconds(headers)
             if wait is not None and wait > self._max_wait_s:
