@@ -35,11 +35,14 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 # The browser test drives Debian's chromium (Playwright never downloads a browser); the
-# PostgreSQL tests start a throwaway server from Debian's postgresql.
+# PostgreSQL tests start a throwaway server from Debian's postgresql; the cluster test
+# puts Debian's haproxy in front of two app processes (TLS from openssl).
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing="$$missing postgresql"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi

@@ -19,7 +19,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
 from parley.core.errors import ConfigurationError
 
@@ -81,6 +86,21 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """A file in the secrets directory is named after its setting (`audit_key`), as
+        Docker and Kubernetes name secrets; `parley_audit_key` is read too."""
+        secrets_dir = getattr(file_secret_settings, "secrets_dir", None)
+        plain = SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir, env_prefix="")
+        return (init_settings, env_settings, dotenv_settings, file_secret_settings, plain)
 
     data_dir: Path = Field(default=Path("var"), description="Folder holding all state.")
     database_url: SecretStr | None = Field(
@@ -245,6 +265,11 @@ class Settings(BaseSettings):
     login_lockout_minutes: int = Field(default=15, gt=0)
     login_delay_s: float = Field(
         default=1.0, ge=0, description="wait after a first failed sign-in; doubles each time"
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="addresses (or networks) of the proxies whose X-Forwarded-For names the "
+        "client (the sign-in throttle counts by client); from any other peer it is ignored",
     )
     # OIDC sign-in (`st.login`): the provider itself is configured in .streamlit/secrets.toml.
     oidc_name_claim: str = Field(

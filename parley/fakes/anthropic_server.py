@@ -445,10 +445,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8765, help="0: any free port")
     parser.add_argument("--reply", default=Reply().text, help="the text of every answer")
     parser.add_argument("--quiet", action="store_true", help="do not print the requests")
+    parser.add_argument(
+        "--words", type=int, default=0, help="answer with this many words instead of --reply"
+    )
+    parser.add_argument(
+        "--word-delay-ms", type=float, default=0.0, help="wait between streamed words (pace)"
+    )
     args = parser.parse_args(argv)
     out = sys.stdout
+    text = args.reply
+    if args.words > 0:
+        vocabulary = [
+            "the",
+            "answer",
+            "takes",
+            "its",
+            "time",
+            "and",
+            "streams",
+            "one",
+            "word",
+            "after",
+            "another",
+        ]
+        text = " ".join(vocabulary[i % len(vocabulary)] for i in range(args.words)) + "."
     fake = FakeAnthropic(
-        default_reply=Reply(text=args.reply),
+        default_reply=Reply(text=text, chunk_delay_s=args.word_delay_ms / 1000),
         host=args.host,
         port=args.port,
         log=None if args.quiet else out,

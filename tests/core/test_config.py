@@ -57,6 +57,26 @@ def test_key_from_the_secrets_directory(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert settings.anthropic_api_key.get_secret_value() == "sk-ant-from-file"
 
 
+def test_shared_secrets_from_files_named_after_their_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """As the docs say (and Docker names secrets): `audit_key`, `session_secret`; the
+    prefixed names are read too, and the environment still wins over a file."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "audit_key").write_text("audit-key-from-a-file-0123456789")
+    (secrets / "parley_session_secret").write_text("session-secret-from-a-file")
+    monkeypatch.setenv("PARLEY_SECRETS_DIR", str(secrets))
+    settings = get_settings()
+    assert settings.audit_key is not None and settings.session_secret is not None
+    assert settings.audit_key.get_secret_value() == "audit-key-from-a-file-0123456789"
+    assert settings.session_secret.get_secret_value() == "session-secret-from-a-file"
+    monkeypatch.setenv("PARLEY_AUDIT_KEY", "audit-key-from-the-environment")
+    audit_key = get_settings().audit_key
+    assert audit_key is not None
+    assert audit_key.get_secret_value() == "audit-key-from-the-environment"
+
+
 def test_missing_secrets_directory_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

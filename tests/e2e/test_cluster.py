@@ -1,0 +1,170 @@
+"""The local cluster (`deploy/cluster.py`): PostgreSQL, a Chroma server, two Parley
+processes and HAProxy with TLS, all on 127.0.0.1. A real browser signs in through the
+proxy, chats, is moved to the other process on reload and stays signed in; `/metrics`
+through the proxy counts the answer, summed over both processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_MS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "deploy" / "cluster.py"
+NEEDS = ("haproxy", "openssl", "chromium")
+ADMIN, PASSWORD = "admin", "correct-horse-1"
+
+
+def _missing() -> list[str]:
+    missing = [tool for tool in NEEDS if shutil.which(tool) is None]
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")) and not shutil.which("initdb"):
+        missing.append("postgresql")
+    return missing
+
+
+def _cluster(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    return subprocess.run(
+        [sys.executable, str(CLUSTER), "--dir", str(folder), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, Any]]:
+    missing = _missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"the cluster needs {missing} (make system-deps installs them)")
+        pytest.skip(f"needs {missing} (make system-deps installs them)")
+    folder = Path(tempfile_dir()) / "cluster"
+    started = _cluster(
+        folder,
+        "up",
+        "--processes",
+        "2",
+        "--port",
+        "0",
+        "--fake-claude",
+        "--words",
+        "60",
+        "--word-delay-ms",
+        "20",
+    )
+    assert started.returncode == 0, started.stderr + started.stdout
+    try:
+        yield json.loads((folder / "state.json").read_text())
+    finally:
+        stopped = _cluster(folder, "down")
+        assert stopped.returncode == 0, stopped.stderr
+
+
+def tempfile_dir() -> str:
+    # Not under pytest's temporary root: that is private to root, and postgres must enter it.
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="parley-cluster-")
+    os.chmod(folder, 0o755)
+    return folder
+
+
+def fetch(url: str) -> str:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the cluster's self-signed certificate
+    with urllib.request.urlopen(url, timeout=10, context=context) as answer:
+        return str(answer.read().decode())
+
+
+def node_of(page: Page) -> str:
+    nodes = [c["value"] for c in page.context.cookies() if c["name"] == "PARLEY_NODE"]
+    assert nodes, "the proxy set no affinity cookie"
+    return str(nodes[0])
+
+
+def move_to(page: Page, node: str) -> None:
+    """As if the proxy sent this browser elsewhere (its process went away, or a rebalance)."""
+    cookie = next(c for c in page.context.cookies() if c["name"] == "PARLEY_NODE")
+    page.context.add_cookies([{**cookie, "value": node}])  # type: ignore[list-item]
+
+
+def calls_counted(url: str) -> float:
+    for line in fetch(f"{url}/metrics").splitlines():
+        ours = line.startswith("parley_model_calls_total{") and 'purpose="chat"' in line
+        if ours and 'outcome="complete"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_browser_signs_in_through_the_proxy_and_stays_signed_in_on_the_other_process(
+    cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    url = cluster["url"]
+    assert json.loads(fetch(f"{url}/readyz"))["ready"] is True
+    counted_before = calls_counted(url)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(ignore_https_errors=True)
+            page = context.new_page()
+            page.set_default_timeout(PAGE_TIMEOUT_MS)
+            try:
+                page.goto(url)
+                page.get_by_label("User name").fill(ADMIN)
+                page.get_by_label("Password", exact=True).fill(PASSWORD)
+                page.get_by_label("Password again").fill(PASSWORD)
+                page.get_by_role("button", name="Create admin account").click()
+                sidebar = page.get_by_test_id("stSidebar")
+                expect(sidebar).to_contain_text(f"Logged in as {ADMIN}")
+                session = [c for c in context.cookies() if c["name"] == "parley_session"]
+                assert session and session[0]["secure"]  # HTTPS through the proxy: Secure
+                first = node_of(page)
+
+                chat = page.get_by_test_id("stChatInputTextArea")
+                chat.fill("Tell me about the cluster.")
+                chat.press("Enter")
+                answer = page.get_by_test_id("stChatMessage").nth(1)
+                expect(answer).to_contain_text("streams one word after another")
+                conversation = sidebar.get_by_role("button", name="Tell me about the cluster.")
+                expect(conversation).to_be_visible()
+
+                other = "p1" if first == "p0" else "p0"
+                move_to(page, other)
+                page.reload()
+                expect(sidebar).to_contain_text(f"Logged in as {ADMIN}")
+                expect(page.get_by_role("button", name="Log in")).to_have_count(0)
+                assert node_of(page) == other  # served by the other process now
+                conversation.click()
+                expect(answer).to_contain_text("streams one word after another")
+                expect(page.get_by_test_id("stException")).to_have_count(0)
+                page.screenshot(path=str(tmp_path / "other-process.png"))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    page.screenshot(path=str(tmp_path / "failure.png"))
+                raise
+        finally:
+            browser.close()
+    deadline = time.monotonic() + 10
+    while calls_counted(url) < counted_before + 1:
+        assert time.monotonic() < deadline, "the answer never showed in /metrics"
+        time.sleep(0.5)
