@@ -16,6 +16,7 @@ run: $(VENV)/.installed migrate
 
 migrate: $(VENV)/.installed
 	$(BIN)/parley db upgrade
+	$(BIN)/parley models prepare
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

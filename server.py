@@ -31,6 +31,14 @@ from parley.wiring.factories import streamlit_cookie_secret
 
 config.set_option("client.showErrorDetails", "none")
 config.set_option("client.toolbarMode", "minimal")
+# Streamlit runs a full garbage collection after every script run (`runner.postScriptGC`):
+# with the embedding runtime and Chroma loaded that is about a tenth of a second of CPU per
+# rerun, several per answer (`python -m parley.bench.load` found it). The app freezes its
+# start-up heap instead (`parley/app_pages/state.py`), and the collector's own thresholds
+# handle the rest. Streamlit's watcher of the script's files is for editing, not serving.
+for _option, _value in (("runner.postScriptGC", False), ("server.fileWatcherType", "none")):
+    if not config.is_manually_set(_option):
+        config.set_option(_option, _value)
 
 
 def _share_streamlit_cookie_secret() -> None:
@@ -47,6 +55,20 @@ def _share_streamlit_cookie_secret() -> None:
 
 
 _share_streamlit_cookie_secret()
+
+
+def _trust_only_configured_proxies() -> None:
+    """The server (uvicorn) takes the client's address from X-Forwarded-For only when the
+    connection comes from one of `PARLEY_TRUSTED_PROXIES`; the sign-in throttle counts
+    failures by that address. Read when the server starts, after this module."""
+    try:
+        trusted = get_settings().trusted_proxies
+    except ParleyError:
+        return
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(trusted) if trusted else "0.0.0.0/32"
+
+
+_trust_only_configured_proxies()
 
 
 @asynccontextmanager

@@ -234,6 +234,7 @@ def app_env(state: dict[str, Any], index: int) -> dict[str, str]:
         "PARLEY_SECRETS_DIR": str(folder / "secrets"),
         "PARLEY_DATA_DIR": str(folder / f"app-{index}"),
         "PARLEY_LIMITER_STORE": "database",
+        "PARLEY_MODELS_DIR": str(folder / "models"),  # the embedding model, built once
         "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
         "PYTHONUNBUFFERED": "1",
     }
@@ -340,6 +341,16 @@ def up(args: argparse.Namespace) -> dict[str, Any]:
         )
         if upgraded.returncode != 0:
             raise ClusterError(f"The schema upgrade failed: {upgraded.stderr.strip()}")
+        prepared = subprocess.run(
+            [str(BIN / "parley"), "models", "prepare"],
+            env=app_env(state, 0),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if prepared.returncode != 0:
+            raise ClusterError(f"Preparing the embedding model failed: {prepared.stderr.strip()}")
         state["app_ports"] = [free_port() for _ in range(args.processes)]
         state["app_pids"] = [0] * args.processes
         for index in range(args.processes):

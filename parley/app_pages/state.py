@@ -7,6 +7,7 @@ hold no per-user state; per-user state lives in `UiState` in `st.session_state`.
 from __future__ import annotations
 
 import atexit
+import gc
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -65,6 +66,9 @@ def services() -> Services:
 def _build(fingerprint: str, _settings: Settings) -> Services:  # noqa: ARG001 - the cache key
     # Streamlit hashes `fingerprint` only; `_settings` (leading underscore) is passed through.
     built = build_services(_settings)
+    # What start-up made lives as long as the process: moved out of the collector's
+    # reach, so a full collection no longer walks the libraries' objects every time.
+    gc.freeze()
     _OPEN.append(built)  # closed by the server's shutdown (`close_all`), or at exit
     atexit.register(built.close)
     return built

@@ -48,6 +48,28 @@ def memory_commands(commands: Any) -> None:
         "--dir", type=Path, help="where to write it (default: ./parley-NAME, made for it)"
     )
     new.set_defaults(func=_new)
+    models = commands.add_parser("models", help="the bundled embedding model")
+    prepare = models.add_subparsers(required=True).add_parser(
+        "prepare",
+        help="build the embedding model's ONNX file now, so the server never loads torch "
+        "(make run does it)",
+    )
+    prepare.set_defaults(func=_prepare_models)
+
+
+def _prepare_models(_args: argparse.Namespace) -> int:
+    from parley.core.config import get_settings
+    from parley.wiring.factories import shared_embedder
+
+    settings = get_settings()
+    embedder = shared_embedder(settings)
+    embedder.embed(["warm up"])
+    where = settings.resolved_models_dir
+    if embedder.runtime != "onnx":
+        print(f"The embedding model runs on torch here (no ONNX file in {where}).")
+        return 0
+    print(f"The embedding model is ready in {where}.")
+    return 0
 
 
 def strategy_rows() -> list[dict[str, Any]]:

@@ -204,6 +204,15 @@ class Settings(BaseSettings):
         "default: files in data dir",
     )
     embedding_threads: int = Field(default=1, ge=1)
+    models_dir: Path | None = Field(
+        default=None,
+        description="where the embedding model's ONNX file is kept (default `models` in the "
+        "data dir); processes sharing one build it once (`parley models prepare`)",
+    )
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.data_dir / "models").resolve()
 
     @field_validator("chroma_url")
     @classmethod

@@ -178,6 +178,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._stream(body, Reply(text=item.text), fault=item)
                 return
+        schema = _output_schema(body)
+        if item is fake.default_reply and schema is not None:
+            # Structured output (a title, say): what the API would send, an object of
+            # the schema, at the reply's pace.
+            item = Reply(text=json.dumps(_example_of(schema)), chunk_delay_s=item.chunk_delay_s)
         if item.delay_s > 0 and fake._stopping.wait(item.delay_s):
             self._drop()
             return
@@ -433,6 +438,35 @@ def describe_request(request: RecordedRequest) -> str:
         if isinstance(message, dict):
             lines += [f"--- {message.get('role')}", _content_text(message.get("content"))]
     return "\n".join(lines) + "\n\n"
+
+
+def _output_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    config = body.get("output_config")
+    if not isinstance(config, dict):
+        return None
+    found = config.get("format")
+    if isinstance(found, dict) and found.get("type") == "json_schema":
+        schema = found.get("schema")
+        return schema if isinstance(schema, dict) else None
+    return None
+
+
+def _example_of(schema: dict[str, Any]) -> Any:
+    """A small value that satisfies a simple JSON schema (objects of strings, numbers,
+    booleans and arrays): what a model asked for structured output returns."""
+    kind = schema.get("type")
+    if kind == "object" or "properties" in schema:
+        properties = schema.get("properties") or {}
+        return {name: _example_of(sub) for name, sub in properties.items()}
+    if kind == "array":
+        return []
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "boolean":
+        return False
+    if "enum" in schema and schema["enum"]:
+        return schema["enum"][0]
+    return "A fake title"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -204,7 +204,7 @@ def shared_embedder(settings: Settings) -> MiniLMEmbedder:
     """One MiniLM per process and settings: conversations and documents share it."""
     from parley.retrieval.embeddings import MiniLMEmbedder
 
-    key = (settings.embedding_threads, (settings.data_dir / "models").resolve())
+    key = (settings.embedding_threads, settings.resolved_models_dir)
     with _EMBEDDERS_LOCK:  # the start-up sweep may ask on the pool while a page asks too
         if key not in _EMBEDDERS:
             _EMBEDDERS[key] = MiniLMEmbedder(threads=key[0], cache_dir=key[1])

@@ -122,6 +122,24 @@ def test_default_reply_when_queue_is_empty() -> None:
         assert [t.text for t in texts if t.type == "text"] == ["always this"] * 2
 
 
+def test_a_default_reply_to_a_structured_output_request_is_an_object_of_its_schema() -> None:
+    """The load test's titles: a long default answer would not parse as a title."""
+    from parley.chat.conversation.titles import TitleOutput, parse_title
+
+    schema = TitleOutput.model_json_schema()
+    with running_fake(default_reply=Reply(text="a long answer " * 50)) as fake:
+        message = client_for(fake).messages.create(
+            model=MODEL,
+            max_tokens=60,
+            messages=USER,
+            extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}},
+        )
+        text = "".join(block.text for block in message.content if block.type == "text")
+        assert parse_title(text).title == "A fake title"
+        plain = create(client_for(fake)).content[0]
+        assert plain.type == "text" and plain.text.startswith("a long answer")
+
+
 def test_rate_limit_raises_with_retry_after(fake: FakeAnthropic) -> None:
     fake.enqueue(Fault("rate_limit", retry_after=7))
     with pytest.raises(anthropic.RateLimitError) as info:

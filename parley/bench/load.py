@@ -1,0 +1,419 @@
+"""Parley under load through the real server: browsers chatting through the proxy.
+
+For each number of app processes, the local cluster (`deploy/cluster.py`: PostgreSQL, a
+Chroma server, the processes, HAProxy with TLS) starts with the fake Messages API
+streaming `--words` words `--word-delay-ms` apart. Then, for each number of users, that
+many headless Chromium pages (spread over `--drivers` worker processes, as Streamlit's
+own load tests drive browsers) each sign in and chat for `--seconds`: send a message,
+watch the answer stream in, think `--think-s`, send the next.
+
+Per run it reports, as the browser sees them, the time from pressing Enter to the first
+text of the answer and to the whole answer (p50 / p95); answers completed; errors (an
+answer that never finished, an error on the page, a refused sign-in); messages lost
+(sent, but with no stored answer in the database afterwards); the app processes' memory
+per active session (resident memory over the idle baseline, divided by the users) and
+their CPU time per answer.
+
+    .venv/bin/python -m parley.bench.load --users 1 4 8 12 --processes 1 2 --seconds 60
+    .venv/bin/python -m parley.bench.load --url https://parley.example --users 4 --seconds 30
+
+With `--json`, each run also prints one JSON object on a line of its own, the last line
+being the last run's (`users`, `processes`, `completed`, `errors`, `lost`,
+`ttft_p50_ms`, `ttft_p95_ms`, `full_p50_ms`, `full_p95_ms`, `rss_mb_per_session`,
+`cpu_s_per_answer`). With `--url`, the target is an existing Parley whose users
+`load-user-N` (password `--password`) exist; the database and process figures are left
+out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "deploy" / "cluster.py"
+BIN = Path(sys.executable).parent
+PASSWORD = "load-test-password-1"
+ANSWER_TIMEOUT_S = 120.0
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+]
+
+# The newest answer's text as the page shows it, the streaming cursor (▌) included: the
+# cursor goes when the answer has ended and been stored, not at its last word.
+LAST_ANSWER_JS = """(count) => {
+    const messages = document.querySelectorAll('[data-testid="stChatMessage"]');
+    if (messages.length < count) return null;
+    const content = messages[count - 1].querySelector('[data-testid="stChatMessageContent"]');
+    return content ? content.textContent.trim() : '';
+}"""
+
+
+@dataclass
+class UserResult:
+    ttft_s: list[float] = field(default_factory=list)
+    full_s: list[float] = field(default_factory=list)
+    sent: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+async def _user(browser: Any, url: str, name: str, args: argparse.Namespace) -> UserResult:
+    result = UserResult()
+    context = await browser.new_context(ignore_https_errors=True)
+    page = await context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        await page.goto(url)
+        await page.get_by_label("User name").fill(name)
+        await page.get_by_label("Password", exact=True).fill(args.password)
+        await page.get_by_role("button", name="Log in").click()
+        chat = page.get_by_test_id("stChatInputTextArea")
+        await chat.wait_for(state="visible")
+    except Exception as exc:
+        result.errors.append(f"sign-in: {type(exc).__name__}")
+        await context.close()
+        return result
+    stop_at = time.monotonic() + args.seconds
+    turn = 0
+    while time.monotonic() < stop_at or turn < args.min_messages:
+        turn += 1
+        messages = await page.get_by_test_id("stChatMessage").count()
+        await chat.fill(f"Question {turn} from {name}: how does the answer stream?")
+        sent_at = time.monotonic()
+        await chat.press("Enter")
+        result.sent += 1
+        first = full = None
+        deadline = sent_at + ANSWER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            text = await page.evaluate(LAST_ANSWER_JS, messages + 2)
+            now = time.monotonic()
+            if text and text.strip("▌ ") and first is None:
+                first = now - sent_at
+            if text and "▌" not in text:  # ended, stored, and shown without the cursor
+                if await page.get_by_test_id("stAlert").count():
+                    break
+                full = now - sent_at
+                break
+            await asyncio.sleep(0.02)
+        if first is None or full is None:
+            shown = await page.get_by_test_id("stAlert").all_text_contents()
+            result.errors.append(f"answer {turn}: {shown[0][:80] if shown else 'timed out'}")
+            if args.shots:
+                await page.screenshot(path=str(Path(args.shots) / f"{name}-{turn}.png"))
+            await page.reload()
+            await chat.wait_for(state="visible")
+            continue
+        result.ttft_s.append(first)
+        result.full_s.append(full)
+        await asyncio.sleep(args.think_s)  # and the next question in the same conversation
+    await context.close()
+    return result
+
+
+async def _drive(url: str, names: list[str], args: argparse.Namespace) -> list[UserResult]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            # Users arrive over the first two seconds, not in one instant.
+            async def staggered(i: int, name: str) -> UserResult:
+                await asyncio.sleep(2.0 * i / max(1, len(names)))
+                return await _user(browser, url, name, args)
+
+            return list(await asyncio.gather(*(staggered(i, n) for i, n in enumerate(names))))
+        finally:
+            await browser.close()
+
+
+def _driver(url: str, names: list[str], args: argparse.Namespace, out: Any) -> None:
+    results = asyncio.run(_drive(url, names, args))
+    out.put([asdict(r) for r in results])
+
+
+def _cluster(folder: Path, *command: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    done = subprocess.run(
+        [sys.executable, str(CLUSTER), "--dir", str(folder), *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"load: the cluster did not {command[0]}: {done.stderr.strip()}")
+
+
+def _app_env(state: dict[str, Any]) -> dict[str, str]:
+    """The app's environment, as `deploy/cluster.py` gives it to its processes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("parley_cluster", CLUSTER)
+    assert spec is not None and spec.loader is not None
+    cluster = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cluster)
+    env: dict[str, str] = cluster.app_env(state, 0)
+    return env
+
+
+def _add_users(state: dict[str, Any], count: int, password: str) -> None:
+    env = _app_env(state)
+    for i in range(count):
+        subprocess.run(
+            [str(BIN / "parley"), "user", "add", f"load-user-{i}"],
+            input=password + "\n",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,  # already there from a smaller run
+        )
+
+
+def _proc_stats(pids: list[int]) -> tuple[float, float]:
+    """(resident MB, CPU seconds) of the processes and their children."""
+    rss_kb = 0.0
+    ticks = 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    for pid in _with_children(pids):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        rss_kb += next(
+            float(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")
+        )
+        ticks += float(fields[11]) + float(fields[12])  # utime, stime
+    return rss_kb / 1024, ticks / hz
+
+
+def _with_children(pids: list[int]) -> list[int]:
+    found = list(pids)
+    for pid in pids:
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        found += _with_children([int(c) for c in children])
+    return found
+
+
+def _stored_answers(database_url: str) -> tuple[int, int]:
+    """(user messages, assistant answers with text) now in the database."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            users = connection.execute(
+                text("SELECT count(*) FROM messages WHERE role = 'user'")
+            ).scalar_one()
+            answers = connection.execute(
+                text("SELECT count(*) FROM messages WHERE role = 'assistant' AND content <> ''")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return int(users), int(answers)
+
+
+def _ms(values: list[float], q: float) -> int | None:
+    """The `q` quantile (nearest rank) in milliseconds; None when nothing was measured."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(1000 * ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))])
+
+
+def run_once(
+    url: str, users: int, processes: int, args: argparse.Namespace, state: dict[str, Any] | None
+) -> dict[str, Any]:
+    names = [f"load-user-{i}" for i in range(users)]
+    drivers = max(1, min(args.drivers, users))
+    pids = list(state["app_pids"]) if state else []
+    before_db = _stored_answers(state["database_url"]) if state else (0, 0)
+    rss_idle, cpu_before = _proc_stats(pids) if state else (0.0, 0.0)
+    spawn = multiprocessing.get_context("spawn")
+    queue = spawn.Queue()
+    workers = [
+        spawn.Process(target=_driver, args=(url, names[d::drivers], args, queue))
+        for d in range(drivers)
+    ]
+    peak_rss = rss_idle
+    for worker in workers:
+        worker.start()
+    collected: list[list[dict[str, Any]]] = []
+    while len(collected) < drivers:
+        try:
+            collected.append(queue.get(timeout=1.0))
+        except Exception:
+            if state:
+                peak_rss = max(peak_rss, _proc_stats(pids)[0])
+            if not any(w.is_alive() for w in workers) and queue.empty():
+                break
+    for worker in workers:
+        worker.join(30)
+    results = [UserResult(**r) for batch in collected for r in batch]
+    rss_busy, cpu_after = _proc_stats(pids) if state else (0.0, 0.0)
+    peak_rss = max(peak_rss, rss_busy)
+    ttft = [t for r in results for t in r.ttft_s]
+    full = [t for r in results for t in r.full_s]
+    sent = sum(r.sent for r in results)
+    errors = sum(len(r.errors) for r in results) + users - len(results)
+    lost = None
+    if state:
+        time.sleep(2.0)  # answers are stored after their stream; let the last ones land
+        after_db = _stored_answers(state["database_url"])
+        asked, answered = after_db[0] - before_db[0], after_db[1] - before_db[1]
+        lost = max(0, asked - answered) + max(0, sent - asked)
+    return {
+        "users": users,
+        "processes": processes,
+        "sent": sent,
+        "completed": len(full),
+        "errors": errors,
+        "lost": lost,
+        "ttft_p50_ms": _ms(ttft, 0.5),
+        "ttft_p95_ms": _ms(ttft, 0.95),
+        "full_p50_ms": _ms(full, 0.5),
+        "full_p95_ms": _ms(full, 0.95),
+        "rss_mb_per_session": round((peak_rss - rss_idle) / users, 1) if state else None,
+        "server_rss_mb": round(peak_rss) if state else None,
+        "cpu_s_per_answer": round((cpu_after - cpu_before) / max(1, len(full)), 2)
+        if state
+        else None,
+        "error_kinds": sorted({e.split(":", 1)[1].strip() for r in results for e in r.errors})[:5],
+    }
+
+
+def _warm_up(state: dict[str, Any], args: argparse.Namespace) -> None:
+    """One chat on each process directly (not through the proxy): the first chat in a
+    process loads the embedding model; that is start-up, not load."""
+    _add_users(state, 1, args.password)
+    for port in state["app_ports"]:
+        warm = argparse.Namespace(**{**vars(args), "seconds": 0.0, "min_messages": 1})
+        asyncio.run(_drive(f"http://127.0.0.1:{port}", ["load-user-0"], warm))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m parley.bench.load", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--users", type=int, nargs="+", default=[1, 4, 8, 12])
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seconds", type=float, default=60.0, help="each user chats this long")
+    parser.add_argument(
+        "--think-s", type=float, default=2.0, help="pause between a user's messages"
+    )
+    parser.add_argument("--words", type=int, default=150, help="words in each fake answer")
+    parser.add_argument("--word-delay-ms", type=float, default=30.0, help="pace of the fake answer")
+    parser.add_argument("--drivers", type=int, default=2, help="browser worker processes")
+    parser.add_argument("--url", help="load an existing Parley instead of starting a cluster")
+    parser.add_argument("--password", default=PASSWORD)
+    parser.add_argument(
+        "--env",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="app settings",
+    )
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--shots", help="folder for a screenshot of each failed answer")
+    args = parser.parse_args(argv)
+    args.min_messages = 0
+    rows: list[dict[str, Any]] = []
+    plans = [(None, args.users)] if args.url else [(p, args.users) for p in args.processes]
+    for processes, user_counts in plans:
+        state = None
+        folder = Path(tempfile.mkdtemp(prefix="parley-load-"))
+        folder.chmod(0o755)
+        if processes is not None:
+            extra = [x for pair in (args.env or []) for x in ("--env", *pair)]
+            _cluster(
+                folder / "cluster",
+                "up",
+                "--processes",
+                str(processes),
+                "--port",
+                "0",
+                "--fake-claude",
+                "--words",
+                str(args.words),
+                "--word-delay-ms",
+                str(args.word_delay_ms),
+                *extra,
+            )
+            state = json.loads((folder / "cluster" / "state.json").read_text())
+        try:
+            url = str(args.url or (state or {})["url"])
+            if state:
+                _warm_up(state, args)
+                _add_users(state, max(user_counts), args.password)
+            for users in user_counts:
+                row = run_once(url, users, processes or 0, args, state)
+                rows.append(row)
+                _say(_table([row], header=len(rows) == 1))
+                if args.json:
+                    _say(json.dumps(row))
+        finally:
+            if state:
+                _cluster(folder / "cluster", "down")
+    _say("")
+    _say(_table(rows, header=True))
+    if args.json:
+        _say(json.dumps(rows[-1]))
+    return 0
+
+
+def _table(rows: list[dict[str, Any]], *, header: bool) -> str:
+    lines = []
+    if header:
+        lines += [
+            "| processes | users | answers | errors | lost | first text p50 / p95 (s) "
+            "| whole answer p50 / p95 (s) | MB per session | CPU s per answer |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+    for r in rows:
+        lines.append(
+            f"| {r['processes'] or '—'} | {r['users']} | {r['completed']} | {r['errors']} "
+            f"| {r['lost'] if r['lost'] is not None else '—'} "
+            f"| {_s(r['ttft_p50_ms'], 2)} / {_s(r['ttft_p95_ms'], 2)} "
+            f"| {_s(r['full_p50_ms'], 1)} / {_s(r['full_p95_ms'], 1)} "
+            f"| {r['rss_mb_per_session'] if r['rss_mb_per_session'] is not None else '—'} "
+            f"| {r['cpu_s_per_answer'] if r['cpu_s_per_answer'] is not None else '—'} |"
+        )
+    return "\n".join(lines)
+
+
+def _s(ms: int | None, digits: int) -> str:
+    return "—" if ms is None else f"{ms / 1000:.{digits}f}"
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
