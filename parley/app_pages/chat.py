@@ -7,7 +7,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from parley.app_pages import state
-from parley.app_pages.rendering import plain_label, safe_markdown
+from parley.app_pages.rendering import Pacer, plain_label, safe_markdown
 from parley.app_pages.words import say
 from parley.chat.conversation.conversations import ChatMessage
 from parley.chat.conversation.replies import ReplyStream
@@ -232,9 +232,11 @@ def stream_reply(reply: ReplyStream) -> None:
             reply.on_queue = show_position
             shown = st.empty()
             text = ""
+            pacer = Pacer()
             for chunk in reply:  # the whole text so far is made safe each time:
                 text += chunk  # an image split across chunks is still caught
-                shown.markdown(safe_markdown(text) + " ▌")
+                if pacer.due():
+                    shown.markdown(safe_markdown(text) + " ▌")
             shown.markdown(safe_markdown(text))
             queue_note.empty()
     finally:

@@ -49,7 +49,8 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
@@ -89,6 +90,26 @@ _ADDRESS = re.compile(r"(?i)www\.|://")
 _TRAILING_RUN = re.compile(r"[^\s<]*\Z")
 _FENCE_INFO = re.compile(r"^(?P<lead>[^`~]*?(?:`{3,}|~{3,}))(?P<info>.*)$")
 _DIAGRAM = "mermaid"  # Streamlit draws a fence whose language begins so; any naming it is code
+
+
+class Pacer:
+    """When a streaming answer is drawn again: its first text at once, then at most every
+    `interval_s`. Each drawing parses the whole text so far (`safe_markdown`), sends it over
+    the WebSocket and makes the browser lay it out: drawn at every word, a 150-word answer
+    cost the server and the browser 150 of each, and ten people at once slowed everyone's
+    stream (`python -m parley.bench.load`). Ten drawings a second still read as a stream."""
+
+    def __init__(self, interval_s: float = 0.1, clock: Callable[[], float] = time.monotonic):
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: float | None = None
+
+    def due(self) -> bool:
+        now = self._clock()
+        if self._last is not None and now - self._last < self._interval_s:
+            return False
+        self._last = now
+        return True
 
 
 def safe_markdown(text: str) -> str:

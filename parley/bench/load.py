@@ -59,11 +59,16 @@ CHROMIUM_ARGS = [
 
 # The newest answer's text as the page shows it, the streaming cursor (▌) included: the
 # cursor goes when the answer has ended and been stored, not at its last word.
+# Captions (the queue position while waiting, the usage line once stored) are left out.
 LAST_ANSWER_JS = """(count) => {
     const messages = document.querySelectorAll('[data-testid="stChatMessage"]');
     if (messages.length < count) return null;
-    const content = messages[count - 1].querySelector('[data-testid="stChatMessageContent"]');
-    return content ? content.textContent.trim() : '';
+    const blocks = messages[count - 1].querySelectorAll('[data-testid="stMarkdownContainer"]');
+    return Array.from(blocks)
+        .filter((block) => !block.closest('[data-testid="stCaptionContainer"]'))
+        .map((block) => block.textContent)
+        .join(' ')
+        .trim();
 }"""
 
 
@@ -147,6 +152,9 @@ async def _drive(url: str, names: list[str], args: argparse.Namespace) -> list[U
 
 
 def _driver(url: str, names: list[str], args: argparse.Namespace, out: Any) -> None:
+    # The browsers run beside the server on this machine; users' browsers would not.
+    # Niced, they take what the server leaves, so the figures are the server's.
+    os.nice(args.driver_nice)
     results = asyncio.run(_drive(url, names, args))
     out.put([asdict(r) for r in results])
 
@@ -238,6 +246,27 @@ def _stored_answers(database_url: str) -> tuple[int, int]:
     return int(users), int(answers)
 
 
+def _server_first_token(url: str) -> tuple[float, float]:
+    """(sum of seconds, count) of the chat calls' time to first token, as `/metrics`
+    through the proxy says (from the call's start, its wait in the queue included)."""
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the cluster's self-signed certificate
+    total = count = 0.0
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10, context=context) as answer:
+        for line in answer.read().decode().splitlines():
+            if 'purpose="chat"' not in line:
+                continue
+            if line.startswith("parley_time_to_first_token_seconds_sum"):
+                total = float(line.rsplit(" ", 1)[1])
+            elif line.startswith("parley_time_to_first_token_seconds_count"):
+                count = float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
 def _ms(values: list[float], q: float) -> int | None:
     """The `q` quantile (nearest rank) in milliseconds; None when nothing was measured."""
     if not values:
@@ -254,6 +283,7 @@ def run_once(
     pids = list(state["app_pids"]) if state else []
     before_db = _stored_answers(state["database_url"]) if state else (0, 0)
     rss_idle, cpu_before = _proc_stats(pids) if state else (0.0, 0.0)
+    server_before = _server_first_token(url) if state else (0.0, 0.0)
     spawn = multiprocessing.get_context("spawn")
     queue = spawn.Queue()
     workers = [
@@ -282,7 +312,12 @@ def run_once(
     sent = sum(r.sent for r in results)
     errors = sum(len(r.errors) for r in results) + users - len(results)
     lost = None
+    server_ttft_ms = None
     if state:
+        server_after = _server_first_token(url)
+        calls = server_after[1] - server_before[1]
+        if calls:
+            server_ttft_ms = round(1000 * (server_after[0] - server_before[0]) / calls)
         time.sleep(2.0)  # answers are stored after their stream; let the last ones land
         after_db = _stored_answers(state["database_url"])
         asked, answered = after_db[0] - before_db[0], after_db[1] - before_db[1]
@@ -296,6 +331,7 @@ def run_once(
         "lost": lost,
         "ttft_p50_ms": _ms(ttft, 0.5),
         "ttft_p95_ms": _ms(ttft, 0.95),
+        "server_ttft_mean_ms": server_ttft_ms,
         "full_p50_ms": _ms(full, 0.5),
         "full_p95_ms": _ms(full, 0.95),
         "rss_mb_per_session": round((peak_rss - rss_idle) / users, 1) if state else None,
@@ -329,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--words", type=int, default=150, help="words in each fake answer")
     parser.add_argument("--word-delay-ms", type=float, default=30.0, help="pace of the fake answer")
     parser.add_argument("--drivers", type=int, default=2, help="browser worker processes")
+    parser.add_argument(
+        "--driver-nice", type=int, default=10, help="niceness of the browsers (0: none)"
+    )
     parser.add_argument("--url", help="load an existing Parley instead of starting a cluster")
     parser.add_argument("--password", default=PASSWORD)
     parser.add_argument(

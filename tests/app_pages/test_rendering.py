@@ -418,3 +418,19 @@ def test_every_response_gets_the_headers_and_its_own_are_replaced() -> None:
             for name, value in expected.items():
                 assert response.headers.get_list(name) == [value], (path, name)
         assert client.get("/streamed").text == "ab"
+
+
+def test_a_streaming_answer_is_drawn_at_once_then_at_most_every_interval() -> None:
+    from parley.app_pages.rendering import Pacer
+
+    now = [0.0]
+    pacer = Pacer(0.1, clock=lambda: now[0])
+    drawn = []
+    for step in range(30):  # a word every 30 ms for 0.9 s
+        now[0] = step * 0.03
+        if pacer.due():
+            drawn.append(round(now[0], 2))
+    assert drawn[0] == 0.0  # the first text shows at once
+    gaps = [b - a for a, b in zip(drawn, drawn[1:], strict=False)]
+    assert all(gap >= 0.1 - 1e-9 for gap in gaps)
+    assert 7 <= len(drawn) <= 10  # about ten a second, not thirty
