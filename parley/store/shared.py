@@ -108,32 +108,53 @@ def _record_or_match(database: Database, name: str, mine: str, previous: Sequenc
     raise AssertionError("unreachable")
 
 
-def try_lease(database: Database, name: str, seconds: float, *, holder: str = PROCESS_ID) -> bool:
-    """Take (or renew) the lease `name` for `seconds` if nobody else holds it; True if taken."""
+def try_lease(database: Database, name: str, seconds: float) -> str | None:
+    """Take the lease `name` for `seconds` if nobody holds it (another process, or another
+    task of this one); its token, or None. Renew with `renew_lease`, give back with
+    `release_lease`: both need the token, so one taker never frees another's lease."""
+    token = f"{PROCESS_ID}:{secrets.token_hex(4)}"
     now = time.time()
     try:
         with database.session(write_lock=True) as session:
             row = session.scalar(select(Lease).where(Lease.name == name).with_for_update())
             if row is None:
-                session.add(Lease(name=name, holder=holder, expires_at=now + seconds))
-                return True
-            if row.holder != holder and row.expires_at > now:
-                return False
-            row.holder = holder
+                session.add(Lease(name=name, holder=token, expires_at=now + seconds))
+                return token
+            if row.expires_at > now:
+                return None
+            row.holder = token
             row.expires_at = now + seconds
-            return True
+            return token
     except StorageConflict:  # another process created the row first: it holds the lease
-        return False
+        return None
 
 
-def release_lease(database: Database, name: str, *, holder: str = PROCESS_ID) -> None:
-    """Give the lease back at once (if this holder still has it)."""
+def renew_lease(database: Database, name: str, token: str, seconds: float) -> bool:
+    """Extend a lease this token still holds; False if it was lost (it ran out and was taken)."""
+    with database.session(write_lock=True) as session:
+        renewed = session.execute(
+            update(Lease)
+            .where(Lease.name == name, Lease.holder == token)
+            .values(expires_at=time.time() + seconds)
+        )
+        return bool(renewed.rowcount)  # type: ignore[attr-defined]
+
+
+def release_lease(database: Database, name: str, token: str) -> None:
+    """Give the lease back at once (if this token still holds it)."""
     with database.session(write_lock=True) as session:
         session.execute(
             update(Lease)
-            .where(Lease.name == name, Lease.holder == holder)
+            .where(Lease.name == name, Lease.holder == token)
             .values(expires_at=time.time())
         )
 
 
-__all__ = ["PROCESS_ID", "agree_on_secret", "fingerprint", "release_lease", "try_lease"]
+__all__ = [
+    "PROCESS_ID",
+    "agree_on_secret",
+    "fingerprint",
+    "release_lease",
+    "renew_lease",
+    "try_lease",
+]

@@ -492,21 +492,22 @@ def _sweep_due(database: Database, *, legacy: bool = True) -> bool:
         return any(session.scalar(probe.limit(1)) is not None for probe in probes)
 
 
-SWEEP_LEASE_S = 600.0  # longer than any sweep; a process that dies sweeping frees it then
+SWEEP_LEASE_S = 1800.0  # longer than a sweep; a process that dies sweeping frees it then
 
 
 def _sweep(database: Database, services: Services) -> None:
     """The vector outbox and abandoned uploads, by one process at a time (a lease): two
     would do the same vector store work twice, and count each other's attempts."""
-    if not try_lease(database, "sweep", SWEEP_LEASE_S):
-        log.info("Another process is sweeping; this one leaves it to that one.")
+    token = try_lease(database, "sweep", SWEEP_LEASE_S)
+    if token is None:
+        log.info("Another sweep is running; this one leaves the work to it.")
         return
     try:
         services.conversations.sweep_erasures()
         services.documents.sweep_abandoned()  # uploads a process died in the middle of
         services.documents.sweep_index()
     finally:
-        release_lease(database, "sweep")
+        release_lease(database, "sweep", token)
     _reclaim(database)
 
 

@@ -22,7 +22,13 @@ from parley.store import shared
 from parley.store.db import Database
 from parley.store.migrate import upgrade
 from parley.store.models import SecretFingerprint
-from parley.store.shared import agree_on_secret, fingerprint, release_lease, try_lease
+from parley.store.shared import (
+    agree_on_secret,
+    fingerprint,
+    release_lease,
+    renew_lease,
+    try_lease,
+)
 
 PARLEY = str(Path(sys.executable).with_name("parley"))
 
@@ -130,16 +136,22 @@ def test_a_cookie_signed_with_the_rotated_out_secret_still_resumes(database: Dat
 
 
 def test_one_holder_at_a_time_until_release_or_expiry(database: Database) -> None:
-    assert try_lease(database, "sweep", 60, holder="a")
-    assert not try_lease(database, "sweep", 60, holder="b")
-    assert try_lease(database, "sweep", 60, holder="a")  # the holder renews
-    release_lease(database, "sweep", holder="b")  # not b's to give back
-    assert not try_lease(database, "sweep", 60, holder="b")
-    release_lease(database, "sweep", holder="a")
-    assert try_lease(database, "sweep", 0.2, holder="b")
-    assert not try_lease(database, "sweep", 60, holder="a")
-    time.sleep(0.3)  # b died holding it: its lease runs out
-    assert try_lease(database, "sweep", 60, holder="a")
+    first = try_lease(database, "sweep", 60)
+    assert first is not None
+    assert try_lease(database, "sweep", 60) is None  # not even a second task of this process
+    assert renew_lease(database, "sweep", first, 60)
+    release_lease(database, "sweep", "someone-else")  # not theirs to give back
+    assert try_lease(database, "sweep", 60) is None
+    release_lease(database, "sweep", first)
+    second = try_lease(database, "sweep", 0.2)
+    assert second is not None
+    assert try_lease(database, "sweep", 60) is None
+    time.sleep(0.3)  # the second holder died: its lease runs out
+    third = try_lease(database, "sweep", 60)
+    assert third is not None
+    assert not renew_lease(database, "sweep", second, 60)  # lost, and it can tell
+    release_lease(database, "sweep", second)  # a late release frees nothing
+    assert try_lease(database, "sweep", 60) is None
 
 
 def _race_for_lease(
@@ -147,7 +159,7 @@ def _race_for_lease(
 ) -> None:
     database = Database(url)
     time.sleep(max(0.0, start - time.time()))
-    if try_lease(database, "nightly", 60, holder=holder):
+    if try_lease(database, "nightly", 60) is not None:
         results.put(holder)
     results.put("done")
 

@@ -276,9 +276,7 @@ class ConcurrencyGate:
         shared = None
         try:
             if self._shared is not None:
-                # First in this process's line: now one of the slots every process shares.
-                while (shared := self._shared.try_take()) is None:
-                    time.sleep(self._shared.poll_s)
+                shared = self._take_shared(self._shared, on_position)
             yield
         finally:
             if shared is not None and self._shared is not None:
@@ -287,6 +285,24 @@ class ConcurrencyGate:
             with self._cond:
                 self._busy -= 1
                 self._cond.notify_all()
+
+    @staticmethod
+    def _take_shared(shared: SharedSlots, on_position: Callable[[int], None] | None) -> int:
+        """One of the slots every process shares, polled for; `Overloaded` after `wait_s`.
+        While it waits the reader hears it is next (and may leave: the callback raises)."""
+        deadline = time.monotonic() + shared.wait_s
+        told = False
+        while (slot := shared.try_take()) is None:
+            if time.monotonic() > deadline:
+                raise Overloaded(
+                    "no shared call slot within the wait",
+                    user_message="Parley is very busy right now. Please try again in a minute.",
+                )
+            if on_position is not None and not told:
+                on_position(1)
+                told = True
+            time.sleep(shared.poll_s)
+        return slot
 
     def _wait_for_slot(self, on_position: Callable[[int], None] | None) -> None:
         ticket = object()

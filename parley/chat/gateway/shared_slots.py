@@ -8,13 +8,16 @@ its slots within `lease_s`, and no slot leaks. Taking one is a short transaction
 (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so processes do not queue on each other's
 row locks; `BEGIN IMMEDIATE` on SQLite).
 
-Each process keeps its own first-in, first-out line in front (`ConcurrencyGate`): the
-first in that line polls for a shared slot every `poll_s`.
+Each process keeps its own first-in, first-out line in front (`ConcurrencyGate`): a call
+that has its place there polls for a shared slot every `poll_s`, for at most `wait_s`
+(then `Overloaded`, a sentence and a Retry). Each taken slot carries its call's own token,
+so a call whose lease lapsed can never free a slot another call has taken since.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 
@@ -38,19 +41,23 @@ class SharedSlots:
         holder: str = PROCESS_ID,
         lease_s: float = 30.0,
         poll_s: float = 0.05,
+        wait_s: float = 120.0,
     ) -> None:
+        self.wait_s = wait_s
         self._db = database
         self.slots = slots
         self._holder = holder
         self._lease_s = lease_s
         self.poll_s = poll_s
-        self._held: set[int] = set()
+        self._held: dict[int, str] = {}  # slot -> the token of the call holding it
         self._lock = threading.Lock()
         self._renewer: threading.Thread | None = None
 
     def try_take(self) -> int | None:
-        """A free slot's number, now held by this process; None when all are taken."""
+        """A free slot's number, now held by this call; None when all are taken (or the
+        database did not answer: the caller polls again)."""
         now = time.time()
+        token = f"{self._holder}:{secrets.token_hex(4)}"
         try:
             with self._db.session(write_lock=True) as session:
                 self._ensure_rows(session)
@@ -68,13 +75,13 @@ class SharedSlots:
                     return None
                 if row.holder is not None:
                     log.warning("Call slot %d was held by %s, which stopped.", row.slot, row.holder)
-                row.holder = self._holder
+                row.holder = token
                 row.expires_at = now + self._lease_s
                 taken = row.slot
         except StorageError:
             return None  # a busy database: the caller polls again
         with self._lock:
-            self._held.add(taken)
+            self._held[taken] = token
             if self._renewer is None or not self._renewer.is_alive():
                 self._renewer = threading.Thread(
                     target=self._renew, name="parley-call-slots", daemon=True
@@ -84,13 +91,15 @@ class SharedSlots:
 
     def give_back(self, slot: int) -> None:
         with self._lock:
-            self._held.discard(slot)
+            token = self._held.pop(slot, None)
+        if token is None:
+            return
         for attempt in range(5):
             try:
                 with self._db.session(write_lock=True) as session:
-                    session.execute(
-                        update(CallSlot)
-                        .where(CallSlot.slot == slot, CallSlot.holder == self._holder)
+                    session.execute(  # only if still this call's: a lapsed lease may
+                        update(CallSlot)  # have gone to another call since
+                        .where(CallSlot.slot == slot, CallSlot.holder == token)
                         .values(holder=None)
                     )
                 return
@@ -116,7 +125,7 @@ class SharedSlots:
         while True:
             time.sleep(self._lease_s / 3)
             with self._lock:
-                held = sorted(self._held)
+                held = dict(self._held)
             if not held:
                 with self._lock:
                     if not self._held:
@@ -127,7 +136,7 @@ class SharedSlots:
                 with self._db.session(write_lock=True) as session:
                     session.execute(
                         update(CallSlot)
-                        .where(CallSlot.slot.in_(held), CallSlot.holder == self._holder)
+                        .where(CallSlot.holder.in_(list(held.values())))
                         .values(expires_at=time.time() + self._lease_s)
                     )
             except StorageError:

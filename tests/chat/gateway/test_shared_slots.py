@@ -121,3 +121,33 @@ def test_a_long_call_renews_its_lease_and_a_given_back_slot_is_free_at_once(url:
     long_call.give_back(slot)
     assert other.try_take() == 0
     assert long_call.held == 0 and other.held == 1
+
+
+def test_a_call_whose_lease_lapsed_cannot_free_the_slot_another_call_took(url: str) -> None:
+    slots = SharedSlots(Database(url), 1, holder="same-process", lease_s=0.3)
+    first = slots.try_take()
+    assert first == 0
+    slots._held.clear()  # its renewals failed: the lease lapses...
+    time.sleep(0.4)
+    second = SharedSlots(Database(url), 1, holder="same-process", lease_s=30)
+    assert second.try_take() == 0  # ...and another call of this process takes the slot
+    slots._held[0] = "same-process:stale"  # the first call, late, gives back what it had
+    slots.give_back(0)
+    assert SharedSlots(Database(url), 1, holder="other").try_take() is None  # still held
+    second.give_back(0)
+
+
+def test_a_call_that_waits_too_long_for_a_shared_slot_is_told_parley_is_busy(url: str) -> None:
+    from parley.chat.gateway.admission import ConcurrencyGate
+    from parley.core.errors import Overloaded
+
+    holder = SharedSlots(Database(url), 1, holder="busy")
+    assert holder.try_take() == 0
+    gate = ConcurrencyGate(1, shared=SharedSlots(Database(url), 1, wait_s=0.3, poll_s=0.02))
+    heard: list[int] = []
+    started = time.monotonic()
+    with pytest.raises(Overloaded) as refused, gate.slot(heard.append):
+        pytest.fail("a slot was given while every shared one was held")
+    assert 0.3 <= time.monotonic() - started < 5
+    assert heard == [1] and "busy" in (refused.value.user_message or "")
+    assert gate.busy == 0  # the local place was given back
