@@ -11,6 +11,7 @@ error details in the browser).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ import streamlit as st
 from starlette.middleware import Middleware
 from streamlit import config
 
+from parley.app_pages.client_address import trusted_proxy_headers
 from parley.app_pages.operator_routes import ROUTES as OPERATOR_ROUTES
 from parley.app_pages.routes import ROUTES
 from parley.app_pages.security_headers import SecurityHeaders
@@ -57,18 +59,12 @@ def _share_streamlit_cookie_secret() -> None:
 _share_streamlit_cookie_secret()
 
 
-def _trust_only_configured_proxies() -> None:
-    """The server (uvicorn) takes the client's address from X-Forwarded-For only when the
-    connection comes from one of `PARLEY_TRUSTED_PROXIES`; the sign-in throttle counts
-    failures by that address. Read when the server starts, after this module."""
-    try:
-        trusted = get_settings().trusted_proxies
-    except ParleyError:
-        return
-    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(trusted) if trusted else "0.0.0.0/32"
-
-
-_trust_only_configured_proxies()
+def _middleware() -> list[Middleware]:
+    """The proxies whose X-Forwarded-For names the client (outermost), then the headers."""
+    chain = [Middleware(SecurityHeaders)]
+    with contextlib.suppress(ParleyError):  # the app's first page says what is wrong
+        chain.insert(0, trusted_proxy_headers(get_settings()))
+    return chain
 
 
 @asynccontextmanager
@@ -84,6 +80,6 @@ async def lifespan(_app: Any) -> AsyncIterator[None]:
 app = st.App(
     "app.py",
     routes=[*ROUTES, *OPERATOR_ROUTES],
-    middleware=[Middleware(SecurityHeaders)],
+    middleware=_middleware(),
     lifespan=lifespan,
 )

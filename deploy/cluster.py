@@ -196,8 +196,9 @@ def _certificate(folder: Path) -> Path:
             capture_output=True,
             timeout=60,
         )
-        pem.write_bytes(cert.read_bytes() + key.read_bytes())
-        pem.chmod(0o600)
+        fd = os.open(pem, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the key: owner only
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(cert.read_bytes() + key.read_bytes())
     return pem
 
 
@@ -328,7 +329,7 @@ def up(args: argparse.Namespace) -> dict[str, Any]:
                 folder / "fake-claude.log",
             )
             state["fake_claude_url"] = f"http://127.0.0.1:{fake_port}"
-            (folder / "secrets" / "anthropic_api_key").write_text("sk-ant-fake-cluster-key")
+            _secret(folder / "secrets" / "anthropic_api_key")  # any key: the fake takes it
         _save(folder, state)
         _wait_for(f"{state['chroma_url']}/api/v2/heartbeat", "Chroma", folder / "chroma.log")
         upgraded = subprocess.run(

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 
 from prometheus_client import CollectorRegistry
 from starlette.requests import Request
@@ -34,15 +36,30 @@ def healthz(_request: Request) -> Response:
     return _plain("ok\n")
 
 
+_READY_FOR_S = 2.0  # a flood of /readyz costs one check every two seconds, not one each
+_last_ready: tuple[float, dict[str, object]] | None = None
+_ready_lock = threading.Lock()
+
+
 def readyz(_request: Request) -> Response:
+    global _last_ready
+    with _ready_lock:
+        if _last_ready is not None and time.monotonic() - _last_ready[0] < _READY_FOR_S:
+            return _json(_last_ready[1])
+        body = _check_ready()
+        _last_ready = (time.monotonic(), body)
+        return _json(body)
+
+
+def _check_ready() -> dict[str, object]:
     try:
         settings = get_settings()
         database = route_services().database
     except Exception:  # the settings themselves are wrong: nothing else can be checked
         log.warning("/readyz: the settings cannot be read, or the database opened.")
-        return _json({"ready": False, "checks": {"settings": "The settings cannot be read."}})
+        return {"ready": False, "checks": {"settings": "The settings cannot be read."}}
     checks = readiness(settings, database)
-    return _json({"ready": all(v == "ok" for v in checks.values()), "checks": checks})
+    return {"ready": all(v == "ok" for v in checks.values()), "checks": checks}
 
 
 def metrics(_request: Request) -> Response:

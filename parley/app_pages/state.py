@@ -68,7 +68,8 @@ def _build(fingerprint: str, _settings: Settings) -> Services:  # noqa: ARG001 -
     built = build_services(_settings)
     # What start-up made lives as long as the process: moved out of the collector's
     # reach, so a full collection no longer walks the libraries' objects every time.
-    gc.freeze()
+    if not _OPEN:  # once: a later settings change must not freeze the old services too
+        gc.freeze()
     _OPEN.append(built)  # closed by the server's shutdown (`close_all`), or at exit
     atexit.register(built.close)
     return built

@@ -75,6 +75,25 @@ def _default_prices() -> dict[str, ModelPrice]:
     }
 
 
+# The settings a file in the secrets directory may give under its plain name: secrets only
+# (a file named `data_dir` there is not a way to move the data).
+PLAIN_SECRET_FILES = frozenset(
+    {
+        "session_secret",
+        "session_previous_secrets",
+        "audit_key",
+        "audit_previous_keys",
+        "database_url",
+        "chroma_url",
+    }
+)
+
+
+class _PlainSecretFiles(SecretsSettingsSource):
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in super().__call__().items() if k in PLAIN_SECRET_FILES}
+
+
 class Settings(BaseSettings):
     """Every setting Parley reads. The README's settings table mirrors this class."""
 
@@ -99,7 +118,7 @@ class Settings(BaseSettings):
         """A file in the secrets directory is named after its setting (`audit_key`), as
         Docker and Kubernetes name secrets; `parley_audit_key` is read too."""
         secrets_dir = getattr(file_secret_settings, "secrets_dir", None)
-        plain = SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir, env_prefix="")
+        plain = _PlainSecretFiles(settings_cls, secrets_dir=secrets_dir, env_prefix="")
         return (init_settings, env_settings, dotenv_settings, file_secret_settings, plain)
 
     data_dir: Path = Field(default=Path("var"), description="Folder holding all state.")

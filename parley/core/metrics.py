@@ -11,10 +11,14 @@ status — never user text, a user's name or id, or a conversation's id.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as _multiprocess
+
+log = logging.getLogger(__name__)
 
 # First text within a second is the goal; a queue pushes it into the tens.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 60.0)
@@ -73,6 +77,15 @@ CACHE_LOOKUPS = Counter(
 )
 
 
+def guarded(update: Callable[[], object]) -> None:
+    """Apply a metric update; a failure (the multiprocess folder gone, say) is logged and
+    never reaches the answer or its metering."""
+    try:
+        update()
+    except Exception:
+        log.warning("A metric could not be updated.", exc_info=True)
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
@@ -110,6 +123,7 @@ __all__ = [
     "TIME_TO_FIRST_TOKEN",
     "TOKENS",
     "exposition",
+    "guarded",
     "multiprocess_dir",
     "process_ended",
 ]

@@ -23,6 +23,11 @@ from parley.wiring.services import Services
 from tests.support import free_port
 
 
+@pytest.fixture(autouse=True)
+def fresh_readiness(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(operator_routes, "_last_ready", None)
+
+
 @pytest.fixture
 def client(services: Services) -> Iterator[TestClient]:
     del services  # migrated, and the same data dir as the routes' settings
@@ -147,3 +152,48 @@ def test_several_processes_are_summed_in_multiprocess_mode(
     text = scrape()
     assert sample(text, "parley_queue_waiting") == 0  # live gauges of ended processes go
     assert sample(text, "parley_model_calls_total", purpose="chat", outcome="complete") == 10
+
+
+def test_a_metric_that_cannot_be_written_costs_no_answer_and_no_metering(
+    services: Services,
+    scripted: ScriptedProvider,
+    alice: Principal,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In multiprocess mode a metric writes a file: its folder gone, the answer and its
+    ledger row must still be kept."""
+    from sqlalchemy import func, select
+
+    from parley.store.models import UsageEntry
+
+    def gone(*_args: object, **_kwargs: object) -> None:
+        raise FileNotFoundError("the metrics folder was removed")
+
+    for metric in (metrics.ANSWERS, metrics.TOKENS, metrics.TIME_TO_FIRST_TOKEN):
+        monkeypatch.setattr(metric, "labels", gone)
+    monkeypatch.setattr(metrics.QUEUE_WAIT, "observe", gone)
+    scripted.enqueue("Still ", "answered.")
+    reply = services.chat.send(alice, None, "Does the answer survive?")
+    assert "".join(reply) == "Still answered."
+    assert reply.result is not None and reply.result.ok
+    with services._database.session() as session:
+        assert session.scalar(select(func.count(UsageEntry.id))) == 1
+
+
+def test_readyz_checks_at_most_once_every_two_seconds(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[int] = []
+    real = operator_routes.readiness
+
+    def counting(*args: object) -> dict[str, str]:
+        checked.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(operator_routes, "readiness", counting)
+    for _ in range(20):
+        assert client.get("/readyz").status_code == 200
+    assert len(checked) == 1
+    monkeypatch.setattr(operator_routes, "_READY_FOR_S", 0.0)
+    client.get("/readyz")
+    assert len(checked) == 2

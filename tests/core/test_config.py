@@ -71,6 +71,10 @@ def test_shared_secrets_from_files_named_after_their_settings(
     assert settings.audit_key is not None and settings.session_secret is not None
     assert settings.audit_key.get_secret_value() == "audit-key-from-a-file-0123456789"
     assert settings.session_secret.get_secret_value() == "session-secret-from-a-file"
+    (secrets / "log_level").write_text("DEBUG")  # not a secret: not read by its plain name
+    (secrets / "MAX_CONCURRENT_CALLS").write_text("1")
+    assert get_settings().log_level == Settings().log_level == "INFO"
+    assert get_settings().max_concurrent_calls == Settings().max_concurrent_calls
     monkeypatch.setenv("PARLEY_AUDIT_KEY", "audit-key-from-the-environment")
     audit_key = get_settings().audit_key
     assert audit_key is not None

@@ -108,9 +108,8 @@ class HistoryCache:
                     superseded,
                     max([cached.newest, *(r.id for r in new)]),
                 )
-        metrics.CACHE_LOOKUPS.labels(
-            cache="history", result="miss" if entry is None else "hit"
-        ).inc()
+        result = "miss" if entry is None else "hit"
+        metrics.guarded(metrics.CACHE_LOOKUPS.labels(cache="history", result=result).inc)
         if entry is None:
             rows = _messages_after(session, conversation.id, 0)
             entry = _Cached(

@@ -272,7 +272,7 @@ class ConcurrencyGate:
     def slot(self, on_position: Callable[[int], None] | None = None) -> Iterator[None]:
         """Hold a slot for the block. `on_position(n)` hears the line position while waiting."""
         self._wait_for_slot(on_position)
-        metrics.CALLS_IN_FLIGHT.inc()
+        metrics.guarded(metrics.CALLS_IN_FLIGHT.inc)
         shared = None
         try:
             if self._shared is not None:
@@ -281,7 +281,7 @@ class ConcurrencyGate:
         finally:
             if shared is not None and self._shared is not None:
                 self._shared.give_back(shared)
-            metrics.CALLS_IN_FLIGHT.dec()
+            metrics.guarded(metrics.CALLS_IN_FLIGHT.dec)
             with self._cond:
                 self._busy -= 1
                 self._cond.notify_all()
@@ -317,7 +317,7 @@ class ConcurrencyGate:
                     "waiting for an answer. Please try again in a minute.",
                 )
             self._line.append(ticket)
-            metrics.QUEUE_DEPTH.inc()
+            metrics.guarded(metrics.QUEUE_DEPTH.inc)
             try:
                 reported = 0
                 while not (self._line[0] is ticket and self._busy < self._slots):
@@ -342,5 +342,5 @@ class ConcurrencyGate:
                     self._line.remove(ticket)
                 raise
             finally:
-                metrics.QUEUE_DEPTH.dec()
+                metrics.guarded(metrics.QUEUE_DEPTH.dec)
                 self._cond.notify_all()

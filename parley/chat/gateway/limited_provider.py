@@ -140,13 +140,15 @@ class LimitedProvider:
         try:
             with self._gate.slot(on_queue):
                 self._limiter.acquire(input_tokens=estimate_tokens(request))
-                metrics.QUEUE_WAIT.observe(time.monotonic() - began)
+                waited = time.monotonic() - began
+                metrics.guarded(lambda: metrics.QUEUE_WAIT.observe(waited))
                 yield from self._stream_in_slot(request, began)
         except ProviderError as exc:
-            metrics.PROVIDER_ERRORS.labels(kind=type(exc).__name__).inc()
+            metrics.guarded(metrics.PROVIDER_ERRORS.labels(kind=type(exc).__name__).inc)
             raise
         finally:
-            metrics.ANSWER_DURATION.labels(purpose=purpose).observe(time.monotonic() - began)
+            took = time.monotonic() - began
+            metrics.guarded(lambda: metrics.ANSWER_DURATION.labels(purpose=purpose).observe(took))
 
     def _stream_in_slot(
         self, request: ChatRequest, began: float
@@ -167,9 +169,12 @@ class LimitedProvider:
                     self._record(request, event.model, event.usage, outcome, started)
                 elif isinstance(event, TextDelta):
                     if not text:
-                        metrics.TIME_TO_FIRST_TOKEN.labels(
-                            purpose=request.meta.purpose.value
-                        ).observe(time.monotonic() - began)
+                        first = time.monotonic() - began
+                        metrics.guarded(
+                            lambda first=first: metrics.TIME_TO_FIRST_TOKEN.labels(  # type: ignore[misc]
+                                purpose=request.meta.purpose.value
+                            ).observe(first)
+                        )
                     text.append(event.text)
                 yield event
         except GeneratorExit:
@@ -223,11 +228,7 @@ class LimitedProvider:
     ) -> None:
         self._record_call(request.meta, model, usage, outcome, started)
 
-    def _record_call(
-        self, meta: CallMeta, model: str, usage: Usage, outcome: CallOutcome, started: datetime
-    ) -> None:
-        """Meter one call: retried with backoff, then kept in the outbox. Never raises
-        (metering must not cost the user the answer) and never drops the call."""
+    def _count(self, meta: CallMeta, model: str, usage: Usage, outcome: CallOutcome) -> None:
         metrics.ANSWERS.labels(purpose=meta.purpose.value, outcome=outcome.value).inc()
         for kind, tokens in (
             ("input", usage.input_tokens),
@@ -239,6 +240,13 @@ class LimitedProvider:
                 metrics.TOKENS.labels(model=model, kind=kind).inc(tokens)
         if self._price is not None:
             metrics.COST.labels(model=model).inc(self._price(model, usage))
+
+    def _record_call(
+        self, meta: CallMeta, model: str, usage: Usage, outcome: CallOutcome, started: datetime
+    ) -> None:
+        """Meter one call: retried with backoff, then kept in the outbox. Never raises
+        (metering must not cost the user the answer) and never drops the call."""
+        metrics.guarded(lambda: self._count(meta, model, usage, outcome))
         if self._meter is None:
             return
         call = CallRecord(meta, model, usage, outcome, started, datetime.now(UTC))

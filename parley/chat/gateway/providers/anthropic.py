@@ -73,7 +73,7 @@ class _RetryPolicy(anthropic.Middleware):
             self._on_headers(headers)
         status = response.status_code
         if status in (408, 409, 429) or status >= 500:
-            metrics.RETRYABLE_RESPONSES.labels(status=str(status)).inc()
+            metrics.guarded(metrics.RETRYABLE_RESPONSES.labels(status=str(status)).inc)
         if response.status_code in (429, 503, 529):
             wait = retry_after_seconds(headers)
             if wait is not None and wait > self._max_wait_s:
