@@ -151,7 +151,7 @@ def _postgres(folder: Path) -> tuple[int, str]:
         raise ClusterError(f"PostgreSQL did not start; see {log}.")
     subprocess.run(
         [
-            "psql",
+            _tool("psql"),
             "-h",
             "127.0.0.1",
             "-p",
