@@ -14,9 +14,6 @@ import pytest
 from parley.bench.load import _ms
 from tests.e2e.test_cluster import _missing
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
 def test_quantiles_are_nearest_rank_in_milliseconds() -> None:
     assert _ms([], 0.5) is None
     assert _ms([0.1, 0.2, 0.3, 0.4], 0.5) == 200
@@ -24,6 +21,8 @@ def test_quantiles_are_nearest_rank_in_milliseconds() -> None:
     assert _ms([1.0], 0.95) == 1000
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_short_load_through_the_cluster_loses_no_message() -> None:
     missing = _missing()
     if missing:
