@@ -14,6 +14,7 @@ import pytest
 from parley.bench.load import _ms
 from tests.e2e.test_cluster import _missing
 
+
 def test_quantiles_are_nearest_rank_in_milliseconds() -> None:
     assert _ms([], 0.5) is None
     assert _ms([0.1, 0.2, 0.3, 0.4], 0.5) == 200
