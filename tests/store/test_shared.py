@@ -4,7 +4,6 @@ work to one of them at a time."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -80,30 +79,49 @@ def test_a_rotation_moves_the_fingerprint_on_and_then_refuses_the_old_secret(
     agree_on_secret(database, "audit key", "new-key-0123456789abcdef", setting="A")
 
 
-def _agree(url: str, secret: str, start: float, results: multiprocessing.Queue[str]) -> None:
-    database = Database(url)
-    time.sleep(max(0.0, start - time.time()))
-    try:
-        agree_on_secret(database, "session secret", secret, setting="PARLEY_SESSION_SECRET")
-        results.put("agreed")
-    except ConfigurationError:
-        results.put("refused")
+def in_processes(code: str, args: list[list[str]]) -> list[str]:
+    """Run `code` in one fresh interpreter per argument list, all released at once (they
+    wait for a start time); each one's last printed line, in order."""
+    start = str(time.time() + 1.5)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, start, *arg],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for arg in args
+    ]
+    lines = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+        lines.append(out.strip().splitlines()[-1])
+    return lines
+
+
+AGREE = """
+import sys, time
+from parley.core.errors import ConfigurationError
+from parley.store.db import Database
+from parley.store.shared import agree_on_secret
+start, url, secret = float(sys.argv[1]), sys.argv[2], sys.argv[3]
+database = Database(url)
+time.sleep(max(0.0, start - time.time()))
+try:
+    agree_on_secret(database, "session secret", secret, setting="PARLEY_SESSION_SECRET")
+    print("agreed")
+except ConfigurationError:
+    print("refused")
+"""
 
 
 def test_processes_starting_together_agree_on_the_first_secret_and_refuse_another(
     database: Database,
 ) -> None:
     url = database.url.render_as_string(hide_password=False)
-    spawn = multiprocessing.get_context("spawn")
-    results: multiprocessing.Queue[str] = spawn.Queue()
-    start = time.time() + 1.0
     secrets = ["shared-secret-0123456789"] * 5 + ["stray-secret-0123456789"]
-    workers = [spawn.Process(target=_agree, args=(url, s, start, results)) for s in secrets]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-    got = sorted(results.get(timeout=5) for _ in workers)
+    got = sorted(in_processes(AGREE, [[url, s] for s in secrets]))
     # Whichever of the six wrote first, the others agree with it; the odd one out is
     # either refused, or was first and then every other is refused.
     assert got in (["agreed"] * 5 + ["refused"], ["agreed"] + ["refused"] * 5)
@@ -154,31 +172,21 @@ def test_one_holder_at_a_time_until_release_or_expiry(database: Database) -> Non
     assert try_lease(database, "sweep", 60) is None
 
 
-def _race_for_lease(
-    url: str, holder: str, start: float, results: multiprocessing.Queue[str]
-) -> None:
-    database = Database(url)
-    time.sleep(max(0.0, start - time.time()))
-    if try_lease(database, "nightly", 60) is not None:
-        results.put(holder)
-    results.put("done")
+RACE = """
+import sys, time
+from parley.store.db import Database
+from parley.store.shared import try_lease
+start, url = float(sys.argv[1]), sys.argv[2]
+database = Database(url)
+time.sleep(max(0.0, start - time.time()))
+print("won" if try_lease(database, "nightly", 60) is not None else "lost")
+"""
 
 
 def test_processes_racing_for_a_new_lease_give_it_to_exactly_one(database: Database) -> None:
     url = database.url.render_as_string(hide_password=False)
-    spawn = multiprocessing.get_context("spawn")
-    results: multiprocessing.Queue[str] = spawn.Queue()
-    start = time.time() + 1.0
-    workers = [
-        spawn.Process(target=_race_for_lease, args=(url, f"p{i}", start, results)) for i in range(6)
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-    got = [results.get(timeout=5) for _ in range(len(workers) + 1)]
-    winners = [g for g in got if g != "done"]
-    assert len(winners) == 1 and got.count("done") == len(workers)
+    got = in_processes(RACE, [[url]] * 6)
+    assert sorted(got) == ["lost"] * 5 + ["won"]
 
 
 def _parley(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
