@@ -56,6 +56,9 @@ class CallMeta:
     purpose: Purpose = Purpose.CHAT
     user_id: int | None = None
     conversation_id: int | None = None
+    # The ledger's id for this call, when the caller must know it beforehand (a chat
+    # answer's draft: a process that settles it meters the call under the same id).
+    call_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -197,6 +197,36 @@ class Lease(Base):
     expires_at: Mapped[float] = mapped_column(Float)  # Unix time: the same in every process
 
 
+class AnswerDraft(Base):
+    """An answer while it streams: its text so far, checkpointed by the process writing it
+    (`owner`), which also keeps `heartbeat_at` fresh. When that process dies, another
+    settles the draft into an interrupted answer (`chat/conversation/drafts.py`);
+    `settled_message_id` names that answer, so an owner that was only slow updates it
+    instead of adding a second. Deleted with the answer's storing, or with its
+    conversation."""
+
+    __tablename__ = "answer_drafts"
+    __table_args__ = (
+        Index("ix_answer_drafts_conversation", "conversation_id"),
+        Index("ix_answer_drafts_heartbeat", "heartbeat_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    user_message_id: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[int] = mapped_column(Integer)
+    owner: Mapped[str] = mapped_column(String(32))
+    call_id: Mapped[str] = mapped_column(String(32))  # the first call's ledger id
+    model: Mapped[str | None] = mapped_column(String(100))
+    estimated_input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    content: Mapped[str] = mapped_column(Text, default="")
+    context: Mapped[Provenance | None] = mapped_column(TypedJSON(Provenance))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    settled_message_id: Mapped[int | None] = mapped_column(Integer)
+
+
 class CallSlot(Base):
     """One of the model-call slots every process shares (`PARLEY_LIMITER_STORE=database`):
     free when `holder` is empty or its lease has run out (a process that died)."""

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from parley.auth.throttle import LoginThrottle
     from parley.chat.conversation.context import ContextBuilder
     from parley.chat.conversation.conversations import ConversationService
+    from parley.chat.conversation.drafts import DraftKeeper, DraftSettler
     from parley.chat.conversation.history import HistoryCache
     from parley.chat.conversation.lab import StrategyLab
     from parley.chat.conversation.service import ChatService
@@ -154,6 +155,9 @@ class Services:
         memory = self.__dict__.get("memory")
         if memory is not None:
             memory.close()
+        drafts = self.__dict__.get("drafts")
+        if drafts is not None:
+            drafts.close()
         self._database.dispose()
         return drained
 
@@ -371,7 +375,22 @@ class Services:
             on_delete=self._erase_derived,
             forget_cached=self._history.forget,
             defer=self._defer,
+            settle=self.draft_settler.settle,
         )
+
+    @_Part
+    def drafts(self) -> DraftKeeper:
+        """This process's answers being written, checkpointed while they stream."""
+        from parley.chat.conversation.drafts import DraftKeeper
+
+        return DraftKeeper(self._database)
+
+    @_Part
+    def draft_settler(self) -> DraftSettler:
+        """Keeps the answers of any process that died writing them."""
+        from parley.chat.conversation.drafts import DraftSettler
+
+        return DraftSettler(self._database, self.usage)
 
     @_Part
     def documents(self) -> DocumentService:
@@ -394,6 +413,8 @@ class Services:
             upkeep=self.upkeep,
             history=self._history,
             documents=self.documents,
+            drafts=self.drafts,
+            settler=self.draft_settler,
         )
 
     @_Part
@@ -472,6 +493,12 @@ def build_services(
         work.submit(lambda: _sweep(database, services), name="start-up sweep")
     elif database.is_sqlite:  # no query tells whether an erasure left pages in the log
         work.submit(lambda: _reclaim(database), name="start-up checkpoint")
+    if eager:  # the app: answers of processes that died writing them are kept
+        from parley.chat.conversation.drafts import SETTLE_EVERY_S
+
+        settler = services.draft_settler
+        work.submit(lambda: _settle_drafts(settler), name="settle drafts")
+        work.every(SETTLE_EVERY_S, lambda: _settle_drafts(settler), name="settle drafts")
     if eager:  # the app: what the vector store missed is retried while it runs, too
         work.every(
             settings.sweep_minutes * 60,
@@ -509,6 +536,10 @@ def _sweep(database: Database, services: Services) -> None:
     finally:
         release_lease(database, "sweep", token)
     _reclaim(database)
+
+
+def _settle_drafts(settler: DraftSettler) -> None:
+    settler.settle()
 
 
 def _reclaim(database: Database) -> None:

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
 from parley.chat.conversation.replies import ReplyResult, ReplyStream
 from parley.chat.gateway.pricing import Pricing
 from parley.core.audit_events import Answered, CitedRef, MessageRef
@@ -24,7 +26,7 @@ from parley.core.retry import retried
 from parley.memory import message_tokens
 from parley.store.audit import append_in, message_hash
 from parley.store.db import Database
-from parley.store.models import Conversation, Message, User, utcnow
+from parley.store.models import AnswerDraft, Conversation, Message, User, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -123,49 +125,90 @@ class AnswerStore:
 
     def _insert(self, row: AnswerRow, stream: ReplyStream) -> int:
         """The answer, and in the same transaction its audit record: who asked, the
-        question and answer by id and hash, what went into the prompt, what it cost."""
+        question and answer by id and hash, what went into the prompt, what it cost.
+        The answer's draft goes in the same transaction; if another process settled it
+        (it took this one for dead), the answer it stored is completed in place."""
         now = utcnow()
         with self._db.session(write_lock=True) as session:
             columns = {field: getattr(row, field) for field in AnswerRow.__slots__}
-            message = Message(
-                **columns, role=MessageRole.ASSISTANT, created_at=now, completed_at=now
+            draft = (
+                session.get(AnswerDraft, stream.draft_id, with_for_update=True)
+                if stream.draft_id is not None
+                else None
             )
-            session.add(message)
+            message = (
+                session.get(Message, draft.settled_message_id)
+                if draft is not None and draft.settled_message_id is not None
+                else None
+            )
+            if message is None:
+                message = Message(
+                    **columns, role=MessageRole.ASSISTANT, created_at=now, completed_at=now
+                )
+                session.add(message)
+            else:
+                went_on = message.status is MessageStatus.SUPERSEDED  # the user moved on
+                for name, value in columns.items():
+                    setattr(message, name, value)
+                message.completed_at = now
+                if went_on:
+                    message.status = MessageStatus.SUPERSEDED
+            if draft is not None:
+                session.delete(draft)
             conversation = session.get(Conversation, row.conversation_id)
             if conversation is not None:
                 conversation.updated_at = now
             session.flush()
-            question = session.get(Message, stream.user_message_id)
-            asker = session.get(User, stream.user_id)
-            refs = [
-                MessageRef(id=m.id, sha256=message_hash(m.content, m.salt))
-                for m in (question, message)
-                if m is not None
-            ]
-            append_in(
+            append_answered(
                 session,
-                Answered(
-                    conversation_id=stream.conversation_id,
-                    messages=refs,
-                    status=str(message.status),
-                    model=message.model,
-                    input_tokens=message.input_tokens,
-                    output_tokens=message.output_tokens,
-                    cost_usd=message.cost_usd,
-                    prompt=row.context.without_names() if row.context else None,
-                    cited=[
-                        CitedRef(n=c.n, document_id=c.document_id, chunks=c.chunks)
-                        for c in row.citations or ()
-                    ],
-                ),
-                actor_id=stream.user_id,
-                actor=asker.name if asker else "system",
+                message,
+                question_id=stream.user_message_id,
+                user_id=stream.user_id,
+                context=row.context,
+                citations=row.citations,
             )
             return message.id
+
+
+def append_answered(
+    session: Session,
+    message: Message,
+    *,
+    question_id: int,
+    user_id: int,
+    context: Provenance | None,
+    citations: Sequence[CitedPassage] | None,
+) -> None:
+    """The answer's audit record, in the caller's transaction."""
+    question = session.get(Message, question_id)
+    asker = session.get(User, user_id)
+    refs = [
+        MessageRef(id=m.id, sha256=message_hash(m.content, m.salt))
+        for m in (question, message)
+        if m is not None
+    ]
+    append_in(
+        session,
+        Answered(
+            conversation_id=message.conversation_id,
+            messages=refs,
+            status=str(message.status),
+            model=message.model,
+            input_tokens=message.input_tokens,
+            output_tokens=message.output_tokens,
+            cost_usd=message.cost_usd,
+            prompt=context.without_names() if context else None,
+            cited=[
+                CitedRef(n=c.n, document_id=c.document_id, chunks=c.chunks) for c in citations or ()
+            ],
+        ),
+        actor_id=user_id,
+        actor=asker.name if asker else "system",
+    )
 
 
 def _storing_again(exc: Exception) -> None:
     log.warning("Storing an answer failed (%s); trying again.", exc)
 
 
-__all__ = ["NOT_SAVED", "STORE_RETRY_DELAYS_S", "AnswerRow", "AnswerStore"]
+__all__ = ["NOT_SAVED", "STORE_RETRY_DELAYS_S", "AnswerRow", "AnswerStore", "append_answered"]

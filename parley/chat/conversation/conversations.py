@@ -131,8 +131,12 @@ class ConversationService:
         on_delete: Callable[[int], None] | None = None,
         forget_cached: Callable[[int], None] | None = None,
         defer: Defer | None = None,
+        settle: Callable[[int], object] | None = None,
     ) -> None:
         self._db = database
+        # Keeps the answers of a process that died writing them (drafts.DraftSettler),
+        # before a conversation is shown.
+        self._settle = settle
         # Drops what this process holds of the conversation in memory, at once.
         self._forget_cached = forget_cached
         # Runs slow work (dropping and purging vectors) off the request, on the
@@ -315,6 +319,8 @@ class ConversationService:
 
     def messages(self, principal: Principal, conversation_id: int) -> list[ChatMessage]:
         """Every message in order, superseded attempts included (pages may hide them)."""
+        if self._settle is not None:
+            self._settle(conversation_id)
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
             rows = session.scalars(

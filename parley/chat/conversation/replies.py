@@ -80,6 +80,8 @@ class ReplyStream:
         self.context = context  # the prompt as the model gets it
         self.sources = tuple(sources)  # the document passages in it
         self.result: ReplyResult | None = None
+        self.draft_id: int | None = None  # the answer's draft row while it streams
+        self.partial: list[str] = []  # the text so far, which the draft keeper checkpoints
         self.on_queue: Callable[[int], None] | None = None
         self._chunks: Generator[str, None, None] | None = None
         self._abandon: Callable[[], None] | None = None

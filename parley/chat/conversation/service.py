@@ -17,10 +17,12 @@ from collections.abc import Generator, Sequence
 from dataclasses import replace
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from parley.chat.conversation.answer import AnswerStore
 from parley.chat.conversation.context import ContextBuilder, Estimate
 from parley.chat.conversation.conversations import owned_conversation
+from parley.chat.conversation.drafts import DraftKeeper, DraftSettler, DraftTicket
 from parley.chat.conversation.history import HistoryCache, prompt_turns, visible_messages
 from parley.chat.conversation.replies import ReplyStream, clean_message_text
 from parley.chat.conversation.titles import fallback_title
@@ -67,8 +69,12 @@ class ChatService:
         upkeep: Upkeep,
         history: HistoryCache,
         documents: DocumentService | None = None,
+        drafts: DraftKeeper | None = None,
+        settler: DraftSettler | None = None,
     ) -> None:
         self._documents = documents
+        self._drafts = drafts  # the answers being written, checkpointed while they stream
+        self._settler = settler  # keeps the answers of processes that died writing them
         self._db = database
         self._history = history
         self._provider = provider
@@ -99,6 +105,8 @@ class ChatService:
         text = clean_message_text(text, max_chars=self._settings.max_message_chars)
         self._quotas.check_quota(principal)  # a quick refusal; the reservation below holds
         self._context.prepare(text)  # the question's embedding runs while we go on
+        if conversation_id is not None:
+            self._settle(conversation_id)
         reservation: int | None = None
         try:
             with self._db.session() as session:
@@ -143,8 +151,9 @@ class ChatService:
                 conversation.updated_at = utcnow()
                 session.flush()
                 ids = (conversation.id, user_message.id)
+                ticket = self._open_draft(session, principal, *ids, context)
             # The user's message is committed here, before the provider is called.
-            return self._start(principal, ids[0], ids[1], context, reservation, passages)
+            return self._start(principal, ids[0], ids[1], context, reservation, passages, ticket)
         except BaseException:
             self._quotas.release(reservation)
             raise
@@ -152,6 +161,7 @@ class ChatService:
     def retry(self, principal: Principal, conversation_id: int) -> ReplyStream:
         """Answer the last user message again; a failed answer to it is kept as superseded."""
         self._quotas.check_quota(principal)
+        self._settle(conversation_id)
         reservation: int | None = None
         try:
             with self._db.session() as session:
@@ -183,10 +193,35 @@ class ChatService:
                 for failed in later:
                     failed.status = MessageStatus.SUPERSEDED
                 ids = (conversation.id, question.id)
-            return self._start(principal, ids[0], ids[1], context, reservation, passages)
+                ticket = self._open_draft(session, principal, *ids, context)
+            return self._start(principal, ids[0], ids[1], context, reservation, passages, ticket)
         except BaseException:
             self._quotas.release(reservation)
             raise
+
+    def _settle(self, conversation_id: int) -> None:
+        """Keep the answers of a process that died writing them, before going on."""
+        if self._settler is not None:
+            self._settler.settle(conversation_id)
+
+    def _open_draft(
+        self,
+        session: Session,
+        principal: Principal,
+        conversation_id: int,
+        user_message_id: int,
+        context: ContextWindow,
+    ) -> DraftTicket | None:
+        if self._drafts is None:
+            return None
+        return self._drafts.open(
+            session,
+            conversation_id=conversation_id,
+            user_message_id=user_message_id,
+            user_id=principal.user_id,
+            model=self._provider.model,
+            estimated_input_tokens=context.total_tokens,
+        )
 
     def _passages(
         self, principal: Principal, question: str, chosen: Sequence[int] | None
@@ -210,6 +245,7 @@ class ChatService:
 
     def needs_retry(self, principal: Principal, conversation_id: int) -> bool:
         """True when the last user message has no complete answer."""
+        self._settle(conversation_id)
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
             last = session.execute(
@@ -253,13 +289,19 @@ class ChatService:
         context: ContextWindow,
         reservation: int | None,
         passages: Passages = NO_PASSAGES,
+        ticket: DraftTicket | None = None,
     ) -> ReplyStream:
         request = ChatRequest(
             system=context.system,
             messages=context.messages,
             max_tokens=self._settings.max_output_tokens,
             temperature=self._settings.temperature.chat,
-            meta=CallMeta(Purpose.CHAT, principal.user_id, conversation_id),
+            meta=CallMeta(
+                Purpose.CHAT,
+                principal.user_id,
+                conversation_id,
+                call_id=ticket.call_id if ticket else None,
+            ),
             estimated_input_tokens=context.total_tokens,
         )
         estimate = self._provider.count_tokens(request)
@@ -275,6 +317,9 @@ class ChatService:
         )
         stream._chunks = self._generate(stream, request, passages)
         stream._abandon = lambda: self._abandoned(stream)
+        if ticket is not None and self._drafts is not None:
+            stream.draft_id = ticket.draft_id
+            self._drafts.track(stream)
         return stream
 
     def _abandoned(self, stream: ReplyStream) -> None:
@@ -284,12 +329,19 @@ class ChatService:
         try:
             stream.result = self._answers.store(stream, "", (), stopped, [])
         finally:
+            self._forget_draft(stream)
             self._quotas.release(stream.reservation)
+
+    def _forget_draft(self, stream: ReplyStream) -> None:
+        """Stop checkpointing the draft: stored with the answer, or (the database refused
+        the answer) left to be settled from its last checkpoint."""
+        if self._drafts is not None:
+            self._drafts.forget(stream.draft_id)
 
     def _generate(
         self, stream: ReplyStream, request: ChatRequest, passages: Passages
     ) -> Generator[str, None, None]:
-        parts: list[str] = []
+        parts = stream.partial  # the draft keeper checkpoints it from its own thread
         citations: list[CitedPassage] = []
         ends: list[StreamEnd] = []
         error: ParleyError | None = None
@@ -326,7 +378,7 @@ class ChatService:
                     attempt = replace(
                         request,
                         messages=(*request.messages, PromptMessage("assistant", prefill)),
-                        meta=replace(request.meta, purpose=Purpose.CONTINUATION),
+                        meta=replace(request.meta, purpose=Purpose.CONTINUATION, call_id=None),
                         estimated_input_tokens=None,
                     )
                 finally:
@@ -345,6 +397,7 @@ class ChatService:
             if passages.hits and not self._provider.native_citations:
                 citations = passages.numbered(text)
             stream.result = self._answers.store(stream, text, ends, error, citations)
+            self._forget_draft(stream)
             # Every call of this answer is in the ledger by now (the limited provider's meter).
             self._quotas.release(stream.reservation)
             self._upkeep.after_answer(

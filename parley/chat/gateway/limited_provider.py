@@ -250,6 +250,8 @@ class LimitedProvider:
         if self._meter is None:
             return
         call = CallRecord(meta, model, usage, outcome, started, datetime.now(UTC))
+        if meta.call_id is not None:
+            call = replace(call, call_id=meta.call_id)
         meter = self._meter
         try:
             retried(lambda: meter.record(call), self._retry_waits_s, sleep=self._sleep)

@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session
 
 from parley.chat.gateway.pricing import Pricing
 from parley.chat.gateway.usage_report import UsageFact, UsageReport, UsageRow
@@ -42,53 +43,57 @@ class UsageService:
 
         A call that names only its conversation (a summary) is charged to the owner.
         """
-        meta = call.meta
         with self._db.session(write_lock=True) as session:
-            if session.scalar(select(UsageEntry.id).where(UsageEntry.call_id == call.call_id)):
-                return  # recorded already (a retry whose first write did commit)
-            user_id = meta.user_id
-            if user_id is None and meta.conversation_id is not None:
-                user_id = session.scalar(
-                    select(Conversation.user_id).where(Conversation.id == meta.conversation_id)
-                )
-            name = session.scalar(select(User.name).where(User.id == user_id)) if user_id else None
-            cost = self._pricing.cost(call.model, call.usage)
-            entry = UsageEntry(
-                user_id=user_id,
-                user_name=name,
+            self.record_in(session, call)
+
+    def record_in(self, session: Session, call: CallRecord) -> None:
+        """`record` inside the caller's transaction (which holds the write lock)."""
+        meta = call.meta
+        if session.scalar(select(UsageEntry.id).where(UsageEntry.call_id == call.call_id)):
+            return  # recorded already (a retry whose first write did commit)
+        user_id = meta.user_id
+        if user_id is None and meta.conversation_id is not None:
+            user_id = session.scalar(
+                select(Conversation.user_id).where(Conversation.id == meta.conversation_id)
+            )
+        name = session.scalar(select(User.name).where(User.id == user_id)) if user_id else None
+        cost = self._pricing.cost(call.model, call.usage)
+        entry = UsageEntry(
+            user_id=user_id,
+            user_name=name,
+            conversation_id=meta.conversation_id,
+            purpose=meta.purpose,
+            outcome=call.outcome,
+            model=call.model,
+            input_tokens=call.usage.input_tokens,
+            output_tokens=call.usage.output_tokens,
+            cache_creation_input_tokens=call.usage.cache_creation_input_tokens,
+            cache_read_input_tokens=call.usage.cache_read_input_tokens,
+            cost_usd=cost,
+            started_at=call.started_at,
+            ended_at=call.ended_at,
+            call_id=call.call_id,
+        )
+        session.add(entry)
+        session.flush()
+        append_in(
+            session,
+            AiCall(
+                ledger_id=entry.id,
                 conversation_id=meta.conversation_id,
-                purpose=meta.purpose,
-                outcome=call.outcome,
+                purpose=str(meta.purpose),
                 model=call.model,
+                outcome=str(call.outcome),
                 input_tokens=call.usage.input_tokens,
                 output_tokens=call.usage.output_tokens,
-                cache_creation_input_tokens=call.usage.cache_creation_input_tokens,
-                cache_read_input_tokens=call.usage.cache_read_input_tokens,
-                cost_usd=cost,
-                started_at=call.started_at,
-                ended_at=call.ended_at,
-                call_id=call.call_id,
-            )
-            session.add(entry)
-            session.flush()
-            append_in(
-                session,
-                AiCall(
-                    ledger_id=entry.id,
-                    conversation_id=meta.conversation_id,
-                    purpose=str(meta.purpose),
-                    model=call.model,
-                    outcome=str(call.outcome),
-                    input_tokens=call.usage.input_tokens,
-                    output_tokens=call.usage.output_tokens,
-                    cache_write_tokens=call.usage.cache_creation_input_tokens,
-                    cache_read_tokens=call.usage.cache_read_input_tokens,
-                    cost_usd=round(cost, 8),
-                    latency_ms=round((call.ended_at - call.started_at).total_seconds() * 1000),
-                ),
-                actor_id=user_id,
-                actor=name or "system",
-            )
+                cache_write_tokens=call.usage.cache_creation_input_tokens,
+                cache_read_tokens=call.usage.cache_read_input_tokens,
+                cost_usd=round(cost, 8),
+                latency_ms=round((call.ended_at - call.started_at).total_seconds() * 1000),
+            ),
+            actor_id=user_id,
+            actor=name or "system",
+        )
 
     def by_user_and_day(
         self, principal: Principal, *, days: int = 7, now: datetime | None = None
