@@ -1,7 +1,9 @@
 """The local cluster (`deploy/cluster.py`): PostgreSQL, a Chroma server, two Parley
 processes and HAProxy with TLS, all on 127.0.0.1. A real browser signs in through the
 proxy, chats, is moved to the other process on reload and stays signed in; `/metrics`
-through the proxy counts the answer, summed over both processes."""
+through the proxy counts the answer, summed over both processes. Then the process
+serving the browser is killed mid-answer: the browser reconnects to the other one,
+still signed in, finds the answer kept as interrupted, and Retry answers."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
+from sqlalchemy import create_engine, text
 
 from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_MS
 
@@ -68,9 +72,9 @@ def cluster() -> Iterator[dict[str, Any]]:
         "0",
         "--fake-claude",
         "--words",
-        "60",
+        "150",
         "--word-delay-ms",
-        "20",
+        "40",
     )
     assert started.returncode == 0, started.stderr + started.stdout
     try:
@@ -149,7 +153,7 @@ def test_a_browser_signs_in_through_the_proxy_and_stays_signed_in_on_the_other_p
                 # Named by the question, then by the title the model gives it.
                 title = re.compile("Tell me about the cluster.|A fake title")
                 conversation = sidebar.get_by_role("button", name=title)
-                expect(conversation).to_be_visible()
+                expect(conversation).to_be_visible(timeout=30_000)  # listed once answered
 
                 other = "p1" if first == "p0" else "p0"
                 move_to(page, other)
@@ -171,3 +175,81 @@ def test_a_browser_signs_in_through_the_proxy_and_stays_signed_in_on_the_other_p
     while calls_counted(url) < counted_before + 1:
         assert time.monotonic() < deadline, "the answer never showed in /metrics"
         time.sleep(0.5)
+
+
+def drafted_words(database_url: str) -> int:
+    """Words of the answer being written, as its process last checkpointed them."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            content = connection.execute(text("SELECT content FROM answer_drafts")).scalar()
+    finally:
+        engine.dispose()
+    return len((content or "").split())
+
+
+def test_killing_the_process_mid_answer_keeps_the_answer_and_retry_works(
+    cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    url = cluster["url"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context(ignore_https_errors=True).new_page()
+            page.set_default_timeout(PAGE_TIMEOUT_MS)
+            try:
+                page.goto(url)
+                page.get_by_label("User name").fill(ADMIN)
+                page.get_by_label("Password", exact=True).fill(PASSWORD)
+                page.get_by_role("button", name="Log in").click()
+                sidebar = page.get_by_test_id("stSidebar")
+                expect(sidebar).to_contain_text(f"Logged in as {ADMIN}")
+                chat = page.get_by_test_id("stChatInputTextArea")
+                chat.fill("Talk until you are cut off.")
+                chat.press("Enter")
+                answer = page.get_by_test_id("stChatMessage").nth(1)
+                expect(answer).to_contain_text("streams one word after another")
+                deadline = time.monotonic() + 30
+                while drafted_words(cluster["database_url"]) < 10:  # checkpointed
+                    assert time.monotonic() < deadline, "the answer was never checkpointed"
+                    time.sleep(0.2)
+                node = node_of(page)
+                victim = cluster["app_pids"][int(node.removeprefix("p"))]
+                os.killpg(victim, signal.SIGKILL)  # mid-answer: 150 words take 6 s
+
+                # The browser reconnects through the proxy to the other process.
+                deadline = time.monotonic() + 60
+                while node_of(page) == node:
+                    assert time.monotonic() < deadline, "the browser never reconnected"
+                    time.sleep(0.5)
+                expect(sidebar).to_contain_text(f"Logged in as {ADMIN}", timeout=60_000)
+                expect(page.get_by_role("button", name="Log in")).to_have_count(0)
+                conversation = sidebar.get_by_role(
+                    "button", name=re.compile("Talk until you are cut off.|A fake title")
+                ).first
+                kept = page.get_by_text("the server process writing it stopped")
+                deadline = time.monotonic() + 60
+                while True:  # kept once the draft's 10 s without a checkpoint are up
+                    conversation.click()
+                    try:
+                        expect(kept).to_be_visible(timeout=3_000)
+                        break
+                    except AssertionError:
+                        assert time.monotonic() < deadline, "the answer was not kept"
+                expect(answer).to_contain_text("This answer broke off")
+                expect(answer).to_contain_text("streams one word after another")
+                page.screenshot(path=str(tmp_path / "kept.png"))
+                page.get_by_role("button", name="Retry").click()
+                expect(page.get_by_role("button", name="Retry")).to_have_count(0, timeout=60_000)
+                expect(page.get_by_text("This answer broke off")).to_have_count(0)
+                expect(page.get_by_test_id("stChatMessage").nth(1)).to_contain_text(
+                    "150 out"
+                )  # the whole answer, metered
+                expect(page.get_by_test_id("stException")).to_have_count(0)
+                page.screenshot(path=str(tmp_path / "retried.png"))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    page.screenshot(path=str(tmp_path / "failure.png"))
+                raise
+        finally:
+            browser.close()
