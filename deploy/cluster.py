@@ -4,6 +4,8 @@ HAProxy in front (TLS, and each browser kept on one process), started and stoppe
     .venv/bin/python deploy/cluster.py up --processes 2        # https://127.0.0.1:8443
     .venv/bin/python deploy/cluster.py status
     .venv/bin/python deploy/cluster.py down
+    .venv/bin/python deploy/cluster.py stop postgres   # a drill: stop one part (postgres,
+    .venv/bin/python deploy/cluster.py start postgres  # chroma, app-N), then start it again
 
 Everything lives in one folder (`--dir`, default `.cluster/` in the checkout): the
 database's files, Chroma's, each process's data dir and log, the shared secrets (made
@@ -127,28 +129,7 @@ def _postgres(folder: Path) -> tuple[int, str]:
                 f"initdb failed (the postgres user must be able to enter {folder}): "
                 f"{made.stderr.strip()}"
             )
-    log = folder / "postgres.log"
-    started = subprocess.run(
-        _as_postgres(
-            [
-                _tool("pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(log),
-                "-w",
-                "-o",
-                f"-h 127.0.0.1 -p {port} -k {folder} -c max_connections=200",
-                "start",
-            ]
-        ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if started.returncode != 0:
-        raise ClusterError(f"PostgreSQL did not start; see {log}.")
+    start_postgres(folder, port)
     subprocess.run(
         [
             _tool("psql"),
@@ -166,6 +147,59 @@ def _postgres(folder: Path) -> tuple[int, str]:
         check=False,  # already there on a second `up`
     )
     return port, f"postgresql+psycopg://postgres@127.0.0.1:{port}/parley"
+
+
+def start_postgres(folder: Path, port: int) -> None:
+    log = folder / "postgres.log"
+    started = subprocess.run(
+        _as_postgres(
+            [
+                _tool("pg_ctl"),
+                "-D",
+                str(folder / "pg"),
+                "-l",
+                str(log),
+                "-w",
+                "-o",
+                f"-h 127.0.0.1 -p {port} -k {folder} -c max_connections=200",
+                "start",
+            ]
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if started.returncode != 0:
+        raise ClusterError(f"PostgreSQL did not start; see {log}.")
+
+
+def stop_postgres(folder: Path) -> None:
+    subprocess.run(
+        _as_postgres([_tool("pg_ctl"), "-D", str(folder / "pg"), "-m", "fast", "stop"]),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def start_chroma(state: dict[str, Any]) -> None:
+    folder = Path(state["dir"])
+    port = state["chroma_port"]
+    state["chroma_pid"] = _spawn(
+        [
+            str(BIN / "chroma"),
+            "run",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--path",
+            str(folder / "chroma"),
+        ],
+        folder / "chroma.log",
+    )
+    state["chroma_url"] = f"http://127.0.0.1:{port}"
 
 
 def _certificate(folder: Path) -> Path:
@@ -218,6 +252,7 @@ def _haproxy_config(
             certificate=pem,
             metrics_from="127.0.0.1",
             servers=servers,
+            unavailable_page=ROOT / "deploy" / "unavailable.http",
         )
     )
     path = folder / "haproxy.cfg"
@@ -296,21 +331,8 @@ def up(args: argparse.Namespace) -> dict[str, Any]:
     state: dict[str, Any] = {"dir": str(folder), "app_pids": {}, "extra_env": dict(args.env or [])}
     try:
         state["postgres_port"], state["database_url"] = _postgres(folder)
-        chroma_port = free_port()
-        state["chroma_pid"] = _spawn(
-            [
-                str(BIN / "chroma"),
-                "run",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(chroma_port),
-                "--path",
-                str(folder / "chroma"),
-            ],
-            folder / "chroma.log",
-        )
-        state["chroma_url"] = f"http://127.0.0.1:{chroma_port}"
+        state["chroma_port"] = free_port()
+        start_chroma(state)
         if args.fake_claude:
             fake_port = free_port()
             state["fake_claude_pid"] = _spawn(
@@ -434,12 +456,7 @@ def down_state(state: dict[str, Any]) -> None:
         if state.get(key):
             stop_pid(state[key])
     if state.get("postgres_port"):
-        subprocess.run(
-            _as_postgres([_tool("pg_ctl"), "-D", str(folder / "pg"), "-m", "fast", "stop"]),
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        stop_postgres(folder)
     (folder / "state.json").unlink(missing_ok=True)
 
 
@@ -453,6 +470,39 @@ def status(state: dict[str, Any]) -> list[str]:
             ready = f"not ready ({getattr(exc, 'code', None) or 'no answer'})"
         lines.append(f"  app {index}: 127.0.0.1:{port}, pid {state['app_pids'][index]}, {ready}")
     return lines
+
+
+def stop_part(state: dict[str, Any], part: str) -> None:
+    """Stop one part of a running cluster (a drill: the others go on)."""
+    if part == "postgres":
+        stop_postgres(Path(state["dir"]))
+    elif part == "chroma":
+        stop_pid(state["chroma_pid"])
+    else:
+        stop_pid(state["app_pids"][_app_index(state, part)])
+
+
+def start_part(state: dict[str, Any], part: str) -> None:
+    """Start a stopped part again, where it was (same port, same files)."""
+    folder = Path(state["dir"])
+    if part == "postgres":
+        start_postgres(folder, state["postgres_port"])
+    elif part == "chroma":
+        start_chroma(state)
+        _wait_for(f"{state['chroma_url']}/api/v2/heartbeat", "Chroma", folder / "chroma.log")
+    else:
+        index = _app_index(state, part)
+        start_app(state, index)
+        wait_for_app(state, index)
+    _save(folder, state)
+
+
+def _app_index(state: dict[str, Any], part: str) -> int:
+    count = len(state.get("app_ports", []))
+    names = [f"app-{i}" for i in range(count)]
+    if part not in names:
+        raise ClusterError(f"No part {part!r}: name postgres, chroma or one of {names}.")
+    return names.index(part)
 
 
 def say(line: str) -> None:
@@ -483,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser("down", help="stop everything the cluster started")
     sub.add_parser("status", help="what runs, and whether each process is ready")
+    for verb in ("stop", "start"):
+        drill = sub.add_parser(verb, help=f"{verb} one part (postgres, chroma, app-N): a drill")
+        drill.add_argument("part")
     args = parser.parse_args(argv)
     folder = Path(args.dir).resolve()
     try:
@@ -493,6 +546,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             down_state(load_state(folder))
             say("The cluster is down.")
+        elif args.command in ("stop", "start"):
+            state = load_state(folder)
+            (stop_part if args.command == "stop" else start_part)(state, args.part)
+            say(f"{args.part}: {'stopped' if args.command == 'stop' else 'started'}.")
         else:
             say("\n".join(status(load_state(folder))))
     except ClusterError as exc:

@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,6 +178,86 @@ def test_a_browser_signs_in_through_the_proxy_and_stays_signed_in_on_the_other_p
         time.sleep(0.5)
 
 
+def app_ready(cluster: dict[str, Any], index: int = 0) -> tuple[int, dict[str, Any]]:
+    """One app process's /readyz, asked directly (the proxy's is for monitoring)."""
+    port = cluster["app_ports"][index]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+
+
+def wait_ready(cluster: dict[str, Any], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while any(app_ready(cluster, i)[0] != 200 for i in range(len(cluster["app_ports"]))):
+        assert time.monotonic() < deadline, "the processes did not become ready again"
+        time.sleep(0.5)
+
+
+def sign_in(page: Page, url: str) -> None:
+    page.goto(url)
+    page.get_by_label("User name").fill(ADMIN)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_test_id("stSidebar")).to_contain_text(f"Logged in as {ADMIN}")
+
+
+def ask(page: Page, question: str) -> None:
+    """Send a question in a new conversation and wait for its whole answer."""
+    page.get_by_test_id("stSidebar").get_by_role("button", name="New conversation").click()
+    chat = page.get_by_test_id("stChatInputTextArea")
+    chat.fill(question)
+    chat.press("Enter")
+    answer = page.get_by_test_id("stChatMessage").nth(1)
+    expect(answer).to_contain_text("150 out", timeout=60_000)  # complete, and metered
+
+
+@pytest.mark.parametrize("part", ["postgres", "chroma"])
+def test_a_restarted_database_or_vector_store_needs_no_restart_of_parley(
+    cluster: dict[str, Any], part: str, tmp_path: Path
+) -> None:
+    """While PostgreSQL is down, pages say so in a sentence; while Chroma is down, chat goes
+    on without recall. Either way /readyz says what is missing, and once it is back every
+    process works again (pool pre-ping, a new Chroma client) with no restart."""
+    folder = Path(cluster["dir"])
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context(ignore_https_errors=True).new_page()
+            page.set_default_timeout(PAGE_TIMEOUT_MS)
+            try:
+                sign_in(page, cluster["url"])
+                stopped = _cluster(folder, "stop", part)
+                assert stopped.returncode == 0, stopped.stderr
+                try:
+                    status, body = app_ready(cluster)
+                    check = "database" if part == "postgres" else "vector_store"
+                    assert status == 503 and body["checks"][check] != "ok"
+                    assert body["checks"][check].endswith(".")  # a sentence, not an error dump
+                    if part == "postgres":
+                        page.reload()
+                        expect(page.get_by_text("could not reach its database")).to_be_visible()
+                    else:
+                        ask(page, "Still there without the vector store?")
+                    expect(page.get_by_test_id("stException")).to_have_count(0)
+                    page.screenshot(path=str(tmp_path / f"{part}-down.png"))
+                finally:
+                    started = _cluster(folder, "start", part)
+                    assert started.returncode == 0, started.stderr
+                wait_ready(cluster)
+                page.reload()
+                expect(page.get_by_test_id("stSidebar")).to_contain_text(f"Logged in as {ADMIN}")
+                ask(page, f"Back after the {part} restart?")
+                expect(page.get_by_test_id("stException")).to_have_count(0)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    page.screenshot(path=str(tmp_path / "failure.png"))
+                raise
+        finally:
+            browser.close()
+
+
 def drafted_words(database_url: str) -> int:
     """Words of the answer being written, as its process last checkpointed them."""
     engine = create_engine(database_url)
@@ -198,12 +279,8 @@ def test_killing_the_process_mid_answer_keeps_the_answer_and_retry_works(
             page = browser.new_context(ignore_https_errors=True).new_page()
             page.set_default_timeout(PAGE_TIMEOUT_MS)
             try:
-                page.goto(url)
-                page.get_by_label("User name").fill(ADMIN)
-                page.get_by_label("Password", exact=True).fill(PASSWORD)
-                page.get_by_role("button", name="Log in").click()
+                sign_in(page, url)
                 sidebar = page.get_by_test_id("stSidebar")
-                expect(sidebar).to_contain_text(f"Logged in as {ADMIN}")
                 chat = page.get_by_test_id("stChatInputTextArea")
                 chat.fill("Talk until you are cut off.")
                 chat.press("Enter")
@@ -214,8 +291,8 @@ def test_killing_the_process_mid_answer_keeps_the_answer_and_retry_works(
                     assert time.monotonic() < deadline, "the answer was never checkpointed"
                     time.sleep(0.2)
                 node = node_of(page)
-                victim = cluster["app_pids"][int(node.removeprefix("p"))]
-                os.killpg(victim, signal.SIGKILL)  # mid-answer: 150 words take 6 s
+                index = int(node.removeprefix("p"))
+                os.killpg(cluster["app_pids"][index], signal.SIGKILL)  # 150 words take 6 s
 
                 # The browser reconnects through the proxy to the other process.
                 deadline = time.monotonic() + 60
@@ -253,3 +330,5 @@ def test_killing_the_process_mid_answer_keeps_the_answer_and_retry_works(
                 raise
         finally:
             browser.close()
+    restarted = _cluster(Path(cluster["dir"]), "start", f"app-{index}")
+    assert restarted.returncode == 0, restarted.stderr
