@@ -127,7 +127,7 @@ class AnswerStore:
         """The answer, and in the same transaction its audit record: who asked, the
         question and answer by id and hash, what went into the prompt, what it cost.
         The answer's draft goes in the same transaction; if another process settled it
-        (it took this one for dead), the answer it stored is completed in place."""
+        (it took this one for dead), the answer it stored is superseded by this one."""
         now = utcnow()
         with self._db.session(write_lock=True) as session:
             columns = {field: getattr(row, field) for field in AnswerRow.__slots__}
@@ -136,23 +136,23 @@ class AnswerStore:
                 if stream.draft_id is not None
                 else None
             )
-            message = (
+            settled = (
                 session.get(Message, draft.settled_message_id)
                 if draft is not None and draft.settled_message_id is not None
                 else None
             )
-            if message is None:
-                message = Message(
-                    **columns, role=MessageRole.ASSISTANT, created_at=now, completed_at=now
-                )
-                session.add(message)
-            else:
-                went_on = message.status is MessageStatus.SUPERSEDED  # the user moved on
-                for name, value in columns.items():
-                    setattr(message, name, value)
-                message.completed_at = now
-                if went_on:
+            message = Message(
+                **columns, role=MessageRole.ASSISTANT, created_at=now, completed_at=now
+            )
+            if settled is not None:
+                # Another process took this one for dead and kept what had arrived. A
+                # stored turn's text never changes (other processes cache it), so that
+                # answer is superseded by this one; if the user had moved on, this one
+                # is kept out of the way too.
+                if settled.status is MessageStatus.SUPERSEDED:
                     message.status = MessageStatus.SUPERSEDED
+                settled.status = MessageStatus.SUPERSEDED
+            session.add(message)
             if draft is not None:
                 session.delete(draft)
             conversation = session.get(Conversation, row.conversation_id)

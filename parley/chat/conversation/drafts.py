@@ -14,8 +14,9 @@ answered, and every `SETTLE_EVERY_S` in the app — into an assistant message:
 the order of what is shown never changes. The settled answer gets its audit record,
 and the call its ledger row under the call's own id, with tokens estimated from the
 prompt and the checkpointed text (a row the dead process did write is not doubled).
-An owner that was only slow finds its draft settled and completes that message in
-place (`answer.AnswerStore`).
+An owner that was only slow finds its draft settled and stores its answer as a new
+message that supersedes the kept one (`answer.AnswerStore`): a stored turn's text never
+changes, so other processes' history caches stay right.
 """
 
 from __future__ import annotations

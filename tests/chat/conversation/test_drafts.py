@@ -84,14 +84,12 @@ def test_a_fresh_draft_is_left_alone_and_a_stale_one_is_kept_as_interrupted(
     assert entry.outcome is CallOutcome.INTERRUPTED and entry.output_tokens > 0
     assert kept.estimated_input_tokens and entry.input_tokens == kept.estimated_input_tokens
     assert verify_audit(services._database).broken is None
-    # The owner was only slow: it completes the kept answer in place, metered once.
+    # The owner was only slow: its answer supersedes the kept one (a stored turn's text
+    # never changes), and the call is metered once.
     assert list(chunks) == ["answer ", "and more."]
-    (done,) = answers(services, reply.conversation_id)
-    assert (done.id, done.status, done.content) == (
-        kept.id,
-        MessageStatus.COMPLETE,
-        "Half an answer and more.",
-    )
+    superseded, done = answers(services, reply.conversation_id)
+    assert (superseded.id, superseded.status) == (kept.id, MessageStatus.SUPERSEDED)
+    assert (done.status, done.content) == (MessageStatus.COMPLETE, "Half an answer and more.")
     assert drafts(services) == []
     with services._database.session() as session:
         assert len(session.scalars(select(UsageEntry)).all()) == 1  # the same call id
@@ -118,9 +116,10 @@ def test_a_draft_the_conversation_went_on_without_is_kept_out_of_the_way(
         "Second",
         "A new answer.",
     ]
-    reply.close()  # the owner wakes up: the answer stays out of the way
+    reply.close()  # the owner wakes up: its answer stays out of the way too
     assert [a.status for a in answers(services, reply.conversation_id)] == [
         MessageStatus.COMPLETE,
+        MessageStatus.SUPERSEDED,
         MessageStatus.SUPERSEDED,
     ]
 
