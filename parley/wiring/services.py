@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from sqlalchemy import select
 
 from parley.auth.sessions import SessionService
+from parley.core import tracing
 from parley.core.background import BackgroundWork
 from parley.core.config import Settings
 from parley.core.errors import ConfigurationError
@@ -158,6 +159,7 @@ class Services:
         drafts = self.__dict__.get("drafts")
         if drafts is not None:
             drafts.close()
+        tracing.flush()
         self._database.dispose()
         return drained
 
@@ -461,6 +463,7 @@ def build_services(
     `eager=False` (the command line) makes each service when first used."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(settings)
+    tracing.configure_from_env()  # spans by OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
     database = open_database(settings)
     if not is_current(database):
         raise ConfigurationError(

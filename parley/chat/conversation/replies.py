@@ -8,6 +8,8 @@ import unicodedata
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 
+from opentelemetry.trace import Span
+
 from parley.chat.conversation.context import provenance_of
 from parley.core.domain import MessageStatus
 from parley.core.errors import InvalidInput
@@ -82,6 +84,7 @@ class ReplyStream:
         self.result: ReplyResult | None = None
         self.draft_id: int | None = None  # the answer's draft row while it streams
         self.partial: list[str] = []  # the text so far, which the draft keeper checkpoints
+        self.trace: Span | None = None  # the turn's span (`parley.core.tracing`)
         self.on_queue: Callable[[int], None] | None = None
         self._chunks: Generator[str, None, None] | None = None
         self._abandon: Callable[[], None] | None = None

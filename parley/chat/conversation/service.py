@@ -16,6 +16,7 @@ import logging
 from collections.abc import Generator, Sequence
 from dataclasses import replace
 
+from opentelemetry.trace import Span
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -32,6 +33,7 @@ from parley.chat.documents.passages import NO_PASSAGES, Passages, find_passages
 from parley.chat.gateway.limited_provider import LimitedProvider
 from parley.chat.gateway.pricing import Pricing
 from parley.chat.gateway.quotas import QuotaService
+from parley.core import tracing
 from parley.core.config import Settings
 from parley.core.domain import MessageRole, MessageStatus, Principal, Purpose
 from parley.core.errors import (
@@ -108,6 +110,7 @@ class ChatService:
         if conversation_id is not None:
             self._settle(conversation_id)
         reservation: int | None = None
+        turn = tracing.start("parley.chat.turn", conversation_id=conversation_id)
         try:
             with self._db.session() as session:
                 conversation: Conversation | None = None
@@ -116,18 +119,23 @@ class ChatService:
                     conversation = owned_conversation(session, principal, conversation_id)
                     history = self._history.turns(session, conversation)
                     documents = conversation.document_ids
-                passages = self._passages(principal, text, documents)
-                context = passages.attach(
-                    self._context.build(
-                        conversation_id=conversation.id if conversation else 0,
-                        strategy=conversation.memory_strategy if conversation else None,
-                        options=conversation.memory_options if conversation else None,
-                        history=history,
-                        question=text,
-                        budget=self._context.budget() - passages.tokens if passages.hits else None,
-                    ),
-                    native=self._provider.native_citations,
-                )
+                with tracing.child(turn, "parley.chat.retrieve") as span:
+                    passages = self._passages(principal, text, documents)
+                    span.set_attribute("parley.passages", len(passages.sources()))
+                with tracing.child(turn, "parley.chat.assemble", turns=len(history)):
+                    context = passages.attach(
+                        self._context.build(
+                            conversation_id=conversation.id if conversation else 0,
+                            strategy=conversation.memory_strategy if conversation else None,
+                            options=conversation.memory_options if conversation else None,
+                            history=history,
+                            question=text,
+                            budget=(
+                                self._context.budget() - passages.tokens if passages.hits else None
+                            ),
+                        ),
+                        native=self._provider.native_citations,
+                    )
                 # Before this session writes anything: the reservation takes the write lock.
                 reservation = self._reserve(principal, context)
                 if conversation is None:
@@ -153,9 +161,13 @@ class ChatService:
                 ids = (conversation.id, user_message.id)
                 ticket = self._open_draft(session, principal, *ids, context)
             # The user's message is committed here, before the provider is called.
-            return self._start(principal, ids[0], ids[1], context, reservation, passages, ticket)
-        except BaseException:
+            return self._start(
+                principal, ids[0], ids[1], context, reservation, passages, ticket, turn
+            )
+        except BaseException as exc:
             self._quotas.release(reservation)
+            tracing.failed(turn, exc)
+            turn.end()
             raise
 
     def retry(self, principal: Principal, conversation_id: int) -> ReplyStream:
@@ -163,6 +175,7 @@ class ChatService:
         self._quotas.check_quota(principal)
         self._settle(conversation_id)
         reservation: int | None = None
+        turn = tracing.start("parley.chat.turn", conversation_id=conversation_id, retry=True)
         try:
             with self._db.session() as session:
                 conversation = owned_conversation(session, principal, conversation_id)
@@ -177,26 +190,37 @@ class ChatService:
                 if any(m.status is MessageStatus.COMPLETE for m in later):
                     raise InvalidInput("The last message already has an answer.")
                 history = prompt_turns(session, conversation.id, before_id=question.id)
-                passages = self._passages(principal, question.content, conversation.document_ids)
-                context = passages.attach(
-                    self._context.build(
-                        conversation_id=conversation.id,
-                        strategy=conversation.memory_strategy,
-                        options=conversation.memory_options,
-                        history=history,
-                        question=question.content,
-                        budget=self._context.budget() - passages.tokens if passages.hits else None,
-                    ),
-                    native=self._provider.native_citations,
-                )
+                with tracing.child(turn, "parley.chat.retrieve") as span:
+                    passages = self._passages(
+                        principal, question.content, conversation.document_ids
+                    )
+                    span.set_attribute("parley.passages", len(passages.sources()))
+                with tracing.child(turn, "parley.chat.assemble", turns=len(history)):
+                    context = passages.attach(
+                        self._context.build(
+                            conversation_id=conversation.id,
+                            strategy=conversation.memory_strategy,
+                            options=conversation.memory_options,
+                            history=history,
+                            question=question.content,
+                            budget=(
+                                self._context.budget() - passages.tokens if passages.hits else None
+                            ),
+                        ),
+                        native=self._provider.native_citations,
+                    )
                 reservation = self._reserve(principal, context)
                 for failed in later:
                     failed.status = MessageStatus.SUPERSEDED
                 ids = (conversation.id, question.id)
                 ticket = self._open_draft(session, principal, *ids, context)
-            return self._start(principal, ids[0], ids[1], context, reservation, passages, ticket)
-        except BaseException:
+            return self._start(
+                principal, ids[0], ids[1], context, reservation, passages, ticket, turn
+            )
+        except BaseException as exc:
             self._quotas.release(reservation)
+            tracing.failed(turn, exc)
+            turn.end()
             raise
 
     def _settle(self, conversation_id: int) -> None:
@@ -290,6 +314,7 @@ class ChatService:
         reservation: int | None,
         passages: Passages = NO_PASSAGES,
         ticket: DraftTicket | None = None,
+        turn: Span | None = None,
     ) -> ReplyStream:
         request = ChatRequest(
             system=context.system,
@@ -315,6 +340,9 @@ class ChatService:
             user_id=principal.user_id,
             reservation=reservation,
         )
+        stream.trace = turn
+        if turn is not None:
+            turn.set_attribute("parley.conversation_id", conversation_id)
         stream._chunks = self._generate(stream, request, passages)
         stream._abandon = lambda: self._abandoned(stream)
         if ticket is not None and self._drafts is not None:
@@ -327,10 +355,21 @@ class ChatService:
         stopped = StreamInterrupted("reader left before the answer began")
         stopped.user_message = "The answer was stopped before it began."
         try:
-            stream.result = self._answers.store(stream, "", (), stopped, [])
+            with tracing.child(stream.trace, "parley.answer.store"):
+                stream.result = self._answers.store(stream, "", (), stopped, [])
         finally:
             self._forget_draft(stream)
             self._quotas.release(stream.reservation)
+            self._end_trace(stream)
+
+    @staticmethod
+    def _end_trace(stream: ReplyStream) -> None:
+        if stream.trace is None:
+            return
+        if stream.result is not None:
+            stream.trace.set_attribute("parley.status", stream.result.status.value)
+            stream.trace.set_attribute("parley.answer_chars", len(stream.result.text))
+        stream.trace.end()
 
     def _forget_draft(self, stream: ReplyStream) -> None:
         """Stop checkpointing the draft: stored with the answer, or (the database refused
@@ -351,9 +390,19 @@ class ChatService:
         try:
             while True:
                 events = self._provider.stream(attempt, on_queue=stream.on_queue)
+                call = tracing.start(
+                    "parley.provider.call",
+                    stream.trace,
+                    purpose=attempt.meta.purpose.value,
+                    model=self._provider.model,
+                )
+                first = True
                 try:
                     for event in events:
                         if isinstance(event, TextDelta):
+                            if first:
+                                call.add_event("first_token")
+                                first = False
                             text = event.text
                             if strip_leading_space:
                                 text, strip_leading_space = text.lstrip(), not text.strip()
@@ -366,8 +415,11 @@ class ChatService:
                                 citations.append(cited)
                         elif isinstance(event, StreamEnd):
                             ends.append(event)
+                            call.set_attribute("parley.input_tokens", event.usage.input_tokens)
+                            call.set_attribute("parley.output_tokens", event.usage.output_tokens)
                     break
-                except StreamInterrupted:
+                except StreamInterrupted as exc:
+                    tracing.failed(call, exc)
                     if continued or not parts:
                         raise
                     continued = True
@@ -381,8 +433,12 @@ class ChatService:
                         meta=replace(request.meta, purpose=Purpose.CONTINUATION, call_id=None),
                         estimated_input_tokens=None,
                     )
+                except BaseException as exc:
+                    tracing.failed(call, exc)
+                    raise
                 finally:
                     events.close()
+                    call.end()
         except ProviderError as exc:
             error = exc
         except GeneratorExit:
@@ -396,10 +452,12 @@ class ChatService:
             text = "".join(parts)
             if passages.hits and not self._provider.native_citations:
                 citations = passages.numbered(text)
-            stream.result = self._answers.store(stream, text, ends, error, citations)
+            with tracing.child(stream.trace, "parley.answer.store"):
+                stream.result = self._answers.store(stream, text, ends, error, citations)
             self._forget_draft(stream)
             # Every call of this answer is in the ledger by now (the limited provider's meter).
             self._quotas.release(stream.reservation)
+            self._end_trace(stream)
             self._upkeep.after_answer(
                 user_id=stream.user_id,
                 conversation_id=stream.conversation_id,
