@@ -47,7 +47,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No developer's key, .env or settings leak into a test."""
     for name in list(os.environ):
-        if name.startswith(("PARLEY_", "ANTHROPIC_")):
+        if name.startswith(("PARLEY_", "ANTHROPIC_", "OTEL_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("PARLEY_DATA_DIR", str(tmp_path / "data"))
     # Unit, page and CLI tests run without the embedding model; memory tests opt in.

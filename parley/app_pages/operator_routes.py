@@ -3,7 +3,8 @@
 - `/healthz`: the process answers (a proxy's liveness check). Touches nothing else.
 - `/readyz`: the database answers and is at this version's schema, and the vector store
   is reachable: 200 with each check's result, else 503 with a sentence per failed check
-  (a proxy stops sending new browsers to a process that is not ready).
+  (for monitoring and orchestrators; the proxy checks `/healthz`, because the database
+  and the vector store are every process's: see `deploy/haproxy.cfg.in`).
 - `/metrics`: Prometheus text (`parley.core.metrics`), plus the signed-in sessions in
   use across every process, read from the database at the scrape.
 

@@ -141,6 +141,8 @@ class CallRecord:
     started_at: datetime
     ended_at: datetime
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Tokens estimated by another process (this call's process died mid-answer).
+    estimated: bool = False
 
 
 def estimate_tokens(request: ChatRequest) -> int:

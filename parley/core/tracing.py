@@ -2,8 +2,12 @@
 
 Off unless the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set: then each process sends its spans over
-OTLP/HTTP (protobuf) in batches, named by `OTEL_SERVICE_NAME` (default `parley`). Off,
-every span is the API's non-recording span: a function call, no allocation of note.
+OTLP in batches (HTTP/protobuf, or gRPC when `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`), named
+by `OTEL_SERVICE_NAME` (default `parley`). `OTEL_SDK_DISABLED=true` or
+`OTEL_TRACES_EXPORTER=none` keep them off. Off, every span is the API's non-recording
+span: a function call, no allocation of note. A collector that is down costs the
+request path nothing (the batch is sent from the SDK's own thread) and a process's
+shutdown at most `FLUSH_DEADLINE_S`.
 
 A turn is one span (`parley.chat.turn`) with children for retrieval, context
 assembly, each provider call (with a `first_token` event) and storing the answer with
@@ -42,12 +46,13 @@ def configure_from_env() -> bool:
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
-    if not endpoint:
+    disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    exporters = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    if not endpoint or disabled or exporters == "none":
         return False
     with _lock:
         if _provider is not None:
             return True
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -59,10 +64,26 @@ def configure_from_env() -> bool:
             }
         )
         provider = TracerProvider(resource=resource)
-        # The exporter reads the endpoint, headers and timeout from the OTEL_* variables.
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        # The exporter reads the endpoint and headers from the OTEL_* variables.
+        provider.add_span_processor(BatchSpanProcessor(_exporter()))
         _provider, _tracer = provider, provider.get_tracer("parley")
         return True
+
+
+def _exporter() -> Any:
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+    )
+    timeout = float(os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "2000")) / 1000
+    if protocol.strip().lower() == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        return GrpcExporter(timeout=timeout)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(timeout=timeout)
 
 
 def use_provider(provider: Any) -> None:
@@ -73,10 +94,24 @@ def use_provider(provider: Any) -> None:
         _tracer = provider.get_tracer("parley") if provider is not None else NoOpTracer()
 
 
-def flush(timeout_s: float = 5.0) -> None:
-    """Send what is batched (at the end of a process, or in a test)."""
-    if _provider is not None:
-        _provider.force_flush(int(timeout_s * 1000))
+FLUSH_DEADLINE_S = 3.0
+
+
+def flush(timeout_s: float = FLUSH_DEADLINE_S) -> bool:
+    """Send what is batched (at the end of a process, or in a test), waiting at most
+    `timeout_s` whatever the collector does (the SDK's own wait is per attempt); True
+    when it was all sent."""
+    provider = _provider
+    if provider is None:
+        return True
+    done = threading.Event()
+
+    def send() -> None:
+        provider.force_flush(int(timeout_s * 1000))
+        done.set()
+
+    threading.Thread(target=send, name="parley-trace-flush", daemon=True).start()
+    return done.wait(timeout_s)
 
 
 def start(name: str, parent: Span | None = None, **attributes: Attribute | None) -> Span:

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     true,
 )
@@ -201,9 +203,9 @@ class AnswerDraft(Base):
     """An answer while it streams: its text so far, checkpointed by the process writing it
     (`owner`), which also keeps `heartbeat_at` fresh. When that process dies, another
     settles the draft into an interrupted answer (`chat/conversation/drafts.py`);
-    `settled_message_id` names that answer, so an owner that was only slow updates it
-    instead of adding a second. Deleted with the answer's storing, or with its
-    conversation."""
+    `settled_message_id` names that answer, so an owner that was only slow supersedes it
+    instead of it appearing as a second. Deleted with the answer's storing, or with its
+    conversation; a settled one is emptied of text and kept an hour for a late owner."""
 
     __tablename__ = "answer_drafts"
     __table_args__ = (
@@ -225,6 +227,7 @@ class AnswerDraft(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     settled_message_id: Mapped[int | None] = mapped_column(Integer)
+    reservation_id: Mapped[int | None] = mapped_column(Integer)  # the quota set aside
 
 
 class CallSlot(Base):
@@ -239,7 +242,9 @@ class CallSlot(Base):
 
 
 class UsageEntry(Base):
-    """The usage ledger: one row per provider call, however it ended. Append-only.
+    """The usage ledger: one row per provider call, however it ended. Append-only, but
+    for one case: a row estimated for a call whose process died mid-answer takes the
+    real figures if that process comes back (`estimated`).
 
     Nothing here points at users or conversations with a foreign key, and nothing
     deletes a row: erasing a conversation or a user never reduces what was used.
@@ -270,6 +275,9 @@ class UsageEntry(Base):
     ended_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The call's own id: a retried write or a drained outbox line adds no second row.
     call_id: Mapped[str | None] = mapped_column(String(32))
+    # Tokens estimated by another process for a call whose process died mid-answer;
+    # replaced by the real figures if that process comes back after all.
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     @property
     def tokens(self) -> int:

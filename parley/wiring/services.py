@@ -377,7 +377,7 @@ class Services:
             on_delete=self._erase_derived,
             forget_cached=self._history.forget,
             defer=self._defer,
-            settle=self.draft_settler.settle,
+            settle=self.draft_settler.settle_quietly,
         )
 
     @_Part

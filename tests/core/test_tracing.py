@@ -138,7 +138,7 @@ def test_spans_go_to_an_otlp_collector_when_one_is_configured(
         assert tracing.configure_from_env()
         scripted.enqueue(*ANSWER)
         assert "".join(services.chat.send(alice, None, QUESTION)) == "".join(ANSWER)
-        tracing.flush()
+        assert tracing.flush()
         assert [path for path, _ in Collector.received] == ["/v1/traces"]
         export = ExportTraceServiceRequest()
         export.ParseFromString(Collector.received[0][1])

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from parley.chat.conversation.replies import ReplyResult, ReplyStream
@@ -147,11 +148,23 @@ class AnswerStore:
             if settled is not None:
                 # Another process took this one for dead and kept what had arrived. A
                 # stored turn's text never changes (other processes cache it), so that
-                # answer is superseded by this one; if the user had moved on, this one
-                # is kept out of the way too.
-                if settled.status is MessageStatus.SUPERSEDED:
+                # answer is superseded by this one. If the user had moved on (the kept
+                # answer was out of the way, or anything was said after it), the kept
+                # one stays as it is and this one is kept out of the way, so what was
+                # shown, and its order, never change.
+                moved_on = settled.status is MessageStatus.SUPERSEDED or session.scalar(
+                    select(Message.id)
+                    .where(
+                        Message.conversation_id == settled.conversation_id,
+                        Message.id > settled.id,
+                        Message.status != MessageStatus.SUPERSEDED,
+                    )
+                    .limit(1)
+                )
+                if moved_on:
                     message.status = MessageStatus.SUPERSEDED
-                settled.status = MessageStatus.SUPERSEDED
+                else:
+                    settled.status = MessageStatus.SUPERSEDED
             session.add(message)
             if draft is not None:
                 session.delete(draft)

@@ -131,7 +131,7 @@ class ConversationService:
         on_delete: Callable[[int], None] | None = None,
         forget_cached: Callable[[int], None] | None = None,
         defer: Defer | None = None,
-        settle: Callable[[int], object] | None = None,
+        settle: Callable[[int], int] | None = None,
     ) -> None:
         self._db = database
         # Keeps the answers of a process that died writing them (drafts.DraftSettler),
@@ -318,9 +318,15 @@ class ConversationService:
                 )
 
     def messages(self, principal: Principal, conversation_id: int) -> list[ChatMessage]:
-        """Every message in order, superseded attempts included (pages may hide them)."""
-        if self._settle is not None:
-            self._settle(conversation_id)
+        """Every message in order, superseded attempts included (pages may hide them).
+        Answers a stopped process was writing are kept first (`drafts.DraftSettler`),
+        once the conversation is known to be the principal's."""
+        shown = self._read(principal, conversation_id)
+        if self._settle is not None and self._settle(conversation_id):
+            shown = self._read(principal, conversation_id)
+        return shown
+
+    def _read(self, principal: Principal, conversation_id: int) -> list[ChatMessage]:
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
             rows = session.scalars(

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from parley.chat.conversation.answer import append_answered
@@ -39,15 +40,16 @@ from parley.core.errors import StorageError
 from parley.core.llm import CallMeta, CallRecord, Usage
 from parley.memory import message_tokens
 from parley.store.db import Database
-from parley.store.models import AnswerDraft, Message, utcnow
+from parley.store.models import AnswerDraft, Conversation, Message, QuotaReservation, utcnow
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0  # how often a process checkpoints its drafts
 STALE_S = 10.0  # a draft not checkpointed for this long belongs to a dead process
 SETTLE_EVERY_S = 30.0  # how often the app looks for drafts of dead processes
+KEEP_SETTLED_S = 3600.0  # a settled draft waits this long for an owner that was only stuck
 BROKE_OFF = (
-    "The answer broke off: the server process writing it stopped. "
+    "The answer broke off before it was finished: the server writing it stopped. "
     "What had arrived is kept; Retry to ask again."
 )
 
@@ -88,6 +90,7 @@ class DraftKeeper:
         user_id: int,
         model: str,
         estimated_input_tokens: int,
+        reservation_id: int | None = None,
     ) -> DraftTicket:
         """A draft row in the caller's transaction (the one that stores the question)."""
         now = utcnow()
@@ -99,6 +102,7 @@ class DraftKeeper:
             call_id=uuid.uuid4().hex,
             model=model,
             estimated_input_tokens=estimated_input_tokens,
+            reservation_id=reservation_id,
             content="",
             started_at=now,
             heartbeat_at=now,
@@ -165,6 +169,8 @@ class DraftKeeper:
             for draft_id, length in written.items():
                 if draft_id in self._streams:
                     self._saved[draft_id] = length
+            for gone in self._saved.keys() - self._streams.keys():  # dropped streams
+                del self._saved[gone]
         return len(streams)
 
 
@@ -178,15 +184,33 @@ class DraftSettler:
         self._usage = usage
         self._stale = timedelta(seconds=stale_s)
 
+    def settle_quietly(self, conversation_id: int) -> int:
+        """`settle` for a page or a turn on its way: a failure is logged, never raised
+        (the conversation is shown, or answered, all the same)."""
+        try:
+            return self.settle(conversation_id)
+        except StorageError as exc:
+            log.warning("Could not keep the answers of stopped processes: %s", exc)
+            return 0
+
     def settle(self, conversation_id: int | None = None, *, now: datetime | None = None) -> int:
         """Settle the stale drafts (of one conversation, or all); how many were settled.
         A cheap read first: a conversation with none takes no write lock."""
         cutoff = (now or utcnow()) - self._stale
-        stale = select(AnswerDraft.id).where(AnswerDraft.heartbeat_at < cutoff)
+        stale = select(AnswerDraft.id).where(
+            AnswerDraft.heartbeat_at < cutoff, AnswerDraft.settled_message_id.is_(None)
+        )
         if conversation_id is not None:
             stale = stale.where(AnswerDraft.conversation_id == conversation_id)
+        expired = select(AnswerDraft.id).where(
+            AnswerDraft.settled_message_id.is_not(None),
+            AnswerDraft.heartbeat_at < cutoff - timedelta(seconds=KEEP_SETTLED_S),
+        )
         with self._db.session() as session:
-            if session.scalar(stale.limit(1)) is None:
+            pending = session.scalar(stale.limit(1)) is not None
+            if not pending and (
+                conversation_id is not None or session.scalar(expired.limit(1)) is None
+            ):
                 return 0
         settled = 0
         with self._db.session(write_lock=True) as session:
@@ -195,15 +219,15 @@ class DraftSettler:
             )
             if not self._db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)  # another settler has it
-            for draft in session.scalars(query.order_by(AnswerDraft.id).limit(100)):
+            for draft in session.scalars(query.order_by(AnswerDraft.id).limit(100)).all():
                 self._settle_one(session, draft, now or utcnow())
                 settled += 1
-            # Settled drafts whose owner never came back: nothing will complete them.
+            # Settled drafts whose owner never came back: nothing will complete them now.
             session.execute(
                 delete(AnswerDraft)
                 .where(
                     AnswerDraft.settled_message_id.is_not(None),
-                    AnswerDraft.heartbeat_at < cutoff - 5 * self._stale,
+                    AnswerDraft.heartbeat_at < cutoff - timedelta(seconds=KEEP_SETTLED_S),
                 )
                 .execution_options(synchronize_session=False)
             )
@@ -212,12 +236,25 @@ class DraftSettler:
         return settled
 
     def _settle_one(self, session: Session, draft: AnswerDraft, now: datetime) -> None:
+        if not self._db.is_sqlite:  # a question being sent now commits first, or waits
+            session.scalar(
+                select(Conversation.id)
+                .where(Conversation.id == draft.conversation_id)
+                .with_for_update()
+            )
         went_on = session.scalar(
             select(Message.id)
             .where(
                 Message.conversation_id == draft.conversation_id,
                 Message.id > draft.user_message_id,
                 Message.status != MessageStatus.SUPERSEDED,
+            )
+            .limit(1)
+        ) or session.scalar(  # a newer answer on its way (a retry, a newer question)
+            select(AnswerDraft.id)
+            .where(
+                AnswerDraft.conversation_id == draft.conversation_id,
+                AnswerDraft.id > draft.id,
             )
             .limit(1)
         )
@@ -243,6 +280,12 @@ class DraftSettler:
         session.add(message)
         session.flush()
         draft.settled_message_id = message.id
+        # The text lives in the message now; the draft stays, empty, for a late owner.
+        draft.content, draft.context = "", None
+        if draft.reservation_id is not None:  # the dead process's quota hold
+            session.execute(
+                delete(QuotaReservation).where(QuotaReservation.id == draft.reservation_id)
+            )
         append_answered(
             session,
             message,
@@ -252,18 +295,21 @@ class DraftSettler:
             citations=None,
         )
         if text and draft.model:  # the API had answered: the call is metered, estimated
-            self._usage.record_in(
-                session,
-                CallRecord(
-                    CallMeta(Purpose.CHAT, draft.user_id, draft.conversation_id),
-                    draft.model,
-                    Usage(input_tokens=draft.estimated_input_tokens, output_tokens=output_tokens),
-                    CallOutcome.INTERRUPTED,
-                    draft.started_at,
-                    draft.heartbeat_at,
-                    call_id=draft.call_id,
-                ),
+            call = CallRecord(
+                CallMeta(Purpose.CHAT, draft.user_id, draft.conversation_id),
+                draft.model,
+                Usage(input_tokens=draft.estimated_input_tokens, output_tokens=output_tokens),
+                CallOutcome.INTERRUPTED,
+                draft.started_at,
+                draft.heartbeat_at,
+                call_id=draft.call_id,
+                estimated=True,
             )
+            try:
+                with session.begin_nested():  # the owner's meter may write it meanwhile
+                    self._usage.record_in(session, call)
+            except IntegrityError:
+                log.info("The call of draft %s was metered by its own process.", draft.id)
 
 
-__all__ = ["BROKE_OFF", "DraftKeeper", "DraftSettler", "DraftTicket"]
+__all__ = ["BROKE_OFF", "KEEP_SETTLED_S", "DraftKeeper", "DraftSettler", "DraftTicket"]

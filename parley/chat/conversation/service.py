@@ -106,9 +106,10 @@ class ChatService:
         """
         text = clean_message_text(text, max_chars=self._settings.max_message_chars)
         self._quotas.check_quota(principal)  # a quick refusal; the reservation below holds
+        # No settling of dead processes' drafts here (it would cost the first token a
+        # transaction): the page settles when it shows the conversation, before anyone
+        # can send; a draft settled after a send is kept as superseded, in order.
         self._context.prepare(text)  # the question's embedding runs while we go on
-        if conversation_id is not None:
-            self._settle(conversation_id)
         reservation: int | None = None
         turn = tracing.start("parley.chat.turn", conversation_id=conversation_id)
         try:
@@ -159,7 +160,7 @@ class ChatService:
                 conversation.updated_at = utcnow()
                 session.flush()
                 ids = (conversation.id, user_message.id)
-                ticket = self._open_draft(session, principal, *ids, context)
+                ticket = self._open_draft(session, principal, *ids, context, reservation)
             # The user's message is committed here, before the provider is called.
             return self._start(
                 principal, ids[0], ids[1], context, reservation, passages, ticket, turn
@@ -173,7 +174,7 @@ class ChatService:
     def retry(self, principal: Principal, conversation_id: int) -> ReplyStream:
         """Answer the last user message again; a failed answer to it is kept as superseded."""
         self._quotas.check_quota(principal)
-        self._settle(conversation_id)
+        self._settle(principal, conversation_id)
         reservation: int | None = None
         turn = tracing.start("parley.chat.turn", conversation_id=conversation_id, retry=True)
         try:
@@ -212,8 +213,10 @@ class ChatService:
                 reservation = self._reserve(principal, context)
                 for failed in later:
                     failed.status = MessageStatus.SUPERSEDED
+                conversation.updated_at = utcnow()  # on PostgreSQL: the row's lock, which
+                session.flush()  # a settler takes too before it decides (drafts.py)
                 ids = (conversation.id, question.id)
-                ticket = self._open_draft(session, principal, *ids, context)
+                ticket = self._open_draft(session, principal, *ids, context, reservation)
             return self._start(
                 principal, ids[0], ids[1], context, reservation, passages, ticket, turn
             )
@@ -223,10 +226,14 @@ class ChatService:
             turn.end()
             raise
 
-    def _settle(self, conversation_id: int) -> None:
-        """Keep the answers of a process that died writing them, before going on."""
-        if self._settler is not None:
-            self._settler.settle(conversation_id)
+    def _settle(self, principal: Principal, conversation_id: int) -> None:
+        """Keep the answers of a process that died writing them, before going on: only
+        in the principal's own conversation (another's is `NotFound`, untouched)."""
+        if self._settler is None:
+            return
+        with self._db.session() as session:
+            owned_conversation(session, principal, conversation_id)
+        self._settler.settle_quietly(conversation_id)
 
     def _open_draft(
         self,
@@ -235,6 +242,7 @@ class ChatService:
         conversation_id: int,
         user_message_id: int,
         context: ContextWindow,
+        reservation: int | None,
     ) -> DraftTicket | None:
         if self._drafts is None:
             return None
@@ -245,6 +253,7 @@ class ChatService:
             user_id=principal.user_id,
             model=self._provider.model,
             estimated_input_tokens=context.total_tokens,
+            reservation_id=reservation,
         )
 
     def _passages(
@@ -269,7 +278,7 @@ class ChatService:
 
     def needs_retry(self, principal: Principal, conversation_id: int) -> bool:
         """True when the last user message has no complete answer."""
-        self._settle(conversation_id)
+        self._settle(principal, conversation_id)
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
             last = session.execute(
@@ -321,16 +330,13 @@ class ChatService:
             messages=context.messages,
             max_tokens=self._settings.max_output_tokens,
             temperature=self._settings.temperature.chat,
-            meta=CallMeta(
-                Purpose.CHAT,
-                principal.user_id,
-                conversation_id,
-                call_id=ticket.call_id if ticket else None,
-            ),
+            meta=CallMeta(Purpose.CHAT, principal.user_id, conversation_id),
             estimated_input_tokens=context.total_tokens,
         )
         estimate = self._provider.count_tokens(request)
-        request = replace(request, estimated_input_tokens=estimate)
+        # The chat call's ledger id only now: a count through the API is a call of its own.
+        meta = replace(request.meta, call_id=ticket.call_id if ticket else None)
+        request = replace(request, estimated_input_tokens=estimate, meta=meta)
         stream = ReplyStream(
             conversation_id,
             user_message_id,

@@ -110,7 +110,8 @@ class LimitedProvider:
         under `Purpose.COUNT_TOKENS`, for the user and conversation it was for."""
         if not self._count_with_api:
             return estimate_tokens(request)
-        meta = replace(request.meta, purpose=Purpose.COUNT_TOKENS)
+        # A call of its own: never the chat call's ledger id (that row would be taken).
+        meta = replace(request.meta, purpose=Purpose.COUNT_TOKENS, call_id=None)
         try:
             with self._gate.slot(None):
                 self._limiter.acquire(input_tokens=0)

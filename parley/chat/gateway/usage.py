@@ -4,7 +4,9 @@
 summary, title), written by the limited provider's meter (`record`) however the call
 ended, with its cost (`Pricing`) and an audit record in the same transaction. Nothing
 deletes from it, so erasing conversations never gives quota back (`quotas.py` counts
-it). A day is a UTC calendar day.
+it). One row may change once: a row another process estimated for a call whose process
+died mid-answer takes the real figures if that process comes back. A day is a UTC
+calendar day.
 
 Reports are for admins: another principal's call is `PermissionDenied`.
 """
@@ -49,8 +51,11 @@ class UsageService:
     def record_in(self, session: Session, call: CallRecord) -> None:
         """`record` inside the caller's transaction (which holds the write lock)."""
         meta = call.meta
-        if session.scalar(select(UsageEntry.id).where(UsageEntry.call_id == call.call_id)):
-            return  # recorded already (a retry whose first write did commit)
+        recorded = session.scalar(select(UsageEntry).where(UsageEntry.call_id == call.call_id))
+        if recorded is not None:  # a retry whose first write did commit
+            if recorded.estimated and not call.estimated:
+                self._correct(session, recorded, call)  # its process came back after all
+            return
         user_id = meta.user_id
         if user_id is None and meta.conversation_id is not None:
             user_id = session.scalar(
@@ -73,6 +78,7 @@ class UsageService:
             started_at=call.started_at,
             ended_at=call.ended_at,
             call_id=call.call_id,
+            estimated=call.estimated,
         )
         session.add(entry)
         session.flush()
@@ -93,6 +99,38 @@ class UsageService:
             ),
             actor_id=user_id,
             actor=name or "system",
+        )
+
+    def _correct(self, session: Session, entry: UsageEntry, call: CallRecord) -> None:
+        """The real figures of a call another process had metered by estimate (it took the
+        call's process for dead); the audit trail records the correction."""
+        entry.outcome = call.outcome
+        entry.model = call.model
+        entry.input_tokens = call.usage.input_tokens
+        entry.output_tokens = call.usage.output_tokens
+        entry.cache_creation_input_tokens = call.usage.cache_creation_input_tokens
+        entry.cache_read_input_tokens = call.usage.cache_read_input_tokens
+        entry.cost_usd = self._pricing.cost(call.model, call.usage)
+        entry.ended_at = call.ended_at
+        entry.estimated = False
+        session.flush()
+        append_in(
+            session,
+            AiCall(
+                ledger_id=entry.id,
+                conversation_id=entry.conversation_id,
+                purpose=str(entry.purpose),
+                model=call.model,
+                outcome=str(call.outcome),
+                input_tokens=call.usage.input_tokens,
+                output_tokens=call.usage.output_tokens,
+                cache_write_tokens=call.usage.cache_creation_input_tokens,
+                cache_read_tokens=call.usage.cache_read_input_tokens,
+                cost_usd=round(entry.cost_usd, 8),
+                latency_ms=round((call.ended_at - call.started_at).total_seconds() * 1000),
+            ),
+            actor_id=entry.user_id,
+            actor=entry.user_name or "system",
         )
 
     def by_user_and_day(

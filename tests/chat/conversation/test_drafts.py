@@ -6,18 +6,30 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
-from parley.chat.conversation.drafts import BROKE_OFF, STALE_S
+from parley.chat.conversation.drafts import BROKE_OFF, KEEP_SETTLED_S, STALE_S
+from parley.chat.conversation.replies import ReplyStream
 from parley.chat.gateway.providers.scripted import ScriptedProvider
-from parley.core.config import get_settings
+from parley.core.background import BackgroundWork
+from parley.core.config import Settings, get_settings
 from parley.core.domain import CallOutcome, MessageRole, MessageStatus, Principal
+from parley.core.errors import NotFound
 from parley.fakes.anthropic_server import FakeAnthropic, Reply
-from parley.store.models import AnswerDraft, Message, UsageEntry, utcnow
+from parley.memory import message_tokens
+from parley.store.db import Database
+from parley.store.models import (
+    AnswerDraft,
+    Message,
+    QuotaReservation,
+    UsageEntry,
+    utcnow,
+)
 from parley.wiring.services import Services, build_services
 from tests.support import ROOT, verify_audit
 
@@ -191,3 +203,151 @@ def test_an_answer_whose_process_is_killed_is_kept_and_retry_works(
         assert outcomes == ["complete", "interrupted"]  # the killed call is metered
         assert verify_audit(services._database).broken is None
         services.close()
+
+
+def dead_after_some_text(services: Services, reply: ReplyStream, chunks: int = 1) -> Iterator[str]:
+    """Read `chunks` chunks, checkpoint them, and stop keeping the draft: as if its
+    process had died (the stream itself is left for a test to finish, as a late owner)."""
+    reading = iter(reply)
+    for _ in range(chunks):
+        next(reading)
+    services.drafts.checkpoint()
+    services.drafts.forget(reply.draft_id)
+    return reading
+
+
+def visible(services: Services, principal: Principal, conversation_id: int) -> list[str]:
+    return [
+        m.content
+        for m in services.conversations.messages(principal, conversation_id)
+        if m.status is not MessageStatus.SUPERSEDED
+    ]
+
+
+def test_counting_tokens_through_the_api_leaves_the_chat_call_metered(
+    settings: Settings, database: Database, scripted: ScriptedProvider
+) -> None:
+    del database
+    services = build_services(
+        settings.model_copy(update={"anthropic_count_tokens": True}),
+        provider=scripted,
+        background=BackgroundWork(workers=0),
+    )
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    scripted.enqueue("Counted.")
+    assert "".join(services.chat.send(alice, None, "Count me")) == "Counted."
+    with services._database.session() as session:
+        rows = session.execute(select(UsageEntry.purpose, UsageEntry.call_id)).all()
+    assert sorted(str(purpose) for purpose, _ in rows) == ["chat", "count_tokens"]
+    assert len({call_id for _, call_id in rows}) == 2
+
+
+def test_a_late_owner_after_a_newer_question_is_kept_out_of_the_way(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue("Half ", "an answer.")
+    reply = services.chat.send(alice, None, "Q1")
+    late = dead_after_some_text(services, reply)
+    services.draft_settler.settle(now=utcnow() + LATER)
+    assert visible(services, alice, reply.conversation_id) == ["Q1", "Half "]
+    scripted.enqueue("Answer two.")
+    assert "".join(services.chat.send(alice, reply.conversation_id, "Q2")) == "Answer two."
+    assert "".join(late) == "an answer."  # the owner was only stuck; it stores now
+    assert visible(services, alice, reply.conversation_id) == ["Q1", "Half ", "Q2", "Answer two."]
+
+
+def test_a_retry_before_the_dead_draft_is_stale_leaves_one_answer(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue("Dead ", "words")
+    reply = services.chat.send(alice, None, "Q1")
+    dead_after_some_text(services, reply)
+    assert services.chat.needs_retry(alice, reply.conversation_id)  # nothing stored yet
+    scripted.enqueue("Full ", "answer.")
+    retried = services.chat.retry(alice, reply.conversation_id)
+    first = next(iter(retried))  # the retry streams while the dead draft goes stale
+    with services._database.session() as session:
+        session.execute(
+            update(AnswerDraft)
+            .where(AnswerDraft.id == reply.draft_id)
+            .values(heartbeat_at=utcnow() - LATER)
+        )
+    assert services.draft_settler.settle() == 1  # the dead one; the retry's is alive
+    assert first + "".join(retried) == "Full answer."
+    assert visible(services, alice, reply.conversation_id) == ["Q1", "Full answer."]
+
+
+def test_a_late_owner_replaces_the_estimate_in_the_ledger_with_its_real_figures(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue("Half ", "an ", "answer.")
+    reply = services.chat.send(alice, None, "Q1")
+    late = dead_after_some_text(services, reply, chunks=2)
+    services.draft_settler.settle(now=utcnow() + LATER)
+    with services._database.session() as session:
+        (estimate,) = session.scalars(select(UsageEntry))
+    assert estimate.estimated and estimate.output_tokens == message_tokens("Half an ")
+    "".join(late)
+    with services._database.session() as session:
+        (real,) = session.scalars(select(UsageEntry))
+    assert (real.id, real.estimated, real.outcome) == (estimate.id, False, CallOutcome.COMPLETE)
+    assert real.output_tokens == 3  # the scripted API's own count: one per chunk
+    assert verify_audit(services._database).broken is None
+
+
+def test_another_user_cannot_make_a_conversation_settle(
+    services: Services, scripted: ScriptedProvider, alice: Principal, bob: Principal
+) -> None:
+    scripted.enqueue("Alice's ", "words")
+    reply = services.chat.send(alice, None, "Q1")
+    dead_after_some_text(services, reply)
+    with services._database.session() as session:  # the draft is stale already
+        session.execute(update(AnswerDraft).values(heartbeat_at=utcnow() - LATER))
+    for attempt in (
+        lambda: services.conversations.messages(bob, reply.conversation_id),
+        lambda: services.chat.needs_retry(bob, reply.conversation_id),
+        lambda: services.chat.retry(bob, reply.conversation_id),
+    ):
+        with pytest.raises(NotFound):
+            attempt()
+    assert [d.settled_message_id for d in drafts(services)] == [None]  # untouched
+    assert visible(services, alice, reply.conversation_id) == ["Q1", "Alice's "]
+
+
+def test_settling_frees_the_dead_process_quota_hold(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    services.quotas.set_quota(ROOT, alice.user_id, messages_per_day=2, tokens_per_day=None)
+    scripted.enqueue("Held ", "words")
+    reply = services.chat.send(alice, None, "Q1")
+    dead_after_some_text(services, reply)
+    with services._database.session() as session:
+        assert session.scalar(select(func.count(QuotaReservation.id))) == 1
+    services.draft_settler.settle(now=utcnow() + LATER)
+    with services._database.session() as session:
+        assert session.scalar(select(func.count(QuotaReservation.id))) == 0
+    scripted.enqueue("Second.")  # one message used of two: the next one is allowed
+    assert "".join(services.chat.retry(alice, reply.conversation_id)) == "Second."
+
+
+def test_a_settled_draft_waits_an_hour_for_its_owner_then_goes(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue("Half ", "an answer.")
+    reply = services.chat.send(alice, None, "Q1")
+    late = dead_after_some_text(services, reply)
+    services.draft_settler.settle(now=utcnow() + LATER)
+    (tombstone,) = drafts(services)
+    assert tombstone.content == "" and tombstone.settled_message_id is not None
+    assert services.draft_settler.settle(now=utcnow() + LATER * 20) == 0
+    assert len(drafts(services)) == 1  # a few minutes on: still there for the owner
+    "".join(late)
+    assert visible(services, alice, reply.conversation_id) == ["Q1", "Half an answer."]
+    assert drafts(services) == []
+
+    scripted.enqueue("Gone ", "owner")
+    other = services.chat.send(alice, None, "Q2")
+    dead_after_some_text(services, other)
+    services.draft_settler.settle(now=utcnow() + LATER)
+    services.draft_settler.settle(now=utcnow() + LATER + timedelta(seconds=KEEP_SETTLED_S))
+    assert drafts(services) == []
