@@ -82,24 +82,7 @@ class UsageService:
         )
         session.add(entry)
         session.flush()
-        append_in(
-            session,
-            AiCall(
-                ledger_id=entry.id,
-                conversation_id=meta.conversation_id,
-                purpose=str(meta.purpose),
-                model=call.model,
-                outcome=str(call.outcome),
-                input_tokens=call.usage.input_tokens,
-                output_tokens=call.usage.output_tokens,
-                cache_write_tokens=call.usage.cache_creation_input_tokens,
-                cache_read_tokens=call.usage.cache_read_input_tokens,
-                cost_usd=round(cost, 8),
-                latency_ms=round((call.ended_at - call.started_at).total_seconds() * 1000),
-            ),
-            actor_id=user_id,
-            actor=name or "system",
-        )
+        _audit(session, entry, call)
 
     def _correct(self, session: Session, entry: UsageEntry, call: CallRecord) -> None:
         """The real figures of a call another process had metered by estimate (it took the
@@ -114,24 +97,7 @@ class UsageService:
         entry.ended_at = call.ended_at
         entry.estimated = False
         session.flush()
-        append_in(
-            session,
-            AiCall(
-                ledger_id=entry.id,
-                conversation_id=entry.conversation_id,
-                purpose=str(entry.purpose),
-                model=call.model,
-                outcome=str(call.outcome),
-                input_tokens=call.usage.input_tokens,
-                output_tokens=call.usage.output_tokens,
-                cache_write_tokens=call.usage.cache_creation_input_tokens,
-                cache_read_tokens=call.usage.cache_read_input_tokens,
-                cost_usd=round(entry.cost_usd, 8),
-                latency_ms=round((call.ended_at - call.started_at).total_seconds() * 1000),
-            ),
-            actor_id=entry.user_id,
-            actor=entry.user_name or "system",
-        )
+        _audit(session, entry, call)
 
     def by_user_and_day(
         self, principal: Principal, *, days: int = 7, now: datetime | None = None
@@ -212,6 +178,28 @@ class UsageService:
             )
             for r in rows
         ]
+
+
+def _audit(session: Session, entry: UsageEntry, call: CallRecord) -> None:
+    """The call's audit record, as its ledger row now holds it."""
+    append_in(
+        session,
+        AiCall(
+            ledger_id=entry.id,
+            conversation_id=entry.conversation_id,
+            purpose=str(entry.purpose),
+            model=entry.model,
+            outcome=str(entry.outcome),
+            input_tokens=entry.input_tokens,
+            output_tokens=entry.output_tokens,
+            cache_write_tokens=entry.cache_creation_input_tokens,
+            cache_read_tokens=entry.cache_read_input_tokens,
+            cost_usd=round(entry.cost_usd, 8),
+            latency_ms=round((call.ended_at - call.started_at).total_seconds() * 1000),
+        ),
+        actor_id=entry.user_id,
+        actor=entry.user_name or "system",
+    )
 
 
 __all__ = ["UsageService", "counts_as_message"]
