@@ -1,5 +1,6 @@
 """The load test, run small through a real cluster: its JSON line keeps its contract, and
-every message sent is answered and stored (none lost). Its figures are not checked here:
+every message sent is answered and stored (none lost), with users speaking Streamlit's
+protocol and with Chromium pages. Its figures are not checked here:
 they are the benchmark's (docs/benchmarks.md)."""
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def test_quantiles_are_nearest_rank_in_milliseconds() -> None:
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_a_short_load_through_the_cluster_loses_no_message() -> None:
+@pytest.mark.parametrize("driver", ["protocol", "browser"])
+def test_a_short_load_through_the_cluster_loses_no_message(driver: str) -> None:
     missing = _missing()
     if missing:
         if os.environ.get("CI"):
@@ -48,6 +50,8 @@ def test_a_short_load_through_the_cluster_loses_no_message() -> None:
             "20",
             "--word-delay-ms",
             "10",
+            "--driver",
+            driver,
             "--json",
         ],
         capture_output=True,
