@@ -5,7 +5,7 @@ The services own one `BackgroundWork`; nothing else starts threads. At most
 because upkeep is derived state (the next turn's upkeep catches up, a title falls
 back to the first message). `drain` waits for what was submitted; `close` drains
 and stops the workers (the CLI before it exits, the app at shutdown).
-`workers=0` runs every task inline (tests, benchmarks).
+`workers=0` runs every task inline and repeats nothing (tests, benchmarks).
 
 Work submitted once the pool is closed, or once Python has begun to exit (its
 executors then refuse work), is dropped with a debug line only: shutting down is
@@ -17,8 +17,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+
+from parley.core.errors import ParleyError
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +40,20 @@ class BackgroundWork:
         self._stop = threading.Event()
 
     def every(self, seconds: float, task: Callable[[], None], *, name: str) -> None:
-        """Submit `task` every `seconds` until the pool closes (a daemon thread that only
-        submits: the work itself runs, and is drained, on the pool)."""
+        """Submit `task` every `seconds` until the pool closes or is dropped unclosed (a
+        daemon thread that only submits: the work itself runs, and is drained, on the
+        pool). Inline (`workers=0`) there is no pool to run it on: nothing repeats."""
+        if self._executor is None:
+            return
+        stop, pool = self._stop, weakref.ref(self)
 
         def tick() -> None:
-            while not self._stop.wait(seconds):
-                self.submit(task, name=name)
+            while not stop.wait(seconds):
+                work = pool()
+                if work is None:
+                    return
+                work.submit(task, name=name)
+                del work
 
         threading.Thread(target=tick, name=f"parley-every-{name}", daemon=True).start()
 
@@ -107,6 +118,8 @@ class BackgroundWork:
 def _run(task: Callable[[], None], name: str) -> None:
     try:
         task()
+    except ParleyError as exc:  # a known failure (the database away): one line says it
+        log.warning("Background task %s failed: %s", name, exc)
     except Exception:  # upkeep never breaks anything; it is logged and derived state heals
         log.exception("Background task %s failed", name)
 

@@ -28,9 +28,13 @@ def add_user(name: str, password: str, *, admin: bool = False) -> None:
     from parley.core.domain import Role
     from parley.wiring.services import build_services
 
-    build_services(get_settings()).accounts.create_user(
-        ROOT, name=name, password=password, role=Role.ADMIN if admin else Role.USER
-    )
+    services = build_services(get_settings(), eager=False)
+    try:
+        services.accounts.create_user(
+            ROOT, name=name, password=password, role=Role.ADMIN if admin else Role.USER
+        )
+    finally:
+        services.close()
 
 
 def page_text(at: AppTest) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from parley.core.background import BackgroundWork
+from parley.core.errors import StorageError
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
@@ -314,3 +316,45 @@ def test_every_submits_again_and_again_until_the_pool_closes() -> None:
     after_close = len(ran)
     time.sleep(0.2)
     assert len(ran) == after_close  # no tick once closed
+
+
+def test_every_ends_when_its_pool_is_dropped_unclosed() -> None:
+    # A set of services a caller forgot to close must not tick on for ever (it would
+    # reach for a database that is long gone, as a test's did after its server stopped).
+    work = BackgroundWork(workers=1)
+    ran: list[float] = []
+    work.every(0.05, lambda: ran.append(time.monotonic()), name="orphan")
+    wait_until(lambda: len(ran) >= 2, "two ticks")
+    ticker = next(t for t in threading.enumerate() if t.name == "parley-every-orphan")
+    del work
+    gc.collect()
+    ticker.join(timeout=2)
+    assert not ticker.is_alive()
+
+
+def test_every_repeats_nothing_inline() -> None:
+    work = BackgroundWork(workers=0)
+    ran: list[int] = []
+    before = {t.name for t in threading.enumerate()}
+    work.every(0.01, lambda: ran.append(1), name="inline")
+    time.sleep(0.1)
+    assert ran == [] and "parley-every-inline" not in before | {
+        t.name for t in threading.enumerate()
+    }
+
+
+def test_a_known_failure_in_the_background_is_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    def database_away() -> None:
+        raise StorageError("connection refused")
+
+    def bug() -> None:
+        raise KeyError("a bug")
+
+    work = BackgroundWork(workers=0)
+    with caplog.at_level(logging.WARNING, logger="parley.core.background"):
+        work.submit(database_away, name="settle drafts")
+        work.submit(bug, name="fold")
+    known, unknown = caplog.records
+    assert known.levelno == logging.WARNING and known.exc_info is None
+    assert "settle drafts" in known.getMessage() and "connection refused" in known.getMessage()
+    assert unknown.levelno == logging.ERROR and unknown.exc_info is not None

@@ -144,10 +144,13 @@ def test_cli_against_a_faulty_server_never_loses_a_message() -> None:
     from parley.core.config import get_settings
     from parley.wiring.services import build_services
 
-    svc = build_services(get_settings())
-    with svc._database.session() as session:
-        stored = session.scalars(
-            select(Message.content).where(Message.role == MessageRole.USER).order_by(Message.id)
-        ).all()
+    svc = build_services(get_settings(), eager=False)
+    try:
+        with svc._database.session() as session:
+            stored = session.scalars(
+                select(Message.content).where(Message.role == MessageRole.USER).order_by(Message.id)
+            ).all()
+    finally:
+        svc.close()
     assert stored == [f"question {i}" for i in range(8)]
     assert set(endings) <= {0, 1}
