@@ -291,7 +291,7 @@ class DraftSettler:
             message,
             question_id=draft.user_message_id,
             user_id=draft.user_id,
-            context=draft.context,
+            context=message.context,  # the draft's, emptied above
             citations=None,
         )
         if text and draft.model:  # the API had answered: the call is metered, estimated

@@ -31,7 +31,7 @@ from parley.store.models import (
     utcnow,
 )
 from parley.wiring.services import Services, build_services
-from tests.support import ROOT, verify_audit
+from tests.support import ROOT, audit_records, verify_audit
 
 PARLEY = str(Path(sys.executable).with_name("parley"))
 LATER = timedelta(seconds=STALE_S + 1)  # when a draft not checkpointed since now is stale
@@ -91,6 +91,9 @@ def test_a_fresh_draft_is_left_alone_and_a_stale_one_is_kept_as_interrupted(
         BROKE_OFF,
     )
     assert kept.context is not None
+    (recorded,) = [r for r in audit_records(services._database) if r["kind"] == "answer"]
+    assert recorded["data"]["status"] == "interrupted"
+    assert recorded["data"]["prompt"]["turn_ids"] is not None  # what went into the prompt
     with services._database.session() as session:
         (entry,) = session.scalars(select(UsageEntry))
     assert entry.outcome is CallOutcome.INTERRUPTED and entry.output_tokens > 0
