@@ -11,23 +11,29 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.orm import Session as OrmSession
 
+from parley.chat.conversation.drafts import STALE_S
 from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.core.background import BackgroundWork
 from parley.core.config import ProviderChoice, Settings
-from parley.core.domain import Role
+from parley.core.domain import MessageRole, MessageStatus, Role
 from parley.core.errors import QuotaExceeded
 from parley.store.db import Database
 from parley.store.keys import AuditKeys
 from parley.store.migrate import upgrade
-from parley.store.models import Base
+from parley.store.models import Base, Message, utcnow
 from parley.wiring.services import Services, build_services
 from tests.support import ROOT, admitted_by_processes, free_port, verify_audit
 
@@ -286,3 +292,70 @@ def test_a_concurrency_limit_shared_by_processes_on_postgres(
     database.dispose()
     spans = calls_in_processes(postgres_url, tmp_path, processes=4, threads=3, slots=3, calls=4)
     assert len(spans) == 48 and most_at_once(spans) == 3
+
+
+def test_a_dead_answer_settled_while_its_user_asks_again_stays_in_order_on_postgres(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A process died mid-answer; another settles its draft while the user's next question
+    is written but not yet committed. The conversation must still read in order: question,
+    question, answer — never the kept answer after the newer question (the settler waits
+    for the question's transaction on the conversation's row lock)."""
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=postgres_url,
+        audit_key=PG_AUDIT_KEY,
+        session_secret=PG_SESSION_SECRET,
+        provider=ProviderChoice.LOCAL,
+        model_titles=False,
+    )
+    database = Database(postgres_url, audit_keys=PG_KEYS)
+    upgrade(database)
+    database.dispose()
+    provider = ScriptedProvider(model="claude-sonnet-test", default_answer="A new answer.")
+    services = build_services(settings, provider=provider, background=BackgroundWork(workers=0))
+    written = threading.Event()
+
+    def hold_the_question_open(session: OrmSession) -> None:
+        if any(isinstance(o, Message) and o.content == "Second" for o in session.new):
+            written.set()  # flushed, not committed: the settler runs now
+            time.sleep(0.5)
+
+    def after_flush(session: OrmSession, _context: object) -> None:
+        hold_the_question_open(session)
+
+    event.listen(OrmSession, "after_flush", after_flush)
+    try:
+        alice = services.accounts.create_user(ROOT, name="pg-racer", password="racer-password")
+        provider.enqueue("Half ", "an ", "answer.")
+        dead = services.chat.send(alice, None, "First question")
+        chunks = iter(dead)
+        next(chunks)
+        services.drafts.checkpoint()
+        services.drafts.forget(dead.draft_id)  # its process stops: as if killed
+        later = utcnow() + timedelta(seconds=STALE_S + 1)  # and is stale by then
+
+        def settle() -> int:
+            assert written.wait(30)
+            return services.draft_settler.settle(now=later)
+
+        def ask_again() -> str:
+            return "".join(services.chat.send(alice, dead.conversation_id, "Second"))
+
+        with ThreadPoolExecutor(2) as pool:
+            settled, answered = pool.submit(settle), pool.submit(ask_again)
+            assert settled.result(30) == 1 and answered.result(30) == "A new answer."
+        shown = services.conversations.messages(alice, dead.conversation_id)
+        visible = [(m.role, m.content) for m in shown if m.status is not MessageStatus.SUPERSEDED]
+        assert visible == [
+            (MessageRole.USER, "First question"),
+            (MessageRole.USER, "Second"),
+            (MessageRole.ASSISTANT, "A new answer."),
+        ]
+        kept = [m for m in shown if m.content == "Half "]
+        assert [m.status for m in kept] == [MessageStatus.SUPERSEDED]  # kept for the record
+        chunks.close()  # a process that really died never comes back
+        assert verify_audit(services._database).broken is None
+    finally:
+        event.remove(OrmSession, "after_flush", after_flush)
+        services.close()
