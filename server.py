@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -57,6 +58,12 @@ def _share_streamlit_cookie_secret() -> None:
 
 
 _share_streamlit_cookie_secret()
+# A page run is mostly short database round trips; each one gives up the GIL and must
+# win it back from the threads streaming other people's answers. Python hands the GIL
+# over every 5 ms by default: under load a run of two dozen queries waited that long at
+# each. At 1 ms, ten people chatting on one process waited for first text 0.59 s (p95)
+# instead of 0.85 s (`python -m parley.bench.load`; docs/benchmarks.md).
+sys.setswitchinterval(0.001)
 
 
 def _middleware() -> list[Middleware]:
