@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -58,12 +59,28 @@ def _share_streamlit_cookie_secret() -> None:
 
 
 _share_streamlit_cookie_secret()
-# A page run is mostly short database round trips; each one gives up the GIL and must
-# win it back from the threads streaming other people's answers. Python hands the GIL
-# over every 5 ms by default: under load a run of two dozen queries waited that long at
-# each. At 1 ms, ten people chatting on one process waited for first text 0.59 s (p95)
-# instead of 0.85 s (`python -m parley.bench.load`; docs/benchmarks.md).
-sys.setswitchinterval(0.001)
+
+
+def _switch_interval_s() -> float:
+    """How often Python hands the GIL to another thread. A page run is mostly short
+    database round trips; each gives up the GIL and must win it back from the threads
+    streaming other people's answers, which Python hands over every 5 ms by default.
+    Parley uses 1 ms (`PARLEY_SWITCH_INTERVAL_MS`; `python -m parley.bench.load` measured
+    both: docs/benchmarks.md)."""
+    raw = os.environ.get("PARLEY_SWITCH_INTERVAL_MS", "1")
+    try:
+        milliseconds = float(raw)
+    except ValueError:
+        milliseconds = 0.0
+    if not 0.1 <= milliseconds <= 100:
+        logging.getLogger("parley").warning(
+            "PARLEY_SWITCH_INTERVAL_MS=%r is not between 0.1 and 100; 1 ms is used.", raw
+        )
+        milliseconds = 1.0
+    return milliseconds / 1000
+
+
+sys.setswitchinterval(_switch_interval_s())
 
 
 def _middleware() -> list[Middleware]:

@@ -17,17 +17,19 @@ a message to the first text of the answer and to the whole answer, stored and sh
 answer that never finished, an error on the page, a refused sign-in); messages lost
 (sent, but with no stored answer in the database afterwards); the app processes' memory
 per active session (resident memory over the idle baseline, divided by the users) and
-their CPU time per answer.
+their CPU time per answer; and, for protocol users, where the first text waited: the
+page's run up to the chat box that reads the message ("page run").
 
     .venv/bin/python -m parley.bench.load --users 1 4 8 10 12 16 --processes 1 2 --seconds 45
     .venv/bin/python -m parley.bench.load --url https://parley.example --users 4 --seconds 30
 
 With `--json`, each run also prints one JSON object on a line of its own, the last line
 being the last run's (`users`, `processes`, `completed`, `errors`, `lost`,
-`ttft_p50_ms`, `ttft_p95_ms`, `full_p50_ms`, `full_p95_ms`, `rss_mb_per_session`,
+`ttft_p50_ms`, `ttft_p95_ms`, `full_p50_ms`, `full_p95_ms`, `page_p50_ms`,
+`page_p95_ms`, `stored_p50_ms`, `stored_p95_ms`, `rss_mb_per_session`,
 `cpu_s_per_answer`). With `--url`, the target is an existing Parley whose users
-`load-user-N` (password `--password`) exist; the database and process figures are left
-out.
+`load-user-N` (password `--password`) exist; its certificate is checked against the
+system's authorities (or `--cafile`); the database and process figures are left out.
 """
 
 from __future__ import annotations
@@ -42,11 +44,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from parley.bench.protocol_user import UserResult, protocol_user
+from parley.bench.browser_user import browser_user, chromium
+from parley.bench.protocol_user import UserResult, protocol_user, tls_context
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "deploy" / "cluster.py"
@@ -62,124 +66,46 @@ UNLIMITED = {
     "PARLEY_OUTPUT_TOKENS_PER_MINUTE": "1000000000",
 }
 ANSWER_TIMEOUT_S = 120.0
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--disable-dev-shm-usage",
-]
-
-# The newest answer's text as the page shows it, the streaming cursor (▌) included: the
-# cursor goes when the answer has ended and been stored, not at its last word.
-# Captions (the queue position while waiting, the usage line once stored) are left out.
-LAST_ANSWER_JS = """(count) => {
-    const messages = document.querySelectorAll('[data-testid="stChatMessage"]');
-    if (messages.length < count) return null;
-    const blocks = messages[count - 1].querySelectorAll('[data-testid="stMarkdownContainer"]');
-    return Array.from(blocks)
-        .filter((block) => !block.closest('[data-testid="stCaptionContainer"]'))
-        .map((block) => block.textContent)
-        .join(' ')
-        .trim();
-}"""
 
 
-async def _user(browser: Any, url: str, name: str, args: argparse.Namespace) -> UserResult:
-    result = UserResult()
-    context = await browser.new_context(ignore_https_errors=True)
-    page = await context.new_page()
-    page.set_default_timeout(60_000)
-    try:
-        await page.goto(url)
-        await page.get_by_label("User name").fill(name)
-        await page.get_by_label("Password", exact=True).fill(args.password)
-        await page.get_by_role("button", name="Log in").click()
-        chat = page.get_by_test_id("stChatInputTextArea")
-        await chat.wait_for(state="visible")
-    except Exception as exc:
-        result.errors.append(f"sign-in: {type(exc).__name__}")
-        await context.close()
-        return result
-    stop_at = time.monotonic() + args.seconds
-    turn = 0
-    while time.monotonic() < stop_at or turn < args.min_messages:
-        turn += 1
-        messages = await page.get_by_test_id("stChatMessage").count()
-        await chat.fill(f"Question {turn} from {name}: how does the answer stream?")
-        sent_at = time.monotonic()
-        await chat.press("Enter")
-        result.sent += 1
-        first = full = None
-        deadline = sent_at + ANSWER_TIMEOUT_S
-        while time.monotonic() < deadline:
-            text = await page.evaluate(LAST_ANSWER_JS, messages + 2)
-            now = time.monotonic()
-            if text and text.strip("▌ ") and first is None:
-                first = now - sent_at
-            if text and "▌" not in text:  # ended, stored, and shown without the cursor
-                if await page.get_by_test_id("stAlert").count():
-                    break
-                full = now - sent_at
-                break
-            await asyncio.sleep(0.02)
-        if first is None or full is None:
-            shown = await page.get_by_test_id("stAlert").all_text_contents()
-            result.errors.append(f"answer {turn}: {shown[0][:80] if shown else 'timed out'}")
-            if args.shots:
-                await page.screenshot(path=str(Path(args.shots) / f"{name}-{turn}.png"))
-            await page.reload()
-            await chat.wait_for(state="visible")
-            continue
-        result.ttft_s.append(first)
-        result.full_s.append(full)
-        await asyncio.sleep(args.think_s)  # and the next question in the same conversation
-    await context.close()
-    return result
-
-
-async def _drive(url: str, names: list[str], args: argparse.Namespace) -> list[UserResult]:
+async def _drive(
+    url: str, names: list[str], args: argparse.Namespace, cafile: Path | None
+) -> list[UserResult]:
     # Users arrive over the first two seconds, not in one instant.
-    async def staggered(i: int, name: str, user: Any) -> UserResult:
+    async def staggered(
+        i: int, name: str, user: Callable[[str], Awaitable[UserResult]]
+    ) -> UserResult:
         await asyncio.sleep(2.0 * i / max(1, len(names)))
-        return await user(name)  # type: ignore[no-any-return]
+        return await user(name)
 
     if args.driver == "protocol":
+        tls = tls_context(cafile)
         return list(
             await asyncio.gather(
                 *(
-                    staggered(i, n, lambda name: protocol_user(url, name, args))
+                    staggered(i, n, lambda name: protocol_user(url, name, args, tls))
                     for i, n in enumerate(names)
                 )
             )
         )
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            return list(
-                await asyncio.gather(
-                    *(
-                        staggered(i, n, lambda name: _user(browser, url, name, args))
-                        for i, n in enumerate(names)
-                    )
+    async with chromium() as browser:
+        return list(
+            await asyncio.gather(
+                *(
+                    staggered(i, n, lambda name: browser_user(browser, url, name, args))
+                    for i, n in enumerate(names)
                 )
             )
-        finally:
-            await browser.close()
+        )
 
 
-def _driver(url: str, names: list[str], args: argparse.Namespace, out: Any) -> None:
-    # The browsers run beside the server on this machine; users' browsers would not.
+def _driver(
+    url: str, names: list[str], args: argparse.Namespace, cafile: Path | None, out: Any
+) -> None:
+    # The users run beside the server on this machine; people's browsers would not.
     # Niced, they take what the server leaves, so the figures are the server's.
     os.nice(args.driver_nice)
-    results = asyncio.run(_drive(url, names, args))
+    results = asyncio.run(_drive(url, names, args, cafile))
     out.put([asdict(r) for r in results])
 
 
@@ -308,10 +234,11 @@ def run_once(
     before_db = _stored_answers(state["database_url"]) if state else (0, 0)
     rss_idle, cpu_before = _proc_stats(pids) if state else (0.0, 0.0)
     server_before = _server_first_token(url) if state else (0.0, 0.0)
+    cafile = _cafile(state) or (Path(args.cafile) if args.cafile else None)
     spawn = multiprocessing.get_context("spawn")
     queue = spawn.Queue()
     workers = [
-        spawn.Process(target=_driver, args=(url, names[d::drivers], args, queue))
+        spawn.Process(target=_driver, args=(url, names[d::drivers], args, cafile, queue))
         for d in range(drivers)
     ]
     peak_rss = rss_idle
@@ -333,6 +260,8 @@ def run_once(
     peak_rss = max(peak_rss, rss_busy)
     ttft = [t for r in results for t in r.ttft_s]
     full = [t for r in results for t in r.full_s]
+    page = [t for r in results for t in r.page_s]
+    stored = [t for r in results for t in r.stored_s]
     sent = sum(r.sent for r in results)
     errors = sum(len(r.errors) for r in results) + users - len(results)
     lost = None
@@ -356,6 +285,12 @@ def run_once(
         "ttft_p50_ms": _ms(ttft, 0.5),
         "ttft_p95_ms": _ms(ttft, 0.95),
         "server_ttft_mean_ms": server_ttft_ms,
+        # Where the first text waits (protocol users): the page's run up to the chat box,
+        # which reads the message, and the question stored and shown.
+        "page_p50_ms": _ms(page, 0.5),
+        "page_p95_ms": _ms(page, 0.95),
+        "stored_p50_ms": _ms(stored, 0.5),
+        "stored_p95_ms": _ms(stored, 0.95),
         "full_p50_ms": _ms(full, 0.5),
         "full_p95_ms": _ms(full, 0.95),
         "rss_mb_per_session": round((peak_rss - rss_idle) / users, 1) if state else None,
@@ -373,7 +308,13 @@ def _warm_up(state: dict[str, Any], args: argparse.Namespace) -> None:
     _add_users(state, 1, args.password)
     for port in state["app_ports"]:
         warm = argparse.Namespace(**{**vars(args), "seconds": 0.0, "min_messages": 1})
-        asyncio.run(_drive(f"http://127.0.0.1:{port}", ["load-user-0"], warm))
+        asyncio.run(_drive(f"http://127.0.0.1:{port}", ["load-user-0"], warm, None))
+
+
+def _cafile(state: dict[str, Any] | None) -> Path | None:
+    """The local cluster's self-signed certificate, which its users trust (and nothing
+    else); for `--url`, the system's authorities (or `--cafile`)."""
+    return Path(state["dir"]) / "tls" / "parley.crt" if state else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -396,10 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--drivers", type=int, default=2, help="worker processes of users")
     parser.add_argument(
-        "--driver-nice", type=int, default=10, help="niceness of the browsers (0: none)"
+        "--driver-nice", type=int, default=10, help="niceness of the users' processes (0: none)"
     )
     parser.add_argument("--url", help="load an existing Parley instead of starting a cluster")
     parser.add_argument("--password", default=PASSWORD)
+    parser.add_argument(
+        "--cafile", help="with --url: the certificate authority to trust (else the system's)"
+    )
     parser.add_argument(
         "--env",
         nargs=2,
@@ -462,8 +406,9 @@ def _table(rows: list[dict[str, Any]], *, header: bool) -> str:
     if header:
         lines += [
             "| processes | users | answers | errors | lost | first text p50 / p95 (s) "
-            "| whole answer p50 / p95 (s) | MB per session | CPU s per answer |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| whole answer p50 / p95 (s) | page run p50 / p95 (s) | MB per session "
+            "| CPU s per answer |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
     for r in rows:
         lines.append(
@@ -471,6 +416,7 @@ def _table(rows: list[dict[str, Any]], *, header: bool) -> str:
             f"| {r['lost'] if r['lost'] is not None else '—'} "
             f"| {_s(r['ttft_p50_ms'], 2)} / {_s(r['ttft_p95_ms'], 2)} "
             f"| {_s(r['full_p50_ms'], 1)} / {_s(r['full_p95_ms'], 1)} "
+            f"| {_s(r['page_p50_ms'], 2)} / {_s(r['page_p95_ms'], 2)} "
             f"| {r['rss_mb_per_session'] if r['rss_mb_per_session'] is not None else '—'} "
             f"| {r['cpu_s_per_answer'] if r['cpu_s_per_answer'] is not None else '—'} |"
         )
