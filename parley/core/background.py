@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-from parley.core.errors import ParleyError
+from parley.core.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class BackgroundWork:
 def _run(task: Callable[[], None], name: str) -> None:
     try:
         task()
-    except ParleyError as exc:  # a known failure (the database away): one line says it
+    except StorageError as exc:  # the database away or refusing: one line says it
         log.warning("Background task %s failed: %s", name, exc)
     except Exception:  # upkeep never breaks anything; it is logged and derived state heals
         log.exception("Background task %s failed", name)

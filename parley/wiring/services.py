@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
@@ -503,11 +504,16 @@ def build_services(
         work.submit(lambda: _settle_drafts(settler), name="settle drafts")
         work.every(SETTLE_EVERY_S, lambda: _settle_drafts(settler), name="settle drafts")
     if eager:  # the app: what the vector store missed is retried while it runs, too
-        work.every(
-            settings.sweep_minutes * 60,
-            lambda: _sweep(database, services) if _sweep_due(database, legacy=False) else None,
-            name="sweep",
-        )
+        # The periodic task holds the services weakly: a set dropped unclosed lets its
+        # pool go, and the pool's ticker ends (`BackgroundWork.every`).
+        held = weakref.ref(services)
+
+        def sweep_if_due() -> None:
+            alive = held()
+            if alive is not None and _sweep_due(database, legacy=False):
+                _sweep(database, alive)
+
+        work.every(settings.sweep_minutes * 60, sweep_if_due, name="sweep")
     return services
 
 

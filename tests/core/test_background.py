@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from parley.core.background import BackgroundWork
-from parley.core.errors import StorageError
+from parley.core.errors import InvalidRequest, StorageError
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 2.0) -> None:
@@ -343,9 +343,14 @@ def test_every_repeats_nothing_inline() -> None:
     }
 
 
-def test_a_known_failure_in_the_background_is_one_line(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_database_away_is_one_line_and_anything_else_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     def database_away() -> None:
         raise StorageError("connection refused")
+
+    def refused_request() -> None:
+        raise InvalidRequest("a bug in what Parley sent")
 
     def bug() -> None:
         raise KeyError("a bug")
@@ -353,8 +358,9 @@ def test_a_known_failure_in_the_background_is_one_line(caplog: pytest.LogCapture
     work = BackgroundWork(workers=0)
     with caplog.at_level(logging.WARNING, logger="parley.core.background"):
         work.submit(database_away, name="settle drafts")
+        work.submit(refused_request, name="title")
         work.submit(bug, name="fold")
-    known, unknown = caplog.records
+    known, *unknown = caplog.records
     assert known.levelno == logging.WARNING and known.exc_info is None
     assert "settle drafts" in known.getMessage() and "connection refused" in known.getMessage()
-    assert unknown.levelno == logging.ERROR and unknown.exc_info is not None
+    assert [(r.levelno, r.exc_info is not None) for r in unknown] == [(logging.ERROR, True)] * 2

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from collections import Counter
 
 import pytest
@@ -105,3 +107,20 @@ def test_one_embedder_per_process_when_many_threads_ask_at_once(
         thread.join(timeout=60)
     assert len(made) == 1
     assert len(got) == ACTORS and len({id(e) for e in got}) == 1
+
+
+def test_the_periodic_work_of_services_dropped_unclosed_ends(
+    settings: Settings, database: Database
+) -> None:
+    """The app's services tick (settle drafts, sweep); a set dropped without `close`
+    (a test's, a script's) must let its pool go, so that each ticker ends when it next
+    wakes (tests/core/test_background.py shows a ticker ending with its pool)."""
+    del database  # migrated by its fixture
+    services = build_services(settings, provider=ScriptedProvider(), background=BackgroundWork())
+    names = {t.name for t in threading.enumerate()}
+    assert {"parley-every-settle drafts", "parley-every-sweep"} <= names
+    services.background.drain(10)
+    pool = weakref.ref(services.background)
+    del services
+    gc.collect()
+    assert pool() is None, [type(r).__name__ for r in gc.get_referrers(pool())]
