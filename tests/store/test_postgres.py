@@ -18,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import event, text
+from sqlalchemy import event, text, update
 from sqlalchemy.orm import Session as OrmSession
 
 from parley.chat.conversation.drafts import STALE_S
@@ -33,7 +34,7 @@ from parley.core.errors import QuotaExceeded
 from parley.store.db import Database
 from parley.store.keys import AuditKeys
 from parley.store.migrate import upgrade
-from parley.store.models import Base, Message, utcnow
+from parley.store.models import AnswerDraft, Base, Message, utcnow
 from parley.wiring.services import Services, build_services
 from tests.support import ROOT, admitted_by_processes, free_port, verify_audit
 
@@ -314,12 +315,24 @@ def test_a_dead_answer_settled_while_its_user_asks_again_stays_in_order_on_postg
     database.dispose()
     provider = ScriptedProvider(model="claude-sonnet-test", default_answer="A new answer.")
     services = build_services(settings, provider=provider, background=BackgroundWork(workers=0))
-    written = threading.Event()
+    written, settler_done = threading.Event(), threading.Event()
+
+    def settler_waits_on_a_lock() -> bool:
+        with psycopg.connect(postgres_url.replace("postgresql+psycopg", "postgresql")) as pg:
+            waiting = pg.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            ).fetchone()
+        return bool(waiting and waiting[0])
 
     def hold_the_question_open(session: OrmSession) -> None:
         if any(isinstance(o, Message) and o.content == "Second" for o in session.new):
             written.set()  # flushed, not committed: the settler runs now
-            time.sleep(0.5)
+            # Held until the settler is seen waiting for this transaction (the lock), or
+            # has finished without waiting (what the test must catch): no fixed sleep.
+            deadline = time.monotonic() + 20
+            while not (settler_done.is_set() or settler_waits_on_a_lock()):
+                assert time.monotonic() < deadline, "the settler neither waited nor ended"
+                time.sleep(0.02)
 
     def after_flush(session: OrmSession, _context: object) -> None:
         hold_the_question_open(session)
@@ -333,11 +346,19 @@ def test_a_dead_answer_settled_while_its_user_asks_again_stays_in_order_on_postg
         next(chunks)
         services.drafts.checkpoint()
         services.drafts.forget(dead.draft_id)  # its process stops: as if killed
-        later = utcnow() + timedelta(seconds=STALE_S + 1)  # and is stale by then
+        with services._database.session() as session:  # and was last heard of long ago
+            session.execute(
+                update(AnswerDraft)
+                .where(AnswerDraft.id == dead.draft_id)
+                .values(heartbeat_at=utcnow() - timedelta(seconds=STALE_S + 5))
+            )
 
         def settle() -> int:
             assert written.wait(30)
-            return services.draft_settler.settle(now=later)
+            try:  # now: the new question's own draft is fresh, and is left alone
+                return services.draft_settler.settle()
+            finally:
+                settler_done.set()
 
         def ask_again() -> str:
             return "".join(services.chat.send(alice, dead.conversation_id, "Second"))
