@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import streamlit as st
@@ -9,8 +10,9 @@ import streamlit as st
 from parley.app_pages import state
 from parley.app_pages.rendering import Pacer, plain_label, safe_markdown
 from parley.app_pages.words import say
-from parley.chat.conversation.conversations import ChatMessage
+from parley.chat.conversation.conversations import ChatMessage, ConversationInfo
 from parley.chat.conversation.replies import ReplyStream
+from parley.core.counts import count
 from parley.core.domain import MessageRole, MessageStatus, Principal
 from parley.core.errors import NotFound, ParleyError
 from parley.core.records import CitedPassage
@@ -22,6 +24,33 @@ principal = state.current_principal(services)
 if principal is None:  # the router shows this page only after login; a session may expire
     st.rerun()
 assert principal is not None
+
+
+LINK = "c"  # the open conversation's id in the URL, so a reload keeps it open
+
+
+def follow_link(svc: Services, who: Principal) -> None:
+    """On a fresh page load, open the conversation the URL names (`?c=ID`). Only its
+    owner opens it; anyone else reads the same sentence as for one that does not exist."""
+    if ui.link_followed:
+        return
+    ui.link_followed = True
+    linked = st.query_params.get(LINK)
+    if linked is None or ui.conversation_id is not None:
+        return
+    try:
+        ui.conversation_id = svc.conversations.get(who, int(linked)).id
+    except (ValueError, NotFound):
+        ui.notice = "That link does not open a conversation of yours."
+
+
+def keep_link(conversation_id: int | None) -> None:
+    """The URL names the conversation shown (a reload comes back to it), or none."""
+    if conversation_id is None:
+        if LINK in st.query_params:
+            del st.query_params[LINK]
+    elif st.query_params.get(LINK) != str(conversation_id):
+        st.query_params[LINK] = str(conversation_id)
 
 
 def render_sidebar(svc: Services, who: Principal) -> None:
@@ -40,10 +69,11 @@ def render_sidebar(svc: Services, who: Principal) -> None:
         conversations = svc.conversations.list_for(who)
         if not conversations:
             st.caption("No conversations yet.")
+        labels = sidebar_labels(conversations)
         for conversation in conversations:
             current = conversation.id == ui.conversation_id
             if st.button(
-                plain_label(conversation.title),
+                plain_label(labels[conversation.id]),
                 key=f"conversation-{conversation.id}",
                 type="secondary" if current else "tertiary",
                 icon=":material/chat_bubble:" if current else None,
@@ -52,6 +82,17 @@ def render_sidebar(svc: Services, who: Principal) -> None:
                 ui.conversation_id = conversation.id
                 ui.confirm_delete = None
                 st.rerun()
+
+
+def sidebar_labels(conversations: list[ConversationInfo]) -> dict[int, str]:
+    """Each conversation's title; conversations sharing a title (three that began alike)
+    also say when they began, so no two entries read the same."""
+    seen = Counter(c.title for c in conversations)
+    labels = {}
+    for c in conversations:
+        labels[c.id] = c.title if seen[c.title] == 1 else f"{c.title} · {c.created_at:%d %b %H:%M}"
+    twice = Counter(labels.values())
+    return {i: f"{label} · #{i}" if twice[label] > 1 else label for i, label in labels.items()}
 
 
 def document_labels(svc: Services, who: Principal) -> dict[int, str]:
@@ -190,17 +231,36 @@ def render_citations(svc: Services, who: Principal, message: ChatMessage) -> Non
         seen.setdefault(citation.n, citation)
         chunks.setdefault(citation.n, set()).update(citation.chunks)
     for n, citation in sorted(seen.items()):
-        page = f", page {citation.page}" if citation.page else ""
-        with st.expander(plain_label(f"[{n}] {citation.name}{page}"), icon=":material/link:"):
-            for index in sorted(chunks[n]):
-                try:
-                    chunk = svc.documents.open_chunk(who, citation.document_id, index)
-                except ParleyError:
-                    st.caption("This document is no longer there for you to read.")
-                    break
-                where = f" · section {chunk.heading}" if chunk.heading else ""
-                st.caption(plain_label(f"{chunk.name}, passage {index + 1}{where}"))
-                st.text(chunk.text)
+        render_passage(
+            svc, who, f"[{n}] {citation.name}", citation.page, citation.document_id, chunks[n]
+        )
+
+
+def render_passages(svc: Services, who: Principal, message: ChatMessage) -> None:
+    """An answer given document passages that cites none of them (the model wrote no
+    [n]): the passages it was given, so the user still sees what it drew on."""
+    st.caption(f"Given {count(len(message.passages), 'passage')} with the question:")
+    for source in message.passages:
+        name = source.name or f"document {source.document_id}"
+        render_passage(svc, who, name, source.page, source.document_id, set(source.chunks))
+
+
+def render_passage(
+    svc: Services, who: Principal, label: str, page: int | None, document_id: int, chunks: set[int]
+) -> None:
+    """An expander with a passage's chunks, opened through the document service (a
+    document no longer shared with the user shows a sentence instead)."""
+    shown_page = f", page {page}" if page else ""
+    with st.expander(plain_label(f"{label}{shown_page}"), icon=":material/link:"):
+        for index in sorted(chunks):
+            try:
+                chunk = svc.documents.open_chunk(who, document_id, index)
+            except ParleyError:
+                st.caption("This document is no longer there for you to read.")
+                break
+            where = f" · section {chunk.heading}" if chunk.heading else ""
+            st.caption(plain_label(f"{chunk.name}, passage {index + 1}{where}"))
+            st.text(chunk.text)
 
 
 def render_message(message: ChatMessage) -> None:
@@ -210,6 +270,8 @@ def render_message(message: ChatMessage) -> None:
             st.markdown(safe_markdown(with_markers(message.content, message.citations)))
         if message.citations and principal is not None:
             render_citations(services, principal, message)
+        elif message.passages and principal is not None:
+            render_passages(services, principal, message)
         if message.status is MessageStatus.INTERRUPTED:
             st.caption(":warning: This answer broke off; the text above is what arrived.")
         elif message.status is MessageStatus.ERROR:
@@ -247,6 +309,7 @@ def stream_reply(reply: ReplyStream) -> None:
     st.rerun()
 
 
+follow_link(services, principal)
 render_sidebar(services, principal)
 
 conversation_id = ui.conversation_id
@@ -256,6 +319,10 @@ if conversation_id is not None:
         messages = services.conversations.messages(principal, conversation_id)
     except NotFound:
         ui.conversation_id = conversation_id = None
+keep_link(conversation_id)
+if notice := ui.notice:
+    ui.notice = None
+    st.info(notice)
 if conversation_id is not None:
     render_conversation_settings(services, principal, conversation_id)
     st.subheader(plain_label(services.conversations.get(principal, conversation_id).title))

@@ -9,7 +9,8 @@ from streamlit.delta_generator import DeltaGenerator
 from parley.app_pages import state
 from parley.app_pages.rendering import plain_label, safe_markdown
 from parley.app_pages.words import say
-from parley.chat.documents.library import SUPPORTED_SUFFIXES, DocumentInfo
+from parley.chat.documents.library import MAX_UPLOAD_MB, SUPPORTED_SUFFIXES, DocumentInfo
+from parley.core.counts import count
 from parley.core.domain import Principal
 from parley.core.errors import ParleyError
 from parley.wiring.services import Services
@@ -29,7 +30,8 @@ def upload(svc: Services, who: Principal) -> None:
             "Files",
             type=[suffix.lstrip(".") for suffix in SUPPORTED_SUFFIXES],
             accept_multiple_files=True,
-            help="Text, Markdown, HTML, PDF or Word (.docx).",
+            max_upload_size=MAX_UPLOAD_MB,  # the uploader says Parley's own limit
+            help=f"Text, Markdown, HTML, PDF or Word (.docx), up to {MAX_UPLOAD_MB} MB each.",
         )
         share_with = st.multiselect("Share with groups", groups_open, key="upload-groups")
         public = st.checkbox("Everyone may read them (public)", key="upload-public")
@@ -58,7 +60,9 @@ def upload(svc: Services, who: Principal) -> None:
             bar.empty()
             st.error(safe_markdown(say(exc)))  # the sentence names the file
         else:
-            bar.progress(1.0, text=plain_label(f"{info.name}: {info.chunks} passages indexed"))
+            bar.progress(
+                1.0, text=plain_label(f"{info.name}: {count(info.chunks, 'passage')} indexed")
+            )
 
 
 def visibility(info: DocumentInfo) -> str:

@@ -41,6 +41,7 @@ class UiState:
     redirect_to: str | None = None  # where the browser goes on the next run (cookie routes)
     oidc_refused: str | None = None  # why the provider's user may not sign in (not retried)
     new_documents: list[int] | None = None  # what a new conversation draws on (None: all)
+    link_followed: bool = False  # the URL's `?c=ID` was read (once per browser session)
 
 
 def utc_today() -> date:

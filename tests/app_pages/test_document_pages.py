@@ -33,6 +33,18 @@ def test_upload_lists_the_document_and_a_bad_file_gets_a_sentence() -> None:
     assert "Traceback" not in text
 
 
+def test_the_uploader_announces_parleys_own_size_limit() -> None:
+    from parley.retrieval.documents import MAX_FILE_BYTES
+
+    add_user("alice", "alice-password")
+    at = app()
+    log_in(at, "alice", "alice-password")
+    at.switch_page("parley/app_pages/documents.py").run()
+    uploader = at.file_uploader[0]
+    assert uploader.proto.max_upload_size_mb * 2**20 == MAX_FILE_BYTES  # not Streamlit's 200
+    assert f"up to {MAX_FILE_BYTES // 2**20} MB" in uploader.help
+
+
 def test_other_users_see_nothing_until_it_is_shared_with_their_group() -> None:
     add_user("root", "root-password", admin=True)
     add_user("alice", "alice-password")
@@ -92,6 +104,25 @@ def test_a_cited_answer_shows_its_source_and_opens_the_passage(
     (conversation,) = services.conversations.list_for(alice)
     stored = services.conversations.messages(alice, conversation.id)[-1]
     assert stored.citations[0].name == "policy.md"
+
+
+def test_an_answer_that_cites_nothing_still_shows_the_passages_it_was_given(
+    claude_env: FakeAnthropic,
+) -> None:
+    add_user("alice", "alice-password")
+    at = app()
+    log_in(at, "alice", "alice-password")
+    upload(at, ("policy.md", POLICY))
+    claude_env.enqueue(Reply(text="About a month, paid to your bank."))  # no citation
+    at.switch_page("parley/app_pages/chat.py").run()
+    at.chat_input[0].set_value("How long do refunds take?").run()
+    assert not at.exception
+    answer = at.chat_message[1]
+    assert answer.markdown[0].value == "About a month, paid to your bank."
+    assert any(c.value == "Given 1 passage with the question:" for c in answer.caption)
+    (source,) = answer.expander
+    assert source.label.replace("\\", "") == "policy.md"
+    assert "within 30 days" in source.text[0].value  # opened through the document service
 
 
 def test_the_sidebar_narrows_a_conversation_to_chosen_documents(

@@ -467,6 +467,7 @@ class ChatService:
             self._upkeep.after_answer(
                 user_id=stream.user_id,
                 conversation_id=stream.conversation_id,
+                answer_id=stream.result.message_id,
                 answered=stream.result.ok,
             )
 

@@ -16,7 +16,7 @@ from parley.chat.conversation.history import HistoryCache
 from parley.chat.conversation.titles import fallback_title, generate_title
 from parley.core.background import BackgroundWork
 from parley.core.config import Settings
-from parley.core.domain import MessageStatus, Purpose
+from parley.core.domain import MessageRole, MessageStatus, Purpose
 from parley.core.llm import CallMeta, ChatProvider
 from parley.memory import StrategyRegistry
 from parley.store.db import Database
@@ -47,12 +47,15 @@ class Upkeep:
         self._settings = settings
         self._model_titles = model_titles
 
-    def after_answer(self, *, user_id: int, conversation_id: int, answered: bool) -> None:
+    def after_answer(
+        self, *, user_id: int, conversation_id: int, answer_id: int | None, answered: bool
+    ) -> None:
         """Queue the conversation's memory upkeep and, after its first answer, a title."""
         self._work.submit(lambda: self.observe(conversation_id), name=f"observe {conversation_id}")
-        if answered and self._model_titles:
+        if answered and answer_id is not None and self._model_titles:
             self._work.submit(
-                lambda: self.title(user_id, conversation_id), name=f"title {conversation_id}"
+                lambda: self.title(user_id, conversation_id, answer_id),
+                name=f"title {conversation_id}",
             )
         if self._drain_metering is not None:  # calls metered while the database refused
             self._work.submit(self._drain_metering, name="drain the metering outbox")
@@ -67,21 +70,31 @@ class Upkeep:
             history = self._history.turns(session, conversation)
         self._memory.resolve(strategy).observe(conversation_id, history)
 
-    def title(self, user_id: int, conversation_id: int) -> None:
-        """After the first complete answer, ask the model for a title (a metered call)."""
+    def title(self, user_id: int, conversation_id: int, answer_id: int) -> None:
+        """After the conversation's first complete answer, ask the model for a title (a
+        metered call), from the first question and that answer. Once: the job of any
+        later answer does nothing, however quickly the next question came (a quick second
+        question used to make the first answer's job skip the title)."""
         with self._db.session() as session:
-            rows = session.execute(
-                select(Message.role, Message.content)
+            first_answer = session.execute(
+                select(Message.id, Message.content)
                 .where(
                     Message.conversation_id == conversation_id,
+                    Message.role == MessageRole.ASSISTANT,
                     Message.status == MessageStatus.COMPLETE,
                 )
                 .order_by(Message.id)
-                .limit(3)
-            ).all()
-        if len(rows) != 2:
+                .limit(1)
+            ).first()
+            question = session.scalar(
+                select(Message.content)
+                .where(Message.conversation_id == conversation_id, Message.role == MessageRole.USER)
+                .order_by(Message.id)
+                .limit(1)
+            )
+        if first_answer is None or first_answer.id != answer_id or question is None:
             return
-        question, answer = rows[0][1], rows[1][1]
+        answer = first_answer.content
         title, calls = generate_title(
             self._provider,
             meta=CallMeta(Purpose.TITLE, user_id, conversation_id),

@@ -31,6 +31,7 @@ from parley.chat.documents.hits import Hit, Passage, group_passages
 from parley.chat.documents.index_sync import IndexSync
 from parley.chat.documents.upload import (
     ABANDONED_AFTER,
+    MAX_UPLOAD_MB,
     SUPPORTED_SUFFIXES,
     Progress,
     Uploads,
@@ -370,6 +371,7 @@ def _info(session: Session, document: Document, principal: Principal) -> Documen
 
 
 __all__ = [
+    "MAX_UPLOAD_MB",
     "SUPPORTED_SUFFIXES",
     "DocumentInfo",
     "DocumentService",

@@ -29,13 +29,15 @@ from parley.core.errors import (
     StorageUnavailable,
 )
 from parley.retrieval.document_index import DocumentAccess, DocumentIndex
-from parley.retrieval.documents import KINDS, chunk, parse
+from parley.retrieval.documents import KINDS, MAX_FILE_BYTES, chunk, parse
 from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
 from parley.store.models import Document, DocumentChunk, DocumentGroup, utcnow
 
 # The file name endings an upload may have (text, Markdown, HTML, PDF, Word).
 SUPPORTED_SUFFIXES = tuple(KINDS)
+# The largest file an upload may be, in megabytes (MiB, as Streamlit's uploader counts).
+MAX_UPLOAD_MB = MAX_FILE_BYTES // 2**20
 # Chunks embedded per batch while a file is indexed (progress is reported per batch).
 EMBED_BATCH = 32
 # An upload not made ready this long after it began was abandoned (its process died).
@@ -174,4 +176,11 @@ def _silent(fraction: float, step: str) -> None:  # noqa: ARG001 - a Progress th
     return None
 
 
-__all__ = ["ABANDONED_AFTER", "EMBED_BATCH", "SUPPORTED_SUFFIXES", "Progress", "Uploads"]
+__all__ = [
+    "ABANDONED_AFTER",
+    "EMBED_BATCH",
+    "MAX_UPLOAD_MB",
+    "SUPPORTED_SUFFIXES",
+    "Progress",
+    "Uploads",
+]

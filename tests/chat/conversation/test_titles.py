@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from parley.chat.conversation.titles import TITLE_CHARS, fallback_title, generate_title, parse_title
@@ -90,3 +92,39 @@ def test_first_answer_titles_the_conversation(
     scripted.enqueue("Pack a jacket.")
     list(services.chat.send(alice, reply.conversation_id, "What should I pack?"))
     assert len(scripted.requests) == 3  # no second title call
+
+
+class HeldWork(BackgroundWork):
+    """Background work that waits until the test runs it: as on a busy server, where the
+    next question can be answered before the first answer's upkeep has run."""
+
+    def __init__(self) -> None:
+        super().__init__(workers=0)
+        self.held: list[Callable[[], None]] = []
+
+    def submit(self, task: Callable[[], None], *, name: str) -> bool:  # noqa: ARG002
+        self.held.append(task)
+        return True
+
+    def run_held(self) -> None:
+        while self.held:
+            self.held.pop(0)()
+
+
+def test_a_quick_second_question_does_not_cost_the_conversation_its_title(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    settings = services.settings.model_copy(update={"model_titles": True})
+    work = HeldWork()
+    services = build_services(settings, provider=scripted, background=work)
+    scripted.enqueue("Lisbon is lovely in spring.")
+    scripted.enqueue("Pack a jacket.")
+    scripted.enqueue('{"title": "Spring in Lisbon"}')
+    reply = services.chat.send(alice, None, "Where should I go in April?")
+    list(reply)
+    list(services.chat.send(alice, reply.conversation_id, "What should I pack?"))
+    work.run_held()  # the first answer's title job runs after the second answer is stored
+    assert services.conversations.get(alice, reply.conversation_id).title == "Spring in Lisbon"
+    assert len(scripted.requests) == 3  # two answers and one title call, not two
+    title_prompt = scripted.requests[-1].messages[0].content
+    assert "Where should I go in April?" in title_prompt and "Lisbon is lovely" in title_prompt
