@@ -11,7 +11,9 @@ import streamlit as st
 from parley.app_pages import state
 from parley.app_pages.rendering import plain_label, safe_markdown
 from parley.app_pages.words import say
+from parley.chat.documents.library import MAX_UPLOAD_MB
 from parley.chat.oversight.review import Review, ReviewFilter, ReviewPage
+from parley.core.counts import count
 from parley.core.domain import MessageRole, MessageStatus, Principal
 from parley.core.errors import ParleyError
 from parley.core.records import Provenance
@@ -75,7 +77,7 @@ def filters(svc: Services, who: Principal) -> ReviewFilter:
 def render_review(review: Review) -> None:
     st.subheader(plain_label(f"#{review.id} · {review.title}"))
     st.caption(
-        f"Owner {plain_label(review.owner)} · {len(review.messages)} messages · "
+        f"Owner {plain_label(review.owner)} · {count(len(review.messages), 'message')} · "
         f"${review.cost_usd:.4f} in answers"
     )
     for item in review.messages:
@@ -159,7 +161,7 @@ def conversations_tab() -> None:
     chosen = st.selectbox(
         "Open conversation",
         found.rows,
-        format_func=lambda r: f"#{r.id} · {r.owner} · {r.messages} messages",
+        format_func=lambda r: f"#{r.id} · {r.owner} · {count(r.messages, 'message')}",
     )
     if chosen is None:
         return
@@ -236,6 +238,7 @@ def audit_tab() -> None:
         type=["txt", "log"],
         help="A file of lines printed by `parley audit checkpoint`: each must still hold.",
         key="audit-checkpoints",
+        max_upload_size=MAX_UPLOAD_MB,
     )
     if st.button("Verify the chain"):
         try:
@@ -252,7 +255,7 @@ def audit_tab() -> None:
             return
         if result.broken is None:
             held = f"; {result.anchors:,} checkpoints hold" if result.anchors else ""
-            st.success(f"The audit trail is intact: {result.records:,} records{held}.")
+            st.success(f"The audit trail is intact: {count(result.records, 'record')}{held}.")
         else:
             st.error(
                 f"The audit trail is broken at record {result.broken.record_id}: "

@@ -10,6 +10,7 @@ import streamlit as st
 from parley.app_pages import state
 from parley.app_pages.rendering import plain_label
 from parley.app_pages.words import say
+from parley.core.counts import count
 from parley.core.errors import ParleyError
 
 services = state.services()
@@ -35,34 +36,40 @@ else:
     top[0].metric("Cost", f"${report.cost_usd:,.2f}")
     top[1].metric("Calls", f"{report.calls:,}")
     top[2].metric("Tokens", f"{report.tokens:,}")
+    # A local model costs nothing: its charts would be flat lines at $0, so they count tokens.
+    priced = report.priced
+    measure = "cost ($)" if priced else "tokens"
+    if not priced:
+        st.caption("Nothing in these days cost money (a local model): the charts show tokens.")
 
-    st.subheader("Cost per day, by user")
+    st.subheader(f"{'Cost' if priced else 'Tokens'} per day, by user")
     st.bar_chart(
         [
-            {"day": r.day, "user": r.user, "cost ($)": r.cost_usd}
+            {"day": r.day, "user": r.user, measure: r.cost_usd if priced else r.tokens}
             for r in reversed(report.per_user_and_day())
         ],
         x="day",
-        y="cost ($)",
+        y=measure,
         color="user",
     )
 
     left, right = st.columns(2)
     with left:
         st.subheader("By model")
+        per_model = report.cost_per_model() if priced else report.tokens_per_model()
         st.bar_chart(
-            [{"model": m, "cost ($)": c} for m, c in report.cost_per_model().items()],
+            [{"model": m, measure: c} for m, c in per_model.items()],
             x="model",
-            y="cost ($)",
+            y=measure,
         )
     with right:
         st.subheader("By group")
-        per_group = report.cost_per_group()
+        per_group = report.cost_per_group() if priced else report.tokens_per_group()
         if per_group:
             st.bar_chart(
-                [{"group": g, "cost ($)": c} for g, c in per_group.items()],
+                [{"group": g, measure: c} for g, c in per_group.items()],
                 x="group",
-                y="cost ($)",
+                y=measure,
             )
             st.caption("A user in two groups counts in both.")
         else:
@@ -100,7 +107,8 @@ if target is not None:
     in_force = services.quotas.quota(admin, target.id)
     used = services.quotas.today(admin, target.id)
     st.caption(
-        f"Today {used.messages:,} messages and {used.tokens:,} tokens (${used.cost_usd:.4f}); "
+        f"Today {count(used.messages, 'message')} and {count(used.tokens, 'token')} "
+        f"(${used.cost_usd:.4f}); "
         f"in force: {in_force.messages_per_day or 'no limit'} messages, "
         f"{in_force.tokens_per_day or 'no limit':,} tokens a day."
     )

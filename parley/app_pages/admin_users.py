@@ -3,11 +3,14 @@ sign-ins, set their passwords."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import streamlit as st
 
 from parley.app_pages import state
 from parley.app_pages.rendering import plain_label
 from parley.app_pages.words import say
+from parley.core.counts import count
 from parley.core.domain import Role
 from parley.core.errors import ParleyError
 
@@ -17,7 +20,23 @@ if principal is None or not principal.is_admin:
     st.error("Only administrators can see this page.")
     st.stop()
 
+FLASH = "users-page-done"  # what the last action did, shown once after the page redraws
+
+
+def done(sentence: str) -> None:
+    """Say `sentence` on the redrawn page: the table and the choices then include the
+    change (a user just added is listed; a sentence shown before `st.rerun` is lost)."""
+    st.session_state[FLASH] = sentence
+    st.rerun()
+
+
+def when(moment: datetime | None) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC" if moment is not None else "never"
+
+
 st.title("Users")
+if sentence := st.session_state.pop(FLASH, None):
+    st.success(sentence)
 users = services.accounts.list_users(principal)
 locks = services.accounts.locked_until(principal)
 st.dataframe(
@@ -30,8 +49,8 @@ st.dataframe(
             else f"locked until {locks[u.name]:%H:%M} UTC"
             if u.name in locks
             else "active",
-            "created": u.created_at,
-            "last login": u.last_login_at,
+            "created": when(u.created_at),
+            "last sign-in": when(u.last_login_at),
         }
         for u in users
     ],
@@ -51,20 +70,18 @@ if target is not None:
         except ParleyError as exc:
             st.error(say(exc))
         else:
-            st.success(
+            done(
                 f"Disabled {shown}; their sessions have ended."
                 if not target.disabled
                 else f"Enabled {shown}."
             )
-            st.rerun()
     if target.name in locks and st.button(f"Unlock {shown}", key="unlock-user"):
         try:
             services.accounts.unlock(principal, target.name)
         except ParleyError as exc:
             st.error(say(exc))
         else:
-            st.success(f"Unlocked {shown}: their failed sign-ins are forgotten.")
-            st.rerun()
+            done(f"Unlocked {shown}: their failed sign-ins are forgotten.")
     with st.form("set_password", clear_on_submit=True):
         new_password = st.text_input(
             f"New password for {shown}", type="password", help="At least 8 characters."
@@ -75,7 +92,7 @@ if target is not None:
             except ParleyError as exc:
                 st.error(say(exc))
             else:
-                st.success(f"New password set for {shown}; their sessions have ended.")
+                done(f"New password set for {shown}; their sessions have ended.")
 
     with st.expander(f"Erase {shown}"):
         st.caption(
@@ -90,9 +107,9 @@ if target is not None:
             except ParleyError as exc:
                 st.error(say(exc))
             else:
-                st.success(
-                    f"Erased {shown}: {counts['conversations']} conversations, "
-                    f"{counts['documents']} documents."
+                done(
+                    f"Erased {shown}: {count(counts['conversations'], 'conversation')}, "
+                    f"{count(counts['documents'], 'document')}."
                 )
 
 st.subheader("Add a user")
@@ -109,4 +126,4 @@ if submitted:
     except ParleyError as exc:
         st.error(say(exc))
     else:
-        st.success(f"Added {plain_label(created.name)}.")
+        done(f"Added {plain_label(created.name)}.")

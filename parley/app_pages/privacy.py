@@ -10,6 +10,7 @@ import streamlit as st
 from parley.app_pages import state
 from parley.app_pages.rendering import plain_label
 from parley.chat.oversight.review import Look
+from parley.core.counts import count
 
 PER_PAGE = 25
 
@@ -52,7 +53,7 @@ for access in found.looks:
         st.caption(plain_label(f"{when} · reason: {access.reason}" if access.reason else when))
 pages = max(1, -(-found.total // PER_PAGE))
 if pages > 1:
-    st.caption(f"Page {page_number + 1} of {pages} · {found.total:,} records")
+    st.caption(f"Page {page_number + 1} of {pages} · {count(found.total, 'record')}")
     back, forward = st.columns(2)
     if back.button("Newer", disabled=page_number == 0, key="who-looked-newer"):
         st.session_state["who-looked-page"] = page_number - 1

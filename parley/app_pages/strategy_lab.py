@@ -8,6 +8,7 @@ import streamlit as st
 
 from parley.app_pages import state
 from parley.app_pages.words import say
+from parley.core.counts import count
 from parley.core.domain import MessageRole
 from parley.core.errors import ParleyError
 from parley.memory import ContextWindow
@@ -32,7 +33,7 @@ if not conversations:
 chosen = st.selectbox(
     "Conversation",
     conversations,
-    format_func=lambda c: f"#{c.id} · {c.owner} · {c.messages} messages",
+    format_func=lambda c: f"#{c.id} · {c.owner} · {count(c.messages, 'message')}",
 )
 try:
     questions = [

@@ -14,6 +14,7 @@ from typing import Any
 
 from parley.cli.common import OPERATOR
 from parley.cli.common import services as _services
+from parley.core.counts import count
 from parley.core.errors import InvalidInput
 
 
@@ -49,7 +50,7 @@ def _verify(args: argparse.Namespace) -> int:
     if result.broken is None:
         n = result.anchors
         held = f"; {n} checkpoint{'s hold' if n != 1 else ' holds'}" if n else ""
-        print(f"The audit trail is intact: {result.records:,} records{held}.")
+        print(f"The audit trail is intact: {count(result.records, 'record')}{held}.")
         return 0
     broken = result.broken
     print(

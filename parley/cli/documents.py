@@ -11,6 +11,7 @@ from typing import Any
 from parley.cli.common import OPERATOR
 from parley.cli.common import principal_named as _principal
 from parley.cli.common import services as _services
+from parley.core.counts import count
 from parley.core.errors import ParleyError
 
 
@@ -103,7 +104,7 @@ def _docs_add(args: argparse.Namespace) -> int:
             print(f"parley: {exc.user_message}", file=sys.stderr)
             failed += 1
             continue
-        print(f"Added document {info.id}: {info.name} ({info.chunks} chunks).")
+        print(f"Added document {info.id}: {info.name} ({count(info.chunks, 'passage')}).")
     return 1 if failed else 0
 
 

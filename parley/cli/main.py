@@ -40,6 +40,7 @@ from parley.cli.common import services as _services
 from parley.cli.documents import document_commands
 from parley.cli.memory import memory_commands
 from parley.cli.users import user_commands
+from parley.core.counts import count
 from parley.core.errors import ParleyError
 
 if TYPE_CHECKING:
@@ -208,9 +209,16 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
                 "where. Restore the database from a backup, or keep it as evidence.",
                 file=sys.stderr,
             )
+        after = current_revision(database)
     finally:
         database.dispose()
-    print(f"Database is up to date ({database.url.render_as_string(hide_password=True)}).")
+    where = database.url.render_as_string(hide_password=True)
+    if before is None:
+        print(f"Database created at revision {after} ({where}).")
+    elif before != after:
+        print(f"Database upgraded from revision {before} to {after} ({where}).")
+    else:
+        print(f"Database is up to date at revision {after} ({where}).")
     if sealed:
         print(f"Keyed {sealed:,} audit records written before the trail was keyed.")
     return 0
@@ -251,8 +259,8 @@ def _quota_show(args: argparse.Namespace) -> int:
     quota = services.quotas.quota(OPERATOR, principal.user_id)
     used = services.quotas.today(OPERATOR, principal.user_id)
     print(
-        f"{principal.name}: today {used.messages:,} messages, {used.tokens:,} tokens, "
-        f"${used.cost_usd:.4f}"
+        f"{principal.name}: today {count(used.messages, 'message')}, "
+        f"{count(used.tokens, 'token')}, ${used.cost_usd:.4f}"
     )
     print(f"  messages per day: {_limit(quota.messages_per_day)}")
     print(f"  tokens per day:   {_limit(quota.tokens_per_day)}")

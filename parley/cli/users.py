@@ -10,6 +10,7 @@ from typing import Any
 
 from parley.cli.common import OPERATOR
 from parley.cli.common import services as _services
+from parley.core.counts import count
 from parley.core.domain import Role
 from parley.core.errors import ParleyError
 
@@ -110,8 +111,8 @@ def _user_erase(args: argparse.Namespace) -> int:
             return 1
     counts = _services().erasure.erase_user(OPERATOR, args.name)
     print(
-        f"Erased {args.name!r}: {counts['conversations']} conversations "
-        f"({counts['messages']} messages) and {counts['documents']} documents."
+        f"Erased {args.name!r}: {count(counts['conversations'], 'conversation')} "
+        f"({count(counts['messages'], 'message')}) and {count(counts['documents'], 'document')}."
     )
     return 0
 

@@ -12,6 +12,7 @@ A file that is empty, broken, encrypted, too large or of an unknown kind raises
 from __future__ import annotations
 
 import io
+import logging
 import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -19,6 +20,8 @@ from pathlib import PurePath
 
 from parley.core.errors import InvalidInput
 from parley.core.tokens import decode_tokens, encode_tokens
+
+log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
 KINDS = {
@@ -163,7 +166,7 @@ def _html(text: str) -> list[Section]:
 
 def _pdf(name: str, data: bytes) -> list[Section]:
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import PyPdfError
 
     try:
         reader = PdfReader(io.BytesIO(data))
@@ -175,8 +178,12 @@ def _pdf(name: str, data: bytes) -> list[Section]:
         ]
     except InvalidInput:
         raise
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
-        raise InvalidInput(f"{name}: the PDF cannot be read ({type(exc).__name__}).") from exc
+    except (PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
+        log.info("%s: pypdf refused it: %s", name, type(exc).__name__)
+        raise InvalidInput(
+            f"{name}: the PDF cannot be read; it may be damaged or cut short. "
+            "Save or export it again and upload the new copy."
+        ) from exc
 
 
 def _docx(name: str, data: bytes) -> list[Section]:

@@ -154,7 +154,7 @@ def test_the_users_page_erases_a_user_once_the_name_is_typed(claude_env: FakeAnt
     assert erase.disabled
     at.text_input(key="erase-confirm").input("alice").run()
     next(b for b in at.button if b.label == "Erase for good").click().run()
-    assert any("Erased alice: 1 conversations" in s.value for s in at.success)
+    assert any("Erased alice: 1 conversation," in s.value for s in at.success)
     at.run()
     assert "alice" not in at.selectbox(key="manage-user").options
 
@@ -191,3 +191,38 @@ def test_stored_names_show_in_the_console_as_text(claude_env: FakeAnthropic) -> 
     assert any(plain_label(model) in c.value for c in at.caption)
     shown = [*table["document"], *table["allowed as"], *(c.value for c in at.caption)]
     assert not [s for s in shown if "![" in str(s)]
+
+
+def test_a_user_added_on_the_users_page_is_listed_at_once_and_never_signed_in() -> None:
+    add_user("root", "root-password", admin=True)
+    at = app()
+    log_in(at, "root", "root-password")
+    at.switch_page("parley/app_pages/admin_users.py").run()
+    form = {t.label: t for t in at.text_input}
+    form["User name"].input("carol")
+    form["Initial password"].input("carol-password")
+    next(b for b in at.button if b.label == "Add user").click().run()
+    assert not at.exception
+    assert "Added carol." in [s.value for s in at.success]
+    table = at.dataframe[0].value
+    assert "carol" in table["name"].tolist()  # listed in the same page, not after a reload
+    signed_in = dict(zip(table["name"], table["last sign-in"], strict=True))
+    assert signed_in["carol"] == "never"  # not "None"
+    assert signed_in["root"].endswith(" UTC")
+    assert "carol" in at.selectbox(key="manage-user").options
+
+
+def test_usage_of_a_model_that_costs_nothing_is_charted_in_tokens(
+    claude_env: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "PARLEY_PRICES", '{"claude": {"input": 0, "output": 0, "cache_write": 0, "cache_read": 0}}'
+    )
+    alice_asks(claude_env)
+    add_user("root", "root-password", admin=True)
+    at = app()
+    log_in(at, "root", "root-password")
+    at.switch_page(USAGE).run()
+    assert not at.exception
+    assert "the charts show tokens" in page_text(at)
+    assert "Tokens per day, by user" in [h.value for h in at.subheader]

@@ -37,6 +37,27 @@ def claude(fake: FakeAnthropic) -> dict[str, str]:
     }
 
 
+def test_db_upgrade_says_whether_it_created_upgraded_or_found_the_database_current() -> None:
+    from alembic import command
+
+    from parley.core.config import get_settings
+    from parley.store.migrate import alembic_config, head_revision
+    from parley.wiring.factories import open_database
+
+    head = head_revision()
+    created = run("db", "upgrade")
+    assert created.returncode == 0 and f"Database created at revision {head}" in created.stdout
+    again = run("db", "upgrade")
+    assert f"Database is up to date at revision {head}" in again.stdout
+    database = open_database(get_settings())
+    try:  # one migration back, as a database of the version before
+        command.downgrade(alembic_config(database.url.render_as_string(hide_password=False)), "-1")
+    finally:
+        database.dispose()
+    upgraded = run("db", "upgrade")
+    assert "Database upgraded from revision" in upgraded.stdout and f"to {head}" in upgraded.stdout
+
+
 def test_user_add_reads_the_password_from_stdin_and_list_shows_it(tmp_path: Path) -> None:
     assert run("db", "upgrade").returncode == 0
     assert (tmp_path / "data" / "parley.db").is_file()  # everything under PARLEY_DATA_DIR

@@ -31,6 +31,13 @@ def test_an_encrypted_or_broken_pdf_is_a_sentence() -> None:
         parse("locked.pdf", locked.getvalue())
     with pytest.raises(InvalidInput, match="broken.pdf: the PDF cannot be read"):
         parse("broken.pdf", b"%PDF-1.4\nthis is not a pdf at all")
+    whole = pdf_with_pages("a page cut short")
+    for cut in (whole[: len(whole) // 2], whole[: len(whole) - 40]):  # a stream cut short
+        with pytest.raises(InvalidInput) as refused:
+            parse("cut.pdf", cut)
+        sentence = str(refused.value.user_message)
+        assert sentence.startswith("cut.pdf: the PDF cannot be read;")
+        assert "Error" not in sentence  # no library's class name (PdfStreamError, …)
 
 
 def test_docx_headings_become_section_headings() -> None:

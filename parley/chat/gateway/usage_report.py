@@ -51,6 +51,10 @@ class UsageRow:
     def cache_tokens(self) -> int:
         return self.cache_read_tokens + self.cache_write_tokens
 
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
 
 @dataclass(frozen=True, slots=True)
 class UsageReport:
@@ -83,15 +87,33 @@ class UsageReport:
         rows = _totals(self.facts, lambda f: (None, f.user))
         return sorted(rows, key=lambda r: (-r.cost_usd, r.user))
 
+    @property
+    def priced(self) -> bool:
+        """Whether anything cost money (a local model's calls cost nothing: then the
+        pages show tokens, not flat lines at $0)."""
+        return any(f.cost_usd > 0 for f in self.facts)
+
     def cost_per_model(self) -> dict[str, float]:
+        return self.per_model(lambda f: f.cost_usd)
+
+    def tokens_per_model(self) -> dict[str, float]:
+        return self.per_model(lambda f: f.input_tokens + f.output_tokens)
+
+    def per_model(self, figure: Callable[[UsageFact], float]) -> dict[str, float]:
         found: dict[str, float] = defaultdict(float)
         for f in self.facts:
-            found[f.model] += f.cost_usd
+            found[f.model] += figure(f)
         return dict(sorted(found.items()))
 
     def cost_per_group(self) -> dict[str, float]:
         """Chargeback: each group's members' cost (a user in two groups counts in both)."""
-        per_user = {r.user: r.cost_usd for r in self.per_user()}
+        return self.per_group(lambda r: r.cost_usd)
+
+    def tokens_per_group(self) -> dict[str, float]:
+        return self.per_group(lambda r: r.tokens)
+
+    def per_group(self, figure: Callable[[UsageRow], float]) -> dict[str, float]:
+        per_user = {r.user: figure(r) for r in self.per_user()}
         return {
             group: sum(per_user.get(name, 0.0) for name in names)
             for group, names in sorted(self.groups.items())
