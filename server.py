@@ -31,6 +31,7 @@ from parley.app_pages.state import close_all
 from parley.core.config import get_settings
 from parley.core.errors import ParleyError
 from parley.core.metrics import process_ended
+from parley.retrieval.documents import MAX_FILE_BYTES
 from parley.wiring.factories import streamlit_cookie_secret
 
 config.set_option("client.showErrorDetails", "none")
@@ -40,7 +41,13 @@ config.set_option("client.toolbarMode", "minimal")
 # rerun, several per answer (`python -m parley.bench.load` found it). The app freezes its
 # start-up heap instead (`parley/app_pages/state.py`), and the collector's own thresholds
 # handle the rest. Streamlit's watcher of the script's files is for editing, not serving.
-for _option, _value in (("runner.postScriptGC", False), ("server.fileWatcherType", "none")):
+# Uploads larger than Parley takes are refused by the server before they are read (the
+# uploader's own limit is only what the page says).
+for _option, _value in (
+    ("runner.postScriptGC", False),
+    ("server.fileWatcherType", "none"),
+    ("server.maxUploadSize", MAX_FILE_BYTES // 2**20),
+):
     if not config.is_manually_set(_option):
         config.set_option(_option, _value)
 

@@ -254,7 +254,7 @@ def audit_tab() -> None:
             st.error(say(exc))
             return
         if result.broken is None:
-            held = f"; {result.anchors:,} checkpoints hold" if result.anchors else ""
+            held = f"; {count(result.anchors, 'checkpoint')} hold" if result.anchors else ""
             st.success(f"The audit trail is intact: {count(result.records, 'record')}{held}.")
         else:
             st.error(

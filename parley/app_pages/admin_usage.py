@@ -98,6 +98,12 @@ else:
         mime="text/csv",
     )
 
+
+def limit(per_day: int | None, noun: str) -> str:
+    """A daily limit in words: "3 messages", or "no limit on tokens" (0 or unset)."""
+    return count(per_day, noun) if per_day else f"no limit on {noun}s"
+
+
 st.subheader("Daily quotas")
 users = services.accounts.list_users(admin)
 name = st.selectbox("User", [u.name for u in users], key="quota-user")
@@ -109,8 +115,8 @@ if target is not None:
     st.caption(
         f"Today {count(used.messages, 'message')} and {count(used.tokens, 'token')} "
         f"(${used.cost_usd:.4f}); "
-        f"in force: {in_force.messages_per_day or 'no limit'} messages, "
-        f"{in_force.tokens_per_day or 'no limit':,} tokens a day."
+        f"in force: {limit(in_force.messages_per_day, 'message')}, "
+        f"{limit(in_force.tokens_per_day, 'token')} a day."
     )
     with st.form("quota"):
         keep = st.checkbox("Use the defaults", value=messages is None and tokens is None)

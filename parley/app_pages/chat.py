@@ -12,7 +12,6 @@ from parley.app_pages.rendering import Pacer, plain_label, safe_markdown
 from parley.app_pages.words import say
 from parley.chat.conversation.conversations import ChatMessage, ConversationInfo
 from parley.chat.conversation.replies import ReplyStream
-from parley.core.counts import count
 from parley.core.domain import MessageRole, MessageStatus, Principal
 from parley.core.errors import NotFound, ParleyError
 from parley.core.records import CitedPassage
@@ -39,7 +38,10 @@ def follow_link(svc: Services, who: Principal) -> None:
     if linked is None or ui.conversation_id is not None:
         return
     try:
-        ui.conversation_id = svc.conversations.get(who, int(linked)).id
+        wanted = int(linked)
+        if not 0 < wanted < 2**63:  # a database's integer: nothing larger is an id
+            raise ValueError(linked)
+        ui.conversation_id = svc.conversations.get(who, wanted).id
     except (ValueError, NotFound):
         ui.notice = "That link does not open a conversation of yours."
 
@@ -88,11 +90,20 @@ def sidebar_labels(conversations: list[ConversationInfo]) -> dict[int, str]:
     """Each conversation's title; conversations sharing a title (three that began alike)
     also say when they began, so no two entries read the same."""
     seen = Counter(c.title for c in conversations)
-    labels = {}
-    for c in conversations:
-        labels[c.id] = c.title if seen[c.title] == 1 else f"{c.title} · {c.created_at:%d %b %H:%M}"
-    twice = Counter(labels.values())
-    return {i: f"{label} · #{i}" if twice[label] > 1 else label for i, label in labels.items()}
+    labels = {
+        c.id: c.title if seen[c.title] == 1 else f"{c.title} · {c.created_at:%d %b %H:%M} UTC"
+        for c in conversations
+    }
+    while True:  # begun in the same minute too: numbered, oldest first
+        alike: dict[str, list[int]] = {}
+        for i, label in labels.items():
+            alike.setdefault(label, []).append(i)
+        clashes = [ids for ids in alike.values() if len(ids) > 1]
+        if not clashes:
+            return labels
+        for ids in clashes:
+            for n, i in enumerate(sorted(ids)[1:], start=2):
+                labels[i] = f"{labels[i]} ({n})"
 
 
 def document_labels(svc: Services, who: Principal) -> dict[int, str]:
@@ -236,15 +247,6 @@ def render_citations(svc: Services, who: Principal, message: ChatMessage) -> Non
         )
 
 
-def render_passages(svc: Services, who: Principal, message: ChatMessage) -> None:
-    """An answer given document passages that cites none of them (the model wrote no
-    [n]): the passages it was given, so the user still sees what it drew on."""
-    st.caption(f"Given {count(len(message.passages), 'passage')} with the question:")
-    for source in message.passages:
-        name = source.name or f"document {source.document_id}"
-        render_passage(svc, who, name, source.page, source.document_id, set(source.chunks))
-
-
 def render_passage(
     svc: Services, who: Principal, label: str, page: int | None, document_id: int, chunks: set[int]
 ) -> None:
@@ -270,8 +272,6 @@ def render_message(message: ChatMessage) -> None:
             st.markdown(safe_markdown(with_markers(message.content, message.citations)))
         if message.citations and principal is not None:
             render_citations(services, principal, message)
-        elif message.passages and principal is not None:
-            render_passages(services, principal, message)
         if message.status is MessageStatus.INTERRUPTED:
             st.caption(":warning: This answer broke off; the text above is what arrived.")
         elif message.status is MessageStatus.ERROR:

@@ -220,7 +220,7 @@ def _db_upgrade(_args: argparse.Namespace) -> int:
     else:
         print(f"Database is up to date at revision {after} ({where}).")
     if sealed:
-        print(f"Keyed {sealed:,} audit records written before the trail was keyed.")
+        print(f"Keyed {count(sealed, 'audit record')} written before the trail was keyed.")
     return 0
 
 

@@ -226,3 +226,18 @@ def test_usage_of_a_model_that_costs_nothing_is_charted_in_tokens(
     assert not at.exception
     assert "the charts show tokens" in page_text(at)
     assert "Tokens per day, by user" in [h.value for h in at.subheader]
+
+
+def test_a_user_without_a_token_limit_is_shown_as_such(
+    claude_env: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PARLEY_QUOTA_TOKENS_PER_DAY", "0")  # 0: no limit
+    monkeypatch.setenv("PARLEY_QUOTA_MESSAGES_PER_DAY", "1")
+    alice_asks(claude_env)
+    add_user("root", "root-password", admin=True)
+    at = app()
+    log_in(at, "root", "root-password")
+    at.switch_page(USAGE).run()
+    at.selectbox(key="quota-user").set_value("alice").run()
+    assert not at.exception
+    assert "in force: 1 message, no limit on tokens a day." in page_text(at)

@@ -59,3 +59,11 @@ def test_the_link_opens_nothing_for_anyone_else(claude_env: FakeAnthropic) -> No
         assert "Alice's secret question" not in text and "A private answer." not in text
         assert "c" not in bob.query_params
         assert not bob.exception
+
+
+def test_a_number_too_large_for_an_id_is_the_same_sentence(claude_env: FakeAnthropic) -> None:
+    del claude_env
+    add_user("bob", "bob-password")
+    bob = reloaded("9" * 30)
+    log_in(bob, "bob", "bob-password")
+    assert NOT_YOURS in page_text(bob) and not bob.exception

@@ -106,25 +106,6 @@ def test_a_cited_answer_shows_its_source_and_opens_the_passage(
     assert stored.citations[0].name == "policy.md"
 
 
-def test_an_answer_that_cites_nothing_still_shows_the_passages_it_was_given(
-    claude_env: FakeAnthropic,
-) -> None:
-    add_user("alice", "alice-password")
-    at = app()
-    log_in(at, "alice", "alice-password")
-    upload(at, ("policy.md", POLICY))
-    claude_env.enqueue(Reply(text="About a month, paid to your bank."))  # no citation
-    at.switch_page("parley/app_pages/chat.py").run()
-    at.chat_input[0].set_value("How long do refunds take?").run()
-    assert not at.exception
-    answer = at.chat_message[1]
-    assert answer.markdown[0].value == "About a month, paid to your bank."
-    assert any(c.value == "Given 1 passage with the question:" for c in answer.caption)
-    (source,) = answer.expander
-    assert source.label.replace("\\", "") == "policy.md"
-    assert "within 30 days" in source.text[0].value  # opened through the document service
-
-
 def test_the_sidebar_narrows_a_conversation_to_chosen_documents(
     claude_env: FakeAnthropic,
 ) -> None:

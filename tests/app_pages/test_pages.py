@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -279,6 +282,28 @@ def test_error_details_are_hidden_wherever_streamlit_starts(
     at = app()
     assert not at.exception
     assert st.get_option("client.showErrorDetails") == "none"  # set by the app itself
+
+
+def test_the_server_refuses_uploads_larger_than_parley_takes(tmp_path: Path) -> None:
+    from parley.retrieval.documents import MAX_FILE_BYTES
+
+    root = Path(__file__).resolve().parents[2]
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import server; from streamlit import config; "
+            "print(config.get_option('server.maxUploadSize'))",
+        ],
+        cwd=tmp_path,  # no .streamlit/config.toml here: server.py sets it itself
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert int(shown.stdout.split()[-1]) * 2**20 == MAX_FILE_BYTES
 
 
 def open_conversation(at: AppTest, title: str) -> None:

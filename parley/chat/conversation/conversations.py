@@ -16,7 +16,7 @@ from parley.core.audit_events import ConversationErased
 from parley.core.background import Defer
 from parley.core.domain import MessageRole, MessageStatus, Principal, require_admin
 from parley.core.errors import InvalidInput, NotFound
-from parley.core.records import CitedPassage, DocumentSource
+from parley.core.records import CitedPassage
 from parley.retrieval.vector_store import deferred_purges
 from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
@@ -51,8 +51,6 @@ class ChatMessage:
     created_at: datetime
     # The passages the answer cites (see `Message.citations`), in the answer's order.
     citations: tuple[CitedPassage, ...] = ()
-    # The document passages put before the question, cited or not (`Provenance.sources`).
-    passages: tuple[DocumentSource, ...] = ()
 
 
 def to_info(conversation: Conversation) -> ConversationInfo:
@@ -76,7 +74,6 @@ def to_chat_message(message: Message) -> ChatMessage:
         error=message.error,
         created_at=message.created_at,
         citations=tuple(message.citations or ()),
-        passages=tuple(message.context.sources) if message.context else (),
     )
 
 

@@ -72,7 +72,7 @@ class Upkeep:
 
     def title(self, user_id: int, conversation_id: int, answer_id: int) -> None:
         """After the conversation's first complete answer, ask the model for a title (a
-        metered call), from the first question and that answer. Once: the job of any
+        metered call), from that answer and the question it answers. Once: the job of any
         later answer does nothing, however quickly the next question came (a quick second
         question used to make the first answer's job skip the title)."""
         with self._db.session() as session:
@@ -86,13 +86,20 @@ class Upkeep:
                 .order_by(Message.id)
                 .limit(1)
             ).first()
-            question = session.scalar(
+            if first_answer is None or first_answer.id != answer_id:
+                return
+            questions = (
                 select(Message.content)
                 .where(Message.conversation_id == conversation_id, Message.role == MessageRole.USER)
-                .order_by(Message.id)
                 .limit(1)
             )
-        if first_answer is None or first_answer.id != answer_id or question is None:
+            # The title the conversation began with is the first message's; the answer
+            # may be to a later one (the first answer failed, and the user asked again).
+            first = session.scalar(questions.order_by(Message.id))
+            question = session.scalar(
+                questions.where(Message.id < first_answer.id).order_by(Message.id.desc())
+            )
+        if first is None or question is None:
             return
         answer = first_answer.content
         title, calls = generate_title(
@@ -106,7 +113,7 @@ class Upkeep:
         with self._db.session() as session:
             conversation = session.get(Conversation, conversation_id)
             # Keep a title the user has set meanwhile.
-            if conversation is not None and conversation.title == fallback_title(question):
+            if conversation is not None and conversation.title == fallback_title(first):
                 conversation.title = title
         log.info("Titled conversation %s after %d call(s).", conversation_id, calls)
 

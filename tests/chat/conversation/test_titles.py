@@ -128,3 +128,20 @@ def test_a_quick_second_question_does_not_cost_the_conversation_its_title(
     assert len(scripted.requests) == 3  # two answers and one title call, not two
     title_prompt = scripted.requests[-1].messages[0].content
     assert "Where should I go in April?" in title_prompt and "Lisbon is lovely" in title_prompt
+
+
+def test_a_title_is_made_from_the_answer_and_the_question_it_answers(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    settings = services.settings.model_copy(update={"model_titles": True})
+    services = build_services(settings, provider=scripted, background=BackgroundWork(workers=0))
+    scripted.enqueue_error(Overloaded())  # the first answer fails
+    first = services.chat.send(alice, None, "Where should I go in April?")
+    list(first)
+    scripted.enqueue("Pack a jacket.")  # the user asks something else instead of Retry
+    scripted.enqueue('{"title": "Packing for spring"}')
+    list(services.chat.send(alice, first.conversation_id, "What should I pack?"))
+    title_prompt = scripted.requests[-1].messages[0].content
+    assert "What should I pack?" in title_prompt and "Pack a jacket." in title_prompt
+    assert "Where should I go" not in title_prompt  # not a question the answer is not to
+    assert services.conversations.get(alice, first.conversation_id).title == "Packing for spring"
