@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -74,17 +73,10 @@ def _switch_interval_s() -> float:
     streaming other people's answers, which Python hands over every 5 ms by default.
     Parley uses 1 ms (`PARLEY_SWITCH_INTERVAL_MS`; `python -m parley.bench.load` measured
     both: docs/benchmarks.md)."""
-    raw = os.environ.get("PARLEY_SWITCH_INTERVAL_MS", "1")
     try:
-        milliseconds = float(raw)
-    except ValueError:
-        milliseconds = 0.0
-    if not 0.1 <= milliseconds <= 100:
-        logging.getLogger("parley").warning(
-            "PARLEY_SWITCH_INTERVAL_MS=%r is not between 0.1 and 100; 1 ms is used.", raw
-        )
-        milliseconds = 1.0
-    return milliseconds / 1000
+        return get_settings().switch_interval_ms / 1000
+    except ParleyError:
+        return 0.001  # the app's first page says what is wrong with the settings
 
 
 sys.setswitchinterval(_switch_interval_s())

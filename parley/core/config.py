@@ -185,6 +185,14 @@ class Settings(BaseSettings):
         "one process waited 4.9 s (p50) for first text in the queue; at 16, under 1.4 s",
     )
     max_queued_calls: int = Field(default=50, ge=0, description="calls that may wait in line")
+    switch_interval_ms: float = Field(
+        default=1.0,
+        ge=0.1,
+        le=100,
+        description="how often the server hands Python's GIL to another thread (Python's "
+        "default is 5 ms): a page run's database round trips wait less behind the threads "
+        "streaming other answers (`python -m parley.bench.load` measured both)",
+    )
     background_workers: int = Field(
         default=2, ge=1, description="threads for upkeep after a turn (memory, summaries, titles)"
     )

@@ -284,26 +284,34 @@ def test_error_details_are_hidden_wherever_streamlit_starts(
     assert st.get_option("client.showErrorDetails") == "none"  # set by the app itself
 
 
-def test_the_server_refuses_uploads_larger_than_parley_takes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("setting", "interval"), [(None, 0.001), ("5", 0.005)])
+def test_the_server_refuses_large_uploads_and_hands_the_gil_over_as_set(
+    tmp_path: Path, setting: str | None, interval: float
+) -> None:
     from parley.retrieval.documents import MAX_FILE_BYTES
 
     root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "PARLEY_SWITCH_INTERVAL_MS"}
+    if setting is not None:
+        env["PARLEY_SWITCH_INTERVAL_MS"] = setting
     shown = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import server; from streamlit import config; "
-            "print(config.get_option('server.maxUploadSize'))",
+            "import sys, server; from streamlit import config; "
+            "print(config.get_option('server.maxUploadSize'), sys.getswitchinterval())",
         ],
         cwd=tmp_path,  # no .streamlit/config.toml here: server.py sets it itself
-        env={**os.environ, "PYTHONPATH": str(root)},
+        env={**env, "PYTHONPATH": str(root)},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert shown.returncode == 0, shown.stderr[-2000:]
-    assert int(shown.stdout.split()[-1]) * 2**20 == MAX_FILE_BYTES
+    upload_mb, switch_s = shown.stdout.split()[-2:]
+    assert int(upload_mb) * 2**20 == MAX_FILE_BYTES
+    assert float(switch_s) == pytest.approx(interval)
 
 
 def open_conversation(at: AppTest, title: str) -> None:
