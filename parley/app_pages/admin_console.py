@@ -57,7 +57,13 @@ def filters(svc: Services, who: Principal) -> ReviewFilter:
         )
         status = top[2].selectbox(
             "An answer that ended",
-            [None, MessageStatus.COMPLETE, MessageStatus.INTERRUPTED, MessageStatus.ERROR],
+            [
+                None,
+                MessageStatus.COMPLETE,
+                MessageStatus.STOPPED,
+                MessageStatus.INTERRUPTED,
+                MessageStatus.ERROR,
+            ],
             format_func=lambda s: "any way" if s is None else str(s),
         )
         bottom = st.columns([1, 2])

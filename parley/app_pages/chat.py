@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
 
@@ -274,6 +275,8 @@ def render_message(message: ChatMessage) -> None:
             render_citations(services, principal, message)
         if message.status is MessageStatus.INTERRUPTED:
             st.caption(":warning: This answer broke off; the text above is what arrived.")
+        elif message.status is MessageStatus.STOPPED:
+            st.caption(":material/stop_circle: Stopped; the text above is what arrived.")
         elif message.status is MessageStatus.ERROR:
             st.caption(f":warning: {plain_label(message.error or 'No answer arrived.')}")
         if message.role is MessageRole.ASSISTANT and (line := usage_line(message)):
@@ -281,8 +284,15 @@ def render_message(message: ChatMessage) -> None:
 
 
 def stream_reply(reply: ReplyStream) -> None:
+    """Stream the answer. A click on Stop (or anywhere else) ends this run at its next
+    drawing (at most a tenth of a second after a word arrives) and starts the next run
+    at once; `close()` below stops the answer: the provider's stream is closed and the
+    text so far kept as stopped, which the next run waits for (`wait_for_answer`)."""
+    stored = ui.answer_stored = threading.Event()
+    ui.conversation_id = reply.conversation_id  # the next run opens it, however this ends
     try:
         with st.chat_message("assistant"):
+            st.button("Stop", icon=":material/stop_circle:", key="stop-answer", type="tertiary")
             queue_note = st.empty()
 
             def show_position(position: int) -> None:
@@ -302,13 +312,25 @@ def stream_reply(reply: ReplyStream) -> None:
             shown.markdown(safe_markdown(text))
             queue_note.empty()
     finally:
-        # Stores the partial answer if the page stopped early, or frees the quota of an
-        # answer that never began (a rerun before its first chunk).
-        reply.close()
-    ui.conversation_id = reply.conversation_id
+        # Stores the partial answer if the page stopped early (Stop, or any click), or
+        # frees the quota of an answer that never began (stopped before its first chunk).
+        try:
+            reply.close()
+        finally:
+            stored.set()
     st.rerun()
 
 
+def wait_for_answer(seconds: float = 10.0) -> None:
+    """Before reading the conversation: the answer a click just stopped is stored by the
+    run it stopped, in another thread; wait for it (storing takes milliseconds; a database
+    that fails is retried for about a second)."""
+    if ui.answer_stored is not None:
+        ui.answer_stored.wait(seconds)
+        ui.answer_stored = None
+
+
+wait_for_answer()
 follow_link(services, principal)
 render_sidebar(services, principal)
 

@@ -28,6 +28,7 @@ class MessageStatus(StrEnum):
     COMPLETE = "complete"
     INTERRUPTED = "interrupted"  # the answer broke off; `content` holds the partial text
     ERROR = "error"  # no usable answer; `error` says why
+    STOPPED = "stopped"  # the user stopped the answer; `content` holds the text so far
     SUPERSEDED = "superseded"  # a failed answer the user retried; kept for the audit trail
 
 

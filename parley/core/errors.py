@@ -19,6 +19,7 @@
         ├── ProviderMisconfigured the model is not installed or set up; never retried
         ├── ContextTooLong      the prompt does not fit the model
         └── StreamInterrupted   the answer broke off; `partial_text` holds what arrived
+            └── AnswerStopped   the reader stopped it (Stop, or the page moved on)
 
 Provider SDK exceptions are translated into this tree in one place
 (`parley.chat.gateway.providers.errors.translate`), database exceptions in another
@@ -178,3 +179,9 @@ class StreamInterrupted(ProviderError):
     def __init__(self, message: str | None = None, *, partial_text: str = "") -> None:
         super().__init__(message)
         self.partial_text = partial_text
+
+
+class AnswerStopped(StreamInterrupted):
+    """The reader stopped the answer (the Stop button, or the page moved on)."""
+
+    user_message = "You stopped this answer; the text above is what arrived."

@@ -2,7 +2,8 @@
 
 It listens on 127.0.0.1 and speaks the real wire format (JSON and server-sent events), so the
 official ``anthropic`` SDK parses real bytes. Script answers with :class:`Reply` and failures with
-:class:`Fault` via :meth:`FakeAnthropic.enqueue`; every request is kept in ``requests``.
+:class:`Fault` via :meth:`FakeAnthropic.enqueue`; every request is kept in ``requests``, and
+when a client hung up mid-answer in ``hangups``.
 
 Usage::
 
@@ -26,6 +27,7 @@ import random
 import socket
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -123,8 +125,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._request_id = new_id("req")
         try:
             self._dispatch()
-        except OSError:  # the client went away (timeouts, drops)
+        except OSError:  # the client went away (timeouts, drops, a stopped answer)
             self.close_connection = True
+            self.fake._hung_up()
 
     def _dispatch(self) -> None:
         length = int(self.headers.get("content-length") or 0)
@@ -333,6 +336,8 @@ class FakeAnthropic:
         # Sent with every error response, e.g. {"retry-after-ms": "5"} to keep SDK retries quick.
         self.error_headers = dict(error_headers or {})
         self.requests: list[RecordedRequest] = []
+        # When (time.monotonic()) a client hung up while its answer was being sent.
+        self.hangups: list[float] = []
         self.base_url = ""
         self.address = (host, port)  # port 0: any free one
         self.log = log  # each request's prompt is written here as it arrives
@@ -362,6 +367,10 @@ class FakeAnthropic:
             if self.log is not None:
                 self.log.write(describe_request(request))
                 self.log.flush()
+
+    def _hung_up(self) -> None:
+        with self._lock:
+            self.hangups.append(time.monotonic())
 
     @property
     def pending(self) -> int:

@@ -1,8 +1,9 @@
 """Storing an answer when its stream ends, with its audit record, come what may.
 
-`complete` when the stream ended with a result; otherwise the partial text as
-`interrupted` (or `error` when nothing arrived) with the error's one sentence for the
-user. Storing survives a passing database error (tried again, then logged) and never
+`complete` when the stream ended with a result; `stopped` when its reader stopped it
+after some text (with the usage the meter recorded for the call); otherwise the partial
+text as `interrupted` (or `error` when nothing arrived) with the error's one sentence
+for the user. Storing survives a passing database error (tried again, then logged) and never
 raises into the reader: an answer the database would not take comes back as a result
 that says so (`NOT_SAVED`), its text still in hand.
 """
@@ -20,19 +21,26 @@ from parley.chat.conversation.replies import ReplyResult, ReplyStream
 from parley.chat.gateway.pricing import Pricing
 from parley.core.audit_events import Answered, CitedRef, MessageRef
 from parley.core.domain import MessageRole, MessageStatus
-from parley.core.errors import ParleyError, StorageError, StorageUnavailable, StreamInterrupted
+from parley.core.errors import (
+    AnswerStopped,
+    ParleyError,
+    StorageError,
+    StorageUnavailable,
+    StreamInterrupted,
+)
 from parley.core.llm import StreamEnd, Usage
 from parley.core.records import CitedPassage, Provenance
 from parley.core.retry import retried
 from parley.memory import message_tokens
 from parley.store.audit import append_in, message_hash
 from parley.store.db import Database
-from parley.store.models import AnswerDraft, Conversation, Message, User, utcnow
+from parley.store.models import AnswerDraft, Conversation, Message, UsageEntry, User, utcnow
 
 log = logging.getLogger(__name__)
 
 # Waits between attempts to store an answer when the database fails for a moment.
 STORE_RETRY_DELAYS_S = (0.05, 0.25, 1.0)
+STOPPED_BEFORE = "The answer was stopped before it began."
 NOT_SAVED = (
     "The answer could not be saved (the database did not take it); "
     "what you see was not kept. Please retry."
@@ -77,18 +85,25 @@ class AnswerStore:
         citations: list[CitedPassage],
     ) -> ReplyResult:
         """Commit the answer; a database that fails for a moment is tried again, then logged."""
+        stopped = isinstance(error, AnswerStopped)
         if error is None and ends:
             status, sentence = MessageStatus.COMPLETE, None
+        elif stopped and text:
+            status, sentence = MessageStatus.STOPPED, None
+            log.info("Answer in conversation %s stopped by its reader", stream.conversation_id)
         else:
             error = error or StreamInterrupted("stream ended without a result")
             status = MessageStatus.INTERRUPTED if text else MessageStatus.ERROR
-            sentence = error.user_message
+            sentence = STOPPED_BEFORE if stopped else error.user_message
             log.warning(
                 "Answer in conversation %s ended %s: %s", stream.conversation_id, status, error
             )
         model = ends[-1].model if ends else self._fallback_model()
         usage = sum((e.usage for e in ends), Usage()) if ends else None
         cost = self._pricing.cost(model, usage) if usage else None
+        if usage is None and stopped and stream.call_id is not None:
+            # The call never reached its end: its usage is what the meter recorded.
+            model, usage, cost = self._metered(stream.call_id, model)
         row = AnswerRow(
             conversation_id=stream.conversation_id,
             content=text,
@@ -123,6 +138,24 @@ class AnswerStore:
             )
             return ReplyResult(None, MessageStatus.ERROR, text, model, usage, cost, NOT_SAVED)
         return ReplyResult(message_id, status, text, model, usage, cost, sentence)
+
+    def _metered(self, call_id: str, model: str) -> tuple[str, Usage | None, float | None]:
+        """A call's model, usage and cost as the ledger holds them (or nothing, when the
+        meter's write waits in its outbox or the database fails: the ledger is what counts)."""
+        try:
+            with self._db.session() as session:
+                entry = session.scalar(select(UsageEntry).where(UsageEntry.call_id == call_id))
+        except StorageError:
+            return model, None, None
+        if entry is None:
+            return model, None, None
+        usage = Usage(
+            input_tokens=entry.input_tokens,
+            output_tokens=entry.output_tokens,
+            cache_creation_input_tokens=entry.cache_creation_input_tokens,
+            cache_read_input_tokens=entry.cache_read_input_tokens,
+        )
+        return entry.model, usage, entry.cost_usd
 
     def _insert(self, row: AnswerRow, stream: ReplyStream) -> int:
         """The answer, and in the same transaction its audit record: who asked, the
@@ -224,4 +257,11 @@ def _storing_again(exc: Exception) -> None:
     log.warning("Storing an answer failed (%s); trying again.", exc)
 
 
-__all__ = ["NOT_SAVED", "STORE_RETRY_DELAYS_S", "AnswerRow", "AnswerStore", "append_answered"]
+__all__ = [
+    "NOT_SAVED",
+    "STOPPED_BEFORE",
+    "STORE_RETRY_DELAYS_S",
+    "AnswerRow",
+    "AnswerStore",
+    "append_answered",
+]

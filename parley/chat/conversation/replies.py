@@ -58,8 +58,8 @@ def clean_message_text(text: str, *, max_chars: int) -> str:
 class ReplyStream:
     """The answer as an iterator of text chunks; `result` is set once it has ended.
 
-    Iterate it to the end, or call `close()` when giving up early (the partial
-    answer is then stored as interrupted). It never raises a provider error.
+    Iterate it to the end, or call `close()` to stop it early (the partial answer is
+    then stored as stopped). It never raises a provider error.
     Set `on_queue` to hear the queue position while the call waits for a slot.
     """
 
@@ -83,6 +83,7 @@ class ReplyStream:
         self.sources = tuple(sources)  # the document passages in it
         self.result: ReplyResult | None = None
         self.draft_id: int | None = None  # the answer's draft row while it streams
+        self.call_id: str | None = None  # the chat call's ledger id
         self.partial: list[str] = []  # the text so far, which the draft keeper checkpoints
         self.trace: Span | None = None  # the turn's span (`parley.core.tracing`)
         self.on_queue: Callable[[int], None] | None = None
@@ -103,8 +104,9 @@ class ReplyStream:
         return self._chunks if self._chunks is not None else iter(())
 
     def close(self) -> None:
-        """Give up on the answer: what arrived is stored as interrupted. An answer never
-        started (the page reran first) is stored as stopped and its quota given back."""
+        """Stop the answer: the provider's stream is closed, what arrived is stored as
+        stopped with the usage metered so far. An answer never started (the page reran
+        first) is stored as stopped before it began, and its quota given back."""
         if self._chunks is None:
             return
         if inspect.getgeneratorstate(self._chunks) == inspect.GEN_CREATED:

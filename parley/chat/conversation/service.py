@@ -37,6 +37,7 @@ from parley.core import tracing
 from parley.core.config import Settings
 from parley.core.domain import MessageRole, MessageStatus, Principal, Purpose
 from parley.core.errors import (
+    AnswerStopped,
     InvalidInput,
     ParleyError,
     ProviderError,
@@ -277,7 +278,8 @@ class ChatService:
         return self._quotas.reserve(principal, tokens=tokens)
 
     def needs_retry(self, principal: Principal, conversation_id: int) -> bool:
-        """True when the last user message has no complete answer."""
+        """True when the last user message has no complete answer (an answer its reader
+        stopped counts as one: the user meant it)."""
         self._settle(principal, conversation_id)
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
@@ -292,7 +294,10 @@ class ChatService:
             ).first()
         if last is None:
             return False
-        return last.role is MessageRole.USER or last.status is not MessageStatus.COMPLETE
+        return last.role is MessageRole.USER or last.status not in (
+            MessageStatus.COMPLETE,
+            MessageStatus.STOPPED,
+        )
 
     def estimate_next(self, principal: Principal, conversation_id: int | None) -> Estimate:
         """Cost of the next message's context (the new message adds its own tokens)."""
@@ -349,6 +354,7 @@ class ChatService:
         stream.trace = turn
         if turn is not None:
             turn.set_attribute("parley.conversation_id", conversation_id)
+        stream.call_id = meta.call_id
         stream._chunks = self._generate(stream, request, passages)
         stream._abandon = lambda: self._abandoned(stream)
         if ticket is not None and self._drafts is not None:
@@ -358,8 +364,7 @@ class ChatService:
 
     def _abandoned(self, stream: ReplyStream) -> None:
         """The reader gave up before the answer began: say so, and free the quota."""
-        stopped = StreamInterrupted("reader left before the answer began")
-        stopped.user_message = "The answer was stopped before it began."
+        stopped = AnswerStopped("reader left before the answer began")
         try:
             with tracing.child(stream.trace, "parley.answer.store"):
                 stream.result = self._answers.store(stream, "", (), stopped, [])
@@ -447,13 +452,13 @@ class ChatService:
                     call.end()
         except ProviderError as exc:
             error = exc
-        except GeneratorExit:
-            error = StreamInterrupted("reader left")
-            error.user_message = "The answer was stopped before it finished."
-            raise
         except Exception as exc:  # a bug in a provider must not lose the answer
             log.exception("Provider %s failed unexpectedly", self._provider.model)
             error = ProviderError(f"unexpected {type(exc).__name__}")
+        except BaseException:  # the reader stopped it: closed (`GeneratorExit`), Ctrl-C, or
+            # the page's rerun raised in its queue callback; the provider's stream is closed
+            error = AnswerStopped("reader left")
+            raise
         finally:
             text = "".join(parts)
             if passages.hits and not self._provider.native_citations:

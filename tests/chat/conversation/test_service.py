@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 from sqlalchemy import select
 
 import parley.chat.conversation.answer
-from parley.chat.conversation.answer import NOT_SAVED, AnswerRow, AnswerStore
+from parley.chat.conversation.answer import NOT_SAVED, STOPPED_BEFORE, AnswerRow, AnswerStore
 from parley.chat.conversation.replies import ReplyStream
 from parley.chat.gateway.providers.scripted import ScriptedProvider
-from parley.core.domain import MessageRole, MessageStatus, Principal
+from parley.core.background import BackgroundWork
+from parley.core.config import get_settings
+from parley.core.domain import CallOutcome, MessageRole, MessageStatus, Principal, Purpose
 from parley.core.errors import (
     InvalidInput,
     NotFound,
@@ -20,8 +23,11 @@ from parley.core.errors import (
     StreamInterrupted,
 )
 from parley.core.llm import ChatRequest
-from parley.store.models import Message
-from parley.wiring.services import Services
+from parley.fakes.anthropic_server import FakeAnthropic, Reply
+from parley.store.db import Database
+from parley.store.models import Message, UsageEntry
+from parley.wiring.services import Services, build_services
+from tests.support import ROOT
 
 
 def stored(services: Services, conversation_id: int) -> list[Message]:
@@ -140,7 +146,7 @@ def test_unexpected_provider_bug_is_contained(
     assert reply.result is not None and reply.result.status is MessageStatus.ERROR
 
 
-def test_closing_early_stores_partial_answer(
+def test_stopping_keeps_the_text_so_far_as_a_stopped_answer_with_its_usage(
     services: Services, scripted: ScriptedProvider, alice: Principal
 ) -> None:
     scripted.enqueue("one ", "two ", "three")
@@ -149,7 +155,60 @@ def test_closing_early_stores_partial_answer(
     assert next(chunks) == "one "
     reply.close()
     answer = stored(services, reply.conversation_id)[-1]
-    assert (answer.status, answer.content) == (MessageStatus.INTERRUPTED, "one ")
+    assert (answer.status, answer.content, answer.error) == (MessageStatus.STOPPED, "one ", None)
+    with services._database.session() as session:
+        (entry,) = session.scalars(select(UsageEntry))
+    assert entry.outcome is CallOutcome.ABORTED  # metered, and the answer says what it used
+    assert (answer.input_tokens, answer.output_tokens) == (entry.input_tokens, entry.output_tokens)
+    assert entry.output_tokens > 0 and entry.input_tokens > 0
+    # The user meant it: no Retry is asked for, and the conversation goes on.
+    assert not services.chat.needs_retry(alice, reply.conversation_id)
+    scripted.enqueue("Four.")
+    assert "".join(services.chat.send(alice, reply.conversation_id, "Go on")) == "Four."
+
+
+def test_stopping_before_the_first_word_leaves_the_question_to_retry(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.enqueue("never read")
+    reply = services.chat.send(alice, None, "Count")
+    reply.close()  # the page reran before the stream began
+    answer = stored(services, reply.conversation_id)[-1]
+    assert (answer.status, answer.error) == (MessageStatus.ERROR, STOPPED_BEFORE)
+    assert services.chat.needs_retry(alice, reply.conversation_id)
+
+
+def test_stop_closes_the_providers_stream_within_a_second(
+    claude_env: FakeAnthropic, database: Database
+) -> None:
+    del database  # migrated by its fixture, in the data directory the environment names
+    services = build_services(get_settings(), background=BackgroundWork(workers=0))
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    words = " ".join(f"w{i}" for i in range(300))
+    claude_env.enqueue(Reply(text=words, chunk_delay_s=0.03, input_tokens=123))
+    reply = services.chat.send(alice, None, "Talk for a while")
+    chunks = iter(reply)
+    for _ in range(5):
+        next(chunks)
+    stopped_at = time.monotonic()
+    reply.close()
+    took = time.monotonic() - stopped_at
+    deadline = time.monotonic() + 1
+    while not claude_env.hangups and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert claude_env.hangups, "the fake server never saw the connection end"
+    assert claude_env.hangups[0] - stopped_at < 1.0
+    assert took < 1.0
+    assert reply.result is not None and reply.result.status is MessageStatus.STOPPED
+    answer = stored(services, reply.conversation_id)[-1]
+    assert answer.content == reply.result.text and answer.content.startswith("w0 w1 w2 w3 w4")
+    assert answer.input_tokens == 123  # as the API reported at message_start
+    assert answer.output_tokens is not None and answer.output_tokens >= 5
+    with services._database.session() as session:
+        (entry,) = session.scalars(select(UsageEntry).where(UsageEntry.purpose == Purpose.CHAT))
+    assert (entry.outcome, entry.input_tokens) == (CallOutcome.ABORTED, 123)
+    assert answer.cost_usd == entry.cost_usd and entry.cost_usd > 0
+    services.close()
 
 
 def test_retry_answers_again_and_keeps_the_failed_attempt(
