@@ -9,10 +9,11 @@ from collections.abc import Callable
 import streamlit as st
 
 from parley.app_pages import state
-from parley.app_pages.rendering import Pacer, plain_label, safe_markdown
+from parley.app_pages.rendering import Pacer, highlighted, plain_label, safe_markdown
 from parley.app_pages.words import say
 from parley.chat.conversation.conversations import ChatMessage, ConversationInfo
 from parley.chat.conversation.replies import ReplyStream
+from parley.chat.conversation.search import MAX_QUERY_CHARS
 from parley.core.domain import MessageRole, MessageStatus, Principal
 from parley.core.errors import NotFound, ParleyError
 from parley.core.records import CitedPassage
@@ -60,9 +61,17 @@ def render_sidebar(svc: Services, who: Principal) -> None:
     with st.sidebar:
         st.caption(f"Logged in as **{plain_label(who.name)}** · answers by `{svc.chat.model}`")
         if st.button("New conversation", icon=":material/add:", width="stretch"):
-            ui.conversation_id = None
-            ui.confirm_delete = None
-            st.rerun()
+            open_conversation(None)
+        query = st.text_input(
+            "Search your conversations",
+            key="search",
+            max_chars=MAX_QUERY_CHARS,
+            placeholder="Search your conversations",
+            label_visibility="collapsed",
+            icon=":material/search:",
+        )
+        if query.strip():
+            render_search(svc, who, query)
         if ui.conversation_id is None and (labels := document_labels(svc, who)):
 
             def keep(picked: list[int] | None) -> None:
@@ -82,9 +91,32 @@ def render_sidebar(svc: Services, who: Principal) -> None:
                 icon=":material/chat_bubble:" if current else None,
                 width="stretch",
             ):
-                ui.conversation_id = conversation.id
-                ui.confirm_delete = None
-                st.rerun()
+                open_conversation(conversation.id)
+
+
+def open_conversation(conversation_id: int | None, found: int | None = None) -> None:
+    ui.conversation_id = conversation_id
+    ui.found_message_id = found
+    ui.confirm_delete = None
+    st.rerun()
+
+
+def render_search(svc: Services, who: Principal, query: str) -> None:
+    """The user's own conversations that hold every word: each result opens its
+    conversation at the message found."""
+    try:
+        hits = svc.search.search(who, query)
+    except ParleyError as exc:
+        st.caption(say(exc))
+        return
+    if not hits:
+        st.caption("Nothing in your conversations matches.")
+    for n, hit in enumerate(hits):
+        where = highlighted(hit.snippet, hit.marks)
+        label = f"{plain_label(hit.title)} · {where}" if hit.message_id else where
+        if st.button(label, key=f"found-{n}", type="tertiary", width="stretch"):
+            open_conversation(hit.conversation_id, hit.message_id)
+    st.divider()
 
 
 def sidebar_labels(conversations: list[ConversationInfo]) -> dict[int, str]:
@@ -269,6 +301,8 @@ def render_passage(
 def render_message(message: ChatMessage) -> None:
     avatar = "user" if message.role is MessageRole.USER else "assistant"
     with st.chat_message(avatar):
+        if message.id == ui.found_message_id:
+            st.caption(":material/search: Found here")
         if message.content:
             st.markdown(safe_markdown(with_markers(message.content, message.citations)))
         if message.citations and principal is not None:

@@ -328,4 +328,28 @@ def _escape_every_line(text: str) -> str:
     return "\n".join(_ASCII_PUNCTUATION.sub(r"\\\1", line) for line in text.split("\n"))
 
 
-__all__ = ["plain_label", "safe_markdown"]
+def highlighted(text: str, marks: Sequence[tuple[int, int]]) -> str:
+    """`text` as `plain_label` makes it, with the (start, end) spans in `marks` in bold:
+    a search result's snippet, the words it matched standing out."""
+    parts: list[str] = []
+    at = 0
+    for start, end in sorted(marks):
+        if start < at or end <= start:
+            continue  # overlapping or empty: shown plain
+        parts.append(_plain_part(text[at:start]))
+        parts.append(f"**{plain_label(text[start:end])}**")
+        at = end
+    parts.append(_plain_part(text[at:]))
+    return "".join(parts).strip()
+
+
+def _plain_part(text: str) -> str:
+    """A piece of a label: escaped, keeping one space where it began or ended with one."""
+    if not text:
+        return ""
+    before = " " if text[0].isspace() else ""
+    after = " " if text[-1].isspace() and text.strip() else ""
+    return before + plain_label(text) + after
+
+
+__all__ = ["highlighted", "plain_label", "safe_markdown"]

@@ -43,6 +43,7 @@ class UiState:
     oidc_refused: str | None = None  # why the provider's user may not sign in (not retried)
     new_documents: list[int] | None = None  # what a new conversation draws on (None: all)
     link_followed: bool = False  # the URL's `?c=ID` was read (once per browser session)
+    found_message_id: int | None = None  # the message a search result opened at
     # Set once the answer streamed by this browser's last run is stored. A click while it
     # streams stops that run and starts the next at once (Streamlit's fast reruns), in
     # another thread: the next run waits for the stopped answer before it reads.

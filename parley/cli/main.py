@@ -10,6 +10,7 @@
     parley quota set NAME [--messages N] [--tokens N]      (0: no limit; 'default': the setting)
     parley usage [--days N]                                 tokens and cost per user and day
     parley conversation strategy ID NAME|default --as ADMIN    memory strategy per conversation
+    parley conversation search --user NAME QUERY [--json]   full-text, the user's own only
     parley memory strategies [--json]                       the installed memory strategies
     parley memory new NAME [--dir DIR]                      a memory strategy plug-in project
     parley bench memory --data FILE --strategy NAME --budget TOKENS [--json]
@@ -147,6 +148,12 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--user", required=True)
     listing.add_argument("--json", action="store_true", help="end with one JSON list")
     listing.set_defaults(func=_conversation_list)
+    find = conversation.add_parser("search", help="full-text search of a user's conversations")
+    find.add_argument("query", help="words that must all occur (prefixes match)")
+    find.add_argument("--user", required=True, help="whose conversations")
+    find.add_argument("--limit", type=int, default=20)
+    find.add_argument("--json", action="store_true", help="end with one JSON list")
+    find.set_defaults(func=_conversation_search)
     remove = conversation.add_parser(
         "rm", help="erase a conversation: its messages, summaries and vectors"
     )
@@ -337,6 +344,32 @@ def _conversation_list(args: argparse.Namespace) -> int:
         print(f"{owner.name} has no conversations.")
     for c in rows:
         print(f"{c.id:>6}  {c.updated_at:%Y-%m-%d %H:%M}  {c.title}")
+    return 0
+
+
+def _conversation_search(args: argparse.Namespace) -> int:
+    services = _services()
+    owner = _principal(services, args.user)
+    hits = services.search.search(owner, args.query, limit=args.limit)
+    if args.json:
+        found = [
+            {
+                "conversation_id": h.conversation_id,
+                "title": h.title,
+                "message_id": h.message_id,
+                "role": h.role.value if h.role else None,
+                "snippet": h.snippet,
+            }
+            for h in hits
+        ]
+        print(json.dumps(found, ensure_ascii=False))
+        return 0
+    if not hits:
+        print(f"Nothing of {owner.name}'s matches.")
+    for h in hits:
+        where = f"message {h.message_id}" if h.message_id is not None else "title"
+        print(f"{h.conversation_id:>6}  {h.title}  ({where})")
+        print(f"        {' '.join(h.snippet.split())}")
     return 0
 
 

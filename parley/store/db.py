@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from parley.core.errors import ConfigurationError, StorageConflict, StorageError, StorageUnavailable
+from parley.store import search_index
 from parley.store.keys import AuditKeys
 
 log = logging.getLogger(__name__)
@@ -77,14 +78,22 @@ class Database:
         """After an erasure: leave no erased bytes in SQLite's files.
 
         Every connection deletes with `secure_delete` (freed cells and pages are
-        zeroed); this moves the write-ahead log into the database and truncates it,
-        so the log's older copies of the pages go too. A reader holding an old
+        zeroed); this merges the search index, leaving out the erased words (FTS5 keeps
+        them in older segments otherwise: `search_index.purge`), then moves the
+        write-ahead log into the database and truncates it, so the log's older copies
+        of the pages go too. A reader holding an old
         snapshot makes SQLite decline; that is tried again a few times, then logged (the
         start-up sweep checkpoints again). True when the log is empty. PostgreSQL
         reclaims its own files (VACUUM; see the README).
         """
         if not self.is_sqlite:
             return True
+        try:
+            with self.engine.begin() as connection:
+                if search_index.is_present(connection):
+                    search_index.purge(connection)
+        except SQLAlchemyError as exc:
+            raise translate_database_error(exc) from exc
         for attempt in range(attempts):
             try:
                 with self.engine.connect() as connection:

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from parley.chat.conversation.drafts import DraftKeeper, DraftSettler
     from parley.chat.conversation.history import HistoryCache
     from parley.chat.conversation.lab import StrategyLab
+    from parley.chat.conversation.search import ConversationSearch
     from parley.chat.conversation.service import ChatService
     from parley.chat.conversation.upkeep import Upkeep
     from parley.chat.documents.library import DocumentService
@@ -380,6 +381,13 @@ class Services:
             defer=self._defer,
             settle=self.draft_settler.settle_quietly,
         )
+
+    @_Part
+    def search(self) -> ConversationSearch:
+        """Full-text search over each user's own conversations."""
+        from parley.chat.conversation.search import ConversationSearch
+
+        return ConversationSearch(self._database)
 
     @_Part
     def drafts(self) -> DraftKeeper:

@@ -20,7 +20,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from parley.app_pages.rendering import WORD_JOINER, plain_label, safe_markdown
+from parley.app_pages.rendering import WORD_JOINER, highlighted, plain_label, safe_markdown
 from parley.app_pages.security_headers import (
     SecurityHeaders,
     content_security_policy,
@@ -434,3 +434,15 @@ def test_a_streaming_answer_is_drawn_at_once_then_at_most_every_interval() -> No
     gaps = [b - a for a, b in zip(drawn, drawn[1:], strict=False)]
     assert all(gap >= 0.1 - 1e-9 for gap in gaps)
     assert 7 <= len(drawn) <= 10  # about ten a second, not thirty
+
+
+def test_a_snippet_shows_its_matches_in_bold_and_the_rest_as_plain_text() -> None:
+    text = "see ![x](http://e/) and *tulips*   here <b>"
+    start = text.index("tulips")
+    shown = highlighted(text, [(start, start + 6)])
+    rendered = HTML.render(shown)
+    assert "<strong>tulips</strong>" in rendered
+    assert "<img" not in rendered and "<a " not in rendered and "<em>" not in rendered
+    assert "<b>" not in rendered  # the snippet's own tag stays text
+    assert highlighted("a b", [(2, 1), (0, 1), (0, 3)]) == "**a** b"  # bad spans: plain
+    assert highlighted("", []) == ""

@@ -238,6 +238,23 @@ def test_conversation_list_and_rm(fake_anthropic: FakeAnthropic) -> None:
     assert [r["id"] for r in after] == [rows[1]["id"]]
     assert json.loads(run("conversation", "list", "--user", "ben", "--json").stdout) == []
 
+    # Search: the user's own conversations only; a query with no word gets a sentence.
+    found = run("conversation", "search", "--user", "ann", "question", "--json")
+    assert found.returncode == 0, found.stderr
+    (hit,) = json.loads(found.stdout.strip().splitlines()[-1])  # the erased one is gone
+    assert (hit["conversation_id"], hit["role"]) == (rows[1]["id"], "user")
+    assert hit["snippet"] == "first question" and isinstance(hit["message_id"], int)
+    assert hit["title"] == "first question"
+    assert (
+        json.loads(run("conversation", "search", "--user", "ben", "question", "--json").stdout)
+        == []
+    )
+    shown = run("conversation", "search", "--user", "ann", "quest")
+    assert shown.returncode == 0 and "first question" in shown.stdout
+    empty = run("conversation", "search", "--user", "ann", "?!")
+    assert empty.returncode == 1 and "Type a word to search for." in empty.stderr
+    assert "Traceback" not in empty.stderr
+
 
 def test_docs_and_groups_from_the_command_line(tmp_path: Path) -> None:
     import json

@@ -20,6 +20,7 @@ from parley.core.errors import (
     StorageError,
     StorageUnavailable,
 )
+from parley.store import search_index
 from parley.store.db import Database
 from parley.store.migrate import is_current, upgrade
 from parley.store.models import Base, User
@@ -29,7 +30,9 @@ from tests.support import ROOT
 
 def test_migrations_create_exactly_the_models_schema(database: Database) -> None:
     with database.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_name": search_index.include_name}
+        )
         differences = compare_metadata(context, Base.metadata)
     assert differences == []
     assert {"users", "conversations", "messages", "alembic_version"} <= set(

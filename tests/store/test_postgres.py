@@ -29,8 +29,9 @@ from parley.chat.conversation.drafts import STALE_S
 from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.core.background import BackgroundWork
 from parley.core.config import ProviderChoice, Settings
-from parley.core.domain import MessageRole, MessageStatus, Role
+from parley.core.domain import MessageRole, MessageStatus, Principal, Role
 from parley.core.errors import QuotaExceeded
+from parley.store import search_index
 from parley.store.db import Database
 from parley.store.keys import AuditKeys
 from parley.store.migrate import upgrade
@@ -133,7 +134,9 @@ def test_migrations_match_the_models_on_postgres(postgres_url: str) -> None:
     database = Database(postgres_url, audit_keys=PG_KEYS)
     upgrade(database)
     with database.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_name": search_index.include_name}
+        )
         assert compare_metadata(context, Base.metadata) == []
     database.dispose()
 
@@ -178,11 +181,39 @@ def exercise(services: Services) -> None:
     assert rows[0].cost_usd > 0
     summary = services.memory.deps.summaries.latest(conversation)
     assert summary is not None and summary.version >= 1
+    search_on_postgres(services, alice, conversation)
     services.quotas.set_quota(ROOT, alice.user_id, messages_per_day=12, tokens_per_day=None)
     with pytest.raises(QuotaExceeded):
         services.chat.send(alice, conversation, "one too many")
     services.conversations.delete(alice, conversation)
     assert services.memory.deps.summaries.latest(conversation) is None  # cascaded
+
+
+def search_on_postgres(services: Services, alice: Principal, conversation: int) -> None:
+    """Full-text search through the GIN indexes: words, prefixes, stems, titles, the
+    match marked, and nothing of another user's."""
+    services.conversations.rename(alice, conversation, "Summer questions")
+    hits = services.search.search(alice, "question 11")
+    assert [(h.conversation_id, h.role) for h in hits] == [(conversation, MessageRole.USER)]
+    assert [hits[0].snippet[a:b] for a, b in hits[0].marks] == ["Question", "11"]
+    assert len(services.search.search(alice, "quest")) >= 12  # prefixes, stems
+    (titled,) = services.search.search(alice, "summer")
+    assert (titled.conversation_id, titled.message_id) == (conversation, None)
+    assert services.search.search(alice, "answers")  # stemmed: "An answer …"
+    bob = services.accounts.create_user(ROOT, name="pg-bob", password="bob-password")
+    assert services.search.search(bob, "question") == []
+    with services._database.session() as session:
+        session.execute(text("SET LOCAL enable_seqscan = off"))  # a small table: ask
+        plan = "\n".join(
+            session.execute(
+                text(
+                    "EXPLAIN SELECT id FROM messages WHERE "
+                    f"to_tsvector('{search_index.POSTGRES_CONFIG}', content) "
+                    f"@@ to_tsquery('{search_index.POSTGRES_CONFIG}', 'question:*')"
+                )
+            ).scalars()
+        )
+    assert "ix_messages_search" in plan  # the index serves the query's expression
 
 
 def test_shared_token_buckets_on_postgres(postgres_url: str, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from parley.auth.accounts import AccountService
 from parley.chat.conversation.conversations import ConversationService
 from parley.chat.conversation.lab import StrategyLab
+from parley.chat.conversation.search import ConversationSearch
 from parley.chat.conversation.service import ChatService
 from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.chat.gateway.quotas import QuotaService
@@ -304,6 +305,9 @@ OWN_DATA_ONLY = {
     "quotas.reserve",
     "conversations.list_for",
     "conversations.create",
+    # the owner is a condition of the search's own query; the property test in
+    # tests/chat/conversation/test_search.py tries several users and deletions
+    "search.search",
 }
 
 SERVICE_CLASSES = {
@@ -313,6 +317,7 @@ SERVICE_CLASSES = {
     "conversations": ConversationService,
     "lab": StrategyLab,
     "chat": ChatService,
+    "search": ConversationSearch,
 }
 
 

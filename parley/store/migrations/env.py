@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from parley.core.config import get_settings
+from parley.store import search_index
 from parley.store.models import Base
 
 config = context.config
@@ -31,7 +32,10 @@ def run_migrations_online() -> None:
     )
     with connectable.connect() as connection:
         context.configure(
-            connection=connection, target_metadata=target_metadata, render_as_batch=True
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=True,
+            include_name=search_index.include_name,  # the search index is the migrations'
         )
         with context.begin_transaction():
             if connection.dialect.name == "postgresql":
