@@ -12,9 +12,10 @@ from parley.app_pages import state
 from parley.app_pages.rendering import Pacer, highlighted, plain_label, safe_markdown
 from parley.app_pages.words import say
 from parley.chat.conversation.conversations import ChatMessage, ConversationInfo
+from parley.chat.conversation.feedback import MAX_COMMENT_CHARS, RATED, GivenFeedback
 from parley.chat.conversation.replies import ReplyStream
 from parley.chat.conversation.search import MAX_QUERY_CHARS
-from parley.core.domain import MessageRole, MessageStatus, Principal
+from parley.core.domain import MessageRole, MessageStatus, Principal, Rating
 from parley.core.errors import NotFound, ParleyError
 from parley.core.records import CitedPassage
 from parley.wiring.services import Services
@@ -298,7 +299,45 @@ def render_passage(
             st.text(chunk.text)
 
 
-def render_message(message: ChatMessage) -> None:
+def render_answer_actions(
+    svc: Services, who: Principal, message: ChatMessage, given: GivenFeedback | None
+) -> None:
+    """Under a finished answer: thumbs up or down (with an optional comment) and Copy."""
+    rate, comment, copy = st.columns([2, 2, 2], vertical_alignment="center")
+    key = f"feedback-{message.id}"
+
+    def rated() -> None:
+        picked = st.session_state[key]
+        rating = None if picked is None else (Rating.UP if picked == 1 else Rating.DOWN)
+        try:
+            svc.feedback.give(who, message.id, rating, given.comment if given and rating else None)
+        except ParleyError as exc:
+            ui.notice = say(exc)
+
+    with rate:
+        default = None if given is None else (1 if given.rating is Rating.UP else 0)
+        st.feedback("thumbs", key=key, default=default, on_change=rated)
+    if given is not None:
+        with comment.popover("Comment", icon=":material/comment:", type="tertiary"):
+            text = st.text_area(
+                "What made this answer good or bad? (optional)",
+                value=given.comment or "",
+                max_chars=MAX_COMMENT_CHARS,
+                key=f"feedback-comment-{message.id}",
+            )
+            if st.button("Save", key=f"feedback-save-{message.id}"):
+                try:
+                    svc.feedback.give(who, message.id, given.rating, text)
+                except ParleyError as exc:
+                    st.error(say(exc))
+                else:
+                    st.rerun()
+    with copy.popover("Copy", icon=":material/content_copy:", type="tertiary"):
+        st.caption("The answer as written; the button at the top right copies it.")
+        st.code(message.content, language="markdown", wrap_lines=True)
+
+
+def render_message(message: ChatMessage, given: GivenFeedback | None = None) -> None:
     avatar = "user" if message.role is MessageRole.USER else "assistant"
     with st.chat_message(avatar):
         if message.id == ui.found_message_id:
@@ -315,16 +354,25 @@ def render_message(message: ChatMessage) -> None:
             st.caption(f":warning: {plain_label(message.error or 'No answer arrived.')}")
         if message.role is MessageRole.ASSISTANT and (line := usage_line(message)):
             st.caption(line)
+        if (
+            message.role is MessageRole.ASSISTANT
+            and message.status in RATED
+            and principal is not None
+        ):
+            render_answer_actions(services, principal, message, given)
 
 
-def stream_reply(reply: ReplyStream) -> None:
+def stream_reply(reply: ReplyStream, question: str | None = None) -> None:
     """Stream the answer. A click on Stop (or anywhere else) ends this run at its next
     drawing (at most a tenth of a second after a word arrives) and starts the next run
     at once; `close()` below stops the answer: the provider's stream is closed and the
     text so far kept as stopped, which the next run waits for (`wait_for_answer`)."""
     stored = ui.answer_stored = threading.Event()
     ui.conversation_id = reply.conversation_id  # the next run opens it, however this ends
-    try:
+    try:  # from the first drawing on: a click may end the run at any `st` call
+        if question is not None:
+            with st.chat_message("user"):
+                st.markdown(safe_markdown(question))
         with st.chat_message("assistant"):
             st.button("Stop", icon=":material/stop_circle:", key="stop-answer", type="tertiary")
             queue_note = st.empty()
@@ -394,9 +442,14 @@ else:
     st.subheader("New conversation")
     st.caption(f"Answers come from `{services.chat.model}`.")
 
+feedback = (
+    services.feedback.of_conversation(principal, conversation_id)
+    if conversation_id is not None and messages
+    else {}
+)
 for message in messages:
     if message.status is not MessageStatus.SUPERSEDED:
-        render_message(message)
+        render_message(message, feedback.get(message.id))
 
 if conversation_id is not None and services.chat.needs_retry(principal, conversation_id):
     last = messages[-1] if messages else None
@@ -440,6 +493,4 @@ if prompt is not None:
         st.rerun()
     else:
         ui.rejected_text = ui.rejected_reason = None
-        with st.chat_message("user"):
-            st.markdown(safe_markdown(prompt))
-        stream_reply(reply)
+        stream_reply(reply, question=prompt)

@@ -11,6 +11,7 @@
     parley usage [--days N]                                 tokens and cost per user and day
     parley conversation strategy ID NAME|default --as ADMIN    memory strategy per conversation
     parley conversation search --user NAME QUERY [--json]   full-text, the user's own only
+    parley feedback export [--rating up|down] [--format jsonl|csv]  ratings of answers
     parley memory strategies [--json]                       the installed memory strategies
     parley memory new NAME [--dir DIR]                      a memory strategy plug-in project
     parley bench memory --data FILE --strategy NAME --budget TOKENS [--json]
@@ -160,6 +161,14 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("id", type=int)
     remove.add_argument("--user", required=True, help="the conversation's owner")
     remove.set_defaults(func=_conversation_rm)
+
+    feedback = commands.add_parser("feedback", help="users' ratings of answers").add_subparsers(
+        required=True
+    )
+    export = feedback.add_parser("export", help="every rating as JSON lines or CSV, to stdout")
+    export.add_argument("--rating", choices=["up", "down"], help="only this rating")
+    export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    export.set_defaults(func=_feedback_export)
 
     document_commands(commands)
     audit_commands(commands)
@@ -370,6 +379,48 @@ def _conversation_search(args: argparse.Namespace) -> int:
         where = f"message {h.message_id}" if h.message_id is not None else "title"
         print(f"{h.conversation_id:>6}  {h.title}  ({where})")
         print(f"        {' '.join(h.snippet.split())}")
+    return 0
+
+
+def _feedback_export(args: argparse.Namespace) -> int:
+    """Every rating, newest first, with the answer's model, usage and provenance (the
+    comment is the user's words to the operators; the answer's text is not exported)."""
+    import csv
+
+    from parley.core.domain import Rating
+
+    services = _services()
+    rating = Rating(args.rating) if args.rating else None
+    rows: list[dict[str, object]] = []
+    before: int | None = None
+    while page := services.feedback.find(OPERATOR, rating=rating, limit=1000, before_id=before):
+        for r in page:
+            rows.append(
+                {
+                    "id": r.id,
+                    "user": r.user,
+                    "conversation_id": r.conversation_id,
+                    "message_id": r.message_id,
+                    "rating": r.rating.value,
+                    "comment": r.comment,
+                    "model": r.model,
+                    "input_tokens": r.input_tokens,
+                    "output_tokens": r.output_tokens,
+                    "cost_usd": r.cost_usd,
+                    "prompt": r.prompt.model_dump(mode="json") if r.prompt else None,
+                    "created_at": r.created_at.isoformat(),
+                    "updated_at": r.updated_at.isoformat(),
+                }
+            )
+        before = page[-1].id
+    if args.format == "jsonl":
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["id"])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: json.dumps(v) if k == "prompt" else v for k, v in row.items()})
     return 0
 
 

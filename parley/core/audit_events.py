@@ -53,6 +53,7 @@ class AuditKind(StrEnum):
     CONVERSATION_ERASED = "conversation_erased"
     CONVERSATION_OPENED = "conversation_opened"
     CONVERSATIONS_SEARCHED = "conversations_searched"
+    FEEDBACK_GIVEN = "feedback_given"
     DOCUMENT_ADDED = "document_added"
     DOCUMENT_SHARED = "document_shared"
     DOCUMENT_UNSHARED = "document_unshared"
@@ -374,6 +375,20 @@ class ConversationsSearched(AuditEvent):
     matched: bool
 
 
+class FeedbackGiven(AuditEvent):
+    """A user rated an answer (or took the rating back: `rating` None). The comment is
+    named by hash only, as messages are."""
+
+    kind = AuditKind.FEEDBACK_GIVEN
+    conversation_id: int
+    message_id: int
+    rating: str | None
+    comment_sha256: str | None = None
+
+    def subject(self) -> Subject:
+        return Subject.conversation(self.conversation_id)
+
+
 class DocumentAdded(AuditEvent):
     kind = AuditKind.DOCUMENT_ADDED
     document_id: int
@@ -435,7 +450,8 @@ EVENTS: dict[AuditKind, type[AuditEvent]] = {
         UserCreated, UserDisabled, UserEnabled, PasswordSet, RoleChanged, AccountUnlocked,
         SignedIn, SignInFailed, SessionEnded, SessionsRevoked, GroupCreated, GroupMemberAdded,
         GroupMemberRemoved, AiCall, Answered, QuotaSet, MemoryStrategySet, MemoryOptionsSet,
-        ConversationErased, UserErased, ConversationOpened, ConversationsSearched, DocumentAdded,
+        ConversationErased, UserErased, ConversationOpened, ConversationsSearched, FeedbackGiven,
+        DocumentAdded,
         DocumentShared, DocumentUnshared, DocumentDeleted, DocumentChunkOpened, AuditExported,
         AuditCheckpoint,
     )
@@ -474,6 +490,7 @@ __all__ = [
     "DocumentDeleted",
     "DocumentShared",
     "DocumentUnshared",
+    "FeedbackGiven",
     "GroupCreated",
     "GroupMemberAdded",
     "GroupMemberRemoved",

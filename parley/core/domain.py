@@ -32,6 +32,13 @@ class MessageStatus(StrEnum):
     SUPERSEDED = "superseded"  # a failed answer the user retried; kept for the audit trail
 
 
+class Rating(StrEnum):
+    """A user's feedback on an answer."""
+
+    UP = "up"
+    DOWN = "down"
+
+
 class Purpose(StrEnum):
     """Why a model call was made; every call is metered under one."""
 
@@ -73,6 +80,7 @@ __all__ = [
     "MessageStatus",
     "Principal",
     "Purpose",
+    "Rating",
     "Role",
 ]
 

@@ -74,13 +74,14 @@ class Database:
         except SQLAlchemyError as exc:
             raise translate_database_error(exc) from exc
 
-    def reclaim(self, attempts: int = 5) -> bool:
+    def reclaim(self, attempts: int = 5, *, search: bool = False) -> bool:
         """After an erasure: leave no erased bytes in SQLite's files.
 
         Every connection deletes with `secure_delete` (freed cells and pages are
-        zeroed); this merges the search index, leaving out the erased words (FTS5 keeps
-        them in older segments otherwise: `search_index.purge`), then moves the
-        write-ahead log into the database and truncates it, so the log's older copies
+        zeroed); with `search` (after erasing messages or titles) it merges the search
+        index, leaving out the erased words (FTS5 keeps them in older segments otherwise:
+        `search_index.purge`); then it moves the write-ahead log into the database and
+        truncates it, so the log's older copies
         of the pages go too. A reader holding an old
         snapshot makes SQLite decline; that is tried again a few times, then logged (the
         start-up sweep checkpoints again). True when the log is empty. PostgreSQL
@@ -88,12 +89,13 @@ class Database:
         """
         if not self.is_sqlite:
             return True
-        try:
-            with self.engine.begin() as connection:
-                if search_index.is_present(connection):
-                    search_index.purge(connection)
-        except SQLAlchemyError as exc:
-            raise translate_database_error(exc) from exc
+        if search:
+            try:
+                with self.engine.begin() as connection:
+                    if search_index.is_present(connection):
+                        search_index.purge(connection)
+            except SQLAlchemyError as exc:  # the rows are gone: the next erasure merges
+                log.warning("Merging the search index after an erasure failed: %s", exc)
         for attempt in range(attempts):
             try:
                 with self.engine.connect() as connection:

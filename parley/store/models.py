@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from parley.core.domain import CallOutcome, MessageRole, MessageStatus, Purpose, Role
+from parley.core.domain import CallOutcome, MessageRole, MessageStatus, Purpose, Rating, Role
 from parley.core.records import CitedPassage, Provenance
 from parley.store.typed_json import TypedJSON
 
@@ -147,6 +147,25 @@ class Message(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class Feedback(Base):
+    """A user's rating of an answer in their own conversation, with an optional comment:
+    one per answer and user, changed in place. Goes with the answer (erasure)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        UniqueConstraint("message_id", "user_id", name="uq_feedback_message_user"),
+        Index("ix_feedback_rating_updated", "rating", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    rating: Mapped[Rating] = mapped_column(_enum(Rating, "rating"))
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Summary(Base):

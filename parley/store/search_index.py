@@ -2,14 +2,15 @@
 
 SQLite: two FTS5 tables over `messages.content` and `conversations.title`, as external
 content (the text lives once, in its table), kept in step by triggers on insert, update
-and delete (migration 0023), stemmed by Porter over `unicode61`. PostgreSQL: GIN indexes
-on `to_tsvector('english', …)` of the same two columns, which PostgreSQL keeps in step
+and delete (migration 0023), tokenized by `unicode61` without stemming. PostgreSQL: GIN
+indexes on `to_tsvector('simple', …)` of the same two columns, which PostgreSQL keeps in step
 itself; the queries use the same expressions, so the planner takes the indexes.
 
 Erasure: an FTS5 delete only appends a tombstone, the erased words stay in older index
 segments until they are merged. `purge` merges every segment into one (`optimize`), so
 with `secure_delete` the erased words leave the file; `Database.reclaim` runs it after
-every erasure. It rewrites the whole index: O(messages), about a second per 100,000.
+every erasure of conversations. It rewrites the whole index: O(messages), about 0.75 s
+per 100,000 messages of 80 words, under the write lock.
 
 A batch migration that rebuilds `messages` or `conversations` on SQLite drops their
 triggers: it must create them again (`create_sqlite`), and the search tests fail if not.
@@ -21,8 +22,10 @@ from sqlalchemy import Connection
 
 MESSAGES_FTS = "message_search"
 TITLES_FTS = "conversation_search"
-POSTGRES_CONFIG = "english"  # stemming as Porter's on SQLite
-TOKENIZER = "porter unicode61 remove_diacritics 2"
+# No stemming: a stemmed index does not match the start of a word ("runn" is no prefix
+# of the stem "run"), and people search as they type.
+POSTGRES_CONFIG = "simple"
+TOKENIZER = "unicode61 remove_diacritics 2"
 
 _SOURCES = {MESSAGES_FTS: ("messages", "content"), TITLES_FTS: ("conversations", "title")}
 _SHADOWS = ("_data", "_idx", "_content", "_docsize", "_config")

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from parley.chat.conversation.context import ContextBuilder
     from parley.chat.conversation.conversations import ConversationService
     from parley.chat.conversation.drafts import DraftKeeper, DraftSettler
+    from parley.chat.conversation.feedback import FeedbackService
     from parley.chat.conversation.history import HistoryCache
     from parley.chat.conversation.lab import StrategyLab
     from parley.chat.conversation.search import ConversationSearch
@@ -381,6 +382,13 @@ class Services:
             defer=self._defer,
             settle=self.draft_settler.settle_quietly,
         )
+
+    @_Part
+    def feedback(self) -> FeedbackService:
+        """Users' ratings of answers; admins read and export them."""
+        from parley.chat.conversation.feedback import FeedbackService
+
+        return FeedbackService(self._database)
 
     @_Part
     def search(self) -> ConversationSearch:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+from parley.core.config import get_settings
 from parley.fakes.anthropic_server import FakeAnthropic, Reply
+from parley.wiring.services import build_services
 from tests.app_pages.support import add_user, app, log_in
+from tests.support import ROOT
 
 
 def test_conversations_that_began_alike_are_told_apart(claude_env: FakeAnthropic) -> None:
@@ -57,3 +62,32 @@ def test_the_sidebar_searches_ones_own_conversations_and_opens_the_message(
     assert any("Type a word to search for." in c.value for c in at.sidebar.caption)
     at.text_input(key="search").set_value("zeppelin").run()
     assert any("Nothing in your conversations matches." in c.value for c in at.sidebar.caption)
+
+
+def test_an_answer_is_rated_commented_and_copied_from_the_page(
+    claude_env: FakeAnthropic, request: pytest.FixtureRequest
+) -> None:
+    add_user("alice", "alice-password")
+    at = app()
+    log_in(at, "alice", "alice-password")
+    claude_env.enqueue(Reply(text="Use `git bisect` to find it."))
+    at.chat_input[0].set_value("How do I find the commit that broke it?").run()
+    (rating,) = at.feedback
+    rating.set_value(1).run()  # thumbs up
+    assert not at.exception
+    services = build_services(get_settings(), eager=False)
+    request.addfinalizer(services.close)
+    rows = services.feedback.find(ROOT)
+    assert [(r.user, r.rating.value, r.comment) for r in rows] == [("alice", "up", None)]
+    assert at.feedback[0].value == 1  # shown as given on the next run
+    comment = next(t for t in at.text_area if t.key and t.key.startswith("feedback-comment-"))
+    comment.set_value("Exactly what I needed.").run()
+    next(b for b in at.button if b.key and b.key.startswith("feedback-save-")).click().run()
+    assert services.feedback.find(ROOT)[0].comment == "Exactly what I needed."
+    at.feedback[0].set_value(0).run()  # thumbs down keeps the comment
+    assert [(r.rating.value, r.comment) for r in services.feedback.find(ROOT)] == [
+        ("down", "Exactly what I needed.")
+    ]
+    copied = [c.value for c in at.code]
+    assert "Use `git bisect` to find it." in copied  # the answer as written, to copy
+    assert not at.exception

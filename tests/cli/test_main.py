@@ -251,6 +251,27 @@ def test_conversation_list_and_rm(fake_anthropic: FakeAnthropic) -> None:
     )
     shown = run("conversation", "search", "--user", "ann", "quest")
     assert shown.returncode == 0 and "first question" in shown.stdout
+    # Feedback given on the page is exported by the operator, with the answer's provenance.
+    from parley.cli.common import principal_named
+    from parley.core.config import get_settings
+    from parley.core.domain import Rating
+    from parley.wiring.services import build_services
+
+    services = build_services(get_settings(), eager=False)
+    try:
+        ann = principal_named(services, "ann")
+        answer = hit["message_id"] + 1
+        services.feedback.give(ann, answer, Rating.DOWN, "Too vague, ‘really’")
+    finally:
+        services.close()
+    exported = run("feedback", "export")
+    assert exported.returncode == 0, exported.stderr
+    (line,) = [json.loads(x) for x in exported.stdout.splitlines()]
+    assert (line["user"], line["message_id"], line["rating"]) == ("ann", answer, "down")
+    assert line["comment"] == "Too vague, ‘really’" and line["prompt"]["total_tokens"] > 0
+    assert run("feedback", "export", "--rating", "up").stdout == ""
+    as_csv = run("feedback", "export", "--format", "csv").stdout.splitlines()
+    assert as_csv[0].startswith("id,user,conversation_id") and len(as_csv) == 2
     empty = run("conversation", "search", "--user", "ann", "?!")
     assert empty.returncode == 1 and "Type a word to search for." in empty.stderr
     assert "Traceback" not in empty.stderr

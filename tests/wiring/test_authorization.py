@@ -23,13 +23,14 @@ from sqlalchemy import select
 
 from parley.auth.accounts import AccountService
 from parley.chat.conversation.conversations import ConversationService
+from parley.chat.conversation.feedback import FeedbackService
 from parley.chat.conversation.lab import StrategyLab
 from parley.chat.conversation.search import ConversationSearch
 from parley.chat.conversation.service import ChatService
 from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.chat.gateway.quotas import QuotaService
 from parley.chat.gateway.usage import UsageService
-from parley.core.domain import Principal, Role
+from parley.core.domain import Principal, Rating, Role
 from parley.core.errors import NotFound, ParleyError, PermissionDenied, ProviderError
 from parley.store.models import Base
 from parley.wiring.services import Services
@@ -130,6 +131,12 @@ class Guarded:
 
 
 GUARDED: tuple[Guarded, ...] = (
+    Guarded(
+        "feedback.give",
+        NotFound,
+        lambda a: a.services.feedback.give(a.principal, a.data.question_id + 1, Rating.DOWN, "x"),
+    ),
+    Guarded("feedback.find", PermissionDenied, lambda a: a.services.feedback.find(a.principal)),
     Guarded(
         "accounts.create_user",
         PermissionDenied,
@@ -308,6 +315,7 @@ OWN_DATA_ONLY = {
     # the owner is a condition of the search's own query; the property test in
     # tests/chat/conversation/test_search.py tries several users and deletions
     "search.search",
+    "feedback.of_conversation",  # the principal's own feedback in their own conversation
 }
 
 SERVICE_CLASSES = {
@@ -318,6 +326,7 @@ SERVICE_CLASSES = {
     "lab": StrategyLab,
     "chat": ChatService,
     "search": ConversationSearch,
+    "feedback": FeedbackService,
 }
 
 

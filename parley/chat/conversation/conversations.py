@@ -252,7 +252,7 @@ class ConversationService:
             )
         if self._forget_cached is not None:
             self._forget_cached(conversation_id)
-        self._db.reclaim()
+        self._db.reclaim(search=True)
         # The vectors and the vector store's files follow off the request (a purge
         # rewrites files): on failure the outbox row stays for the start-up sweep.
         if self._defer is None or not self._defer(

@@ -6,9 +6,9 @@ same query, so no result ever comes from another user's conversation. Failed att
 retry replaced (`superseded`) are not found; an erased conversation is gone from the
 index with its rows.
 
-The query is words, not syntax: each word (letters and digits) must occur, whole or as
-the start of a word ("parl" finds "Parley"), stemmed ("runs" finds "running": Porter
-on SQLite, the `english` configuration on PostgreSQL).
+The query is words, not syntax: each word (letters and digits) must occur in the same
+title or message, whole or as the start of a word ("parl" finds "Parley", "run" finds
+"running"); no stemming, no stop words, on both engines. At most eight words count.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def terms_of(query: str) -> list[str]:
         raise InvalidInput(f"Search for at most {MAX_QUERY_CHARS} characters.")
     words = [
         w[:MAX_TERM_CHARS]
-        for w in _WORD.findall(query.casefold().replace(OPEN, " ").replace(CLOSE, " "))
+        for w in _WORD.findall(query.lower().replace(OPEN, " ").replace(CLOSE, " "))
         if any(ch.isalnum() for ch in w)
     ]
     if not words:

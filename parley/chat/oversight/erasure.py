@@ -85,7 +85,7 @@ class ErasureService:
         pending = self._conversations.sweep_erasures() + self._documents.sweep_index()
         if pending:
             log.warning("%d vector erasures are pending; they are retried at start-up.", pending)
-        self._db.reclaim()
+        self._db.reclaim(search=True)
         return counts
 
 

@@ -44,7 +44,14 @@ def test_finds_own_messages_and_titles_with_the_match_marked(
     titled = services.search.search(alice, "portugal")
     assert titled[0].message_id is None and titled[0].conversation_id == lisbon
     assert [titled[0].snippet[a:b] for a, b in titled[0].marks] == ["Portugal"]
-    # Every word must occur; words are prefixes and stemmed.
+    # Every word must occur; a word typed in part finds the whole (no stemming, which
+    # would make "runn" no prefix of the stem "run").
+    scripted.enqueue("Running water.")
+    say(services, alice, "Rivers", other_conversation := say(services, alice, "Straße"))
+    assert {h.conversation_id for h in services.search.search(alice, "runn")} == {
+        other_conversation
+    }
+    assert services.search.search(alice, "Straße")[0].conversation_id == other_conversation
     assert {h.conversation_id for h in services.search.search(alice, "weekend lisb")} == {lisbon}
     assert services.search.search(alice, "weekend entirely") == []
     assert {h.message_id for h in services.search.search(alice, "trams")} == {
