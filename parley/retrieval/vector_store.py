@@ -161,6 +161,32 @@ def deferred_purges() -> Iterator[None]:
                 store.purge(collections)
 
 
+_SCRUBBED: list[bool] = []
+M_PERTURB = -6  # glibc's mallopt parameter
+
+
+def scrub_freed_memory() -> None:
+    """Make glibc fill heap memory when it is freed and when it is handed out again, so
+    no buffer another library writes to disk can carry bytes of freed memory.
+
+    Seen in the erasure tests, now and then: an erased conversation's text in the
+    embedded Chroma's `data_level0.bin`, which holds ids and vectors only. The likely
+    way in is a buffer the index wrote to its file before filling all of it, holding
+    what was freed there before (message text, say). Once per process, before the first
+    embedded store opens; glibc only (elsewhere nothing happens). Costs a fill of each
+    heap block as it is freed and handed out again."""
+    if _SCRUBBED:
+        return
+    _SCRUBBED.append(True)
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        if name and "libc.so" in name:
+            ctypes.CDLL(name).mallopt(M_PERTURB, 0xA5)
+
+
 class VectorStore:
     """Upsert, fetch and search embeddings in cosine-space collections, and purge what
     deletions leave in the files.
@@ -206,6 +232,7 @@ class VectorStore:
             key = str(path.resolve())
             with _PERSISTENT_LOCK:
                 if key not in _PERSISTENT:
+                    scrub_freed_memory()
                     path.mkdir(parents=True, exist_ok=True)
                     _PERSISTENT[key] = chromadb.PersistentClient(path=key, settings=_settings())
                 return _PERSISTENT[key]
