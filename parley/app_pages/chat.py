@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Callable
 
 import streamlit as st
@@ -13,8 +12,10 @@ from parley.app_pages.rendering import Pacer, highlighted, plain_label, safe_mar
 from parley.app_pages.words import say
 from parley.chat.conversation.conversations import ChatMessage, ConversationInfo
 from parley.chat.conversation.feedback import MAX_COMMENT_CHARS, RATED, GivenFeedback
+from parley.chat.conversation.listing import date_groups, sidebar_labels
 from parley.chat.conversation.replies import ReplyStream
 from parley.chat.conversation.search import MAX_QUERY_CHARS
+from parley.chat.conversation.transfer import MAX_FILE_BYTES
 from parley.core.domain import MessageRole, MessageStatus, Principal, Rating
 from parley.core.errors import NotFound, ParleyError
 from parley.core.records import CitedPassage
@@ -29,6 +30,8 @@ assert principal is not None
 
 
 LINK = "c"  # the open conversation's id in the URL, so a reload keeps it open
+SIDEBAR_PAGE = 50  # conversations listed at first, and added by each "Show more"
+MAX_IMPORT_MB = MAX_FILE_BYTES // (1024 * 1024)
 
 
 def follow_link(svc: Services, who: Principal) -> None:
@@ -79,20 +82,66 @@ def render_sidebar(svc: Services, who: Principal) -> None:
                 ui.new_documents = picked
 
             pick_documents(labels, ui.new_documents, key="documents-new", on_change=keep)
-        conversations = svc.conversations.list_for(who)
-        if not conversations:
-            st.caption("No conversations yet.")
-        labels = sidebar_labels(conversations)
-        for conversation in conversations:
-            current = conversation.id == ui.conversation_id
-            if st.button(
-                plain_label(labels[conversation.id]),
-                key=f"conversation-{conversation.id}",
-                type="secondary" if current else "tertiary",
-                icon=":material/chat_bubble:" if current else None,
-                width="stretch",
-            ):
-                open_conversation(conversation.id)
+        render_conversation_list(svc, who)
+
+
+def render_conversation_list(svc: Services, who: Principal) -> None:
+    """Pinned conversations, then the others by day, a page at a time; or the archived."""
+    page = svc.conversations.sidebar(who, limit=ui.sidebar_limit, archived=ui.show_archived)
+    shown = [*page.pinned, *page.recent]
+    if not shown:
+        st.caption("No archived conversations." if ui.show_archived else "No conversations yet.")
+    labels = sidebar_labels(shown)
+
+    def entry(conversation: ConversationInfo) -> None:
+        current = conversation.id == ui.conversation_id
+        if st.button(
+            plain_label(labels[conversation.id]),
+            key=f"conversation-{conversation.id}",
+            type="secondary" if current else "tertiary",
+            icon=":material/chat_bubble:" if current else None,
+            width="stretch",
+        ):
+            open_conversation(conversation.id)
+
+    if page.pinned:
+        st.caption(":material/keep: Pinned")
+        for conversation in page.pinned:
+            entry(conversation)
+    if ui.show_archived:
+        groups = [("Archived", page.recent)] if page.recent else []
+    else:
+        groups = date_groups(page.recent, today=state.utc_today())
+    for heading, group in groups:
+        st.caption(heading)
+        for conversation in group:
+            entry(conversation)
+    if page.more and st.button("Show more", key="sidebar-more", type="tertiary"):
+        ui.sidebar_limit += SIDEBAR_PAGE
+        st.rerun()
+
+    def toggle_archived() -> None:
+        ui.show_archived = bool(st.session_state["show-archived"])
+        ui.sidebar_limit = SIDEBAR_PAGE
+
+    st.toggle(
+        "Show archived", value=ui.show_archived, key="show-archived", on_change=toggle_archived
+    )
+    with st.expander("Import a conversation"):
+        upload = st.file_uploader(
+            "A conversation exported from Parley as JSON",
+            type=["json"],
+            max_upload_size=MAX_IMPORT_MB,
+            key=f"import-{ui.import_round}",
+        )
+        if upload is not None and st.button("Import", key="import-button"):
+            try:
+                made = svc.transfer.import_(who, upload.getvalue())
+            except ParleyError as exc:
+                st.error(say(exc))
+            else:
+                ui.import_round += 1  # a fresh uploader: the file is not imported twice
+                open_conversation(made.id)
 
 
 def open_conversation(conversation_id: int | None, found: int | None = None) -> None:
@@ -112,32 +161,13 @@ def render_search(svc: Services, who: Principal, query: str) -> None:
         return
     if not hits:
         st.caption("Nothing in your conversations matches.")
-    for n, hit in enumerate(hits):
+    for hit in hits:
         where = highlighted(hit.snippet, hit.marks)
         label = f"{plain_label(hit.title)} · {where}" if hit.message_id else where
-        if st.button(label, key=f"found-{n}", type="tertiary", width="stretch"):
+        key = f"found-{hit.conversation_id}-{hit.message_id or 0}"  # the hit, not its place
+        if st.button(label, key=key, type="tertiary", width="stretch"):
             open_conversation(hit.conversation_id, hit.message_id)
     st.divider()
-
-
-def sidebar_labels(conversations: list[ConversationInfo]) -> dict[int, str]:
-    """Each conversation's title; conversations sharing a title (three that began alike)
-    also say when they began, so no two entries read the same."""
-    seen = Counter(c.title for c in conversations)
-    labels = {
-        c.id: c.title if seen[c.title] == 1 else f"{c.title} · {c.created_at:%d %b %H:%M} UTC"
-        for c in conversations
-    }
-    while True:  # begun in the same minute too: numbered, oldest first
-        alike: dict[str, list[int]] = {}
-        for i, label in labels.items():
-            alike.setdefault(label, []).append(i)
-        clashes = [ids for ids in alike.values() if len(ids) > 1]
-        if not clashes:
-            return labels
-        for ids in clashes:
-            for n, i in enumerate(sorted(ids)[1:], start=2):
-                labels[i] = f"{labels[i]} ({n})"
 
 
 def document_labels(svc: Services, who: Principal) -> dict[int, str]:
@@ -189,7 +219,8 @@ def render_document_choice(svc: Services, who: Principal, conversation_id: int) 
 def render_conversation_settings(svc: Services, who: Principal, conversation_id: int) -> None:
     with st.sidebar.expander("This conversation"):
         render_document_choice(svc, who, conversation_id)
-        title = svc.conversations.get(who, conversation_id).title
+        info = svc.conversations.get(who, conversation_id)
+        title = info.title
         new_title = st.text_input("Title", value=title, max_chars=200, key="rename")
         if st.button("Rename", key="rename-button") and new_title != title:
             try:
@@ -217,6 +248,34 @@ def render_conversation_settings(svc: Services, who: Principal, conversation_id:
                     st.error(say(exc))
                 else:
                     st.rerun()
+        markdown, json_file = st.columns(2)
+        markdown.download_button(
+            "Markdown",
+            data=lambda: svc.transfer.export(who, conversation_id, "markdown"),
+            file_name=f"conversation-{conversation_id}.md",
+            mime="text/markdown",
+            icon=":material/download:",
+            on_click="ignore",
+            key="export-markdown",
+        )
+        json_file.download_button(
+            "JSON",
+            data=lambda: svc.transfer.export(who, conversation_id, "json"),
+            file_name=f"conversation-{conversation_id}.json",
+            mime="application/json",
+            icon=":material/download:",
+            on_click="ignore",
+            key="export-json",
+        )
+        pin, archive = st.columns(2)
+        if pin.button("Unpin" if info.pinned else "Pin", key="pin-button", icon=":material/keep:"):
+            act(lambda: svc.conversations.set_pinned(who, conversation_id, not info.pinned))
+        if archive.button(
+            "Unarchive" if info.archived else "Archive",
+            key="archive-button",
+            icon=":material/archive:",
+        ):
+            act(lambda: svc.conversations.set_archived(who, conversation_id, not info.archived))
         if ui.confirm_delete != conversation_id:
             if st.button("Delete", key="delete-button", icon=":material/delete:"):
                 ui.confirm_delete = conversation_id
@@ -236,6 +295,15 @@ def render_conversation_settings(svc: Services, who: Principal, conversation_id:
             if right.button("Keep it", key="delete-cancel"):
                 ui.confirm_delete = None
                 st.rerun()
+
+
+def act(change: Callable[[], None]) -> None:
+    """A button's change, then the page drawn again; a refusal is one sentence."""
+    try:
+        change()
+    except ParleyError as exc:
+        ui.notice = say(exc)
+    st.rerun()
 
 
 def usage_line(message: ChatMessage) -> str:

@@ -44,6 +44,9 @@ class UiState:
     new_documents: list[int] | None = None  # what a new conversation draws on (None: all)
     link_followed: bool = False  # the URL's `?c=ID` was read (once per browser session)
     found_message_id: int | None = None  # the message a search result opened at
+    sidebar_limit: int = 50  # conversations the sidebar lists ("Show more" adds a page)
+    show_archived: bool = False  # the sidebar lists the archived conversations instead
+    import_round: int = 0  # a new uploader after each import
     # Set once the answer streamed by this browser's last run is stored. A click while it
     # streams stops that run and starts the next at once (Streamlit's fast reruns), in
     # another thread: the next run waits for the stopped answer before it reads.

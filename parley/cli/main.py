@@ -11,6 +11,8 @@
     parley usage [--days N]                                 tokens and cost per user and day
     parley conversation strategy ID NAME|default --as ADMIN    memory strategy per conversation
     parley conversation search --user NAME QUERY [--json]   full-text, the user's own only
+    parley conversation export ID --user NAME [--format markdown|json]      to stdout
+    parley conversation import FILE --user NAME             Parley's JSON, as a new one
     parley feedback export [--rating up|down] [--format jsonl|csv]  ratings of answers
     parley memory strategies [--json]                       the installed memory strategies
     parley memory new NAME [--dir DIR]                      a memory strategy plug-in project
@@ -155,6 +157,15 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--limit", type=int, default=20)
     find.add_argument("--json", action="store_true", help="end with one JSON list")
     find.set_defaults(func=_conversation_search)
+    export = conversation.add_parser("export", help="a conversation as Markdown or JSON")
+    export.add_argument("id", type=int)
+    export.add_argument("--user", required=True, help="the conversation's owner")
+    export.add_argument("--format", choices=["markdown", "json"], default="markdown")
+    export.set_defaults(func=_conversation_export)
+    bring = conversation.add_parser("import", help="Parley's JSON export, as a new conversation")
+    bring.add_argument("file", help="the JSON file ('-' reads stdin)")
+    bring.add_argument("--user", required=True, help="whose conversation it becomes")
+    bring.set_defaults(func=_conversation_import)
     remove = conversation.add_parser(
         "rm", help="erase a conversation: its messages, summaries and vectors"
     )
@@ -382,6 +393,27 @@ def _conversation_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conversation_export(args: argparse.Namespace) -> int:
+    services = _services()
+    owner = _principal(services, args.user)
+    sys.stdout.write(services.transfer.export(owner, args.id, args.format))
+    return 0
+
+
+def _conversation_import(args: argparse.Namespace) -> int:
+    from parley.core.errors import InvalidInput
+
+    services = _services()
+    owner = _principal(services, args.user)
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"Cannot read {args.file}: {exc.strerror or exc}.") from None
+    made = services.transfer.import_(owner, data)
+    print(f"Imported as conversation {made.id} of {owner.name}: {made.title}")
+    return 0
+
+
 def _feedback_export(args: argparse.Namespace) -> int:
     """Every rating, newest first, with the answer's model, usage and provenance (the
     comment is the user's words to the operators; the answer's text is not exported)."""
@@ -420,8 +452,16 @@ def _feedback_export(args: argparse.Namespace) -> int:
     writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["id"])
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: json.dumps(v) if k == "prompt" else v for k, v in row.items()})
+        writer.writerow({k: _cell(json.dumps(v) if k == "prompt" else v) for k, v in row.items()})
     return 0
+
+
+def _cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: a user's comment opening with `=`, `+`, `-`,
+    `@`, a tab or a return would be read as a formula."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _conversation_rm(args: argparse.Namespace) -> int:

@@ -54,6 +54,7 @@ class AuditKind(StrEnum):
     CONVERSATION_OPENED = "conversation_opened"
     CONVERSATIONS_SEARCHED = "conversations_searched"
     FEEDBACK_GIVEN = "feedback_given"
+    CONVERSATION_IMPORTED = "conversation_imported"
     DOCUMENT_ADDED = "document_added"
     DOCUMENT_SHARED = "document_shared"
     DOCUMENT_UNSHARED = "document_unshared"
@@ -375,6 +376,19 @@ class ConversationsSearched(AuditEvent):
     matched: bool
 
 
+class ConversationImported(AuditEvent):
+    """A user imported a conversation from a file (its size only: a hash would outlive
+    the conversation's erasure as a fingerprint of its text)."""
+
+    kind = AuditKind.CONVERSATION_IMPORTED
+    conversation_id: int
+    message_count: int
+    size_bytes: int
+
+    def subject(self) -> Subject:
+        return Subject.conversation(self.conversation_id)
+
+
 class FeedbackGiven(AuditEvent):
     """A user rated an answer (or took the rating back: `rating` None). The comment is
     named by hash only, as messages are."""
@@ -451,6 +465,7 @@ EVENTS: dict[AuditKind, type[AuditEvent]] = {
         SignedIn, SignInFailed, SessionEnded, SessionsRevoked, GroupCreated, GroupMemberAdded,
         GroupMemberRemoved, AiCall, Answered, QuotaSet, MemoryStrategySet, MemoryOptionsSet,
         ConversationErased, UserErased, ConversationOpened, ConversationsSearched, FeedbackGiven,
+        ConversationImported,
         DocumentAdded,
         DocumentShared, DocumentUnshared, DocumentDeleted, DocumentChunkOpened, AuditExported,
         AuditCheckpoint,
@@ -483,6 +498,7 @@ __all__ = [
     "AuditKind",
     "CitedRef",
     "ConversationErased",
+    "ConversationImported",
     "ConversationOpened",
     "ConversationsSearched",
     "DocumentAdded",

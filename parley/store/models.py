@@ -98,6 +98,8 @@ class Conversation(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, server_default=func.now()
     )
+    pinned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # kept on top
+    archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # out of the list
 
     user: Mapped[User] = relationship(back_populates="conversations")
     messages: Mapped[list[Message]] = relationship(

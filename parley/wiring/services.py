@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from parley.chat.conversation.lab import StrategyLab
     from parley.chat.conversation.search import ConversationSearch
     from parley.chat.conversation.service import ChatService
+    from parley.chat.conversation.transfer import ConversationTransfer
     from parley.chat.conversation.upkeep import Upkeep
     from parley.chat.documents.library import DocumentService
     from parley.chat.gateway.admission import ConcurrencyGate, RateLimiter
@@ -389,6 +390,13 @@ class Services:
         from parley.chat.conversation.feedback import FeedbackService
 
         return FeedbackService(self._database)
+
+    @_Part
+    def transfer(self) -> ConversationTransfer:
+        """Conversations exported as Markdown or JSON, and Parley's JSON imported."""
+        from parley.chat.conversation.transfer import ConversationTransfer
+
+        return ConversationTransfer(self._database)
 
     @_Part
     def search(self) -> ConversationSearch:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from parley.cli.common import principal_named
 from parley.core.config import get_settings
 from parley.fakes.anthropic_server import FakeAnthropic, Reply
 from parley.wiring.services import build_services
@@ -91,3 +92,36 @@ def test_an_answer_is_rated_commented_and_copied_from_the_page(
     copied = [c.value for c in at.code]
     assert "Use `git bisect` to find it." in copied  # the answer as written, to copy
     assert not at.exception
+
+
+def test_the_sidebar_pins_archives_groups_by_day_and_shows_more(
+    request: pytest.FixtureRequest,
+) -> None:
+    add_user("alice", "alice-password")
+    services = build_services(get_settings(), eager=False)
+    request.addfinalizer(services.close)
+    alice = principal_named(services, "alice")
+    made = [services.conversations.create(alice, title=f"Topic {n}").id for n in range(60)]
+    at = app()
+    log_in(at, "alice", "alice-password")
+
+    def entries() -> list[str]:
+        return [b.label for b in at.button if b.key and b.key.startswith("conversation-")]
+
+    assert len(entries()) == 50 and entries()[0] == "Topic 59"  # a page, newest first
+    assert "Today" in [c.value for c in at.sidebar.caption]
+    next(b for b in at.button if b.key == "sidebar-more").click().run()
+    assert len(entries()) == 60 and not [b for b in at.button if b.key == "sidebar-more"]
+
+    next(b for b in at.button if b.label == "Topic 0").click().run()  # the oldest
+    next(b for b in at.button if b.key == "pin-button").click().run()
+    assert entries()[0] == "Topic 0"  # pinned on top
+    assert any("Pinned" in c.value for c in at.sidebar.caption)
+    next(b for b in at.button if b.key == "archive-button").click().run()
+    assert "Topic 0" not in entries()
+    at.toggle(key="show-archived").set_value(True).run()
+    assert entries() == ["Topic 0"]
+    next(b for b in at.button if b.label == "Topic 0").click().run()
+    next(b for b in at.button if b.label == "Unarchive").click().run()
+    at.toggle(key="show-archived").set_value(False).run()
+    assert entries()[0] == "Topic 0" and len(made) == 60 and not at.exception

@@ -212,7 +212,7 @@ def test_user_add_on_a_terminal_asks_twice_and_refuses_a_mismatch() -> None:
     assert code == 0 and "Created user 'tty-user'" in screen
 
 
-def test_conversation_list_and_rm(fake_anthropic: FakeAnthropic) -> None:
+def test_conversation_list_and_rm(fake_anthropic: FakeAnthropic, tmp_path: Path) -> None:
     import json
 
     env = claude(fake_anthropic)
@@ -272,6 +272,27 @@ def test_conversation_list_and_rm(fake_anthropic: FakeAnthropic) -> None:
     assert run("feedback", "export", "--rating", "up").stdout == ""
     as_csv = run("feedback", "export", "--format", "csv").stdout.splitlines()
     assert as_csv[0].startswith("id,user,conversation_id") and len(as_csv) == 2
+    # Export and import: only the owner exports; Parley's JSON comes back as ben's own.
+    kept = str(rows[1]["id"])
+    as_md = run("conversation", "export", kept, "--user", "ann")
+    assert as_md.returncode == 0 and as_md.stdout.startswith("# first question")
+    refused = run("conversation", "export", kept, "--user", "ben", "--format", "json")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    as_json = run("conversation", "export", kept, "--user", "ann", "--format", "json")
+    exported = tmp_path / "exported.json"
+    exported.write_text(as_json.stdout, encoding="utf-8")
+    brought = run("conversation", "import", str(exported), "--user", "ben")
+    assert brought.returncode == 0, brought.stderr
+    assert "Imported as conversation" in brought.stdout
+    bens = json.loads(run("conversation", "list", "--user", "ben", "--json").stdout)
+    assert [c["title"] for c in bens] == ["first question"]
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text('{"hello": "world"}', encoding="utf-8")
+    bad = run("conversation", "import", str(foreign), "--user", "ben")
+    assert bad.returncode == 1 and "not a conversation exported from Parley" in bad.stderr
+    missing = run("conversation", "import", str(tmp_path / "nope.json"), "--user", "ben")
+    assert missing.returncode == 1 and "Cannot read" in missing.stderr
+    assert "Traceback" not in bad.stderr + missing.stderr
     empty = run("conversation", "search", "--user", "ann", "?!")
     assert empty.returncode == 1 and "Type a word to search for." in empty.stderr
     assert "Traceback" not in empty.stderr

@@ -27,6 +27,7 @@ from parley.chat.conversation.feedback import FeedbackService
 from parley.chat.conversation.lab import StrategyLab
 from parley.chat.conversation.search import ConversationSearch
 from parley.chat.conversation.service import ChatService
+from parley.chat.conversation.transfer import ConversationTransfer
 from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.chat.gateway.quotas import QuotaService
 from parley.chat.gateway.usage import UsageService
@@ -137,6 +138,21 @@ GUARDED: tuple[Guarded, ...] = (
         lambda a: a.services.feedback.give(a.principal, a.data.question_id + 1, Rating.DOWN, "x"),
     ),
     Guarded("feedback.find", PermissionDenied, lambda a: a.services.feedback.find(a.principal)),
+    Guarded(
+        "conversations.set_pinned",
+        NotFound,
+        lambda a: a.services.conversations.set_pinned(a.principal, a.data.answered, True),
+    ),
+    Guarded(
+        "conversations.set_archived",
+        NotFound,
+        lambda a: a.services.conversations.set_archived(a.principal, a.data.answered, True),
+    ),
+    Guarded(
+        "transfer.export",
+        NotFound,
+        lambda a: a.services.transfer.export(a.principal, a.data.answered, "json"),
+    ),
     Guarded(
         "accounts.create_user",
         PermissionDenied,
@@ -316,6 +332,8 @@ OWN_DATA_ONLY = {
     # tests/chat/conversation/test_search.py tries several users and deletions
     "search.search",
     "feedback.of_conversation",  # the principal's own feedback in their own conversation
+    "transfer.import_",  # makes a new conversation of the principal's own
+    "conversations.sidebar",  # lists the principal's own
 }
 
 SERVICE_CLASSES = {
@@ -327,6 +345,7 @@ SERVICE_CLASSES = {
     "chat": ChatService,
     "search": ConversationSearch,
     "feedback": FeedbackService,
+    "transfer": ConversationTransfer,
 }
 
 

@@ -25,6 +25,7 @@ from parley.store.models import Conversation, Message, User, VectorErasure, utcn
 log = logging.getLogger(__name__)
 
 MAX_TITLE_CHARS = 200
+MAX_PINNED = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,18 @@ class ConversationInfo:
     title: str
     created_at: datetime
     updated_at: datetime
+    pinned: bool = False
+    archived: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SidebarPage:
+    """What the sidebar lists: the pinned conversations, then the newest others up to a
+    limit (`more`: there are older ones)."""
+
+    pinned: list[ConversationInfo]
+    recent: list[ConversationInfo]
+    more: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +68,12 @@ class ChatMessage:
 
 def to_info(conversation: Conversation) -> ConversationInfo:
     return ConversationInfo(
-        conversation.id, conversation.title, conversation.created_at, conversation.updated_at
+        conversation.id,
+        conversation.title,
+        conversation.created_at,
+        conversation.updated_at,
+        pinned=conversation.pinned_at is not None,
+        archived=conversation.archived_at is not None,
     )
 
 
@@ -154,6 +172,65 @@ class ConversationService:
                 .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
             ).all()
             return [to_info(c) for c in rows]
+
+    def sidebar(
+        self, principal: Principal, *, limit: int = 50, archived: bool = False
+    ) -> SidebarPage:
+        """The principal's conversations as the sidebar shows them, newest first: the
+        pinned ones (at most `MAX_PINNED`) and then `limit` of the rest; with `archived`,
+        the archived ones instead. Two indexed queries, whatever the number of
+        conversations (`python -m parley.bench.sidebar`)."""
+        limit = max(1, min(limit, 10_000))
+        mine = select(Conversation).where(Conversation.user_id == principal.user_id)
+        newest = (Conversation.updated_at.desc(), Conversation.id.desc())
+        with self._db.session() as session:
+            if archived:
+                pinned: list[Conversation] = []
+                rest = mine.where(Conversation.archived_at.is_not(None))
+            else:
+                pinned = list(
+                    session.scalars(
+                        mine.where(
+                            Conversation.pinned_at.is_not(None),
+                            Conversation.archived_at.is_(None),
+                        )
+                        .order_by(*newest)
+                        .limit(MAX_PINNED)
+                    )
+                )
+                rest = mine.where(
+                    Conversation.pinned_at.is_(None), Conversation.archived_at.is_(None)
+                )
+            rows = list(session.scalars(rest.order_by(*newest).limit(limit + 1)))
+            return SidebarPage(
+                pinned=[to_info(c) for c in pinned],
+                recent=[to_info(c) for c in rows[:limit]],
+                more=len(rows) > limit,
+            )
+
+    def set_pinned(self, principal: Principal, conversation_id: int, pinned: bool) -> None:
+        """Keep one of the principal's conversations on top of the sidebar, or not."""
+        with self._db.session() as session:
+            conversation = owned_conversation(session, principal, conversation_id)
+            if pinned and conversation.pinned_at is None:
+                count = session.scalar(
+                    select(func.count(Conversation.id)).where(
+                        Conversation.user_id == principal.user_id,
+                        Conversation.pinned_at.is_not(None),
+                    )
+                )
+                if (count or 0) >= MAX_PINNED:
+                    raise InvalidInput(
+                        f"You have pinned {MAX_PINNED} conversations; unpin one to pin this."
+                    )
+            conversation.pinned_at = (conversation.pinned_at or utcnow()) if pinned else None
+
+    def set_archived(self, principal: Principal, conversation_id: int, archived: bool) -> None:
+        """Take one of the principal's conversations out of the sidebar's list (kept,
+        found by search), or bring it back."""
+        with self._db.session() as session:
+            conversation = owned_conversation(session, principal, conversation_id)
+            conversation.archived_at = utcnow() if archived else None
 
     def list_all(self, principal: Principal) -> list[ConversationSummary]:
         """Every conversation, newest first: admins only."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, timedelta
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from parley.chat.conversation.conversations import ConversationService
+from parley.chat.conversation.conversations import ConversationInfo, ConversationService
+from parley.chat.conversation.listing import date_groups
 from parley.core.domain import Principal
 from parley.core.errors import InvalidInput, NotFound
 from parley.store.models import Message, Summary, VectorErasure
@@ -138,3 +141,48 @@ def test_ids_are_never_reused(services: Services, alice: Principal) -> None:
     services.conversations.delete(alice, newest.id)
     again = services.conversations.create(alice, title="again")
     assert again.id > newest.id > older.id
+
+
+# ---------------------------------------------------------------- the sidebar's list
+
+
+def test_the_sidebar_lists_pinned_first_then_a_page_of_the_rest_and_archived_apart(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    made = [services.conversations.create(alice, title=f"c{n}").id for n in range(7)]
+    services.conversations.create(bob, title="bob's")
+    services.conversations.set_pinned(alice, made[0], True)  # the oldest, pinned
+    services.conversations.set_archived(alice, made[1], True)
+    page = services.conversations.sidebar(alice, limit=3)
+    assert [c.id for c in page.pinned] == [made[0]] and page.pinned[0].pinned
+    newest_first = [i for i in reversed(made) if i not in (made[0], made[1])]
+    assert [c.id for c in page.recent] == newest_first[:3] and page.more
+    everything = services.conversations.sidebar(alice, limit=10)
+    assert [c.id for c in everything.recent] == newest_first and not everything.more
+    archived = services.conversations.sidebar(alice, archived=True)
+    assert ([c.id for c in archived.recent], archived.pinned) == ([made[1]], [])
+    assert archived.recent[0].archived
+    services.conversations.set_archived(alice, made[1], False)
+    services.conversations.set_pinned(alice, made[0], False)
+    assert len(services.conversations.sidebar(alice, limit=10).recent) == 7
+    for change in (services.conversations.set_pinned, services.conversations.set_archived):
+        with pytest.raises(NotFound):
+            change(bob, made[2], True)  # not bob's
+    assert not services.conversations.get(alice, made[2]).pinned
+
+
+def test_conversations_are_grouped_by_the_day_they_were_last_active() -> None:
+    today = date(2026, 12, 3)
+
+    def at(day: date, n: int) -> ConversationInfo:
+        when = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        return ConversationInfo(n, f"c{n}", when, when)
+
+    rows = [at(today, 1), at(today - timedelta(days=1), 2), at(today - timedelta(days=7), 3)]
+    rows.append(at(today - timedelta(days=8), 4))
+    assert [(name, [c.id for c in group]) for name, group in date_groups(rows, today)] == [
+        ("Today", [1]),
+        ("Previous 7 days", [2, 3]),
+        ("Older", [4]),
+    ]
+    assert [name for name, _ in date_groups(rows[3:], today)] == ["Older"]  # none empty

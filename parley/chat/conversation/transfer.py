@@ -1,0 +1,290 @@
+"""Take a conversation along: export it as Markdown or JSON, import Parley's JSON back.
+
+Only the owner exports (anyone else's is `NotFound`). The JSON holds every message in
+order, failed attempts a retry replaced included (`superseded`), with its status,
+model, usage, cost and citations, and the conversation's title and times; `parley`
+and `version` say what it is. Import reads that JSON as a new conversation of the
+importing user: the file is checked whole first (its shape, its sizes, that it is
+Parley's), and a file that fails gets one sentence and writes nothing. Imported
+messages keep their text, roles, statuses, models and token counts; not their ids, not
+their costs (the calls were not made here, and nothing imported counts in the usage
+ledger or the admins' costs), and not their citations (they name documents by the ids
+of the server that exported them). Times are moved to UTC and never later than now.
+Parsing is bounded before any model sees the data: at most `MAX_OBJECTS` JSON objects,
+no NUL character in any string, no NaN or Infinity.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select
+
+from parley.chat.conversation.conversations import (
+    ConversationInfo,
+    clean_title,
+    owned_conversation,
+    to_info,
+)
+from parley.core.audit_events import ConversationImported
+from parley.core.counts import count
+from parley.core.domain import MessageRole, MessageStatus, Principal
+from parley.core.errors import InvalidInput
+from parley.core.records import CitedPassage
+from parley.memory import message_tokens
+from parley.store.audit import actor_of, append_in
+from parley.store.db import Database
+from parley.store.models import Conversation, Message, utcnow
+
+FORMAT = "parley.conversation"
+VERSION = 1
+MAX_FILE_BYTES = 20 * 1024 * 1024
+MAX_MESSAGES = 20_000
+MAX_MESSAGE_CHARS = 200_000
+MAX_OBJECTS = 4 * MAX_MESSAGES + 100  # a message is two objects, its usage one more
+MAX_TOKENS = 10_000_000  # a count no single call comes near
+CONVERSATION_KEYS = {"parley", "version", "title", "created_at", "updated_at", "messages"}
+MESSAGE_KEYS = {"role", "content", "status", "model", "usage", "cost_usd", "citations"}
+MESSAGE_KEYS |= {"error", "created_at"}
+
+
+class _TooBig(ValueError):
+    """The JSON holds more objects than an export of the largest conversation would."""
+
+
+class ExportedUsage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    output_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    cache_creation_input_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    cache_read_input_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+
+
+class ExportedMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: MessageRole
+    content: str = Field(max_length=MAX_MESSAGE_CHARS)
+    status: MessageStatus
+    model: str | None = Field(default=None, max_length=100)
+    usage: ExportedUsage = Field(default_factory=ExportedUsage)
+    cost_usd: float | None = Field(default=None, ge=0, le=1_000_000, allow_inf_nan=False)
+    citations: list[CitedPassage] = Field(default_factory=list, max_length=1000)
+    error: str | None = Field(default=None, max_length=2000)
+    created_at: AwareDatetime
+
+
+class ExportedConversation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    parley: Literal["parley.conversation"]
+    version: Literal[1]
+    title: str = Field(max_length=200)
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    messages: list[ExportedMessage] = Field(max_length=MAX_MESSAGES)
+
+
+class ConversationTransfer:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def export(
+        self, principal: Principal, conversation_id: int, fmt: Literal["json", "markdown"]
+    ) -> str:
+        """One of the principal's conversations, whole, as JSON or Markdown."""
+        exported = self._exported(principal, conversation_id)
+        if fmt == "json":
+            return exported.model_dump_json(indent=2) + "\n"
+        return as_markdown(exported)
+
+    def _exported(self, principal: Principal, conversation_id: int) -> ExportedConversation:
+        with self._db.session() as session:
+            conversation = owned_conversation(session, principal, conversation_id)
+            rows = session.scalars(
+                select(Message)
+                .where(Message.conversation_id == conversation.id)
+                .order_by(Message.id)
+            ).all()
+            return ExportedConversation(
+                parley=FORMAT,
+                version=VERSION,
+                title=conversation.title,
+                created_at=_utc(conversation.created_at),
+                updated_at=_utc(conversation.updated_at),
+                messages=[
+                    ExportedMessage(
+                        role=m.role,
+                        content=m.content,
+                        status=m.status,
+                        model=m.model,
+                        usage=ExportedUsage(
+                            input_tokens=m.input_tokens,
+                            output_tokens=m.output_tokens,
+                            cache_creation_input_tokens=m.cache_creation_input_tokens,
+                            cache_read_input_tokens=m.cache_read_input_tokens,
+                        ),
+                        cost_usd=m.cost_usd,
+                        citations=list(m.citations or ()),
+                        error=m.error,
+                        created_at=_utc(m.created_at),
+                    )
+                    for m in rows
+                ],
+            )
+
+    def import_(self, principal: Principal, data: bytes | str) -> ConversationInfo:
+        """Parley's JSON of a conversation, as a new conversation of the principal.
+        `InvalidInput` with a sentence, and nothing written, for any other file."""
+        exported = read_export(data)
+        now = utcnow()
+
+        def when(moment: datetime) -> datetime:
+            return min(moment.astimezone(UTC), now)
+
+        # The messages are made before the write lock is taken: counting tokens of 20 MB
+        # takes seconds, which no other writer should wait for.
+        messages = [
+            Message(
+                role=m.role,
+                content=m.content,
+                status=m.status,
+                model=m.model,
+                input_tokens=m.usage.input_tokens,
+                output_tokens=m.usage.output_tokens,
+                cache_creation_input_tokens=m.usage.cache_creation_input_tokens,
+                cache_read_input_tokens=m.usage.cache_read_input_tokens,
+                tokens=message_tokens(m.content) if m.content else 0,
+                error=m.error,
+                created_at=when(m.created_at),
+                completed_at=when(m.created_at),
+            )
+            for m in exported.messages
+        ]
+        with self._db.session(write_lock=True) as session:
+            conversation = Conversation(
+                user_id=principal.user_id,
+                title=clean_title(exported.title),
+                created_at=when(exported.created_at),
+                updated_at=now,
+            )
+            session.add(conversation)
+            session.flush()
+            for message in messages:
+                message.conversation_id = conversation.id
+            session.add_all(messages)
+            session.flush()
+            append_in(
+                session,
+                ConversationImported(
+                    conversation_id=conversation.id,
+                    message_count=len(messages),
+                    size_bytes=len(data),
+                ),
+                **actor_of(principal),
+                about_id=principal.user_id,
+            )
+            return to_info(conversation)
+
+
+def read_export(data: bytes | str) -> ExportedConversation:
+    """The file as Parley's export, or `InvalidInput` saying what is wrong with it."""
+    size = len(data)
+    if size > MAX_FILE_BYTES:
+        raise InvalidInput(
+            f"The file has {size:,} bytes; a conversation to import may have "
+            f"{MAX_FILE_BYTES // (1024 * 1024)} MB."
+        )
+    objects = 0
+
+    def bounded(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal objects
+        objects += 1
+        if objects > MAX_OBJECTS or len(pairs) > 20:  # no object of Parley's has more keys
+            raise _TooBig("too many objects")
+        for _, value in pairs:
+            if isinstance(value, str) and "\x00" in value:
+                raise InvalidInput("That export is damaged: it holds a NUL character.")
+        return dict(pairs)
+
+    try:
+        # Nesting deeper than the interpreter's recursion limit is a RecursionError.
+        raw = json.loads(data, object_pairs_hook=bounded, parse_constant=_no_constant)
+    except _TooBig:
+        raise InvalidInput("That file is not a conversation exported from Parley.") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidInput("That file is not JSON; import takes Parley's JSON export.") from None
+    if not isinstance(raw, dict) or raw.get("parley") != FORMAT:
+        raise InvalidInput("That file is not a conversation exported from Parley (as JSON).")
+    if raw.get("version") != VERSION:
+        raise InvalidInput(f"That export is of another version; this Parley reads {VERSION}.")
+    messages = raw.get("messages")
+    if not set(raw) <= CONVERSATION_KEYS or not isinstance(messages, list):
+        raise InvalidInput("That export is damaged: its fields are not Parley's.")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidInput(f"That export has more than {MAX_MESSAGES:,} messages.")
+    if any(not isinstance(m, dict) or not set(m) <= MESSAGE_KEYS for m in messages):
+        raise InvalidInput("That export is damaged: a message's fields are not Parley's.")
+    try:
+        return ExportedConversation.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"] if isinstance(p, int | str))
+        where = re.sub(r"[^\w.]", "", where)[:60]  # named by the file: kept plain and short
+        raise InvalidInput(f"That export is damaged at {where}. Nothing was imported.") from None
+
+
+def _utc(moment: datetime) -> datetime:
+    """A stored time as UTC (SQLite gives them back without a zone)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def as_markdown(exported: ExportedConversation) -> str:
+    """The conversation to read: its title, then each message under who said it (failed
+    attempts a retry replaced are left out), with models, costs and cited documents."""
+    shown = [m for m in exported.messages if m.status is not MessageStatus.SUPERSEDED]
+    lines = [
+        f"# {one_line(exported.title)}",
+        "",
+        f"Exported from Parley · {count(len(shown), 'message')}",
+        "",
+    ]
+    for m in shown:
+        who = "You" if m.role is MessageRole.USER else "Assistant"
+        when = m.created_at.strftime("%Y-%m-%d %H:%M UTC")
+        lines += [f"## {who} · {when}", "", m.content, ""]
+        notes = []
+        if m.status is not MessageStatus.COMPLETE:
+            notes.append(f"status: {m.status.value}")
+        if m.model and m.role is MessageRole.ASSISTANT:
+            notes.append(f"model: {m.model}")
+        if m.cost_usd:
+            notes.append(f"cost: ${m.cost_usd:.4f}")
+        if notes:
+            lines += [f"*{' · '.join(notes)}*", ""]
+        for c in {c.n: c for c in m.citations}.values():
+            lines.append(f"- [{c.n}] {one_line(c.name)}" + (f", page {c.page}" if c.page else ""))
+        if m.citations:
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+__all__ = [
+    "FORMAT",
+    "MAX_FILE_BYTES",
+    "VERSION",
+    "ConversationTransfer",
+    "ExportedConversation",
+    "as_markdown",
+    "read_export",
+]

@@ -1,0 +1,170 @@
+"""Export a conversation as Markdown or JSON; import Parley's JSON back, or refuse with a
+sentence and write nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.core.domain import Principal
+from parley.core.errors import InvalidInput, NotFound, Overloaded
+from parley.store.models import Conversation, Message
+from parley.wiring.services import Services
+from tests.support import audit_records, verify_audit
+
+
+def rows(services: Services) -> tuple[int, int]:
+    with services._database.session() as session:
+        return (
+            int(session.scalar(select(func.count(Conversation.id))) or 0),
+            int(session.scalar(select(func.count(Message.id))) or 0),
+        )
+
+
+def conversation(services: Services, alice: Principal, scripted: ScriptedProvider) -> int:
+    scripted.enqueue("Herons wade; **egrets** too.")
+    first = services.chat.send(alice, None, "Tell me about herons")
+    list(first)
+    scripted.enqueue_error(Overloaded("busy"), chunks=["Half an"])
+    list(services.chat.send(alice, first.conversation_id, "And storks?"))
+    scripted.enqueue("Storks nest on roofs.")
+    list(services.chat.retry(alice, first.conversation_id))
+    return first.conversation_id
+
+
+def test_a_conversation_goes_out_as_json_and_comes_back_the_same(
+    services: Services, scripted: ScriptedProvider, alice: Principal, bob: Principal
+) -> None:
+    original = conversation(services, alice, scripted)
+    exported = services.transfer.export(alice, original, "json")
+    data = json.loads(exported)
+    assert (data["parley"], data["version"]) == ("parley.conversation", 1)
+    assert [m["status"] for m in data["messages"]] == [
+        "complete",
+        "complete",
+        "complete",
+        "superseded",  # the failed attempt, kept
+        "complete",
+    ]
+    assert data["messages"][1]["usage"]["output_tokens"] is not None
+
+    made = services.transfer.import_(bob, exported.encode())
+    assert made.title == services.conversations.get(alice, original).title
+    again = json.loads(services.transfer.export(bob, made.id, "json"))
+    kept = ("role", "content", "status", "model", "usage", "error", "created_at")
+    assert [{k: m[k] for k in kept} for m in again["messages"]] == [
+        {k: m[k] for k in kept} for m in data["messages"]
+    ]  # the same messages, now bob's
+    assert data["messages"][1]["cost_usd"] is not None
+    assert all(m["cost_usd"] is None for m in again["messages"])  # not paid here
+    assert [m.content for m in services.conversations.messages(bob, made.id)][-1] == (
+        "Storks nest on roofs."
+    )
+    assert [h.conversation_id for h in services.search.search(bob, "storks")][0] == made.id
+    (record,) = [
+        r for r in audit_records(services._database) if r["kind"] == "conversation_imported"
+    ]
+    assert record["data"]["message_count"] == 5
+    assert verify_audit(services._database).broken is None
+
+
+def test_markdown_reads_as_the_conversation_without_replaced_attempts(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    text = services.transfer.export(alice, conversation(services, alice, scripted), "markdown")
+    assert text.startswith("# Tell me about herons\n")
+    assert "4 messages" in text and "Half an" not in text
+    assert text.index("## You") < text.index("Herons wade; **egrets** too.")
+    assert "*model: scripted*" in text
+
+
+def test_only_the_owner_exports(
+    services: Services, scripted: ScriptedProvider, alice: Principal, bob: Principal
+) -> None:
+    original = conversation(services, alice, scripted)
+    for fmt in ("json", "markdown"):
+        with pytest.raises(NotFound):
+            services.transfer.export(bob, original, fmt)  # type: ignore[arg-type]
+
+
+GOOD = {
+    "parley": "parley.conversation",
+    "version": 1,
+    "title": "t",
+    "created_at": "2026-01-01T00:00:00Z",
+    "updated_at": "2026-01-01T00:00:00Z",
+    "messages": [
+        {
+            "role": "user",
+            "content": "hi",
+            "status": "complete",
+            "created_at": "2026-01-01T00:00:00Z",
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("data", "sentence"),
+    [
+        (b"\xff\xfe not json", "not JSON"),
+        (b"[1, 2]", "not a conversation exported from Parley"),
+        (json.dumps({"messages": []}).encode(), "not a conversation exported from Parley"),
+        (json.dumps({**GOOD, "version": 9}).encode(), "another version"),
+        (json.dumps({**GOOD, "messages": [{"role": "system"}]}).encode(), "damaged"),
+        (
+            json.dumps({**GOOD, "messages": [{**GOOD["messages"][0], "status": "x"}]}).encode(),  # type: ignore[dict-item]
+            "damaged",
+        ),
+        (json.dumps({**GOOD, "title": "x" * 201}).encode(), "damaged"),
+        (json.dumps({**GOOD, "extra": 1}).encode(), "damaged"),
+        (
+            json.dumps(
+                {**GOOD, "messages": [{**GOOD["messages"][0], "content": "a\x00b"}]}  # type: ignore[dict-item]
+            ).encode(),
+            "NUL",
+        ),
+        (b" " * (20 * 1024 * 1024 + 1), "20 MB"),
+        (b"[" * 100_000, "not JSON"),
+        (json.dumps({**GOOD, **{f"k{i}": 1 for i in range(30)}}).encode(), "not a conversation"),
+        (json.dumps({**GOOD, "cost": 1}).encode(), "fields are not Parley's"),
+        (
+            json.dumps(GOOD).replace('"hi"', '"hi", "cost_usd": NaN').encode(),
+            "not JSON",
+        ),
+        (json.dumps({**GOOD, "title": "a\x00b"}).encode(), "NUL"),
+        (json.dumps({**GOOD, "created_at": "2026-01-01T00:00:00"}).encode(), "created_at"),
+        (
+            json.dumps(
+                {**GOOD, "messages": [{**GOOD["messages"][0], "usage": {"output_tokens": 10**30}}]}  # type: ignore[dict-item]
+            ).encode(),
+            "messages.0.usage.output_tokens",
+        ),
+    ],
+)
+def test_a_malformed_or_foreign_file_gets_a_sentence_and_writes_nothing(
+    services: Services, alice: Principal, data: bytes, sentence: str
+) -> None:
+    before = rows(services)
+    with pytest.raises(InvalidInput) as refused:
+        services.transfer.import_(alice, data)
+    assert sentence in refused.value.user_message
+    assert rows(services) == before
+    assert services.transfer.import_(alice, json.dumps(GOOD).encode()).title == "t"  # still
+
+
+def test_imported_times_are_utc_and_never_in_the_future(
+    services: Services, alice: Principal
+) -> None:
+    future = {
+        **GOOD,
+        "created_at": "2099-01-01T00:00:00+00:00",
+        "messages": [{**GOOD["messages"][0], "created_at": "2026-06-01T23:30:00-10:00"}],  # type: ignore[dict-item]
+    }
+    made = services.transfer.import_(alice, json.dumps(future).encode())
+    assert made.created_at <= made.updated_at  # clamped to now
+    (message,) = services.conversations.messages(alice, made.id)
+    assert message.created_at.replace(tzinfo=None).isoformat() == "2026-06-02T09:30:00"
