@@ -12,7 +12,7 @@ from parley.app_pages.rendering import Pacer, highlighted, plain_label, safe_mar
 from parley.app_pages.words import say
 from parley.chat.conversation.conversations import ChatMessage, ConversationInfo
 from parley.chat.conversation.feedback import MAX_COMMENT_CHARS, RATED, GivenFeedback
-from parley.chat.conversation.listing import date_groups, sidebar_labels
+from parley.chat.conversation.listing import date_groups, distinct_labels
 from parley.chat.conversation.replies import ReplyStream
 from parley.chat.conversation.search import MAX_QUERY_CHARS
 from parley.chat.conversation.transfer import MAX_FILE_BYTES
@@ -87,11 +87,11 @@ def render_sidebar(svc: Services, who: Principal) -> None:
 
 def render_conversation_list(svc: Services, who: Principal) -> None:
     """Pinned conversations, then the others by day, a page at a time; or the archived."""
-    page = svc.conversations.sidebar(who, limit=ui.sidebar_limit, archived=ui.show_archived)
+    page = svc.conversations.listing(who, limit=ui.sidebar_limit, archived=ui.show_archived)
     shown = [*page.pinned, *page.recent]
     if not shown:
         st.caption("No archived conversations." if ui.show_archived else "No conversations yet.")
-    labels = sidebar_labels(shown)
+    labels = distinct_labels(shown)
 
     def entry(conversation: ConversationInfo) -> None:
         current = conversation.id == ui.conversation_id

@@ -5,7 +5,7 @@ a fresh SQLite database, a tenth of them archived, five pinned, their last activ
 spread over a year), beside 20 other users with 200 each. Then, timed `--runs` times
 each, what a page run of the chat page asks of the database for its sidebar:
 
-- "first page": `ConversationService.sidebar(limit=50)`, the pinned ones and the 50
+- "first page": `ConversationService.listing(limit=50)`, the pinned ones and the 50
   newest others, with the labels and the day groups the page draws;
 - "after 9 × Show more": the same with `limit=500`;
 - "archived": the archived list;
@@ -30,7 +30,7 @@ from pathlib import Path
 from sqlalchemy import insert
 
 from parley.chat.conversation.conversations import ConversationInfo
-from parley.chat.conversation.listing import date_groups, sidebar_labels
+from parley.chat.conversation.listing import date_groups, distinct_labels
 from parley.core.config import ProviderChoice, Settings
 from parley.core.domain import Principal, Role
 from parley.store.db import Database
@@ -77,9 +77,9 @@ def timed(call: Callable[[], object], runs: int) -> tuple[float, float]:
 
 def drawn(services: Services, user: Principal, limit: int, archived: bool = False) -> int:
     """What the page computes for its sidebar: the page, its labels, its day groups."""
-    page = services.conversations.sidebar(user, limit=limit, archived=archived)
+    page = services.conversations.listing(user, limit=limit, archived=archived)
     shown: list[ConversationInfo] = [*page.pinned, *page.recent]
-    sidebar_labels(shown)
+    distinct_labels(shown)
     date_groups(page.recent, today=utcnow().date())
     return len(shown)
 

@@ -333,7 +333,7 @@ OWN_DATA_ONLY = {
     "search.search",
     "feedback.of_conversation",  # the principal's own feedback in their own conversation
     "transfer.import_",  # makes a new conversation of the principal's own
-    "conversations.sidebar",  # lists the principal's own
+    "conversations.listing",  # lists the principal's own
 }
 
 SERVICE_CLASSES = {

@@ -39,8 +39,8 @@ class ConversationInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class SidebarPage:
-    """What the sidebar lists: the pinned conversations, then the newest others up to a
+class ListPage:
+    """A page of a user's conversations: the pinned conversations, then the newest others up to a
     limit (`more`: there are older ones)."""
 
     pinned: list[ConversationInfo]
@@ -173,13 +173,11 @@ class ConversationService:
             ).all()
             return [to_info(c) for c in rows]
 
-    def sidebar(
-        self, principal: Principal, *, limit: int = 50, archived: bool = False
-    ) -> SidebarPage:
-        """The principal's conversations as the sidebar shows them, newest first: the
+    def listing(self, principal: Principal, *, limit: int = 50, archived: bool = False) -> ListPage:
+        """The principal's conversations as a list shows them, newest first: the
         pinned ones (at most `MAX_PINNED`) and then `limit` of the rest; with `archived`,
         the archived ones instead. Two indexed queries, whatever the number of
-        conversations (`python -m parley.bench.sidebar`)."""
+        conversations (the list benchmark in `parley/bench`)."""
         limit = max(1, min(limit, 10_000))
         mine = select(Conversation).where(Conversation.user_id == principal.user_id)
         newest = (Conversation.updated_at.desc(), Conversation.id.desc())
@@ -202,14 +200,14 @@ class ConversationService:
                     Conversation.pinned_at.is_(None), Conversation.archived_at.is_(None)
                 )
             rows = list(session.scalars(rest.order_by(*newest).limit(limit + 1)))
-            return SidebarPage(
+            return ListPage(
                 pinned=[to_info(c) for c in pinned],
                 recent=[to_info(c) for c in rows[:limit]],
                 more=len(rows) > limit,
             )
 
     def set_pinned(self, principal: Principal, conversation_id: int, pinned: bool) -> None:
-        """Keep one of the principal's conversations on top of the sidebar, or not."""
+        """Keep one of the principal's conversations on top of the list, or not."""
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
             if pinned and conversation.pinned_at is None:
@@ -226,7 +224,7 @@ class ConversationService:
             conversation.pinned_at = (conversation.pinned_at or utcnow()) if pinned else None
 
     def set_archived(self, principal: Principal, conversation_id: int, archived: bool) -> None:
-        """Take one of the principal's conversations out of the sidebar's list (kept,
+        """Take one of the principal's conversations out of the list (kept,
         found by search), or bring it back."""
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)

@@ -26,7 +26,7 @@ def date_groups(
     return [(name, items) for name, items in grouped.items() if items]
 
 
-def sidebar_labels(conversations: Sequence[ConversationInfo]) -> dict[int, str]:
+def distinct_labels(conversations: Sequence[ConversationInfo]) -> dict[int, str]:
     """Each conversation's title; conversations sharing a title (three that began alike)
     also say when they began, so no two entries read the same."""
     seen = Counter(c.title for c in conversations)
@@ -46,4 +46,4 @@ def sidebar_labels(conversations: Sequence[ConversationInfo]) -> dict[int, str]:
                 labels[i] = f"{labels[i]} ({n})"
 
 
-__all__ = ["GROUPS", "date_groups", "sidebar_labels"]
+__all__ = ["GROUPS", "date_groups", "distinct_labels"]

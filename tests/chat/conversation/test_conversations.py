@@ -153,18 +153,18 @@ def test_the_sidebar_lists_pinned_first_then_a_page_of_the_rest_and_archived_apa
     services.conversations.create(bob, title="bob's")
     services.conversations.set_pinned(alice, made[0], True)  # the oldest, pinned
     services.conversations.set_archived(alice, made[1], True)
-    page = services.conversations.sidebar(alice, limit=3)
+    page = services.conversations.listing(alice, limit=3)
     assert [c.id for c in page.pinned] == [made[0]] and page.pinned[0].pinned
     newest_first = [i for i in reversed(made) if i not in (made[0], made[1])]
     assert [c.id for c in page.recent] == newest_first[:3] and page.more
-    everything = services.conversations.sidebar(alice, limit=10)
+    everything = services.conversations.listing(alice, limit=10)
     assert [c.id for c in everything.recent] == newest_first and not everything.more
-    archived = services.conversations.sidebar(alice, archived=True)
+    archived = services.conversations.listing(alice, archived=True)
     assert ([c.id for c in archived.recent], archived.pinned) == ([made[1]], [])
     assert archived.recent[0].archived
     services.conversations.set_archived(alice, made[1], False)
     services.conversations.set_pinned(alice, made[0], False)
-    assert len(services.conversations.sidebar(alice, limit=10).recent) == 7
+    assert len(services.conversations.listing(alice, limit=10).recent) == 7
     for change in (services.conversations.set_pinned, services.conversations.set_archived):
         with pytest.raises(NotFound):
             change(bob, made[2], True)  # not bob's

@@ -1,4 +1,4 @@
-"""Pinned and archived conversations: a pinned one stays on top of the sidebar, an
+"""Pinned and archived conversations: a pinned one stays on top of the list, an
 archived one leaves the list (it is kept, found by search, and can come back).
 
 Plain `ADD COLUMN`s, no table rebuild: a rebuilt `conversations` would lose the search
