@@ -193,6 +193,11 @@ def _answer(page: Page) -> Locator:
     return page.get_by_test_id("stChatMessage").nth(1).get_by_test_id("stChatMessageContent")
 
 
+def _answer_text(page: Page) -> Locator:
+    """The answer as written: its first Markdown block, without the caption and actions."""
+    return _answer(page).get_by_test_id("stMarkdownContainer").first
+
+
 def _conversation_button(page: Page) -> Locator:
     return page.get_by_test_id("stSidebar").get_by_role("button", name=PROMPT, exact=True)
 
@@ -227,7 +232,11 @@ def _walk(page: Page, server: Server) -> None:
     expect(messages).to_have_count(2)
     # The rerun after the answer may still show the streamed element for a moment.
     expect(_answer(page)).not_to_contain_text("▌", timeout=PAGE_TIMEOUT_MS)
-    answer = (_answer(page).text_content() or "").strip()
+    # The stored answer carries its actions; until they show, the streamed element may remain.
+    expect(_answer(page).get_by_role("radiogroup", name="Feedback rating")).to_be_visible(
+        timeout=PAGE_TIMEOUT_MS
+    )
+    answer = (_answer_text(page).text_content() or "").strip()
     assert answer, "the assistant message is empty"
     assert answer != PROMPT, "the assistant message only repeats the user's message"
     expect(page.get_by_test_id("stException")).to_have_count(0)
@@ -251,7 +260,7 @@ def _walk(page: Page, server: Server) -> None:
     expect(page.get_by_role("heading", name=PROMPT)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
     expect(messages).to_have_count(2, timeout=PAGE_TIMEOUT_MS)
     expect(messages.first.get_by_test_id("stChatMessageContent")).to_have_text(PROMPT)
-    expect(_answer(page)).to_have_text(answer)
+    expect(_answer_text(page)).to_have_text(answer)
     expect(page.get_by_test_id("stException")).to_have_count(0)
 
     # Log out: the login form, and a reload does not bring the session back.
