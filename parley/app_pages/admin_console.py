@@ -14,7 +14,7 @@ from parley.app_pages.words import say
 from parley.chat.documents.library import MAX_UPLOAD_MB
 from parley.chat.oversight.review import Review, ReviewFilter, ReviewPage
 from parley.core.counts import count
-from parley.core.domain import MessageRole, MessageStatus, Principal
+from parley.core.domain import MessageRole, MessageStatus, Principal, Rating
 from parley.core.errors import ParleyError
 from parley.core.records import Provenance
 from parley.wiring.services import Services
@@ -66,17 +66,30 @@ def filters(svc: Services, who: Principal) -> ReviewFilter:
             ],
             format_func=lambda s: "any way" if s is None else str(s),
         )
-        bottom = st.columns([1, 2])
+        bottom = st.columns([1, 1, 2])
         model = bottom[0].selectbox(
             "Model", [None, *svc.review.models(who)], format_func=lambda m: m or "any model"
         )
-        text = bottom[1].text_input("Text in a message or title (this search is audited)")
+        rating = bottom[1].selectbox(
+            "Feedback",
+            [None, Rating.DOWN, Rating.UP],
+            format_func=lambda r: {None: "any or none", Rating.DOWN: "thumbs down"}.get(
+                r, "thumbs up"
+            ),
+        )
+        text = bottom[2].text_input("Text in a message or title (this search is audited)")
         if st.form_submit_button("Find"):
             st.session_state["review-found"] = {}  # searched again: nothing cached
             st.session_state["review-page"] = 1
     since, until = (days[0], days[-1]) if isinstance(days, tuple) and days else (None, None)
     return ReviewFilter(
-        user=user or None, since=since, until=until, status=status, model=model, text=text or None
+        user=user or None,
+        since=since,
+        until=until,
+        status=status,
+        model=model,
+        text=text or None,
+        rating=rating,
     )
 
 
@@ -86,9 +99,14 @@ def render_review(review: Review) -> None:
         f"Owner {plain_label(review.owner)} · {count(len(review.messages), 'message')} · "
         f"${review.cost_usd:.4f} in answers"
     )
-    for item in review.messages:
+    previous: int | None = None
+    for item in review.messages:  # every branch's, in the order written
         message = item.message
         with st.chat_message("user" if message.role is MessageRole.USER else "assistant"):
+            if message.parent_id != previous:  # an edit, an answer asked for again
+                after = f"message #{message.parent_id}" if message.parent_id else "the start"
+                st.caption(f":material/call_split: Another branch: #{message.id} follows {after}")
+            previous = message.id
             st.markdown(safe_markdown(message.content or "*(no text)*"))
             if message.role is MessageRole.USER:
                 continue
@@ -97,6 +115,12 @@ def render_review(review: Review) -> None:
                 f"{message.status} · {plain_label(message.model or '?')} · {tokens:,} tokens · "
                 f"${message.cost_usd or 0:.4f} · {message.created_at:%Y-%m-%d %H:%M} UTC"
             )
+            if item.rating is not None:
+                thumb = (
+                    ":material/thumb_up:" if item.rating is Rating.UP else ":material/thumb_down:"
+                )
+                why = f" · {plain_label(item.comment)}" if item.comment else ""
+                st.caption(f"{thumb} rated by its user{why}")
             if item.prompt:
                 with st.expander("What went into the prompt"):
                     render_prompt(item.prompt)

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 
 import streamlit as st
 
 from parley.app_pages import state
 from parley.app_pages.rendering import Pacer, highlighted, plain_label, safe_markdown
+from parley.app_pages.thread_view import render_message, start_pending
 from parley.app_pages.words import say
-from parley.chat.conversation.conversations import ChatMessage, ConversationInfo
-from parley.chat.conversation.feedback import MAX_COMMENT_CHARS, RATED, GivenFeedback
+from parley.chat.conversation.conversations import ConversationInfo, Thread
 from parley.chat.conversation.listing import date_groups, distinct_labels
 from parley.chat.conversation.replies import ReplyStream
 from parley.chat.conversation.search import MAX_QUERY_CHARS
 from parley.chat.conversation.transfer import MAX_FILE_BYTES
-from parley.core.domain import MessageRole, MessageStatus, Principal, Rating
+from parley.chat.documents.library import MAX_UPLOAD_MB, SUPPORTED_SUFFIXES
+from parley.core.domain import Principal
 from parley.core.errors import NotFound, ParleyError
-from parley.core.records import CitedPassage
 from parley.wiring.services import Services
 
 services = state.services()
@@ -166,6 +167,9 @@ def render_search(svc: Services, who: Principal, query: str) -> None:
         label = f"{plain_label(hit.title)} · {where}" if hit.message_id else where
         key = f"found-{hit.conversation_id}-{hit.message_id or 0}"  # the hit, not its place
         if st.button(label, key=key, type="tertiary", width="stretch"):
+            if hit.message_id is not None:  # the branch that holds it (an answer a
+                with suppress(ParleyError):  # retry replaced: the branch shown)
+                    svc.conversations.show_branch(who, hit.conversation_id, hit.message_id)
             open_conversation(hit.conversation_id, hit.message_id)
     st.divider()
 
@@ -306,131 +310,9 @@ def act(change: Callable[[], None]) -> None:
     st.rerun()
 
 
-def usage_line(message: ChatMessage) -> str:
-    """`312 in · 85 out · 1,024 cached · $0.0021 · model` for an answer."""
-    parts = []
-    if message.input_tokens is not None:
-        parts.append(f"{message.input_tokens:,} in")
-    if message.output_tokens is not None:
-        parts.append(f"{message.output_tokens:,} out")
-    if message.cache_read_input_tokens:
-        parts.append(f"{message.cache_read_input_tokens:,} from cache")
-    if message.cache_creation_input_tokens:
-        parts.append(f"{message.cache_creation_input_tokens:,} cached")
-    if message.cost_usd:  # the local model is free: no "$0.0000"
-        parts.append(f"${message.cost_usd:.4f}")
-    if message.model:  # as the API named it: stored text, shown as such
-        parts.append(plain_label(message.model))
-    return " · ".join(parts)
-
-
-def with_markers(text: str, citations: tuple[CitedPassage, ...]) -> str:
-    """The answer with a [n] marker where each native citation stands (the local
-    model's answers carry their own markers already)."""
-    places: set[tuple[int, int]] = set()
-    for citation in citations:
-        if not citation.marker:  # a [n] the model wrote is in the text already
-            places.add((min(citation.offset, len(text)), citation.n))
-    for offset, n in sorted(places, reverse=True):
-        text = f"{text[:offset]} [{n}]{text[offset:]}"
-    return text
-
-
-def render_citations(svc: Services, who: Principal, message: ChatMessage) -> None:
-    """One expander per cited passage: its document's name, and the chunk itself."""
-    seen: dict[int, CitedPassage] = {}
-    chunks: dict[int, set[int]] = {}
-    for citation in message.citations:  # every chunk cited of each passage
-        seen.setdefault(citation.n, citation)
-        chunks.setdefault(citation.n, set()).update(citation.chunks)
-    for n, citation in sorted(seen.items()):
-        render_passage(
-            svc, who, f"[{n}] {citation.name}", citation.page, citation.document_id, chunks[n]
-        )
-
-
-def render_passage(
-    svc: Services, who: Principal, label: str, page: int | None, document_id: int, chunks: set[int]
+def stream_reply(
+    reply: ReplyStream, question: str | None = None, files: list[str] | None = None
 ) -> None:
-    """An expander with a passage's chunks, opened through the document service (a
-    document no longer shared with the user shows a sentence instead)."""
-    shown_page = f", page {page}" if page else ""
-    with st.expander(plain_label(f"{label}{shown_page}"), icon=":material/link:"):
-        for index in sorted(chunks):
-            try:
-                chunk = svc.documents.open_chunk(who, document_id, index)
-            except ParleyError:
-                st.caption("This document is no longer there for you to read.")
-                break
-            where = f" · section {chunk.heading}" if chunk.heading else ""
-            st.caption(plain_label(f"{chunk.name}, passage {index + 1}{where}"))
-            st.text(chunk.text)
-
-
-def render_answer_actions(
-    svc: Services, who: Principal, message: ChatMessage, given: GivenFeedback | None
-) -> None:
-    """Under a finished answer: thumbs up or down (with an optional comment) and Copy."""
-    rate, comment, copy = st.columns([2, 2, 2], vertical_alignment="center")
-    key = f"feedback-{message.id}"
-
-    def rated() -> None:
-        picked = st.session_state[key]
-        rating = None if picked is None else (Rating.UP if picked == 1 else Rating.DOWN)
-        try:
-            svc.feedback.give(who, message.id, rating, given.comment if given and rating else None)
-        except ParleyError as exc:
-            ui.notice = say(exc)
-
-    with rate:
-        default = None if given is None else (1 if given.rating is Rating.UP else 0)
-        st.feedback("thumbs", key=key, default=default, on_change=rated)
-    if given is not None:
-        with comment.popover("Comment", icon=":material/comment:", type="tertiary"):
-            text = st.text_area(
-                "What made this answer good or bad? (optional)",
-                value=given.comment or "",
-                max_chars=MAX_COMMENT_CHARS,
-                key=f"feedback-comment-{message.id}",
-            )
-            if st.button("Save", key=f"feedback-save-{message.id}"):
-                try:
-                    svc.feedback.give(who, message.id, given.rating, text)
-                except ParleyError as exc:
-                    st.error(say(exc))
-                else:
-                    st.rerun()
-    with copy.popover("Copy", icon=":material/content_copy:", type="tertiary"):
-        st.caption("The answer as written; the button at the top right copies it.")
-        st.code(message.content, language="markdown", wrap_lines=True)
-
-
-def render_message(message: ChatMessage, given: GivenFeedback | None = None) -> None:
-    avatar = "user" if message.role is MessageRole.USER else "assistant"
-    with st.chat_message(avatar):
-        if message.id == ui.found_message_id:
-            st.caption(":material/search: Found here")
-        if message.content:
-            st.markdown(safe_markdown(with_markers(message.content, message.citations)))
-        if message.citations and principal is not None:
-            render_citations(services, principal, message)
-        if message.status is MessageStatus.INTERRUPTED:
-            st.caption(":warning: This answer broke off; the text above is what arrived.")
-        elif message.status is MessageStatus.STOPPED:
-            st.caption(":material/stop_circle: Stopped; the text above is what arrived.")
-        elif message.status is MessageStatus.ERROR:
-            st.caption(f":warning: {plain_label(message.error or 'No answer arrived.')}")
-        if message.role is MessageRole.ASSISTANT and (line := usage_line(message)):
-            st.caption(line)
-        if (
-            message.role is MessageRole.ASSISTANT
-            and message.status in RATED
-            and principal is not None
-        ):
-            render_answer_actions(services, principal, message, given)
-
-
-def stream_reply(reply: ReplyStream, question: str | None = None) -> None:
     """Stream the answer. A click on Stop (or anywhere else) ends this run at its next
     drawing (at most a tenth of a second after a word arrives) and starts the next run
     at once; `close()` below stops the answer: the provider's stream is closed and the
@@ -441,6 +323,8 @@ def stream_reply(reply: ReplyStream, question: str | None = None) -> None:
         if question is not None:
             with st.chat_message("user"):
                 st.markdown(safe_markdown(question))
+                for name in files or ():
+                    st.caption(":material/attach_file: " + plain_label(name))
         with st.chat_message("assistant"):
             st.button("Stop", icon=":material/stop_circle:", key="stop-answer", type="tertiary")
             queue_note = st.empty()
@@ -485,12 +369,14 @@ follow_link(services, principal)
 render_sidebar(services, principal)
 
 conversation_id = ui.conversation_id
-messages: list[ChatMessage] = []
+pending = start_pending(services, principal, conversation_id) if conversation_id else None
+thread = Thread([], {})
 if conversation_id is not None:
     try:
-        messages = services.conversations.messages(principal, conversation_id)
+        thread = services.conversations.thread(principal, conversation_id)
     except NotFound:
         ui.conversation_id = conversation_id = None
+messages = thread.messages
 keep_link(conversation_id)
 if notice := ui.notice:
     ui.notice = None
@@ -516,8 +402,17 @@ feedback = (
     else {}
 )
 for message in messages:
-    if message.status is not MessageStatus.SUPERSEDED:
-        render_message(message, feedback.get(message.id))
+    render_message(
+        services,
+        principal,
+        message,
+        conversation_id=conversation_id or 0,
+        given=feedback.get(message.id),
+        branching=thread.branching.get(message.id),
+        actions=pending is None,
+    )
+if pending is not None:
+    stream_reply(pending)
 
 if conversation_id is not None and services.chat.needs_retry(principal, conversation_id):
     last = messages[-1] if messages else None
@@ -546,19 +441,29 @@ if estimate.input_cost_usd or estimate.max_output_cost_usd:
         f"(≈ ${estimate.input_cost_usd:.4f}) plus your text; "
         f"the answer at most ≈ ${estimate.max_output_cost_usd:.4f}."
     )
-prompt = st.chat_input("Message Parley")
+prompt = st.chat_input(
+    "Message Parley",
+    accept_file="multiple",
+    file_type=[suffix.lstrip(".") for suffix in SUPPORTED_SUFFIXES],
+    max_upload_size=MAX_UPLOAD_MB,  # the box says Parley's own limit
+)
 if prompt is not None:
+    files = [(f.name, f.getvalue()) for f in prompt.files]
     try:
+        if files:
+            st.toast(plain_label(f"Reading {', '.join(name for name, _ in files)}…"))
         reply = services.chat.send(
             principal,
             conversation_id,
-            prompt,
+            prompt.text,
             documents=ui.new_documents if conversation_id is None else None,
+            after=messages[-1].id if messages else None,  # the branch shown
+            files=files,
         )
     except ParleyError as exc:
-        ui.rejected_text = prompt if prompt.strip() else None
+        ui.rejected_text = prompt.text if prompt.text.strip() else None
         ui.rejected_reason = say(exc)
         st.rerun()
     else:
         ui.rejected_text = ui.rejected_reason = None
-        stream_reply(reply, question=prompt)
+        stream_reply(reply, question=prompt.text, files=[name for name, _ in files])

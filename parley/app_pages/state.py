@@ -31,6 +31,16 @@ class Login:
     principal: Principal
 
 
+@dataclass(frozen=True)
+class PendingTurn:
+    """An edit (`question_id` and its new `text`) or an "Answer again" (`answer_id`)
+    clicked on one run and started at the top of the next."""
+
+    question_id: int | None = None
+    answer_id: int | None = None
+    text: str | None = None
+
+
 @dataclass
 class UiState:
     login: Login | None = None
@@ -47,6 +57,8 @@ class UiState:
     sidebar_limit: int = 50  # conversations the sidebar lists ("Show more" adds a page)
     show_archived: bool = False  # the sidebar lists the archived conversations instead
     import_round: int = 0  # a new uploader after each import
+    editing: int | None = None  # the question shown in an edit box
+    pending: PendingTurn | None = None  # an edit or "Answer again" to start on this run
     # Set once the answer streamed by this browser's last run is stored. A click while it
     # streams stops that run and starts the next at once (Streamlit's fast reruns), in
     # another thread: the next run waits for the stopped answer before it reads.

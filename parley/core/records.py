@@ -68,4 +68,11 @@ class CitedPassage(_Record):
     marker: bool = False  # the model wrote the [n] itself (no native citations)
 
 
-__all__ = ["CitedPassage", "DocumentSource", "Provenance", "RecalledTurn"]
+class Attachment(_Record):
+    """A file sent with a question: the private document it became, by id and name."""
+
+    document_id: int
+    name: str
+
+
+__all__ = ["Attachment", "CitedPassage", "DocumentSource", "Provenance", "RecalledTurn"]

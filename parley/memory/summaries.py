@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -70,8 +70,16 @@ class SummaryStorage(Protocol):
     """Where summaries are kept: the database (`SummaryStore`), or memory in tests
     (`InMemorySummaryStore`)."""
 
-    def latest(self, conversation_id: int, *, up_to_turn: int | None = None) -> Summary | None:
-        """The newest version, or the newest that covers no turn after `up_to_turn`."""
+    def latest(
+        self,
+        conversation_id: int,
+        *,
+        up_to_turn: int | None = None,
+        on_path: Collection[int] | None = None,
+    ) -> Summary | None:
+        """The newest version; or the newest that covers no turn after `up_to_turn`, and
+        whose last turn is one of `on_path` (the turns of a branch: a summary folded on
+        another branch is never this one's)."""
         ...
 
     def save(
@@ -95,11 +103,17 @@ class InMemorySummaryStore:
         self._lock = threading.Lock()
         self._versions: dict[int, list[Summary]] = {}
 
-    def latest(self, conversation_id: int, *, up_to_turn: int | None = None) -> Summary | None:
+    def latest(
+        self,
+        conversation_id: int,
+        *,
+        up_to_turn: int | None = None,
+        on_path: Collection[int] | None = None,
+    ) -> Summary | None:
         with self._lock:
             versions = self._versions.get(conversation_id, [])
             for summary in reversed(versions):
-                if up_to_turn is None or summary.last_turn_id <= up_to_turn:
+                if _fits(summary.last_turn_id, up_to_turn, on_path):
                     return summary
             return None
 
@@ -134,14 +148,26 @@ class SummaryStore:
     def __init__(self, database: Database) -> None:
         self._db = database
 
-    def latest(self, conversation_id: int, *, up_to_turn: int | None = None) -> Summary | None:
-        """The newest version, or the newest that covers no turn after `up_to_turn`."""
-        query = select(SummaryRow).where(SummaryRow.conversation_id == conversation_id)
+    def latest(
+        self,
+        conversation_id: int,
+        *,
+        up_to_turn: int | None = None,
+        on_path: Collection[int] | None = None,
+    ) -> Summary | None:
+        """The newest version; or the newest that covers no turn after `up_to_turn`, and
+        whose last turn is one of `on_path`."""
+        query = select(SummaryRow.id, SummaryRow.last_turn_id).where(
+            SummaryRow.conversation_id == conversation_id
+        )
         if up_to_turn is not None:
             query = query.where(SummaryRow.last_turn_id <= up_to_turn)
         with self._db.session() as session:
-            row = session.scalar(query.order_by(SummaryRow.version.desc()).limit(1))
-            return _to_summary(row) if row else None
+            for row in session.execute(query.order_by(SummaryRow.version.desc())):
+                if _fits(row.last_turn_id, None, on_path):
+                    found = session.get(SummaryRow, row.id)
+                    return _to_summary(found) if found else None
+            return None
 
     def save(
         self,
@@ -174,6 +200,12 @@ class SummaryStore:
             session.add(row)
             session.flush()
             return _to_summary(row)
+
+
+def _fits(last_turn_id: int, up_to_turn: int | None, on_path: Collection[int] | None) -> bool:
+    return (up_to_turn is None or last_turn_id <= up_to_turn) and (
+        on_path is None or last_turn_id in on_path
+    )
 
 
 def _to_summary(row: SummaryRow) -> Summary:
@@ -312,10 +344,15 @@ class RollingSummary:
         self._locks = _ConversationLocks()
 
     def latest(self, conversation_id: int, history: Sequence[Turn]) -> Summary | None:
-        """The newest summary of turns in `history` (a replay of an old turn sees no later one)."""
+        """The newest summary of turns in `history`: folded on its branch (a summary ends
+        at a turn of the branch it was folded on, and a branch's turns down to any of its
+        own are every branch's that holds it), and no later than its last turn (a replay
+        of an old turn sees no later one)."""
         if not history:
             return None
-        return self._store.latest(conversation_id, up_to_turn=history[-1].id)
+        return self._store.latest(
+            conversation_id, up_to_turn=history[-1].id, on_path={t.id for t in history}
+        )
 
     def unsummarized(self, history: Sequence[Turn], summary: Summary | None) -> list[Turn]:
         if summary is None:
@@ -325,7 +362,7 @@ class RollingSummary:
     def maybe_fold(self, conversation_id: int, history: Sequence[Turn]) -> Summary | None:
         # One fold at a time per conversation; a concurrent observe then sees the new version.
         with self._locks.hold(conversation_id):
-            summary = self._store.latest(conversation_id)
+            summary = self.latest(conversation_id, history)
             pending = self.unsummarized(history, summary)
             sizes = [turn_tokens(t) for t in pending]
             if sum(sizes) <= self._fold_tokens:

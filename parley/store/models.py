@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from parley.core.domain import CallOutcome, MessageRole, MessageStatus, Purpose, Rating, Role
-from parley.core.records import CitedPassage, Provenance
+from parley.core.records import Attachment, CitedPassage, DocumentSource, Provenance
 from parley.store.typed_json import TypedJSON
 
 
@@ -100,6 +100,9 @@ class Conversation(Base):
     )
     pinned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # kept on top
     archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # out of the list
+    # The newest message of the branch shown (`parley/chat/conversation/branches.py`);
+    # None: no message yet. A message id of this conversation, kept by the service.
+    active_leaf_id: Mapped[int | None] = mapped_column(Integer)
 
     user: Mapped[User] = relationship(back_populates="conversations")
     messages: Mapped[list[Message]] = relationship(
@@ -117,11 +120,17 @@ class Message(Base):
         # The history cache counts a conversation's superseded answers through this index.
         Index("ix_messages_conversation_status", "conversation_id", "status"),
         Index("ix_messages_created_at", "created_at"),
+        Index("ix_messages_parent_id", "parent_id"),
         {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    # The message this one follows (None: the first of its branch). Messages form a tree:
+    # an edited question is a sibling of the one it replaces, a regenerated answer of the
+    # answer. A parent is always older (a lower id), and always of the same conversation;
+    # no foreign key, since messages only ever leave with their whole conversation.
+    parent_id: Mapped[int | None] = mapped_column(Integer)
     role: Mapped[MessageRole] = mapped_column(_enum(MessageRole, "message_role"))
     content: Mapped[str] = mapped_column(Text, default="")
     status: Mapped[MessageStatus] = mapped_column(
@@ -143,6 +152,11 @@ class Message(Base):
     context: Mapped[Provenance | None] = mapped_column(TypedJSON(Provenance))
     # The passages an answer cites, in the answer's order.
     citations: Mapped[list[CitedPassage] | None] = mapped_column(TypedJSON(list[CitedPassage]))
+    # The passages an answer's prompt held (shown under an answer that cites none of them).
+    sources: Mapped[list[DocumentSource] | None] = mapped_column(TypedJSON(list[DocumentSource]))
+    # The files a question was sent with: private documents of its author, which its
+    # answers (and the answers to its edits) read first.
+    attachments: Mapped[list[Attachment] | None] = mapped_column(TypedJSON(list[Attachment]))
     stop_reason: Mapped[str | None] = mapped_column(String(40))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from parley.fakes.anthropic_server import FakeAnthropic, Reply
+from parley.fakes.anthropic_server import Cited, FakeAnthropic, Reply
 from tests.e2e.test_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -27,6 +27,8 @@ from tests.e2e.test_browser import (
     _server_env,
     _session_cookie,
 )
+from tests.e2e.test_documents_browser import UPLOAD_TIMEOUT_MS
+from tests.support import pdf_with_pages
 
 pytestmark = [
     pytest.mark.e2e,
@@ -133,3 +135,69 @@ def test_stop_ends_the_answer_within_a_second_and_keeps_its_text(
     ask(page, "Now briefly")
     expect(page.get_by_test_id("stChatMessage").nth(3)).to_contain_text("A short answer.")
     expect(page.get_by_test_id("stChatMessage").nth(1)).to_contain_text("Stopped")
+
+
+def key(page: Page, prefix: str) -> Any:
+    """Streamlit's element for a widget whose key starts with `prefix` (its class names it)."""
+    return page.locator(f"[class*='st-key-{prefix}']")
+
+
+def test_edit_a_question_step_between_branches_send_a_pdf_and_find_it_again(
+    page: Page, fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    messages = page.get_by_test_id("stChatMessage")
+    page.get_by_test_id("stSidebar").get_by_role("button", name="New conversation").click()
+    fake.enqueue(Reply(text="Paris."))
+    ask(page, "Which capital has the Louvre?")
+    expect(messages.nth(1)).to_contain_text("Paris.")
+
+    # Edit the question: the new answer shows, and "2 / 2" says there is another.
+    key(page, "edit-").first.get_by_role("button").click()
+    box = key(page, "edit-text-").locator("textarea")
+    expect(box).to_have_value("Which capital has the Louvre?")
+    box.fill("Which capital has the Uffizi?")
+    fake.enqueue(Reply(text="Florence was; Rome is."))
+    key(page, "edit-send-").get_by_role("button").click()
+    expect(messages.nth(1)).to_contain_text("Florence was; Rome is.")
+    expect(messages.nth(0)).to_contain_text("Which capital has the Uffizi?")
+    expect(messages.nth(0)).to_contain_text("2 / 2")
+    page.screenshot(path=str(tmp_path / "edited.png"))
+
+    # Back to the first branch, whole.
+    key(page, "branch-back-").first.get_by_role("button").click()
+    expect(messages.nth(0)).to_contain_text("Which capital has the Louvre?")
+    expect(messages.nth(1)).to_contain_text("Paris.")
+    expect(messages.nth(0)).to_contain_text("1 / 2")
+
+    # A PDF sent in the message box is read for the question and cited.
+    fake.enqueue(
+        Reply(segments=["The memo says ", Cited("the museum opens at nine", source=0), "."])
+    )
+    pdf = pdf_with_pages("Visitor memo: the museum opens at nine on weekdays")
+    chat = page.get_by_test_id("stChatInput")
+    chat.locator("input[type=file]").set_input_files(
+        [{"name": "memo.pdf", "mimeType": "application/pdf", "buffer": pdf}]
+    )
+    expect(chat).to_contain_text("memo.pdf")
+    page.wait_for_load_state("networkidle")  # the file has reached the server
+    ask(page, "When does it open?")
+    expect(messages.nth(3)).to_contain_text(
+        "The memo says the museum opens at nine [1].", timeout=UPLOAD_TIMEOUT_MS
+    )
+    expect(messages.nth(2)).to_contain_text("memo.pdf")
+    expect(messages.nth(3)).to_contain_text("memo.pdf")  # the source under the answer
+    sent = fake.requests[-1].body["messages"][-1]["content"]
+    assert sent[0]["type"] == "search_result" and "memo.pdf" in sent[0]["title"]
+    page.screenshot(path=str(tmp_path / "pdf.png"))
+
+    # Found again by a word from its middle, on the branch that holds it.
+    page.get_by_test_id("stSidebar").get_by_role("button", name="New conversation").click()
+    search = page.get_by_test_id("stSidebar").get_by_placeholder("Search your conversations")
+    search.fill("Uffizi")
+    search.press("Enter")
+    found = key(page, "found-").first.get_by_role("button")
+    expect(found).to_contain_text("Uffizi")
+    found.click()
+    expect(messages.nth(0)).to_contain_text("Which capital has the Uffizi?")
+    expect(messages.nth(0)).to_contain_text("Found here")
+    expect(page.get_by_test_id("stException")).to_have_count(0)

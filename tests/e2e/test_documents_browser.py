@@ -40,6 +40,9 @@ def upload_report_and_ask(page: Page) -> None:
     page.locator("input[type=file]").set_input_files(
         [{"name": "report.pdf", "mimeType": "application/pdf", "buffer": pdf}]
     )
+    # The browser sends the file on its own; Add before it has arrived would find none.
+    expect(page.get_by_test_id("stFileUploader").get_by_text("report.pdf")).to_be_visible()
+    page.wait_for_load_state("networkidle")
     page.get_by_role("button", name="Add", exact=True).click()
     expect(page.get_by_text("report.pdf: 2 passages indexed")).to_be_visible(
         timeout=UPLOAD_TIMEOUT_MS

@@ -11,6 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from parley.chat.conversation.branches import load_tree
 from parley.core.config import Settings
 from parley.core.domain import Role
 from parley.core.errors import (
@@ -184,6 +185,51 @@ def test_the_ledger_migration_keeps_past_usage(tmp_path: Path) -> None:
         ("ann", "chat", "complete", "m2", 7, 3, 0.1),  # from model_calls, not twice
         ("ann", "title", "complete", "m2", 4, 2, 0.01),
     ]
+    database.dispose()
+
+
+def test_the_branches_migration_makes_one_branch_in_the_order_shown(tmp_path: Path) -> None:
+    """Before 0026 a conversation was its messages in id order, less the answers a retry
+    replaced: each message now follows the newest earlier shown one, and the branch shown
+    ends at the newest shown message."""
+    database = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(database, "0025")
+    with database.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (id, name, role, created_at)"
+                " VALUES (1, 'ann', 'user', '2026-11-01 10:00:00')"
+            )
+        )
+        for cid in (5, 6, 7):
+            conn.execute(
+                text(
+                    "INSERT INTO conversations (id, user_id, title, created_at, updated_at)"
+                    f" VALUES ({cid}, 1, 't', '2026-11-01 10:00:00', '2026-11-01 10:00:00')"
+                )
+            )
+        conn.execute(
+            text(
+                "INSERT INTO messages (id, conversation_id, role, content, status, created_at)"
+                " VALUES (1, 5, 'user', 'q1', 'complete', '2026-11-01 10:00:00'),"
+                " (2, 6, 'user', 'other', 'complete', '2026-11-01 10:00:00'),"
+                " (3, 5, 'assistant', 'failed', 'superseded', '2026-11-01 10:00:01'),"
+                " (4, 5, 'assistant', 'a1', 'complete', '2026-11-01 10:00:02'),"
+                " (5, 5, 'user', 'q2', 'complete', '2026-11-01 10:00:03'),"
+                " (6, 5, 'assistant', 'a2', 'interrupted', '2026-11-01 10:00:04'),"
+                " (7, 5, 'assistant', 'late', 'superseded', '2026-11-01 10:00:05')"
+            )
+        )
+    upgrade(database)
+    with database.engine.begin() as conn:
+        parents = dict(conn.execute(text("SELECT id, parent_id FROM messages")).all())
+        leaves = dict(conn.execute(text("SELECT id, active_leaf_id FROM conversations")).all())
+    assert parents == {1: None, 2: None, 3: 1, 4: 1, 5: 4, 6: 5, 7: 6}
+    assert leaves == {5: 6, 6: 2, 7: None}
+    with database.session() as session:
+        tree = load_tree(session, 5)
+        assert tree.path(tree.leaf(leaves[5])) == [1, 4, 5, 6]
+        assert tree.branching(4).count == 1  # the replaced answer is no sibling
     database.dispose()
 
 

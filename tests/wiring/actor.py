@@ -94,7 +94,8 @@ def _turns(services: Services, principal: Principal, conversation_id: int) -> li
     """The turns a prompt would get now, through this process's history cache."""
     with services._database.session() as session:
         conversation = owned_conversation(session, principal, conversation_id)
-        return [turn.content for turn in services._history.turns(session, conversation)]
+        leaf = conversation.active_leaf_id
+        return [turn.content for turn in services._history.turns(session, conversation, leaf)]
 
 
 def _cookie(services: Services, principal: Principal) -> str:

@@ -307,6 +307,30 @@ GUARDED: tuple[Guarded, ...] = (
         "chat.retry", NotFound, lambda a: list(a.services.chat.retry(a.principal, a.data.failed))
     ),
     Guarded(
+        "chat.edit",
+        NotFound,
+        lambda a: list(a.services.chat.edit(a.principal, a.data.answered, a.data.question_id, "x")),
+    ),
+    Guarded(
+        "chat.regenerate",
+        NotFound,
+        lambda a: list(
+            a.services.chat.regenerate(a.principal, a.data.answered, a.data.question_id + 1)
+        ),
+    ),
+    Guarded(
+        "conversations.thread",
+        NotFound,
+        lambda a: a.services.conversations.thread(a.principal, a.data.answered),
+    ),
+    Guarded(
+        "conversations.show_branch",
+        NotFound,
+        lambda a: a.services.conversations.show_branch(
+            a.principal, a.data.answered, a.data.question_id
+        ),
+    ),
+    Guarded(
         "chat.needs_retry",
         NotFound,
         lambda a: a.services.chat.needs_retry(a.principal, a.data.failed),
@@ -479,6 +503,14 @@ def check_owner(world: World, method: str, data: Owned) -> None:
         assert services.chat.estimate_next(owner, data.answered).input_tokens > 0
     elif method == "chat.send":
         assert "".join(services.chat.send(owner, data.answered, "me again")) == "OK"
+    elif method == "conversations.thread":
+        thread = services.conversations.thread(owner, data.answered)
+        assert thread.messages[0].content == f"{owner.name}'s private question"
+    elif method == "chat.regenerate":
+        answer = services.conversations.thread(owner, data.answered).messages[1]
+        assert "".join(services.chat.regenerate(owner, data.answered, answer.id)) == "OK"
+        services.conversations.show_branch(owner, data.answered, answer.id)
+        assert services.conversations.thread(owner, data.answered).messages[1].id == answer.id
     else:
         raise AssertionError(method)
 
@@ -494,6 +526,8 @@ OWNER_METHODS = [
     "lab.strategy_of",
     "chat.needs_retry",
     "chat.estimate_next",
+    "chat.regenerate",
+    "conversations.thread",
     "chat.send",
 ]
 

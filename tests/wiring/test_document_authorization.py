@@ -107,6 +107,8 @@ GUARDED: tuple[Guarded, ...] = (
 # what they may see (checked below).
 OWN_VIEW_ONLY = {
     "documents.add",
+    "documents.add_files",  # private documents of the principal's own
+    "documents.remove_quietly",  # through `delete`'s own check: the test below
     "documents.list_for",
     "documents.search",
     "documents.has_any",
@@ -166,6 +168,17 @@ def test_a_principal_without_the_right_is_refused_and_nothing_changes(
         method.call(world, principal)
     assert isinstance(refused.value, method.refusal), (method.name, refused.value)
     assert snapshot(world) == before
+
+
+def test_taking_back_a_messages_files_removes_only_ones_own(world: World) -> None:
+    for intruder in (world.bob, world.carol):
+        world.services.documents.remove_quietly(intruder, [world.private, world.shared])
+    assert {d.id for d in world.services.documents.list_for(world.alice)} == {
+        world.private,
+        world.shared,
+    }
+    world.services.documents.remove_quietly(world.alice, [world.private])
+    assert {d.id for d in world.services.documents.list_for(world.alice)} == {world.shared}
 
 
 def test_own_view_methods_show_nothing_private_of_another_user(world: World) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from parley.chat.conversation.branches import advance
 from parley.chat.conversation.replies import ReplyResult, ReplyStream
 from parley.chat.gateway.pricing import Pricing
 from parley.core.audit_events import Answered, CitedRef, MessageRef
@@ -29,7 +30,7 @@ from parley.core.errors import (
     StreamInterrupted,
 )
 from parley.core.llm import StreamEnd, Usage
-from parley.core.records import CitedPassage, Provenance
+from parley.core.records import CitedPassage, DocumentSource, Provenance
 from parley.core.retry import retried
 from parley.memory import message_tokens
 from parley.store.audit import append_in, message_hash
@@ -64,6 +65,7 @@ class AnswerRow:
     cost_usd: float | None
     context: Provenance | None
     citations: list[CitedPassage] | None
+    sources: list[DocumentSource] | None
     stop_reason: str | None
     error: str | None
 
@@ -104,6 +106,7 @@ class AnswerStore:
         if usage is None and stopped and stream.call_id is not None:
             # The call never reached its end: its usage is what the meter recorded.
             model, usage, cost = self._metered(stream.call_id, model)
+        provenance = stream.provenance  # made after the stream, off the first token's path
         row = AnswerRow(
             conversation_id=stream.conversation_id,
             content=text,
@@ -116,8 +119,9 @@ class AnswerStore:
             cache_read_input_tokens=usage.cache_read_input_tokens if usage else None,
             estimated_input_tokens=stream.estimated_input_tokens,
             cost_usd=cost,
-            context=stream.provenance,  # made after the stream, off the first token's path
+            context=provenance,
             citations=citations or None,
+            sources=list(provenance.sources) or None if provenance else None,
             stop_reason=ends[-1].stop_reason if ends else None,
             error=sentence,
         )
@@ -176,20 +180,24 @@ class AnswerStore:
                 else None
             )
             message = Message(
-                **columns, role=MessageRole.ASSISTANT, created_at=now, completed_at=now
+                **columns,
+                parent_id=stream.user_message_id,
+                role=MessageRole.ASSISTANT,
+                created_at=now,
+                completed_at=now,
             )
+            conversation = session.get(Conversation, row.conversation_id)
             if settled is not None:
                 # Another process took this one for dead and kept what had arrived. A
                 # stored turn's text never changes (other processes cache it), so that
                 # answer is superseded by this one. If the user had moved on (the kept
-                # answer was out of the way, or anything was said after it), the kept
-                # one stays as it is and this one is kept out of the way, so what was
-                # shown, and its order, never change.
+                # answer was out of the way, or anything follows it), the kept one stays
+                # as it is and this one is kept out of the way, so what was shown, and
+                # its order, never change.
                 moved_on = settled.status is MessageStatus.SUPERSEDED or session.scalar(
                     select(Message.id)
                     .where(
-                        Message.conversation_id == settled.conversation_id,
-                        Message.id > settled.id,
+                        Message.parent_id == settled.id,
                         Message.status != MessageStatus.SUPERSEDED,
                     )
                     .limit(1)
@@ -198,13 +206,16 @@ class AnswerStore:
                     message.status = MessageStatus.SUPERSEDED
                 else:
                     settled.status = MessageStatus.SUPERSEDED
+                    if conversation is not None and conversation.active_leaf_id == settled.id:
+                        conversation.active_leaf_id = stream.user_message_id  # then this one
             session.add(message)
             if draft is not None:
                 session.delete(draft)
-            conversation = session.get(Conversation, row.conversation_id)
             if conversation is not None:
                 conversation.updated_at = now
             session.flush()
+            if conversation is not None and message.status is not MessageStatus.SUPERSEDED:
+                advance(conversation, message)
             append_answered(
                 session,
                 message,

@@ -11,12 +11,13 @@ from functools import partial
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, defer
 
+from parley.chat.conversation.branches import Branching, load_tree
 from parley.chat.conversation.grants import require_grant
 from parley.core.audit_events import ConversationErased
 from parley.core.background import Defer
 from parley.core.domain import MessageRole, MessageStatus, Principal, require_admin
 from parley.core.errors import InvalidInput, NotFound
-from parley.core.records import CitedPassage
+from parley.core.records import Attachment, CitedPassage, DocumentSource
 from parley.retrieval.vector_store import deferred_purges
 from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
@@ -64,6 +65,19 @@ class ChatMessage:
     created_at: datetime
     # The passages the answer cites (see `Message.citations`), in the answer's order.
     citations: tuple[CitedPassage, ...] = ()
+    parent_id: int | None = None  # the message it follows (`branches`)
+    attachments: tuple[Attachment, ...] = ()  # the files a question was sent with
+    sources: tuple[DocumentSource, ...] = ()  # the passages an answer's prompt held
+
+
+@dataclass(frozen=True, slots=True)
+class Thread:
+    """The branch a conversation shows, oldest first, and where each of its messages
+    stands among its siblings (only those that have any: edited questions, answers
+    asked for again)."""
+
+    messages: list[ChatMessage]
+    branching: dict[int, Branching]
 
 
 def to_info(conversation: Conversation) -> ConversationInfo:
@@ -92,6 +106,9 @@ def to_chat_message(message: Message) -> ChatMessage:
         error=message.error,
         created_at=message.created_at,
         citations=tuple(message.citations or ()),
+        parent_id=message.parent_id,
+        attachments=tuple(message.attachments or ()),
+        sources=tuple(message.sources or ()),
     )
 
 
@@ -392,8 +409,40 @@ class ConversationService:
                     delete(VectorErasure).where(VectorErasure.conversation_id.in_(conversation_ids))
                 )
 
+    def thread(self, principal: Principal, conversation_id: int) -> Thread:
+        """The branch shown, with its siblings (answers a stopped process was writing are
+        kept first, as for `messages`)."""
+        if self._settle is not None:
+            with self._db.session() as session:
+                owned_conversation(session, principal, conversation_id)
+            self._settle(conversation_id)
+        with self._db.session() as session:
+            conversation = owned_conversation(session, principal, conversation_id)
+            tree = load_tree(session, conversation.id)
+            path = tree.path(tree.leaf(conversation.active_leaf_id))
+            rows = {
+                m.id: m
+                for m in session.scalars(
+                    select(Message)
+                    .options(defer(Message.context))  # provenance: not shown here
+                    .where(Message.conversation_id == conversation.id)
+                )
+            }
+            branching = {i: b for i in path if (b := tree.branching(i)).count > 1}
+            return Thread([to_chat_message(rows[i]) for i in path], branching)
+
+    def show_branch(self, principal: Principal, conversation_id: int, message_id: int) -> None:
+        """Show the branch that holds `message_id`: the one last written below it."""
+        with self._db.session() as session:
+            conversation = owned_conversation(session, principal, conversation_id)
+            tree = load_tree(session, conversation.id)
+            if not tree.shown(message_id):
+                raise InvalidInput("That message is not one of this conversation's.")
+            conversation.active_leaf_id = tree.newest_under(message_id)
+
     def messages(self, principal: Principal, conversation_id: int) -> list[ChatMessage]:
-        """Every message in order, superseded attempts included (pages may hide them).
+        """Every message in order, every branch's and superseded attempts included (the
+        page shows `thread`).
         Answers a stopped process was writing are kept first (`drafts.DraftSettler`),
         once the conversation is known to be the principal's."""
         shown = self._read(principal, conversation_id)

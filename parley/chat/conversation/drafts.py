@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from parley.chat.conversation.answer import append_answered
+from parley.chat.conversation.branches import advance
 from parley.chat.conversation.replies import ReplyStream
 from parley.chat.gateway.usage import UsageService
 from parley.core.domain import CallOutcome, MessageRole, MessageStatus, Purpose
@@ -242,11 +243,10 @@ class DraftSettler:
                 .where(Conversation.id == draft.conversation_id)
                 .with_for_update()
             )
-        went_on = session.scalar(
+        went_on = session.scalar(  # anything follows its question: another answer, a reply
             select(Message.id)
             .where(
-                Message.conversation_id == draft.conversation_id,
-                Message.id > draft.user_message_id,
+                Message.parent_id == draft.user_message_id,
                 Message.status != MessageStatus.SUPERSEDED,
             )
             .limit(1)
@@ -266,6 +266,7 @@ class DraftSettler:
         output_tokens = message_tokens(text) if text else 0
         message = Message(
             conversation_id=draft.conversation_id,
+            parent_id=draft.user_message_id,
             role=MessageRole.ASSISTANT,
             content=text,
             status=status,
@@ -273,12 +274,16 @@ class DraftSettler:
             tokens=output_tokens,
             estimated_input_tokens=draft.estimated_input_tokens,
             context=draft.context,
+            sources=list(draft.context.sources) or None if draft.context else None,
             error=BROKE_OFF,
             created_at=draft.started_at,
             completed_at=now,
         )
         session.add(message)
         session.flush()
+        conversation = session.get(Conversation, draft.conversation_id)
+        if conversation is not None and status is not MessageStatus.SUPERSEDED:
+            advance(conversation, message)
         draft.settled_message_id = message.id
         # The text lives in the message now; the draft stays, empty, for a late owner.
         draft.content, draft.context = "", None

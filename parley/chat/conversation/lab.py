@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from parley.chat.conversation.context import ContextBuilder, Estimate
 from parley.chat.conversation.grants import require_grant
-from parley.chat.conversation.history import prompt_turns
+from parley.chat.conversation.history import path_turns
 from parley.core.audit_events import MemoryOptionsSet, MemoryStrategySet
 from parley.core.domain import MessageRole, Principal, require_admin
 from parley.core.errors import InvalidInput, NotFound
@@ -124,7 +124,8 @@ class StrategyLab:
     ) -> tuple[ContextWindow, Estimate]:
         """The context `strategy` would build for a stored user message: admins only.
 
-        It reads any user's conversation, with the history before that message alone.
+        It reads any user's conversation, with the history before that message alone (on
+        its branch).
         """
         require_admin(principal, "Only administrators can replay conversations.")
         with self._db.session() as session:
@@ -133,7 +134,7 @@ class StrategyLab:
                 raise NotFound(user_message=f"There is no conversation {conversation_id}.")
             require_grant(session, principal, conversation)  # break-glass: a reason first
             question = session.execute(
-                select(Message.content).where(
+                select(Message.content, Message.parent_id).where(
                     Message.id == message_id,
                     Message.conversation_id == conversation_id,
                     Message.role == MessageRole.USER,
@@ -141,7 +142,7 @@ class StrategyLab:
             ).first()
             if question is None:
                 raise NotFound(user_message="Choose one of the conversation's user messages.")
-            history = prompt_turns(session, conversation_id, before_id=message_id)
+            history = path_turns(session, question.parent_id)
         context = self._context.build(
             conversation_id=conversation_id,
             strategy=strategy,

@@ -13,22 +13,22 @@ The page and the CLI both use this; upkeep after the answer is `parley.chat.conv
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field, replace
 
 from opentelemetry.trace import Span
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from parley.chat.conversation.answer import AnswerStore
+from parley.chat.conversation.branches import load_tree, message_in
 from parley.chat.conversation.context import ContextBuilder, Estimate
 from parley.chat.conversation.conversations import owned_conversation
 from parley.chat.conversation.drafts import DraftKeeper, DraftSettler, DraftTicket
-from parley.chat.conversation.history import HistoryCache, prompt_turns, visible_messages
+from parley.chat.conversation.history import HistoryCache
 from parley.chat.conversation.replies import ReplyStream, clean_message_text
 from parley.chat.conversation.titles import fallback_title
 from parley.chat.conversation.upkeep import Upkeep
-from parley.chat.documents.library import DocumentService
+from parley.chat.documents.library import DocumentInfo, DocumentService
 from parley.chat.documents.passages import NO_PASSAGES, Passages, find_passages
 from parley.chat.gateway.limited_provider import LimitedProvider
 from parley.chat.gateway.pricing import Pricing
@@ -51,12 +51,25 @@ from parley.core.llm import (
     StreamEnd,
     TextDelta,
 )
-from parley.core.records import CitedPassage
+from parley.core.records import Attachment, CitedPassage
 from parley.memory import ContextWindow, Turn, message_tokens
 from parley.store.db import Database
 from parley.store.models import Conversation, Message, utcnow
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a turn answers: the question's text, the message it follows, the stored
+    question when it is asked again (None: store `text` as a new one), and the failed
+    answers a retry puts out of the way."""
+
+    text: str
+    parent_id: int | None
+    question: Message | None = None
+    replaced: Sequence[Message] = field(default_factory=tuple)
+    attachments: Sequence[Attachment] = ()  # files sent with the question
 
 
 class ChatService:
@@ -98,69 +111,179 @@ class ChatService:
         text: str,
         *,
         documents: Sequence[int] | None = None,
+        after: int | None = None,
+        files: Sequence[tuple[str, bytes]] = (),
     ) -> ReplyStream:
         """Store the user's message and start the answer. A new conversation draws on
         `documents` (ids; None: every document the user may see); an existing one on
-        what it was set to.
+        what it was set to. The message follows `after` (a message of the conversation;
+        None: the end of the branch shown), so a page showing an older branch adds to
+        the branch it shows. `files` (name, bytes) become private documents of the user,
+        which this question reads first and the conversation draws on from then on.
 
-        Raises `InvalidInput`, `NotFound` or `QuotaExceeded` before anything is stored.
+        Raises `InvalidInput`, `NotFound` or `QuotaExceeded` before anything is stored
+        (a file's kind, size or number before any file is).
         """
         text = clean_message_text(text, max_chars=self._settings.max_message_chars)
-        self._quotas.check_quota(principal)  # a quick refusal; the reservation below holds
+        attached: list[DocumentInfo] = []
+        if files:  # refusals that come before any file is stored
+            if self._documents is None:
+                raise InvalidInput("This server takes no files: it has no document store.")
+            if conversation_id is not None:  # another's conversation
+                with self._db.session() as session:
+                    owned_conversation(session, principal, conversation_id)
+            self._quotas.check_quota(principal)
+            attached = self._documents.add_files(principal, files)
+        kept = [Attachment(document_id=d.id, name=d.name) for d in attached]
+
+        def plan(session: Session, conversation: Conversation | None) -> _Plan:
+            if conversation is None:
+                return _Plan(text, parent_id=None, attachments=kept)
+            if after is None:  # kept by every write (`branches`): no tree to read
+                return _Plan(text, parent_id=conversation.active_leaf_id, attachments=kept)
+            parent = message_in(session, conversation, after).id
+            return _Plan(text, parent_id=parent, attachments=kept)
+
         # No settling of dead processes' drafts here (it would cost the first token a
         # transaction): the page settles when it shows the conversation, before anyone
         # can send; a draft settled after a send is kept as superseded, in order.
-        self._context.prepare(text)  # the question's embedding runs while we go on
+        try:
+            return self._turn(principal, conversation_id, plan, text=text, documents=documents)
+        except BaseException:
+            if self._documents is not None and attached:  # not sent: the files go too
+                self._documents.remove_quietly(principal, [d.id for d in attached])
+            raise
+
+    def edit(
+        self, principal: Principal, conversation_id: int, message_id: int, text: str
+    ) -> ReplyStream:
+        """Ask an earlier question again in other words: the new question follows what
+        the old one followed (a new branch), and the old branch is kept."""
+        text = clean_message_text(text, max_chars=self._settings.max_message_chars)
+        self._settle(principal, conversation_id)
+
+        def plan(session: Session, conversation: Conversation | None) -> _Plan:
+            assert conversation is not None
+            old = message_in(session, conversation, message_id, role=MessageRole.USER)
+            return _Plan(text, parent_id=old.parent_id, attachments=old.attachments or ())
+
+        return self._turn(principal, conversation_id, plan, text=text, edited=True)
+
+    def regenerate(self, principal: Principal, conversation_id: int, answer_id: int) -> ReplyStream:
+        """Answer a question again: the new answer is a sibling of `answer_id`, which is kept."""
+        self._settle(principal, conversation_id)
+
+        def plan(session: Session, conversation: Conversation | None) -> _Plan:
+            assert conversation is not None
+            answer = message_in(session, conversation, answer_id, role=MessageRole.ASSISTANT)
+            question = session.get(Message, answer.parent_id) if answer.parent_id else None
+            if question is None or question.role is not MessageRole.USER:
+                raise InvalidInput("That answer follows no question to ask again.")
+            return _Plan(
+                question.content,
+                parent_id=question.parent_id,
+                question=question,
+                attachments=question.attachments or (),
+            )
+
+        return self._turn(principal, conversation_id, plan, regenerated=True)
+
+    def retry(self, principal: Principal, conversation_id: int) -> ReplyStream:
+        """Answer the last question of the branch shown again; a failed answer to it is
+        kept as superseded (out of the way: no sibling to step to)."""
+        self._settle(principal, conversation_id)
+
+        def plan(session: Session, conversation: Conversation | None) -> _Plan:
+            assert conversation is not None
+            leaf_id = load_tree(session, conversation.id).leaf(conversation.active_leaf_id)
+            leaf = session.get(Message, leaf_id) if leaf_id is not None else None
+            failed: list[Message] = []
+            if leaf is not None and leaf.role is MessageRole.ASSISTANT:
+                if leaf.status in (MessageStatus.COMPLETE, MessageStatus.STOPPED):
+                    raise InvalidInput("The last message already has an answer.")
+                failed = [leaf]
+                leaf = session.get(Message, leaf.parent_id) if leaf.parent_id else None
+            if leaf is None or leaf.role is not MessageRole.USER:
+                raise InvalidInput("There is no message to retry.")
+            return _Plan(
+                leaf.content,
+                parent_id=leaf.parent_id,
+                question=leaf,
+                replaced=failed,
+                attachments=leaf.attachments or (),
+            )
+
+        return self._turn(principal, conversation_id, plan, retry=True)
+
+    def _turn(
+        self,
+        principal: Principal,
+        conversation_id: int | None,
+        plan: Callable[[Session, Conversation | None], _Plan],
+        *,
+        text: str | None = None,
+        documents: Sequence[int] | None = None,
+        **attributes: bool,
+    ) -> ReplyStream:
+        """One answer: plan it in the conversation, assemble its context on the branch the
+        question follows, store the question (a new one, unless asked again), then call."""
+        self._quotas.check_quota(principal)  # a quick refusal; the reservation below holds
+        if text is not None:
+            self._context.prepare(text)  # the question's embedding runs while we go on
         reservation: int | None = None
-        turn = tracing.start("parley.chat.turn", conversation_id=conversation_id)
+        turn = tracing.start(
+            "parley.chat.turn", None, conversation_id=conversation_id, **attributes
+        )
         try:
             with self._db.session() as session:
-                conversation: Conversation | None = None
+                conversation = (
+                    owned_conversation(session, principal, conversation_id)
+                    if conversation_id is not None
+                    else None
+                )
+                planned = plan(session, conversation)
                 history: Sequence[Turn] = ()
-                if conversation_id is not None:
-                    conversation = owned_conversation(session, principal, conversation_id)
-                    history = self._history.turns(session, conversation)
+                if conversation is not None:
+                    history = self._history.turns(session, conversation, planned.parent_id)
                     documents = conversation.document_ids
-                with tracing.child(turn, "parley.chat.retrieve") as span:
-                    passages = self._passages(principal, text, documents)
-                    span.set_attribute("parley.passages", len(passages.sources()))
-                with tracing.child(turn, "parley.chat.assemble", turns=len(history)):
-                    context = passages.attach(
-                        self._context.build(
-                            conversation_id=conversation.id if conversation else 0,
-                            strategy=conversation.memory_strategy if conversation else None,
-                            options=conversation.memory_options if conversation else None,
-                            history=history,
-                            question=text,
-                            budget=(
-                                self._context.budget() - passages.tokens if passages.hits else None
-                            ),
-                        ),
-                        native=self._provider.native_citations,
-                    )
+                attached = [a.document_id for a in planned.attachments]
+                context, passages = self._assemble(
+                    turn, principal, planned.text, history, conversation, documents, attached
+                )
                 # Before this session writes anything: the reservation takes the write lock.
                 reservation = self._reserve(principal, context)
                 if conversation is None:
                     conversation = Conversation(
                         user_id=principal.user_id,
-                        title=fallback_title(text),
+                        title=fallback_title(planned.text),
                         document_ids=None if documents is None else sorted(set(documents)),
                     )
                     session.add(conversation)
                     session.flush()
-                user_message = Message(
-                    conversation_id=conversation.id,
-                    role=MessageRole.USER,
-                    content=text,
-                    status=MessageStatus.COMPLETE,
-                    tokens=message_tokens(text),
-                    estimated_input_tokens=context.total_tokens,
-                    completed_at=utcnow(),
-                )
-                session.add(user_message)
-                conversation.updated_at = utcnow()
-                session.flush()
-                ids = (conversation.id, user_message.id)
+                if attached and conversation.document_ids is not None:  # drawn on from now
+                    conversation.document_ids = sorted({*conversation.document_ids, *attached})
+                for failed in planned.replaced:
+                    failed.status = MessageStatus.SUPERSEDED
+                question = planned.question
+                if question is None:
+                    question = Message(
+                        conversation_id=conversation.id,
+                        parent_id=planned.parent_id,
+                        role=MessageRole.USER,
+                        content=planned.text,
+                        status=MessageStatus.COMPLETE,
+                        tokens=message_tokens(planned.text),
+                        estimated_input_tokens=context.total_tokens,
+                        completed_at=utcnow(),
+                        attachments=list(planned.attachments) or None,
+                    )
+                    session.add(question)
+                    session.flush()
+                # The page shows the question's branch while its answer is written.
+                conversation.active_leaf_id = question.id
+                conversation.updated_at = utcnow()  # on PostgreSQL: the row's lock, which
+                session.flush()  # a settler takes too before it decides (drafts.py)
+                ids = (conversation.id, question.id)
                 ticket = self._open_draft(session, principal, *ids, context, reservation)
             # The user's message is committed here, before the provider is called.
             return self._start(
@@ -172,60 +295,35 @@ class ChatService:
             turn.end()
             raise
 
-    def retry(self, principal: Principal, conversation_id: int) -> ReplyStream:
-        """Answer the last user message again; a failed answer to it is kept as superseded."""
-        self._quotas.check_quota(principal)
-        self._settle(principal, conversation_id)
-        reservation: int | None = None
-        turn = tracing.start("parley.chat.turn", conversation_id=conversation_id, retry=True)
-        try:
-            with self._db.session() as session:
-                conversation = owned_conversation(session, principal, conversation_id)
-                rows = visible_messages(session, conversation.id)
-                last_user_index = max(
-                    (i for i, m in enumerate(rows) if m.role is MessageRole.USER), default=None
-                )
-                if last_user_index is None:
-                    raise InvalidInput("There is no message to retry.")
-                question = rows[last_user_index]
-                later = rows[last_user_index + 1 :]
-                if any(m.status is MessageStatus.COMPLETE for m in later):
-                    raise InvalidInput("The last message already has an answer.")
-                history = prompt_turns(session, conversation.id, before_id=question.id)
-                with tracing.child(turn, "parley.chat.retrieve") as span:
-                    passages = self._passages(
-                        principal, question.content, conversation.document_ids
-                    )
-                    span.set_attribute("parley.passages", len(passages.sources()))
-                with tracing.child(turn, "parley.chat.assemble", turns=len(history)):
-                    context = passages.attach(
-                        self._context.build(
-                            conversation_id=conversation.id,
-                            strategy=conversation.memory_strategy,
-                            options=conversation.memory_options,
-                            history=history,
-                            question=question.content,
-                            budget=(
-                                self._context.budget() - passages.tokens if passages.hits else None
-                            ),
-                        ),
-                        native=self._provider.native_citations,
-                    )
-                reservation = self._reserve(principal, context)
-                for failed in later:
-                    failed.status = MessageStatus.SUPERSEDED
-                conversation.updated_at = utcnow()  # on PostgreSQL: the row's lock, which
-                session.flush()  # a settler takes too before it decides (drafts.py)
-                ids = (conversation.id, question.id)
-                ticket = self._open_draft(session, principal, *ids, context, reservation)
-            return self._start(
-                principal, ids[0], ids[1], context, reservation, passages, ticket, turn
+    def _assemble(
+        self,
+        turn: Span,
+        principal: Principal,
+        question: str,
+        history: Sequence[Turn],
+        conversation: Conversation | None,
+        documents: Sequence[int] | None,
+        attached: Sequence[int] = (),
+    ) -> tuple[ContextWindow, Passages]:
+        """The passages the question finds and the prompt the memory strategy builds. A
+        question sent with files reads those files' best passages, however faintly they
+        match its words ("what does this say?" matches no passage well)."""
+        with tracing.child(turn, "parley.chat.retrieve") as span:
+            passages = self._passages(principal, question, attached or documents, bool(attached))
+            span.set_attribute("parley.passages", len(passages.sources()))
+        with tracing.child(turn, "parley.chat.assemble", turns=len(history)):
+            context = passages.attach(
+                self._context.build(
+                    conversation_id=conversation.id if conversation else 0,
+                    strategy=conversation.memory_strategy if conversation else None,
+                    options=conversation.memory_options if conversation else None,
+                    history=history,
+                    question=question,
+                    budget=(self._context.budget() - passages.tokens if passages.hits else None),
+                ),
+                native=self._provider.native_citations,
             )
-        except BaseException as exc:
-            self._quotas.release(reservation)
-            tracing.failed(turn, exc)
-            turn.end()
-            raise
+        return context, passages
 
     def _settle(self, principal: Principal, conversation_id: int) -> None:
         """Keep the answers of a process that died writing them, before going on: only
@@ -258,7 +356,11 @@ class ChatService:
         )
 
     def _passages(
-        self, principal: Principal, question: str, chosen: Sequence[int] | None
+        self,
+        principal: Principal,
+        question: str,
+        chosen: Sequence[int] | None,
+        any_score: bool = False,
     ) -> Passages:
         if self._documents is None:
             return NO_PASSAGES
@@ -267,7 +369,7 @@ class ChatService:
             principal,
             question,
             max_tokens=self._settings.document_prompt_tokens,
-            min_score=self._settings.document_min_score,
+            min_score=-1.0 if any_score else self._settings.document_min_score,
             native=self._provider.native_citations,
             chosen=chosen,
         )
@@ -278,26 +380,19 @@ class ChatService:
         return self._quotas.reserve(principal, tokens=tokens)
 
     def needs_retry(self, principal: Principal, conversation_id: int) -> bool:
-        """True when the last user message has no complete answer (an answer its reader
-        stopped counts as one: the user meant it)."""
+        """True when the last question of the branch shown has no complete answer (an
+        answer its reader stopped counts as one: the user meant it)."""
         self._settle(principal, conversation_id)
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
-            last = session.execute(
-                select(Message.role, Message.status)
-                .where(
-                    Message.conversation_id == conversation.id,
-                    Message.status != MessageStatus.SUPERSEDED,
-                )
-                .order_by(Message.id.desc())
-                .limit(1)
-            ).first()
-        if last is None:
-            return False
-        return last.role is MessageRole.USER or last.status not in (
-            MessageStatus.COMPLETE,
-            MessageStatus.STOPPED,
-        )
+            leaf = conversation.active_leaf_id
+            last = session.get(Message, leaf) if leaf is not None else None
+            if last is None:
+                return False
+            return last.role is MessageRole.USER or last.status not in (
+                MessageStatus.COMPLETE,
+                MessageStatus.STOPPED,
+            )
 
     def estimate_next(self, principal: Principal, conversation_id: int | None) -> Estimate:
         """Cost of the next message's context (the new message adds its own tokens)."""
@@ -311,7 +406,9 @@ class ChatService:
                 conversation = owned_conversation(session, principal, conversation_id)
                 strategy, cid = conversation.memory_strategy, conversation.id
                 if not free:
-                    history = self._history.turns(session, conversation)
+                    history = self._history.turns(
+                        session, conversation, conversation.active_leaf_id
+                    )
         if free:
             return Estimate(input_tokens=0, input_cost_usd=0.0, max_output_cost_usd=0.0)
         context = self._context.build(

@@ -1,11 +1,14 @@
 """Take a conversation along: export it as Markdown or JSON, import Parley's JSON back.
 
 Only the owner exports (anyone else's is `NotFound`). The JSON holds every message in
-order, failed attempts a retry replaced included (`superseded`), with its status,
-model, usage, cost and citations, and the conversation's title and times; `parley`
-and `version` say what it is. Import reads that JSON as a new conversation of the
-importing user: the file is checked whole first (its shape, its sizes, that it is
-Parley's), and a file that fails gets one sentence and writes nothing. Imported
+order, of every branch, failed attempts a retry replaced included (`superseded`), with
+its status, model, usage, cost and citations, and the message it follows (`parent`, its
+place in the list); `shown` is the place of the branch's newest message the
+conversation shows. Then the conversation's title and times; `parley` and `version`
+say what it is. The Markdown is the branch shown, to read. Import reads that JSON as a
+new conversation of the importing user, with its branches: the file is checked whole
+first (its shape, its sizes, that it is Parley's, that each message follows an earlier
+one), and a file that fails gets one sentence and writes nothing. Imported
 messages keep their text, roles, statuses, models and token counts; not their ids, not
 their costs (the calls were not made here, and nothing imported counts in the usage
 ledger or the admins' costs), and not their citations (they name documents by the ids
@@ -21,7 +24,14 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from sqlalchemy import select
 
 from parley.chat.conversation.conversations import (
@@ -48,8 +58,9 @@ MAX_MESSAGE_CHARS = 200_000
 MAX_OBJECTS = 4 * MAX_MESSAGES + 100  # a message is two objects, its usage one more
 MAX_TOKENS = 10_000_000  # a count no single call comes near
 CONVERSATION_KEYS = {"parley", "version", "title", "created_at", "updated_at", "messages"}
+CONVERSATION_KEYS |= {"shown"}
 MESSAGE_KEYS = {"role", "content", "status", "model", "usage", "cost_usd", "citations"}
-MESSAGE_KEYS |= {"error", "created_at"}
+MESSAGE_KEYS |= {"error", "created_at", "parent"}
 
 
 class _TooBig(ValueError):
@@ -75,6 +86,9 @@ class ExportedMessage(BaseModel):
     citations: list[CitedPassage] = Field(default_factory=list, max_length=1000)
     error: str | None = Field(default=None, max_length=2000)
     created_at: AwareDatetime
+    # The place in the list of the message this one follows (None: a first message). An
+    # export from before branches has none: each message follows the one shown before it.
+    parent: int | None = Field(default=None, ge=0, lt=MAX_MESSAGES)
 
 
 class ExportedConversation(BaseModel):
@@ -85,6 +99,45 @@ class ExportedConversation(BaseModel):
     created_at: AwareDatetime
     updated_at: AwareDatetime
     messages: list[ExportedMessage] = Field(max_length=MAX_MESSAGES)
+    shown: int | None = Field(default=None, ge=0, lt=MAX_MESSAGES)  # the branch shown's end
+
+    @model_validator(mode="after")
+    def _a_tree(self) -> ExportedConversation:
+        """Each message follows an earlier one, so the messages form a tree."""
+        for place, message in enumerate(self.messages):
+            if message.parent is not None and message.parent >= place:
+                raise ValueError(f"message {place} follows a later one")
+        if self.shown is not None and self.shown >= len(self.messages):
+            raise ValueError("the branch shown ends at no message")
+        return self
+
+    def parents(self) -> list[int | None]:
+        """Each message's parent's place; an export without any (from before branches)
+        is one branch: each message follows the newest earlier one a retry kept."""
+        if self.shown is not None or any(m.parent is not None for m in self.messages):
+            return [m.parent for m in self.messages]
+        parents: list[int | None] = []
+        last: int | None = None
+        for place, message in enumerate(self.messages):
+            parents.append(last)
+            if message.status is not MessageStatus.SUPERSEDED:
+                last = place
+        return parents
+
+    def shown_path(self) -> list[int]:
+        """The places of the branch shown, oldest first."""
+        parents = self.parents()
+        end = self.shown
+        if end is None:
+            kept = [
+                p for p, m in enumerate(self.messages) if m.status is not MessageStatus.SUPERSEDED
+            ]
+            end = kept[-1] if kept else None
+        path: list[int] = []
+        while end is not None:
+            path.append(end)
+            end = parents[end]
+        return path[::-1]
 
 
 class ConversationTransfer:
@@ -108,6 +161,7 @@ class ConversationTransfer:
                 .where(Message.conversation_id == conversation.id)
                 .order_by(Message.id)
             ).all()
+            place = {m.id: i for i, m in enumerate(rows)}
             return ExportedConversation(
                 parley=FORMAT,
                 version=VERSION,
@@ -130,9 +184,13 @@ class ConversationTransfer:
                         citations=list(m.citations or ()),
                         error=m.error,
                         created_at=_utc(m.created_at),
+                        parent=place.get(m.parent_id) if m.parent_id is not None else None,
                     )
                     for m in rows
                 ],
+                shown=place.get(conversation.active_leaf_id)
+                if conversation.active_leaf_id is not None
+                else None,
             )
 
     def import_(self, principal: Principal, data: bytes | str) -> ConversationInfo:
@@ -175,6 +233,11 @@ class ConversationTransfer:
             for message in messages:
                 message.conversation_id = conversation.id
             session.add_all(messages)
+            session.flush()
+            for message, parent in zip(messages, exported.parents(), strict=True):
+                message.parent_id = messages[parent].id if parent is not None else None
+            path = exported.shown_path()
+            conversation.active_leaf_id = messages[path[-1]].id if path else None
             session.flush()
             append_in(
                 session,
@@ -233,6 +296,9 @@ def read_export(data: bytes | str) -> ExportedConversation:
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in first["loc"] if isinstance(p, int | str))
         where = re.sub(r"[^\w.]", "", where)[:60]  # named by the file: kept plain and short
+        if not where:  # the whole conversation's check (`ExportedConversation._a_tree`)
+            reason = str(first["msg"]).removeprefix("Value error, ")
+            raise InvalidInput(f"That export is damaged: {reason}. Nothing was imported.") from None
         raise InvalidInput(f"That export is damaged at {where}. Nothing was imported.") from None
 
 
@@ -246,13 +312,17 @@ def _no_constant(name: str) -> float:
 
 
 def as_markdown(exported: ExportedConversation) -> str:
-    """The conversation to read: its title, then each message under who said it (failed
-    attempts a retry replaced are left out), with models, costs and cited documents."""
-    shown = [m for m in exported.messages if m.status is not MessageStatus.SUPERSEDED]
+    """The branch shown, to read: the title, then each message under who said it, with
+    models, costs and cited documents (other branches, and failed attempts a retry
+    replaced, are in the JSON)."""
+    shown = [exported.messages[p] for p in exported.shown_path()]
+    others = sum(1 for m in exported.messages if m.status is not MessageStatus.SUPERSEDED)
+    others -= len(shown)
+    note = f" (and {count(others, 'message')} on other branches)" if others else ""
     lines = [
         f"# {one_line(exported.title)}",
         "",
-        f"Exported from Parley · {count(len(shown), 'message')}",
+        f"Exported from Parley · {count(len(shown), 'message')}{note}",
         "",
     ]
     for m in shown:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import select
-
+from parley.chat.conversation.branches import path_rows
 from parley.chat.conversation.history import HistoryCache
 from parley.chat.conversation.titles import fallback_title, generate_title
 from parley.core.background import BackgroundWork
@@ -20,7 +19,7 @@ from parley.core.domain import MessageRole, MessageStatus, Purpose
 from parley.core.llm import CallMeta, ChatProvider
 from parley.memory import StrategyRegistry
 from parley.store.db import Database
-from parley.store.models import Conversation, Message
+from parley.store.models import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,9 @@ class Upkeep:
         self, *, user_id: int, conversation_id: int, answer_id: int | None, answered: bool
     ) -> None:
         """Queue the conversation's memory upkeep and, after its first answer, a title."""
-        self._work.submit(lambda: self.observe(conversation_id), name=f"observe {conversation_id}")
+        self._work.submit(
+            lambda: self.observe(conversation_id, answer_id), name=f"observe {conversation_id}"
+        )
         if answered and answer_id is not None and self._model_titles:
             self._work.submit(
                 lambda: self.title(user_id, conversation_id, answer_id),
@@ -60,53 +61,52 @@ class Upkeep:
         if self._drain_metering is not None:  # calls metered while the database refused
             self._work.submit(self._drain_metering, name="drain the metering outbox")
 
-    def observe(self, conversation_id: int) -> None:
-        """Let the conversation's strategy index new turns and fold summaries."""
+    def observe(self, conversation_id: int, leaf: int | None = None) -> None:
+        """Let the conversation's strategy index new turns and fold summaries, on the
+        branch down to `leaf` (None: the branch shown)."""
         with self._db.session() as session:
             conversation = session.get(Conversation, conversation_id)
             if conversation is None:
                 return  # deleted meanwhile
             strategy = conversation.memory_strategy
-            history = self._history.turns(session, conversation)
+            history = self._history.turns(
+                session, conversation, leaf if leaf is not None else conversation.active_leaf_id
+            )
         self._memory.resolve(strategy).observe(conversation_id, history)
 
     def title(self, user_id: int, conversation_id: int, answer_id: int) -> None:
-        """After the conversation's first complete answer, ask the model for a title (a
-        metered call), from that answer and the question it answers. Once: the job of any
-        later answer does nothing, however quickly the next question came (a quick second
-        question used to make the first answer's job skip the title)."""
+        """After the first complete answer of a branch, ask the model for a title (a
+        metered call), from that answer and the question it answers: what the title
+        reads is on that branch alone. Once: the job of any later answer does nothing,
+        however quickly the next question came, and a title the model or the user has
+        written is kept (only the first message's stand-in is replaced)."""
         with self._db.session() as session:
-            first_answer = session.execute(
-                select(Message.id, Message.content)
-                .where(
-                    Message.conversation_id == conversation_id,
-                    Message.role == MessageRole.ASSISTANT,
-                    Message.status == MessageStatus.COMPLETE,
+            path = path_rows(session, answer_id)
+            answer = path[-1] if path else None
+            if (
+                answer is None
+                or answer.id != answer_id
+                or answer.role is not MessageRole.ASSISTANT
+                or answer.status is not MessageStatus.COMPLETE
+                or any(
+                    r.role is MessageRole.ASSISTANT and r.status is MessageStatus.COMPLETE
+                    for r in path[:-1]
                 )
-                .order_by(Message.id)
-                .limit(1)
-            ).first()
-            if first_answer is None or first_answer.id != answer_id:
+            ):
                 return
-            questions = (
-                select(Message.content)
-                .where(Message.conversation_id == conversation_id, Message.role == MessageRole.USER)
-                .limit(1)
-            )
+            users = [r.content for r in path if r.role is MessageRole.USER]
             # The title the conversation began with is the first message's; the answer
             # may be to a later one (the first answer failed, and the user asked again).
-            first = session.scalar(questions.order_by(Message.id))
-            question = session.scalar(
-                questions.where(Message.id < first_answer.id).order_by(Message.id.desc())
-            )
+            first = users[0] if users else None
+            question = users[-1] if users else None
+            answer_text = answer.content
         if first is None or question is None:
             return
-        answer = first_answer.content
         title, calls = generate_title(
             self._provider,
             meta=CallMeta(Purpose.TITLE, user_id, conversation_id),
             question=question,
-            answer=answer,
+            answer=answer_text,
             temperature=self._settings.temperature.title,
             attempts=self._settings.title_attempts,
         )

@@ -52,63 +52,64 @@ DELETED_DOCUMENT = "(a deleted document)"
 
 def scrub_quotes(session: Session, document_ids: Sequence[int]) -> int:
     """In the caller's transaction, take the text of deleted documents out of every
-    message that quoted them (citations' quoted text, and the document names in answers'
-    provenance, of anyone's conversations): a deleted or erased document leaves nothing
+    message that quoted or named them (citations' quoted text; the document names in
+    answers' provenance, in the passages an answer read, and in the files a question was
+    sent with; of anyone's conversations): a deleted or erased document leaves nothing
     behind. How many messages changed."""
     ids = set(document_ids)
     if not ids:
         return 0
     patterns = [f'%"document_id": {d}%' for d in sorted(ids)]
+    columns = (Message.citations, Message.context, Message.sources, Message.attachments)
+    naming = or_(*(cast(c, String).like(p) for c in columns for p in patterns))
     changed = 0
-    candidates = select(Message).where(
-        or_(
-            *(cast(Message.citations, String).like(p) for p in patterns),
-            *(cast(Message.context, String).like(p) for p in patterns),
-        )
-    )
     gone = {"name": DELETED_DOCUMENT, "cited_text": ""}
-    for message in session.scalars(candidates):
+    named = {"name": DELETED_DOCUMENT}
+    for message in session.scalars(select(Message).where(naming)):
         citations = [
             c.model_copy(update=gone) if c.document_id in ids else c
             for c in message.citations or ()
+        ]
+        sources = [
+            s.model_copy(update=named) if s.document_id in ids else s for s in message.sources or ()
+        ]
+        attachments = [
+            a.model_copy(update=named) if a.document_id in ids else a
+            for a in message.attachments or ()
         ]
         context = message.context
         if context is not None:
             context = context.model_copy(
                 update={
                     "sources": [
-                        s.model_copy(update={"name": DELETED_DOCUMENT})
-                        if s.document_id in ids
-                        else s
+                        s.model_copy(update=named) if s.document_id in ids else s
                         for s in context.sources
                     ]
                 }
             )
-        if citations != (message.citations or []) or context != message.context:
+        if (
+            citations != (message.citations or [])
+            or context != message.context
+            or sources != (message.sources or [])
+            or attachments != (message.attachments or [])
+        ):
             message.citations = citations or None
             message.context = context
+            message.sources = sources or None
+            message.attachments = attachments or None
             changed += 1
     # A row whose stored JSON no longer reads as its record (made by hand) is read as
     # None above: what it quotes cannot be scrubbed piecemeal, so it goes whole.
-    raw = select(
-        Message.id,
-        type_coerce(Message.citations, JSON),
-        type_coerce(Message.context, JSON),
-    ).where(
-        or_(
-            *(cast(Message.citations, String).like(p) for p in patterns),
-            *(cast(Message.context, String).like(p) for p in patterns),
-        )
-    )
-    for message_id, raw_citations, raw_context in session.execute(raw).all():
+    raw = select(Message.id, *(type_coerce(c, JSON) for c in columns)).where(naming)
+    for message_id, *values in session.execute(raw).all():
         row = session.get(Message, message_id)
         if row is None:
             continue
-        unreadable: dict[str, None] = {}
-        if raw_citations is not None and row.citations is None:
-            unreadable["citations"] = None
-        if raw_context is not None and row.context is None:
-            unreadable["context"] = None
+        unreadable: dict[str, None] = {
+            column.key: None
+            for column, value in zip(columns, values, strict=True)
+            if value is not None and getattr(row, column.key) is None
+        }
         if unreadable:
             session.execute(update(Message).where(Message.id == message_id).values(unreadable))
             changed += 1

@@ -10,7 +10,7 @@ deleted document is gone from the very next search, in every process.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
@@ -53,6 +53,7 @@ from parley.retrieval.document_index import (
     DocumentIndex,
     hybrid_rank,
 )
+from parley.retrieval.documents import MAX_FILE_BYTES, kind_of
 from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
 from parley.store.models import (
@@ -65,6 +66,7 @@ from parley.store.models import (
 
 # Candidates the vector search hands to the hybrid ranking, per hit wanted (at least 40).
 CANDIDATES_PER_HIT = 4
+MAX_FILES_PER_MESSAGE = 5  # files sent with one message
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,40 @@ class DocumentService:
             principal, name, data, groups=groups, public=public, progress=progress
         )
         return self.get(principal, document_id)
+
+    def add_files(
+        self, principal: Principal, files: Sequence[tuple[str, bytes]]
+    ) -> list[DocumentInfo]:
+        """Files sent with a message, as private documents of the principal: all or none.
+        Their kinds, sizes and number are checked before anything is stored; a file that
+        cannot be read then removes the ones added before it."""
+        if len(files) > MAX_FILES_PER_MESSAGE:
+            raise InvalidInput(
+                f"A message takes at most {MAX_FILES_PER_MESSAGE} files; this one has {len(files)}."
+            )
+        for name, data in files:
+            kind_of(name)  # a sentence naming the file and the kinds there are
+            if len(data) > MAX_FILE_BYTES:
+                raise InvalidInput(
+                    f"{name}: the file has {len(data) / 2**20:.1f} MB; "
+                    f"the limit is {MAX_UPLOAD_MB} MB."
+                )
+        added: list[DocumentInfo] = []
+        try:
+            for name, data in files:
+                added.append(self.add(principal, name, data))
+        except BaseException:
+            self.remove_quietly(principal, [d.id for d in added])
+            raise
+        return added
+
+    def remove_quietly(self, principal: Principal, document_ids: Iterable[int]) -> None:
+        """Take back documents added for a message that was not sent (logged, never raised)."""
+        for document_id in document_ids:
+            try:
+                self.delete(principal, document_id)
+            except Exception:
+                log.exception("Could not remove document %s of a message not sent", document_id)
 
     def get(self, principal: Principal, document_id: int) -> DocumentInfo:
         with self._db.session() as session:
@@ -371,6 +407,7 @@ def _info(session: Session, document: Document, principal: Principal) -> Documen
 
 
 __all__ = [
+    "MAX_FILES_PER_MESSAGE",
     "MAX_UPLOAD_MB",
     "SUPPORTED_SUFFIXES",
     "DocumentInfo",

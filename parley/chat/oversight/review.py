@@ -28,12 +28,12 @@ from parley.core.audit_events import (
     Subject,
     read_event,
 )
-from parley.core.domain import MessageRole, MessageStatus, Principal, require_admin
+from parley.core.domain import MessageRole, MessageStatus, Principal, Rating, require_admin
 from parley.core.errors import InvalidInput, NotFound
 from parley.core.records import Provenance
 from parley.store.audit import actor_of, append_in, keys_of
 from parley.store.db import Database
-from parley.store.models import AuditRecord, Conversation, Message, UsageEntry, User
+from parley.store.models import AuditRecord, Conversation, Feedback, Message, UsageEntry, User
 
 MIN_REASON_CHARS = 10
 MAX_REASON_CHARS = 500
@@ -50,6 +50,7 @@ class ReviewFilter:
     status: MessageStatus | None = None  # an answer that ended so
     model: str | None = None
     text: str | None = None  # in a message or the title
+    rating: Rating | None = None  # an answer its user rated so
 
     def describe(self, keyed: Callable[[str, str], str]) -> dict[str, Any]:
         return {
@@ -58,6 +59,7 @@ class ReviewFilter:
             "until": self.until.isoformat() if self.until else None,
             "status": str(self.status) if self.status else None,
             "model": self.model,
+            "rating": str(self.rating) if self.rating else None,
             # By keyed hash: what was searched may be someone's words, and must not
             # outlive their erasure; whoever holds the audit key can still check a
             # suspected phrase against it, nobody else can guess it.
@@ -89,6 +91,8 @@ class ReviewPage:
 class ReviewedMessage:
     message: ChatMessage
     prompt: Provenance | None  # what went into the prompt (answers only)
+    rating: Rating | None = None  # its user's thumbs, and why
+    comment: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +371,14 @@ def _conditions(where: ReviewFilter) -> list[ColumnElement[bool]]:
         )
     if where.model:
         conditions.append(_has_message(Message.model == where.model))
+    if where.rating:
+        conditions.append(
+            exists().where(
+                Feedback.message_id == Message.id,
+                Message.conversation_id == Conversation.id,
+                Feedback.rating == where.rating,
+            )
+        )
     text = (where.text or "").strip()
     if text:
         pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -395,11 +407,27 @@ def _review(session: Session, conversation: Conversation) -> Review:
     messages = session.scalars(
         select(Message).where(Message.conversation_id == conversation.id).order_by(Message.id)
     ).all()
+    rated = {
+        f.message_id: f
+        for f in session.scalars(
+            select(Feedback)
+            .join(Message, Message.id == Feedback.message_id)
+            .where(Message.conversation_id == conversation.id)
+        )
+    }
     return Review(
         conversation.id,
         conversation.title,
         owner,
-        [ReviewedMessage(to_chat_message(m), m.context) for m in messages],
+        [
+            ReviewedMessage(
+                to_chat_message(m),
+                m.context,
+                rating=rated[m.id].rating if m.id in rated else None,
+                comment=rated[m.id].comment if m.id in rated else None,
+            )
+            for m in messages
+        ],
     )
 
 

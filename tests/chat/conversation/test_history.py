@@ -1,14 +1,12 @@
-"""The history cache reads only what is new, and notices every other change."""
+"""The history cache reads only what is new on the branch, and notices every other change."""
 
 from __future__ import annotations
 
-from sqlalchemy import update
-
-from parley.chat.conversation.history import HistoryCache, prompt_turns
+from parley.chat.conversation.history import HistoryCache, path_turns
 from parley.chat.gateway.providers.scripted import ScriptedProvider
-from parley.core.domain import MessageStatus, Principal
+from parley.core.domain import Principal
 from parley.core.errors import StreamInterrupted
-from parley.store.models import Conversation, Message
+from parley.store.models import Conversation
 from parley.wiring.services import Services
 
 
@@ -16,12 +14,14 @@ def cached(services: Services, cache: HistoryCache, conversation_id: int) -> lis
     with services._database.session() as session:
         conversation = session.get(Conversation, conversation_id)
         assert conversation is not None
-        return [t.id for t in cache.turns(session, conversation)]
+        return [t.id for t in cache.turns(session, conversation, conversation.active_leaf_id)]
 
 
 def fresh(services: Services, conversation_id: int) -> list[int]:
     with services._database.session() as session:
-        return [t.id for t in prompt_turns(session, conversation_id)]
+        conversation = session.get(Conversation, conversation_id)
+        assert conversation is not None
+        return [t.id for t in path_turns(session, conversation.active_leaf_id)]
 
 
 def test_new_turns_are_appended_and_match_a_full_read(services: Services, alice: Principal) -> None:
@@ -53,22 +53,17 @@ def test_a_superseded_answer_leaves_the_cached_history(
     assert before[1] not in after and len(after) == 2
 
 
-def test_a_change_made_elsewhere_is_noticed(services: Services, alice: Principal) -> None:
-    cache = HistoryCache()
+def test_a_turn_added_by_another_process_is_read(services: Services, alice: Principal) -> None:
+    ours, theirs = HistoryCache(), HistoryCache()  # two processes' caches
     reply = services.chat.send(alice, None, "first")
     list(reply)
     conversation = reply.conversation_id
+    assert len(cached(services, ours, conversation)) == 2
     list(services.chat.send(alice, conversation, "second"))
-    assert len(cached(services, cache, conversation)) == 4
-    # Another process supersedes an answer and adds a turn: the cache notices and rereads.
-    with services._database.session() as session:
-        session.execute(
-            update(Message)
-            .where(Message.id == reply.result.message_id)  # type: ignore[union-attr]
-            .values(status=MessageStatus.SUPERSEDED)
-        )
+    assert len(cached(services, theirs, conversation)) == 4
     list(services.chat.send(alice, conversation, "third"))
-    assert cached(services, cache, conversation) == fresh(services, conversation)
+    assert cached(services, ours, conversation) == fresh(services, conversation)
+    assert len(fresh(services, conversation)) == 6
 
 
 def test_a_deleted_conversations_id_given_again_brings_back_nothing(
@@ -83,28 +78,7 @@ def test_a_deleted_conversations_id_given_again_brings_back_nothing(
     list(new)
     # SQLite gives the highest id again after a delete; either way nothing of alice's shows.
     with services._database.session() as session:
-        texts = [
-            t.content
-            for t in cache.turns(session, session.get(Conversation, new.conversation_id))  # type: ignore[arg-type]
-        ]
+        row = session.get(Conversation, new.conversation_id)
+        assert row is not None
+        texts = [t.content for t in cache.turns(session, row, row.active_leaf_id)]
     assert texts == ["bob's question", "OK"]
-
-
-def test_a_message_that_commits_late_with_a_lower_id_is_not_lost(
-    services: Services, alice: Principal
-) -> None:
-    cache = HistoryCache()
-    reply = services.chat.send(alice, None, "first")
-    list(reply)
-    conversation = reply.conversation_id
-    newest = max(fresh(services, conversation))
-    with services._database.session() as session:
-        session.add(
-            Message(id=newest + 100, conversation_id=conversation, role="user", content="b")
-        )
-    assert cached(services, cache, conversation) == fresh(services, conversation)
-    # Another writer took a lower id earlier and commits only now (PostgreSQL sequences).
-    with services._database.session() as session:
-        session.add(Message(id=newest + 50, conversation_id=conversation, role="user", content="a"))
-    assert cached(services, cache, conversation) == fresh(services, conversation)
-    assert newest + 50 in cached(services, cache, conversation)

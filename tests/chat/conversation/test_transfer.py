@@ -71,6 +71,51 @@ def test_a_conversation_goes_out_as_json_and_comes_back_the_same(
     assert verify_audit(services._database).broken is None
 
 
+def test_branches_go_out_and_come_back_with_the_branch_shown(
+    services: Services, scripted: ScriptedProvider, alice: Principal, bob: Principal
+) -> None:
+    original = conversation(services, alice, scripted)
+    first = services.conversations.thread(alice, original).messages[0]
+    scripted.enqueue("Cranes dance.")
+    list(services.chat.edit(alice, original, first.id, "Tell me about cranes"))
+    services.conversations.show_branch(alice, original, first.id)  # the herons again
+    shown = [m.content for m in services.conversations.thread(alice, original).messages]
+    data = json.loads(services.transfer.export(alice, original, "json"))
+    assert [m["parent"] for m in data["messages"]] == [None, 0, 1, 2, 2, None, 5]
+    assert data["shown"] == 4
+    made = services.transfer.import_(bob, json.dumps(data).encode())
+    thread = services.conversations.thread(bob, made.id)
+    assert [m.content for m in thread.messages] == shown
+    first_again = thread.messages[0]
+    assert thread.branching[first_again.id].count == 2
+    services.conversations.show_branch(bob, made.id, thread.branching[first_again.id].next or 0)
+    assert [m.content for m in services.conversations.thread(bob, made.id).messages] == [
+        "Tell me about cranes",
+        "Cranes dance.",
+    ]
+    text = services.transfer.export(alice, original, "markdown")
+    assert "Storks nest on roofs." in text and "cranes" not in text
+    assert "and 2 messages on other branches" in text
+
+
+def test_an_export_from_before_branches_is_one_branch(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    data = json.loads(
+        services.transfer.export(alice, conversation(services, alice, scripted), "json")
+    )
+    for message in data["messages"]:
+        del message["parent"]
+    del data["shown"]
+    made = services.transfer.import_(alice, json.dumps(data).encode())
+    assert [m.content for m in services.conversations.thread(alice, made.id).messages] == [
+        "Tell me about herons",
+        "Herons wade; **egrets** too.",
+        "And storks?",
+        "Storks nest on roofs.",
+    ]
+
+
 def test_markdown_reads_as_the_conversation_without_replaced_attempts(
     services: Services, scripted: ScriptedProvider, alice: Principal
 ) -> None:
@@ -136,6 +181,11 @@ GOOD = {
             "not JSON",
         ),
         (json.dumps({**GOOD, "title": "a\x00b"}).encode(), "NUL"),
+        (
+            json.dumps({**GOOD, "messages": [{**GOOD["messages"][0], "parent": 0}]}).encode(),  # type: ignore[dict-item]
+            "message 0 follows a later one",
+        ),
+        (json.dumps({**GOOD, "shown": 1}).encode(), "the branch shown ends at no message"),
         (json.dumps({**GOOD, "created_at": "2026-01-01T00:00:00"}).encode(), "created_at"),
         (
             json.dumps(

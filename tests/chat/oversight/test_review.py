@@ -12,7 +12,7 @@ from sqlalchemy import update
 import parley.chat.conversation.grants
 from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.chat.oversight.review import ReviewFilter
-from parley.core.domain import MessageStatus, Principal, Role
+from parley.core.domain import MessageStatus, Principal, Rating, Role
 from parley.core.errors import InvalidInput, NotFound, PermissionDenied, ProviderError
 from parley.store.audit import text_hash
 from parley.store.models import Message
@@ -91,6 +91,30 @@ def test_filters_find_a_users_conversation_from_yesterday(
     assert text_hash("harbour") not in json.dumps(
         [r.exported() for r in searched]
     )  # keyed: no guessing without it
+
+
+def test_answers_are_found_by_their_users_thumbs_and_shown_with_them(
+    services: Services, admin: Principal, alice: Principal, bob: Principal
+) -> None:
+    liked = ask(services, alice, "A good answer, please")
+    disliked = ask(services, bob, "A bad one")
+    unrated = ask(services, alice, "No opinion")
+    for who, conversation, rating, comment in (
+        (alice, liked, Rating.UP, None),
+        (bob, disliked, Rating.DOWN, "It missed the point"),
+    ):
+        answer = services.conversations.thread(who, conversation).messages[1]
+        services.feedback.give(who, answer.id, rating, comment)
+
+    def ids(rating: Rating | None) -> list[int]:
+        return [r.id for r in services.review.find(admin, ReviewFilter(rating=rating)).rows]
+
+    assert ids(Rating.DOWN) == [disliked]
+    assert ids(Rating.UP) == [liked]
+    assert ids(None) == [unrated, disliked, liked]
+    review = services.review.open(admin, disliked, reason="Checking a thumbs-down")
+    rated = [(m.rating, m.comment) for m in review.messages]
+    assert rated == [(None, None), (Rating.DOWN, "It missed the point")]
 
 
 def test_pages_split_the_rows_and_count_them_all(
