@@ -106,7 +106,8 @@ def render_review(review: Review) -> None:
             if message.parent_id != previous:  # an edit, an answer asked for again
                 after = f"message #{message.parent_id}" if message.parent_id else "the start"
                 st.caption(f":material/call_split: Another branch: #{message.id} follows {after}")
-            previous = message.id
+            if message.status is not MessageStatus.SUPERSEDED:  # a retry's answer follows
+                previous = message.id  # the question, as the one it replaced did
             st.markdown(safe_markdown(message.content or "*(no text)*"))
             if message.role is MessageRole.USER:
                 continue

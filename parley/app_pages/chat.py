@@ -148,7 +148,7 @@ def render_conversation_list(svc: Services, who: Principal) -> None:
 def open_conversation(conversation_id: int | None, found: int | None = None) -> None:
     ui.conversation_id = conversation_id
     ui.found_message_id = found
-    ui.confirm_delete = None
+    ui.confirm_delete = ui.editing = ui.pending = None
     st.rerun()
 
 
@@ -169,7 +169,9 @@ def render_search(svc: Services, who: Principal, query: str) -> None:
         if st.button(label, key=key, type="tertiary", width="stretch"):
             if hit.message_id is not None:  # the branch that holds it (an answer a
                 with suppress(ParleyError):  # retry replaced: the branch shown)
-                    svc.conversations.show_branch(who, hit.conversation_id, hit.message_id)
+                    ui.leaves[hit.conversation_id] = svc.conversations.show_branch(
+                        who, hit.conversation_id, hit.message_id
+                    )
             open_conversation(hit.conversation_id, hit.message_id)
     st.divider()
 
@@ -351,6 +353,9 @@ def stream_reply(
         try:
             reply.close()
         finally:
+            # This browser shows the answer's branch next (or its question's, unsaved).
+            stored_id = reply.result.message_id if reply.result else None
+            ui.leaves[reply.conversation_id] = stored_id or reply.user_message_id
             stored.set()
     st.rerun()
 
@@ -368,23 +373,34 @@ wait_for_answer()
 follow_link(services, principal)
 render_sidebar(services, principal)
 
-conversation_id = ui.conversation_id
-pending = start_pending(services, principal, conversation_id) if conversation_id else None
-thread = Thread([], {})
-if conversation_id is not None:
-    try:
-        thread = services.conversations.thread(principal, conversation_id)
-    except NotFound:
-        ui.conversation_id = conversation_id = None
-messages = thread.messages
-keep_link(conversation_id)
-if notice := ui.notice:
-    ui.notice = None
-    st.info(notice)
-if conversation_id is not None:
-    render_conversation_settings(services, principal, conversation_id)
-    st.subheader(plain_label(services.conversations.get(principal, conversation_id).title))
-    for access in services.review.looks(principal, conversation_id=conversation_id):
+
+def render_thread(
+    svc: Services, who: Principal, conversation_id: int | None, pending: ReplyStream | None
+) -> Thread:
+    """The conversation's header and the branch this browser shows (its own: another tab
+    may show another branch); an edit or "Answer again" started on this run streams
+    below it."""
+    thread = Thread([], {})
+    if conversation_id is not None:
+        leaf = pending.user_message_id if pending else ui.leaves.get(conversation_id)
+        try:
+            thread = svc.conversations.thread(who, conversation_id, leaf=leaf)
+        except NotFound:
+            ui.conversation_id = conversation_id = None
+        else:
+            if thread.messages:
+                ui.leaves[conversation_id] = thread.messages[-1].id
+    keep_link(conversation_id)
+    if notice := ui.notice:
+        ui.notice = None
+        st.info(notice)
+    if conversation_id is None:
+        st.subheader("New conversation")
+        st.caption(f"Answers come from `{svc.chat.model}`.")
+        return thread
+    render_conversation_settings(svc, who, conversation_id)
+    st.subheader(plain_label(svc.conversations.get(who, conversation_id).title))
+    for access in svc.review.looks(who, conversation_id=conversation_id):
         st.info(
             plain_label(
                 f"{access.admin} opened this conversation on {access.at:%Y-%m-%d %H:%M} "
@@ -392,35 +408,43 @@ if conversation_id is not None:
             ),
             icon=":material/visibility:",
         )
-else:
-    st.subheader("New conversation")
-    st.caption(f"Answers come from `{services.chat.model}`.")
+    feedback = svc.feedback.of_conversation(who, conversation_id) if thread.messages else {}
+    for message in thread.messages:
+        render_message(
+            svc,
+            who,
+            message,
+            conversation_id=conversation_id,
+            given=feedback.get(message.id),
+            branching=thread.branching.get(message.id),
+            actions=pending is None,
+        )
+    return thread
 
-feedback = (
-    services.feedback.of_conversation(principal, conversation_id)
-    if conversation_id is not None and messages
-    else {}
-)
-for message in messages:
-    render_message(
-        services,
-        principal,
-        message,
-        conversation_id=conversation_id or 0,
-        given=feedback.get(message.id),
-        branching=thread.branching.get(message.id),
-        actions=pending is None,
-    )
+
+conversation_id = ui.conversation_id
+pending = start_pending(services, principal, conversation_id) if conversation_id else None
+try:  # a click while the page is drawn ends this run: the answer started must not leak
+    thread = render_thread(services, principal, conversation_id, pending)
+    conversation_id = ui.conversation_id
+except BaseException:
+    if pending is not None:
+        pending.close()  # stored as stopped before it began; its quota freed
+    raise
 if pending is not None:
     stream_reply(pending)
+messages = thread.messages
+shown_leaf = messages[-1].id if messages else None
 
-if conversation_id is not None and services.chat.needs_retry(principal, conversation_id):
+if conversation_id is not None and services.chat.needs_retry(
+    principal, conversation_id, leaf=shown_leaf
+):
     last = messages[-1] if messages else None
     reason = last.error if last and last.error else "This message has no answer yet."
     st.error(plain_label(reason))
     if st.button("Retry", icon=":material/refresh:", type="primary"):
         try:
-            retried = services.chat.retry(principal, conversation_id)
+            retried = services.chat.retry(principal, conversation_id, leaf=shown_leaf)
         except ParleyError as exc:
             st.error(say(exc))
         else:

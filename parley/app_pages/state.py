@@ -10,7 +10,7 @@ import atexit
 import gc
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 import streamlit as st
@@ -34,8 +34,9 @@ class Login:
 @dataclass(frozen=True)
 class PendingTurn:
     """An edit (`question_id` and its new `text`) or an "Answer again" (`answer_id`)
-    clicked on one run and started at the top of the next."""
+    clicked on one run and started at the top of the next, in `conversation_id`."""
 
+    conversation_id: int
     question_id: int | None = None
     answer_id: int | None = None
     text: str | None = None
@@ -58,6 +59,9 @@ class UiState:
     show_archived: bool = False  # the sidebar lists the archived conversations instead
     import_round: int = 0  # a new uploader after each import
     editing: int | None = None  # the question shown in an edit box
+    # The newest message of the branch this browser shows, by conversation (another tab
+    # may show another branch; the conversation's own is the default).
+    leaves: dict[int, int] = field(default_factory=dict)
     pending: PendingTurn | None = None  # an edit or "Answer again" to start on this run
     # Set once the answer streamed by this browser's last run is stored. A click while it
     # streams stops that run and starts the next at once (Streamlit's fast reruns), in

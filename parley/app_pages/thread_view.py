@@ -115,7 +115,7 @@ def render_answer_actions(
         type="tertiary",
         help="A new answer to the same question; this one is kept (step back with ‹).",
         on_click=ask_again,
-        args=(message.id,),
+        args=(conversation_id, message.id),
     )
     if message.status not in RATED:
         return
@@ -236,10 +236,11 @@ def show_branch(
 ) -> None:
     if message_id is None:
         return
+    ui = state.ui_state()
     try:
-        svc.conversations.show_branch(who, conversation_id, message_id)
+        ui.leaves[conversation_id] = svc.conversations.show_branch(who, conversation_id, message_id)
     except ParleyError as exc:
-        state.ui_state().notice = say(exc)
+        ui.notice = say(exc)
 
 
 def render_question_actions(
@@ -269,9 +270,9 @@ def start_editing(message_id: int) -> None:
     state.ui_state().editing = message_id
 
 
-def ask_again(answer_id: int) -> None:
+def ask_again(conversation_id: int, answer_id: int) -> None:
     ui = state.ui_state()
-    ui.pending = state.PendingTurn(answer_id=answer_id)
+    ui.pending = state.PendingTurn(conversation_id, answer_id=answer_id)
     ui.editing = None
 
 
@@ -282,13 +283,12 @@ def render_edit_form(conversation_id: int, message: ChatMessage) -> None:
     text = st.text_area("Your question", value=message.content, key=key, height=120)
     send, cancel, _ = st.columns([2, 2, 6])
     if send.button("Send", key=f"edit-send-{message.id}", type="primary", icon=":material/send:"):
-        ui.pending = state.PendingTurn(question_id=message.id, text=text)
+        ui.pending = state.PendingTurn(conversation_id, question_id=message.id, text=text)
         ui.editing = None
         st.rerun()
     if cancel.button("Cancel", key=f"edit-cancel-{message.id}"):
         ui.editing = None
         st.rerun()
-    del conversation_id
 
 
 def start_pending(svc: Services, who: Principal, conversation_id: int) -> ReplyStream | None:
@@ -296,15 +296,14 @@ def start_pending(svc: Services, who: Principal, conversation_id: int) -> ReplyS
     is read, so the page shows the branch being answered); None when there is none."""
     ui = state.ui_state()
     pending, ui.pending = ui.pending, None
-    if pending is None:
+    if pending is None or pending.conversation_id != conversation_id:
         return None
     try:
         if pending.question_id is not None:
             return svc.chat.edit(who, conversation_id, pending.question_id, pending.text or "")
         if pending.answer_id is not None:
             return svc.chat.regenerate(who, conversation_id, pending.answer_id)
-    except ParleyError as exc:
-        if pending.text and pending.text.strip():  # the words typed are not lost
-            ui.rejected_text = pending.text
+    except ParleyError as exc:  # the words typed are not lost
+        ui.rejected_text = pending.text if pending.text and pending.text.strip() else None
         ui.rejected_reason = say(exc)
     return None

@@ -77,9 +77,9 @@ class SummaryStorage(Protocol):
         up_to_turn: int | None = None,
         on_path: Collection[int] | None = None,
     ) -> Summary | None:
-        """The newest version; or the newest that covers no turn after `up_to_turn`, and
-        whose last turn is one of `on_path` (the turns of a branch: a summary folded on
-        another branch is never this one's)."""
+        """The version furthest along (the highest last turn, then the newest) of those
+        that cover no turn after `up_to_turn` and whose last turn is one of `on_path`
+        (the turns of a branch: a summary folded on another branch is never this one's)."""
         ...
 
     def save(
@@ -112,10 +112,8 @@ class InMemorySummaryStore:
     ) -> Summary | None:
         with self._lock:
             versions = self._versions.get(conversation_id, [])
-            for summary in reversed(versions):
-                if _fits(summary.last_turn_id, up_to_turn, on_path):
-                    return summary
-            return None
+            fitting = [s for s in versions if _fits(s.last_turn_id, up_to_turn, on_path)]
+            return max(fitting, key=lambda s: (s.last_turn_id, s.version), default=None)
 
     def save(
         self,
@@ -163,7 +161,10 @@ class SummaryStore:
         if up_to_turn is not None:
             query = query.where(SummaryRow.last_turn_id <= up_to_turn)
         with self._db.session() as session:
-            for row in session.execute(query.order_by(SummaryRow.version.desc())):
+            # The one furthest along the branch (then the newest): after an edit deep in
+            # a conversation, the new branch's first fold may end in the shared part.
+            order = (SummaryRow.last_turn_id.desc(), SummaryRow.version.desc())
+            for row in session.execute(query.order_by(*order)):
                 if _fits(row.last_turn_id, None, on_path):
                     found = session.get(SummaryRow, row.id)
                     return _to_summary(found) if found else None

@@ -117,7 +117,7 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_conversation_id", "conversation_id", "id"),
-        # The history cache counts a conversation's superseded answers through this index.
+        # Counts of a conversation's messages by status (the admins' review filters).
         Index("ix_messages_conversation_status", "conversation_id", "status"),
         Index("ix_messages_created_at", "created_at"),
         Index("ix_messages_parent_id", "parent_id"),

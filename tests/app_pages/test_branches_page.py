@@ -62,3 +62,42 @@ def test_edit_answer_again_and_step_between_branches(claude_env: FakeAnthropic) 
     text = json.dumps(chats[-1].json["messages"])
     assert "Paris." in text and "Rome." not in text and "Seine" not in text
     assert not at.exception
+
+
+def test_each_tab_keeps_the_branch_it_shows(claude_env: FakeAnthropic) -> None:
+    add_user("alice", "alice-password")
+    one = app()
+    log_in(one, "alice", "alice-password")
+    claude_env.enqueue(Reply(text="Paris."))
+    one.chat_input[0].set_value("Capital of France?").run()
+    button(one, "edit-").click().run()  # type: ignore[attr-defined]
+    next(t for t in one.text_area if t.key and t.key.startswith("edit-text-")).set_value(
+        "Capital of Spain?"
+    )
+    claude_env.enqueue(Reply(text="Madrid."))
+    button(one, "edit-send-").click().run()  # type: ignore[attr-defined]
+    one.run()
+    assert shown(one) == ["Capital of Spain?", "Madrid."]
+
+    # A second tab opens the conversation and steps back to the first branch.
+    two = app()
+    log_in(two, "alice", "alice-password")
+    next(b for b in two.button if b.key and b.key.startswith("conversation-")).click().run()
+    button(two, "branch-back-").click().run()  # type: ignore[attr-defined]
+    assert shown(two) == ["Capital of France?", "Paris."]
+
+    # The first tab still shows, and adds to, its own branch.
+    one.run()
+    assert shown(one) == ["Capital of Spain?", "Madrid."]
+    claude_env.enqueue(Reply(text="About 3.3 million."))
+    one.chat_input[0].set_value("How many live there?").run()
+    one.run()
+    assert shown(one) == [
+        "Capital of Spain?",
+        "Madrid.",
+        "How many live there?",
+        "About 3.3 million.",
+    ]
+    two.run()
+    assert shown(two) == ["Capital of France?", "Paris."]
+    assert not one.exception and not two.exception

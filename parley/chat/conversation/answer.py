@@ -186,7 +186,11 @@ class AnswerStore:
                 created_at=now,
                 completed_at=now,
             )
-            conversation = session.get(Conversation, row.conversation_id)
+            # Locked on PostgreSQL (SQLite's write lock holds already): which branch is
+            # shown is decided on the row as it is, not as another writer left it.
+            conversation = session.get(
+                Conversation, row.conversation_id, with_for_update=not self._db.is_sqlite
+            )
             if settled is not None:
                 # Another process took this one for dead and kept what had arrived. A
                 # stored turn's text never changes (other processes cache it), so that

@@ -53,7 +53,8 @@ class Tree:
         self.nodes = {n.id: n for n in nodes}
         self._children: dict[int | None, list[int]] = {}
         for node in sorted(self.nodes.values(), key=lambda n: n.id):
-            if node.status is not MessageStatus.SUPERSEDED:
+            older = node.parent_id is None or node.parent_id < node.id  # else: ignored
+            if node.status is not MessageStatus.SUPERSEDED and older:
                 self._children.setdefault(node.parent_id, []).append(node.id)
 
     def shown(self, node_id: int | None) -> bool:
@@ -72,7 +73,9 @@ class Tree:
         node = self.nodes.get(leaf) if leaf is not None else None
         while node is not None:
             ids.append(node.id)
-            node = self.nodes.get(node.parent_id) if node.parent_id is not None else None
+            parent = node.parent_id
+            # A parent is older: a row that says otherwise ends the walk (no loop).
+            node = self.nodes.get(parent) if parent is not None and parent < node.id else None
         ids.reverse()
         return ids
 
@@ -121,7 +124,9 @@ def path_rows(session: Session, leaf_id: int, *, above: int = 0) -> list[Row[Any
         .cte("up", recursive=True)
     )
     parent = select(Message.id, Message.parent_id).where(
-        Message.id == up.c.parent_id, Message.id > above
+        Message.id == up.c.parent_id,
+        Message.id > above,
+        Message.id < up.c.id,  # a parent is older: no loop, whatever the rows say
     )
     up = up.union_all(parent)
     return list(

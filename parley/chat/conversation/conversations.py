@@ -409,9 +409,13 @@ class ConversationService:
                     delete(VectorErasure).where(VectorErasure.conversation_id.in_(conversation_ids))
                 )
 
-    def thread(self, principal: Principal, conversation_id: int) -> Thread:
-        """The branch shown, with its siblings (answers a stopped process was writing are
-        kept first, as for `messages`)."""
+    def thread(
+        self, principal: Principal, conversation_id: int, *, leaf: int | None = None
+    ) -> Thread:
+        """The branch down to `leaf` (a browser's own; None, or a message that is not a
+        shown one of this conversation: the branch the conversation shows), with each
+        message's siblings. Answers a stopped process was writing are kept first, as for
+        `messages`."""
         if self._settle is not None:
             with self._db.session() as session:
                 owned_conversation(session, principal, conversation_id)
@@ -419,7 +423,8 @@ class ConversationService:
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
             tree = load_tree(session, conversation.id)
-            path = tree.path(tree.leaf(conversation.active_leaf_id))
+            end = leaf if tree.shown(leaf) else tree.leaf(conversation.active_leaf_id)
+            path = tree.path(end)
             rows = {
                 m.id: m
                 for m in session.scalars(
@@ -428,17 +433,22 @@ class ConversationService:
                     .where(Message.conversation_id == conversation.id)
                 )
             }
+            if any(i not in rows for i in path):  # erased between the two reads
+                raise NotFound(f"conversation {conversation_id} went while it was read")
             branching = {i: b for i in path if (b := tree.branching(i)).count > 1}
             return Thread([to_chat_message(rows[i]) for i in path], branching)
 
-    def show_branch(self, principal: Principal, conversation_id: int, message_id: int) -> None:
-        """Show the branch that holds `message_id`: the one last written below it."""
+    def show_branch(self, principal: Principal, conversation_id: int, message_id: int) -> int:
+        """Show the branch that holds `message_id`: the one last written below it. The
+        id of its newest message (the page keeps it, so each tab shows its own)."""
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
             tree = load_tree(session, conversation.id)
-            if not tree.shown(message_id):
+            newest = tree.newest_under(message_id) if tree.shown(message_id) else None
+            if newest is None:
                 raise InvalidInput("That message is not one of this conversation's.")
-            conversation.active_leaf_id = tree.newest_under(message_id)
+            conversation.active_leaf_id = newest
+            return newest
 
     def messages(self, principal: Principal, conversation_id: int) -> list[ChatMessage]:
         """Every message in order, every branch's and superseded attempts included (the

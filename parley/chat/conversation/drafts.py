@@ -243,17 +243,22 @@ class DraftSettler:
                 .where(Conversation.id == draft.conversation_id)
                 .with_for_update()
             )
-        went_on = session.scalar(  # anything follows its question: another answer, a reply
+        # Whether its question went on without it since it began: something that follows
+        # the question and came after (a retry's answer, a question asked after it), or a
+        # newer answer to the same question on its way. Answers to the question from
+        # before it began (an answer asked for again) and other branches leave it be.
+        went_on = session.scalar(
             select(Message.id)
             .where(
                 Message.parent_id == draft.user_message_id,
                 Message.status != MessageStatus.SUPERSEDED,
+                Message.created_at >= draft.started_at,
             )
             .limit(1)
-        ) or session.scalar(  # a newer answer on its way (a retry, a newer question)
+        ) or session.scalar(
             select(AnswerDraft.id)
             .where(
-                AnswerDraft.conversation_id == draft.conversation_id,
+                AnswerDraft.user_message_id == draft.user_message_id,
                 AnswerDraft.id > draft.id,
             )
             .limit(1)

@@ -28,7 +28,7 @@ from parley.chat.conversation.history import HistoryCache
 from parley.chat.conversation.replies import ReplyStream, clean_message_text
 from parley.chat.conversation.titles import fallback_title
 from parley.chat.conversation.upkeep import Upkeep
-from parley.chat.documents.library import DocumentInfo, DocumentService
+from parley.chat.documents.library import DocumentService, SentFiles
 from parley.chat.documents.passages import NO_PASSAGES, Passages, find_passages
 from parley.chat.gateway.limited_provider import LimitedProvider
 from parley.chat.gateway.pricing import Pricing
@@ -125,7 +125,7 @@ class ChatService:
         (a file's kind, size or number before any file is).
         """
         text = clean_message_text(text, max_chars=self._settings.max_message_chars)
-        attached: list[DocumentInfo] = []
+        attached = SentFiles([], [])
         if files:  # refusals that come before any file is stored
             if self._documents is None:
                 raise InvalidInput("This server takes no files: it has no document store.")
@@ -134,7 +134,7 @@ class ChatService:
                     owned_conversation(session, principal, conversation_id)
             self._quotas.check_quota(principal)
             attached = self._documents.add_files(principal, files)
-        kept = [Attachment(document_id=d.id, name=d.name) for d in attached]
+        kept = [Attachment(document_id=d.id, name=d.name) for d in attached.documents]
 
         def plan(session: Session, conversation: Conversation | None) -> _Plan:
             if conversation is None:
@@ -150,8 +150,8 @@ class ChatService:
         try:
             return self._turn(principal, conversation_id, plan, text=text, documents=documents)
         except BaseException:
-            if self._documents is not None and attached:  # not sent: the files go too
-                self._documents.remove_quietly(principal, [d.id for d in attached])
+            if self._documents is not None:  # not sent: the files it brought go too
+                self._documents.remove_quietly(principal, attached.new)
             raise
 
     def edit(
@@ -188,29 +188,33 @@ class ChatService:
 
         return self._turn(principal, conversation_id, plan, regenerated=True)
 
-    def retry(self, principal: Principal, conversation_id: int) -> ReplyStream:
-        """Answer the last question of the branch shown again; a failed answer to it is
-        kept as superseded (out of the way: no sibling to step to)."""
+    def retry(
+        self, principal: Principal, conversation_id: int, *, leaf: int | None = None
+    ) -> ReplyStream:
+        """Answer the last question of the branch ending at `leaf` again (None: the branch
+        the conversation shows); a failed answer to it is kept as superseded (out of the
+        way: no sibling to step to)."""
         self._settle(principal, conversation_id)
 
         def plan(session: Session, conversation: Conversation | None) -> _Plan:
             assert conversation is not None
-            leaf_id = load_tree(session, conversation.id).leaf(conversation.active_leaf_id)
-            leaf = session.get(Message, leaf_id) if leaf_id is not None else None
+            tree = load_tree(session, conversation.id)
+            leaf_id = leaf if tree.shown(leaf) else tree.leaf(conversation.active_leaf_id)
+            last = session.get(Message, leaf_id) if leaf_id is not None else None
             failed: list[Message] = []
-            if leaf is not None and leaf.role is MessageRole.ASSISTANT:
-                if leaf.status in (MessageStatus.COMPLETE, MessageStatus.STOPPED):
+            if last is not None and last.role is MessageRole.ASSISTANT:
+                if last.status in (MessageStatus.COMPLETE, MessageStatus.STOPPED):
                     raise InvalidInput("The last message already has an answer.")
-                failed = [leaf]
-                leaf = session.get(Message, leaf.parent_id) if leaf.parent_id else None
-            if leaf is None or leaf.role is not MessageRole.USER:
+                failed = [last]
+                last = session.get(Message, last.parent_id) if last.parent_id else None
+            if last is None or last.role is not MessageRole.USER:
                 raise InvalidInput("There is no message to retry.")
             return _Plan(
-                leaf.content,
-                parent_id=leaf.parent_id,
-                question=leaf,
+                last.content,
+                parent_id=last.parent_id,
+                question=last,
                 replaced=failed,
-                attachments=leaf.attachments or (),
+                attachments=last.attachments or (),
             )
 
         return self._turn(principal, conversation_id, plan, retry=True)
@@ -379,15 +383,20 @@ class ChatService:
         tokens = context.total_tokens + self._settings.max_output_tokens
         return self._quotas.reserve(principal, tokens=tokens)
 
-    def needs_retry(self, principal: Principal, conversation_id: int) -> bool:
-        """True when the last question of the branch shown has no complete answer (an
-        answer its reader stopped counts as one: the user meant it)."""
+    def needs_retry(
+        self, principal: Principal, conversation_id: int, *, leaf: int | None = None
+    ) -> bool:
+        """True when the last question of the branch ending at `leaf` (None: the one the
+        conversation shows) has no complete answer (an answer its reader stopped counts
+        as one: the user meant it)."""
         self._settle(principal, conversation_id)
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
-            leaf = conversation.active_leaf_id
             last = session.get(Message, leaf) if leaf is not None else None
-            if last is None:
+            if last is None or last.conversation_id != conversation.id:
+                end = conversation.active_leaf_id
+                last = session.get(Message, end) if end is not None else None
+            if last is None or last.status is MessageStatus.SUPERSEDED:
                 return False
             return last.role is MessageRole.USER or last.status not in (
                 MessageStatus.COMPLETE,

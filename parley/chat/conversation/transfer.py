@@ -34,6 +34,7 @@ from pydantic import (
 )
 from sqlalchemy import select
 
+from parley.chat.conversation.branches import Node, Tree
 from parley.chat.conversation.conversations import (
     ConversationInfo,
     clean_title,
@@ -51,7 +52,7 @@ from parley.store.db import Database
 from parley.store.models import Conversation, Message, utcnow
 
 FORMAT = "parley.conversation"
-VERSION = 1
+VERSION = 2  # 2: branches (`parent`, `shown`); 1 is read as one branch
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_MESSAGES = 20_000
 MAX_MESSAGE_CHARS = 200_000
@@ -94,7 +95,7 @@ class ExportedMessage(BaseModel):
 class ExportedConversation(BaseModel):
     model_config = ConfigDict(extra="forbid")
     parley: Literal["parley.conversation"]
-    version: Literal[1]
+    version: Literal[1, 2]
     title: str = Field(max_length=200)
     created_at: AwareDatetime
     updated_at: AwareDatetime
@@ -237,7 +238,13 @@ class ConversationTransfer:
             for message, parent in zip(messages, exported.parents(), strict=True):
                 message.parent_id = messages[parent].id if parent is not None else None
             path = exported.shown_path()
-            conversation.active_leaf_id = messages[path[-1]].id if path else None
+            tree = Tree(  # the branch shown ends at a shown message with nothing after it
+                Node(m.id, m.parent_id, m.role, m.status) for m in messages
+            )
+            end = messages[path[-1]].id if path else None
+            conversation.active_leaf_id = (
+                tree.newest_under(end) if tree.shown(end) else tree.leaf(None)
+            )
             session.flush()
             append_in(
                 session,
@@ -281,8 +288,8 @@ def read_export(data: bytes | str) -> ExportedConversation:
         raise InvalidInput("That file is not JSON; import takes Parley's JSON export.") from None
     if not isinstance(raw, dict) or raw.get("parley") != FORMAT:
         raise InvalidInput("That file is not a conversation exported from Parley (as JSON).")
-    if raw.get("version") != VERSION:
-        raise InvalidInput(f"That export is of another version; this Parley reads {VERSION}.")
+    if raw.get("version") not in (1, VERSION):
+        raise InvalidInput(f"That export is of another version; this Parley reads 1 and {VERSION}.")
     messages = raw.get("messages")
     if not set(raw) <= CONVERSATION_KEYS or not isinstance(messages, list):
         raise InvalidInput("That export is damaged: its fields are not Parley's.")

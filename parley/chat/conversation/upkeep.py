@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from parley.chat.conversation.branches import path_rows
 from parley.chat.conversation.history import HistoryCache
 from parley.chat.conversation.titles import fallback_title, generate_title
@@ -19,7 +22,7 @@ from parley.core.domain import MessageRole, MessageStatus, Purpose
 from parley.core.llm import CallMeta, ChatProvider
 from parley.memory import StrategyRegistry
 from parley.store.db import Database
-from parley.store.models import Conversation
+from parley.store.models import Conversation, Message
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +80,10 @@ class Upkeep:
     def title(self, user_id: int, conversation_id: int, answer_id: int) -> None:
         """After the first complete answer of a branch, ask the model for a title (a
         metered call), from that answer and the question it answers: what the title
-        reads is on that branch alone. Once: the job of any later answer does nothing,
-        however quickly the next question came, and a title the model or the user has
-        written is kept (only the first message's stand-in is replaced)."""
+        reads is on that branch alone. Only while the title is still the stand-in (the
+        conversation's first message): a title the model or the user has written is
+        kept, and an answer asked for again or an edit after it costs no call. The job
+        of any later answer on the branch does nothing, however quickly it came."""
         with self._db.session() as session:
             path = path_rows(session, answer_id)
             answer = path[-1] if path else None
@@ -95,13 +99,13 @@ class Upkeep:
             ):
                 return
             users = [r.content for r in path if r.role is MessageRole.USER]
-            # The title the conversation began with is the first message's; the answer
-            # may be to a later one (the first answer failed, and the user asked again).
-            first = users[0] if users else None
+            # The answer may be to a later question (the first answer failed, and the
+            # user asked again).
             question = users[-1] if users else None
             answer_text = answer.content
-        if first is None or question is None:
-            return
+            stand_in = _stand_in(session, conversation_id)
+        if question is None or stand_in is None:
+            return  # titled already (by the model or its user): no call to pay for
         title, calls = generate_title(
             self._provider,
             meta=CallMeta(Purpose.TITLE, user_id, conversation_id),
@@ -111,11 +115,25 @@ class Upkeep:
             attempts=self._settings.title_attempts,
         )
         with self._db.session() as session:
+            # Keep a title the user, or another branch's answer, has set meanwhile.
             conversation = session.get(Conversation, conversation_id)
-            # Keep a title the user has set meanwhile.
-            if conversation is not None and conversation.title == fallback_title(first):
+            if conversation is not None and _stand_in(session, conversation_id) is not None:
                 conversation.title = title
         log.info("Titled conversation %s after %d call(s).", conversation_id, calls)
+
+
+def _stand_in(session: Session, conversation_id: int) -> str | None:
+    """The conversation's title while it is still its first message's stand-in, else None."""
+    conversation = session.get(Conversation, conversation_id)
+    first = session.scalar(
+        select(Message.content)
+        .where(Message.conversation_id == conversation_id, Message.role == MessageRole.USER)
+        .order_by(Message.id)
+        .limit(1)
+    )
+    if conversation is None or first is None or conversation.title != fallback_title(first):
+        return None
+    return conversation.title
 
 
 __all__ = ["Upkeep"]

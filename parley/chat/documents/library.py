@@ -9,6 +9,7 @@ deleted document is gone from the very next search, in every process.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -82,6 +83,15 @@ class DocumentInfo:
     may_manage: bool = False  # the asker may share, unshare and delete it
 
 
+@dataclass(frozen=True, slots=True)
+class SentFiles:
+    """The documents a message's files are, and which of them are new (the others the
+    sender had already): a message not sent takes back only the new ones."""
+
+    documents: list[DocumentInfo]
+    new: list[int]
+
+
 class DocumentService:
     def __init__(
         self, database: Database, index: DocumentIndex, *, defer: Defer | None = None
@@ -111,12 +121,11 @@ class DocumentService:
         )
         return self.get(principal, document_id)
 
-    def add_files(
-        self, principal: Principal, files: Sequence[tuple[str, bytes]]
-    ) -> list[DocumentInfo]:
+    def add_files(self, principal: Principal, files: Sequence[tuple[str, bytes]]) -> SentFiles:
         """Files sent with a message, as private documents of the principal: all or none.
         Their kinds, sizes and number are checked before anything is stored; a file that
-        cannot be read then removes the ones added before it."""
+        cannot be read then removes the ones added before it. A file the principal has
+        already added (the same bytes) is that document again, whatever its name now."""
         if len(files) > MAX_FILES_PER_MESSAGE:
             raise InvalidInput(
                 f"A message takes at most {MAX_FILES_PER_MESSAGE} files; this one has {len(files)}."
@@ -128,14 +137,32 @@ class DocumentService:
                     f"{name}: the file has {len(data) / 2**20:.1f} MB; "
                     f"the limit is {MAX_UPLOAD_MB} MB."
                 )
-        added: list[DocumentInfo] = []
+        added: list[DocumentInfo] = []  # taken back if a later file fails
+        documents: list[DocumentInfo] = []
         try:
             for name, data in files:
-                added.append(self.add(principal, name, data))
+                kept = self._own_copy(principal, data)  # sent before: the same document
+                if kept is None:
+                    kept = self.add(principal, name, data)
+                    added.append(kept)
+                documents.append(kept)
         except BaseException:
             self.remove_quietly(principal, [d.id for d in added])
             raise
-        return added
+        return SentFiles(documents, [d.id for d in added])
+
+    def _own_copy(self, principal: Principal, data: bytes) -> DocumentInfo | None:
+        """The principal's own ready document with exactly these bytes, if there is one."""
+        digest = hashlib.sha256(data).hexdigest()
+        with self._db.session() as session:
+            found = session.scalar(
+                select(Document.id).where(
+                    Document.owner_id == principal.user_id,
+                    Document.sha256 == digest,
+                    Document.ready,
+                )
+            )
+        return self.get(principal, found) if found is not None else None
 
     def remove_quietly(self, principal: Principal, document_ids: Iterable[int]) -> None:
         """Take back documents added for a message that was not sent (logged, never raised)."""
@@ -408,6 +435,7 @@ def _info(session: Session, document: Document, principal: Principal) -> Documen
 
 __all__ = [
     "MAX_FILES_PER_MESSAGE",
+    "SentFiles",
     "MAX_UPLOAD_MB",
     "SUPPORTED_SUFFIXES",
     "DocumentInfo",

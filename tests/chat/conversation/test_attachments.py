@@ -140,3 +140,22 @@ def test_a_deleted_file_leaves_its_name_nowhere_in_the_conversation(
     with local._database.session() as session:
         stored = session.get(Message, answer.id)
         assert stored is not None and "secret-plan" not in repr(stored.context)
+
+
+def test_a_file_sent_again_is_the_same_document_and_a_refusal_keeps_it(
+    local: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    list(local.chat.send(alice, None, "Read this", files=[("notes.md", NOTES)]))
+    again = local.chat.send(alice, None, "And again", files=[("copy-of-notes.md", NOTES)])
+    list(again)
+    (document,) = local.documents.list_for(alice)
+    question = local.conversations.thread(alice, again.conversation_id).messages[0]
+    assert [a.document_id for a in question.attachments] == [document.id]
+
+    def refuse(*_args: object, **_kwargs: object) -> int | None:
+        raise QuotaExceeded("tokens", resets_at=datetime.now(UTC))
+
+    monkeypatch.setattr(local.quotas, "reserve", refuse)
+    with pytest.raises(QuotaExceeded):
+        local.chat.send(alice, None, "Once more", files=[("notes.md", NOTES)])
+    assert [d.id for d in local.documents.list_for(alice)] == [document.id]  # not taken back

@@ -139,6 +139,35 @@ def test_a_draft_the_conversation_went_on_without_is_kept_out_of_the_way(
     ]
 
 
+def test_a_dead_answer_asked_for_again_is_kept_beside_the_first_and_shown(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    """ "Answer again" while the first answer is there: the question has an answer from
+    before, which is no reason to put the new one out of the way."""
+    scripted.enqueue("The first answer.")
+    first = services.chat.send(alice, None, "Question")
+    list(first)
+    conversation = first.conversation_id
+    old = services.conversations.thread(alice, conversation).messages[1]
+    scripted.enqueue("Second ", "try ", "here.")
+    again = services.chat.regenerate(alice, conversation, old.id)
+    chunks = iter(again)
+    next(chunks)
+    services.drafts.checkpoint()
+    services.drafts.forget(again.draft_id)  # its process dies mid-answer
+    assert services.draft_settler.settle(now=utcnow() + LATER) == 1
+    thread = services.conversations.thread(alice, conversation)
+    assert [m.content for m in thread.messages] == ["Question", "Second "]
+    assert thread.messages[1].status is MessageStatus.INTERRUPTED
+    assert thread.branching[thread.messages[1].id].previous == old.id
+    assert services.chat.needs_retry(alice, conversation)  # a broken answer: Retry offered
+    # The owner was only slow: its whole answer replaces the kept part, and shows.
+    assert list(chunks) == ["try ", "here."]
+    thread = services.conversations.thread(alice, conversation)
+    assert [m.content for m in thread.messages] == ["Question", "Second try here."]
+    assert thread.messages[1].status is MessageStatus.COMPLETE
+
+
 def test_a_draft_of_an_erased_conversation_goes_with_it(
     services: Services, scripted: ScriptedProvider, alice: Principal
 ) -> None:

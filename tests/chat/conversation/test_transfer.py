@@ -41,7 +41,7 @@ def test_a_conversation_goes_out_as_json_and_comes_back_the_same(
     original = conversation(services, alice, scripted)
     exported = services.transfer.export(alice, original, "json")
     data = json.loads(exported)
-    assert (data["parley"], data["version"]) == ("parley.conversation", 1)
+    assert (data["parley"], data["version"]) == ("parley.conversation", 2)
     assert [m["status"] for m in data["messages"]] == [
         "complete",
         "complete",
