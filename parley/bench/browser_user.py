@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +32,10 @@ CHROMIUM_ARGS = [
 # The newest answer's text as the page shows it, the streaming cursor (▌) included: the
 # cursor goes when the answer has ended and been stored, not at its last word.
 # Captions (the queue position while waiting, the usage line once stored) are left out.
+SETTLED_JS = """() => {
+    const app = document.querySelector('[data-test-script-state]');
+    return app !== null && app.getAttribute('data-test-script-state') !== 'running';
+}"""
 LAST_ANSWER_JS = """(count) => {
     const messages = document.querySelectorAll('[data-testid="stChatMessage"]');
     if (messages.length < count) return null;
@@ -79,6 +84,10 @@ async def browser_user(browser: Any, url: str, name: str, args: argparse.Namespa
     turn = 0
     while time.monotonic() < stop_at or turn < args.min_messages:
         turn += 1
+        # Counted once the last answer's rerun has finished: while it runs, the page may
+        # still hold the streamed element beside the stored one.
+        with contextlib.suppress(Exception):
+            await page.wait_for_function(SETTLED_JS, timeout=30_000)
         messages = await page.get_by_test_id("stChatMessage").count()
         await chat.fill(f"Question {turn} from {name}: how does the answer stream?")
         sent_at = time.monotonic()

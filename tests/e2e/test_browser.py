@@ -259,7 +259,7 @@ def _walk(page: Page, server: Server) -> None:
     _conversation_button(page).click()
     expect(page.get_by_role("heading", name=PROMPT)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
     expect(messages).to_have_count(2, timeout=PAGE_TIMEOUT_MS)
-    expect(messages.first.get_by_test_id("stChatMessageContent")).to_have_text(PROMPT)
+    expect(messages.first.get_by_test_id("stMarkdownContainer").first).to_have_text(PROMPT)
     expect(_answer_text(page)).to_have_text(answer)
     expect(page.get_by_test_id("stException")).to_have_count(0)
 

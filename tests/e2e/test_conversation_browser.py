@@ -201,3 +201,48 @@ def test_edit_a_question_step_between_branches_send_a_pdf_and_find_it_again(
     expect(messages.nth(0)).to_contain_text("Which capital has the Uffizi?")
     expect(messages.nth(0)).to_contain_text("Found here")
     expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+def test_rate_down_export_import_and_the_admin_finds_it_by_thumbs_down(
+    page: Page, fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_role("button", name="New conversation").click()
+    messages = page.get_by_test_id("stChatMessage")
+    fake.enqueue(Reply(text="Bake it at 900 degrees for a week."))
+    ask(page, "How long do I bake bread?")
+    answer = messages.nth(1)
+    expect(answer).to_contain_text("Bake it at 900 degrees")
+
+    # Thumbs down, with why.
+    answer.get_by_role("radio", name="Thumbs down").click()
+    answer.get_by_role("button", name="Comment").click()
+    page.get_by_label("What made this answer good or bad? (optional)").fill("Burnt to ash")
+    page.get_by_role("button", name="Save").click()
+
+    # Export as JSON from the panel, and import it back as a new conversation.
+    sidebar.get_by_text("This conversation").click()
+    with page.expect_download() as download:
+        sidebar.get_by_role("button", name="JSON").click()
+    exported = Path(download.value.path()).read_bytes()
+    assert b'"How long do I bake bread?"' in exported
+    sidebar.get_by_text("Import a conversation").click()
+    sidebar.locator("input[type=file]").set_input_files(
+        [{"name": "bread.json", "mimeType": "application/json", "buffer": exported}]
+    )
+    expect(sidebar.get_by_text("bread.json")).to_be_visible()
+    page.wait_for_load_state("networkidle")  # the file has reached the server
+    sidebar.get_by_role("button", name="Import", exact=True).click()
+    expect(messages.nth(1)).to_contain_text("Bake it at 900 degrees")
+    expect(sidebar.get_by_role("button", name="How long do I bake bread?")).to_have_count(2)
+    page.screenshot(path=str(tmp_path / "imported.png"))
+
+    # The admin finds the conversation by its thumbs down and reads why.
+    sidebar.get_by_role("link", name="Admin console").click()
+    feedback = page.get_by_test_id("stSelectbox").filter(has_text="Feedback")
+    feedback.click()
+    page.get_by_role("option", name="thumbs down").click()
+    page.get_by_role("button", name="Find").click()
+    expect(page.get_by_text("rated by its user · Burnt to ash")).to_be_visible()
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    page.screenshot(path=str(tmp_path / "admin.png"))

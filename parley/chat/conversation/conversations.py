@@ -412,8 +412,9 @@ class ConversationService:
     def thread(
         self, principal: Principal, conversation_id: int, *, leaf: int | None = None
     ) -> Thread:
-        """The branch down to `leaf` (a browser's own; None, or a message that is not a
-        shown one of this conversation: the branch the conversation shows), with each
+        """The branch through `leaf` (a browser's own), down to the newest message below
+        it (None, or a message that is not a shown one of this conversation: the branch
+        the conversation shows), with each
         message's siblings. Answers a stopped process was writing are kept first, as for
         `messages`."""
         if self._settle is not None:
@@ -423,7 +424,10 @@ class ConversationService:
         with self._db.session() as session:
             conversation = owned_conversation(session, principal, conversation_id)
             tree = load_tree(session, conversation.id)
-            end = leaf if tree.shown(leaf) else tree.leaf(conversation.active_leaf_id)
+            # The newest below the browser's own (a question it left waiting has its
+            # answer now; a tab is on a branch, not at a message).
+            end = tree.newest_under(leaf) if tree.shown(leaf) else None
+            end = end or tree.leaf(conversation.active_leaf_id)
             path = tree.path(end)
             rows = {
                 m.id: m

@@ -199,7 +199,8 @@ class ChatService:
         def plan(session: Session, conversation: Conversation | None) -> _Plan:
             assert conversation is not None
             tree = load_tree(session, conversation.id)
-            leaf_id = leaf if tree.shown(leaf) else tree.leaf(conversation.active_leaf_id)
+            leaf_id = tree.newest_under(leaf) if tree.shown(leaf) else None
+            leaf_id = leaf_id or tree.leaf(conversation.active_leaf_id)
             last = session.get(Message, leaf_id) if leaf_id is not None else None
             failed: list[Message] = []
             if last is not None and last.role is MessageRole.ASSISTANT:
