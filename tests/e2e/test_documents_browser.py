@@ -37,11 +37,13 @@ def upload_report_and_ask(page: Page) -> None:
     pdf = pdf_with_pages("Opening remarks of the board", "Revenue grew by 12 percent in March")
     sidebar = page.get_by_test_id("stSidebar")
     sidebar.get_by_role("link", name="Documents").click()
-    page.locator("input[type=file]").set_input_files(
+    # The Documents page's uploader (the chat page's message box takes files too).
+    uploader = page.get_by_role("main").get_by_test_id("stFileUploader")
+    uploader.locator("input[type=file]").set_input_files(
         [{"name": "report.pdf", "mimeType": "application/pdf", "buffer": pdf}]
     )
     # The browser sends the file on its own; Add before it has arrived would find none.
-    expect(page.get_by_test_id("stFileUploader").get_by_text("report.pdf")).to_be_visible()
+    expect(uploader.get_by_text("report.pdf")).to_be_visible()
     page.wait_for_load_state("networkidle")
     page.get_by_role("button", name="Add", exact=True).click()
     expect(page.get_by_text("report.pdf: 2 passages indexed")).to_be_visible(
