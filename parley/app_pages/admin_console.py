@@ -109,6 +109,8 @@ def render_review(review: Review) -> None:
             if message.status is not MessageStatus.SUPERSEDED:  # a retry's answer follows
                 previous = message.id  # the question, as the one it replaced did
             st.markdown(safe_markdown(message.content or "*(no text)*"))
+            for name in [a.name for a in message.attachments] + [i.name for i in message.images]:
+                st.caption(":material/attach_file: sent with " + plain_label(name))
             if message.role is MessageRole.USER:
                 continue
             tokens = (message.input_tokens or 0) + (message.output_tokens or 0)
@@ -152,6 +154,9 @@ def render_prompt(prompt: Provenance) -> None:
         st.caption("No document passages.")
     if prompt.recalled:
         st.caption("Recalled turns: " + ", ".join(f"#{r.turn_id}" for r in prompt.recalled))
+    if prompt.images:
+        tokens = prompt.section_tokens.get("images", 0)
+        st.caption(f"{count(len(prompt.images), 'image')} ({tokens:,} tokens)")
 
 
 def conversations_tab() -> None:

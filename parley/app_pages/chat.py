@@ -17,7 +17,7 @@ from parley.chat.conversation.listing import date_groups, distinct_labels
 from parley.chat.conversation.replies import ReplyStream
 from parley.chat.conversation.search import MAX_QUERY_CHARS
 from parley.chat.conversation.transfer import MAX_FILE_BYTES
-from parley.chat.documents.library import MAX_UPLOAD_MB, SUPPORTED_SUFFIXES
+from parley.chat.documents.library import MAX_UPLOAD_MB
 from parley.core.domain import Principal
 from parley.core.errors import NotFound, ParleyError
 from parley.wiring.services import Services
@@ -468,7 +468,7 @@ if estimate.input_cost_usd or estimate.max_output_cost_usd:
 prompt = st.chat_input(
     "Message Parley",
     accept_file="multiple",
-    file_type=[suffix.lstrip(".") for suffix in SUPPORTED_SUFFIXES],
+    file_type=services.chat.file_types(),
     max_upload_size=MAX_UPLOAD_MB,  # the box says Parley's own limit
 )
 if prompt is not None:

@@ -154,6 +154,21 @@ def render_answer_actions(
         st.code(message.content, language="markdown", wrap_lines=True)
 
 
+def render_images(svc: Services, who: Principal, message: ChatMessage) -> None:
+    """The small copies of the images a question was sent with, named."""
+    shown: list[bytes] = []
+    names: list[str] = []
+    for image in message.images:
+        try:
+            shown.append(svc.conversations.thumbnail(who, image.image_id)[1])
+        except ParleyError:  # erased meanwhile: its name alone
+            st.caption(":material/image: " + plain_label(image.name))
+        else:
+            names.append(image.name)
+    if shown:
+        st.image(shown, caption=names, width=160)
+
+
 def render_message(
     svc: Services,
     who: Principal,
@@ -175,6 +190,8 @@ def render_message(
             return
         if message.content:
             st.markdown(safe_markdown(with_markers(message.content, message.citations)))
+        if message.images:
+            render_images(svc, who, message)
         for attached in message.attachments:
             st.caption(":material/attach_file: " + plain_label(attached.name))
         if message.citations:

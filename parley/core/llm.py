@@ -3,6 +3,7 @@
     class ChatProvider(Protocol):
         model: str; context_window: int
         native_citations: bool  # takes quoted sources, answers with Citation events
+        takes_images: bool  # takes PromptMessage.images as native image blocks
         def stream(self, request: ChatRequest) -> Iterator[StreamEvent]: ...
         def count_tokens(self, request: ChatRequest) -> int: ...
 
@@ -37,16 +38,33 @@ class SearchSource:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptImage:
+    """An image a question was sent with, as the model gets it: already checked, scaled
+    and re-encoded (`parley.chat.conversation.images`). `tokens` is what it costs the
+    prompt (width × height / 750, the API's own rule). `earlier`: it came with an earlier
+    question of the conversation and goes again while that question is in the prompt."""
+
+    image_id: int | None  # the stored image (None: not stored yet)
+    name: str
+    media_type: str  # image/jpeg, image/png, image/gif or image/webp
+    data: bytes = field(repr=False)
+    tokens: int
+    earlier: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PromptMessage:
     """One message of a prompt. `cache`: the prompt cache's breakpoint ends here
     (the rolling summary: the stable prefix). Consecutive messages of one role are
     one turn (the API joins them; the local model's template gets them joined).
-    `sources` go before the message's text, as data the answer can cite."""
+    `sources` go before the message's text, as data the answer can cite; `images` before
+    both (only to a provider that `takes_images`)."""
 
     role: PromptRole
     content: str
     cache: bool = False
     sources: tuple[SearchSource, ...] = ()
+    images: tuple[PromptImage, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +168,10 @@ def estimate_tokens(request: ChatRequest) -> int:
     if request.estimated_input_tokens is not None:
         return request.estimated_input_tokens
     return count_tokens(request.system) + sum(
-        count_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS + sources_tokens(m.sources)
+        count_tokens(m.content)
+        + MESSAGE_OVERHEAD_TOKENS
+        + sources_tokens(m.sources)
+        + sum(i.tokens for i in m.images)
         for m in request.messages
     )
 
@@ -179,6 +200,11 @@ class ChatProvider(Protocol):
         """Whether the model takes `PromptMessage.sources` and answers with `Citation`s."""
         ...
 
+    @property
+    def takes_images(self) -> bool:
+        """Whether the model reads `PromptMessage.images` (the local model does not)."""
+        ...
+
     def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
         """Yield `TextDelta`s (and any `UsageSoFar`) as they arrive, then one `StreamEnd`."""
         ...
@@ -195,6 +221,7 @@ __all__ = [
     "ChatProvider",
     "Citation",
     "ChatRequest",
+    "PromptImage",
     "PromptMessage",
     "PromptRole",
     "SearchSource",

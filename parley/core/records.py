@@ -46,6 +46,7 @@ class Provenance(_Record):
     sources: list[DocumentSource] = Field(default_factory=list)
     section_tokens: dict[str, int] = Field(default_factory=dict)
     total_tokens: int = 0
+    images: list[int] = Field(default_factory=list)  # the stored images sent, by id
 
     def without_names(self) -> Provenance:
         """As the audit trail keeps it: documents by id, not by name (a name is the
@@ -75,4 +76,23 @@ class Attachment(_Record):
     name: str
 
 
-__all__ = ["Attachment", "CitedPassage", "DocumentSource", "Provenance", "RecalledTurn"]
+class SentImage(_Record):
+    """An image sent with a question: the stored image (`images` table), as the page
+    shows it and the prompt sends it again."""
+
+    image_id: int
+    name: str
+    media_type: str
+    width: int
+    height: int
+    tokens: int  # what it costs a prompt
+
+
+__all__ = [
+    "Attachment",
+    "CitedPassage",
+    "DocumentSource",
+    "Provenance",
+    "RecalledTurn",
+    "SentImage",
+]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+import struct
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
@@ -153,6 +156,63 @@ def search_results(body: Any) -> list[dict[str, Any]]:
     return found
 
 
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+MAX_IMAGE_BYTES = 5 * 2**20  # the API's limit for one base64 image
+_IMAGE_MAGIC = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),
+}
+
+
+def images(body: Any) -> list[dict[str, Any]]:
+    """The request's `image` blocks, in order."""
+    found: list[dict[str, Any]] = []
+    for message in body.get("messages") or [] if isinstance(body, dict) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            found += [b for b in content if isinstance(b, dict) and b.get("type") == "image"]
+    return found
+
+
+def image_problem(body: Any) -> str | None:
+    """What the real API would refuse about the request's images, if anything: an
+    assistant turn with one, an unknown media type, bad base64, data of another kind
+    than it says, or more than 5 MB."""
+    for message in body.get("messages") or [] if isinstance(body, dict) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if (
+            message.get("role") == "assistant"
+            and isinstance(content, list)
+            and any(isinstance(b, dict) and b.get("type") == "image" for b in content)
+        ):
+            return "Images are only accepted in user messages."
+    for block in images(body):
+        source = block.get("source") or {}
+        media_type = source.get("media_type")
+        if source.get("type") != "base64" or media_type not in IMAGE_MEDIA_TYPES:
+            return f"Unsupported image source or media type: {media_type!r}."
+        try:
+            data = base64.b64decode(str(source.get("data", "")), validate=True)
+        except (binascii.Error, ValueError):
+            return "The image's data is not valid base64."
+        if len(data) > MAX_IMAGE_BYTES:
+            return "image exceeds 5 MB maximum"
+        if not data.startswith(_IMAGE_MAGIC[media_type]):
+            return f"Image does not match the provided media type {media_type}."
+    return None
+
+
+def image_tokens(block: dict[str, Any]) -> int:
+    """width × height / 750 for a PNG (its header says its size); 1,600 otherwise."""
+    data = base64.b64decode(str((block.get("source") or {}).get("data", "")))
+    if data.startswith(b"\x89PNG") and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return max(1, int(width) * int(height) // 750)
+    return 1600
+
+
 def citation_problem(body: Any) -> str | None:
     """What the real API would refuse about the request's search results, if anything."""
     results = search_results(body)
@@ -194,7 +254,7 @@ def rough_tokens(body: Any) -> int:
     for msg in body.get("messages") or []:
         if isinstance(msg, dict):
             chars += len(_block_text(msg.get("content", "")))
-    return max(1, chars // 4)
+    return max(1, chars // 4) + sum(image_tokens(b) for b in images(body))
 
 
 def new_id(prefix: str) -> str:

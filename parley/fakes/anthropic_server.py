@@ -44,6 +44,7 @@ from parley.fakes.anthropic_script import (
     Reply,
     citation,
     citation_problem,
+    image_problem,
     new_id,
     random_fault,
     rough_tokens,
@@ -151,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
             self._send_error("not_found")
             return
-        if bad_json or not isinstance(body, dict) or citation_problem(body):
+        if bad_json or not isinstance(body, dict) or citation_problem(body) or image_problem(body):
             self._send_error("invalid_request")
             return
         if path == "/v1/messages/count_tokens":

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -26,7 +27,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from parley.core.domain import CallOutcome, MessageRole, MessageStatus, Purpose, Rating, Role
-from parley.core.records import Attachment, CitedPassage, DocumentSource, Provenance
+from parley.core.records import (
+    Attachment,
+    CitedPassage,
+    DocumentSource,
+    Provenance,
+    SentImage,
+)
 from parley.store.typed_json import TypedJSON
 
 
@@ -157,12 +164,37 @@ class Message(Base):
     # The files a question was sent with: private documents of its author, which its
     # answers (and the answers to its edits) read first.
     attachments: Mapped[list[Attachment] | None] = mapped_column(TypedJSON(list[Attachment]))
+    # The images a question was sent with (`images`): they go with it to the model, and
+    # with later questions while it is in their prompt.
+    images: Mapped[list[SentImage] | None] = mapped_column(TypedJSON(list[SentImage]))
     stop_reason: Mapped[str | None] = mapped_column(String(40))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class Image(Base):
+    """An image sent with a question, as the model gets it: checked, scaled to what the
+    model reads and re-encoded (no metadata kept), with a small copy the page shows.
+    Belongs to its conversation: it goes when the conversation or its user is erased."""
+
+    __tablename__ = "images"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(255))
+    media_type: Mapped[str] = mapped_column(String(40))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    thumbnail: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Feedback(Base):

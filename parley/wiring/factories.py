@@ -59,8 +59,9 @@ class _ProviderOnFirstCall:
     module imports the Anthropic SDK, a second of start-up that a command calling no
     model (`parley user list`) never needs. A `ChatProvider` itself."""
 
-    def __init__(self, build: Callable[[], ChatProvider]) -> None:
+    def __init__(self, build: Callable[[], ChatProvider], *, takes_images: bool) -> None:
         self._provider = _Once(build)
+        self._takes_images = takes_images  # known from the settings: no SDK to load for it
 
     def _made(self) -> ChatProvider:
         return self._provider.get()
@@ -76,6 +77,10 @@ class _ProviderOnFirstCall:
     @property
     def native_citations(self) -> bool:
         return self._made().native_citations
+
+    @property
+    def takes_images(self) -> bool:
+        return self._takes_images
 
     def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
         return self._made().stream(request)
@@ -93,7 +98,10 @@ def provider_on_first_call(
     """
     from parley.chat.gateway.providers import build_provider
 
-    return _ProviderOnFirstCall(lambda: build_provider(settings, on_headers=on_headers))
+    return _ProviderOnFirstCall(
+        lambda: build_provider(settings, on_headers=on_headers),
+        takes_images=settings.uses_anthropic,  # Claude reads images; the local model does not
+    )
 
 
 def build_oidc(settings: Settings, database: Database) -> OidcSignIn:

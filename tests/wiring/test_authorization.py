@@ -11,6 +11,7 @@ positive side (owner and admins succeed) keeps the checks from being too strict.
 from __future__ import annotations
 
 import inspect
+import io
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from datetime import date
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image as PILImage
 from sqlalchemy import select
 
 from parley.auth.accounts import AccountService
@@ -33,7 +35,7 @@ from parley.chat.gateway.quotas import QuotaService
 from parley.chat.gateway.usage import UsageService
 from parley.core.domain import Principal, Rating, Role
 from parley.core.errors import NotFound, ParleyError, PermissionDenied, ProviderError
-from parley.store.models import Base
+from parley.store.models import Base, Image
 from parley.wiring.services import Services
 from tests.support import ROOT
 
@@ -47,6 +49,7 @@ class Owned:
     question_id: int
     failed: int
     quota: tuple[int, int]
+    image_id: int  # sent with the question
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,15 @@ class World:
 
 
 def own_data(services: Services, scripted: ScriptedProvider, owner: Principal, n: int) -> Owned:
-    reply = services.chat.send(owner, None, f"{owner.name}'s private question")
+    picture = io.BytesIO()
+    PILImage.new("RGB", (16, 16), "red").save(picture, "PNG")
+    reply = services.chat.send(
+        owner, None, f"{owner.name}'s private question", files=[("p.png", picture.getvalue())]
+    )
     list(reply)
+    with services._database.session() as session:
+        image_id = session.scalar(select(Image.id).where(Image.user_id == owner.user_id))
+    assert image_id is not None
     services.conversations.rename(owner, reply.conversation_id, f"{owner.name}'s secrets")
     services.lab.set_conversation_strategy(ROOT, reply.conversation_id, "window")
     scripted.enqueue_error(ProviderError("down", user_message="The model is down."))
@@ -79,13 +89,16 @@ def own_data(services: Services, scripted: ScriptedProvider, owner: Principal, n
     services.quotas.set_quota(
         ROOT, owner.user_id, messages_per_day=quota[0], tokens_per_day=quota[1]
     )
-    return Owned(owner, reply.conversation_id, reply.user_message_id, failed.conversation_id, quota)
+    return Owned(
+        owner, reply.conversation_id, reply.user_message_id, failed.conversation_id, quota, image_id
+    )
 
 
 @pytest.fixture
 def world(services: Services, scripted: ScriptedProvider) -> World:
     # A priced model: a free one skips the estimate, and with it the ownership check.
     scripted.model = "claude-sonnet-test"
+    scripted.takes_images = True  # each owner's question goes with an image
     accounts = services.accounts
     alice = accounts.create_user(ROOT, name="alice", password="alice-password")
     bob = accounts.create_user(ROOT, name="bob", password="bob-password")
@@ -324,6 +337,11 @@ GUARDED: tuple[Guarded, ...] = (
         lambda a: a.services.conversations.thread(a.principal, a.data.answered),
     ),
     Guarded(
+        "conversations.thumbnail",
+        NotFound,
+        lambda a: a.services.conversations.thumbnail(a.principal, a.data.image_id),
+    ),
+    Guarded(
         "conversations.show_branch",
         NotFound,
         lambda a: a.services.conversations.show_branch(
@@ -506,6 +524,8 @@ def check_owner(world: World, method: str, data: Owned) -> None:
     elif method == "conversations.thread":
         thread = services.conversations.thread(owner, data.answered)
         assert thread.messages[0].content == f"{owner.name}'s private question"
+    elif method == "conversations.thumbnail":
+        assert services.conversations.thumbnail(owner, data.image_id)[0] == "image/png"
     elif method == "chat.regenerate":
         answer = services.conversations.thread(owner, data.answered).messages[1]
         assert "".join(services.chat.regenerate(owner, data.answered, answer.id)) == "OK"
@@ -528,6 +548,7 @@ OWNER_METHODS = [
     "chat.estimate_next",
     "chat.regenerate",
     "conversations.thread",
+    "conversations.thumbnail",
     "chat.send",
 ]
 

@@ -121,6 +121,9 @@ def provenance_of(window: ContextWindow, sources: Sequence[DocumentSource] = ())
             sources=list(sources),
             section_tokens=dict(window.section_tokens),
             total_tokens=window.total_tokens,
+            images=[
+                i.image_id for m in window.messages for i in m.images if i.image_id is not None
+            ],
         )
     except ValidationError as exc:
         log.error(

@@ -13,11 +13,12 @@ from sqlalchemy.orm import Session, defer
 
 from parley.chat.conversation.branches import Branching, load_tree
 from parley.chat.conversation.grants import require_grant
+from parley.chat.conversation.images import thumbnail as image_thumbnail
 from parley.core.audit_events import ConversationErased
 from parley.core.background import Defer
 from parley.core.domain import MessageRole, MessageStatus, Principal, require_admin
 from parley.core.errors import InvalidInput, NotFound
-from parley.core.records import Attachment, CitedPassage, DocumentSource
+from parley.core.records import Attachment, CitedPassage, DocumentSource, SentImage
 from parley.retrieval.vector_store import deferred_purges
 from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
@@ -68,6 +69,7 @@ class ChatMessage:
     parent_id: int | None = None  # the message it follows (`branches`)
     attachments: tuple[Attachment, ...] = ()  # the files a question was sent with
     sources: tuple[DocumentSource, ...] = ()  # the passages an answer's prompt held
+    images: tuple[SentImage, ...] = ()  # the images a question was sent with
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,7 @@ def to_chat_message(message: Message) -> ChatMessage:
         parent_id=message.parent_id,
         attachments=tuple(message.attachments or ()),
         sources=tuple(message.sources or ()),
+        images=tuple(message.images or ()),
     )
 
 
@@ -453,6 +456,12 @@ class ConversationService:
                 raise InvalidInput("That message is not one of this conversation's.")
             conversation.active_leaf_id = newest
             return newest
+
+    def thumbnail(self, principal: Principal, image_id: int) -> tuple[str, bytes]:
+        """The small copy of an image the principal sent: (media type, bytes). Another
+        user's image is `NotFound`, as is one erased with its conversation."""
+        with self._db.session() as session:
+            return image_thumbnail(session, principal.user_id, image_id)
 
     def messages(self, principal: Principal, conversation_id: int) -> list[ChatMessage]:
         """Every message in order, every branch's and superseded attempts included (the

@@ -25,10 +25,25 @@ from parley.chat.conversation.context import ContextBuilder, Estimate
 from parley.chat.conversation.conversations import owned_conversation
 from parley.chat.conversation.drafts import DraftKeeper, DraftSettler, DraftTicket
 from parley.chat.conversation.history import HistoryCache
+from parley.chat.conversation.images import (
+    IMAGE_SUFFIXES,
+    PreparedImage,
+    is_image,
+    prepare_image,
+    prompt_images,
+    store_images,
+    stored_as,
+    with_images,
+)
 from parley.chat.conversation.replies import ReplyStream, clean_message_text
 from parley.chat.conversation.titles import fallback_title
 from parley.chat.conversation.upkeep import Upkeep
-from parley.chat.documents.library import DocumentService, SentFiles
+from parley.chat.documents.library import (
+    MAX_FILES_PER_MESSAGE,
+    SUPPORTED_SUFFIXES,
+    DocumentService,
+    SentFiles,
+)
 from parley.chat.documents.passages import NO_PASSAGES, Passages, find_passages
 from parley.chat.gateway.limited_provider import LimitedProvider
 from parley.chat.gateway.pricing import Pricing
@@ -47,11 +62,12 @@ from parley.core.llm import (
     CallMeta,
     ChatRequest,
     Citation,
+    PromptImage,
     PromptMessage,
     StreamEnd,
     TextDelta,
 )
-from parley.core.records import Attachment, CitedPassage
+from parley.core.records import Attachment, CitedPassage, SentImage
 from parley.memory import ContextWindow, Turn, message_tokens
 from parley.store.db import Database
 from parley.store.models import Conversation, Message, utcnow
@@ -70,6 +86,8 @@ class _Plan:
     question: Message | None = None
     replaced: Sequence[Message] = field(default_factory=tuple)
     attachments: Sequence[Attachment] = ()  # files sent with the question
+    images: Sequence[SentImage] = ()  # images the stored question was sent with
+    new_images: Sequence[PreparedImage] = ()  # images sent with a new question
 
 
 class ChatService:
@@ -104,6 +122,17 @@ class ChatService:
     def model(self) -> str:
         return self._provider.model
 
+    @property
+    def takes_images(self) -> bool:
+        """Whether a question may be sent with images (the model reads them)."""
+        return self._provider.takes_images
+
+    def file_types(self) -> list[str]:
+        """The suffixes a message may be sent with ("pdf", …): the documents' kinds, and
+        the images' when the model reads images."""
+        kinds = [*SUPPORTED_SUFFIXES, *(IMAGE_SUFFIXES if self.takes_images else ())]
+        return [suffix.lstrip(".") for suffix in kinds]
+
     def send(
         self,
         principal: Principal,
@@ -119,30 +148,33 @@ class ChatService:
         what it was set to. The message follows `after` (a message of the conversation;
         None: the end of the branch shown), so a page showing an older branch adds to
         the branch it shows. `files` (name, bytes) become private documents of the user,
-        which this question reads first and the conversation draws on from then on.
+        which this question reads first and the conversation draws on from then on;
+        images among them go to the model as images (`parley.chat.conversation.images`).
 
         Raises `InvalidInput`, `NotFound` or `QuotaExceeded` before anything is stored
         (a file's kind, size or number before any file is).
         """
         text = clean_message_text(text, max_chars=self._settings.max_message_chars)
+        images = self._images(files)
+        documents_sent = [(name, data) for name, data in files if not is_image(name)]
         attached = SentFiles([], [])
-        if files:  # refusals that come before any file is stored
+        if documents_sent:  # refusals that come before any file is stored
             if self._documents is None:
                 raise InvalidInput("This server takes no files: it has no document store.")
             if conversation_id is not None:  # another's conversation
                 with self._db.session() as session:
                     owned_conversation(session, principal, conversation_id)
             self._quotas.check_quota(principal)
-            attached = self._documents.add_files(principal, files)
+            attached = self._documents.add_files(principal, documents_sent)
         kept = [Attachment(document_id=d.id, name=d.name) for d in attached.documents]
 
         def plan(session: Session, conversation: Conversation | None) -> _Plan:
-            if conversation is None:
-                return _Plan(text, parent_id=None, attachments=kept)
-            if after is None:  # kept by every write (`branches`): no tree to read
-                return _Plan(text, parent_id=conversation.active_leaf_id, attachments=kept)
-            parent = message_in(session, conversation, after).id
-            return _Plan(text, parent_id=parent, attachments=kept)
+            parent: int | None = None
+            if conversation is not None:  # `active_leaf_id` is kept by every write
+                parent = conversation.active_leaf_id
+                if after is not None:
+                    parent = message_in(session, conversation, after).id
+            return _Plan(text, parent_id=parent, attachments=kept, new_images=images)
 
         # No settling of dead processes' drafts here (it would cost the first token a
         # transaction): the page settles when it shows the conversation, before anyone
@@ -165,7 +197,12 @@ class ChatService:
         def plan(session: Session, conversation: Conversation | None) -> _Plan:
             assert conversation is not None
             old = message_in(session, conversation, message_id, role=MessageRole.USER)
-            return _Plan(text, parent_id=old.parent_id, attachments=old.attachments or ())
+            return _Plan(
+                text,
+                parent_id=old.parent_id,
+                attachments=old.attachments or (),
+                images=old.images or (),
+            )
 
         return self._turn(principal, conversation_id, plan, text=text, edited=True)
 
@@ -184,6 +221,7 @@ class ChatService:
                 parent_id=question.parent_id,
                 question=question,
                 attachments=question.attachments or (),
+                images=question.images or (),
             )
 
         return self._turn(principal, conversation_id, plan, regenerated=True)
@@ -216,6 +254,7 @@ class ChatService:
                 question=last,
                 replaced=failed,
                 attachments=last.attachments or (),
+                images=last.images or (),
             )
 
         return self._turn(principal, conversation_id, plan, retry=True)
@@ -252,9 +291,26 @@ class ChatService:
                     history = self._history.turns(session, conversation, planned.parent_id)
                     documents = conversation.document_ids
                 attached = [a.document_id for a in planned.attachments]
+                pictures = self._question_images(session, principal, conversation, planned)
                 context, passages = self._assemble(
-                    turn, principal, planned.text, history, conversation, documents, attached
+                    turn,
+                    principal,
+                    planned.text,
+                    history,
+                    conversation,
+                    documents,
+                    attached,
+                    pictures,
                 )
+                if self._provider.takes_images:  # and earlier questions' still in the prompt
+                    context = with_images(
+                        session,
+                        context,
+                        user_id=principal.user_id,
+                        conversation_id=conversation.id if conversation else None,
+                        question=pictures,
+                        budget=self._context.budget(),
+                    )
                 # Before this session writes anything: the reservation takes the write lock.
                 reservation = self._reserve(principal, context)
                 if conversation is None:
@@ -267,6 +323,12 @@ class ChatService:
                     session.flush()
                 if attached and conversation.document_ids is not None:  # drawn on from now
                     conversation.document_ids = sorted({*conversation.document_ids, *attached})
+                sent_images = list(planned.images)
+                if planned.new_images:  # kept with the question, in its transaction
+                    sent_images = store_images(
+                        session, principal.user_id, conversation.id, planned.new_images
+                    )
+                    context = stored_as(context, sent_images)
                 for failed in planned.replaced:
                     failed.status = MessageStatus.SUPERSEDED
                 question = planned.question
@@ -281,6 +343,7 @@ class ChatService:
                         estimated_input_tokens=context.total_tokens,
                         completed_at=utcnow(),
                         attachments=list(planned.attachments) or None,
+                        images=sent_images or None,
                     )
                     session.add(question)
                     session.flush()
@@ -309,10 +372,12 @@ class ChatService:
         conversation: Conversation | None,
         documents: Sequence[int] | None,
         attached: Sequence[int] = (),
+        images: Sequence[PromptImage] = (),
     ) -> tuple[ContextWindow, Passages]:
         """The passages the question finds and the prompt the memory strategy builds. A
         question sent with files reads those files' best passages, however faintly they
-        match its words ("what does this say?" matches no passage well)."""
+        match its words ("what does this say?" matches no passage well). The question's
+        `images` take their tokens from the strategy's budget."""
         with tracing.child(turn, "parley.chat.retrieve") as span:
             passages = self._passages(principal, question, attached or documents, bool(attached))
             span.set_attribute("parley.passages", len(passages.sources()))
@@ -324,11 +389,59 @@ class ChatService:
                     options=conversation.memory_options if conversation else None,
                     history=history,
                     question=question,
-                    budget=(self._context.budget() - passages.tokens if passages.hits else None),
+                    budget=self._room(passages.tokens + sum(i.tokens for i in images), question),
                 ),
                 native=self._provider.native_citations,
             )
         return context, passages
+
+    def _room(self, taken: int, question: str) -> int | None:
+        """The strategy's budget once passages and images have taken `taken` tokens (None:
+        all of it); `InvalidInput` when they leave too little for the question."""
+        if not taken:
+            return None
+        room = self._context.budget() - taken
+        if room < message_tokens(question) + 256:  # and the system prompt
+            raise InvalidInput(
+                f"The files sent take about {taken:,} tokens of a prompt of "
+                f"{self._context.budget():,}; send fewer or smaller images."
+            )
+        return room
+
+    def _images(self, files: Sequence[tuple[str, bytes]]) -> list[PreparedImage]:
+        """The images among `files`, checked and scaled; `InvalidInput` (nothing stored)
+        when the model reads none or one cannot be read."""
+        named = [(name, data) for name, data in files if is_image(name)]
+        if named and not self._provider.takes_images:
+            raise InvalidInput(
+                f"{named[0][0]}: the model here ({self._provider.model}) reads no images. "
+                "Describe it in words, or ask on a server that uses Claude."
+            )
+        if len(files) > MAX_FILES_PER_MESSAGE:
+            raise InvalidInput(
+                f"A message takes at most {MAX_FILES_PER_MESSAGE} files; this one has {len(files)}."
+            )
+        return [prepare_image(name, data) for name, data in named]
+
+    def _question_images(
+        self,
+        session: Session,
+        principal: Principal,
+        conversation: Conversation | None,
+        planned: _Plan,
+    ) -> list[PromptImage]:
+        """The images the question goes with: new ones, or the stored question's again.
+        A question with images asked of a model that reads none is refused."""
+        if planned.new_images:
+            return [image.prompt() for image in planned.new_images]
+        if not planned.images or conversation is None:
+            return []
+        if not self._provider.takes_images:
+            raise InvalidInput(
+                f"That question was sent with images, which the model here "
+                f"({self._provider.model}) cannot read."
+            )
+        return prompt_images(session, principal.user_id, conversation.id, planned.images)
 
     def _settle(self, principal: Principal, conversation_id: int) -> None:
         """Keep the answers of a process that died writing them, before going on: only

@@ -2,23 +2,27 @@
 
 Only the owner exports (anyone else's is `NotFound`). The JSON holds every message in
 order, of every branch, failed attempts a retry replaced included (`superseded`), with
-its status, model, usage, cost and citations, and the message it follows (`parent`, its
-place in the list); `shown` is the place of the branch's newest message the
-conversation shows. Then the conversation's title and times; `parley` and `version`
-say what it is. The Markdown is the branch shown, to read. Import reads that JSON as a
-new conversation of the importing user, with its branches: the file is checked whole
-first (its shape, its sizes, that it is Parley's, that each message follows an earlier
-one), and a file that fails gets one sentence and writes nothing. Imported
-messages keep their text, roles, statuses, models and token counts; not their ids, not
-their costs (the calls were not made here, and nothing imported counts in the usage
-ledger or the admins' costs), and not their citations (they name documents by the ids
-of the server that exported them). Times are moved to UTC and never later than now.
+its status, model, usage, cost and citations, the message it follows (`parent`, its
+place in the list), and a question's images (base64, as the model got them); `shown` is
+the place of the branch's newest message the conversation shows. Then the
+conversation's title and times; `parley` and `version` say what it is. The Markdown is
+the branch shown, to read. Import reads that JSON as a new conversation of the
+importing user, with its branches: the file is checked whole first (its shape, its
+sizes, that it is Parley's, that each message follows an earlier one, that each image
+is one), and a file that fails gets one sentence and writes nothing. Imported messages
+keep their text, roles, statuses, models, token counts and images (checked and
+re-encoded as if sent anew); not their ids, not their costs (the calls were not made
+here, and nothing imported counts in the usage ledger or the admins' costs), and not
+their citations (they name documents by the ids of the server that exported them).
+Times are moved to UTC and never later than now.
 Parsing is bounded before any model sees the data: at most `MAX_OBJECTS` JSON objects,
 no NUL character in any string, no NaN or Infinity.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from datetime import UTC, datetime
@@ -41,6 +45,7 @@ from parley.chat.conversation.conversations import (
     owned_conversation,
     to_info,
 )
+from parley.chat.conversation.images import PreparedImage, prepare_image, store_images
 from parley.core.audit_events import ConversationImported
 from parley.core.counts import count
 from parley.core.domain import MessageRole, MessageStatus, Principal
@@ -49,10 +54,10 @@ from parley.core.records import CitedPassage
 from parley.memory import message_tokens
 from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
-from parley.store.models import Conversation, Message, utcnow
+from parley.store.models import Conversation, Image, Message, utcnow
 
 FORMAT = "parley.conversation"
-VERSION = 2  # 2: branches (`parent`, `shown`); 1 is read as one branch
+VERSION = 3  # 3: images; 2: branches (`parent`, `shown`); 1 is read as one branch
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_MESSAGES = 20_000
 MAX_MESSAGE_CHARS = 200_000
@@ -61,7 +66,7 @@ MAX_TOKENS = 10_000_000  # a count no single call comes near
 CONVERSATION_KEYS = {"parley", "version", "title", "created_at", "updated_at", "messages"}
 CONVERSATION_KEYS |= {"shown"}
 MESSAGE_KEYS = {"role", "content", "status", "model", "usage", "cost_usd", "citations"}
-MESSAGE_KEYS |= {"error", "created_at", "parent"}
+MESSAGE_KEYS |= {"error", "created_at", "parent", "images"}
 
 
 class _TooBig(ValueError):
@@ -90,12 +95,20 @@ class ExportedMessage(BaseModel):
     # The place in the list of the message this one follows (None: a first message). An
     # export from before branches has none: each message follows the one shown before it.
     parent: int | None = Field(default=None, ge=0, lt=MAX_MESSAGES)
+    images: list[ExportedImage] = Field(default_factory=list, max_length=20)
+
+
+class ExportedImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=255)
+    media_type: str = Field(max_length=40)
+    data: str  # base64, bounded by the file's size
 
 
 class ExportedConversation(BaseModel):
     model_config = ConfigDict(extra="forbid")
     parley: Literal["parley.conversation"]
-    version: Literal[1, 2]
+    version: Literal[1, 2, 3]
     title: str = Field(max_length=200)
     created_at: AwareDatetime
     updated_at: AwareDatetime
@@ -163,6 +176,12 @@ class ConversationTransfer:
                 .order_by(Message.id)
             ).all()
             place = {m.id: i for i, m in enumerate(rows)}
+            pictures: dict[int, bytes] = {
+                row.id: row.data
+                for row in session.execute(
+                    select(Image.id, Image.data).where(Image.conversation_id == conversation.id)
+                )
+            }
             return ExportedConversation(
                 parley=FORMAT,
                 version=VERSION,
@@ -186,6 +205,15 @@ class ConversationTransfer:
                         error=m.error,
                         created_at=_utc(m.created_at),
                         parent=place.get(m.parent_id) if m.parent_id is not None else None,
+                        images=[
+                            ExportedImage(
+                                name=i.name,
+                                media_type=i.media_type,
+                                data=base64.b64encode(pictures[i.image_id]).decode("ascii"),
+                            )
+                            for i in m.images or ()
+                            if i.image_id in pictures
+                        ],
                     )
                     for m in rows
                 ],
@@ -199,6 +227,9 @@ class ConversationTransfer:
         `InvalidInput` with a sentence, and nothing written, for any other file."""
         exported = read_export(data)
         now = utcnow()
+        pictures = [
+            [_image(place, i) for i in m.images] for place, m in enumerate(exported.messages)
+        ]
 
         def when(moment: datetime) -> datetime:
             return min(moment.astimezone(UTC), now)
@@ -235,6 +266,10 @@ class ConversationTransfer:
                 message.conversation_id = conversation.id
             session.add_all(messages)
             session.flush()
+            for message, images in zip(messages, pictures, strict=True):
+                if images and message.role is MessageRole.USER:
+                    stored = store_images(session, principal.user_id, conversation.id, images)
+                    message.images = stored
             for message, parent in zip(messages, exported.parents(), strict=True):
                 message.parent_id = messages[parent].id if parent is not None else None
             path = exported.shown_path()
@@ -288,8 +323,8 @@ def read_export(data: bytes | str) -> ExportedConversation:
         raise InvalidInput("That file is not JSON; import takes Parley's JSON export.") from None
     if not isinstance(raw, dict) or raw.get("parley") != FORMAT:
         raise InvalidInput("That file is not a conversation exported from Parley (as JSON).")
-    if raw.get("version") not in (1, VERSION):
-        raise InvalidInput(f"That export is of another version; this Parley reads 1 and {VERSION}.")
+    if raw.get("version") not in (1, 2, VERSION):
+        raise InvalidInput(f"That export is of another version; this Parley reads 1 to {VERSION}.")
     messages = raw.get("messages")
     if not set(raw) <= CONVERSATION_KEYS or not isinstance(messages, list):
         raise InvalidInput("That export is damaged: its fields are not Parley's.")
@@ -307,6 +342,23 @@ def read_export(data: bytes | str) -> ExportedConversation:
             reason = str(first["msg"]).removeprefix("Value error, ")
             raise InvalidInput(f"That export is damaged: {reason}. Nothing was imported.") from None
         raise InvalidInput(f"That export is damaged at {where}. Nothing was imported.") from None
+
+
+def _image(place: int, image: ExportedImage) -> PreparedImage:
+    """An exported image, checked and re-encoded as one sent anew would be."""
+    try:
+        data = base64.b64decode(image.data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(
+            f"That export is damaged: an image of message {place} is not base64. "
+            "Nothing was imported."
+        ) from None
+    try:
+        return prepare_image(image.name, data)
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"That export is damaged: message {place}: {exc.user_message} Nothing was imported."
+        ) from None
 
 
 def _utc(moment: datetime) -> datetime:
@@ -336,6 +388,8 @@ def as_markdown(exported: ExportedConversation) -> str:
         who = "You" if m.role is MessageRole.USER else "Assistant"
         when = m.created_at.strftime("%Y-%m-%d %H:%M UTC")
         lines += [f"## {who} · {when}", "", m.content, ""]
+        if m.images:
+            lines += [*(f"- image: {one_line(i.name)}" for i in m.images), ""]
         notes = []
         if m.status is not MessageStatus.COMPLETE:
             notes.append(f"status: {m.status.value}")

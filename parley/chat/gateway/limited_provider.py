@@ -102,6 +102,10 @@ class LimitedProvider:
     def native_citations(self) -> bool:
         return self._inner.native_citations
 
+    @property
+    def takes_images(self) -> bool:
+        return self._inner.takes_images
+
     def count_tokens(self, request: ChatRequest) -> int:
         """The API's count when `count_with_api` (and it answers), else the local estimate.
 

@@ -3,15 +3,18 @@ sentence and write nothing."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 
 import pytest
+from PIL import Image as PILImage
 from sqlalchemy import func, select
 
 from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.core.domain import Principal
 from parley.core.errors import InvalidInput, NotFound, Overloaded
-from parley.store.models import Conversation, Message
+from parley.store.models import Conversation, Image, Message
 from parley.wiring.services import Services
 from tests.support import audit_records, verify_audit
 
@@ -41,7 +44,7 @@ def test_a_conversation_goes_out_as_json_and_comes_back_the_same(
     original = conversation(services, alice, scripted)
     exported = services.transfer.export(alice, original, "json")
     data = json.loads(exported)
-    assert (data["parley"], data["version"]) == ("parley.conversation", 2)
+    assert (data["parley"], data["version"]) == ("parley.conversation", 3)
     assert [m["status"] for m in data["messages"]] == [
         "complete",
         "complete",
@@ -96,6 +99,36 @@ def test_branches_go_out_and_come_back_with_the_branch_shown(
     text = services.transfer.export(alice, original, "markdown")
     assert "Storks nest on roofs." in text and "cranes" not in text
     assert "and 2 messages on other branches" in text
+
+
+def test_images_go_out_with_their_question_and_come_back_checked(
+    services: Services, scripted: ScriptedProvider, alice: Principal, bob: Principal
+) -> None:
+    scripted.takes_images = True
+    out = io.BytesIO()
+    PILImage.new("RGB", (40, 30), "olive").save(out, "PNG")
+    reply = services.chat.send(alice, None, "What is it?", files=[("leaf.png", out.getvalue())])
+    list(reply)
+    (sent,) = services.conversations.thread(alice, reply.conversation_id).messages[0].images
+    exported = services.transfer.export(alice, reply.conversation_id, "json")
+    (image,) = json.loads(exported)["messages"][0]["images"]
+    assert (image["name"], image["media_type"]) == ("leaf.png", "image/png")
+    with services._database.session() as session:
+        stored = session.scalar(select(Image.data).where(Image.id == sent.image_id))
+    assert base64.b64decode(image["data"]) == stored
+    assert "- image: leaf.png" in services.transfer.export(alice, reply.conversation_id, "markdown")
+    made = services.transfer.import_(bob, exported)
+    (question, _answer) = services.conversations.thread(bob, made.id).messages
+    (kept,) = question.images
+    assert kept.image_id != sent.image_id and (kept.width, kept.height) == (40, 30)
+    assert services.conversations.thumbnail(bob, kept.image_id)[0] == "image/png"
+    # An export whose image is not one: a sentence, and nothing written.
+    broken = json.loads(exported)
+    broken["messages"][0]["images"][0]["data"] = base64.b64encode(b"not a picture").decode()
+    before = rows(services)
+    with pytest.raises(InvalidInput, match=r"damaged: message 0: leaf.png: this is not a PNG"):
+        services.transfer.import_(bob, json.dumps(broken))
+    assert rows(services) == before
 
 
 def test_an_export_from_before_branches_is_one_branch(

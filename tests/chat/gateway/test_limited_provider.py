@@ -102,6 +102,10 @@ class KeptStreams:
     def native_citations(self) -> bool:
         return self.inner.native_citations
 
+    @property
+    def takes_images(self) -> bool:
+        return self.inner.takes_images
+
     def count_tokens(self, request: ChatRequest) -> int:
         return self.inner.count_tokens(request)
 

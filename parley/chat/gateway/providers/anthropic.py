@@ -14,10 +14,13 @@ What Parley adds around the SDK, and why:
   prefix is cached between turns.
 - Quoted sources go as `search_result` blocks with citations enabled; each text
   block of the answer that cites them is followed by its `Citation` events.
+- Images go as base64 `image` blocks first in their message (Claude reads an image
+  before the text about it best), each after a line naming it ("Image 1: cat.png").
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +31,7 @@ import anthropic
 from anthropic.types import (
     AssistantMessageParam,
     ContentBlockParam,
+    ImageBlockParam,
     MessageParam,
     SearchResultBlockParam,
     TextBlockParam,
@@ -126,6 +130,10 @@ class AnthropicProvider:
 
     @property
     def native_citations(self) -> bool:
+        return True
+
+    @property
+    def takes_images(self) -> bool:
         return True
 
     def _client_for(self, key: str) -> anthropic.Anthropic:
@@ -241,8 +249,9 @@ def _read_key(read: Callable[[], str]) -> str:
 
 
 def _message_param(message: PromptMessage) -> MessageParam:
-    if message.cache or message.sources:
-        blocks: list[ContentBlockParam] = [
+    if message.cache or message.sources or message.images:
+        blocks: list[ContentBlockParam] = [*_image_blocks(message)]
+        blocks.extend(
             SearchResultBlockParam(
                 type="search_result",
                 source=source.source,
@@ -251,7 +260,7 @@ def _message_param(message: PromptMessage) -> MessageParam:
                 citations={"enabled": True},
             )
             for source in message.sources
-        ]
+        )
         text = TextBlockParam(type="text", text=message.content)
         if message.cache:  # the end of the stable prefix: a prompt-cache breakpoint
             text["cache_control"] = {"type": "ephemeral"}
@@ -262,6 +271,21 @@ def _message_param(message: PromptMessage) -> MessageParam:
     if message.role == "user":
         return UserMessageParam(role="user", content=message.content)
     return AssistantMessageParam(role="assistant", content=message.content)
+
+
+def _image_blocks(message: PromptMessage) -> Iterator[ContentBlockParam]:
+    """Each image after a line naming it, so the question can say which it means."""
+    for n, image in enumerate(message.images, start=1):
+        when = " (sent with an earlier question)" if image.earlier else ""
+        yield TextBlockParam(type="text", text=f"Image {n}: {image.name}{when}")
+        yield ImageBlockParam(
+            type="image",
+            source={
+                "type": "base64",
+                "media_type": image.media_type,  # type: ignore[typeddict-item]
+                "data": base64.b64encode(image.data).decode("ascii"),
+            },
+        )
 
 
 def _citations(block: Any) -> Iterator[Citation]:

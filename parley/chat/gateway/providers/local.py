@@ -149,6 +149,10 @@ class LocalProvider:
         """No: passages reach this model as numbered text inside a data envelope."""
         return False
 
+    @property
+    def takes_images(self) -> bool:
+        return False
+
     def _load(self) -> LoadedModel:
         with self._load_lock:
             if self._loaded is None:

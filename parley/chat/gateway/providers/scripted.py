@@ -36,6 +36,7 @@ class ScriptedProvider:
     model: str = "scripted"
     context_window: int = 8192
     native_citations: bool = False
+    takes_images: bool = False
     default_answer: str = "OK"
     requests: list[ChatRequest] = field(default_factory=list)
     on_request: Callable[[ChatRequest], None] | None = None

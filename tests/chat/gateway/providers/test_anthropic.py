@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from PIL import Image as PILImage
 from pydantic import SecretStr
 
+from parley.chat.conversation.images import prepare_image
 from parley.chat.gateway.admission import ConcurrencyGate, RateLimiter
 from parley.chat.gateway.limited_provider import LimitedProvider
 from parley.chat.gateway.providers.anthropic import AnthropicProvider
@@ -28,6 +33,7 @@ from parley.core.llm import (
     CallRecord,
     ChatRequest,
     PromptMessage,
+    SearchSource,
     StreamEnd,
     StreamEvent,
     TextDelta,
@@ -268,6 +274,62 @@ def test_rate_limit_headers_reach_the_observer(fake_anthropic: FakeAnthropic) ->
     )
     list(provider(fake_anthropic, on_headers=seen.append).stream(REQUEST))
     assert seen[-1].get("anthropic-ratelimit-requests-remaining") == "7"
+
+
+def test_images_go_first_as_base64_blocks_each_after_its_name(
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    png = prepare_image("cat.png", _png((60, 40)))
+    photo = prepare_image("dog.jpg", _png((30, 30), "JPEG"))
+    question = PromptMessage(
+        "user",
+        "Which is bigger?",
+        sources=(SearchSource("parley:document/1#0-0", "notes.md", ("Cats are small.",)),),
+        images=(replace(png.prompt(7), earlier=True), photo.prompt(8)),
+    )
+    request = ChatRequest(
+        system="Be brief.",
+        messages=(PromptMessage("user", "Hi"), PromptMessage("assistant", "Hello"), question),
+        max_tokens=100,
+        temperature=0.5,
+    )
+    assert text_of(list(provider(fake_anthropic).stream(request)))
+    content = fake_anthropic.requests[-1].body["messages"][-1]["content"]
+    assert [b["type"] for b in content] == [
+        "text",
+        "image",
+        "text",
+        "image",
+        "search_result",
+        "text",
+    ]
+    assert content[0]["text"] == "Image 1: cat.png (sent with an earlier question)"
+    assert content[2]["text"] == "Image 2: dog.jpg"
+    assert content[1]["source"]["media_type"] == "image/png"
+    assert base64.b64decode(content[1]["source"]["data"]) == png.data
+    assert content[3]["source"]["media_type"] == "image/jpeg"
+    assert base64.b64decode(content[3]["source"]["data"]) == photo.data
+    assert content[-1] == {"type": "text", "text": "Which is bigger?"}
+    # The API's count includes the image (width × height / 750 for the fake's PNG).
+    without = provider(fake_anthropic).count_tokens(replace(request, messages=request.messages[:2]))
+    assert provider(fake_anthropic).count_tokens(request) > without + png.tokens - 1
+
+
+def test_the_fake_refuses_an_image_whose_data_is_not_what_it_claims(
+    fake_anthropic: FakeAnthropic,
+) -> None:
+    """As the API does: the fake is only a fair test if it refuses what the API refuses."""
+    png = prepare_image("cat.png", _png((20, 20)))
+    liar = replace(png.prompt(1), media_type="image/jpeg")
+    request = replace(REQUEST, messages=(PromptMessage("user", "What?", images=(liar,)),))
+    with pytest.raises(InvalidRequest):
+        list(provider(fake_anthropic).stream(request))
+
+
+def _png(size: tuple[int, int], kind: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    PILImage.new("RGB", size, "navy").save(out, kind)
+    return out.getvalue()
 
 
 def test_count_tokens_uses_the_api(fake_anthropic: FakeAnthropic) -> None:
