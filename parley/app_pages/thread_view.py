@@ -166,7 +166,7 @@ def render_images(svc: Services, who: Principal, message: ChatMessage) -> None:
         else:
             names.append(image.name)
     if shown:
-        st.image(shown, caption=names, width=160)
+        st.image(shown, caption=[plain_label(n) for n in names], width=160)
 
 
 def render_message(

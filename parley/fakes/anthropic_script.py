@@ -157,7 +157,7 @@ def search_results(body: Any) -> list[dict[str, Any]]:
 
 
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
-MAX_IMAGE_BYTES = 5 * 2**20  # the API's limit for one base64 image
+MAX_IMAGE_BYTES = 5 * 2**20  # the API's limit for one image, in base64
 _IMAGE_MAGIC = {
     "image/png": (b"\x89PNG\r\n\x1a\n",),
     "image/jpeg": (b"\xff\xd8\xff",),
@@ -193,12 +193,13 @@ def image_problem(body: Any) -> str | None:
         media_type = source.get("media_type")
         if source.get("type") != "base64" or media_type not in IMAGE_MEDIA_TYPES:
             return f"Unsupported image source or media type: {media_type!r}."
+        encoded = str(source.get("data", ""))
+        if len(encoded) > MAX_IMAGE_BYTES:  # the API measures the base64
+            return "image exceeds 5 MB maximum"
         try:
-            data = base64.b64decode(str(source.get("data", "")), validate=True)
+            data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             return "The image's data is not valid base64."
-        if len(data) > MAX_IMAGE_BYTES:
-            return "image exceeds 5 MB maximum"
         if not data.startswith(_IMAGE_MAGIC[media_type]):
             return f"Image does not match the provided media type {media_type}."
     return None

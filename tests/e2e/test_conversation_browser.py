@@ -7,12 +7,14 @@ its bytes), so the test sees what the provider saw: the connection a Stop closes
 from __future__ import annotations
 
 import contextlib
+import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image as PILImage
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from parley.fakes.anthropic_server import Cited, FakeAnthropic, Reply
@@ -246,3 +248,32 @@ def test_rate_down_export_import_and_the_admin_finds_it_by_thumbs_down(
     expect(page.get_by_text("rated by its user · Burnt to ash")).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
     page.screenshot(path=str(tmp_path / "admin.png"))
+
+
+def test_an_image_sent_in_the_message_box_is_shown_and_read_as_an_image(
+    page: Page, fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    messages = page.get_by_test_id("stChatMessage")
+    page.get_by_test_id("stSidebar").get_by_role("button", name="New conversation").click()
+    out = io.BytesIO()
+    PILImage.new("RGB", (640, 400), "darkorange").save(out, "PNG")
+    fake.enqueue(Reply(text="An orange rectangle, wider than tall."))
+    chat = page.get_by_test_id("stChatInput")
+    chat.locator("input[type=file]").set_input_files(
+        [{"name": "swatch.png", "mimeType": "image/png", "buffer": out.getvalue()}]
+    )
+    expect(chat).to_contain_text("swatch.png")
+    page.wait_for_load_state("networkidle")  # the file has reached the server
+    ask(page, "What shape is this?")
+    expect(messages.nth(1)).to_contain_text(
+        "An orange rectangle, wider than tall.", timeout=UPLOAD_TIMEOUT_MS
+    )
+    shown = messages.nth(0).get_by_role("img")
+    expect(shown).to_have_count(1)
+    box = shown.bounding_box()
+    assert box is not None and 100 < box["width"] <= 170  # the small copy, 160 px wide
+    sent = fake.requests[-1].body["messages"][-1]["content"]
+    assert [b["type"] for b in sent] == ["text", "image", "text"]
+    assert sent[0]["text"] == "Image 1: swatch.png"
+    page.screenshot(path=str(tmp_path / "image.png"))
+    expect(page.get_by_test_id("stException")).to_have_count(0)

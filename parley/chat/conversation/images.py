@@ -22,13 +22,14 @@ the prompt with its text.
 from __future__ import annotations
 
 import io
+import logging
 import math
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
 from PIL import Image as PILImage
-from PIL import ImageOps, UnidentifiedImageError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -46,6 +47,22 @@ MAX_SIDE = 1568  # what Claude reads without scaling again
 MAX_PIXELS = 1_150_000
 THUMBNAIL_SIDE = 320
 PIXELS_PER_TOKEN = 750  # the API's rule: tokens = width × height / 750
+MAX_ENCODED_BYTES = 3_700_000  # 5 MB once in base64, the API's limit for one image
+MAX_NAME_CHARS = 255
+DECODERS = 2  # images decoded at once in a process
+
+log = logging.getLogger(__name__)
+_decoding = threading.BoundedSemaphore(DECODERS)
+_ORIENTATION = 0x0112
+_TURNS = {  # EXIF orientation: the turn that shows the picture upright
+    2: PILImage.Transpose.FLIP_LEFT_RIGHT,
+    3: PILImage.Transpose.ROTATE_180,
+    4: PILImage.Transpose.FLIP_TOP_BOTTOM,
+    5: PILImage.Transpose.TRANSPOSE,
+    6: PILImage.Transpose.ROTATE_270,
+    7: PILImage.Transpose.TRANSVERSE,
+    8: PILImage.Transpose.ROTATE_90,
+}
 
 
 def is_image(name: str) -> bool:
@@ -78,7 +95,8 @@ class PreparedImage:
 def prepare_image(name: str, data: bytes) -> PreparedImage:
     """`InvalidInput`, with a sentence naming the file, for anything that is not an image
     of the kinds the model reads (whatever its name says: a PNG named `.jpg` is read as
-    the PNG it is), or is too large."""
+    the PNG it is), or is too large. At most `DECODERS` images are decoded at once (each
+    may hold a few hundred MB while it is)."""
     if not is_image(name):
         raise InvalidInput(f"{name}: images must be {', '.join(sorted(IMAGE_SUFFIXES))}.")
     if len(data) > MAX_IMAGE_BYTES:
@@ -86,39 +104,70 @@ def prepare_image(name: str, data: bytes) -> PreparedImage:
             f"{name}: the image has {len(data) / 2**20:.1f} MB; "
             f"the limit is {MAX_IMAGE_BYTES // 2**20} MB."
         )
+    with _decoding:
+        try:
+            return _prepared(name[:MAX_NAME_CHARS], data)
+        except InvalidInput:
+            raise
+        except PILImage.DecompressionBombError:
+            raise InvalidInput(f"{name}: the image is too large to read.") from None
+        except Exception as exc:  # Pillow raises many kinds for a damaged file
+            log.info("Image %r refused: %s: %s", name, type(exc).__name__, exc)
+            raise InvalidInput(
+                f"{name}: this is not a PNG, JPEG, GIF or WebP image that can be read."
+            ) from None
+
+
+def _prepared(name: str, data: bytes) -> PreparedImage:
+    with PILImage.open(io.BytesIO(data), formats=_FORMATS) as source:
+        width, height = source.size
+        if width * height > MAX_SOURCE_PIXELS:  # read from the header: nothing decoded yet
+            raise InvalidInput(
+                f"{name}: the image has {width:,} × {height:,} pixels; the limit is "
+                f"{MAX_SOURCE_PIXELS // 1_000_000} megapixels."
+            )
+        jpeg = source.format == "JPEG"
+        turn = _TURNS.get(_orientation(source))
+        if jpeg:  # decode at a fraction of the size when that is still large enough
+            source.draft("RGB", (MAX_SIDE * 2, MAX_SIDE * 2))
+        source.seek(0)  # an animated image: its first frame
+        source.load()
+        picture: PILImage.Image = source
+        if turn is not None:
+            picture = picture.transpose(turn)
+        scaled = _fit(picture, MAX_SIDE, MAX_PIXELS)
+        encoded, jpeg, data = _encode_within(scaled, jpeg)
+        return PreparedImage(
+            name=name,
+            media_type="image/jpeg" if jpeg else "image/png",
+            width=encoded.width,
+            height=encoded.height,
+            data=data,
+            thumbnail=_encode(_fit(encoded, THUMBNAIL_SIDE, THUMBNAIL_SIDE**2), jpeg),
+        )
+
+
+def _orientation(source: PILImage.Image) -> int:
+    """The EXIF orientation (1: upright), or 1 when the EXIF cannot be read."""
     try:
-        with PILImage.open(io.BytesIO(data), formats=_FORMATS) as source:
-            width, height = source.size
-            if width * height > MAX_SOURCE_PIXELS:
-                raise InvalidInput(
-                    f"{name}: the image has {width:,} × {height:,} pixels; the limit is "
-                    f"{MAX_SOURCE_PIXELS // 1_000_000} megapixels."
-                )
-            jpeg = source.format == "JPEG"
-            source.seek(0)  # an animated image: its first frame
-            picture = ImageOps.exif_transpose(source)
-            picture.load()
-    except InvalidInput:
-        raise
-    except PILImage.DecompressionBombError:
-        raise InvalidInput(f"{name}: the image is too large to read.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidInput(
-            f"{name}: this is not a PNG, JPEG, GIF or WebP image that can be read ({_reason(exc)})."
-        ) from None
-    scaled = _fit(picture, MAX_SIDE, MAX_PIXELS)
-    return PreparedImage(
-        name=name,
-        media_type="image/jpeg" if jpeg else "image/png",
-        width=scaled.width,
-        height=scaled.height,
-        data=_encode(scaled, jpeg),
-        thumbnail=_encode(_fit(scaled, THUMBNAIL_SIDE, THUMBNAIL_SIDE**2), jpeg),
-    )
+        value = source.getexif().get(_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block: the picture as it is stored
+        return 1
+    return value if isinstance(value, int) else 1
 
 
-def _reason(exc: BaseException) -> str:
-    return str(exc).split("\n")[0][:120] or type(exc).__name__
+def _encode_within(picture: PILImage.Image, jpeg: bool) -> tuple[PILImage.Image, bool, bytes]:
+    """The picture (and whether as JPEG) so that its encoding fits the API's 5 MB of
+    base64: a PNG that does not (a noisy photo with transparency) becomes a JPEG, and a
+    JPEG that does not is scaled down."""
+    while True:
+        data = _encode(picture, jpeg)
+        if len(data) <= MAX_ENCODED_BYTES:
+            return picture, jpeg, data
+        if not jpeg:
+            jpeg = True
+            continue
+        picture = _fit(picture, int(max(picture.size) * 0.75), picture.width * picture.height)
 
 
 def _fit(picture: PILImage.Image, side: int, pixels: int) -> PILImage.Image:
@@ -131,12 +180,17 @@ def _fit(picture: PILImage.Image, side: int, pixels: int) -> PILImage.Image:
 
 
 def _encode(picture: PILImage.Image, jpeg: bool) -> bytes:
+    """Pixels only: no EXIF, XMP, ICC profile, text chunk or JPEG comment goes along."""
     out = io.BytesIO()
     if jpeg:
-        picture.convert("RGB").save(out, "JPEG", quality=88, optimize=True)
+        flat = picture.convert("RGB")
+        flat.info = {}
+        flat.save(out, "JPEG", quality=88, optimize=True)
     else:
         mode = "RGBA" if picture.mode in ("RGBA", "LA", "P", "PA") else "RGB"
-        picture.convert(mode).save(out, "PNG", optimize=True)
+        flat = picture.convert(mode)
+        flat.info = {}
+        flat.save(out, "PNG", optimize=True)
     return out.getvalue()
 
 
@@ -206,6 +260,34 @@ def thumbnail(session: Session, user_id: int, image_id: int) -> tuple[str, bytes
     return row.media_type, row.thumbnail
 
 
+def earlier_images(
+    session: Session, context: ContextWindow, conversation_id: int, room: int
+) -> list[SentImage]:
+    """The images of earlier questions still in the prompt (`turn_ids`) that fit in
+    `room` tokens, the newest question's first; in the order they were sent. Chosen by
+    their recorded tokens: no image's bytes are read to choose."""
+    if not context.turn_ids:
+        return []
+    rows = session.execute(
+        select(Message.images)
+        .where(
+            Message.conversation_id == conversation_id,
+            Message.id.in_(context.turn_ids),
+            Message.images.is_not(None),
+        )
+        .order_by(Message.id.desc())
+    ).all()
+    chosen: list[list[SentImage]] = []
+    for row in rows:  # the newest question first
+        kept = []
+        for image in row.images or ():
+            if image.tokens <= room:
+                kept.append(image)
+                room -= image.tokens
+        chosen.append(kept)
+    return [image for kept in reversed(chosen) for image in kept]
+
+
 def with_images(
     session: Session,
     context: ContextWindow,
@@ -218,23 +300,13 @@ def with_images(
     """The context with the question's images, and the images of earlier questions still
     in it (newest first, while `budget` leaves room), in the question's message."""
     earlier: list[PromptImage] = []
-    room = budget - context.total_tokens - sum(i.tokens for i in question)
-    if conversation_id is not None and context.turn_ids:
-        rows = session.execute(
-            select(Message.id, Message.images)
-            .where(
-                Message.conversation_id == conversation_id,
-                Message.id.in_(context.turn_ids),
-                Message.images.is_not(None),
-            )
-            .order_by(Message.id.desc())
-        ).all()
-        for row in rows:
-            for image in prompt_images(session, user_id, conversation_id, row.images or ()):
-                if image.tokens <= room:
-                    earlier.append(replace(image, earlier=True))
-                    room -= image.tokens
-        earlier.reverse()  # in the order they were sent
+    if conversation_id is not None:
+        room = budget - context.total_tokens - sum(i.tokens for i in question)
+        chosen = earlier_images(session, context, conversation_id, room)
+        earlier = [
+            replace(image, earlier=True)
+            for image in prompt_images(session, user_id, conversation_id, chosen)
+        ]
     images = (*earlier, *question)
     if not images:
         return context
@@ -261,6 +333,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_IMAGE_BYTES",
     "PreparedImage",
+    "earlier_images",
     "image_tokens",
     "is_image",
     "prepare_image",

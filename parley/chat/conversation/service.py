@@ -28,6 +28,7 @@ from parley.chat.conversation.history import HistoryCache
 from parley.chat.conversation.images import (
     IMAGE_SUFFIXES,
     PreparedImage,
+    earlier_images,
     is_image,
     prepare_image,
     prompt_images,
@@ -155,7 +156,10 @@ class ChatService:
         (a file's kind, size or number before any file is).
         """
         text = clean_message_text(text, max_chars=self._settings.max_message_chars)
+        if files:
+            self._quotas.check_quota(principal)  # before any file is read
         images = self._images(files)
+        self._room(0, sum(i.tokens for i in images), text)  # before any file is stored
         documents_sent = [(name, data) for name, data in files if not is_image(name)]
         attached = SentFiles([], [])
         if documents_sent:  # refusals that come before any file is stored
@@ -389,22 +393,23 @@ class ChatService:
                     options=conversation.memory_options if conversation else None,
                     history=history,
                     question=question,
-                    budget=self._room(passages.tokens + sum(i.tokens for i in images), question),
+                    budget=self._room(passages.tokens, sum(i.tokens for i in images), question),
                 ),
                 native=self._provider.native_citations,
             )
         return context, passages
 
-    def _room(self, taken: int, question: str) -> int | None:
-        """The strategy's budget once passages and images have taken `taken` tokens (None:
-        all of it); `InvalidInput` when they leave too little for the question."""
-        if not taken:
+    def _room(self, passages: int, images: int, question: str) -> int | None:
+        """The strategy's budget once passages and the question's images have taken their
+        tokens (None: all of it); `InvalidInput` when the images leave too little for the
+        question (passages never do: `document_prompt_tokens` bounds them)."""
+        if not passages and not images:
             return None
-        room = self._context.budget() - taken
-        if room < message_tokens(question) + 256:  # and the system prompt
+        room = self._context.budget() - passages - images
+        if images and room < message_tokens(question) + 256:  # and the system prompt
             raise InvalidInput(
-                f"The files sent take about {taken:,} tokens of a prompt of "
-                f"{self._context.budget():,}; send fewer or smaller images."
+                f"The images take about {images:,} tokens of a prompt of "
+                f"{self._context.budget():,}; send fewer or smaller ones."
             )
         return room
 
@@ -537,6 +542,11 @@ class ChatService:
         context = self._context.build(
             conversation_id=cid, strategy=strategy, history=history, question="?"
         )
+        if self.takes_images and cid:  # earlier questions' images go again
+            with self._db.session() as session:
+                room = self._context.budget() - context.total_tokens
+                tokens = sum(i.tokens for i in earlier_images(session, context, cid, room))
+            context = replace(context, section_tokens={**context.section_tokens, "images": tokens})
         return self._context.estimate(context)
 
     def _start(

@@ -46,11 +46,12 @@ from parley.chat.conversation.conversations import (
     to_info,
 )
 from parley.chat.conversation.images import PreparedImage, prepare_image, store_images
+from parley.chat.documents.library import MAX_FILES_PER_MESSAGE
 from parley.core.audit_events import ConversationImported
 from parley.core.counts import count
 from parley.core.domain import MessageRole, MessageStatus, Principal
 from parley.core.errors import InvalidInput
-from parley.core.records import CitedPassage
+from parley.core.records import CitedPassage, SentImage
 from parley.memory import message_tokens
 from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
@@ -67,6 +68,7 @@ CONVERSATION_KEYS = {"parley", "version", "title", "created_at", "updated_at", "
 CONVERSATION_KEYS |= {"shown"}
 MESSAGE_KEYS = {"role", "content", "status", "model", "usage", "cost_usd", "citations"}
 MESSAGE_KEYS |= {"error", "created_at", "parent", "images"}
+MAX_IMAGES = 100  # different images in one import (each is decoded and scaled)
 
 
 class _TooBig(ValueError):
@@ -95,7 +97,7 @@ class ExportedMessage(BaseModel):
     # The place in the list of the message this one follows (None: a first message). An
     # export from before branches has none: each message follows the one shown before it.
     parent: int | None = Field(default=None, ge=0, lt=MAX_MESSAGES)
-    images: list[ExportedImage] = Field(default_factory=list, max_length=20)
+    images: list[ExportedImage] = Field(default_factory=list, max_length=MAX_FILES_PER_MESSAGE)
 
 
 class ExportedImage(BaseModel):
@@ -227,9 +229,7 @@ class ConversationTransfer:
         `InvalidInput` with a sentence, and nothing written, for any other file."""
         exported = read_export(data)
         now = utcnow()
-        pictures = [
-            [_image(place, i) for i in m.images] for place, m in enumerate(exported.messages)
-        ]
+        pictures = _images(exported)
 
         def when(moment: datetime) -> datetime:
             return min(moment.astimezone(UTC), now)
@@ -266,10 +266,13 @@ class ConversationTransfer:
                 message.conversation_id = conversation.id
             session.add_all(messages)
             session.flush()
+            kept: dict[int, SentImage] = {}  # an edited question shares its question's
             for message, images in zip(messages, pictures, strict=True):
                 if images and message.role is MessageRole.USER:
-                    stored = store_images(session, principal.user_id, conversation.id, images)
-                    message.images = stored
+                    new = [i for i in images if id(i) not in kept]
+                    stored = store_images(session, principal.user_id, conversation.id, new)
+                    kept.update(zip((id(i) for i in new), stored, strict=True))
+                    message.images = [kept[id(i)] for i in images]
             for message, parent in zip(messages, exported.parents(), strict=True):
                 message.parent_id = messages[parent].id if parent is not None else None
             path = exported.shown_path()
@@ -342,6 +345,26 @@ def read_export(data: bytes | str) -> ExportedConversation:
             reason = str(first["msg"]).removeprefix("Value error, ")
             raise InvalidInput(f"That export is damaged: {reason}. Nothing was imported.") from None
         raise InvalidInput(f"That export is damaged at {where}. Nothing was imported.") from None
+
+
+def _images(exported: ExportedConversation) -> list[list[PreparedImage]]:
+    """Each message's images, checked and re-encoded; the same image (an edited question
+    shares its question's) once. `InvalidInput` past `MAX_IMAGES` different ones."""
+    prepared: dict[str, PreparedImage] = {}
+    pictures: list[list[PreparedImage]] = []
+    for place, message in enumerate(exported.messages):
+        mine = []
+        for image in message.images:
+            if image.data not in prepared:
+                if len(prepared) == MAX_IMAGES:
+                    raise InvalidInput(
+                        f"That export has more than {MAX_IMAGES} images; "
+                        "Parley imports at most that many. Nothing was imported."
+                    )
+                prepared[image.data] = _image(place, image)
+            mine.append(prepared[image.data])
+        pictures.append(mine)
+    return pictures
 
 
 def _image(place: int, image: ExportedImage) -> PreparedImage:

@@ -4,11 +4,14 @@ refused with a sentence by one that does not, and erased with their conversation
 
 from __future__ import annotations
 
+import base64
 import io
+import random
 from pathlib import Path
 
 import pytest
 from PIL import Image as PILImage
+from PIL import PngImagePlugin
 from sqlalchemy import func, select
 
 from parley.chat.conversation.images import (
@@ -21,9 +24,10 @@ from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.core.domain import Principal
 from parley.core.errors import InvalidInput, NotFound
 from parley.core.llm import PromptImage
-from parley.store.models import Conversation, Image, Message
+from parley.store.models import Conversation, Image, Message, User
 from parley.wiring.services import Services, build_services
 from tests.chat.oversight.test_erasure import files_holding
+from tests.support import ROOT
 
 
 def picture(
@@ -117,12 +121,75 @@ def test_what_is_not_a_readable_image_gets_a_sentence_naming_it(
     assert refused.value.user_message.startswith(says)
 
 
-def test_a_decompression_bomb_is_refused_before_it_is_decoded() -> None:
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     out = io.BytesIO()
     PILImage.new("1", (10_000, 6_000)).save(out, "PNG")  # 60 megapixels in a few kB
     assert len(out.getvalue()) < 100_000
+    decoded: list[object] = []
+    real_load = PILImage.Image.load
+    monkeypatch.setattr(
+        PILImage.Image, "load", lambda self: decoded.append(self) or real_load(self)
+    )
     with pytest.raises(InvalidInput, match="bomb.png: the image has 10,000 × 6,000 pixels"):
         prepare_image("bomb.png", out.getvalue())
+    assert not [d for d in decoded if getattr(d, "size", None) == (10_000, 6_000)]
+
+
+def test_no_comment_or_metadata_of_the_file_goes_along() -> None:
+    out = io.BytesIO()
+    PILImage.new("RGB", (200, 100), "grey").save(
+        out, "JPEG", comment=b"COMMENT-SECRET", icc_profile=b"ICC-SECRET" * 10
+    )
+    assert b"COMMENT-SECRET" in out.getvalue()
+    prepared = prepare_image("scan.jpg", out.getvalue())
+    for kept in (prepared.data, prepared.thumbnail):
+        assert b"COMMENT-SECRET" not in kept and b"ICC-SECRET" not in kept
+    png = io.BytesIO()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", "TEXT-SECRET")
+    PILImage.new("RGB", (20, 20)).save(png, "PNG", pnginfo=info)
+    assert b"TEXT-SECRET" not in prepare_image("a.png", png.getvalue()).data
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "WEBP"])
+def test_a_damaged_file_gets_a_sentence_never_a_crash(kind: str) -> None:
+    """Bytes flipped all over a photo with EXIF (Pillow raises many kinds of error, some
+    from the EXIF alone): every variant is an image or a sentence."""
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    exif[0x010E] = "a description long enough to have its own offset"
+    out = io.BytesIO()
+    PILImage.effect_noise((64, 48), 60).convert("RGB").save(out, kind, exif=exif.tobytes())
+    original = out.getvalue()
+    rng = random.Random(20261204)
+    outcomes = {"image": 0, "sentence": 0}
+    for _ in range(400):
+        damaged = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(min(len(damaged), 400))  # the headers and the EXIF
+            damaged[at] = rng.randrange(256)
+        try:
+            prepare_image(f"photo.{kind.lower()}", bytes(damaged))
+        except InvalidInput as refused:
+            assert refused.user_message.startswith(f"photo.{kind.lower()}: ")
+            outcomes["sentence"] += 1
+        else:
+            outcomes["image"] += 1
+    assert outcomes["image"] and outcomes["sentence"], outcomes
+
+
+def test_what_is_sent_fits_the_apis_five_megabytes() -> None:
+    noisy = PILImage.merge(
+        "RGBA", [PILImage.effect_noise((1072, 1072), 120) for _ in range(4)]
+    )  # a PNG of about 4.6 MB: 6 MB once in base64
+    out = io.BytesIO()
+    noisy.save(out, "PNG")
+    assert len(base64.b64encode(out.getvalue())) > 5 * 2**20
+    prepared = prepare_image("noise.png", out.getvalue())
+    assert len(base64.b64encode(prepared.data)) <= 5 * 2**20
+    assert prepared.media_type == "image/jpeg"  # what fits
 
 
 # --- sending ---------------------------------------------------------------------------
@@ -182,6 +249,37 @@ def test_earlier_images_give_way_to_the_budget_newest_first(
     request = scripted.requests[-1]
     assert request.estimated_input_tokens is not None
     assert request.estimated_input_tokens <= small.chat._context.budget()
+
+
+def test_two_images_of_one_question_go_again_in_their_order(
+    vision: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    files = [("a.png", picture((30, 30), colour="red")), ("b.png", picture((30, 30)))]
+    reply = vision.chat.send(alice, None, "Compare these", files=files)
+    list(reply)
+    assert [i.name for i in last_images(scripted)] == ["a.png", "b.png"]
+    list(vision.chat.send(alice, reply.conversation_id, "Which is red?"))
+    assert [(i.name, i.earlier) for i in last_images(scripted)] == [
+        ("a.png", True),
+        ("b.png", True),
+    ]
+
+
+def test_images_too_large_for_the_prompt_are_refused_and_no_file_is_kept(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    scripted.takes_images = True
+    scripted.context_window = 3000  # a budget of about 1,800 tokens: not two images
+    small = build_services(services.settings, provider=scripted, background=services.background)
+    before = counts(small)
+    files = [
+        ("n.md", b"# Notes\n\nText.\n"),
+        ("one.png", picture((1200, 900))),
+        ("two.png", picture((1200, 900), colour="red")),
+    ]
+    with pytest.raises(InvalidInput, match="The images take about 2,880 tokens"):
+        small.chat.send(alice, None, "Compare", files=files)
+    assert counts(small) == before and small.documents.list_for(alice) == []
 
 
 def test_the_local_model_refuses_an_image_with_a_sentence_and_stores_nothing(
@@ -245,6 +343,15 @@ def test_only_the_sender_sees_an_image_and_it_goes_with_its_conversation(
     with pytest.raises(NotFound):
         vision.conversations.thumbnail(alice, image.image_id)
     assert files_holding(settings_dir, "noise.png") == []  # the name went too
+
+
+def test_an_erased_user_leaves_no_image(vision: Services, alice: Principal) -> None:
+    list(vision.chat.send(alice, None, "Look", files=[("x.png", picture((20, 20)))]))
+    assert counts(vision)[0] == 1
+    vision.erasure.erase_user(ROOT, "alice")
+    assert counts(vision)[0] == 0
+    with vision._database.session() as session:
+        assert session.scalar(select(User.id).where(User.name == "alice")) is None
 
 
 @pytest.fixture

@@ -122,6 +122,16 @@ def test_images_go_out_with_their_question_and_come_back_checked(
     (kept,) = question.images
     assert kept.image_id != sent.image_id and (kept.width, kept.height) == (40, 30)
     assert services.conversations.thumbnail(bob, kept.image_id)[0] == "image/png"
+    # An edited question shares its question's image: imported once, shared again.
+    list(services.chat.edit(alice, reply.conversation_id, sent_question(services, alice), "Hm?"))
+    again = services.transfer.import_(
+        bob, services.transfer.export(alice, reply.conversation_id, "json")
+    )
+    with services._database.session() as session:
+        copies = session.scalars(select(Image.id).where(Image.conversation_id == again.id)).all()
+    assert len(copies) == 1
+    shared = {i.image_id for m in services.conversations.messages(bob, again.id) for i in m.images}
+    assert shared == set(copies)
     # An export whose image is not one: a sentence, and nothing written.
     broken = json.loads(exported)
     broken["messages"][0]["images"][0]["data"] = base64.b64encode(b"not a picture").decode()
@@ -129,6 +139,11 @@ def test_images_go_out_with_their_question_and_come_back_checked(
     with pytest.raises(InvalidInput, match=r"damaged: message 0: leaf.png: this is not a PNG"):
         services.transfer.import_(bob, json.dumps(broken))
     assert rows(services) == before
+
+
+def sent_question(services: Services, user: Principal) -> int:
+    (conversation,) = services.conversations.list_for(user)
+    return services.conversations.thread(user, conversation.id).messages[0].id
 
 
 def test_an_export_from_before_branches_is_one_branch(
