@@ -36,6 +36,14 @@ else:
     top[0].metric("Cost", f"${report.cost_usd:,.2f}")
     top[1].metric("Calls", f"{report.calls:,}")
     top[2].metric("Tokens", f"{report.tokens:,}")
+    if report.cache_hits or report.cache_misses:
+        cache = st.columns(3)
+        cache[0].metric("Answered from the cache", f"{report.cache_hits:,}")
+        cache[1].metric("Not in the cache", f"{report.cache_misses:,}")
+        saved = (
+            f"${report.saved_usd:,.2f}" if report.saved_usd else f"{report.saved_tokens:,} tokens"
+        )
+        cache[2].metric("Saved by the cache", saved)
     # A local model costs nothing: its charts would be flat lines at $0, so they count tokens.
     priced = report.priced
     measure = "cost ($)" if priced else "tokens"

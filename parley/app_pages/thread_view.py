@@ -21,6 +21,9 @@ from parley.wiring.services import Services
 
 def usage_line(message: ChatMessage) -> str:
     """`312 in · 85 out · 1,024 cached · $0.0021 · model` for an answer."""
+    if message.cached:  # no call was made for it: its tokens would be zeros
+        model = f" · {plain_label(message.model)}" if message.model else ""
+        return f":material/bolt: the same question's answer, again: no call, no cost{model}"
     parts = []
     if message.input_tokens is not None:
         parts.append(f"{message.input_tokens:,} in")

@@ -49,6 +49,20 @@ class Temperatures(BaseModel):
     extract: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
+class ResponseCacheSettings(BaseModel):
+    """The response cache (`PARLEY_RESPONSE_CACHE__MAX_TEMPERATURE=0.2`, ...)."""
+
+    enabled: bool = True
+    # A chat answer is served from the cache (and kept in it) only when the chat
+    # temperature is at or below this: at a higher one, asking again means wanting
+    # another answer.
+    max_temperature: float = Field(default=0.0, ge=0.0, le=1.0)
+    ttl_s: int = Field(default=86_400, gt=0)
+    # A question this similar (cosine of MiniLM embeddings) to one kept in the same
+    # scope and context gets its answer; above 1, exact matches only.
+    semantic_threshold: float = Field(default=0.95, ge=0.0, le=1.01)
+
+
 class KeySourceChoice(StrEnum):
     ENV = "env"
     FILE = "file"
@@ -169,6 +183,7 @@ class Settings(BaseSettings):
 
     max_output_tokens: int = Field(default=1024, gt=0)
     temperature: Temperatures = Field(default_factory=Temperatures)
+    response_cache: ResponseCacheSettings = Field(default_factory=ResponseCacheSettings)
     system_prompt: str = (
         "You are Parley, a helpful assistant. Answer clearly and concisely. "
         "Use Markdown when it helps."

@@ -12,6 +12,7 @@ Every layer above the leaf speaks these types; only `parley.chat.gateway.provide
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,32 @@ class PromptMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheKey:
+    """What a cached answer may be served for. `scope` is who may see it (the user, their
+    groups, the versions of the documents it drew on), `context` everything in the prompt
+    but the question, logically (texts by their hashes, ids, versions: never the
+    rendering, whose envelopes carry random boundaries), and `question` the question as
+    asked. The same three, the same answer; a semantic match needs the same scope and
+    context. `documents`: the documents it drew on (a change to one drops the answer)."""
+
+    scope: str
+    context: str
+    question: str
+    documents: tuple[int, ...] = ()
+
+    @property
+    def exact(self) -> str:
+        return hashlib.sha256(
+            "\x1f".join((self.scope, self.context, self.question)).encode()
+        ).hexdigest()
+
+    @property
+    def partition(self) -> str:
+        """The scope and context: where a semantic match may be looked for."""
+        return hashlib.sha256(f"{self.scope}\x1f{self.context}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
 class CallMeta:
     """Whom a call is for and why: the limited provider meters every call by these."""
 
@@ -77,6 +104,8 @@ class CallMeta:
     # The ledger's id for this call, when the caller must know it beforehand (a chat
     # answer's draft: a process that settles it meters the call under the same id).
     call_id: str | None = None
+    # The answer may come from the response cache, and goes into it (None: never cached).
+    cache: CacheKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +148,7 @@ class StreamEnd:
     model: str
     usage: Usage
     stop_reason: str | None
+    cached: bool = False  # served from the response cache: no call was made
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +191,10 @@ class CallRecord:
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Tokens estimated by another process (this call's process died mid-answer).
     estimated: bool = False
+    # The response cache: "hit" (no call: `saved` is what the cached answer's call used)
+    # or "miss" (the call was made, and its answer kept); None when not cacheable.
+    cache: Literal["hit", "miss"] | None = None
+    saved: Usage = field(default_factory=lambda: Usage())
 
 
 def estimate_tokens(request: ChatRequest) -> int:
@@ -216,6 +250,7 @@ class ChatProvider(Protocol):
 
 __all__ = [
     "MESSAGE_OVERHEAD_TOKENS",
+    "CacheKey",
     "CallMeta",
     "CallRecord",
     "ChatProvider",

@@ -75,6 +75,11 @@ CACHE_LOOKUPS = Counter(
     "Lookups of Parley's caches, by cache and result (hit, miss)",
     ["cache", "result"],
 )
+CACHE_SAVED_TOKENS = Counter(
+    "parley_response_cache_saved_tokens",
+    "Tokens the response cache saved (what the answers it served had cost), by kind",
+    ["kind"],
+)
 
 
 def guarded(update: Callable[[], object]) -> None:
@@ -114,6 +119,7 @@ __all__ = [
     "ANSWERS",
     "ANSWER_DURATION",
     "CACHE_LOOKUPS",
+    "CACHE_SAVED_TOKENS",
     "CALLS_IN_FLIGHT",
     "COST",
     "PROVIDER_ERRORS",

@@ -167,6 +167,8 @@ class Message(Base):
     # The images a question was sent with (`images`): they go with it to the model, and
     # with later questions while it is in their prompt.
     images: Mapped[list[SentImage] | None] = mapped_column(TypedJSON(list[SentImage]))
+    # Served from the response cache (no call was made for it).
+    cached: Mapped[bool] = mapped_column(default=False, server_default=false())
     stop_reason: Mapped[str | None] = mapped_column(String(40))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -195,6 +197,54 @@ class Image(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
     thumbnail: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CachedResponse(Base):
+    """An answer the response cache may serve again (`parley/chat/gateway/response_cache.py`):
+    to the same scope (the user, their groups, the versions of the documents it drew
+    on) for the same context and question, or a question near it by embedding. Goes
+    when it expires, when a document it drew on changes or is unshared (its rows in
+    `cached_response_documents`), and with the conversation it was written in."""
+
+    __tablename__ = "cached_responses"
+    __table_args__ = (
+        Index("ix_cached_responses_partition", "partition", "expires_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    exact: Mapped[str] = mapped_column(String(64), unique=True)
+    partition: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    question: Mapped[str] = mapped_column(Text)
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32, normalised
+    model: Mapped[str] = mapped_column(String(100))
+    text: Mapped[str] = mapped_column(Text)
+    citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    stop_reason: Mapped[str | None] = mapped_column(String(40))
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    documents: Mapped[int] = mapped_column(Integer, default=0)  # rows it should have below
+    hits: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CachedResponseDocument(Base):
+    """A document a cached answer drew on: deleting the document deletes the row, and
+    an answer missing any of its rows is never served."""
+
+    __tablename__ = "cached_response_documents"
+
+    response_id: Mapped[int] = mapped_column(
+        ForeignKey("cached_responses.id", ondelete="CASCADE"), primary_key=True
+    )
+    document_id: Mapped[int] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
 
 
 class Feedback(Base):
@@ -345,6 +395,12 @@ class UsageEntry(Base):
     # Tokens estimated by another process for a call whose process died mid-answer;
     # replaced by the real figures if that process comes back after all.
     estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The response cache: "hit" (no call; `saved_*` is what the cached answer's call
+    # used) or "miss" (the call was made and its answer kept); None: not cacheable.
+    cache: Mapped[str | None] = mapped_column(String(8))
+    saved_input_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    saved_output_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    saved_usd: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
     @property
     def tokens(self) -> int:

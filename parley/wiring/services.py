@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from parley.chat.gateway.outbox import MeteringOutbox
     from parley.chat.gateway.pricing import Pricing
     from parley.chat.gateway.quotas import QuotaService
+    from parley.chat.gateway.response_cache import ResponseCache
     from parley.chat.gateway.usage import UsageService
     from parley.chat.oversight.audit_trail import AuditTrail
     from parley.chat.oversight.erasure import ErasureService
@@ -424,15 +425,30 @@ class Services:
         from parley.chat.documents.library import DocumentService
 
         index = self._chosen_document_index or build_document_index(self.settings)
-        return DocumentService(self._database, index, defer=self._defer)
+        return DocumentService(
+            self._database, index, defer=self._defer, on_change=self.response_cache.drop_documents
+        )
+
+    @_Part
+    def response_cache(self) -> ResponseCache:
+        """Answers served again without a call (`parley.chat.gateway.response_cache`)."""
+        from parley.chat.gateway.response_cache import CacheSettings, ResponseCache
+
+        chosen = self.settings.response_cache
+        return ResponseCache(
+            self._database,
+            CacheSettings(ttl_s=chosen.ttl_s, semantic_threshold=chosen.semantic_threshold),
+            embed=lambda question: self.documents.embed_query(question),
+        )
 
     @_Part
     def chat(self) -> ChatService:
         from parley.chat.conversation.service import ChatService
+        from parley.chat.gateway.response_cache import CachingProvider
 
         return ChatService(
             database=self._database,
-            provider=self.provider,
+            provider=CachingProvider(self.provider, self.response_cache),
             context=self._context,
             settings=self.settings,
             quotas=self.quotas,
@@ -538,6 +554,13 @@ def build_services(
                 _sweep(database, alive)
 
         work.every(settings.sweep_minutes * 60, sweep_if_due, name="sweep")
+
+        def drop_expired_answers() -> None:
+            alive = held()
+            if alive is not None:
+                alive.response_cache.drop_expired()
+
+        work.every(settings.sweep_minutes * 60, drop_expired_answers, name="expire cached answers")
     return services
 
 

@@ -68,6 +68,7 @@ class AnswerRow:
     sources: list[DocumentSource] | None
     stop_reason: str | None
     error: str | None
+    cached: bool = False  # served from the response cache
 
 
 class AnswerStore:
@@ -124,6 +125,7 @@ class AnswerStore:
             sources=list(provenance.sources) or None if provenance else None,
             stop_reason=ends[-1].stop_reason if ends else None,
             error=sentence,
+            cached=any(e.cached for e in ends),
         )
         try:
             # A passing outage is tried again; a conflict (the conversation was deleted

@@ -70,6 +70,7 @@ class ChatMessage:
     attachments: tuple[Attachment, ...] = ()  # the files a question was sent with
     sources: tuple[DocumentSource, ...] = ()  # the passages an answer's prompt held
     images: tuple[SentImage, ...] = ()  # the images a question was sent with
+    cached: bool = False  # an answer served from the response cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,7 @@ def to_chat_message(message: Message) -> ChatMessage:
         attachments=tuple(message.attachments or ()),
         sources=tuple(message.sources or ()),
         images=tuple(message.images or ()),
+        cached=message.cached,
     )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from parley.chat.conversation.answer import AnswerStore
 from parley.chat.conversation.branches import load_tree, message_in
+from parley.chat.conversation.cache_keys import turn_cache_key
 from parley.chat.conversation.context import ContextBuilder, Estimate
 from parley.chat.conversation.conversations import owned_conversation
 from parley.chat.conversation.drafts import DraftKeeper, DraftSettler, DraftTicket
@@ -49,6 +50,7 @@ from parley.chat.documents.passages import NO_PASSAGES, Passages, find_passages
 from parley.chat.gateway.limited_provider import LimitedProvider
 from parley.chat.gateway.pricing import Pricing
 from parley.chat.gateway.quotas import QuotaService
+from parley.chat.gateway.response_cache import CachingProvider
 from parley.core import tracing
 from parley.core.config import Settings
 from parley.core.domain import MessageRole, MessageStatus, Principal, Purpose
@@ -60,6 +62,7 @@ from parley.core.errors import (
     StreamInterrupted,
 )
 from parley.core.llm import (
+    CacheKey,
     CallMeta,
     ChatRequest,
     Citation,
@@ -96,7 +99,7 @@ class ChatService:
         self,
         *,
         database: Database,
-        provider: LimitedProvider,
+        provider: LimitedProvider | CachingProvider,
         context: ContextBuilder,
         settings: Settings,
         quotas: QuotaService,
@@ -357,9 +360,23 @@ class ChatService:
                 session.flush()  # a settler takes too before it decides (drafts.py)
                 ids = (conversation.id, question.id)
                 ticket = self._open_draft(session, principal, *ids, context, reservation)
+                key = None
+                if self._cacheable(attributes):  # an answer asked for again is a new one
+                    key = turn_cache_key(
+                        session,
+                        principal,
+                        model=self._provider.model,
+                        temperature=self._settings.temperature.chat,
+                        max_tokens=self._settings.max_output_tokens,
+                        context=context,
+                        history=history,
+                        question=planned.text,
+                        sources=passages.sources(),
+                        conversation_id=conversation.id,
+                    )
             # The user's message is committed here, before the provider is called.
             return self._start(
-                principal, ids[0], ids[1], context, reservation, passages, ticket, turn
+                principal, ids[0], ids[1], context, reservation, passages, ticket, turn, key
             )
         except BaseException as exc:
             self._quotas.release(reservation)
@@ -447,6 +464,16 @@ class ChatService:
                 f"({self._provider.model}) cannot read."
             )
         return prompt_images(session, principal.user_id, conversation.id, planned.images)
+
+    def _cacheable(self, attributes: dict[str, bool]) -> bool:
+        """Whether the response cache may answer: it is on, the chat temperature is at
+        or below its threshold, and this is not "Answer again"."""
+        cache = self._settings.response_cache
+        return (
+            cache.enabled
+            and self._settings.temperature.chat <= cache.max_temperature
+            and not attributes.get("regenerated")
+        )
 
     def _settle(self, principal: Principal, conversation_id: int) -> None:
         """Keep the answers of a process that died writing them, before going on: only
@@ -559,13 +586,14 @@ class ChatService:
         passages: Passages = NO_PASSAGES,
         ticket: DraftTicket | None = None,
         turn: Span | None = None,
+        cache: CacheKey | None = None,
     ) -> ReplyStream:
         request = ChatRequest(
             system=context.system,
             messages=context.messages,
             max_tokens=self._settings.max_output_tokens,
             temperature=self._settings.temperature.chat,
-            meta=CallMeta(Purpose.CHAT, principal.user_id, conversation_id),
+            meta=CallMeta(Purpose.CHAT, principal.user_id, conversation_id, cache=cache),
             estimated_input_tokens=context.total_tokens,
         )
         estimate = self._provider.count_tokens(request)
@@ -671,7 +699,9 @@ class ChatService:
                     attempt = replace(
                         request,
                         messages=(*request.messages, PromptMessage("assistant", prefill)),
-                        meta=replace(request.meta, purpose=Purpose.CONTINUATION, call_id=None),
+                        meta=replace(
+                            request.meta, purpose=Purpose.CONTINUATION, call_id=None, cache=None
+                        ),
                         estimated_input_tokens=None,
                     )
                 except BaseException as exc:

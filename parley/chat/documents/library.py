@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
 
+import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -94,9 +95,17 @@ class SentFiles:
 
 class DocumentService:
     def __init__(
-        self, database: Database, index: DocumentIndex, *, defer: Defer | None = None
+        self,
+        database: Database,
+        index: DocumentIndex,
+        *,
+        defer: Defer | None = None,
+        on_change: Callable[[Sequence[int]], object] | None = None,
     ) -> None:
         self._db = database
+        # Told of documents whose content or sharing changed (the response cache drops
+        # the answers that drew on them).
+        self._on_change = on_change
         self._index = index
         self._index_sync = IndexSync(database, index)
         self._uploads = Uploads(database, index, self._index_sync)
@@ -172,6 +181,11 @@ class DocumentService:
             except Exception:
                 log.exception("Could not remove document %s of a message not sent", document_id)
 
+    def embed_query(self, text: str) -> np.ndarray:
+        """The text's vector, as a question is embedded to search (the response cache
+        matches questions by it)."""
+        return np.asarray(self._index.embed([text])[0])
+
     def get(self, principal: Principal, document_id: int) -> DocumentInfo:
         with self._db.session() as session:
             document = self._visible(session, principal, document_id)
@@ -208,7 +222,13 @@ class DocumentService:
         group: str | None = None,
         public: bool = False,
     ) -> DocumentInfo:
-        return self._change(principal, document_id, group=group, public=public, granted=False)
+        changed = self._change(principal, document_id, group=group, public=public, granted=False)
+        self._changed([document_id])
+        return changed
+
+    def _changed(self, document_ids: Sequence[int]) -> None:
+        if self._on_change is not None:
+            self._on_change(document_ids)
 
     def _change(
         self,
@@ -266,6 +286,7 @@ class DocumentService:
                 about_id=document.owner_id,
             )
         self._db.reclaim()  # no byte of the chunks left in SQLite's files
+        self._changed([document_id])
         # The vectors and the index's files follow off the request (a purge rebuilds the
         # scope's collection): the outbox row stays until done, or for the start-up sweep.
         if self._defer is None or not self._defer(

@@ -249,12 +249,18 @@ class LimitedProvider:
     def _record_call(
         self, meta: CallMeta, model: str, usage: Usage, outcome: CallOutcome, started: datetime
     ) -> None:
-        """Meter one call: retried with backoff, then kept in the outbox. Never raises
-        (metering must not cost the user the answer) and never drops the call."""
+        """Meter one call made: a miss of the response cache when it carried a key."""
         metrics.guarded(lambda: self._count(meta, model, usage, outcome))
+        call = CallRecord(meta, model, usage, outcome, started, datetime.now(UTC))
+        self.record(replace(call, cache="miss") if meta.cache is not None else call)
+
+    def record(self, call: CallRecord) -> None:
+        """Meter one call (or one the response cache answered): retried with backoff,
+        then kept in the outbox. Never raises (metering must not cost the user the
+        answer) and never drops the call."""
+        meta = call.meta
         if self._meter is None:
             return
-        call = CallRecord(meta, model, usage, outcome, started, datetime.now(UTC))
         if meta.call_id is not None:
             call = replace(call, call_id=meta.call_id)
         meter = self._meter

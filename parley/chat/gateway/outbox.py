@@ -63,6 +63,8 @@ def from_line(line: str) -> CallRecord:
         started_at=datetime.fromisoformat(fields["started_at"]),
         ended_at=datetime.fromisoformat(fields["ended_at"]),
         call_id=str(fields["call_id"]),
+        cache=fields.get("cache"),
+        saved=Usage(**(fields.get("saved") or {})),
     )
 
 

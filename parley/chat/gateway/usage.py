@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
 from parley.chat.gateway.pricing import Pricing
@@ -79,6 +79,10 @@ class UsageService:
             ended_at=call.ended_at,
             call_id=call.call_id,
             estimated=call.estimated,
+            cache=call.cache,
+            saved_input_tokens=call.saved.input_tokens,
+            saved_output_tokens=call.saved.output_tokens,
+            saved_usd=self._pricing.cost(call.model, call.saved) if call.cache == "hit" else 0.0,
         )
         session.add(entry)
         session.flush()
@@ -143,6 +147,7 @@ class UsageService:
         end = datetime.combine(until + timedelta(days=1), time.min, UTC)
         day = self._utc_day()
         who = func.coalesce(UsageEntry.user_name, "(no user)")
+        served = case((UsageEntry.cache == "hit", 1), else_=None)  # by the response cache
         with self._db.session() as session:
             rows = session.execute(
                 select(
@@ -150,13 +155,20 @@ class UsageService:
                     who,
                     UsageEntry.model,
                     UsageEntry.purpose,
-                    func.count(UsageEntry.id),
+                    func.count(UsageEntry.id).filter(served.is_(None)),  # calls made
                     func.count(UsageEntry.id).filter(counts_as_message()),
                     func.coalesce(func.sum(UsageEntry.input_tokens), 0),
                     func.coalesce(func.sum(UsageEntry.output_tokens), 0),
                     func.coalesce(func.sum(UsageEntry.cache_read_input_tokens), 0),
                     func.coalesce(func.sum(UsageEntry.cache_creation_input_tokens), 0),
                     func.coalesce(func.sum(UsageEntry.cost_usd), 0.0),
+                    func.count(UsageEntry.id).filter(served.is_not(None)),
+                    func.count(UsageEntry.id).filter(UsageEntry.cache == "miss"),
+                    func.coalesce(
+                        func.sum(UsageEntry.saved_input_tokens + UsageEntry.saved_output_tokens),
+                        0,
+                    ),
+                    func.coalesce(func.sum(UsageEntry.saved_usd), 0.0),
                 )
                 .where(UsageEntry.ended_at >= start, UsageEntry.ended_at < end)
                 .group_by(day, who, UsageEntry.model, UsageEntry.purpose)
@@ -175,6 +187,10 @@ class UsageService:
                 cache_read_tokens=int(r[8]),
                 cache_write_tokens=int(r[9]),
                 cost_usd=float(r[10]),
+                cache_hits=int(r[11]),
+                cache_misses=int(r[12]),
+                saved_tokens=int(r[13]),
+                saved_usd=float(r[14]),
             )
             for r in rows
         ]

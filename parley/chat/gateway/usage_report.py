@@ -27,6 +27,12 @@ class UsageFact:
     cache_read_tokens: int
     cache_write_tokens: int
     cost_usd: float
+    # The response cache: answers it served (no call), calls it could not answer, and
+    # what the answers it served had cost.
+    cache_hits: int = 0
+    cache_misses: int = 0
+    saved_tokens: int = 0
+    saved_usd: float = 0.0
 
     @property
     def cache_tokens(self) -> int:
@@ -76,6 +82,22 @@ class UsageReport:
     @property
     def tokens(self) -> int:
         return sum(f.input_tokens + f.output_tokens for f in self.facts)
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(f.cache_hits for f in self.facts)
+
+    @property
+    def cache_misses(self) -> int:
+        return sum(f.cache_misses for f in self.facts)
+
+    @property
+    def saved_tokens(self) -> int:
+        return sum(f.saved_tokens for f in self.facts)
+
+    @property
+    def saved_usd(self) -> float:
+        return sum(f.saved_usd for f in self.facts)
 
     def per_user_and_day(self) -> list[UsageRow]:
         """One row per user and day, newest day first."""
