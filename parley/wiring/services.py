@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from parley.chat.gateway.outbox import MeteringOutbox
     from parley.chat.gateway.pricing import Pricing
     from parley.chat.gateway.quotas import QuotaService
-    from parley.chat.gateway.response_cache import ResponseCache
+    from parley.chat.gateway.response_cache import CachingProvider, ResponseCache
     from parley.chat.gateway.usage import UsageService
     from parley.chat.oversight.audit_trail import AuditTrail
     from parley.chat.oversight.erasure import ErasureService
@@ -359,7 +359,7 @@ class Services:
             history=self._history,
             database=self._database,
             memory=self.memory,
-            provider=self.provider,
+            provider=self.gateway,  # titles may come from the response cache
             work=self.background,
             settings=self.settings,
             model_titles=self.settings.model_titles and self._capable,
@@ -430,6 +430,13 @@ class Services:
         )
 
     @_Part
+    def gateway(self) -> CachingProvider:
+        """The limited provider with the response cache in front (for keyed requests)."""
+        from parley.chat.gateway.response_cache import CachingProvider
+
+        return CachingProvider(self.provider, self.response_cache)
+
+    @_Part
     def response_cache(self) -> ResponseCache:
         """Answers served again without a call (`parley.chat.gateway.response_cache`)."""
         from parley.chat.gateway.response_cache import CacheSettings, ResponseCache
@@ -444,11 +451,10 @@ class Services:
     @_Part
     def chat(self) -> ChatService:
         from parley.chat.conversation.service import ChatService
-        from parley.chat.gateway.response_cache import CachingProvider
 
         return ChatService(
             database=self._database,
-            provider=CachingProvider(self.provider, self.response_cache),
+            provider=self.gateway,
             context=self._context,
             settings=self.settings,
             quotas=self.quotas,

@@ -9,12 +9,22 @@ Nothing here raises: a title is a nicety, never a reason to fail a turn.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from parley.core.errors import ParleyError
-from parley.core.llm import CallMeta, ChatProvider, ChatRequest, PromptMessage, TextDelta
+from parley.core.llm import (
+    CacheKey,
+    CallMeta,
+    ChatProvider,
+    ChatRequest,
+    PromptMessage,
+    TextDelta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +87,24 @@ def generate_title(
         )
     ]
     schema = TitleOutput.model_json_schema()
+    # A title is deterministic by nature: the same exchange of the same user gets the
+    # same title from the response cache (the first attempt only: a retry says why).
+    key = CacheKey(
+        scope=f"user {meta.user_id}",
+        context=hashlib.sha256(
+            json.dumps([provider.model, TITLE_SYSTEM, schema, temperature], sort_keys=True).encode()
+        ).hexdigest(),
+        question=messages[0].content,
+    )
     for attempt in range(1, attempts + 1):
+        cached = meta.user_id is not None and attempt == 1
         request = ChatRequest(
             system=TITLE_SYSTEM,
             messages=tuple(messages),
             max_tokens=60,
             temperature=temperature,
             json_schema=schema,
-            meta=meta,
+            meta=replace(meta, cache=key) if cached else meta,
         )
         try:
             raw = "".join(e.text for e in provider.stream(request) if isinstance(e, TextDelta))

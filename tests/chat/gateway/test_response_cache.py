@@ -17,7 +17,7 @@ from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.chat.gateway.response_cache import CacheSettings, ResponseCache
 from parley.core.config import Settings
 from parley.core.domain import Principal, Purpose
-from parley.core.llm import CacheKey, Citation, Usage
+from parley.core.llm import CacheKey, ChatRequest, Citation, Usage
 from parley.retrieval.document_index import DocumentIndex
 from parley.retrieval.embeddings import HashingEmbedder
 from parley.retrieval.vector_store import VectorStore
@@ -244,3 +244,29 @@ def test_a_continuation_is_never_answered_from_the_cache(
     continuation = [r for r in scripted.requests if r.meta.purpose is Purpose.CONTINUATION]
     assert continuation and all(r.meta.cache is None for r in continuation)
     assert answer.startswith("Half")
+
+
+def test_a_title_is_written_once_for_the_same_exchange(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    """Titles are deterministic by nature: cached whatever the chat temperature."""
+    titled = build_services(
+        services.settings.model_copy(update={"model_titles": True}),
+        provider=scripted,
+        background=services.background,
+    )
+
+    def answer(request: ChatRequest) -> None:
+        if request.meta.purpose is Purpose.TITLE:
+            scripted.enqueue('{"title": "Rivers of France"}')
+        else:
+            scripted.enqueue("The Seine and the Loire.")
+
+    scripted.on_request = answer
+    first = ask(titled, alice, "Which rivers cross France?")[1]
+    second = ask(titled, alice, "Which rivers cross France?")[1]
+    titles = [r for r in scripted.requests if r.meta.purpose is Purpose.TITLE]
+    assert len(titles) == 1 and chat_calls(scripted) == 2  # chat at 0.7: not cached
+    assert {titled.conversations.get(alice, c).title for c in (first, second)} == {
+        "Rivers of France"
+    }
