@@ -268,6 +268,13 @@ def earlier_images(
     their recorded tokens: no image's bytes are read to choose."""
     if not context.turn_ids:
         return []
+    # Most conversations hold no image: one indexed probe spares them the query below
+    # (on the first token's path, over every turn in the prompt).
+    if (
+        session.scalar(select(Image.id).where(Image.conversation_id == conversation_id).limit(1))
+        is None
+    ):
+        return []
     rows = session.execute(
         select(Message.images)
         .where(
