@@ -81,6 +81,7 @@ class CacheKey:
     context: str
     question: str
     documents: tuple[int, ...] = ()
+    semantic: bool = True  # False: only the same question (a title's exchange)
 
     @property
     def exact(self) -> str:

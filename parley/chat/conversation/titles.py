@@ -77,8 +77,10 @@ def generate_title(
     answer: str,
     temperature: float,
     attempts: int,
+    cached: bool = True,
 ) -> tuple[str, int]:
-    """The title and how many model calls it took (0 when the fallback is used at once)."""
+    """The title and how many model calls it took (0 when the fallback is used at once).
+    `cached`: the response cache may answer (the same exchange, exactly)."""
     messages = [
         PromptMessage(
             "user",
@@ -95,16 +97,17 @@ def generate_title(
             json.dumps([provider.model, TITLE_SYSTEM, schema, temperature], sort_keys=True).encode()
         ).hexdigest(),
         question=messages[0].content,
+        semantic=False,  # the exchange is long, and one word may change the title
     )
     for attempt in range(1, attempts + 1):
-        cached = meta.user_id is not None and attempt == 1
+        keyed = cached and meta.user_id is not None and attempt == 1
         request = ChatRequest(
             system=TITLE_SYSTEM,
             messages=tuple(messages),
             max_tokens=60,
             temperature=temperature,
             json_schema=schema,
-            meta=replace(meta, cache=key) if cached else meta,
+            meta=replace(meta, cache=key) if keyed else meta,
         )
         try:
             raw = "".join(e.text for e in provider.stream(request) if isinstance(e, TextDelta))

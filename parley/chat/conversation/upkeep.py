@@ -113,6 +113,7 @@ class Upkeep:
             answer=answer_text,
             temperature=self._settings.temperature.title,
             attempts=self._settings.title_attempts,
+            cached=self._settings.response_cache.enabled,
         )
         with self._db.session() as session:
             # Keep a title the user, or another branch's answer, has set meanwhile.

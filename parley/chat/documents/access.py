@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import JSON, String, cast, or_, select, type_coerce, update
+from sqlalchemy import JSON, String, cast, delete, or_, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from parley.auth.groups import group_id_named, groups_of
@@ -15,6 +15,8 @@ from parley.core.errors import InvalidInput
 from parley.retrieval.document_index import Allowed, DocumentAccess
 from parley.store.db import Database
 from parley.store.models import (
+    CachedResponse,
+    CachedResponseDocument,
     Document,
     DocumentChunk,
     DocumentGroup,
@@ -54,11 +56,23 @@ def scrub_quotes(session: Session, document_ids: Sequence[int]) -> int:
     """In the caller's transaction, take the text of deleted documents out of every
     message that quoted or named them (citations' quoted text; the document names in
     answers' provenance, in the passages an answer read, and in the files a question was
-    sent with; of anyone's conversations): a deleted or erased document leaves nothing
-    behind. How many messages changed."""
+    sent with; of anyone's conversations), and drop the response cache's answers drawn
+    from them: a deleted or erased document leaves nothing behind. Call it before the
+    documents' rows go. How many messages changed."""
     ids = set(document_ids)
     if not ids:
         return 0
+    # Answers the response cache kept from them (quotes and all): before the documents'
+    # rows go, whose deletion cascades to the rows that find them.
+    session.execute(
+        delete(CachedResponse).where(
+            CachedResponse.id.in_(
+                select(CachedResponseDocument.response_id).where(
+                    CachedResponseDocument.document_id.in_(ids)
+                )
+            )
+        )
+    )
     patterns = [f'%"document_id": {d}%' for d in sorted(ids)]
     columns = (Message.citations, Message.context, Message.sources, Message.attachments)
     naming = or_(*(cast(c, String).like(p) for c in columns for p in patterns))

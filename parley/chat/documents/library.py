@@ -277,8 +277,8 @@ class DocumentService:
             document = self._managed(session, principal, document_id)
             queue_sync(session, document.id, access_of(session, document).scopes)
             session.execute(delete(DocumentChunk).where(DocumentChunk.document_id == document.id))
+            scrub_quotes(session, [document.id])  # before the row: it finds cached answers by it
             session.delete(document)
-            scrub_quotes(session, [document.id])
             append_in(
                 session,
                 DocumentDeleted(document_id=document.id),

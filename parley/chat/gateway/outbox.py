@@ -43,6 +43,7 @@ class Recorder(Protocol):
 
 def to_line(call: CallRecord) -> str:
     fields = asdict(call)
+    fields["meta"].pop("cache", None)  # the cache's key holds the user's question: not on disk
     fields["started_at"] = call.started_at.isoformat()
     fields["ended_at"] = call.ended_at.isoformat()
     return json.dumps(fields, sort_keys=True) + "\n"

@@ -25,10 +25,11 @@ conversation's erasure takes it (foreign key). Upkeep deletes expired entries.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,6 +39,7 @@ from sqlalchemy import delete, func, select, update
 from parley.chat.gateway.limited_provider import LimitedProvider
 from parley.core import metrics
 from parley.core.domain import CallOutcome
+from parley.core.errors import StorageConflict
 from parley.core.llm import (
     CacheKey,
     CallRecord,
@@ -47,13 +49,16 @@ from parley.core.llm import (
     StreamEvent,
     TextDelta,
     Usage,
+    estimate_tokens,
 )
+from parley.core.tokens import count_tokens
 from parley.store.db import Database
 from parley.store.models import CachedResponse, CachedResponseDocument
 
 log = logging.getLogger(__name__)
 
 Embed = Callable[[str], np.ndarray]  # a question's normalised vector
+SEMANTIC_MAX_TOKENS = 200  # MiniLM reads 256 tokens: a longer question's end is unseen
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +89,20 @@ class ResponseCache:
         self._db = database
         self._settings = settings
         self._embed = embed
+        self._embed_failed = False  # said once
         self._now = clock
+
+    def holds(self, key: CacheKey) -> bool:
+        """Whether an answer is kept for exactly this key (not counted as a hit)."""
+        with self._db.session() as session:
+            return (
+                session.scalar(
+                    select(CachedResponse.id).where(
+                        CachedResponse.exact == key.exact, CachedResponse.expires_at > self._now()
+                    )
+                )
+                is not None
+            )
 
     def find(self, key: CacheKey) -> _Hit | None:
         """The answer kept for `key`: exactly, else the nearest question above the
@@ -99,7 +117,7 @@ class ResponseCache:
             if not rows:
                 return None
             chosen = next((r for r in rows if r.exact == key.exact), None)
-            if chosen is None:
+            if chosen is None and self._semantic(key):
                 chosen = self._nearest(key.question, rows)
             if chosen is None:
                 return None
@@ -125,9 +143,17 @@ class ResponseCache:
                 Usage(input_tokens=chosen.input_tokens, output_tokens=chosen.output_tokens),
             )
 
+    def _semantic(self, key: CacheKey) -> bool:
+        """Whether a near question may match: the setting allows it, the key does, and
+        the question is short enough for the embedding to read all of it."""
+        return (
+            key.semantic
+            and self._embed is not None
+            and self._settings.semantic_threshold <= 1
+            and count_tokens(key.question) <= SEMANTIC_MAX_TOKENS
+        )
+
     def _nearest(self, question: str, rows: Sequence[CachedResponse]) -> CachedResponse | None:
-        if self._embed is None or self._settings.semantic_threshold > 1:
-            return None
         kept = [(r, np.frombuffer(r.vector, dtype=np.float32)) for r in rows if r.vector]
         if not kept:
             return None
@@ -145,8 +171,10 @@ class ResponseCache:
             return None
         try:
             vector = np.asarray(self._embed(question), dtype=np.float32).ravel()
-        except Exception:  # a cache that cannot embed still matches exactly
-            log.exception("Embedding a question for the response cache failed")
+        except Exception as exc:  # a cache that cannot embed still matches exactly
+            if not self._embed_failed:
+                log.warning("The response cache matches exactly only: embedding failed: %s", exc)
+                self._embed_failed = True
             return None
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm else None
@@ -164,11 +192,11 @@ class ResponseCache:
         usage: Usage,
     ) -> None:
         """Keep a complete answer for `key` (an answer kept for it already stays)."""
-        vector = self._vector(key.question) if self._settings.semantic_threshold <= 1 else None
+        vector = self._vector(key.question) if self._semantic(key) else None
         now = self._now()
         with self._db.session() as session:
             if session.scalar(select(CachedResponse.id).where(CachedResponse.exact == key.exact)):
-                return
+                return  # two asked at once: the other one's stays (a race ends below)
             row = CachedResponse(
                 exact=key.exact,
                 partition=key.partition,
@@ -259,7 +287,21 @@ class CachingProvider:
         return self._inner.takes_images
 
     def count_tokens(self, request: ChatRequest) -> int:
-        return self._inner.count_tokens(request)
+        """The inner count, without the key (a count is no miss); an answer the cache
+        holds exactly is counted here, without asking the API."""
+        key = request.meta.cache
+        if key is None:
+            return self._inner.count_tokens(request)
+        if self._holds(key):
+            return estimate_tokens(request)
+        return self._inner.count_tokens(replace(request, meta=replace(request.meta, cache=None)))
+
+    def _holds(self, key: CacheKey) -> bool:
+        try:
+            return self._cache.holds(key)
+        except Exception:
+            log.exception("The response cache could not be read")
+            return False
 
     def stream(
         self, request: ChatRequest, *, on_queue: Callable[[int], None] | None = None
@@ -285,15 +327,7 @@ class CachingProvider:
         started = datetime.now(UTC)
         metrics.guarded(metrics.CACHE_LOOKUPS.labels(cache="response", result="hit").inc)
         metrics.guarded(lambda: _count_saved(hit.saved))
-        at = 0
-        cites = sorted(hit.citations, key=lambda c: int(c.get("at", 0)))
-        for word in _WORDS.findall(hit.text):
-            while cites and int(cites[0].get("at", 0)) <= at:
-                yield _citation(cites.pop(0))
-            yield TextDelta(word)
-            at += len(word)
-        for cite in cites:
-            yield _citation(cite)
+        yield from _replayed(hit.text, hit.citations)
         self._inner.record(
             CallRecord(
                 request.meta,
@@ -327,6 +361,8 @@ class CachingProvider:
             return  # cut short by max_tokens, or not finished: not kept
         if request.meta.user_id is None:
             return  # kept only for the user it was written for
+        if request.json_schema is not None and not _json_object("".join(text)):
+            return  # structured output that does not parse is not kept
         try:
             self._cache.keep(
                 key,
@@ -338,6 +374,8 @@ class CachingProvider:
                 stop_reason=end.stop_reason,
                 usage=end.usage,
             )
+        except StorageConflict:  # the same question answered at once elsewhere: kept there
+            log.info("An answer for the same key was kept meanwhile")
         except Exception:
             log.exception("The response cache could not keep an answer")
 
@@ -345,6 +383,27 @@ class CachingProvider:
 def _count_saved(saved: Usage) -> None:
     metrics.CACHE_SAVED_TOKENS.labels(kind="input").inc(saved.input_tokens)
     metrics.CACHE_SAVED_TOKENS.labels(kind="output").inc(saved.output_tokens)
+
+
+def _replayed(text: str, citations: Sequence[dict[str, Any]]) -> Iterator[StreamEvent]:
+    """The kept answer as it streamed: its words, each citation where the text up to it
+    ended (the text is cut there, mid-word if need be)."""
+    by_offset = sorted(citations, key=lambda c: int(c.get("at", 0)))
+    cuts = sorted({min(max(int(c.get("at", 0)), 0), len(text)) for c in by_offset})
+    start = 0
+    for cut in [*cuts, len(text)]:
+        for word in _WORDS.findall(text[start:cut]):
+            yield TextDelta(word)
+        while by_offset and min(max(int(by_offset[0].get("at", 0)), 0), len(text)) <= cut:
+            yield _citation(by_offset.pop(0))
+        start = cut
+
+
+def _json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def _citation(raw: dict[str, Any]) -> Citation:

@@ -17,12 +17,14 @@ from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.chat.gateway.response_cache import CacheSettings, ResponseCache
 from parley.core.config import Settings
 from parley.core.domain import Principal, Purpose
+from parley.core.errors import StorageConflict
 from parley.core.llm import CacheKey, ChatRequest, Citation, Usage
 from parley.retrieval.document_index import DocumentIndex
 from parley.retrieval.embeddings import HashingEmbedder
 from parley.retrieval.vector_store import VectorStore
 from parley.store.models import CachedResponse, UsageEntry
 from parley.wiring.services import Services, build_services
+from tests.chat.oversight.test_erasure import files_holding
 from tests.support import ROOT
 
 
@@ -270,3 +272,124 @@ def test_a_title_is_written_once_for_the_same_exchange(
     assert {titled.conversations.get(alice, c).title for c in (first, second)} == {
         "Rivers of France"
     }
+
+
+@pytest.fixture
+def native(services: Services, tmp_path: Path) -> tuple[Services, ScriptedProvider]:
+    scripted = ScriptedProvider(native_citations=True)
+    index = DocumentIndex(embedder=HashingEmbedder(), store=VectorStore.persistent(tmp_path / "n"))
+    built = build_services(
+        cold(services.settings),
+        provider=scripted,
+        background=services.background,
+        document_index=index,
+    )
+    return built, scripted
+
+
+def test_a_cached_answer_keeps_its_citations_in_place(
+    native: tuple[Services, ScriptedProvider], alice: Principal
+) -> None:
+    services, scripted = native
+    services.documents.add(alice, "a.md", b"Alpha is the first letter.")
+    scripted.enqueue("Alpha", Citation(0, "Alpha is the first letter.", 0, 1), " leads.")
+    first = ask(services, alice, "Which letter is first, alpha?")[1]
+    second = ask(services, alice, "Which letter is first, alpha?")[1]
+    assert chat_calls(scripted) == 1
+    kept, served = (services.conversations.messages(alice, c)[-1] for c in (first, second))
+    assert served.cached and served.content == kept.content == "Alpha leads."
+    assert (
+        [(c.n, c.offset, c.cited_text) for c in served.citations]
+        == [(c.n, c.offset, c.cited_text) for c in kept.citations]
+        == [(1, len("Alpha"), "Alpha is the first letter.")]
+    )
+
+
+@pytest.mark.parametrize("how", ["deleted", "owner erased"])
+def test_a_deleted_or_erased_document_leaves_no_cached_quote(
+    native: tuple[Services, ScriptedProvider], alice: Principal, bob: Principal, how: str
+) -> None:
+    services, scripted = native
+    marker = "OPAL-HARBOUR-6613"
+    memo = services.documents.add(alice, "memo.md", f"# Memo\n\nThe code is {marker}.\n".encode())
+    services.documents.share(alice, memo.id, public=True)
+    # The answer's own words hold no marker; its quote of the memo does.
+    scripted.enqueue("It is in the memo", Citation(0, f"The code is {marker}.", 0, 1), ".")
+    ask(services, bob, "What is the code in the memo?")
+    with services._database.session() as session:
+        assert session.scalar(select(func.count(CachedResponse.id))) == 1
+    data_dir = services.settings.data_dir
+    assert files_holding(data_dir, marker)
+    if how == "deleted":
+        services.documents.delete(alice, memo.id)
+    else:
+        services.erasure.erase_user(ROOT, "alice")
+    with services._database.session() as session:
+        assert session.scalar(select(func.count(CachedResponse.id))) == 0
+    assert files_holding(data_dir, marker) == []  # no byte of the quote, anywhere
+
+
+def test_with_the_cache_off_titles_are_written_each_time(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    off = services.settings.model_copy(
+        update={
+            "model_titles": True,
+            "response_cache": services.settings.response_cache.model_copy(
+                update={"enabled": False}
+            ),
+        }
+    )
+    titled = build_services(
+        cold(off, enabled=False), provider=scripted, background=services.background
+    )
+    scripted.on_request = lambda r: scripted.enqueue(
+        '{"title": "Rivers of France"}' if r.meta.purpose is Purpose.TITLE else "Rivers."
+    )
+    ask(titled, alice, "Which rivers cross France?")
+    ask(titled, alice, "Which rivers cross France?")
+    titles = [r for r in scripted.requests if r.meta.purpose is Purpose.TITLE]
+    assert len(titles) == 2 and chat_calls(scripted) == 2
+    assert all(r.meta.cache is None for r in scripted.requests)
+
+
+def test_joining_a_group_is_another_scope(
+    cached: Services, scripted: ScriptedProvider, bob: Principal
+) -> None:
+    ask(cached, bob, "What is new?")
+    cached.groups.create(ROOT, "news")
+    cached.groups.assign(ROOT, "news", "bob")
+    ask(cached, bob, "What is new?")
+    assert chat_calls(scripted) == 2
+
+
+def test_a_count_through_the_api_is_no_miss_and_a_hit_asks_none(
+    services: Services, scripted: ScriptedProvider, alice: Principal
+) -> None:
+    counting = build_services(
+        cold(services.settings).model_copy(update={"anthropic_count_tokens": True}),
+        provider=scripted,
+        background=services.background,
+    )
+    ask(counting, alice, "Count me in")
+    ask(counting, alice, "Count me in")
+    with counting._database.session() as session:
+        rows = session.execute(
+            select(UsageEntry.purpose, UsageEntry.cache).order_by(UsageEntry.id)
+        ).all()
+    assert [(str(p), c) for p, c in rows] == [
+        ("count_tokens", None),
+        ("chat", "miss"),
+        ("chat", "hit"),  # no count asked of the API for it
+    ]
+
+
+def test_an_answer_kept_meanwhile_by_another_ask_costs_nothing(
+    cached: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def conflict(*_args: object, **_kwargs: object) -> None:
+        raise StorageConflict("unique: exact")
+
+    monkeypatch.setattr(cached.response_cache, "keep", conflict)
+    answer, cid = ask(cached, alice, "Race me")
+    assert answer == "OK" and cached.conversations.thread(alice, cid).messages[1].content == "OK"
