@@ -63,6 +63,7 @@ class AuditKind(StrEnum):
     USER_ERASED = "user_erased"
     AUDIT_EXPORTED = "audit_exported"
     AUDIT_CHECKPOINT = "audit_checkpoint"
+    OUTPUT_BLOCKED = "output_blocked"
 
 
 class SubjectKind(StrEnum):
@@ -458,6 +459,20 @@ class AuditCheckpoint(AuditEvent):
     kind = AuditKind.AUDIT_CHECKPOINT
 
 
+class OutputBlocked(AuditEvent):
+    """The output guard stopped an answer that repeated the system prompt or its canary
+    (the text is not kept: it was a leak)."""
+
+    kind = AuditKind.OUTPUT_BLOCKED
+    conversation_id: int | None
+    purpose: str
+    reason: str  # "canary" or "system prompt"
+    chars_seen: int
+
+    def subject(self) -> Subject | None:
+        return Subject.conversation(self.conversation_id) if self.conversation_id else None
+
+
 EVENTS: dict[AuditKind, type[AuditEvent]] = {
     cls.kind: cls
     for cls in (
@@ -468,7 +483,7 @@ EVENTS: dict[AuditKind, type[AuditEvent]] = {
         ConversationImported,
         DocumentAdded,
         DocumentShared, DocumentUnshared, DocumentDeleted, DocumentChunkOpened, AuditExported,
-        AuditCheckpoint,
+        AuditCheckpoint, OutputBlocked,
     )
 }  # fmt: skip
 
@@ -489,6 +504,7 @@ def read_event(kind: str, data: str | dict[str, Any]) -> AuditEvent | None:
 
 __all__ = [
     "EVENTS",
+    "OutputBlocked",
     "AccountUnlocked",
     "AiCall",
     "Answered",

@@ -49,6 +49,7 @@ from parley.wiring.factories import (
     build_sessions,
     open_database,
     provider_on_first_call,
+    session_secret,
 )
 
 if TYPE_CHECKING:
@@ -70,9 +71,10 @@ if TYPE_CHECKING:
     from parley.chat.gateway.admission import ConcurrencyGate, RateLimiter
     from parley.chat.gateway.limited_provider import LimitedProvider
     from parley.chat.gateway.outbox import MeteringOutbox
+    from parley.chat.gateway.output_guard import GuardedProvider
     from parley.chat.gateway.pricing import Pricing
     from parley.chat.gateway.quotas import QuotaService
-    from parley.chat.gateway.response_cache import CachingProvider, ResponseCache
+    from parley.chat.gateway.response_cache import ResponseCache
     from parley.chat.gateway.usage import UsageService
     from parley.chat.oversight.audit_trail import AuditTrail
     from parley.chat.oversight.erasure import ErasureService
@@ -430,11 +432,17 @@ class Services:
         )
 
     @_Part
-    def gateway(self) -> CachingProvider:
-        """The limited provider with the response cache in front (for keyed requests)."""
+    def gateway(self) -> GuardedProvider:
+        """The limited provider with the response cache in front (for keyed requests),
+        and the output guard in front of both (`parley/chat/gateway/output_guard.py`)."""
+        from parley.chat.gateway.output_guard import GuardedProvider, audited, canary_for
         from parley.chat.gateway.response_cache import CachingProvider
 
-        return CachingProvider(self.provider, self.response_cache)
+        return GuardedProvider(
+            CachingProvider(self.provider, self.response_cache),
+            canary=canary_for(session_secret(self.settings)),
+            on_blocked=audited(self._database),
+        )
 
     @_Part
     def response_cache(self) -> ResponseCache:

@@ -48,6 +48,7 @@ from parley.chat.documents.library import (
 )
 from parley.chat.documents.passages import NO_PASSAGES, Passages, find_passages
 from parley.chat.gateway.limited_provider import LimitedProvider
+from parley.chat.gateway.output_guard import GuardedProvider, OutputBlocked
 from parley.chat.gateway.pricing import Pricing
 from parley.chat.gateway.quotas import QuotaService
 from parley.chat.gateway.response_cache import CachingProvider
@@ -99,7 +100,7 @@ class ChatService:
         self,
         *,
         database: Database,
-        provider: LimitedProvider | CachingProvider,
+        provider: LimitedProvider | CachingProvider | GuardedProvider,
         context: ContextBuilder,
         settings: Settings,
         quotas: QuotaService,
@@ -710,6 +711,10 @@ class ChatService:
                 finally:
                     events.close()
                     call.end()
+        except OutputBlocked as exc:  # a leak: none of its text is kept
+            parts.clear()
+            citations.clear()
+            error = exc
         except ProviderError as exc:
             error = exc
         except Exception as exc:  # a bug in a provider must not lose the answer

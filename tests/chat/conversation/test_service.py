@@ -248,7 +248,8 @@ def test_history_goes_into_the_next_prompt(
         ("assistant", "Nice to meet you, Ann."),
         ("user", "What is my name?"),
     ]
-    assert request.system == services.settings.system_prompt
+    # The operator's text, and the output guard's line after it: nothing of the user's.
+    assert request.system == services.gateway.marked_system(services.settings.system_prompt)
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t  \n", "\x00\x00"])
