@@ -13,9 +13,9 @@ and nothing can be learned from it). While the answer streams, it watches the te
 ends the call at once: the provider's stream is closed, `OutputBlocked` (a
 `ProviderError` with one sentence) goes to the caller, which stores that sentence in
 place of the text, and `on_blocked` hears of it (the wiring audits it). To stop a leak
-before any of it is shown, the guard holds back the last `SPAN_CHARS` characters of
-what arrived (released as more arrives, and at the end): the first words take that
-much longer to show, about ten tokens.
+before any of it is shown, the guard holds back only the end of what arrived that
+could begin a leak (the longest end that is part of the system prompt, or the start of
+the canary: in an ordinary answer a few characters, " the"); the rest shows at once.
 """
 
 from __future__ import annotations
@@ -100,6 +100,22 @@ def audited(database: Database) -> Callable[[Blocked], None]:
     return record
 
 
+def _raw_tail(raw: str, plain_chars: int) -> int:
+    """How many characters at the end of `raw` make `plain_chars` once plain (a run of
+    spaces is one)."""
+    if plain_chars <= 0:
+        return 0
+    count = 0
+    i = len(raw)
+    while i > 0 and count < plain_chars:
+        i -= 1
+        if raw[i].isspace():
+            while i > 0 and raw[i - 1].isspace():
+                i -= 1
+        count += 1
+    return len(raw) - i
+
+
 def canary_for(secret: str) -> str:
     return "pc-" + hmac.new(secret.encode(), b"parley-output-canary", "sha256").hexdigest()[:20]
 
@@ -113,6 +129,7 @@ class _Watch:
 
     def __init__(self, system: str, canary: str) -> None:
         plain = _plain(system)
+        self._system = plain
         self._spans = {plain[i : i + SPAN_CHARS] for i in range(len(plain) - SPAN_CHARS + 1)}
         self._canary = canary.lower()
         self._text = ""  # the answer so far, plain (as `_plain` makes it)
@@ -134,6 +151,21 @@ class _Watch:
                     return "system prompt"
             self._checked = max(self._checked, last + 1)
         return None
+
+    def risky(self) -> int:
+        """How many plain characters at the end of the answer could begin a leak: the
+        longest end that is part of the system prompt, or the start of the canary. The
+        rest is safe to show."""
+        text = self._text
+        longest = 0
+        for n in range(1, min(len(text), SPAN_CHARS - 1) + 1):
+            if text[-n:] not in self._system:
+                break  # a longer end is in it no more than this one
+            longest = n
+        for n in range(longest + 1, min(len(text), len(self._canary)) + 1):
+            if self._canary.startswith(text[-n:]):
+                longest = n
+        return longest
 
 
 class GuardedProvider:
@@ -185,7 +217,7 @@ class GuardedProvider:
         self, request: ChatRequest, *, on_queue: Callable[[int], None] | None = None
     ) -> Generator[StreamEvent, None, None]:
         watch = _Watch(request.system, self._canary)
-        held = ""  # arrived, not yet released
+        held = ""  # arrived, not yet released: what could begin a leak
         seen = 0
         inner = self._inner
         marked = self.marked(request)
@@ -209,8 +241,9 @@ class GuardedProvider:
                     self._blocked(request.meta, reason, seen)
                     raise OutputBlocked(f"the answer repeated the {reason}")
                 held += event.text
-                if len(held) > SPAN_CHARS:
-                    out, held = held[:-SPAN_CHARS], held[-SPAN_CHARS:]
+                keep = _raw_tail(held, watch.risky())
+                if keep < len(held):
+                    out, held = held[: len(held) - keep], held[len(held) - keep :]
                     yield TextDelta(out)
             if held:
                 yield TextDelta(held)

@@ -50,6 +50,8 @@ def test_an_ordinary_answer_passes_whole_with_its_citations_in_order() -> None:
     cite = next(i for i, e in enumerate(events) if isinstance(e, Citation))
     before = "".join(e.text for e in events[:cite] if isinstance(e, TextDelta))
     assert before == "".join(pieces(text)[:4])  # the citation where it came
+    # Shown as it came, not held back: a delta out for (nearly) every delta in.
+    assert sum(isinstance(e, TextDelta) for e in events) >= len(pieces(text)) - 2
     assert isinstance(events[-1], StreamEnd)
     assert scripted.requests[-1].system.startswith(SYSTEM)
     assert canary_for("a secret") in scripted.requests[-1].system
