@@ -9,6 +9,7 @@ sentence for the user and the original on `__cause__`.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,14 +125,29 @@ def _sqlite_begin(connection: Connection) -> None:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets the page read while the CLI or another session writes.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
+    # WAL lets the page read while the CLI or another session writes. Switching to it
+    # takes the file for a moment, and SQLite answers "locked" at once (no busy wait)
+    # to the other processes opening a new file then: they ask again.
+    _wal(cursor)
+    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     # Deleted rows are overwritten, not left in free pages: erasure must leave no bytes.
     cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
+
+
+def _wal(cursor: Any) -> None:
+    if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    for attempt in range(100):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if attempt == 99:
+                raise
+            time.sleep(0.02 + 0.01 * (attempt % 5))
 
 
 def translate_database_error(exc: SQLAlchemyError) -> StorageError:

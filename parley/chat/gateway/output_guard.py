@@ -14,8 +14,8 @@ ends the call at once: the provider's stream is closed, `OutputBlocked` (a
 `ProviderError` with one sentence) goes to the caller, which stores that sentence in
 place of the text, and `on_blocked` hears of it (the wiring audits it). To stop a leak
 before any of it is shown, the guard holds back only the end of what arrived that
-could begin a leak (the longest end that is part of the system prompt, or the start of
-the canary: in an ordinary answer a few characters, " the"); the rest shows at once.
+could begin a leak (the longest end, of `HOLD_CHARS` or more, that is part of the
+system prompt, or the start of the canary); the rest shows at once, as it came.
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ from parley.store.models import Conversation, User
 log = logging.getLogger(__name__)
 
 SPAN_CHARS = 60  # a verbatim run of the system prompt this long is a leak
+# Held back only from this many characters on: shorter runs of the prompt (" the",
+# "e ") are in every answer, and holding them would re-cut every delta; at most this
+# many less one of a leak can show before it is held.
+HOLD_CHARS = 16
+CANARY_HOLD_CHARS = 6  # "pc-" and three of its hex digits: in no ordinary answer
 _SPACE = re.compile(r"\s+")
 
 
@@ -162,7 +167,9 @@ class _Watch:
             if text[-n:] not in self._system:
                 break  # a longer end is in it no more than this one
             longest = n
-        for n in range(longest + 1, min(len(text), len(self._canary)) + 1):
+        if longest < HOLD_CHARS:
+            longest = 0
+        for n in range(max(longest + 1, CANARY_HOLD_CHARS), min(len(text), len(self._canary)) + 1):
             if self._canary.startswith(text[-n:]):
                 longest = n
         return longest
@@ -261,4 +268,13 @@ class GuardedProvider:
                 log.exception("Recording a stopped answer failed")
 
 
-__all__ = ["SPAN_CHARS", "Blocked", "GuardedProvider", "OutputBlocked", "audited", "canary_for"]
+__all__ = [
+    "CANARY_HOLD_CHARS",
+    "HOLD_CHARS",
+    "SPAN_CHARS",
+    "Blocked",
+    "GuardedProvider",
+    "OutputBlocked",
+    "audited",
+    "canary_for",
+]
