@@ -66,6 +66,43 @@ class ResponseCacheSettings(BaseModel):
     semantic_threshold: float = Field(default=1.01, ge=0.9, le=1.01)
 
 
+class OutputGuardSettings(BaseModel):
+    """The output guard (`PARLEY_OUTPUT_GUARD__SPAN_CHARS=40`, ...)."""
+
+    enabled: bool = True
+    # This many letters and digits of the system prompt in a row (spacing, punctuation
+    # and case aside) stop an answer: about 60 characters of prose.
+    span_chars: int = Field(default=50, ge=20, le=400)
+    # Phrases of the system prompt an answer may repeat (a disclaimer it must end with).
+    allow: list[str] = Field(default_factory=list)
+
+
+class PiiSettings(BaseModel):
+    """PII redaction before requests leave (`PARLEY_PII__ENABLED=true`)."""
+
+    enabled: bool = False
+    # Phone numbers written without a country code are read as this country's.
+    phone_region: str = Field(default="US", pattern=r"^[A-Za-z]{2}$")
+    # Which national ids to look for (parley/chat/gateway/redaction.py names them all).
+    national_ids: list[str] = Field(
+        default_factory=lambda: [
+            "us_ssn",
+            "ca_sin",
+            "gb_nhs",
+            "gb_nino",
+            "de_idnr",
+            "fr_nir",
+            "es_dni",
+            "es_nie",
+            "it_codice_fiscale",
+            "pl_pesel",
+            "se_personnummer",
+            "in_aadhaar",
+            "br_cpf",
+        ]
+    )
+
+
 class KeySourceChoice(StrEnum):
     ENV = "env"
     FILE = "file"
@@ -187,6 +224,8 @@ class Settings(BaseSettings):
     max_output_tokens: int = Field(default=1024, gt=0)
     temperature: Temperatures = Field(default_factory=Temperatures)
     response_cache: ResponseCacheSettings = Field(default_factory=ResponseCacheSettings)
+    pii: PiiSettings = Field(default_factory=PiiSettings)
+    output_guard: OutputGuardSettings = Field(default_factory=OutputGuardSettings)
     system_prompt: str = (
         "You are Parley, a helpful assistant. Answer clearly and concisely. "
         "Use Markdown when it helps."

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
@@ -249,10 +249,22 @@ class ChatProvider(Protocol):
         ...
 
 
+class GatewayProvider(ChatProvider, Protocol):
+    """A provider behind the gateway's queue: it can say where a call waits."""
+
+    def stream(
+        self, request: ChatRequest, *, on_queue: Callable[[int], None] | None = None
+    ) -> Generator[StreamEvent, None, None]:
+        """As `ChatProvider.stream` (a generator: closing it ends the call); `on_queue`
+        hears the call's place while it waits."""
+        ...
+
+
 __all__ = [
     "MESSAGE_OVERHEAD_TOKENS",
     "CacheKey",
     "CallMeta",
+    "GatewayProvider",
     "CallRecord",
     "ChatProvider",
     "Citation",

@@ -80,6 +80,16 @@ CACHE_SAVED_TOKENS = Counter(
     "Tokens the response cache saved (what the answers it served had cost), by kind",
     ["kind"],
 )
+PII_REDACTIONS = Counter(
+    "parley_pii_redactions",
+    "Personal values replaced by placeholders before a request left, by kind",
+    ["kind"],
+)
+OUTPUT_BLOCKED = Counter(
+    "parley_output_blocked",
+    "Answers the output guard stopped, by what they repeated (canary, system prompt)",
+    ["reason"],
+)
 
 
 def guarded(update: Callable[[], object]) -> None:
@@ -122,6 +132,8 @@ __all__ = [
     "CACHE_SAVED_TOKENS",
     "CALLS_IN_FLIGHT",
     "COST",
+    "OUTPUT_BLOCKED",
+    "PII_REDACTIONS",
     "PROVIDER_ERRORS",
     "QUEUE_DEPTH",
     "QUEUE_WAIT",

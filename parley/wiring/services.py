@@ -35,7 +35,7 @@ from parley.core import tracing
 from parley.core.background import BackgroundWork
 from parley.core.config import Settings
 from parley.core.errors import ConfigurationError
-from parley.core.llm import ChatProvider
+from parley.core.llm import ChatProvider, GatewayProvider
 from parley.core.logs import configure_logging
 from parley.store.db import Database
 from parley.store.migrate import is_current
@@ -71,7 +71,6 @@ if TYPE_CHECKING:
     from parley.chat.gateway.admission import ConcurrencyGate, RateLimiter
     from parley.chat.gateway.limited_provider import LimitedProvider
     from parley.chat.gateway.outbox import MeteringOutbox
-    from parley.chat.gateway.output_guard import GuardedProvider
     from parley.chat.gateway.pricing import Pricing
     from parley.chat.gateway.quotas import QuotaService
     from parley.chat.gateway.response_cache import ResponseCache
@@ -432,17 +431,39 @@ class Services:
         )
 
     @_Part
-    def gateway(self) -> GuardedProvider:
+    def gateway(self) -> GatewayProvider:
         """The limited provider with the response cache in front (for keyed requests),
-        and the output guard in front of both (`parley/chat/gateway/output_guard.py`)."""
-        from parley.chat.gateway.output_guard import GuardedProvider, audited, canary_for
+        PII redaction in front of that when it is on, and the output guard in front of
+        all (`parley/chat/gateway/output_guard.py`, `redaction.py`)."""
+        from parley.chat.gateway.output_guard import GuardedProvider, GuardSettings, audited
         from parley.chat.gateway.response_cache import CachingProvider
 
+        inner: GatewayProvider = CachingProvider(self.provider, self.response_cache)
+        if self.settings.pii.enabled:
+            inner = self._redacting(inner)
+        chosen = self.settings.output_guard
+        if not chosen.enabled:
+            return inner
         return GuardedProvider(
-            CachingProvider(self.provider, self.response_cache),
-            canary=canary_for(session_secret(self.settings)),
+            inner,
+            secret=session_secret(self.settings),
+            settings=GuardSettings(span_chars=chosen.span_chars, allow=tuple(chosen.allow)),
             on_blocked=audited(self._database),
         )
+
+    def _redacting(self, inner: GatewayProvider) -> GatewayProvider:
+        from parley.chat.gateway.redaction import RedactingProvider, Redactor, redactor_key
+
+        chosen = self.settings.pii
+        try:
+            redactor = Redactor(
+                redactor_key(session_secret(self.settings)),
+                phone_region=chosen.phone_region,
+                national_ids=chosen.national_ids,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"PARLEY_PII__NATIONAL_IDS: {exc}") from exc
+        return RedactingProvider(inner, redactor)
 
     @_Part
     def response_cache(self) -> ResponseCache:

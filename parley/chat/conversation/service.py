@@ -47,11 +47,9 @@ from parley.chat.documents.library import (
     SentFiles,
 )
 from parley.chat.documents.passages import NO_PASSAGES, Passages, find_passages
-from parley.chat.gateway.limited_provider import LimitedProvider
-from parley.chat.gateway.output_guard import GuardedProvider, OutputBlocked
+from parley.chat.gateway.output_guard import OutputBlocked
 from parley.chat.gateway.pricing import Pricing
 from parley.chat.gateway.quotas import QuotaService
-from parley.chat.gateway.response_cache import CachingProvider
 from parley.core import tracing
 from parley.core.config import Settings
 from parley.core.domain import MessageRole, MessageStatus, Principal, Purpose
@@ -67,6 +65,7 @@ from parley.core.llm import (
     CallMeta,
     ChatRequest,
     Citation,
+    GatewayProvider,
     PromptImage,
     PromptMessage,
     StreamEnd,
@@ -100,7 +99,7 @@ class ChatService:
         self,
         *,
         database: Database,
-        provider: LimitedProvider | CachingProvider | GuardedProvider,
+        provider: GatewayProvider,
         context: ContextBuilder,
         settings: Settings,
         quotas: QuotaService,

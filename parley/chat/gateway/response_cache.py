@@ -25,7 +25,6 @@ conversation's erasure takes it (foreign key). Upkeep deletes expired entries.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -37,6 +36,7 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 
 from parley.chat.gateway.limited_provider import LimitedProvider
+from parley.chat.gateway.output_guard import schema_problem
 from parley.core import metrics
 from parley.core.domain import CallOutcome
 from parley.core.errors import StorageConflict
@@ -361,8 +361,8 @@ class CachingProvider:
             return  # cut short by max_tokens, or not finished: not kept
         if request.meta.user_id is None:
             return  # kept only for the user it was written for
-        if request.json_schema is not None and not _json_object("".join(text)):
-            return  # structured output that does not parse is not kept
+        if request.json_schema is not None and schema_problem("".join(text), request.json_schema):
+            return  # structured output that does not match its schema is not kept
         try:
             self._cache.keep(
                 key,
@@ -397,13 +397,6 @@ def _replayed(text: str, citations: Sequence[dict[str, Any]]) -> Iterator[Stream
         while by_offset and min(max(int(by_offset[0].get("at", 0)), 0), len(text)) <= cut:
             yield _citation(by_offset.pop(0))
         start = cut
-
-
-def _json_object(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False
 
 
 def _citation(raw: dict[str, Any]) -> Citation:

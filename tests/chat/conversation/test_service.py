@@ -249,7 +249,9 @@ def test_history_goes_into_the_next_prompt(
         ("user", "What is my name?"),
     ]
     # The operator's text, and the output guard's line after it: nothing of the user's.
-    assert request.system == services.gateway.marked_system(services.settings.system_prompt)
+    assert request.system == services.gateway.marked_system(
+        services.settings.system_prompt, alice.user_id
+    )
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t  \n", "\x00\x00"])

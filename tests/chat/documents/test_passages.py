@@ -90,7 +90,9 @@ def test_every_bipia_attack_stays_inside_its_search_result(
     assert len(strings) >= 100
     for n, attack in enumerate(strings):
         claude.documents.add(alice, f"mail-{n}.txt", f"Memo {n}.\n{attack}".encode())
-    system = claude.gateway.marked_system(claude.settings.system_prompt)  # and the guard's line
+    system = claude.gateway.marked_system(
+        claude.settings.system_prompt, alice.user_id
+    )  # and the guard's line
     for n, attack in enumerate(strings):
         fake_anthropic.enqueue(Reply(text="Noted."))
         question = f"Memo {n}. {attack}"  # the user asks about it: the passage is found
@@ -121,7 +123,9 @@ def test_every_bipia_attack_stays_inside_the_local_models_envelope(
         question = f"Memo {n}. {attack}"
         list(local.chat.send(alice, None, question))
         request = scripted.requests[-1]
-        assert request.system == local.gateway.marked_system(services.settings.system_prompt)
+        assert request.system == local.gateway.marked_system(
+            services.settings.system_prompt, alice.user_id
+        )
         text = request.messages[-1].content
         assert request.messages[-1].sources == ()
         envelopes = ENVELOPE.findall(text)

@@ -9,7 +9,7 @@ provider.enqueue_error(StreamInterrupted(partial_text="Hel"), chunks=["Hel"])
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 from parley.core.errors import ProviderError
@@ -52,7 +52,10 @@ class ScriptedProvider:
     def count_tokens(self, request: ChatRequest) -> int:
         return estimate_tokens(request)
 
-    def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
+    def stream(
+        self, request: ChatRequest, *, on_queue: Callable[[int], None] | None = None
+    ) -> Generator[StreamEvent, None, None]:
+        del on_queue  # no queue: it answers at once
         self.requests.append(request)
         if self.on_request is not None:
             self.on_request(request)
