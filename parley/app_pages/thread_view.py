@@ -61,7 +61,13 @@ def render_citations(svc: Services, who: Principal, message: ChatMessage) -> Non
         chunks.setdefault(citation.n, set()).update(citation.chunks)
     for n, citation in sorted(seen.items()):
         render_passage(
-            svc, who, f"[{n}] {citation.name}", citation.page, citation.document_id, chunks[n]
+            svc,
+            who,
+            f"[{n}] {citation.name}",
+            citation.page,
+            citation.document_id,
+            chunks[n],
+            suspect=citation.suspect,
         )
 
 
@@ -77,16 +83,35 @@ def render_sources(svc: Services, who: Principal, message: ChatMessage) -> None:
             source.page,
             source.document_id,
             set(source.chunks),
+            suspect=source.suspect,
         )
 
 
+SUSPECT_NOTE = (
+    "This passage holds text written as instructions to the model ({why}). It was "
+    "quoted as data and marked so; read the answer with that in mind."
+)
+
+
 def render_passage(
-    svc: Services, who: Principal, label: str, page: int | None, document_id: int, chunks: set[int]
+    svc: Services,
+    who: Principal,
+    label: str,
+    page: int | None,
+    document_id: int,
+    chunks: set[int],
+    *,
+    suspect: str | None = None,
 ) -> None:
     """An expander with a passage's chunks, opened through the document service (a
-    document no longer shared with the user shows a sentence instead)."""
+    document no longer shared with the user shows a sentence instead). A passage the
+    injection detector flagged says so, on its label and inside."""
     shown_page = f", page {page}" if page else ""
-    with st.expander(plain_label(f"{label}{shown_page}"), icon=":material/link:"):
+    flag = " · ⚠ suspect instructions" if suspect else ""
+    icon = ":material/warning:" if suspect else ":material/link:"
+    with st.expander(plain_label(f"{label}{shown_page}{flag}"), icon=icon):
+        if suspect:
+            st.warning(SUSPECT_NOTE.format(why=suspect))
         for index in sorted(chunks):
             try:
                 chunk = svc.documents.open_chunk(who, document_id, index)

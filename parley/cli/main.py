@@ -17,6 +17,7 @@
     parley memory strategies [--json]                       the installed memory strategies
     parley memory new NAME [--dir DIR]                      a memory strategy plug-in project
     parley bench memory --data FILE --strategy NAME --budget TOKENS [--json]
+    parley bench injection --attacks FILE [--attacks FILE] --emails FILE [--turns FILE] [--json]
     parley audit verify | audit export [--format jsonl|csv] [--user U] [--since YYYY-MM-DD]
 
 Everything goes through the same services the page uses, under `PARLEY_DATA_DIR`.
@@ -193,6 +194,20 @@ def _parser() -> argparse.ArgumentParser:
     bench_memory.add_argument("--limit", type=int, help="only the first N conversations")
     bench_memory.add_argument("--json", action="store_true", help="end with one JSON line")
     bench_memory.set_defaults(func=_bench_memory)
+    bench_injection = bench.add_parser(
+        "injection", help="the injection detector on BIPIA-format attacks and e-mails"
+    )
+    bench_injection.add_argument(
+        "--attacks", type=Path, required=True, action="append", help="{category: [strings]}"
+    )
+    bench_injection.add_argument(
+        "--emails", type=Path, required=True, help="JSON lines with a 'context' field"
+    )
+    bench_injection.add_argument(
+        "--turns", type=Path, help="LoCoMo-format conversations: their turns as negatives too"
+    )
+    bench_injection.add_argument("--json", action="store_true", help="end with one JSON line")
+    bench_injection.set_defaults(func=_bench_injection)
     return parser
 
 
@@ -470,6 +485,26 @@ def _conversation_rm(args: argparse.Namespace) -> int:
     services.conversations.delete(owner, args.id)
     print(f"Erased conversation {args.id} of {owner.name}: messages, summaries and vectors.")
     return 0
+
+
+def _bench_injection(args: argparse.Namespace) -> int:
+    from parley.bench.injection import DataError, main
+    from parley.core.config import get_settings
+    from parley.wiring.factories import shared_embedder
+
+    for path in [*args.attacks, args.emails, *([args.turns] if args.turns else [])]:
+        if not path.is_file():
+            raise ParleyError(user_message=f"No such data file: {path}")
+    try:
+        return main(
+            args.attacks,
+            args.emails,
+            args.turns,
+            shared_embedder(get_settings()),
+            as_json=args.json,
+        )
+    except DataError as exc:
+        raise ParleyError(user_message=str(exc)) from exc
 
 
 def _bench_memory(args: argparse.Namespace) -> int:

@@ -64,6 +64,7 @@ class AuditKind(StrEnum):
     AUDIT_EXPORTED = "audit_exported"
     AUDIT_CHECKPOINT = "audit_checkpoint"
     OUTPUT_BLOCKED = "output_blocked"
+    INJECTION_FLAGGED = "injection_flagged"
 
 
 class SubjectKind(StrEnum):
@@ -457,6 +458,20 @@ class AuditExported(AuditEvent):
 
 class AuditCheckpoint(AuditEvent):
     kind = AuditKind.AUDIT_CHECKPOINT
+
+
+class InjectionFlagged(AuditEvent):
+    """Chunks of a document the injection detector found suspect: by index, with the
+    reason for each (never the text)."""
+
+    kind = AuditKind.INJECTION_FLAGGED
+    document_id: int
+    chunks: list[int]
+    reasons: list[str]
+    when: str  # "ingestion" or "retrieval"
+
+    def subject(self) -> Subject:
+        return Subject.document(self.document_id)
 
 
 class OutputBlocked(AuditEvent):

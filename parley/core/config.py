@@ -77,6 +77,14 @@ class OutputGuardSettings(BaseModel):
     allow: list[str] = Field(default_factory=list)
 
 
+class InjectionSettings(BaseModel):
+    """Prompt-injection detection on documents (`PARLEY_INJECTION__ENABLED=false`)."""
+
+    enabled: bool = True
+    # A request out of place at or above this is flagged (parley/retrieval/injection.py).
+    threshold: float = Field(default=0.5, gt=0.0, le=1.0)
+
+
 class PiiSettings(BaseModel):
     """PII redaction before requests leave (`PARLEY_PII__ENABLED=true`)."""
 
@@ -226,6 +234,7 @@ class Settings(BaseSettings):
     response_cache: ResponseCacheSettings = Field(default_factory=ResponseCacheSettings)
     pii: PiiSettings = Field(default_factory=PiiSettings)
     output_guard: OutputGuardSettings = Field(default_factory=OutputGuardSettings)
+    injection: InjectionSettings = Field(default_factory=InjectionSettings)
     system_prompt: str = (
         "You are Parley, a helpful assistant. Answer clearly and concisely. "
         "Use Markdown when it helps."

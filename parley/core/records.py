@@ -32,6 +32,7 @@ class DocumentSource(_Record):
     page: int | None = None
     score: float = 0.0
     allowed_as: str = ""  # "owner", "group finance", "public", "admin"
+    suspect: str | None = None  # why the injection detector flagged it, if it did
 
 
 class Provenance(_Record):
@@ -67,6 +68,7 @@ class CitedPassage(_Record):
     cited_text: str = ""
     offset: int = 0  # where in the answer it stands
     marker: bool = False  # the model wrote the [n] itself (no native citations)
+    suspect: str | None = None  # why the injection detector flagged the passage, if it did
 
 
 class Attachment(_Record):

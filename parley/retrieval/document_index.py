@@ -130,6 +130,10 @@ class DocumentIndex:
         self._embedder = embedder
         self._store = store
 
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         with _store_errors():
             return self._embedder.embed(texts)

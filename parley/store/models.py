@@ -560,6 +560,8 @@ class DocumentChunk(Base):
     heading: Mapped[str] = mapped_column(String(500), default="")
     page: Mapped[int | None] = mapped_column(Integer)
     tokens: Mapped[int] = mapped_column(Integer)
+    # Why the injection detector found it suspect; "" nothing; NULL not read yet.
+    suspect: Mapped[str | None] = mapped_column(String(100))
 
 
 class AuditRecord(Base):

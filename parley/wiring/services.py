@@ -80,6 +80,7 @@ if TYPE_CHECKING:
     from parley.chat.oversight.review import ReviewService
     from parley.memory import StrategyRegistry, Summarizer
     from parley.retrieval.document_index import DocumentIndex
+    from parley.retrieval.injection import InjectionDetector
 
 T = TypeVar("T")
 
@@ -427,8 +428,19 @@ class Services:
 
         index = self._chosen_document_index or build_document_index(self.settings)
         return DocumentService(
-            self._database, index, defer=self._defer, on_change=self.response_cache.drop_documents
+            self._database,
+            index,
+            defer=self._defer,
+            on_change=self.response_cache.drop_documents,
+            detector=self._injection_detector(index),
         )
+
+    def _injection_detector(self, index: DocumentIndex) -> InjectionDetector | None:
+        from parley.retrieval.injection import InjectionDetector
+
+        if not self.settings.injection.enabled:
+            return None
+        return InjectionDetector(index.embedder, threshold=self.settings.injection.threshold)
 
     @_Part
     def gateway(self) -> GatewayProvider:

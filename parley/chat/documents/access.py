@@ -190,14 +190,15 @@ def checked_hits(
             session.execute(select(Group.id, Group.name).where(Group.id.in_(mine))).all()
         )
         chunks = {
-            (document_id, index): (text, heading, page)
-            for document_id, index, text, heading, page in session.execute(
+            (document_id, index): (text, heading, page, suspect)
+            for document_id, index, text, heading, page, suspect in session.execute(
                 select(
                     DocumentChunk.document_id,
                     DocumentChunk.index,
                     DocumentChunk.text,
                     DocumentChunk.heading,
                     DocumentChunk.page,
+                    DocumentChunk.suspect,
                 ).where(
                     # One indexed lookup per pair: a row-value IN scans the table.
                     or_(
@@ -225,7 +226,7 @@ def checked_hits(
         why: str = allowed.reason
         if allowed.reason == "group":
             why = "group " + ", ".join(sorted(group_names[g] for g in allowed.groups))
-        text, heading, page = row
+        text, heading, page, suspect = row
         found[(document_id, index)] = Hit(
             document.id,
             document.name,
@@ -236,6 +237,7 @@ def checked_hits(
             text,
             score,
             why,
+            suspect=suspect,
         )
     return found
 

@@ -21,6 +21,7 @@ class Hit:
     score: float  # cosine similarity to the query (the relevance threshold applies to it)
     why: str = ""  # the permission that let the user see it: owner, public, group NAME
     rank: float = 0.0  # the fused (BM25 and cosine) relevance the hits are ordered by
+    suspect: str | None = None  # why the injection detector flagged it (None: it did not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,11 @@ class Passage:
     @property
     def chunks(self) -> tuple[int, ...]:
         return tuple(h.chunk for h in self.hits)
+
+    @property
+    def suspect(self) -> str | None:
+        """Why one of its chunks was flagged by the injection detector (None: none was)."""
+        return next((h.suspect for h in self.hits if h.suspect), None)
 
     @property
     def title(self) -> str:

@@ -17,7 +17,7 @@ from datetime import timedelta
 from functools import partial
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from parley.auth.groups import group_id_named, groups_of
@@ -43,12 +43,14 @@ from parley.core.audit_events import (
     DocumentDeleted,
     DocumentShared,
     DocumentUnshared,
+    InjectionFlagged,
 )
 from parley.core.background import Defer
 from parley.core.domain import Principal
 from parley.core.errors import (
     InvalidInput,
     NotFound,
+    StorageError,
 )
 from parley.retrieval.document_index import (
     Candidate,
@@ -56,6 +58,7 @@ from parley.retrieval.document_index import (
     hybrid_rank,
 )
 from parley.retrieval.documents import MAX_FILE_BYTES, kind_of
+from parley.retrieval.injection import InjectionDetector
 from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
 from parley.store.models import (
@@ -101,14 +104,18 @@ class DocumentService:
         *,
         defer: Defer | None = None,
         on_change: Callable[[Sequence[int]], object] | None = None,
+        detector: InjectionDetector | None = None,
     ) -> None:
         self._db = database
+        # Reads chunks for instructions aimed at the model: at upload, and at retrieval
+        # for chunks stored before it (`parley.retrieval.injection`).
+        self._detector = detector
         # Told of documents whose content or sharing changed (the response cache drops
         # the answers that drew on them).
         self._on_change = on_change
         self._index = index
         self._index_sync = IndexSync(database, index)
-        self._uploads = Uploads(database, index, self._index_sync)
+        self._uploads = Uploads(database, index, self._index_sync, detector)
         # Runs slow work (dropping and purging a deleted document's vectors) off the
         # request, on the services' pool; None runs it inline.
         self._defer = defer
@@ -407,7 +414,58 @@ class DocumentService:
             for h in self.search(principal, question, k=12, documents=chosen)
             if h.score >= min_score
         ]
-        return group_passages(hits, max_tokens)
+        return group_passages(self._read_unread(hits), max_tokens)
+
+    def _read_unread(self, hits: list[Hit]) -> list[Hit]:
+        """The hits, those stored before the injection detector read now (and their
+        flags kept, the flagged ones audited). A detector that fails is logged; the
+        passages go as they are."""
+        unread = [h for h in hits if h.suspect is None]
+        if not unread or self._detector is None:
+            return hits
+        try:
+            verdicts = self._detector.scan_many([h.text for h in unread])
+        except Exception:
+            log.exception("The injection detector failed at retrieval")
+            return hits
+        flags = {
+            (h.document_id, h.chunk): ((v.reason or "")[:100] if v.flagged else "")
+            for h, v in zip(unread, verdicts, strict=True)
+        }
+        try:
+            with self._db.session(write_lock=True) as session:
+                flagged: dict[int, list[tuple[int, str]]] = {}
+                for (document_id, index), why in flags.items():
+                    session.execute(
+                        update(DocumentChunk)
+                        .where(
+                            DocumentChunk.document_id == document_id,
+                            DocumentChunk.index == index,
+                            DocumentChunk.suspect.is_(None),
+                        )
+                        .values(suspect=why)
+                    )
+                    if why:
+                        flagged.setdefault(document_id, []).append((index, why))
+                for document_id, found in flagged.items():
+                    owner = session.scalar(
+                        select(Document.owner_id).where(Document.id == document_id)
+                    )
+                    append_in(
+                        session,
+                        InjectionFlagged(
+                            document_id=document_id,
+                            chunks=[i for i, _ in found],
+                            reasons=[why for _, why in found],
+                            when="retrieval",
+                        ),
+                        actor_id=None,
+                        actor="system",
+                        about_id=owner,
+                    )
+        except StorageError:
+            log.warning("The injection flags found at retrieval could not be kept")
+        return [replace(h, suspect=flags.get((h.document_id, h.chunk), h.suspect)) for h in hits]
 
     def _visible(self, session: Session, principal: Principal, document_id: int) -> Document:
         document = session.get(Document, document_id)

@@ -11,6 +11,7 @@ record. An upload that fails on the way, or that a dead process left half done
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -19,7 +20,7 @@ from sqlalchemy import delete, select
 
 from parley.chat.documents.access import access_of, queue_sync, shareable_group
 from parley.chat.documents.index_sync import IndexSync
-from parley.core.audit_events import DocumentAdded
+from parley.core.audit_events import DocumentAdded, InjectionFlagged
 from parley.core.domain import Principal
 from parley.core.errors import (
     InvalidInput,
@@ -30,6 +31,7 @@ from parley.core.errors import (
 )
 from parley.retrieval.document_index import DocumentAccess, DocumentIndex
 from parley.retrieval.documents import KINDS, MAX_FILE_BYTES, chunk, parse
+from parley.retrieval.injection import InjectionDetector
 from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
 from parley.store.models import Document, DocumentChunk, DocumentGroup, utcnow
@@ -42,15 +44,24 @@ MAX_UPLOAD_MB = MAX_FILE_BYTES // 2**20
 EMBED_BATCH = 32
 # An upload not made ready this long after it began was abandoned (its process died).
 ABANDONED_AFTER = timedelta(minutes=30)
+log = logging.getLogger(__name__)
+
 # Progress of an upload: (fraction done, what is happening), fraction in [0, 1].
 Progress = Callable[[float, str], None]
 
 
 class Uploads:
-    def __init__(self, database: Database, index: DocumentIndex, index_sync: IndexSync) -> None:
+    def __init__(
+        self,
+        database: Database,
+        index: DocumentIndex,
+        index_sync: IndexSync,
+        detector: InjectionDetector | None = None,
+    ) -> None:
         self._db = database
         self._index = index
         self._index_sync = index_sync
+        self._detector = detector
 
     def add(
         self,
@@ -76,6 +87,7 @@ class Uploads:
             report(0.05 + 0.85 * start / len(chunks), f"Embedding {name}: {start}/{len(chunks)}")
             batches.append(self._index.embed([c.text for c in chunks[start : start + EMBED_BATCH]]))
         vectors = np.concatenate(batches)
+        suspects = self._suspects(name, [c.text for c in chunks], report)
         report(0.9, f"Indexing {name}")
         # Three short transactions, the vector store between them (see the docstring).
         try:
@@ -110,8 +122,9 @@ class Uploads:
                         heading=c.heading[:500],
                         page=c.page,
                         tokens=c.tokens,
+                        suspect=suspects[n] if suspects is not None else None,
                     )
-                    for c in chunks
+                    for n, c in enumerate(chunks)
                 )
                 document_id = document.id
         except StorageConflict as exc:
@@ -143,11 +156,36 @@ class Uploads:
                     ),
                     **actor_of(principal),
                 )
+                flagged = [n for n, why in enumerate(suspects or []) if why]
+                if flagged:
+                    append_in(
+                        session,
+                        InjectionFlagged(
+                            document_id=document_id,
+                            chunks=[chunks[n].index for n in flagged],
+                            reasons=[(suspects or [])[n] for n in flagged],
+                            when="ingestion",
+                        ),
+                        **actor_of(principal),
+                    )
         if made is None:  # its owner was erased while it was indexed
             self.abandon(document_id, access)
             raise NotFound(user_message=f"{name} was deleted while it was being indexed.")
         report(1.0, f"{name}: {len(chunks)} passages indexed")
         return document_id
+
+    def _suspects(self, name: str, texts: list[str], report: Progress) -> list[str] | None:
+        """Each chunk's injection flag ("" for none); None when there is no detector or
+        it failed (logged: the chunks are read at retrieval instead)."""
+        if self._detector is None:
+            return None
+        report(0.88, f"Checking {name} for instructions aimed at the model")
+        try:
+            verdicts = self._detector.scan_many(texts)
+        except Exception:
+            log.exception("The injection detector failed on %s; it reads it at retrieval", name)
+            return None
+        return [(v.reason or "")[:100] if v.flagged else "" for v in verdicts]
 
     def abandon(self, document_id: int, access: DocumentAccess) -> None:
         """An upload that will not finish: its vectors and rows go (whatever is left of
