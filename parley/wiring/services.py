@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from parley.chat.gateway.outbox import MeteringOutbox
     from parley.chat.gateway.pricing import Pricing
     from parley.chat.gateway.quotas import QuotaService
+    from parley.chat.gateway.redaction import Redactor
     from parley.chat.gateway.response_cache import ResponseCache
     from parley.chat.gateway.usage import UsageService
     from parley.chat.oversight.audit_trail import AuditTrail
@@ -310,8 +311,11 @@ class Services:
         if not self._capable:
             return ExtractiveSummarizer()
         database = self._database
+        provider: GatewayProvider = self.provider
+        if self.settings.pii.enabled:  # a summary's prompt is the history itself
+            provider = self._redacting(provider)
         return ModelSummarizer(
-            self.provider,
+            provider,
             temperature=self.settings.temperature.summarize,
             owner_of=lambda cid: conversation_owner(database, cid),
         )
@@ -464,18 +468,24 @@ class Services:
         )
 
     def _redacting(self, inner: GatewayProvider) -> GatewayProvider:
-        from parley.chat.gateway.redaction import RedactingProvider, Redactor, redactor_key
+        from parley.chat.gateway.redaction import RedactingProvider
+
+        return RedactingProvider(inner, self.redactor)
+
+    @_Part
+    def redactor(self) -> Redactor:
+        """One redactor (and its memo) for the gateway and the summariser."""
+        from parley.chat.gateway.redaction import Redactor, redactor_key
 
         chosen = self.settings.pii
         try:
-            redactor = Redactor(
+            return Redactor(
                 redactor_key(session_secret(self.settings)),
                 phone_region=chosen.phone_region,
                 national_ids=chosen.national_ids,
             )
         except ValueError as exc:
             raise ConfigurationError(f"PARLEY_PII__NATIONAL_IDS: {exc}") from exc
-        return RedactingProvider(inner, redactor)
 
     @_Part
     def response_cache(self) -> ResponseCache:

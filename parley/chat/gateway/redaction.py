@@ -56,6 +56,7 @@ from stdnum.se import personnummer
 from stdnum.us import ssn
 
 from parley.core import metrics
+from parley.core.errors import ProviderError
 from parley.core.llm import (
     ChatRequest,
     Citation,
@@ -77,11 +78,12 @@ _EMAIL = re.compile(
     r"\.[A-Za-z]{2,24}(?![\w-])"
 )
 _NOT_PHONE = str.maketrans("[]{}", "    ")
+_MAX_PHONE_PARSES = 400  # a text's second look at numbers the matcher passed over
 _PHONE_RUN = re.compile(r"(?<![\w+])(?:\+|\()?\d[\d ().-]{4,24}\d")
 # Groups of digits one space or dash apart; a card is some of them in a row, written as
 # cards are (unbroken, in fours, or 4-6-5), 13 to 19 digits, passing the Luhn check.
 _DIGIT_RUN = re.compile(r"(?<![\w-])\d+(?:[ -]\d+)*(?![\w-])")
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]){11,30}(?![A-Za-z0-9])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +96,9 @@ class NationalId:
 
 
 def _digits(pattern: str) -> re.Pattern[str]:
-    return re.compile(rf"(?<![\w-]){pattern}(?![\w-])")
+    """An id's pattern as a whole token: never a part of a longer run of digit groups
+    (four digits of a card number are no one's tax id)."""
+    return re.compile(rf"(?<![\w-])(?<!\d[ .-]){pattern}(?![\w-])(?![ .-]\d)", re.IGNORECASE)
 
 
 NATIONAL_IDS: dict[str, NationalId] = {
@@ -155,7 +159,7 @@ class Redactor:
         *,
         phone_region: str = "US",
         national_ids: Iterable[str] = tuple(NATIONAL_IDS),
-        memo: int = 4096,
+        memo_chars: int = 8_000_000,
     ) -> None:
         unknown = set(national_ids) - set(NATIONAL_IDS)
         if unknown:
@@ -163,13 +167,18 @@ class Redactor:
         self._key = key
         self._region = phone_region.upper()
         self._ids = [NATIONAL_IDS[name] for name in national_ids]
-        # The same history goes out with every turn: each text is read once.
-        self._memo: OrderedDict[str, Redacted] = OrderedDict()
-        self._memo_size = memo
+        # The same history goes out with every turn: each text is read once a scope
+        # (a user), within a budget of characters held.
+        self._memo: OrderedDict[tuple[str, str], Redacted] = OrderedDict()
+        self._memo_chars = 0
+        self._memo_budget = memo_chars
         self._lock = Lock()
 
-    def placeholder(self, kind: str, value: str) -> str:
-        digest = hmac.new(self._key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+    def placeholder(self, kind: str, value: str, scope: str = "") -> str:
+        """`[KIND_xxxxxxxx]`: an HMAC of the value, keyed per scope (a user), so the
+        provider cannot link two users who share a value."""
+        key = hmac.new(self._key, f"scope:{scope}".encode(), hashlib.sha256).digest()
+        digest = hmac.new(key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
         return f"[{kind}_{digest[:8]}]"
 
     def find(self, text: str) -> list[Found]:
@@ -225,14 +234,18 @@ class Redactor:
             while end > start and not plain[end - 1].isdigit():
                 end -= 1
             yield start, end, _e164(phone.number)
+        tries = _MAX_PHONE_PARSES  # digit-dense text (a table of figures) stays cheap
         for match in _overlapping(_PHONE_RUN, plain):
             run = match.group()
-            ends = [
-                i + 1
-                for i, ch in enumerate(run)
-                if ch.isdigit() and (i + 1 == len(run) or not run[i + 1].isdigit())
-            ]
+            ends, digits = [], 0
+            for group in re.finditer(r"\d+", run):  # after each group of digits
+                digits += len(group.group())
+                if 7 <= digits <= 15:  # as many as a phone number has
+                    ends.append(group.end())
             for end in reversed(ends):
+                if tries <= 0:
+                    return
+                tries -= 1
                 try:
                     number = phonenumbers.parse(run[:end], self._region)
                 except phonenumbers.NumberParseException:
@@ -241,18 +254,19 @@ class Redactor:
                     yield match.start(), match.start() + end, _e164(number)
                     break
 
-    def redact(self, text: str) -> Redacted:
+    def redact(self, text: str, scope: str = "") -> Redacted:
+        memo_key = (scope, text)
         with self._lock:
-            known = self._memo.get(text)
+            known = self._memo.get(memo_key)
             if known is not None:
-                self._memo.move_to_end(text)
+                self._memo.move_to_end(memo_key)
                 return known
         parts: list[str] = []
         placeholders: dict[str, str] = {}
         counts: dict[str, int] = {}
         at = 0
         for found in self.find(text):
-            token = self.placeholder(found.kind, found.value)
+            token = self.placeholder(found.kind, found.value, scope)
             parts.append(text[at : found.start])
             parts.append(token)
             placeholders.setdefault(token.lower(), text[found.start : found.end])
@@ -261,9 +275,12 @@ class Redactor:
         parts.append(text[at:])
         result = Redacted("".join(parts), placeholders, counts)
         with self._lock:
-            self._memo[text] = result
-            if len(self._memo) > self._memo_size:
-                self._memo.popitem(last=False)
+            if memo_key not in self._memo:
+                self._memo[memo_key] = result
+                self._memo_chars += len(text) + len(result.text)
+            while self._memo_chars > self._memo_budget and self._memo:
+                (_, old_text), old = self._memo.popitem(last=False)
+                self._memo_chars -= len(old_text) + len(old.text)
         return result
 
 
@@ -271,9 +288,9 @@ def _valid_iban(candidate: str) -> tuple[int, str] | None:
     """The longest start of `candidate` that is a valid IBAN (the pattern may run on
     into a following word), as (its length, the compact IBAN)."""
     for end in range(len(candidate), 14, -1):
-        if candidate[end - 1] == " ":
+        if candidate[end - 1] in " -":
             continue
-        compact = candidate[:end].replace(" ", "")
+        compact = candidate[:end].replace(" ", "").replace("-", "").upper()
         if iban.is_valid(compact):
             return end, compact
     return None
@@ -308,18 +325,25 @@ def _cards(run: re.Match[str]) -> list[tuple[int, int, str]]:
     ]
     out: list[tuple[int, int, str]] = []
     # From the right: a card is usually followed by words, while digits before it may
-    # be another number (a phone number written just before it).
+    # be another number (a phone number written just before it). A window holds at
+    # most 19 digits, so each end tries a handful of starts: linear in the run.
     end = len(groups)
     while end > 0:
-        for start in range(end):  # the longest window ending here first
-            window = [g[2] for g in groups[start:end]]
-            digits = "".join(window)
-            if 13 <= len(digits) <= 19 and _card_shape(window) and luhn.is_valid(digits):
-                out.append((groups[start][0], groups[end - 1][1], digits))
-                end = start
+        best = None
+        digits = ""
+        for start in range(end - 1, -1, -1):
+            digits = groups[start][2] + digits
+            if len(digits) > 19:
                 break
-        else:
+            window = [g[2] for g in groups[start:end]]
+            if len(digits) >= 13 and _card_shape(window) and luhn.is_valid(digits):
+                best = (start, digits)  # keep looking: the longest window wins
+        if best is None:
             end -= 1
+            continue
+        start, digits = best
+        out.append((groups[start][0], groups[end - 1][1], digits))
+        end = start
     return out[::-1]
 
 
@@ -391,13 +415,18 @@ class RedactingProvider:
     def takes_images(self) -> bool:
         return self._inner.takes_images
 
-    def redacted(self, request: ChatRequest) -> tuple[ChatRequest, dict[str, str]]:
-        """The request as it leaves, and the placeholders in it."""
+    def redacted(
+        self, request: ChatRequest, *, counted: bool = False
+    ) -> tuple[ChatRequest, dict[str, str]]:
+        """The request as it leaves, and the placeholders in it. Messages, document
+        passages and their titles are redacted, and the response cache's key (its
+        question is kept with the answer). `counted`: the metrics hear of it."""
         placeholders: dict[str, str] = {}
         counts: dict[str, int] = {}
+        scope = str(request.meta.user_id) if request.meta.user_id is not None else ""
 
         def clean(text: str) -> str:
-            result = self._redactor.redact(text)
+            result = self._redactor.redact(text, scope)
             placeholders.update(result.placeholders)
             for kind, n in result.counts.items():
                 counts[kind] = counts.get(kind, 0) + n
@@ -408,15 +437,23 @@ class RedactingProvider:
                 message,
                 content=clean(message.content),
                 sources=tuple(
-                    replace(source, texts=tuple(clean(t) for t in source.texts))
+                    replace(
+                        source,
+                        title=clean(source.title),
+                        texts=tuple(clean(t) for t in source.texts),
+                    )
                     for source in message.sources
                 ),
             )
             for message in request.messages
         ]
-        for kind, n in counts.items():
-            metrics.PII_REDACTIONS.labels(kind=kind.lower()).inc(n)
-        return replace(request, messages=messages), placeholders
+        meta = request.meta
+        if meta.cache is not None:
+            meta = replace(meta, cache=replace(meta.cache, question=clean(meta.cache.question)))
+        if counted:
+            for kind, n in counts.items():
+                metrics.PII_REDACTIONS.labels(kind=kind.lower()).inc(n)
+        return replace(request, messages=messages, meta=meta), placeholders
 
     def count_tokens(self, request: ChatRequest) -> int:
         return self._inner.count_tokens(self.redacted(request)[0])
@@ -424,7 +461,7 @@ class RedactingProvider:
     def stream(
         self, request: ChatRequest, *, on_queue: Callable[[int], None] | None = None
     ) -> Generator[StreamEvent, None, None]:
-        sent, placeholders = self.redacted(request)
+        sent, placeholders = self.redacted(request, counted=True)
         events = self._inner.stream(sent, on_queue=on_queue)
         if not placeholders:
             try:
@@ -449,6 +486,11 @@ class RedactingProvider:
             held = restorer.flush()
             if held:
                 yield TextDelta(held)
+        except ProviderError:
+            held = restorer.flush()  # a broken stream keeps all it showed
+            if held:
+                yield TextDelta(held)
+            raise
         finally:
             _close(events)
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -20,10 +23,13 @@ from parley.chat.gateway.redaction import (
     restore,
 )
 from parley.core import metrics
+from parley.core.background import BackgroundWork
 from parley.core.config import Settings
 from parley.core.domain import Principal
-from parley.core.errors import ConfigurationError
+from parley.core.errors import ConfigurationError, ProviderError
 from parley.core.llm import (
+    CacheKey,
+    CallMeta,
     ChatRequest,
     Citation,
     PromptMessage,
@@ -32,6 +38,7 @@ from parley.core.llm import (
     TextDelta,
 )
 from parley.wiring.services import Services, build_services
+from tests.support import ROOT
 
 VALUES = {
     "EMAIL": ["ana.lopez@example.org", "J.Smith+news@mail.example.co.uk"],
@@ -101,6 +108,7 @@ def test_placeholders_are_stable_keyed_and_tell_values_apart() -> None:
     one, again, other_key = redactor(), redactor(), redactor("another secret")
     a = one.redact("ana@example.org wrote to bob@example.org").text
     assert a == again.redact("ana@example.org wrote to bob@example.org").text  # any process
+    assert one.redact("ana@example.org", "7").text != one.redact("ana@example.org", "8").text
     assert one.redact("Mail ANA@example.org").text.endswith(a.split()[0])  # case aside
     first, _, _, second = a.split()
     assert first != second  # two people stay two
@@ -118,7 +126,9 @@ def test_placeholders_are_stable_keyed_and_tell_values_apart() -> None:
     )
 )
 def test_no_value_survives_and_everything_comes_back(parts: list[str]) -> None:
-    said = " ".join(parts)
+    # Values apart as people write them ("; "): digits run together with one space are
+    # one number to anyone ("0958 2345 6789 0124" is not read as two).
+    said = "; ".join(parts)
     result = redactor().redact(said)
     for _, value in ALL:
         if value in said:
@@ -259,3 +269,88 @@ def test_an_unknown_national_id_is_a_sentence(services: Services) -> None:
     with pytest.raises(ConfigurationError, match="xx_made_up"):
         built = build_services(chosen, provider=ScriptedProvider(), background=services.background)
         _ = built.gateway
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1 " * 2400,  # a long run of one-digit groups
+        " ".join(str(1_700_000_000_000 + i) for i in range(2000)),  # a column of timestamps
+        "555 " * 3000,
+    ],
+)
+def test_digit_dense_text_is_read_in_linear_time(text: str) -> None:
+    started = time.perf_counter()
+    redactor().find(text)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_titles_and_the_cache_keys_question_leave_redacted() -> None:
+    scripted = ScriptedProvider()
+    scripted.enqueue("OK")
+    asked = _request("Who is ana@example.org?", passage="Notes.")
+    titled = replace(
+        asked,
+        messages=(
+            replace(
+                asked.messages[-1],
+                sources=(SearchSource("parley:document/1#0", "cv-ana@example.org.pdf", ("x",)),),
+            ),
+        ),
+        meta=CallMeta(cache=CacheKey(scope="u1", context="c", question="Who is ana@example.org?")),
+    )
+    list(RedactingProvider(scripted, redactor()).stream(titled))
+    sent = scripted.requests[-1]
+    assert "ana@example.org" not in sent.messages[-1].sources[0].title
+    assert sent.meta.cache is not None and "ana@example.org" not in sent.meta.cache.question
+
+
+def test_a_broken_stream_keeps_the_text_it_held() -> None:
+    scripted = ScriptedProvider()
+    scripted.enqueue_error(ProviderError("gone"), chunks=["Mail [EMA"])
+    shown: list[str] = []
+    with pytest.raises(ProviderError):
+        for event in RedactingProvider(scripted, redactor()).stream(_request("ana@example.org")):
+            if isinstance(event, TextDelta):
+                shown.append(event.text)
+    assert "".join(shown) == "Mail [EMA"
+
+
+def test_summaries_and_the_response_cache_never_hold_a_value(
+    scripted: ScriptedProvider, alice: Principal, tmp_path: Any
+) -> None:
+    from parley.core.config import ProviderChoice
+    from parley.store.migrate import upgrade
+    from parley.wiring.factories import open_database
+
+    chosen = Settings(
+        data_dir=tmp_path / "pii",
+        provider=ProviderChoice.LOCAL,
+        model_titles=False,
+        memory_strategy="summary_buffer",
+        memory_fold_tokens=300,
+        max_output_tokens=200,
+        pii={"enabled": True},
+        temperature={"chat": 0.0},
+    )
+    del alice
+    database = open_database(chosen)
+    upgrade(database)
+    built = build_services(chosen, provider=scripted, background=BackgroundWork(workers=0))
+    carol = built.accounts.create_user(ROOT, name="carol", password="carol-password")
+    scripted.default_answer = "Noted. " + "The rest of the answer goes on for a while. " * 8
+    conversation = None
+    for n in range(14):
+        question = f"Turn {n}: write to carol.{n}@example.org. " + "Some more words here. " * 8
+        reply = built.chat.send(carol, conversation, question)
+        list(reply)
+        conversation = reply.conversation_id
+    summaries = [r for r in scripted.requests if r.meta.purpose.value == "summary"]
+    assert summaries, "no summary was asked for"
+    folded = " ".join(m.content for r in summaries for m in r.messages)
+    assert "Turn 0" in folded and "[EMAIL_" in folded and "@example.org" not in folded
+    everything = [m.content for r in scripted.requests for m in r.messages]
+    assert not any("@example.org" in text for text in everything)
+    with built._database.session() as session:
+        kept = session.execute(text("SELECT * FROM cached_responses")).all()
+        assert kept and "@example.org" not in repr(kept)
