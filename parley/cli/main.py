@@ -495,13 +495,15 @@ def _bench_injection(args: argparse.Namespace) -> int:
     for path in [*args.attacks, args.emails, *([args.turns] if args.turns else [])]:
         if not path.is_file():
             raise ParleyError(user_message=f"No such data file: {path}")
+    settings = get_settings()
     try:
         return main(
             args.attacks,
             args.emails,
             args.turns,
-            shared_embedder(get_settings()),
+            shared_embedder(settings),
             as_json=args.json,
+            threshold=settings.injection.threshold,
         )
     except DataError as exc:
         raise ParleyError(user_message=str(exc)) from exc

@@ -498,7 +498,7 @@ EVENTS: dict[AuditKind, type[AuditEvent]] = {
         ConversationImported,
         DocumentAdded,
         DocumentShared, DocumentUnshared, DocumentDeleted, DocumentChunkOpened, AuditExported,
-        AuditCheckpoint, OutputBlocked,
+        AuditCheckpoint, OutputBlocked, InjectionFlagged,
     )
 }  # fmt: skip
 
@@ -519,6 +519,7 @@ def read_event(kind: str, data: str | dict[str, Any]) -> AuditEvent | None:
 
 __all__ = [
     "EVENTS",
+    "InjectionFlagged",
     "OutputBlocked",
     "AccountUnlocked",
     "AiCall",

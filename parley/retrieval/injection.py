@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,71 +41,78 @@ from parley.retrieval.embeddings import Embedder
 # false positives under 5 %.
 THRESHOLD = 0.5
 
-_OUTPUT = r"(?:answer|response|reply|replies|output|message|summary|completion|text you write)"
+_OUTPUT = r"(?:answer|response|reply|replies|output|message|completion)"
+# Verbs that change or add to an answer: "Augment your answer", "Render your message".
+_ON_ANSWER = (
+    r"(?:augment|modify|enhance|render|rewrite|reformat|format|convert|encode|translate"
+    r"|reverse|scramble|jumble|capitali[sz]e|replace|substitute|swap|shift|pad|spell|end"
+    r"|begin|start|conclude|structure|style|phrase|group|combine|remove|insert|add|include"
+    r"|integrate|append|embed|incorporate|infuse|craft|frame|punctuate|limit|enrich)"
+)
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "tells the model what to do with its answer",
         re.compile(
-            rf"\b(?:in|to|into|within|throughout) your {_OUTPUT}\b"
-            rf"|\b(?:end|start|beginning|top|bottom|body|tone|style|format|language|words)"
+            # "in your response", but not "in response to your message" or "as you said
+            # in your message"
+            rf"(?<!response )(?<!reply )(?<!regard )(?<!said )(?<!mentioned )(?<!wrote )"
+            rf"(?<!stated )(?<!thanks )\b(?:in|to|into|within|throughout) your {_OUTPUT}\b"
+            rf"|\b(?:end|start|beginning|top|bottom|body|tone|style|format|words)"
             rf" of your {_OUTPUT}\b"
-            rf"|\byour {_OUTPUT}(?:'s)?\s+(?:should|must|has to|needs to|will)\b"
-            # An imperative on the answer: "Augment your answer", "Render your message".
-            rf"|^\W*(?:please\s+)?(?!(?:got|read|saw|seen|received|love|loved|liked|like"
-            rf"|appreciate|appreciated|thanks|thank|enjoyed|checked)\b)[a-z]+\s+your\s+"
-            rf"(?:[a-z]+\s+){{0,2}}{_OUTPUT}\b"
-            rf"|^\W*(?:please\s+)?(?:write|provide|give|format|render|present|encode|convert"
-            rf"|deliver|output|return|phrase|compose)\s+the\s+(?:whole\s+|entire\s+)?"
-            rf"(?:answer|response|reply|output)\b"
-            r"|\b(?:respond|reply|answer|write)\b[^.]{0,30}"
-            r"\b(?:only|always|backwards|in reverse)\b",
+            rf"|^\W*(?:please\s+)?{_ON_ANSWER}\s+your\s+(?:[a-z]+\s+){{0,2}}{_OUTPUT}\b"
+            rf"|^\W*(?:please\s+)?(?:format|render|present|encode|convert|output|phrase)\s+"
+            rf"the\s+(?:whole\s+|entire\s+)?(?:answer|response|reply|output)\b",
             re.IGNORECASE,
         ),
     ),
     (
         "tries to override the model's instructions",
         re.compile(
-            r"\b(?:ignore|disregard|forget|override|bypass)\b[^.]{0,40}"
-            r"\b(?:instructions?|prompts?|rules|guidelines|above|previous|prior|everything)\b"
-            r"|\byou are now (?:a|an|in|my|dan|free|unrestricted|no longer|going to)\b"
-            r"|\bfrom now on,? you\b|\bnew instructions?\s*:"
-            r"|\b(?:system|developer) prompt\b|\bpretend (?:to be|you are)\b"
-            r"|\bdo not (?:tell|mention|reveal)[^.]{0,30}\b(?:user|instruction)",
+            r"\b(?:ignore|disregard|forget|override|bypass|set aside)\b[^.]{0,30}?"
+            r"\b(?:previous|prior|above|earlier|preceding|original|initial|system)\s+"
+            r"(?:instructions?|prompts?|rules|guidelines|directions|directives|commands)\b"
+            r"|\byou are now (?:a|an|dan|free|unrestricted|no longer"
+            r"|in (?:developer|god|jailbreak|unrestricted) mode)\b"
+            r"|\bfrom now on,? you (?:will|must|are|shall)\b|\bnew instructions?\s*:"
+            r"|\b(?:reveal|print|show|repeat|output|leak|display|disclose)\s+(?:\w+\s+){0,2}"
+            r"(?:system|developer|hidden|initial)\s+(?:prompt|instructions)\b"
+            r"|\bdo not (?:tell|mention|reveal)[^.]{0,30}\b(?:the user|this instruction)",
             re.IGNORECASE,
         ),
     ),
     (
         "tells the model what to tell its reader",
         re.compile(
-            r"^\W*(?:please\s+)?(?:tell|inform|warn|remind|urge|encourage|ask|advise|convince"
-            r"|persuade|invite|direct|instruct|assure|notify|let)\s+(?:all\s+)?(?:the\s+|your\s+)?"
-            r"(?:users?|readers?|recipients?|customers?|audience|visitors?)\b"
-            r"|^\W*(?:please\s+)?(?:mention|state|claim|say|assert|declare|announce|insist|imply"
-            r"|stress|emphasi[sz]e|highlight)\s+(?:in\s+\w+\s+)?that\b",
+            r"^\W*(?:please\s+)?(?:tell|inform|warn|remind|urge|encourage|convince|persuade"
+            r"|assure)\s+(?:all\s+)?(?:the\s+)?(?:users?|readers?)\b",
             re.IGNORECASE,
         ),
     ),
     (
         "asks for code to be put into what the model writes",
         re.compile(
-            r"\b(?:following|subsequent|below|this|these)\s+(?:code|snippet|script|command)"
-            r"(?:\s+(?:section|block|snippet|excerpt|fragment|segment|lines?))?\b"
-            r"[^.]{0,80}\b(?:your|the)\s+(?:code|solution|implementation|program|codebase|answer)"
-            r"|\b(?:incorporate|integrate|embed|append|insert|include|meld|enlist|add|paste|execute|run)"
-            r"\b[^.]{0,40}\b(?:following|subsequent|below)\s+(?:code|snippet|script|command)"
-            # "the following code excerpt", said to whoever writes code: "your code", or
-            # an imperative opening ("utilize", "leverage", "ensure that", "let").
-            r"|^(?=.*\b(?:following|subsequent|below)\s+(?:code|snippet|script|lines))"
-            r"(?=.*\byour\s+(?:code|algorithm|solution|implementation|program|codebase|project"
-            r"|script|app|elucidation|work)\b|\W*(?:please\s+)?(?:utili[sz]e|use|leverage"
-            r"|consider|ensure|make sure|let|enrich|apply|adopt|employ|don'?t hesitate"
-            r"|feel free|be sure)\b)",
+            r"^(?=.*\b(?:following|subsequent|below)\s+(?:code|snippet|script|lines))"
+            r"(?=.*\byour\s+(?:code|algorithm|solution|implementation|program|codebase"
+            r"|elucidation)\b)",
             re.IGNORECASE,
         ),
     ),
 )
 _FENCE = re.compile(r"```.*?(?:```|$)", re.DOTALL)
-_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\s*\n\s*|\s*\|\s*")
+# Sentence ends, line breaks and e-mail fields ("SUBJECT: ...|CONTENT: ..."); linear
+# on long runs of spaces (the parts are stripped anyway).
+_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n\s*|\|\s*")
+# Letters that look Latin (NFKC keeps them apart); format characters (zero-width
+# spaces, soft hyphens) are dropped before the rules read a sentence.
+_LOOKALIKES = str.maketrans("аеорсухіјѕԁӏкмнтвАЕОРСХІЈЅКМНТВ", "aeopcyxijsdlkmhtbAEOPCXIJSKMHTB")
+
+
+def normal(text: str) -> str:
+    """A sentence as the rules read it: NFKC, no format characters, look-alikes mapped
+    to Latin, runs of white space one space."""
+    folded = unicodedata.normalize("NFKC", text).translate(_LOOKALIKES)
+    kept = "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+    return " ".join(kept.split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +120,7 @@ class Verdict:
     """What the detector made of one chunk: never the text itself."""
 
     flagged: bool
-    score: float  # its highest sentence's, 0 to 1
+    score: float  # its highest sentence's, 0 to 1 (1: a rule)
     reason: str | None  # the rule, or "a request out of place", when flagged
 
 
@@ -133,9 +141,24 @@ def _split(text: str) -> list[str]:
 
 
 def rule_hit(sentence: str) -> str | None:
+    plain = normal(sentence)
     for reason, pattern in _RULES:
-        if pattern.search(sentence):
+        if pattern.search(plain):
             return reason
+    return None
+
+
+def rules_over(units: Sequence[str]) -> str | None:
+    """The rule any unit, or any two neighbouring units read as one, trips (a sentence
+    broken over two lines is read whole)."""
+    for unit in units:
+        hit = rule_hit(unit)
+        if hit is not None:
+            return hit
+    for first, second in zip(units, units[1:], strict=False):
+        hit = rule_hit(f"{first} {second}")
+        if hit is not None:
+            return hit
     return None
 
 
@@ -158,30 +181,29 @@ class InjectionDetector:
         return self.scan_many([text])[0]
 
     def scan_many(self, texts: Sequence[str]) -> list[Verdict]:
-        """One verdict a chunk; the sentences of all of them embedded in one batch."""
-        split = [sentences(t) for t in texts]
-        judged = [i for i, units in enumerate(split) if len(units) > 1]
-        flat = [u for i in judged for u in split[i]]
+        """One verdict a chunk; the sentences of all of them embedded in one batch (each
+        distinct sentence of a chunk once: repeating one does not make it fit)."""
+        split = [list(dict.fromkeys(sentences(t))) for t in texts]
+        hits = [rules_over(units) for units in split]
+        judged = {i for i, units in enumerate(split) if len(units) > 1 and hits[i] is None}
+        flat = [u for i in sorted(judged) for u in split[i]]
         vectors = self._embedder.embed(flat) if flat else np.zeros((0, 1), dtype=np.float32)
         weights, bias = self._model() if flat else (np.zeros(1, dtype=np.float32), 0.0)
         verdicts: list[Verdict] = []
         at = 0
         for i, units in enumerate(split):
-            best, reason = 0.0, None
-            for unit in units:
-                hit = rule_hit(unit)
-                if hit is not None:
-                    best, reason = 1.0, hit
-                    break
-            if reason is None and i in judged:
-                own = vectors[at : at + len(units)]
-                score = float(out_of_place(own, weights, bias).max())
-                if score > best:
-                    best = score
-                    reason = "a request out of place" if score >= self._threshold else None
-            if i in judged:
-                at += len(units)
-            verdicts.append(Verdict(best >= self._threshold, round(best, 3), reason))
+            if hits[i] is not None:
+                verdicts.append(Verdict(True, 1.0, hits[i]))
+                continue
+            if i not in judged:
+                verdicts.append(Verdict(False, 0.0, None))
+                continue
+            own = vectors[at : at + len(units)]
+            at += len(units)
+            score = min(float(out_of_place(own, weights, bias).max()), 0.999)
+            flagged = score >= self._threshold
+            reason = "a request out of place" if flagged else None
+            verdicts.append(Verdict(flagged, round(score, 3), reason))
         return verdicts
 
 
@@ -218,8 +240,20 @@ def out_of_place(vectors: np.ndarray, weights: np.ndarray, bias: float) -> np.nd
     norms = np.maximum(np.linalg.norm(others, axis=1), 1e-9)
     fit = (others * vectors).sum(axis=1) / norms
     misfit = np.clip(1.0 - fit, 0.0, 1.0)
-    standing_out = np.clip(0.5 + 2.0 * (np.median(fit) - fit), 0.0, 1.5)
+    if n <= 2:  # no typical sentence to stand out from: the misfit alone
+        standing_out = np.ones(n, dtype=np.float32)
+    else:
+        standing_out = np.clip(0.5 + 2.0 * (np.median(fit) - fit), 0.0, 1.5)
     return np.asarray(request * misfit * standing_out, dtype=np.float32)
 
 
-__all__ = ["THRESHOLD", "InjectionDetector", "Verdict", "out_of_place", "rule_hit", "sentences"]
+__all__ = [
+    "THRESHOLD",
+    "InjectionDetector",
+    "Verdict",
+    "normal",
+    "out_of_place",
+    "rule_hit",
+    "rules_over",
+    "sentences",
+]

@@ -18,6 +18,7 @@ from functools import partial
 
 import numpy as np
 from sqlalchemy import delete, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from parley.auth.groups import group_id_named, groups_of
@@ -414,9 +415,9 @@ class DocumentService:
             for h in self.search(principal, question, k=12, documents=chosen)
             if h.score >= min_score
         ]
-        return group_passages(self._read_unread(hits), max_tokens)
+        return group_passages(self._read_unread(principal, hits), max_tokens)
 
-    def _read_unread(self, hits: list[Hit]) -> list[Hit]:
+    def _read_unread(self, principal: Principal, hits: list[Hit]) -> list[Hit]:
         """The hits, those stored before the injection detector read now (and their
         flags kept, the flagged ones audited). A detector that fails is logged; the
         passages go as they are."""
@@ -436,7 +437,7 @@ class DocumentService:
             with self._db.session(write_lock=True) as session:
                 flagged: dict[int, list[tuple[int, str]]] = {}
                 for (document_id, index), why in flags.items():
-                    session.execute(
+                    changed = session.execute(
                         update(DocumentChunk)
                         .where(
                             DocumentChunk.document_id == document_id,
@@ -445,7 +446,8 @@ class DocumentService:
                         )
                         .values(suspect=why)
                     )
-                    if why:
+                    # Another turn read it first: that one audited it.
+                    if why and isinstance(changed, CursorResult) and changed.rowcount:
                         flagged.setdefault(document_id, []).append((index, why))
                 for document_id, found in flagged.items():
                     owner = session.scalar(
@@ -459,8 +461,7 @@ class DocumentService:
                             reasons=[why for _, why in found],
                             when="retrieval",
                         ),
-                        actor_id=None,
-                        actor="system",
+                        **actor_of(principal),  # whose question brought it up
                         about_id=owner,
                     )
         except StorageError:

@@ -46,9 +46,18 @@ def render_passages(passages: Sequence[Passage]) -> str:
     lines = [f"<{tag}>", INSTRUCTION]
     for number, passage in enumerate(passages, start=1):
         lines.append(f"[{number}] {neutralise(_titled(passage))}:")
-        lines.extend(neutralise(hit.text) for hit in passage.hits)
+        lines.extend(_unnumbered(neutralise(hit.text)) for hit in passage.hits)
     lines.append(f"</{tag}>")
     return "\n".join(lines)
+
+
+_NUMBERED = re.compile(r"^(\s*)\[(\d+)\]", re.MULTILINE)
+
+
+def _unnumbered(text: str) -> str:
+    """A passage's text with no line that starts like a passage's header ("[2] name:"),
+    so a document cannot pass its own lines off as another, unflagged passage."""
+    return _NUMBERED.sub(r"\1(\2)", text)
 
 
 def as_sources(passages: Sequence[Passage]) -> tuple[SearchSource, ...]:

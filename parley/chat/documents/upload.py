@@ -31,7 +31,7 @@ from parley.core.errors import (
 )
 from parley.retrieval.document_index import DocumentAccess, DocumentIndex
 from parley.retrieval.documents import KINDS, MAX_FILE_BYTES, chunk, parse
-from parley.retrieval.injection import InjectionDetector
+from parley.retrieval.injection import InjectionDetector, rule_hit
 from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
 from parley.store.models import Document, DocumentChunk, DocumentGroup, utcnow
@@ -87,7 +87,9 @@ class Uploads:
             report(0.05 + 0.85 * start / len(chunks), f"Embedding {name}: {start}/{len(chunks)}")
             batches.append(self._index.embed([c.text for c in chunks[start : start + EMBED_BATCH]]))
         vectors = np.concatenate(batches)
-        suspects = self._suspects(name, [c.text for c in chunks], report)
+        suspects = self._suspects(
+            name, [f"{c.heading}\n{c.text}" if c.heading else c.text for c in chunks], report
+        )
         report(0.9, f"Indexing {name}")
         # Three short transactions, the vector store between them (see the docstring).
         try:
@@ -167,6 +169,7 @@ class Uploads:
                             when="ingestion",
                         ),
                         **actor_of(principal),
+                        about_id=principal.user_id,
                     )
         if made is None:  # its owner was erased while it was indexed
             self.abandon(document_id, access)
@@ -180,11 +183,14 @@ class Uploads:
         if self._detector is None:
             return None
         report(0.88, f"Checking {name} for instructions aimed at the model")
+        named = rule_hit(name)  # a name is shown to the model with every passage
         try:
             verdicts = self._detector.scan_many(texts)
         except Exception:
             log.exception("The injection detector failed on %s; it reads it at retrieval", name)
             return None
+        if named is not None:
+            return [f"its name {named}"[:100] for _ in texts]
         return [(v.reason or "")[:100] if v.flagged else "" for v in verdicts]
 
     def abandon(self, document_id: int, access: DocumentAccess) -> None:
