@@ -270,6 +270,10 @@ def test_an_image_sent_in_the_message_box_is_shown_and_read_as_an_image(
     )
     shown = messages.nth(0).get_by_role("img")
     expect(shown).to_have_count(1)
+    # Measured once its bytes are in (before, the element is an empty box).
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=shown.element_handle()
+    )
     box = shown.bounding_box()
     assert box is not None and 100 < box["width"] <= 170  # the small copy, 160 px wide
     sent = fake.requests[-1].body["messages"][-1]["content"]
