@@ -21,6 +21,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
+from parley.core.errors import StorageConflict
 from parley.core.tokens import count_tokens
 from parley.memory.base import Turn, turn_tokens
 from parley.store.db import Database
@@ -180,27 +181,37 @@ class SummaryStore:
         method: str,
         model: str | None,
     ) -> Summary:
-        with self._db.session() as session:
-            version = (
-                session.scalar(
-                    select(func.max(SummaryRow.version)).where(
-                        SummaryRow.conversation_id == conversation_id
+        """The next version. Two processes folding the same conversation at once both
+        read the same last version; the second to write is refused by the unique
+        (conversation, version) and writes the one after (both folds are true summaries
+        of the same turns: the newest is read)."""
+        for attempt in range(5):
+            try:
+                with self._db.session(write_lock=True) as session:
+                    version = (
+                        session.scalar(
+                            select(func.max(SummaryRow.version)).where(
+                                SummaryRow.conversation_id == conversation_id
+                            )
+                        )
+                        or 0
+                    ) + 1
+                    row = SummaryRow(
+                        conversation_id=conversation_id,
+                        version=version,
+                        first_turn_id=first_turn_id,
+                        last_turn_id=last_turn_id,
+                        content=text,
+                        method=method,
+                        model=model,
                     )
-                )
-                or 0
-            ) + 1
-            row = SummaryRow(
-                conversation_id=conversation_id,
-                version=version,
-                first_turn_id=first_turn_id,
-                last_turn_id=last_turn_id,
-                content=text,
-                method=method,
-                model=model,
-            )
-            session.add(row)
-            session.flush()
-            return _to_summary(row)
+                    session.add(row)
+                    session.flush()
+                    return _to_summary(row)
+            except StorageConflict:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def _fits(last_turn_id: int, up_to_turn: int | None, on_path: Collection[int] | None) -> bool:

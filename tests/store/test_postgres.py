@@ -412,3 +412,57 @@ def test_a_dead_answer_settled_while_its_user_asks_again_stays_in_order_on_postg
     finally:
         event.remove(OrmSession, "after_flush", after_flush)
         services.close()
+
+
+def test_summary_folds_by_several_processes_at_once_all_land_on_postgres(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Eight processes fold the same conversation at the same moment: each reads the same
+    last version; every fold is kept, under versions one apart, none refused."""
+    from parley.memory.summaries import SummaryStore
+
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=postgres_url,
+        audit_key=PG_AUDIT_KEY,
+        session_secret=PG_SESSION_SECRET,
+        provider=ProviderChoice.LOCAL,
+        model_titles=False,
+    )
+    database = Database(postgres_url, audit_keys=PG_KEYS)
+    upgrade(database)
+    services = build_services(
+        settings, provider=ScriptedProvider(), background=BackgroundWork(workers=0)
+    )
+    alice = services.accounts.create_user(ROOT, name="fold-alice", password="alice-password")
+    reply = services.chat.send(alice, None, "Hello there")
+    list(reply)
+    conversation = reply.conversation_id
+    barrier = threading.Barrier(8)
+
+    def fold(n: int) -> int:
+        own = Database(postgres_url, audit_keys=PG_KEYS)  # a process of its own
+        try:
+            barrier.wait()
+            return (
+                SummaryStore(own)
+                .save(
+                    conversation,
+                    text=f"fold {n}",
+                    first_turn_id=1,
+                    last_turn_id=2,
+                    method="extractive",
+                    model=None,
+                )
+                .version
+            )
+        finally:
+            own.dispose()
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            versions = sorted(pool.map(fold, range(8)))
+        assert versions == list(range(1, 9))
+    finally:
+        services._database.dispose()
+        database.dispose()
