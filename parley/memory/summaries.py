@@ -25,6 +25,7 @@ from parley.core.errors import StorageConflict
 from parley.core.tokens import count_tokens
 from parley.memory.base import Turn, turn_tokens
 from parley.store.db import Database
+from parley.store.models import Conversation
 from parley.store.models import Summary as SummaryRow
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
@@ -181,13 +182,21 @@ class SummaryStore:
         method: str,
         model: str | None,
     ) -> Summary:
-        """The next version. Two processes folding the same conversation at once both
-        read the same last version; the second to write is refused by the unique
-        (conversation, version) and writes the one after (both folds are true summaries
-        of the same turns: the newest is read)."""
+        """The next version. Folds of one conversation by several processes take turns
+        on the conversation's row; should two still read the same last version, the
+        second to write is refused by the unique (conversation, version) and writes the
+        one after (both folds are true summaries of the same turns: the newest is
+        read)."""
         for attempt in range(5):
             try:
                 with self._db.session(write_lock=True) as session:
+                    # One fold of a conversation at a time (PostgreSQL: its row's lock;
+                    # SQLite: the write lock already serialises writers).
+                    session.execute(
+                        select(Conversation.id)
+                        .where(Conversation.id == conversation_id)
+                        .with_for_update()
+                    )
                     version = (
                         session.scalar(
                             select(func.max(SummaryRow.version)).where(
