@@ -65,6 +65,7 @@ class AuditKind(StrEnum):
     AUDIT_CHECKPOINT = "audit_checkpoint"
     OUTPUT_BLOCKED = "output_blocked"
     INJECTION_FLAGGED = "injection_flagged"
+    BATCH_JOB = "batch_job"
 
 
 class SubjectKind(StrEnum):
@@ -488,12 +489,28 @@ class OutputBlocked(AuditEvent):
         return Subject.conversation(self.conversation_id) if self.conversation_id else None
 
 
+class BatchJobChanged(AuditEvent):
+    """A batch job submitted, cancelled or ended (its calls are each an `AiCall`)."""
+
+    kind = AuditKind.BATCH_JOB
+    job_id: int
+    job_kind: str
+    action: str  # "submitted", "canceled" or "ended"
+    runner: str  # "api" (the Message Batches API) or "local"
+    items: int
+    cost_usd: float = 0.0
+
+    def subject(self) -> Subject | None:
+        return None
+
+
 EVENTS: dict[AuditKind, type[AuditEvent]] = {
     cls.kind: cls
     for cls in (
         UserCreated, UserDisabled, UserEnabled, PasswordSet, RoleChanged, AccountUnlocked,
         SignedIn, SignInFailed, SessionEnded, SessionsRevoked, GroupCreated, GroupMemberAdded,
-        GroupMemberRemoved, AiCall, Answered, QuotaSet, MemoryStrategySet, MemoryOptionsSet,
+        GroupMemberRemoved, AiCall, Answered, BatchJobChanged, QuotaSet, MemoryStrategySet,
+        MemoryOptionsSet,
         ConversationErased, UserErased, ConversationOpened, ConversationsSearched, FeedbackGiven,
         ConversationImported,
         DocumentAdded,
@@ -519,6 +536,7 @@ def read_event(kind: str, data: str | dict[str, Any]) -> AuditEvent | None:
 
 __all__ = [
     "EVENTS",
+    "BatchJobChanged",
     "InjectionFlagged",
     "OutputBlocked",
     "AccountUnlocked",

@@ -111,6 +111,20 @@ class PiiSettings(BaseModel):
     )
 
 
+class BatchSettings(BaseModel):
+    """Batch jobs (`PARLEY_BATCH__POLL_S=30`, ...): parley/chat/batch."""
+
+    # How often the app asks the Message Batches API whether a batch has ended.
+    poll_s: int = Field(default=60, ge=5)
+    # Tries per item in all: an item that errored or came back invalid goes again in
+    # the job's next round, until this many.
+    attempts: int = Field(default=3, ge=1, le=10)
+    # The batch price as a share of the standard one (the API bills batches at half).
+    price_factor: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Items in one job at most (the API takes up to 100,000 requests a batch).
+    max_items: int = Field(default=10_000, ge=1, le=100_000)
+
+
 class KeySourceChoice(StrEnum):
     ENV = "env"
     FILE = "file"
@@ -235,6 +249,7 @@ class Settings(BaseSettings):
     pii: PiiSettings = Field(default_factory=PiiSettings)
     output_guard: OutputGuardSettings = Field(default_factory=OutputGuardSettings)
     injection: InjectionSettings = Field(default_factory=InjectionSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     system_prompt: str = (
         "You are Parley, a helpful assistant. Answer clearly and concisely. "
         "Use Markdown when it helps."

@@ -196,6 +196,8 @@ class CallRecord:
     # or "miss" (the call was made, and its answer kept); None when not cacheable.
     cache: Literal["hit", "miss"] | None = None
     saved: Usage = field(default_factory=lambda: Usage())
+    # Answered through the provider's batch path, at its price (`BatchSettings.price_factor`).
+    batch: bool = False
 
 
 def estimate_tokens(request: ChatRequest) -> int:
@@ -249,6 +251,52 @@ class ChatProvider(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """Where a submitted batch stands: how many of its requests are still processing,
+    and, once it has `ended`, how each ended (the API tallies them only at the end)."""
+
+    ended: bool
+    processing: int = 0
+    succeeded: int = 0
+    errored: int = 0
+    canceled: int = 0
+    expired: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """One request of an ended batch: its answer (`text`), or why there is none
+    (`error`: the API's error type, "expired" or "canceled")."""
+
+    custom_id: str
+    text: str | None
+    model: str
+    usage: Usage = Usage()
+    stop_reason: str | None = None
+    error: str | None = None
+
+
+class BatchClient(Protocol):
+    """A provider's batch path (Claude's Message Batches API): requests answered within
+    a day at a lower price. Implementations raise only `ProviderError`s."""
+
+    @property
+    def model(self) -> str: ...
+
+    def submit(self, requests: Sequence[tuple[str, ChatRequest]]) -> str:
+        """Send (custom id, request) pairs as one batch; the batch's id."""
+        ...
+
+    def progress(self, batch_id: str) -> BatchProgress: ...
+
+    def outcomes(self, batch_id: str) -> Iterator[BatchOutcome]:
+        """Each request's outcome, in any order (match them by custom id)."""
+        ...
+
+    def cancel(self, batch_id: str) -> None: ...
+
+
 class GatewayProvider(ChatProvider, Protocol):
     """A provider behind the gateway's queue: it can say where a call waits."""
 
@@ -262,6 +310,9 @@ class GatewayProvider(ChatProvider, Protocol):
 
 __all__ = [
     "MESSAGE_OVERHEAD_TOKENS",
+    "BatchClient",
+    "BatchOutcome",
+    "BatchProgress",
     "CacheKey",
     "CallMeta",
     "GatewayProvider",

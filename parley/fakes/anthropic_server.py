@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TextIO, cast
 
+from parley.fakes.anthropic_batches import FakeBatches
 from parley.fakes.anthropic_script import (
     DEFAULT_RANDOM_KINDS,
     FAULT_KINDS,
@@ -149,6 +150,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fake.api_keys is not None and request.api_key not in fake.api_keys:
             self._send_error("auth")
             return
+        if path == "/v1/messages/batches" or path.startswith("/v1/messages/batches/"):
+            self._batches(path, body, bad_json)
+            return
         if self.command != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
             self._send_error("not_found")
             return
@@ -159,6 +163,59 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"input_tokens": rough_tokens(body)})
             return
         self._messages(body, fake._next_item())
+
+    def _batches(self, path: str, body: Any, bad_json: bool) -> None:
+        """The Message Batches API (`parley.fakes.anthropic_batches`)."""
+        fake, base = self.fake, self.fake.base_url
+        parts = path.removeprefix("/v1/messages/batches").strip("/").split("/")
+        batch_id, action = parts[0], "/".join(parts[1:])
+        if self.command == "POST" and not batch_id:
+            problem = "invalid JSON" if bad_json else fake.batches.problem(body)
+            if problem is None:
+                problem = next(
+                    (
+                        "a request's citations or images are invalid"
+                        for r in body["requests"]
+                        if citation_problem(r["params"]) or image_problem(r["params"])
+                    ),
+                    None,
+                )
+            if problem is not None:
+                error = {"type": "invalid_request_error", "message": problem}
+                self._send_json(400, {"type": "error", "error": error})
+                return
+            self._send_json(
+                200, fake.batches.create(body, next_item=fake._next_item, answer=self._answer)
+            )
+            return
+        found: Any = None
+        if self.command == "GET" and not batch_id:
+            found = fake.batches.listing(base)
+        elif self.command == "GET" and not action:
+            found = fake.batches.retrieve(batch_id, base)
+        elif self.command == "POST" and action == "cancel":
+            found = fake.batches.cancel(batch_id, base)
+        elif self.command == "GET" and action == "results":
+            data = fake.batches.results(batch_id)
+            if data is not None:
+                self._send_head(200, "application/binary", {})
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                self.wfile.flush()
+                return
+        if found is None:
+            self._send_error("not_found")
+            return
+        self._send_json(200, found)
+
+    def _answer(self, params: dict[str, Any], item: Reply | Fault) -> dict[str, Any]:
+        """A whole (non-stream) message for a batch request."""
+        assert isinstance(item, Reply)
+        schema = _output_schema(params)
+        if item is self.fake.default_reply and schema is not None:
+            item = Reply(text=json.dumps(_example_of(schema)))
+        return self._message(params, item, item.split(), final=True)
 
     def _messages(self, body: dict[str, Any], item: Reply | Fault) -> None:
         stream = bool(body.get("stream"))
@@ -323,6 +380,7 @@ class FakeAnthropic:
         host: str = "127.0.0.1",
         port: int = 0,
         log: TextIO | None = None,
+        batch_polls: int = 1,
     ) -> None:
         kinds = tuple(fault_kinds) if fault_kinds is not None else DEFAULT_RANDOM_KINDS
         for kind in kinds:
@@ -342,6 +400,8 @@ class FakeAnthropic:
         self.base_url = ""
         self.address = (host, port)  # port 0: any free one
         self.log = log  # each request's prompt is written here as it arrives
+        # The Message Batches API's batches; each stays in progress this many retrievals.
+        self.batches = FakeBatches(polls=batch_polls)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._queue: deque[Reply | Fault] = deque()

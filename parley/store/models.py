@@ -520,6 +520,9 @@ class Document(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # False while an upload is being indexed: every read skips the document until then.
     ready: Mapped[bool] = mapped_column(default=True, server_default=true())
+    # What the model wrote of it (a batch job, `parley.chat.batch`), and which model.
+    summary: Mapped[str | None] = mapped_column(Text)
+    summary_model: Mapped[str | None] = mapped_column(String(100))
 
 
 class DocumentGroup(Base):
@@ -562,6 +565,55 @@ class DocumentChunk(Base):
     tokens: Mapped[int] = mapped_column(Integer)
     # Why the injection detector found it suspect; "" nothing; NULL not read yet.
     suspect: Mapped[str | None] = mapped_column(String(100))
+
+
+class BatchJob(Base):
+    """Work nobody waits for, done in bulk (`parley.chat.batch`): through the Message
+    Batches API (`runner` "api", `provider_batch_id` its current batch) or on the local
+    model in the background ("local")."""
+
+    __tablename__ = "batch_jobs"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    runner: Mapped[str] = mapped_column(String(8))
+    # "running" (submitted, or queued on the local model), "collecting" (one process
+    # reads the results), "done", "canceled", "failed" (the batch could not be sent)
+    state: Mapped[str] = mapped_column(String(12), index=True)
+    model: Mapped[str] = mapped_column(String(100))
+    provider_batch_id: Mapped[str | None] = mapped_column(String(100))
+    round: Mapped[int] = mapped_column(Integer, default=1)  # 2 and on: failed items again
+    created_by: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    note: Mapped[str] = mapped_column(String(500), default="")
+
+
+class BatchItem(Base):
+    """One piece of a batch job: a document, or a conversation, and how it went."""
+
+    __tablename__ = "batch_items"
+    __table_args__ = (
+        UniqueConstraint("job_id", "custom_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("batch_jobs.id", ondelete="CASCADE"), index=True)
+    custom_id: Mapped[str] = mapped_column(String(64))
+    target_id: Mapped[int] = mapped_column(Integer)
+    # What the target was when planned (a document's hash, a summary's version): a
+    # result for a target that has changed since is not applied.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    # "pending", "sent", "done", "skipped" (changed or gone meanwhile), "failed"
+    state: Mapped[str] = mapped_column(String(8))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(String(300), default="")
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class AuditRecord(Base):

@@ -35,7 +35,7 @@ from parley.core import tracing
 from parley.core.background import BackgroundWork
 from parley.core.config import Settings
 from parley.core.errors import ConfigurationError
-from parley.core.llm import ChatProvider, GatewayProvider
+from parley.core.llm import BatchClient, ChatProvider, GatewayProvider
 from parley.core.logs import configure_logging
 from parley.store.db import Database
 from parley.store.migrate import is_current
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from parley.auth.groups import GroupService
     from parley.auth.oidc import OidcSignIn
     from parley.auth.throttle import LoginThrottle
+    from parley.chat.batch.service import BatchService
     from parley.chat.conversation.context import ContextBuilder
     from parley.chat.conversation.conversations import ConversationService
     from parley.chat.conversation.drafts import DraftKeeper, DraftSettler
@@ -136,12 +137,15 @@ class Services:
         provider: ChatProvider | None,
         background: BackgroundWork,
         document_index: DocumentIndex | None,
+        batch_client: BatchClient | None = None,
     ) -> None:
         self.settings = settings
         self._database = database
         self.background = background
         self._chosen_provider = provider  # tests and benchmarks choose; else the settings
         self._chosen_document_index = document_index
+        self._chosen_batch_client = batch_client
+        self._made_batch_client: BatchClient | None = None
         self._making = threading.RLock()
 
     @classmethod
@@ -523,6 +527,50 @@ class Services:
 
         return StrategyLab(database=self._database, context=self._context)
 
+    @_Part
+    def batches(self) -> BatchService:
+        """Batch jobs (`parley.chat.batch`): the Message Batches API with Claude, the
+        local model on the background pool without it."""
+        from parley.chat.batch.jobs import job_kinds
+        from parley.chat.batch.service import BatchService
+        from parley.chat.gateway.redaction import redact_request
+
+        settings = self.settings
+        redactor = self.redactor if settings.pii.enabled else None
+        return BatchService(
+            self._database,
+            kinds=job_kinds(
+                self._database,
+                summary_temperature=settings.temperature.summarize,
+                title_temperature=settings.temperature.title,
+            ),
+            settings=settings.batch,
+            usage=self.usage,
+            provider=self.provider,
+            client=self._batch_client,
+            defer=self._defer,
+            redact=(
+                (lambda request: redact_request(redactor, request, counted=True))
+                if redactor is not None
+                else None
+            ),
+        )
+
+    def _batch_client(self) -> BatchClient | None:
+        """Claude's batch path, made when first used (it loads the SDK); None when the
+        provider is the local model, or one a test chose (which has no batch path unless
+        the test gives one: `batch_client`)."""
+        if self._chosen_batch_client is not None:
+            return self._chosen_batch_client
+        if self._chosen_provider is not None or not self.settings.uses_anthropic:
+            return None
+        with self._making:
+            if self._made_batch_client is None:
+                from parley.chat.gateway.providers import build_batch_client
+
+                self._made_batch_client = build_batch_client(self.settings)
+            return self._made_batch_client
+
     # -- oversight --------------------------------------------------------------------
 
     @_Part
@@ -550,12 +598,14 @@ def build_services(
     provider: ChatProvider | None = None,
     background: BackgroundWork | None = None,
     document_index: DocumentIndex | None = None,
+    batch_client: BatchClient | None = None,
     legacy_sweep: bool = True,
     eager: bool = True,
 ) -> Services:
     """Everything the app needs. `provider` overrides the settings' choice (tests, benchmarks);
     `background` the upkeep pool (`BackgroundWork(workers=0)` runs upkeep inline);
-    `document_index` the documents' vectors (tests pass one with a light embedder).
+    `document_index` the documents' vectors (tests pass one with a light embedder);
+    `batch_client` the batch path (tests pass Claude's, on the fake server).
     `legacy_sweep=False` (the command line) leaves moving vectors kept the older way to
     the app's start: a command then opens the vector store only for pending work.
     `eager=False` (the command line) makes each service when first used."""
@@ -579,6 +629,7 @@ def build_services(
         provider=provider,
         background=background or BackgroundWork(workers=settings.background_workers),
         document_index=document_index,
+        batch_client=batch_client,
     )
     if eager:
         services.make_all()
@@ -618,6 +669,13 @@ def build_services(
                 alive.response_cache.drop_expired()
 
         work.every(settings.sweep_minutes * 60, drop_expired_answers, name="expire cached answers")
+
+        def poll_batches() -> None:
+            alive = held()
+            if alive is not None:
+                alive.batches.poll()
+
+        work.every(settings.batch.poll_s, poll_batches, name="poll batch jobs")
     return services
 
 

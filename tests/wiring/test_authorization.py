@@ -24,6 +24,7 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 
 from parley.auth.accounts import AccountService
+from parley.chat.batch.service import BatchService
 from parley.chat.conversation.conversations import ConversationService
 from parley.chat.conversation.feedback import FeedbackService
 from parley.chat.conversation.lab import StrategyLab
@@ -311,6 +312,20 @@ GUARDED: tuple[Guarded, ...] = (
             a.principal, a.data.answered, a.data.question_id, "full"
         ),
     ),
+    # Batch jobs are the operator's: every method is for admins.
+    Guarded(
+        "batches.submit",
+        PermissionDenied,
+        lambda a: a.services.batches.submit(a.principal, "titles"),
+    ),
+    Guarded("batches.jobs", PermissionDenied, lambda a: a.services.batches.jobs(a.principal)),
+    Guarded("batches.job", PermissionDenied, lambda a: a.services.batches.job(a.principal, 1)),
+    Guarded(
+        "batches.collect", PermissionDenied, lambda a: a.services.batches.collect(a.principal, 1)
+    ),
+    Guarded(
+        "batches.cancel", PermissionDenied, lambda a: a.services.batches.cancel(a.principal, 1)
+    ),
     Guarded(
         "chat.send",
         NotFound,
@@ -380,6 +395,7 @@ OWN_DATA_ONLY = {
 
 SERVICE_CLASSES = {
     "accounts": AccountService,
+    "batches": BatchService,
     "usage": UsageService,
     "quotas": QuotaService,
     "conversations": ConversationService,
@@ -622,6 +638,8 @@ def check_admin(world: World, method: str, admin: Principal, data: Owned) -> Non
         context, _ = services.lab.replay_context(admin, data.answered, data.question_id, "full")
         assert context.strategy == "full"
         assert context.messages[-1].content.endswith(f"{owner.name}'s private question")
+    elif method == "batches.jobs":
+        assert [j.kind for j in services.batches.jobs(admin)] == []  # none submitted here
     else:
         raise AssertionError(method)
 
@@ -645,6 +663,7 @@ ADMIN_METHODS = [
     "lab.options_of",
     "lab.set_memory_options",
     "lab.replay_context",
+    "batches.jobs",
 ]
 
 

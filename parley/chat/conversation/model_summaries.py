@@ -40,6 +40,31 @@ def _defuse(text: str) -> str:
     return neutralise(_BLOCK_TAG.sub(lambda m: f"‹{m.group(1)}{m.group(2)}", text))
 
 
+def summary_request(
+    previous: str | None,
+    turns: Sequence[Turn],
+    *,
+    max_tokens: int,
+    temperature: float,
+    meta: CallMeta,
+) -> ChatRequest:
+    """The call that folds `turns` into `previous` (None: a summary from the turns alone)."""
+    # A boundary the turns cannot predict, and their own tag-like text defused.
+    tag = f"turns_{secrets.token_hex(8)}"
+    body = _defuse("\n".join(turn_line(t) for t in turns))
+    prompt = (
+        f"<earlier_summary>\n{_defuse(previous or '(none)')}\n</earlier_summary>\n"
+        f"<{tag}>\n{body}\n</{tag}>\nWrite the updated summary."
+    )
+    return ChatRequest(
+        system=SUMMARY_SYSTEM.format(words=int(max_tokens * 0.7), tag=tag),
+        messages=(PromptMessage("user", prompt),),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        meta=meta,
+    )
+
+
 class ModelSummarizer:
     """The provider writes the summary; on failure the fallback (extractive) one does."""
 
@@ -61,17 +86,10 @@ class ModelSummarizer:
     def summarize(
         self, conversation_id: int, previous: str | None, turns: Sequence[Turn], max_tokens: int
     ) -> SummaryDraft:
-        # A boundary the turns cannot predict, and their own tag-like text defused.
-        tag = f"turns_{secrets.token_hex(8)}"
-        body = _defuse("\n".join(turn_line(t) for t in turns))
-        prompt = (
-            f"<earlier_summary>\n{_defuse(previous or '(none)')}\n</earlier_summary>\n"
-            f"<{tag}>\n{body}\n</{tag}>\nWrite the updated summary."
-        )
         owner = self._owner_of(conversation_id) if self._owner_of is not None else None
-        request = ChatRequest(
-            system=SUMMARY_SYSTEM.format(words=int(max_tokens * 0.7), tag=tag),
-            messages=(PromptMessage("user", prompt),),
+        request = summary_request(
+            previous,
+            turns,
             max_tokens=max_tokens,
             temperature=self._temperature,
             meta=CallMeta(purpose=Purpose.SUMMARY, user_id=owner, conversation_id=conversation_id),
@@ -90,4 +108,4 @@ class ModelSummarizer:
         return SummaryDraft(text, "model", self._provider.model)
 
 
-__all__ = ["SUMMARY_SYSTEM", "ModelSummarizer"]
+__all__ = ["SUMMARY_SYSTEM", "ModelSummarizer", "summary_request"]

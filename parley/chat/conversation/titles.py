@@ -69,6 +69,47 @@ def parse_title(raw: str) -> TitleOutput:
     return TitleOutput.model_validate_json(cleaned)
 
 
+def title_message(question: str, answer: str) -> PromptMessage:
+    """What the model is asked to name: the first question and its answer."""
+    return PromptMessage(
+        "user",
+        "Name this conversation.\n\n<first_message>\n"
+        f"{question[:2000]}\n</first_message>\n<first_answer>\n{answer[:2000]}\n</first_answer>",
+    )
+
+
+def title_request(
+    question: str, answer: str, *, temperature: float, meta: CallMeta, again: str = ""
+) -> ChatRequest:
+    """One call for a title, as a batch sends it; `again`: why an earlier reply was not
+    valid (the model is told, and asked once more)."""
+    messages = [title_message(question, answer)]
+    if again:
+        messages.append(
+            PromptMessage(
+                "user",
+                f"An earlier reply was not valid: {again}. Reply with only the JSON object "
+                '{"title": "..."}.',
+            )
+        )
+    return ChatRequest(
+        system=TITLE_SYSTEM,
+        messages=tuple(messages),
+        max_tokens=60,
+        temperature=temperature,
+        json_schema=TitleOutput.model_json_schema(),
+        meta=meta,
+    )
+
+
+def title_problem(raw: str) -> tuple[str | None, str]:
+    """(the title, "") when `raw` is a valid title reply, else (None, why not)."""
+    try:
+        return parse_title(raw).title, ""
+    except (ValidationError, ValueError) as exc:
+        return None, _reason(exc)
+
+
 def generate_title(
     provider: ChatProvider,
     *,
@@ -81,13 +122,7 @@ def generate_title(
 ) -> tuple[str, int]:
     """The title and how many model calls it took (0 when the fallback is used at once).
     `cached`: the response cache may answer (the same exchange, exactly)."""
-    messages = [
-        PromptMessage(
-            "user",
-            "Name this conversation.\n\n<first_message>\n"
-            f"{question[:2000]}\n</first_message>\n<first_answer>\n{answer[:2000]}\n</first_answer>",
-        )
-    ]
+    messages = [title_message(question, answer)]
     schema = TitleOutput.model_json_schema()
     # A title is deterministic by nature: the same exchange of the same user gets the
     # same title from the response cache (the first attempt only: a retry says why).
@@ -139,4 +174,11 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-__all__ = ["TitleOutput", "fallback_title", "generate_title", "parse_title"]
+__all__ = [
+    "TitleOutput",
+    "fallback_title",
+    "generate_title",
+    "parse_title",
+    "title_problem",
+    "title_request",
+]

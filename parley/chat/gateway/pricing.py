@@ -30,9 +30,11 @@ class Pricing:
             log.warning("No price for model %s; its cost is recorded as 0.", model)
         return price
 
-    def cost(self, model: str, usage: Usage) -> float:
+    def cost(self, model: str, usage: Usage, *, batch: bool = False) -> float:
+        """What `usage` cost on `model`; `batch`: at the batch price (a share of it)."""
         price = self.price(model)
-        return cost_usd(usage, price) if price else 0.0
+        full = cost_usd(usage, price) if price else 0.0
+        return full * self._settings.batch.price_factor if batch else full
 
     def estimate_cost(self, model: str, *, input_tokens: int, output_tokens: int = 0) -> float:
         return self.cost(model, Usage(input_tokens=input_tokens, output_tokens=output_tokens))

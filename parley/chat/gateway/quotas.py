@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from parley.chat.gateway.usage import counts_as_message
 from parley.core.audit_events import QuotaSet
 from parley.core.config import Settings
-from parley.core.domain import Principal, require_admin
+from parley.core.domain import Principal, Purpose, require_admin
 from parley.core.errors import NotFound, QuotaExceeded, StorageError
 from parley.store.audit import actor_of, append_in
 from parley.store.db import Database
@@ -212,7 +212,12 @@ def _used_today(session: Session, user_id: int, since: datetime) -> DayUsage:
                 0,
             ),
             func.coalesce(func.sum(UsageEntry.cost_usd), 0.0),
-        ).where(UsageEntry.user_id == user_id, UsageEntry.ended_at >= since)
+        ).where(
+            UsageEntry.user_id == user_id,
+            UsageEntry.ended_at >= since,
+            # Batch jobs are the operator's work on the user's data: not the user's use.
+            UsageEntry.purpose != Purpose.BATCH,
+        )
     ).one()
     return DayUsage(messages=int(messages or 0), tokens=int(tokens), cost_usd=float(cost or 0.0))
 

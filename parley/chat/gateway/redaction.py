@@ -418,42 +418,8 @@ class RedactingProvider:
     def redacted(
         self, request: ChatRequest, *, counted: bool = False
     ) -> tuple[ChatRequest, dict[str, str]]:
-        """The request as it leaves, and the placeholders in it. Messages, document
-        passages and their titles are redacted, and the response cache's key (its
-        question is kept with the answer). `counted`: the metrics hear of it."""
-        placeholders: dict[str, str] = {}
-        counts: dict[str, int] = {}
-        scope = str(request.meta.user_id) if request.meta.user_id is not None else ""
-
-        def clean(text: str) -> str:
-            result = self._redactor.redact(text, scope)
-            placeholders.update(result.placeholders)
-            for kind, n in result.counts.items():
-                counts[kind] = counts.get(kind, 0) + n
-            return result.text
-
-        messages = [
-            replace(
-                message,
-                content=clean(message.content),
-                sources=tuple(
-                    replace(
-                        source,
-                        title=clean(source.title),
-                        texts=tuple(clean(t) for t in source.texts),
-                    )
-                    for source in message.sources
-                ),
-            )
-            for message in request.messages
-        ]
-        meta = request.meta
-        if meta.cache is not None:
-            meta = replace(meta, cache=replace(meta.cache, question=clean(meta.cache.question)))
-        if counted:
-            for kind, n in counts.items():
-                metrics.PII_REDACTIONS.labels(kind=kind.lower()).inc(n)
-        return replace(request, messages=messages, meta=meta), placeholders
+        """`redact_request` with this provider's redactor."""
+        return redact_request(self._redactor, request, counted=counted)
 
     def count_tokens(self, request: ChatRequest) -> int:
         return self._inner.count_tokens(self.redacted(request)[0])
@@ -495,6 +461,47 @@ class RedactingProvider:
             _close(events)
 
 
+def redact_request(
+    redactor: Redactor, request: ChatRequest, *, counted: bool = False
+) -> tuple[ChatRequest, dict[str, str]]:
+    """The request as it leaves, and the placeholders in it. Messages, document
+    passages and their titles are redacted, and the response cache's key (its
+    question is kept with the answer). `counted`: the metrics hear of it."""
+    placeholders: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    scope = str(request.meta.user_id) if request.meta.user_id is not None else ""
+
+    def clean(text: str) -> str:
+        result = redactor.redact(text, scope)
+        placeholders.update(result.placeholders)
+        for kind, n in result.counts.items():
+            counts[kind] = counts.get(kind, 0) + n
+        return result.text
+
+    messages = [
+        replace(
+            message,
+            content=clean(message.content),
+            sources=tuple(
+                replace(
+                    source,
+                    title=clean(source.title),
+                    texts=tuple(clean(t) for t in source.texts),
+                )
+                for source in message.sources
+            ),
+        )
+        for message in request.messages
+    ]
+    meta = request.meta
+    if meta.cache is not None:
+        meta = replace(meta, cache=replace(meta.cache, question=clean(meta.cache.question)))
+    if counted:
+        for kind, n in counts.items():
+            metrics.PII_REDACTIONS.labels(kind=kind.lower()).inc(n)
+    return replace(request, messages=messages, meta=meta), placeholders
+
+
 def _close(events: object) -> None:
     close = getattr(events, "close", None)
     if close is not None:
@@ -508,6 +515,7 @@ def redactor_key(secret: str) -> bytes:
 
 
 __all__ = [
+    "redact_request",
     "KINDS",
     "NATIONAL_IDS",
     "Found",

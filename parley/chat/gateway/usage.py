@@ -48,6 +48,10 @@ class UsageService:
         with self._db.session(write_lock=True) as session:
             self.record_in(session, call)
 
+    def cost(self, call: CallRecord) -> float:
+        """What the ledger charges for `call` (at the batch price for a batch's)."""
+        return self._pricing.cost(call.model, call.usage, batch=call.batch)
+
     def record_in(self, session: Session, call: CallRecord) -> None:
         """`record` inside the caller's transaction (which holds the write lock)."""
         meta = call.meta
@@ -62,7 +66,7 @@ class UsageService:
                 select(Conversation.user_id).where(Conversation.id == meta.conversation_id)
             )
         name = session.scalar(select(User.name).where(User.id == user_id)) if user_id else None
-        cost = self._pricing.cost(call.model, call.usage)
+        cost = self.cost(call)
         entry = UsageEntry(
             user_id=user_id,
             user_name=name,

@@ -15,6 +15,7 @@ from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.core.config import KeySourceChoice, Settings, get_settings
 from parley.core.errors import ConfigurationError
 from parley.core.llm import (
+    BatchClient,
     ChatProvider,
     ChatRequest,
     PromptMessage,
@@ -60,25 +61,39 @@ def build_provider(
 ) -> ChatProvider:
     """Claude when a key is set (or forced), else the embedded local model."""
     if settings.uses_anthropic:
-        keys = build_key_source(settings)  # a missing key is an error before the SDK loads
-        from parley.chat.gateway.providers.anthropic import AnthropicProvider
-
-        return AnthropicProvider(
-            keys=keys,
-            model=settings.claude_model,
-            base_url=settings.anthropic_base_url,
-            context_window=settings.claude_context_window,
-            timeout_s=settings.anthropic_timeout_s,
-            max_retries=settings.anthropic_max_retries,
-            max_retry_wait_s=settings.anthropic_max_retry_wait_s,
-            fallback_model=settings.anthropic_fallback_model,
-            send_temperature=settings.anthropic_send_temperature,
-            on_headers=on_headers,
-        )
+        return _claude(settings, on_headers)
     return LocalProvider(
         model_path=settings.local_model_path,
         context_window=settings.local_context_window,
         threads=settings.local_threads,
+    )
+
+
+def build_batch_client(settings: Settings) -> BatchClient | None:
+    """Claude's Message Batches API when a key is set (or forced); None for the local
+    model, whose batch work runs in the background instead."""
+    if not settings.uses_anthropic:
+        return None
+    from parley.chat.gateway.providers.anthropic_batches import AnthropicBatches
+
+    return AnthropicBatches(_claude(settings, None))
+
+
+def _claude(settings: Settings, on_headers: HeadersObserver | None) -> AnthropicProvider:
+    keys = build_key_source(settings)  # a missing key is an error before the SDK loads
+    from parley.chat.gateway.providers.anthropic import AnthropicProvider
+
+    return AnthropicProvider(
+        keys=keys,
+        model=settings.claude_model,
+        base_url=settings.anthropic_base_url,
+        context_window=settings.claude_context_window,
+        timeout_s=settings.anthropic_timeout_s,
+        max_retries=settings.anthropic_max_retries,
+        max_retry_wait_s=settings.anthropic_max_retry_wait_s,
+        fallback_model=settings.anthropic_fallback_model,
+        send_temperature=settings.anthropic_send_temperature,
+        on_headers=on_headers,
     )
 
 
@@ -92,6 +107,7 @@ __all__ = [
     "StreamEvent",
     "TextDelta",
     "Usage",
+    "build_batch_client",
     "build_key_source",
     "build_provider",
 ]

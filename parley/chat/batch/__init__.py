@@ -1,0 +1,1 @@
+"""Batch jobs: bulk work at the batch price (`service.BatchService`, `jobs`)."""

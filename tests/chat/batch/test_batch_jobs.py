@@ -1,0 +1,330 @@
+"""Batch jobs end to end: through the fake server's Message Batches API with the real SDK,
+and on the local path (a scripted model on the background pool)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import func, select
+
+from parley.chat.batch.jobs import DOCUMENT_SYSTEM
+from parley.chat.gateway.providers.anthropic import AnthropicProvider
+from parley.chat.gateway.providers.anthropic_batches import AnthropicBatches
+from parley.chat.gateway.providers.keys import StaticKey
+from parley.chat.gateway.providers.scripted import ScriptedProvider
+from parley.core.background import BackgroundWork
+from parley.core.config import BatchSettings, PiiSettings, Settings
+from parley.core.domain import Principal, Purpose
+from parley.core.errors import InvalidInput, PermissionDenied
+from parley.fakes.anthropic_server import FakeAnthropic, Fault, Reply
+from parley.memory.summaries import SummaryStore
+from parley.retrieval.document_index import DocumentIndex
+from parley.retrieval.embeddings import HashingEmbedder
+from parley.retrieval.vector_store import VectorStore
+from parley.store.db import Database
+from parley.store.models import AuditRecord, BatchJob, Document, UsageEntry
+from parley.wiring.services import Services, build_services
+from tests.support import ROOT, audit_records
+
+MODEL = "claude-sonnet-test"  # priced as Sonnet: $3 in, $15 out per million
+
+
+@pytest.fixture(autouse=True)
+def _migrated(database: Database) -> None:
+    del database  # upgraded by its fixture
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(batch_polls=1) as server:
+        yield server
+
+
+def make(
+    settings: Settings,
+    tmp_path: Path,
+    fake: FakeAnthropic | None,
+    scripted: ScriptedProvider,
+    **changes: object,
+) -> Services:
+    scripted.model = MODEL if fake is not None else scripted.model
+    client = (
+        AnthropicBatches(
+            AnthropicProvider(
+                keys=StaticKey(SecretStr("k")), model=MODEL, base_url=fake.base_url, max_retries=0
+            )
+        )
+        if fake is not None
+        else None
+    )
+    index = DocumentIndex(
+        embedder=HashingEmbedder(), store=VectorStore.persistent(tmp_path / "chroma")
+    )
+    return build_services(
+        settings.model_copy(update=changes),
+        provider=scripted,
+        background=BackgroundWork(workers=0),
+        document_index=index,
+        batch_client=client,
+    )
+
+
+def ledger(services: Services) -> list[UsageEntry]:
+    with services._database.session() as session:
+        return list(session.scalars(select(UsageEntry).order_by(UsageEntry.id)))
+
+
+def test_a_batch_of_document_summaries_completes_through_the_batch_endpoints(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, fake, scripted)
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    bob = services.accounts.create_user(ROOT, name="bob", password="bob-password")
+    lake = services.documents.add(alice, "lake.md", b"# Lake\nThe lake froze in January.\n")
+    plan = services.documents.add(alice, "plan.txt", b"The launch is on the fifth of June.")
+    memo = services.documents.add(bob, "memo.txt", b"Bob's memo: the budget is 40,000 euros.")
+    fake.enqueue(
+        Reply(text="A note on the frozen lake.", input_tokens=1000, output_tokens=100),
+        Reply(text="The launch date.", input_tokens=1000, output_tokens=100),
+        Reply(text="Bob's budget memo.", input_tokens=2000, output_tokens=200),
+    )
+
+    job = services.batches.submit(ROOT, "documents")
+    assert job is not None and (job.runner, job.state, job.items) == ("api", "running", 3)
+    (batch_id,) = fake.batches.ids
+    sent = fake.batches.requests_of(batch_id)
+    assert [r["custom_id"] for r in sent] == [
+        f"documents-{lake.id}",
+        f"documents-{plan.id}",
+        f"documents-{memo.id}",
+    ]
+    system = sent[0]["params"]["system"][0]["text"]
+    assert system.split("<")[0] == DOCUMENT_SYSTEM.split("<")[0]
+    assert "The lake froze in January." in sent[0]["params"]["messages"][0]["content"]
+
+    assert services.batches.collect(ROOT, job.id).state == "running"  # still processing
+    done = services.batches.collect(ROOT, job.id)
+    assert (done.state, done.done, done.failed) == ("done", 3, 0)
+
+    with services._database.session() as session:
+        summaries = dict(session.execute(select(Document.id, Document.summary)).all())
+    assert summaries == {
+        lake.id: "A note on the frozen lake.",
+        plan.id: "The launch date.",
+        memo.id: "Bob's budget memo.",
+    }
+    rows = ledger(services)
+    # Results come in any order (the fake sends them backwards): matched by custom id.
+    assert sorted((r.purpose, r.user_id) for r in rows) == [
+        (Purpose.BATCH, alice.user_id),
+        (Purpose.BATCH, alice.user_id),
+        (Purpose.BATCH, bob.user_id),
+    ]
+    # Half the standard price: 1000 × $3 + 100 × $15 per million is $0.0045 at full price.
+    assert sorted(r.cost_usd for r in rows) == pytest.approx([0.00225, 0.00225, 0.0045])
+    assert done.cost_usd == pytest.approx(0.00225 * 4)
+    calls = [r for r in audit_records(services._database) if r["kind"] == "ai_call"]
+    assert [c["data"]["purpose"] for c in calls] == ["batch"] * 3
+    assert services.quotas.today(alice).tokens == 0  # the operator's work, not alice's use
+    kinds = [
+        r["data"].get("action")
+        for r in audit_records(services._database)
+        if r["kind"] == "batch_job"
+    ]
+    assert kinds == ["submitted", "ended"]
+    # Nothing is left to summarise: a second job is not made.
+    assert services.batches.submit(ROOT, "documents") is None
+
+
+def test_errored_and_invalid_items_go_again_until_their_tries_run_out(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, fake, scripted, batch=BatchSettings(attempts=2))
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    ids = []
+    for question in ("Where shall we go in May?", "What is our budget?", "Tell me a joke"):
+        scripted.enqueue("An answer.")
+        list(services.chat.send(alice, None, question))
+        ids.append(services.conversations.list_for(alice)[0].id)
+    fake.enqueue(
+        Reply(text="not json at all"),  # invalid: asked again, told why
+        Fault("overloaded"),  # errored: sent again
+        Reply(text='{"title": "x"}'),  # too short: invalid
+    )
+    job = services.batches.submit(ROOT, "titles")
+    assert job is not None and job.items == 3
+    services.batches.collect(ROOT, job.id)  # in progress
+    fake.enqueue(
+        Reply(text='{"title": "Travel plans for May"}'),
+        Reply(text='{"title": "Budget question"}'),
+        Reply(text="still not json"),
+    )
+    second = services.batches.collect(ROOT, job.id)
+    assert second.round == 2 and second.state == "running"
+    first_id, second_id = fake.batches.ids
+    again = fake.batches.requests_of(second_id)
+    assert len(again) == 3
+    told = again[0]["params"]["messages"]
+    assert "not valid" in str(told[-1]["content"])
+    assert "not valid" not in str(again[1]["params"]["messages"])  # it errored, it was not wrong
+    services.batches.collect(ROOT, job.id)
+    final = services.batches.collect(ROOT, job.id)
+    assert (final.state, final.done, final.failed) == ("done", 2, 1)
+    titles = {c.id: c.title for c in services.conversations.list_for(alice)}
+    assert titles[ids[0]] == "Travel plans for May"
+    assert titles[ids[1]] == "Budget question"
+    assert titles[ids[2]] == "Tell me a joke"  # its tries ran out: the stand-in stays
+    assert len(ledger(services)) - 3 == 5  # the chat turns, then five answered batch calls
+
+
+def test_a_target_changed_meanwhile_is_left_alone(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, fake, scripted)
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    list(services.chat.send(alice, None, "Plan the picnic"))
+    conversation = services.conversations.list_for(alice)[0].id
+    job = services.batches.submit(ROOT, "titles")
+    assert job is not None
+    services.conversations.rename(alice, conversation, "Alice's own name")
+    services.batches.collect(ROOT, job.id)
+    final = services.batches.collect(ROOT, job.id)
+    assert (final.done, final.skipped) == (0, 1)
+    assert services.conversations.list_for(alice)[0].title == "Alice's own name"
+    assert len([r for r in ledger(services) if r.purpose is Purpose.BATCH]) == 1  # still paid
+
+
+def test_several_collectors_at_once_apply_each_result_once(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, fake, scripted)
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    for n in range(6):
+        services.documents.add(alice, f"d{n}.txt", f"Document number {n} is here.".encode())
+    job = services.batches.submit(ROOT, "documents")
+    assert job is not None
+    fake.batches.polls = 0
+    services.batches.collect(ROOT, job.id)  # its one poll in progress
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def collect() -> None:
+        try:
+            start.wait()
+            services.batches.collect(ROOT, job.id)
+            services.batches.poll()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=collect) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert services.batches.job(ROOT, job.id).state == "done"
+    assert len([r for r in ledger(services) if r.purpose is Purpose.BATCH]) == 6
+    records = audit_records(services._database)
+    assert len([r for r in records if r["kind"] == "ai_call"]) == 6
+    assert [r["data"]["action"] for r in records if r["kind"] == "batch_job"] == [
+        "submitted",
+        "ended",
+    ]
+
+
+def test_a_long_conversations_summary_is_written_again_from_its_turns(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, fake, scripted)
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    conversation = services.conversations.create(alice).id
+    for question in ("My sister Ann lives in Lyon.", "She has two cats.", "What do I know?"):
+        list(services.chat.send(alice, conversation, question))
+    store = SummaryStore(services._database)
+    thread = services.conversations.thread(alice, conversation)
+    turn_ids = [m.id for m in thread.messages]
+    store.save(
+        conversation,
+        text="Ann: sister.",
+        first_turn_id=turn_ids[0],
+        last_turn_id=turn_ids[3],
+        method="extractive",
+        model=None,
+    )
+    fake.enqueue(Reply(text="Alice's sister Ann lives in Lyon and has two cats."))
+    job = services.batches.submit(ROOT, "summaries")
+    assert job is not None and job.items == 1
+    (batch_id,) = fake.batches.ids
+    prompt = fake.batches.requests_of(batch_id)[0]["params"]["messages"][0]["content"]
+    assert "She has two cats." in prompt and "What do I know?" not in prompt
+    services.batches.collect(ROOT, job.id)
+    assert services.batches.collect(ROOT, job.id).done == 1
+    newest = store.latest(conversation, on_path=set(turn_ids))
+    assert newest is not None and newest.method == "batch" and newest.version == 2
+    assert (newest.first_turn_id, newest.last_turn_id) == (turn_ids[0], turn_ids[3])
+    assert "Lyon" in newest.text
+    assert services.batches.submit(ROOT, "summaries") is None  # written this way already
+
+
+def test_personal_values_leave_as_placeholders_and_come_back_in_the_summary(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, fake, scripted, pii=PiiSettings(enabled=True))
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    document = services.documents.add(alice, "c.txt", b"Write to ann.lee@example.com by Friday.")
+    token = services.redactor.placeholder("EMAIL", "ann.lee@example.com", str(alice.user_id))
+    fake.enqueue(Reply(text=f"Asks for a reply to {token} by Friday."))
+    job = services.batches.submit(ROOT, "documents")
+    assert job is not None
+    (batch_id,) = fake.batches.ids
+    assert "ann.lee@example.com" not in str(fake.batches.requests_of(batch_id))
+    assert token in str(fake.batches.requests_of(batch_id))
+    services.batches.collect(ROOT, job.id)
+    services.batches.collect(ROOT, job.id)
+    with services._database.session() as session:
+        summary = session.scalar(select(Document.summary).where(Document.id == document.id))
+        stored = str(session.scalars(select(AuditRecord.data)).all())
+    assert summary == "Asks for a reply to ann.lee@example.com by Friday."
+    assert "ann.lee@example.com" not in stored
+
+
+def test_without_a_key_the_job_runs_on_the_local_model_in_the_background(
+    settings: Settings, tmp_path: Path, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, None, scripted, batch=BatchSettings(attempts=2))
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    list(services.chat.send(alice, None, "Where shall we go in May?"))
+    calls = len(scripted.requests)
+    scripted.enqueue("no json here")
+    scripted.enqueue('{"title": "May travel plans"}')
+    job = services.batches.submit(ROOT, "titles")  # inline pool: it has run
+    assert job is not None and job.runner == "local"
+    final = services.batches.job(ROOT, job.id)
+    assert (final.state, final.done) == ("done", 1)
+    assert services.conversations.list_for(alice)[0].title == "May travel plans"
+    asked = scripted.requests[calls:]
+    assert [r.meta.purpose for r in asked] == [Purpose.BATCH, Purpose.BATCH]
+    assert "not valid" in asked[1].messages[-1].content
+    assert [r.purpose for r in ledger(services)][-2:] == [Purpose.BATCH, Purpose.BATCH]
+
+
+def test_only_admins_run_batch_jobs_and_unknown_kinds_get_a_sentence(
+    settings: Settings, tmp_path: Path, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, None, scripted)
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    for call in (
+        lambda p: services.batches.submit(p, "titles"),
+        lambda p: services.batches.jobs(p),
+    ):
+        with pytest.raises(PermissionDenied):
+            call(alice)
+    with pytest.raises(InvalidInput, match="choose one of documents, summaries, titles"):
+        services.batches.submit(ROOT, "everything")
+    with services._database.session() as session:
+        assert session.scalar(select(func.count(BatchJob.id))) == 0
+    assert isinstance(alice, Principal)
