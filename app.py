@@ -71,6 +71,11 @@ def route() -> None:
                     "parley/app_pages/admin_groups.py", title="Groups", icon=":material/groups:"
                 ),
                 st.Page(
+                    "parley/app_pages/admin_batches.py",
+                    title="Batch jobs",
+                    icon=":material/stacks:",
+                ),
+                st.Page(
                     "parley/app_pages/strategy_lab.py",
                     title="Strategy lab",
                     icon=":material/science:",

@@ -165,6 +165,7 @@ if documents:
                 "owner": d.owner,
                 "who may read it": visibility(d),
                 "passages": d.chunks,
+                "summary": d.summary or "",  # plain text in a cell: never rendered as Markdown
             }
             for d in documents
         ],

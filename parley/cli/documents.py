@@ -118,6 +118,7 @@ def _docs_list(args: argparse.Namespace) -> int:
             "owner": d.owner,
             "groups": list(d.groups),
             "visibility": "public" if d.public else ("groups" if d.groups else "private"),
+            "summary": d.summary,
         }
         for d in rows
     ]
@@ -126,6 +127,8 @@ def _docs_list(args: argparse.Namespace) -> int:
         return 0
     for d in listed:
         print(f"{d['id']:>5}  {d['name']}  ({d['owner']}, {d['visibility']})")
+        if d["summary"]:
+            print(f"       {d['summary']}")
     return 0
 
 

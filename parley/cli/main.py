@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from parley.cli.audit import audit_commands
+from parley.cli.batch import batch_commands
 from parley.cli.common import OPERATOR, close_services, start_quickly, starting
 from parley.cli.common import principal_named as _principal
 from parley.cli.common import services as _services
@@ -183,6 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_feedback_export)
 
     document_commands(commands)
+    batch_commands(commands)
     audit_commands(commands)
     memory_commands(commands)
 

@@ -23,6 +23,7 @@ ROOT_DIR = Path(__file__).resolve().parents[2]
 CONSOLE = "parley/app_pages/admin_console.py"
 USAGE = "parley/app_pages/admin_usage.py"
 PRIVACY = "parley/app_pages/privacy.py"
+BATCHES = "parley/app_pages/admin_batches.py"
 
 
 def alice_asks(claude_env: FakeAnthropic) -> AppTest:
@@ -125,6 +126,7 @@ ADMIN_PAGES = [
     "parley/app_pages/admin_users.py",
     "parley/app_pages/admin_groups.py",
     "parley/app_pages/strategy_lab.py",
+    BATCHES,
 ]
 
 
@@ -241,3 +243,37 @@ def test_a_user_without_a_token_limit_is_shown_as_such(
     at.selectbox(key="quota-user").set_value("alice").run()
     assert not at.exception
     assert "in force: 1 message, no limit on tokens a day." in page_text(at)
+
+
+def test_an_admin_submits_a_batch_job_and_follows_it_to_the_end(
+    claude_env: FakeAnthropic,
+) -> None:
+    """Document summaries through the fake server's batch endpoints, from the page."""
+    add_user("alice", "alice-password")
+    at = app()
+    log_in(at, "alice", "alice-password")
+    upload(at, ("policy.md", POLICY))
+    add_user("root", "root-password", admin=True)
+    admin = app()
+    log_in(admin, "root", "root-password")
+    admin.switch_page(BATCHES).run()
+    assert not admin.exception and admin.title[0].value == "Batch jobs"
+    assert "No batch jobs yet." in page_text(admin)
+    claude_env.enqueue(Reply(text="Refunds are paid by bank transfer within 30 days."))
+    admin.selectbox[0].set_value("documents")
+    next(b for b in admin.button if b.label == "Submit").click().run()
+    assert not admin.exception
+    assert any(plain_label("Job 1 submitted: 1 item(s).") in s.value for s in admin.success)
+    assert "Job 1 · documents · running" in page_text(admin)
+    for _ in range(2):  # in progress at the first poll, ended at the second
+        next(b for b in admin.button if b.label == "Check now").click().run()
+    assert not admin.exception
+    assert "Job 1 · documents · done" in page_text(admin)
+    (bar,) = admin.get("progress")
+    assert (bar.proto.value, bar.proto.text) == (100, plain_label("1 of 1: 1 done"))
+    # Nothing is left to do: the page says so, and makes no job.
+    next(b for b in admin.button if b.label == "Submit").click().run()
+    assert any(plain_label("Nothing needs documents now") in i.value for i in admin.info)
+    at.switch_page("parley/app_pages/documents.py").run()
+    table = at.dataframe[0].value
+    assert list(table["summary"]) == ["Refunds are paid by bank transfer within 30 days."]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -390,3 +391,47 @@ def test_start_up_work_that_is_due_is_done_before_the_command_exits(tmp_path: Pa
     finally:
         database.dispose()
     assert not any(word in logged(tmp_path) for word in NOISE), logged(tmp_path)
+
+
+def test_batch_jobs_from_the_command_line_through_the_batch_api(
+    fake_anthropic: FakeAnthropic, tmp_path: Path
+) -> None:
+    env = claude(fake_anthropic)
+    run("db", "upgrade")
+    run("user", "add", "alice", stdin="alice-password\n")
+    note = tmp_path / "harbour.txt"
+    note.write_text("The harbour opens at nine and closes at six.")
+    assert run("docs", "add", "--user", "alice", str(note), env=env).returncode == 0
+    assert run("batch", "status", env=env).stdout.strip() == "No batch jobs yet."
+    fake_anthropic.enqueue(Reply(text="Opening hours of the harbour."))
+    submitted = run("batch", "submit", "documents", "--wait", "--every", "1", env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    lines = submitted.stdout.strip().splitlines()
+    assert lines[0] == "Submitted job 1: 1 item(s)."
+    assert "running" in lines[1] and "done, 1 of 1 done" in lines[-1]
+    listed = run("docs", "list", "--user", "alice", env=env).stdout
+    assert "Opening hours of the harbour." in listed
+    status = json.loads(run("batch", "status", "1", "--json", env=env).stdout)
+    assert (status["state"], status["done"], status["items"]) == ("done", 1, 1)
+    again = run("batch", "submit", "documents", env=env)
+    assert again.stdout.strip() == "Nothing needs documents now: no job was made."
+    refused = run("batch", "cancel", "1", env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "parley: Batch job 1 has already ended (done)."
+    unknown = run("batch", "status", "7", env=env)
+    assert unknown.stderr.strip() == "parley: There is no batch job 7."
+
+
+def test_without_a_key_a_batch_job_runs_on_the_local_model(tmp_path: Path) -> None:
+    run("db", "upgrade")
+    run("user", "add", "alice", stdin="alice-password\n")
+    note = tmp_path / "picnic.txt"
+    note.write_text("The picnic is on Saturday at the lake. Bring bread and apples.")
+    assert run("docs", "add", "--user", "alice", str(note)).returncode == 0
+    done = run("batch", "submit", "documents")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == "Submitted job 1: 1 item(s)."
+    assert "local model" in lines[-1] and "done, 1 of 1 done" in lines[-1]
+    listed = json.loads(run("docs", "list", "--user", "alice", "--json").stdout)
+    assert listed[0]["summary"]  # whatever the small model wrote, it is kept

@@ -321,7 +321,9 @@ class BatchService:
         with self._db.session() as session:
             kind = session.scalar(select(BatchJob.kind).where(BatchJob.id == job_id))
         if kind is None or kind not in self._kinds:
-            raise NotFound(f"Batch job {job_id} of an unknown kind.")
+            raise NotFound(
+                user_message=f"Batch job {job_id} is of a kind this version does not know."
+            )
         return self._kinds[kind]
 
     def _window(self) -> int:
@@ -567,7 +569,7 @@ class BatchService:
         with self._db.session() as session:
             job = session.get(BatchJob, job_id)
             if job is None:
-                raise NotFound(f"There is no batch job {job_id}.")
+                raise NotFound(user_message=f"There is no batch job {job_id}.")
             return _view_of(session, job)
 
 

@@ -86,6 +86,7 @@ class DocumentInfo:
     public: bool
     chunks: int
     may_manage: bool = False  # the asker may share, unshare and delete it
+    summary: str | None = None  # written by a batch job (`parley batch submit documents`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,6 +511,7 @@ def _info(session: Session, document: Document, principal: Principal) -> Documen
         document.public,
         document.chunks,
         may_manage=may_manage(principal, document),
+        summary=document.summary,
     )
 
 
