@@ -55,7 +55,7 @@ def make(
     client = (
         AnthropicBatches(
             AnthropicProvider(
-                keys=StaticKey(SecretStr("k")), model=MODEL, base_url=fake.base_url, max_retries=0
+                keys=StaticKey(SecretStr("sk-ant-batch-test")), model=MODEL, base_url=fake.base_url, max_retries=0
             )
         )
         if fake is not None

@@ -25,7 +25,7 @@ def request(text: str, schema: dict[str, object] | None = None) -> ChatRequest:
     )
 
 
-def batches(fake: FakeAnthropic, key: str = "k") -> AnthropicBatches:
+def batches(fake: FakeAnthropic, key: str = "sk-ant-batch-test") -> AnthropicBatches:
     return AnthropicBatches(
         AnthropicProvider(
             keys=StaticKey(SecretStr(key)),
