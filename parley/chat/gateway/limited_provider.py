@@ -34,6 +34,7 @@ from typing import Protocol
 
 from parley.chat.gateway.admission import ConcurrencyGate, RateLimiter
 from parley.chat.gateway.outbox import MeteringOutbox
+from parley.chat.gateway.wrapping import Wrapping
 from parley.core import metrics
 from parley.core.domain import CallOutcome, Purpose
 from parley.core.errors import ProviderError
@@ -64,7 +65,7 @@ class Meter(Protocol):
         ...
 
 
-class LimitedProvider:
+class LimitedProvider(Wrapping[ChatProvider]):
     """Wraps `inner` with the process's queue, buckets and meter; a `ChatProvider` itself."""
 
     def __init__(
@@ -80,8 +81,8 @@ class LimitedProvider:
         sleep: Callable[[float], None] = time.sleep,
         price: Callable[[str, Usage], float] | None = None,
     ) -> None:
+        super().__init__(inner)
         self._price = price
-        self._inner = inner
         self._gate = gate
         self._limiter = limiter
         self._meter = meter
@@ -89,22 +90,6 @@ class LimitedProvider:
         self._count_with_api = count_with_api
         self._retry_waits_s = retry_waits_s
         self._sleep = sleep
-
-    @property
-    def model(self) -> str:
-        return self._inner.model
-
-    @property
-    def context_window(self) -> int:
-        return self._inner.context_window
-
-    @property
-    def native_citations(self) -> bool:
-        return self._inner.native_citations
-
-    @property
-    def takes_images(self) -> bool:
-        return self._inner.takes_images
 
     def count_tokens(self, request: ChatRequest) -> int:
         """The API's count when `count_with_api` (and it answers), else the local estimate.

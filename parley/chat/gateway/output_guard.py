@@ -49,6 +49,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from sqlalchemy import select
 
+from parley.chat.gateway.wrapping import Wrapping, close_stream
 from parley.core import metrics
 from parley.core.audit_events import OutputBlocked as OutputBlockedEvent
 from parley.core.errors import ProviderError
@@ -250,7 +251,7 @@ def _cut(held: Sequence[str | Citation], risky: int) -> int:
     return 0
 
 
-class GuardedProvider:
+class GuardedProvider(Wrapping[GatewayProvider]):
     """Any gateway provider, with the canary and the watch. A `ChatProvider` itself."""
 
     def __init__(
@@ -261,31 +262,11 @@ class GuardedProvider:
         settings: GuardSettings = GuardSettings(),
         on_blocked: Callable[[Blocked], None] | None = None,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._secret = secret
         self._settings = settings
         self._prompts = _Prompts()
         self._on_blocked = on_blocked
-
-    @property
-    def inner(self) -> GatewayProvider:
-        return self._inner
-
-    @property
-    def model(self) -> str:
-        return self._inner.model
-
-    @property
-    def context_window(self) -> int:
-        return self._inner.context_window
-
-    @property
-    def native_citations(self) -> bool:
-        return self._inner.native_citations
-
-    @property
-    def takes_images(self) -> bool:
-        return self._inner.takes_images
 
     def canary(self, user_id: int | None = None) -> str:
         return canary_for(self._secret, user_id)
@@ -361,9 +342,7 @@ class GuardedProvider:
             yield from _released(held)
             raise
         finally:
-            close = getattr(events, "close", None)
-            if close is not None:
-                close()
+            close_stream(events)
         if blocked is not None:
             self._blocked(request.meta, blocked, seen)  # the stream is closed first
             raise OutputBlocked(f"the answer repeated the {blocked}")

@@ -55,6 +55,7 @@ from stdnum.pl import pesel
 from stdnum.se import personnummer
 from stdnum.us import ssn
 
+from parley.chat.gateway.wrapping import Wrapping, close_stream
 from parley.core import metrics
 from parley.core.errors import ProviderError
 from parley.core.llm import (
@@ -388,32 +389,12 @@ class _Restorer:
         return restore(held, self._placeholders)
 
 
-class RedactingProvider:
+class RedactingProvider(Wrapping[GatewayProvider]):
     """Any gateway provider, with the request redacted and the answer restored."""
 
     def __init__(self, inner: GatewayProvider, redactor: Redactor) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._redactor = redactor
-
-    @property
-    def inner(self) -> GatewayProvider:
-        return self._inner
-
-    @property
-    def model(self) -> str:
-        return self._inner.model
-
-    @property
-    def context_window(self) -> int:
-        return self._inner.context_window
-
-    @property
-    def native_citations(self) -> bool:
-        return self._inner.native_citations
-
-    @property
-    def takes_images(self) -> bool:
-        return self._inner.takes_images
 
     def redacted(
         self, request: ChatRequest, *, counted: bool = False
@@ -433,7 +414,7 @@ class RedactingProvider:
             try:
                 yield from events
             finally:
-                _close(events)
+                close_stream(events)
             return
         restorer = _Restorer(placeholders)
         try:
@@ -458,7 +439,7 @@ class RedactingProvider:
                 yield TextDelta(held)
             raise
         finally:
-            _close(events)
+            close_stream(events)
 
 
 def redact_request(
@@ -500,12 +481,6 @@ def redact_request(
         for kind, n in counts.items():
             metrics.PII_REDACTIONS.labels(kind=kind.lower()).inc(n)
     return replace(request, messages=messages, meta=meta), placeholders
-
-
-def _close(events: object) -> None:
-    close = getattr(events, "close", None)
-    if close is not None:
-        close()
 
 
 def redactor_key(secret: str) -> bytes:

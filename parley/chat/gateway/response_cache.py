@@ -37,6 +37,7 @@ from sqlalchemy import delete, func, select, update
 
 from parley.chat.gateway.limited_provider import LimitedProvider
 from parley.chat.gateway.output_guard import schema_problem
+from parley.chat.gateway.wrapping import Wrapping
 from parley.core import metrics
 from parley.core.domain import CallOutcome
 from parley.core.errors import StorageConflict
@@ -258,33 +259,13 @@ class ResponseCache:
 _WORDS = re.compile(r"\S+\s*|\s+")
 
 
-class CachingProvider:
+class CachingProvider(Wrapping[LimitedProvider]):
     """The limited provider, with the response cache in front of it for requests that
     carry a key. A `ChatProvider` itself (with the limited provider's `on_queue`)."""
 
     def __init__(self, inner: LimitedProvider, cache: ResponseCache) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._cache = cache
-
-    @property
-    def inner(self) -> LimitedProvider:
-        return self._inner
-
-    @property
-    def model(self) -> str:
-        return self._inner.model
-
-    @property
-    def context_window(self) -> int:
-        return self._inner.context_window
-
-    @property
-    def native_citations(self) -> bool:
-        return self._inner.native_citations
-
-    @property
-    def takes_images(self) -> bool:
-        return self._inner.takes_images
 
     def count_tokens(self, request: ChatRequest) -> int:
         """The inner count, without the key (a count is no miss); an answer the cache
