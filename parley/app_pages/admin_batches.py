@@ -11,7 +11,6 @@ from parley.app_pages import state
 from parley.app_pages.rendering import plain_label
 from parley.app_pages.words import say
 from parley.chat.batch.service import JobView
-from parley.core.domain import Principal
 from parley.core.errors import ParleyError
 
 services = state.services()
@@ -56,7 +55,13 @@ def progress_line(job: JobView) -> str:
 
 
 @st.fragment(run_every=5)
-def job_list(admin: Principal) -> None:
+def job_list() -> None:
+    # A fragment's rerun runs this function alone: the sign-in is checked again here,
+    # so an admin signed out, disabled or demoted meanwhile sees nothing more.
+    admin = state.current_principal(services)
+    if admin is None or not admin.is_admin:
+        st.error("Only administrators can see this page.")
+        return
     try:
         jobs = batches.jobs(admin)
     except ParleyError as exc:
@@ -67,7 +72,7 @@ def job_list(admin: Principal) -> None:
         return
     for job in jobs:
         with st.container(border=True):
-            head = f"Job {job.id} · {job.kind} · {job.state}"
+            head = f"Job {job.id} · {job.kind} · {job.shown_state}"
             where = "Message Batches API" if job.runner == "api" else "local model"
             st.markdown(f"**{plain_label(head)}**")
             st.caption(
@@ -82,7 +87,9 @@ def job_list(admin: Principal) -> None:
             )
             if job.note:
                 st.caption(plain_label(job.note))
-            if job.open:
+            if job.errors:
+                st.caption(plain_label("Failed: " + "; ".join(job.errors)))
+            if job.is_open and not job.cancel_requested:
                 left, right = st.columns(2)
                 if job.runner == "api" and left.button("Check now", key=f"collect-{job.id}"):
                     try:
@@ -100,4 +107,4 @@ def job_list(admin: Principal) -> None:
                         st.rerun()
 
 
-job_list(principal)
+job_list()

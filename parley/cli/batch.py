@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from parley.cli.common import OPERATOR
 from parley.cli.common import services as _services
+from parley.core.errors import ProviderError
 
 if TYPE_CHECKING:
     from parley.chat.batch.service import JobView
@@ -60,8 +63,10 @@ def _line(job: JobView) -> str:
         extra.append(f"{job.failed} failed")
     tail = f" ({', '.join(extra)})" if extra else ""
     note = f" {job.note}" if job.note else ""
+    if job.errors:
+        note += f" Failed: {'; '.join(job.errors)}."
     return (
-        f"Job {job.id} ({job.kind}, {where}, {job.model}): {job.state}, "
+        f"Job {job.id} ({job.kind}, {where}, {job.model}): {job.shown_state}, "
         f"{job.done} of {job.items} done{tail}, round {job.round}, "
         f"{job.input_tokens + job.output_tokens:,} tokens, ${job.cost_usd:.4f}.{note}"
     )
@@ -82,10 +87,21 @@ def _as_json(job: JobView) -> dict[str, object]:
         "input_tokens": job.input_tokens,
         "output_tokens": job.output_tokens,
         "cost_usd": round(job.cost_usd, 6),
-        "created_at": job.created_at.isoformat(),
-        "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+        "created_at": _utc(job.created_at),
+        "ended_at": _utc(job.ended_at) if job.ended_at else None,
         "note": job.note,
+        "errors": list(job.errors),
     }
+
+
+def _utc(moment: datetime) -> str:
+    """ISO 8601 in UTC, whichever database gave it (SQLite keeps no zone)."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+def _code(job: JobView) -> int:
+    """0 once every item is done or skipped; 1 for failed items, or a job still open."""
+    return 0 if job.state == "done" and not job.failed else 1
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -95,6 +111,9 @@ def _submit(args: argparse.Namespace) -> int:
         print(f"Nothing needs {args.kind} now: no job was made.")
         return 0
     print(f"Submitted job {job.id}: {job.items} item(s).")
+    if job.state == "failed" or (job.state == "planned" and job.note):
+        print(f"parley: {job.note}", file=sys.stderr)  # refused: said, and the code says it
+        return 1
     if job.runner == "local":
         return _follow_local(job.id)
     if args.wait:
@@ -112,25 +131,31 @@ def _follow_local(job_id: int) -> int:
         if job.finished != seen:
             seen = job.finished
             print(f"{job.finished} of {job.items}…", flush=True)
-        if not job.open:
+        if not job.is_open:
             print(_line(job))
-            return 0 if job.state == "done" else 1
+            return _code(job)
         time.sleep(0.5)
 
 
 def _wait(job_id: int, every: float) -> int:
     batches = _services().batches
     while True:
-        job = batches.collect(OPERATOR, job_id)
-        print(_line(job), flush=True)
-        if not job.open:
-            return 0 if job.state == "done" else 1
+        try:
+            job = batches.collect(OPERATOR, job_id)
+        except ProviderError as exc:  # the API away a moment: the job is kept, ask again
+            if not exc.retryable:
+                raise
+            print(f"parley: {exc.user_message} Trying again.", file=sys.stderr, flush=True)
+        else:
+            print(_line(job), flush=True)
+            if not job.is_open:
+                return _code(job)
         time.sleep(max(1.0, every))
 
 
 def _status(args: argparse.Namespace) -> int:
     batches = _services().batches
-    jobs = [batches.job(OPERATOR, args.job)] if args.job else batches.jobs(OPERATOR)
+    jobs = [batches.job(OPERATOR, args.job)] if args.job is not None else batches.jobs(OPERATOR)
     if not jobs:
         print("No batch jobs yet.")
         return 0
@@ -149,7 +174,7 @@ def _collect(args: argparse.Namespace) -> int:
 def _cancel(args: argparse.Namespace) -> int:
     job = _services().batches.cancel(OPERATOR, args.job)
     print(_line(job))
-    return 0 if job.state == "canceled" else 1
+    return 0
 
 
 __all__ = ["batch_commands"]

@@ -58,6 +58,11 @@ class BackgroundWork:
         threading.Thread(target=tick, name=f"parley-every-{name}", daemon=True).start()
 
     @property
+    def inline(self) -> bool:
+        """Whether tasks run inline, as they are submitted (`workers=0`)."""
+        return self._executor is None
+
+    @property
     def pending(self) -> int:
         with self._lock:
             return len(self._pending)

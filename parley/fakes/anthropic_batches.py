@@ -3,8 +3,10 @@
 Each request of a batch takes the next scripted item when the batch is created, as a
 `/v1/messages` call would: a `Reply` is a succeeded result, an HTTP `Fault` an errored
 one (its error type), a `timeout` fault an expired one. A batch stays `in_progress`
-for `polls` retrievals (so a client has to poll), then ends; a cancel ends it at once,
-every request canceled. Results come in reverse order: a client must match them by
+for `polls` retrievals (so a client has to poll), then ends. A cancel makes it
+`canceling` until the next retrieval ends it: its first `answered_on_cancel` requests
+keep their results (processed before the cancel, and billed, as the API does), the
+rest are canceled. Results come in reverse order: a client must match them by
 `custom_id`, as the real API asks.
 """
 
@@ -40,10 +42,24 @@ class _Batch:
 class FakeBatches:
     """The batches a fake server holds (thread-safe)."""
 
-    def __init__(self, *, polls: int = 1) -> None:
+    def __init__(self, *, polls: int = 1, answered_on_cancel: int = 0) -> None:
         self.polls = polls  # retrievals a batch stays in progress for
+        self.answered_on_cancel = answered_on_cancel  # requests done before a cancel lands
         self._lock = threading.Lock()
         self._batches: dict[str, _Batch] = {}
+        self._refusals: list[str] = []
+
+    def refuse(self, *kinds: str) -> None:
+        """Answer the next creates with these HTTP errors (`HTTP_ERRORS` kinds), in turn."""
+        unknown = [k for k in kinds if k not in HTTP_ERRORS]
+        if unknown:
+            raise ValueError(f"unknown error kinds {unknown}; expected some of {list(HTTP_ERRORS)}")
+        with self._lock:
+            self._refusals.extend(kinds)
+
+    def take_refusal(self) -> str | None:
+        with self._lock:
+            return self._refusals.pop(0) if self._refusals else None
 
     def problem(self, body: Any) -> str | None:
         """Why a create request is invalid (None: it is valid)."""
@@ -118,12 +134,13 @@ class FakeBatches:
             batch = self._batches.get(batch_id)
             if batch is None:
                 return None
-            if batch.ended_at is None:
-                now = datetime.now(UTC)
-                batch.cancel_initiated_at = batch.ended_at = now
-                batch.results = [
+            if batch.ended_at is None and batch.cancel_initiated_at is None:
+                batch.cancel_initiated_at = datetime.now(UTC)
+                batch.polls_left = 0  # it ends at the next retrieval
+                kept = self.answered_on_cancel
+                batch.results = batch.results[:kept] + [
                     {"custom_id": r["custom_id"], "result": {"type": "canceled"}}
-                    for r in batch.results
+                    for r in batch.results[kept:]
                 ]
             return self._view(batch, base_url)
 
@@ -155,7 +172,7 @@ class FakeBatches:
                 counts[result["result"]["type"]] += 1
         else:
             counts["processing"] = len(batch.results)
-        status = "ended" if ended else "in_progress"
+        status = "ended" if ended else "canceling" if batch.cancel_initiated_at else "in_progress"
         return {
             "id": batch.id,
             "type": "message_batch",

@@ -170,6 +170,10 @@ class _Handler(BaseHTTPRequestHandler):
         parts = path.removeprefix("/v1/messages/batches").strip("/").split("/")
         batch_id, action = parts[0], "/".join(parts[1:])
         if self.command == "POST" and not batch_id:
+            refusal = fake.batches.take_refusal()
+            if refusal is not None:
+                self._send_error(refusal)
+                return
             problem = "invalid JSON" if bad_json else fake.batches.problem(body)
             if problem is None:
                 problem = next(
@@ -381,6 +385,7 @@ class FakeAnthropic:
         port: int = 0,
         log: TextIO | None = None,
         batch_polls: int = 1,
+        batch_answered_on_cancel: int = 0,
     ) -> None:
         kinds = tuple(fault_kinds) if fault_kinds is not None else DEFAULT_RANDOM_KINDS
         for kind in kinds:
@@ -401,7 +406,7 @@ class FakeAnthropic:
         self.address = (host, port)  # port 0: any free one
         self.log = log  # each request's prompt is written here as it arrives
         # The Message Batches API's batches; each stays in progress this many retrievals.
-        self.batches = FakeBatches(polls=batch_polls)
+        self.batches = FakeBatches(polls=batch_polls, answered_on_cancel=batch_answered_on_cancel)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._queue: deque[Reply | Fault] = deque()

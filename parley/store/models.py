@@ -578,8 +578,9 @@ class BatchJob(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(40))
     runner: Mapped[str] = mapped_column(String(8))
-    # "running" (submitted, or queued on the local model), "collecting" (one process
-    # reads the results), "done", "canceled", "failed" (the batch could not be sent)
+    # "planned" (to be sent), "sending" and "collecting" (one process at it: `updated_at`
+    # is its heartbeat), "running" (a batch out, or queued on the local model), "done",
+    # "canceled", "failed" (the API refused it): `parley.chat.batch.service`
     state: Mapped[str] = mapped_column(String(12), index=True)
     model: Mapped[str] = mapped_column(String(100))
     provider_batch_id: Mapped[str | None] = mapped_column(String(100))
@@ -587,8 +588,11 @@ class BatchJob(Base):
     created_by: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     note: Mapped[str] = mapped_column(String(500), default="")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    send_failures: Mapped[int] = mapped_column(Integer, default=0)  # in a row
 
 
 class BatchItem(Base):
@@ -604,10 +608,13 @@ class BatchItem(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("batch_jobs.id", ondelete="CASCADE"), index=True)
     custom_id: Mapped[str] = mapped_column(String(64))
     target_id: Mapped[int] = mapped_column(Integer)
+    owner_id: Mapped[int | None] = mapped_column(Integer)  # charged for its calls
     # What the target was when planned (a document's hash, a summary's version): a
     # result for a target that has changed since is not applied.
     fingerprint: Mapped[str] = mapped_column(String(64))
-    # "pending", "sent", "done", "skipped" (changed or gone meanwhile), "failed"
+    # "pending", "sent" (in the current batch), "settling" (its result being applied),
+    # "running" (on the local model), "done", "skipped" (changed or gone meanwhile),
+    # "failed"
     state: Mapped[str] = mapped_column(String(8))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(String(300), default="")

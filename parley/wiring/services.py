@@ -165,6 +165,9 @@ class Services:
     def close(self, timeout: float | None = 30.0) -> bool:
         """Let background work finish (at most `timeout`), then release the database."""
         drained = self.background.close(timeout)
+        batches = self.__dict__.get("batches")
+        if batches is not None:  # a local job stops after its item; the next start resumes it
+            batches.close(timeout)
         memory = self.__dict__.get("memory")
         if memory is not None:
             memory.close()
@@ -548,9 +551,12 @@ class Services:
             usage=self.usage,
             provider=self.provider,
             client=self._batch_client,
-            defer=self._defer,
+            # Local jobs on a worker of their own: the shared pool keeps its workers for
+            # the turns' upkeep however long a job runs.
+            work=BackgroundWork(workers=0 if self.background.inline else 1, max_pending=64),
+            capable=self._capable,
             redact=(
-                (lambda request: redact_request(redactor, request, counted=True))
+                (lambda request, counted: redact_request(redactor, request, counted=counted))
                 if redactor is not None
                 else None
             ),

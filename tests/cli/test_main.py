@@ -331,7 +331,14 @@ def test_docs_and_groups_from_the_command_line(tmp_path: Path) -> None:
     assert [h["owner"] for h in search("ben")] == ["ann"]
     listed = json.loads(run("docs", "list", "--user", "ben", "--json").stdout.splitlines()[-1])
     assert listed == [
-        {"id": 1, "name": "notes.md", "owner": "ann", "groups": ["finance"], "visibility": "groups"}
+        {
+            "id": 1,
+            "name": "notes.md",
+            "owner": "ann",
+            "groups": ["finance"],
+            "visibility": "groups",
+            "summary": None,  # until a batch job writes one
+        }
     ]
     assert run("group", "remove", "finance", "ben").returncode == 0
     assert search("ben") == []  # revoked: gone at once

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from parley.chat.batch.jobs import DOCUMENT_SYSTEM
+from parley.chat.batch.jobs import DOCUMENT_SYSTEM, Target
 from parley.chat.gateway.providers.anthropic import AnthropicProvider
 from parley.chat.gateway.providers.anthropic_batches import AnthropicBatches
 from parley.chat.gateway.providers.keys import StaticKey
@@ -20,13 +21,14 @@ from parley.core.background import BackgroundWork
 from parley.core.config import BatchSettings, PiiSettings, Settings
 from parley.core.domain import Principal, Purpose
 from parley.core.errors import InvalidInput, PermissionDenied
+from parley.core.llm import BatchOutcome, ChatRequest
 from parley.fakes.anthropic_server import FakeAnthropic, Fault, Reply
 from parley.memory.summaries import SummaryStore
 from parley.retrieval.document_index import DocumentIndex
 from parley.retrieval.embeddings import HashingEmbedder
 from parley.retrieval.vector_store import VectorStore
 from parley.store.db import Database
-from parley.store.models import AuditRecord, BatchJob, Document, UsageEntry
+from parley.store.models import AuditRecord, BatchItem, BatchJob, Document, UsageEntry
 from parley.wiring.services import Services, build_services
 from tests.support import ROOT, audit_records
 
@@ -55,7 +57,10 @@ def make(
     client = (
         AnthropicBatches(
             AnthropicProvider(
-                keys=StaticKey(SecretStr("sk-ant-batch-test")), model=MODEL, base_url=fake.base_url, max_retries=0
+                keys=StaticKey(SecretStr("sk-ant-batch-test")),
+                model=MODEL,
+                base_url=fake.base_url,
+                max_retries=0,
             )
         )
         if fake is not None
@@ -226,8 +231,12 @@ def test_several_collectors_at_once_apply_each_result_once(
     for thread in threads:
         thread.join()
     assert errors == []
-    assert services.batches.job(ROOT, job.id).state == "done"
-    assert len([r for r in ledger(services) if r.purpose is Purpose.BATCH]) == 6
+    final = services.batches.job(ROOT, job.id)
+    assert (final.state, final.done, final.skipped, final.failed) == ("done", 6, 0, 0)
+    batch_rows = [r for r in ledger(services) if r.purpose is Purpose.BATCH]
+    assert len(batch_rows) == 6
+    assert final.cost_usd == pytest.approx(sum(r.cost_usd for r in batch_rows))
+    assert len(fake.batches.ids) == 1  # no second round was sent by anyone
     records = audit_records(services._database)
     assert len([r for r in records if r["kind"] == "ai_call"]) == 6
     assert [r["data"]["action"] for r in records if r["kind"] == "batch_job"] == [
@@ -327,4 +336,233 @@ def test_only_admins_run_batch_jobs_and_unknown_kinds_get_a_sentence(
         services.batches.submit(ROOT, "everything")
     with services._database.session() as session:
         assert session.scalar(select(func.count(BatchJob.id))) == 0
-    assert isinstance(alice, Principal)
+
+
+def documents_of(services: Services, owner: Principal, n: int) -> None:
+    for i in range(n):
+        services.documents.add(owner, f"d{i}.txt", f"Document number {i} says {i * 7}.".encode())
+
+
+def summaries(services: Services) -> list[str | None]:
+    with services._database.session() as session:
+        return list(session.scalars(select(Document.summary).order_by(Document.id)))
+
+
+def batch_actions(services: Services) -> list[str]:
+    records = audit_records(services._database)
+    return [r["data"]["action"] for r in records if r["kind"] == "batch_job"]
+
+
+def test_a_cancelled_batch_keeps_what_it_had_answered_and_sends_no_more(
+    settings: Settings, tmp_path: Path, scripted: ScriptedProvider
+) -> None:
+    with FakeAnthropic(batch_polls=3, batch_answered_on_cancel=1) as fake:
+        services = make(settings, tmp_path, fake, scripted)
+        alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+        documents_of(services, alice, 3)
+        fake.enqueue(Reply(text="First."), Fault("overloaded"), Reply(text="Third."))
+        job = services.batches.submit(ROOT, "documents")
+        assert job is not None
+        asked = services.batches.cancel(ROOT, job.id)
+        assert asked.shown_state == "canceling"
+        with pytest.raises(InvalidInput, match="already being canceled"):
+            services.batches.cancel(ROOT, job.id)
+        final = services.batches.collect(ROOT, job.id)
+    assert (final.state, final.done, final.failed) == ("canceled", 1, 2)
+    assert summaries(services) == ["First.", None, None]  # answered before the cancel: billed
+    assert len([r for r in ledger(services) if r.purpose is Purpose.BATCH]) == 1
+    assert len(fake.batches.ids) == 1  # the errored item did not go again
+    assert batch_actions(services) == ["submitted", "canceled", "ended"]
+    with pytest.raises(InvalidInput, match="already ended"):
+        services.batches.cancel(ROOT, job.id)
+
+
+def test_a_cancel_while_the_batch_is_being_sent_still_stops_it(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, fake, scripted)
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    documents_of(services, alice, 2)
+    client = services._batch_client()
+    assert client is not None
+    submit = client.submit
+
+    def cancel_meanwhile(requests: object) -> str:
+        (job,) = services.batches.jobs(ROOT)
+        assert job.state == "sending"
+        services.batches.cancel(ROOT, job.id)  # another admin, while the upload runs
+        return submit(requests)  # type: ignore[arg-type]
+
+    client.submit = cancel_meanwhile  # type: ignore[method-assign]
+    job = services.batches.submit(ROOT, "documents")
+    assert job is not None and job.shown_state == "canceling"
+    services.batches.poll()  # cancels it at the API; it ends at the next look
+    final = services.batches.collect(ROOT, job.id)
+    assert (final.state, final.done) == ("canceled", 0)
+    assert summaries(services) == [None, None]
+    assert len(fake.batches.ids) == 1
+
+
+def test_a_refused_send_is_tried_again_and_a_request_the_api_rejects_fails_the_job(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, fake, scripted)
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    documents_of(services, alice, 2)
+    fake.batches.refuse("overloaded")
+    job = services.batches.submit(ROOT, "documents")
+    assert job is not None and job.state == "planned"
+    assert "sent again at the next poll" in job.note
+    assert fake.batches.ids == []
+    services.batches.poll()
+    assert services.batches.job(ROOT, job.id).state == "running"
+    services.batches.collect(ROOT, job.id)
+    assert services.batches.collect(ROOT, job.id).state == "done"
+
+    services.documents.add(alice, "new.txt", b"A new document arrives later.")
+    fake.batches.refuse("invalid_request")
+    refused = services.batches.submit(ROOT, "documents")
+    assert refused is not None
+    assert (refused.state, refused.failed) == ("failed", 1)
+    assert refused.note == (
+        "Not sent: The model service refused Parley's request. This is a bug and has been logged."
+    )
+    assert batch_actions(services)[-2:] == ["submitted", "failed"]
+    # A failed job holds nothing back: the document can go in the next job.
+    assert services.batches.submit(ROOT, "documents") is not None
+
+
+def test_targets_an_open_job_holds_are_not_planned_again(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, fake, scripted)
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    documents_of(services, alice, 2)
+    first = services.batches.submit(ROOT, "documents")
+    assert first is not None and first.items == 2
+    assert services.batches.submit(ROOT, "documents") is None  # a double click
+    services.documents.add(alice, "late.txt", b"Uploaded after the first job.")
+    second = services.batches.submit(ROOT, "documents")
+    assert second is not None and second.items == 1
+
+
+def test_a_silent_collector_is_taken_over_and_no_item_is_applied_twice(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, fake, scripted)
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    documents_of(services, alice, 3)
+    job = services.batches.submit(ROOT, "documents")
+    assert job is not None
+    fake.batches.polls = 0
+    services.batches.collect(ROOT, job.id)  # in progress
+    (batch_id,) = fake.batches.ids
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    with services._database.session() as session:  # a collector claimed it, then went silent
+        session.execute(
+            update(BatchJob)
+            .where(BatchJob.id == job.id)
+            .values(state="collecting", updated_at=long_ago)
+        )
+        first = session.scalar(select(BatchItem).where(BatchItem.job_id == job.id).limit(1))
+        assert first is not None
+        first.state = "settling"  # mid-way through its first item
+        silent = BatchItem(**{c.key: getattr(first, c.key) for c in BatchItem.__table__.columns})
+    services.batches.poll()  # taken back, and collected by this process
+    final = services.batches.job(ROOT, job.id)
+    assert (final.state, final.done, final.skipped) == ("done", 3, 0)
+    # The silent collector wakes up and goes on with its item: it no longer holds it.
+    service = services.batches
+    outcome = next(o for o in fake_outcomes(services, batch_id) if o.custom_id == silent.custom_id)
+    service._settle(service._kind_of(job.id), job.id, silent, outcome, batch_id, long_ago)
+    again = services.batches.job(ROOT, job.id)
+    assert (again.done, again.skipped, again.cost_usd) == (3, 0, final.cost_usd)
+    assert len([r for r in ledger(services) if r.purpose is Purpose.BATCH]) == 3
+
+
+def fake_outcomes(services: Services, batch_id: str) -> list[BatchOutcome]:
+    client = services._batch_client()
+    assert client is not None
+    return list(client.outcomes(batch_id))
+
+
+def test_a_long_summary_cut_to_nothing_is_asked_for_again(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, fake, scripted)
+    kind = services.batches._kinds["summaries"]
+    applied = kind.apply(Target(1, "1", None), "word " * 2000, "claude-test")
+    assert applied.outcome == "invalid" and "past its budget" in applied.reason
+
+
+def test_the_embedded_model_is_not_asked_to_write_conversation_summaries_again(
+    settings: Settings,
+) -> None:
+    services = build_services(settings, provider=None, background=BackgroundWork(workers=0))
+    with pytest.raises(InvalidInput, match="The summaries job needs Claude"):
+        services.batches.submit(ROOT, "summaries")
+
+
+def test_a_local_item_that_breaks_uses_its_tries_and_the_job_ends_failed(
+    settings: Settings, tmp_path: Path, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, None, scripted, batch=BatchSettings(attempts=2))
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    documents_of(services, alice, 1)
+
+    def broken(request: ChatRequest) -> None:
+        raise RuntimeError(f"a bug in one item ({request.meta.purpose})")
+
+    scripted.on_request = broken
+    job = services.batches.submit(ROOT, "documents")
+    assert job is not None
+    final = services.batches.job(ROOT, job.id)
+    assert (final.state, final.failed) == ("failed", 1)
+    assert final.errors == ("1 × an internal error (see the log)",)
+    assert len(scripted.requests) == 2  # two tries, then no more
+
+
+def test_an_item_whose_process_died_while_it_ran_is_resumed_within_its_tries(
+    settings: Settings, tmp_path: Path, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, None, scripted, batch=BatchSettings(attempts=2))
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    documents_of(services, alice, 2)
+    with services._database.session() as session:  # planned, as a process that then died
+        job = BatchJob(
+            kind="documents",
+            runner="local",
+            state="running",
+            model="scripted",
+            round=1,
+            note="",
+            cancel_requested=False,
+            send_failures=0,
+        )
+        session.add(job)
+        session.flush()
+        for n, (document_id, sha) in enumerate(
+            session.execute(select(Document.id, Document.sha256).order_by(Document.id))
+        ):
+            session.add(
+                BatchItem(
+                    job_id=job.id,
+                    custom_id=f"documents-{document_id}",
+                    target_id=document_id,
+                    owner_id=alice.user_id,
+                    fingerprint=sha,
+                    state="running",
+                    attempts=2 if n == 0 else 1,
+                    error="",
+                    input_tokens=0,
+                    output_tokens=0,
+                    cost_usd=0.0,
+                )
+            )
+        job_id = job.id
+    scripted.enqueue("The second document, summarised.")
+    services.batches.poll()
+    final = services.batches.job(ROOT, job_id)
+    assert (final.state, final.done, final.failed) == ("done", 1, 1)
+    assert final.errors == ("1 × its process stopped while it ran",)
+    assert summaries(services) == [None, "The second document, summarised."]

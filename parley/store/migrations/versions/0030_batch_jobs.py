@@ -33,8 +33,11 @@ def upgrade() -> None:
         sa.Column("created_by", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("note", sa.String(500), nullable=False),
+        sa.Column("cancel_requested", sa.Boolean(), nullable=False),
+        sa.Column("send_failures", sa.Integer(), nullable=False),
         sqlite_autoincrement=True,
     )
     op.create_index("ix_batch_jobs_state", "batch_jobs", ["state"])
@@ -49,6 +52,7 @@ def upgrade() -> None:
         ),
         sa.Column("custom_id", sa.String(64), nullable=False),
         sa.Column("target_id", sa.Integer(), nullable=False),
+        sa.Column("owner_id", sa.Integer(), nullable=True),
         sa.Column("fingerprint", sa.String(64), nullable=False),
         sa.Column("state", sa.String(8), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
