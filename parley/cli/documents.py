@@ -127,8 +127,8 @@ def _docs_list(args: argparse.Namespace) -> int:
         return 0
     for d in listed:
         print(f"{d['id']:>5}  {d['name']}  ({d['owner']}, {d['visibility']})")
-        if d["summary"]:
-            print(f"       {d['summary']}")
+        if d["summary"]:  # the model's text: no control character reaches the terminal
+            print(f"       {''.join(c if c.isprintable() else ' ' for c in d['summary'])}")
     return 0
 
 

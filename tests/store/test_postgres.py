@@ -37,7 +37,7 @@ from parley.store.keys import AuditKeys
 from parley.store.migrate import upgrade
 from parley.store.models import AnswerDraft, Base, Message, utcnow
 from parley.wiring.services import Services, build_services
-from tests.support import ROOT, admitted_by_processes, free_port, verify_audit
+from tests.support import ROOT, admitted_by_processes, audit_records, free_port, verify_audit
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 INITDB = shutil.which("initdb") or str(PG_BIN / "initdb")
@@ -466,3 +466,95 @@ def test_summary_folds_by_several_processes_at_once_all_land_on_postgres(
     finally:
         services._database.dispose()
         database.dispose()
+
+
+def test_a_batch_job_polled_by_several_processes_at_once_is_collected_once_on_postgres(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Six processes (each its own engine, as the app's processes are) poll the same
+    ended batch at the same moment: one collects it; each title is applied, metered and
+    audited once, and no second round is sent."""
+    from pydantic import SecretStr
+    from sqlalchemy import func, select
+
+    from parley.chat.gateway.providers.anthropic import AnthropicProvider
+    from parley.chat.gateway.providers.anthropic_batches import AnthropicBatches
+    from parley.chat.gateway.providers.keys import StaticKey
+    from parley.core.domain import Purpose
+    from parley.fakes.anthropic_server import FakeAnthropic, Reply
+    from parley.store.models import BatchJob, Conversation, UsageEntry
+
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=postgres_url,
+        audit_key=PG_AUDIT_KEY,
+        session_secret=PG_SESSION_SECRET,
+        provider=ProviderChoice.LOCAL,
+        model_titles=False,
+    )
+    database = Database(postgres_url, audit_keys=PG_KEYS)
+    upgrade(database)
+    with FakeAnthropic(batch_polls=1) as fake:
+
+        def process() -> Services:
+            client = AnthropicBatches(
+                AnthropicProvider(
+                    keys=StaticKey(SecretStr("sk-ant-batch-test")),
+                    model="claude-sonnet-test",
+                    base_url=fake.base_url,
+                    max_retries=0,
+                )
+            )
+            return build_services(
+                settings,
+                provider=ScriptedProvider(model="claude-sonnet-test"),
+                background=BackgroundWork(workers=0),
+                batch_client=client,
+                eager=False,
+            )
+
+        first = process()
+        alice = first.accounts.create_user(ROOT, name="batch-alice", password="alice-password")
+        conversations = []
+        for n in range(5):
+            reply = first.chat.send(alice, None, f"Question number {n} about the harbour")
+            list(reply)
+            conversations.append(reply.conversation_id)
+        fake.enqueue(*(Reply(text=f'{{"title": "Harbour question {n}"}}') for n in range(5)))
+        job = first.batches.submit(ROOT, "titles")
+        assert job is not None and job.items == 5
+        first.batches.collect(ROOT, job.id)  # its one poll in progress: it ends at the next
+        others = [process() for _ in range(5)]
+        barrier = threading.Barrier(6)
+
+        def poll(services: Services) -> None:
+            barrier.wait()
+            services.batches.poll()
+
+        try:
+            with ThreadPoolExecutor(6) as pool:
+                list(pool.map(poll, [first, *others]))
+            final = first.batches.job(ROOT, job.id)
+            assert (final.state, final.done, final.skipped, final.failed) == ("done", 5, 0, 0)
+            assert len(fake.batches.ids) == 1
+            with database.session() as session:
+                titles = session.scalars(
+                    select(Conversation.title)
+                    .where(Conversation.id.in_(conversations))
+                    .order_by(Conversation.id)
+                ).all()
+                batch_calls = session.scalar(
+                    select(func.count(UsageEntry.id)).where(UsageEntry.purpose == Purpose.BATCH)
+                )
+                state = session.scalar(select(BatchJob.state).where(BatchJob.id == job.id))
+            assert titles == [f"Harbour question {n}" for n in range(5)]
+            ended = [
+                r
+                for r in audit_records(database)
+                if r["kind"] == "batch_job" and r["data"]["action"] == "ended"
+            ]
+            assert (batch_calls, len(ended), state) == (5, 1, "done")
+        finally:
+            for services in (first, *others):
+                services._database.dispose()
+            database.dispose()
