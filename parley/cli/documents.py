@@ -125,10 +125,10 @@ def _docs_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(listed, ensure_ascii=False))
         return 0
-    for d in listed:
+    for d, row in zip(listed, rows, strict=True):
         print(f"{d['id']:>5}  {d['name']}  ({d['owner']}, {d['visibility']})")
-        if d["summary"]:  # the model's text: no control character reaches the terminal
-            print(f"       {''.join(c if c.isprintable() else ' ' for c in d['summary'])}")
+        if row.summary:  # the model's text: no control character reaches the terminal
+            print(f"       {''.join(c if c.isprintable() else ' ' for c in row.summary)}")
     return 0
 
 
