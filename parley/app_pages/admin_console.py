@@ -153,7 +153,10 @@ def render_prompt(prompt: Provenance) -> None:
     else:
         st.caption("No document passages.")
     if prompt.recalled:
-        st.caption("Recalled turns: " + ", ".join(f"#{r.turn_id}" for r in prompt.recalled))
+        st.caption(
+            "Recalled turns: "
+            + ", ".join(f"#{r.turn_id}{' (flagged)' if r.suspect else ''}" for r in prompt.recalled)
+        )
     if prompt.images:
         tokens = prompt.section_tokens.get("images", 0)
         st.caption(f"{count(len(prompt.images), 'image')} ({tokens:,} tokens)")

@@ -87,6 +87,10 @@ def render_sources(svc: Services, who: Principal, message: ChatMessage) -> None:
         )
 
 
+RECALL_NOTE = (
+    "An earlier message this answer recalled reads like instructions to the model; it "
+    "was quoted as data and marked so. Read the answer with that in mind."
+)
 SUSPECT_NOTE = (
     "This passage holds text written as instructions to the model ({why}). It was "
     "quoted as data and marked so; read the answer with that in mind."
@@ -226,6 +230,8 @@ def render_message(
             render_citations(svc, who, message)
         elif message.sources and message.role is MessageRole.ASSISTANT:
             render_sources(svc, who, message)
+        if message.flagged_recalls:
+            st.caption(":material/warning: " + plain_label(RECALL_NOTE))
         if message.status is MessageStatus.INTERRUPTED:
             st.caption(":warning: This answer broke off; the text above is what arrived.")
         elif message.status is MessageStatus.STOPPED:

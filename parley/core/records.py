@@ -20,6 +20,7 @@ class RecalledTurn(_Record):
 
     turn_id: int
     score: float
+    suspect: str | None = None  # why the injection detector's rules flagged it, if they did
 
 
 class DocumentSource(_Record):

@@ -54,6 +54,7 @@ class RecalledItem:
 
     turn_id: int
     score: float
+    suspect: str | None = None  # why the injection detector's rules flagged it, if they did
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,7 +116,8 @@ def provenance_of(window: ContextWindow, sources: Sequence[DocumentSource] = ())
             summary_version=window.summary_version,
             summary_covers=window.summary_covers,
             recalled=[
-                RecalledTurn(turn_id=r.turn_id, score=round(r.score, 4)) for r in window.recalled
+                RecalledTurn(turn_id=r.turn_id, score=round(r.score, 4), suspect=r.suspect)
+                for r in window.recalled
             ],
             sources=list(sources),
             section_tokens=dict(window.section_tokens),

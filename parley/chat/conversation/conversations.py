@@ -71,6 +71,8 @@ class ChatMessage:
     sources: tuple[DocumentSource, ...] = ()  # the passages an answer's prompt held
     images: tuple[SentImage, ...] = ()  # the images a question was sent with
     cached: bool = False  # an answer served from the response cache
+    # Earlier turns its prompt recalled that the injection detector's rules flagged.
+    flagged_recalls: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,9 @@ def to_chat_message(message: Message) -> ChatMessage:
         sources=tuple(message.sources or ()),
         images=tuple(message.images or ()),
         cached=message.cached,
+        flagged_recalls=sum(1 for r in message.context.recalled if r.suspect)
+        if message.context is not None
+        else 0,
     )
 
 
