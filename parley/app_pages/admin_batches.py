@@ -41,6 +41,8 @@ with st.form("new-batch-job"):
         else:
             if job is None:
                 st.info(plain_label(f"Nothing needs {kind} now: no job was made."))
+            elif job.state in ("planned", "failed") and job.note:  # the API refused it
+                st.warning(plain_label(f"Job {job.id}: {job.note}"))
             else:
                 st.success(plain_label(f"Job {job.id} submitted: {job.items} item(s)."))
 

@@ -296,6 +296,11 @@ class BatchClient(Protocol):
 
     def cancel(self, batch_id: str) -> None: ...
 
+    def recent(self, since: datetime) -> list[tuple[str, int]]:
+        """Batches made since `since`: (id, how many requests), to find one whose send
+        timed out after the API had taken it."""
+        ...
+
 
 class GatewayProvider(ChatProvider, Protocol):
     """A provider behind the gateway's queue: it can say where a call waits."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
+from parley.app_pages.rendering import plain_label
 from parley.chat.documents.passages import SUSPECT
 from parley.fakes.anthropic_server import FakeAnthropic, Reply
-from parley.app_pages.rendering import plain_label
 from tests.app_pages.support import add_user, app, log_in, page_text
 
 MEMO = (
@@ -69,9 +69,7 @@ def test_an_answer_whose_prompt_recalled_a_flagged_turn_says_so(
             assert answer.context is not None
             answer.context = answer.context.model_copy(
                 update={
-                    "recalled": [
-                        RecalledTurn(turn_id=1, score=0.4, suspect="tries to override")
-                    ]
+                    "recalled": [RecalledTurn(turn_id=1, score=0.4, suspect="tries to override")]
                 }
             )
     finally:

@@ -520,6 +520,12 @@ def test_a_batch_job_polled_by_several_processes_at_once_is_collected_once_on_po
             reply = first.chat.send(alice, None, f"Question number {n} about the harbour")
             list(reply)
             conversations.append(reply.conversation_id)
+        with database.session() as session:  # the module's other tests' conversations
+            session.execute(
+                update(Conversation)
+                .where(Conversation.id.not_in(conversations))
+                .values(title="Named by its user")
+            )
         fake.enqueue(*(Reply(text=f'{{"title": "Harbour question {n}"}}') for n in range(5)))
         job = first.batches.submit(ROOT, "titles")
         assert job is not None and job.items == 5

@@ -270,7 +270,8 @@ class Titles:
     name = "titles"
     description = "titles for conversations still named after their first message"
     conversations = True
-    needs_capable_model = False
+    # The app never lets the embedded model name conversations (`Services._capable`).
+    needs_capable_model = True
 
     def __init__(self, database: Database, *, temperature: float) -> None:
         self._db = database

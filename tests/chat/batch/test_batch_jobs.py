@@ -12,7 +12,8 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select, update
 
-from parley.chat.batch.jobs import DOCUMENT_SYSTEM, Target
+from parley.chat.batch.jobs import DOCUMENT_SYSTEM, Applied, Target
+from parley.chat.batch.state import Lost
 from parley.chat.gateway.providers.anthropic import AnthropicProvider
 from parley.chat.gateway.providers.anthropic_batches import AnthropicBatches
 from parley.chat.gateway.providers.keys import StaticKey
@@ -20,8 +21,8 @@ from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.core.background import BackgroundWork
 from parley.core.config import BatchSettings, PiiSettings, Settings
 from parley.core.domain import Principal, Purpose
-from parley.core.errors import InvalidInput, PermissionDenied
-from parley.core.llm import BatchOutcome, ChatRequest
+from parley.core.errors import InvalidInput, PermissionDenied, ProviderUnavailable
+from parley.core.llm import BatchOutcome, BatchProgress, ChatRequest
 from parley.fakes.anthropic_server import FakeAnthropic, Fault, Reply
 from parley.memory.summaries import SummaryStore
 from parley.retrieval.document_index import DocumentIndex
@@ -462,19 +463,24 @@ def test_a_silent_collector_is_taken_over_and_no_item_is_applied_twice(
         session.execute(
             update(BatchJob)
             .where(BatchJob.id == job.id)
-            .values(state="collecting", updated_at=long_ago)
+            .values(state="collecting", claim="silent", updated_at=long_ago)
         )
         first = session.scalar(select(BatchItem).where(BatchItem.job_id == job.id).limit(1))
         assert first is not None
-        first.state = "settling"  # mid-way through its first item
+        first.state, first.claim = "settling", "silent"  # mid-way through its first item
         silent = BatchItem(**{c.key: getattr(first, c.key) for c in BatchItem.__table__.columns})
     services.batches.poll()  # taken back, and collected by this process
     final = services.batches.job(ROOT, job.id)
     assert (final.state, final.done, final.skipped) == ("done", 3, 0)
-    # The silent collector wakes up and goes on with its item: it no longer holds it.
-    service = services.batches
+    # The silent collector wakes up and goes on: it holds neither the job nor its item.
+    store, rounds = services.batches._store, services.batches._rounds
     outcome = next(o for o in fake_outcomes(services, batch_id) if o.custom_id == silent.custom_id)
-    service._settle(service._kind_of(job.id), job.id, silent, outcome, batch_id, long_ago)
+    kind = store.kind_of(job.id)
+    rounds.settle(kind, job.id, silent, outcome, batch_id, long_ago, "silent")
+    with pytest.raises(Lost):  # its write of the item it was applying
+        store.end_item(silent.id, job.id, "skipped", "", claim="silent")
+    with pytest.raises(Lost):
+        rounds.next_round(job.id, services._batch_client(), "silent")  # type: ignore[arg-type]
     again = services.batches.job(ROOT, job.id)
     assert (again.done, again.skipped, again.cost_usd) == (3, 0, final.cost_usd)
     assert len([r for r in ledger(services) if r.purpose is Purpose.BATCH]) == 3
@@ -566,3 +572,119 @@ def test_an_item_whose_process_died_while_it_ran_is_resumed_within_its_tries(
     assert (final.state, final.done, final.failed) == ("done", 1, 1)
     assert final.errors == ("1 × its process stopped while it ran",)
     assert summaries(services) == [None, "The second document, summarised."]
+
+
+def test_a_poller_with_an_old_look_at_the_job_collects_nothing_twice(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    """While one poller waits for the API's answer about round 1, another collects round
+    1 and sends round 2: the first may not claim the job for its old batch."""
+    services = make(settings, tmp_path, fake, scripted)
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    documents_of(services, alice, 2)
+    fake.enqueue(Reply(text="One."), Fault("overloaded"))
+    job = services.batches.submit(ROOT, "documents")
+    assert job is not None
+    fake.batches.polls = 0
+    services.batches.collect(ROOT, job.id)  # in progress: ends at the next look
+    client = services._batch_client()
+    assert client is not None
+    progress = client.progress
+    inside = []
+
+    def slow_progress(batch_id: str) -> BatchProgress:
+        seen = progress(batch_id)
+        if not inside:  # the other poller, while this one waits for its answer
+            inside.append(batch_id)
+            services.batches.poll()
+        return seen
+
+    client.progress = slow_progress  # type: ignore[method-assign]
+    services.batches.advance(job.id)
+    first, second = fake.batches.ids  # round 2 went once; no third batch
+    now = services.batches.job(ROOT, job.id)
+    assert (now.state, now.round, now.done) == ("running", 2, 1)
+    with services._database.session() as session:
+        assert session.scalar(select(BatchJob.provider_batch_id)) == second
+
+
+def test_a_cancel_during_a_refused_send_ends_the_job_unsent(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, fake, scripted)
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    documents_of(services, alice, 2)
+    client = services._batch_client()
+    assert client is not None
+    submit = client.submit
+
+    def cancel_then_refused(requests: object) -> str:
+        (job,) = services.batches.jobs(ROOT)
+        services.batches.cancel(ROOT, job.id)
+        fake.batches.refuse("overloaded")
+        return submit(requests)  # type: ignore[arg-type]
+
+    client.submit = cancel_then_refused  # type: ignore[method-assign]
+    job = services.batches.submit(ROOT, "documents")
+    assert job is not None and (job.state, job.failed) == ("canceled", 2)
+    services.batches.poll()
+    assert fake.batches.ids == []  # never sent, not even at the next poll
+    assert batch_actions(services) == ["submitted", "canceled", "ended"]
+
+
+def test_a_send_whose_answer_was_lost_is_found_and_not_sent_again(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, fake, scripted)
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    documents_of(services, alice, 2)
+    client = services._batch_client()
+    assert client is not None
+    submit = client.submit
+    lost = []
+
+    def made_but_timed_out(requests: object) -> str:
+        batch_id = submit(requests)  # type: ignore[arg-type]
+        if not lost:
+            lost.append(batch_id)
+            raise ProviderUnavailable("ReadTimeout")
+        return batch_id
+
+    client.submit = made_but_timed_out  # type: ignore[method-assign]
+    fake.enqueue(Reply(text="One."), Reply(text="Two."))
+    job = services.batches.submit(ROOT, "documents")
+    assert job is not None and job.state == "planned"
+    services.batches.poll()  # finds the batch the API had made, and runs on it
+    assert fake.batches.ids == lost
+    services.batches.collect(ROOT, job.id)
+    final = services.batches.collect(ROOT, job.id)
+    assert (final.state, final.done) == ("done", 2)
+    assert summaries(services) == ["One.", "Two."]
+
+
+def test_an_item_that_breaks_while_applied_fails_alone(
+    settings: Settings,
+    tmp_path: Path,
+    fake: FakeAnthropic,
+    scripted: ScriptedProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    services = make(settings, tmp_path, fake, scripted)
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    documents_of(services, alice, 2)
+    kind = services.batches._kinds["documents"]
+    apply = kind.apply
+
+    def broken_once(target: Target, text: str, model: str) -> Applied:
+        if text == "Breaks.":
+            raise RuntimeError("a bug in one item")
+        return apply(target, text, model)
+
+    monkeypatch.setattr(kind, "apply", broken_once)
+    fake.enqueue(Reply(text="Breaks."), Reply(text="Fine."))
+    job = services.batches.submit(ROOT, "documents")
+    assert job is not None
+    services.batches.collect(ROOT, job.id)
+    final = services.batches.collect(ROOT, job.id)
+    assert (final.state, final.done, final.failed) == ("done", 1, 1)
+    assert final.errors == ("1 × an internal error (see the log)",)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from parley.chat.gateway.providers.anthropic import AnthropicProvider, _read_key, _usage
@@ -22,6 +23,8 @@ from parley.core.llm import BatchOutcome, BatchProgress, ChatRequest, Usage
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+CREATE_TIMEOUT_S = 600.0  # a batch of up to 100 MB goes up in one request
 
 
 class AnthropicBatches:
@@ -52,8 +55,30 @@ class AnthropicBatches:
             {"custom_id": custom_id, "params": self._params(request)}
             for custom_id, request in requests
         ]
-        batch = self._call(lambda client: client.messages.batches.create(requests=payload))
+        # Sent once: the SDK's retries would make a second, billed batch of a create the
+        # API took but answered late. The caller looks for it (`recent`) before again.
+        batch = self._call(
+            lambda client: client.with_options(
+                max_retries=0, timeout=CREATE_TIMEOUT_S
+            ).messages.batches.create(requests=payload)
+        )
         return str(batch.id)
+
+    def recent(self, since: datetime) -> list[tuple[str, int]]:
+        page = self._call(lambda client: client.messages.batches.list(limit=100))
+        found = []
+        for batch in page.data:
+            if batch.created_at >= since:
+                counts = batch.request_counts
+                total = (
+                    counts.processing
+                    + counts.succeeded
+                    + counts.errored
+                    + counts.canceled
+                    + counts.expired
+                )
+                found.append((str(batch.id), total))
+        return found
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         params = self._provider._params(self.model, request)

@@ -37,7 +37,11 @@ def upgrade() -> None:
         sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("note", sa.String(500), nullable=False),
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
+        sa.Column("cancel_sent", sa.Boolean(), nullable=False),
         sa.Column("send_failures", sa.Integer(), nullable=False),
+        sa.Column("claim", sa.String(32), nullable=True),
+        sa.Column("attempt_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("attempt_size", sa.Integer(), nullable=False),
         sqlite_autoincrement=True,
     )
     op.create_index("ix_batch_jobs_state", "batch_jobs", ["state"])
@@ -55,6 +59,7 @@ def upgrade() -> None:
         sa.Column("owner_id", sa.Integer(), nullable=True),
         sa.Column("fingerprint", sa.String(64), nullable=False),
         sa.Column("state", sa.String(8), nullable=False),
+        sa.Column("claim", sa.String(32), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("error", sa.String(300), nullable=False),
         sa.Column("input_tokens", sa.Integer(), nullable=False),
