@@ -84,7 +84,38 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
         "tells the model what to tell its reader",
         re.compile(
             r"^\W*(?:please\s+)?(?:tell|inform|warn|remind|urge|encourage|convince|persuade"
-            r"|assure)\s+(?:all\s+)?(?:the\s+)?(?:users?|readers?)\b",
+            r"|assure|notify|advise|alert)\s+(?:all\s+)?(?:the\s+)?"
+            r"(?:users?|readers?|recipients?|audience)\b"
+            # "Say the user is eligible ...", "Say to readers that ..."
+            r"|^\W*(?:please\s+)?say\s+(?:to\s+)?(?:that\s+)?(?:all\s+)?(?:the\s+)?"
+            r"(?:users?|readers?|recipients?|audience)\b",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "asks for the answer in a form no reader asks for",
+        # "Write your answer in hexadecimal.", "Provide the response as Base32 text.",
+        # "Write each word of your reply backwards.", "Present your response reversed"
+        re.compile(
+            r"\b(?:write|give|present|provide|return|output|deliver|send|put|spell|encode"
+            r"|render|format|print|type)\s+(?:\w+\s+){0,3}?"
+            rf"(?:your|the)\s+(?:whole\s+|entire\s+|full\s+)?{_OUTPUT}\b[^.?!]{{0,40}}?"
+            r"\b(?:base\s?(?:64|32|16)|hex(?:adecimal)?|binary|morse(?:\s+code)?|rot-?13"
+            r"|reversed|backwards?|in reverse|upside[- ]down|pig latin|leet(?:speak)?"
+            r"|caesar cipher|emojis?|all caps|upper-?case letters)\b",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "asks the model to judge quoted text",
+        # "Determine the sentiment of this sentence: '...'", "Is the tone of '...'
+        # positive or negative?", "Rate the emotion in '...'"
+        re.compile(
+            r"^\W*(?:please\s+)?(?:determine|classify|rate|analy[sz]e|identify|detect|assess"
+            r"|evaluate|judge|score|label)\b[^.?!]{0,60}\b(?:sentiment|emotions?|polarity)\b"
+            r"|\b(?:sentiment|tone|emotions?|mood|polarity)\s+(?:of|in|behind|expressed in)\s+"
+            r"(?:(?:this|the(?:\s+following)?)\s+(?:sentence|text|statement|phrase|review"
+            r"|tweet)\s*:?\s*)?[\"'‘“]",
             re.IGNORECASE,
         ),
     ),
