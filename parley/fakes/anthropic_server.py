@@ -1,9 +1,12 @@
 """A fake Anthropic Messages API server for tests (standard library only).
 
 It listens on 127.0.0.1 and speaks the real wire format (JSON and server-sent events), so the
-official ``anthropic`` SDK parses real bytes. Script answers with :class:`Reply` and failures with
-:class:`Fault` via :meth:`FakeAnthropic.enqueue`; every request is kept in ``requests``, and
-when a client hung up mid-answer in ``hangups``.
+official ``anthropic`` SDK parses real bytes. The Message Batches API is there too
+(``/v1/messages/batches``: create, retrieve, list, cancel, results as JSON lines;
+``parley.fakes.anthropic_batches``): each request of a batch takes the next scripted item.
+Script answers with :class:`Reply` and failures with :class:`Fault` via
+:meth:`FakeAnthropic.enqueue`; every request is kept in ``requests``, and when a client
+hung up mid-answer in ``hangups``.
 
 Usage::
 
