@@ -126,7 +126,11 @@ def _follow_local(job_id: int) -> int:
     """The local model works on the pool: a line each time another item is done."""
     batches = _services().batches
     seen = -1
+    looked = time.monotonic()
     while True:
+        if time.monotonic() - looked > 5:  # a run paused (the model busy) goes on
+            batches.poll()
+            looked = time.monotonic()
         job = batches.job(OPERATOR, job_id)
         if job.finished != seen:
             seen = job.finished

@@ -277,6 +277,10 @@ class BatchOutcome:
     error: str | None = None
 
 
+# How long a batch's create may take to answer (up to 100 MB go up in one request).
+BATCH_CREATE_TIMEOUT_S = 600.0
+
+
 class BatchClient(Protocol):
     """A provider's batch path (Claude's Message Batches API): requests answered within
     a day at a lower price. Implementations raise only `ProviderError`s."""
@@ -296,9 +300,9 @@ class BatchClient(Protocol):
 
     def cancel(self, batch_id: str) -> None: ...
 
-    def recent(self, since: datetime) -> list[tuple[str, int]]:
-        """Batches made since `since`: (id, how many requests), to find one whose send
-        timed out after the API had taken it."""
+    def recent(self, since: datetime) -> list[tuple[str, int, datetime]]:
+        """Batches made since `since`: (id, how many requests, when made), to find one
+        whose send timed out after the API had taken it."""
         ...
 
 
@@ -315,6 +319,7 @@ class GatewayProvider(ChatProvider, Protocol):
 
 __all__ = [
     "MESSAGE_OVERHEAD_TOKENS",
+    "BATCH_CREATE_TIMEOUT_S",
     "BatchClient",
     "BatchOutcome",
     "BatchProgress",

@@ -39,7 +39,7 @@ from parley.core.llm import PromptMessage
 from parley.core.tokens import count_tokens
 from parley.memory.base import ContextWindow, RecalledItem, Turn, message_tokens, turn_tokens
 from parley.memory.summaries import Summary
-from parley.retrieval.injection import rules_over, sentences
+from parley.retrieval.injection import override_hit
 
 RECALL_INTRO = (
     "Earlier parts of this conversation that may help (quoted from the history; "
@@ -146,19 +146,20 @@ def _line(label: str, role: str, content: str) -> str:
 def suspect_reason(role: str, content: str) -> str | None:
     """Why the injection detector's rules flag a recalled answer (None: they do not).
 
-    Only the assistant's turns are read: a user's own instruction ("format your answer
-    as a table") is theirs to give, and stays theirs when recalled, while an answer that
-    speaks to the model ("ignore the previous instructions", "in your answer, add ...")
-    is what an injection leaves behind (a document's text repeated). The rules alone
-    judge it (a request is what a chat is made of), on its sentences and on the whole
-    text as one line, which is how the model reads it (a line break cannot hide a
-    phrase). Read once per process: a turn's text never changes."""
+    Only the assistant's turns are read, and only by the rule against overriding the
+    model's instructions ("ignore the previous instructions", "you are now ...", "reveal
+    the system prompt"): a user's own instruction ("format your answer as a table") is
+    theirs to give, and an answer's advice to its user ("in your reply, thank her") is
+    ordinary, while an answer that tells the model to drop its instructions is what an
+    injection leaves behind (a document's text repeated). The text is read as one line,
+    as the model reads it (a line break cannot hide a phrase). Read once per process: a
+    turn's text never changes."""
     return _assistant_suspect(content) if role == "assistant" else None
 
 
 @lru_cache(maxsize=1 << 14)
 def _assistant_suspect(content: str) -> str | None:
-    return rules_over([*sentences(content), " ".join(content.split())])
+    return override_hit(content)
 
 
 @lru_cache(maxsize=1 << 16)

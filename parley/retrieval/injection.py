@@ -84,38 +84,7 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
         "tells the model what to tell its reader",
         re.compile(
             r"^\W*(?:please\s+)?(?:tell|inform|warn|remind|urge|encourage|convince|persuade"
-            r"|assure|notify|advise|alert)\s+(?:all\s+)?(?:the\s+)?"
-            r"(?:users?|readers?|recipients?|audience)\b"
-            # "Say the user is eligible ...", "Say to readers that ..."
-            r"|^\W*(?:please\s+)?say\s+(?:to\s+)?(?:that\s+)?(?:all\s+)?(?:the\s+)?"
-            r"(?:users?|readers?|recipients?|audience)\b",
-            re.IGNORECASE,
-        ),
-    ),
-    (
-        "asks for the answer in a form no reader asks for",
-        # "Write your answer in hexadecimal.", "Provide the response as Base32 text.",
-        # "Write each word of your reply backwards.", "Present your response reversed"
-        re.compile(
-            r"\b(?:write|give|present|provide|return|output|deliver|send|put|spell|encode"
-            r"|render|format|print|type)\s+(?:\w+\s+){0,3}?"
-            rf"(?:your|the)\s+(?:whole\s+|entire\s+|full\s+)?{_OUTPUT}\b[^.?!]{{0,40}}?"
-            r"\b(?:base\s?(?:64|32|16)|hex(?:adecimal)?|binary|morse(?:\s+code)?|rot-?13"
-            r"|reversed|backwards?|in reverse|upside[- ]down|pig latin|leet(?:speak)?"
-            r"|caesar cipher|emojis?|all caps|upper-?case letters)\b",
-            re.IGNORECASE,
-        ),
-    ),
-    (
-        "asks the model to judge quoted text",
-        # "Determine the sentiment of this sentence: '...'", "Is the tone of '...'
-        # positive or negative?", "Rate the emotion in '...'"
-        re.compile(
-            r"^\W*(?:please\s+)?(?:determine|classify|rate|analy[sz]e|identify|detect|assess"
-            r"|evaluate|judge|score|label)\b[^.?!]{0,60}\b(?:sentiment|emotions?|polarity)\b"
-            r"|\b(?:sentiment|tone|emotions?|mood|polarity)\s+(?:of|in|behind|expressed in)\s+"
-            r"(?:(?:this|the(?:\s+following)?)\s+(?:sentence|text|statement|phrase|review"
-            r"|tweet)\s*:?\s*)?[\"'‘“]",
+            r"|assure)\s+(?:all\s+)?(?:the\s+)?(?:users?|readers?)\b",
             re.IGNORECASE,
         ),
     ),
@@ -177,6 +146,19 @@ def rule_hit(sentence: str) -> str | None:
         if pattern.search(plain):
             return reason
     return None
+
+
+OVERRIDE = "tries to override the model's instructions"
+
+
+def override_hit(text: str) -> str | None:
+    """The override rule alone ("ignore the previous instructions", "you are now ...",
+    "reveal the system prompt"), read on the text as one line: what an old answer may
+    hold only when an injection put it there (the other rules also read advice to a
+    person, "in your reply, thank her", which answers are full of)."""
+    plain = normal(text)
+    pattern = dict(_RULES)[OVERRIDE]
+    return OVERRIDE if pattern.search(plain) else None
 
 
 def rules_over(units: Sequence[str]) -> str | None:

@@ -596,7 +596,9 @@ class BatchJob(Base):
     send_failures: Mapped[int] = mapped_column(Integer, default=0)  # in a row
     # Who holds `sending` or `collecting`: a token each claim draws; every write of that
     # phase names it, so a process whose claim was taken back writes nothing.
-    claim: Mapped[str | None] = mapped_column(String(32))
+    claim: Mapped[str | None] = mapped_column(String(64))
+    # When sends began to be refused (none since the last that went): tried for a day.
+    refused_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The last send whose fate is unknown (a timeout): when, and how many requests. The
     # next send first looks for a batch the API made of it.
     attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -624,7 +626,7 @@ class BatchItem(Base):
     # "running" (on the local model), "done", "skipped" (changed or gone meanwhile),
     # "failed"
     state: Mapped[str] = mapped_column(String(8))
-    claim: Mapped[str | None] = mapped_column(String(32))  # who applies or runs it
+    claim: Mapped[str | None] = mapped_column(String(64))  # who applies or runs it
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(String(300), default="")
     input_tokens: Mapped[int] = mapped_column(Integer, default=0)

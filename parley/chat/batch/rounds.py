@@ -27,6 +27,7 @@ from parley.chat.gateway.usage import UsageService
 from parley.core.domain import CallOutcome, Purpose
 from parley.core.errors import ProviderError, ProviderUnavailable
 from parley.core.llm import (
+    BATCH_CREATE_TIMEOUT_S,
     BatchClient,
     BatchOutcome,
     CallMeta,
@@ -158,6 +159,7 @@ class ApiRounds:
                         attempt_size=0,
                         updated_at=now(),
                         send_failures=0,
+                        refused_since=None,
                         note=f"Sent as {batch_id}.",
                     )
                 )
@@ -166,14 +168,47 @@ class ApiRounds:
     def adopted(self, job: BatchJob, client: BatchClient, claim: str) -> bool:
         """After a send whose fate is unknown: the batch the API made of it, if it did
         (then the job runs on it), else its items go back to be sent now."""
-        attempted = aware(job.attempt_at) or now()
-        since = attempted - timedelta(minutes=5)
-        made = [bid for bid, total in client.recent(since) if total == job.attempt_size]
+        made = self.lost_send(job, client)
         if len(made) == 1:
             log.warning("Batch job %s: the API had made %s of an unanswered send.", job.id, made[0])
             return self.sent(job.id, claim, made[0])
         self.unsend(job.id, claim)
         return False
+
+    def lost_send(self, job: BatchJob, client: BatchClient) -> list[str]:
+        """Batches the API made of the job's send whose answer was lost: of its number of
+        requests, made within the send's time, held by no job."""
+        attempted = aware(job.attempt_at) or now()
+        since = attempted - timedelta(minutes=2)
+        until = attempted + timedelta(seconds=BATCH_CREATE_TIMEOUT_S + 120)
+        with self._db.session() as session:
+            held = set(
+                session.scalars(
+                    select(BatchJob.provider_batch_id).where(
+                        BatchJob.provider_batch_id.is_not(None)
+                    )
+                )
+            )
+        return [
+            batch_id
+            for batch_id, total, made in client.recent(since)
+            if total == job.attempt_size
+            and batch_id not in held
+            and (aware(made) or until) <= until
+        ]
+
+    def cancel_lost_send(self, job_id: int) -> None:
+        """A job that ends with a send whose fate is unknown: a batch the API made of it
+        is cancelled there (it is billed for what it answered before)."""
+        job = self._store.job(job_id)
+        client = self._client()
+        if job is None or job.attempt_at is None or client is None:
+            return
+        try:
+            for batch_id in self.lost_send(job, client):
+                client.cancel(batch_id)
+        except ProviderError as exc:
+            log.warning("Batch job %s: a lost send could not be looked for: %s", job_id, exc)
 
     def unsend(self, job_id: int, claim: str) -> None:
         """The items of a send the API did not take go back, their try not spent."""
@@ -195,14 +230,21 @@ class ApiRounds:
         job = self._store.job(job_id)
         if job is None:
             return
+        unknown = isinstance(exc, ProviderUnavailable)
         if job.cancel_requested:
+            if unknown:
+                self.cancel_lost_send(job_id)
             self.unsend(job_id, claim)
             self._store.finish(job_id, ("sending",), held=claim, canceled=True)
             return
-        young = now() - (aware(job.created_at) or now()) < SEND_RETRY_FOR
-        if exc.retryable and young:
-            unknown = isinstance(exc, ProviderUnavailable)
-            checked = " It is looked for, and sent again if it was not made," if unknown else ""
+        since = aware(job.refused_since) or now()
+        if exc.retryable and now() - since < SEND_RETRY_FOR:
+            what = (
+                "The batch's send went unanswered; the next poll looks for it at the API"
+                " and sends it again if it was not made."
+                if unknown
+                else "The next poll sends it again."
+            )
             self._store.move(
                 job_id,
                 "sending",
@@ -210,12 +252,13 @@ class ApiRounds:
                 held=claim,
                 claim_to=None,
                 send_failures=job.send_failures + 1,
-                note=f"Not sent: {exc.user_message}{checked} at the next poll.".replace(
-                    ". at", ". It is sent again at"
-                ),
+                refused_since=since,
+                note=f"{what} ({exc.user_message})",
             )
             log.warning("Batch job %s was not sent: %s", job_id, exc)
             return
+        if unknown:
+            self.cancel_lost_send(job_id)
         self.unsend(job_id, claim)
         self._store.fail(job_id, f"Not sent: {exc.user_message}", held=claim)
 
@@ -253,7 +296,7 @@ class ApiRounds:
             if item is not None:  # else: not this round's, or settled already
                 self.settle(kind, job_id, item, outcome, batch_id, sent_at, claim)
         for item in items.values():  # the API returned nothing for it
-            if self._store.claim_item(item.id, "sent", "settling", claim):
+            if self._store.claim_item(item.id, "sent", "settling", claim, job_id=job_id):
                 self._store.retry_or_fail(item, job_id, claim, "no result came back")
 
     def settle(
@@ -266,7 +309,7 @@ class ApiRounds:
         sent_at: datetime,
         claim: str,
     ) -> None:
-        if not self._store.claim_item(item.id, "sent", "settling", claim):
+        if not self._store.claim_item(item.id, "sent", "settling", claim, job_id=job_id):
             return  # another collector has it
         if outcome.text is None:
             self._store.retry_or_fail(item, job_id, claim, outcome.error or "no answer")

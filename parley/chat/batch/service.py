@@ -130,7 +130,7 @@ class BatchService:
             return None
         job_id, claim = planned
         if client is not None:
-            self._step(job_id, lambda: self._rounds.send(job_id, client, claim))
+            self._step(job_id, lambda: self._rounds.send(job_id, client, claim), claim)
         else:
             self._local.run_soon(job_id)
         return self._store.view(job_id)
@@ -185,6 +185,7 @@ class BatchService:
                 cost_usd=view.cost_usd,
             )
             append_in(session, event, **actor_of(principal))
+        self._rounds.cancel_lost_send(job_id)  # a send whose answer was lost, if made
         self._store.finish(job_id, ("planned",), canceled=True)  # nothing out: it ends now
         job = self._store.job(job_id)
         if job is not None and job.state == "running" and job.provider_batch_id is not None:
@@ -231,11 +232,12 @@ class BatchService:
             return
         if job.state == "planned":
             if job.cancel_requested:
+                self._rounds.cancel_lost_send(job_id)
                 self._store.finish(job_id, ("planned",), canceled=True)
                 return
             claim = token()
             if self._store.move(job_id, "planned", "sending", claim_to=claim, unless_canceled=True):
-                self._step(job_id, lambda: self._rounds.send(job_id, client, claim))
+                self._step(job_id, lambda: self._rounds.send(job_id, client, claim), claim)
             return
         batch_id = job.provider_batch_id
         if batch_id is None:  # never the case: a running API job has its batch
@@ -276,14 +278,22 @@ class BatchService:
                 return
             self._rounds.next_round(job_id, client, claim)
 
-        self._step(job_id, collect)
+        self._step(job_id, collect, claim)
 
-    def _step(self, job_id: int, step: Callable[[], None]) -> None:
-        """Run a claimed step; a claim taken back meanwhile ends it quietly."""
+    def _step(self, job_id: int, step: Callable[[], None], claim: str) -> None:
+        """Run a step under `claim`: a claim taken back meanwhile ends it quietly; any
+        other failure gives the claim back at once (the next poll tries again) and is
+        raised for the caller to log or say."""
         try:
             step()
         except Lost:
             log.info("Batch job %s: its claim was taken back; another process goes on.", job_id)
+        except Exception as exc:
+            sentence = exc.user_message if isinstance(exc, ProviderError) else "see the log"
+            self._store.release(
+                job_id, claim, f"A step broke off ({sentence}); the next poll tries again."
+            )
+            raise
 
 
 __all__ = ["BatchService", "JobView"]

@@ -262,14 +262,51 @@ class JobStore:
                     "Batch job %s was left %s by a silent process; taken back.", job_id, state
                 )
 
-    def claim_item(self, item_id: int, before: str, after: str, claim: str) -> bool:
+    def claim_item(
+        self, item_id: int, before: str, after: str, claim: str, *, job_id: int | None = None
+    ) -> bool:
+        """The item from `before` to `after` under `claim`; with `job_id`, only while the
+        job itself is still under that claim (a collector taken back claims nothing)."""
+        conditions = [BatchItem.id == item_id, BatchItem.state == before]
+        if job_id is not None:
+            conditions.append(
+                BatchItem.job_id.in_(
+                    select(BatchJob.id).where(BatchJob.id == job_id, BatchJob.claim == claim)
+                )
+            )
         with self._db.session(write_lock=True) as session:
             return rows(
                 session.execute(
-                    update(BatchItem)
-                    .where(BatchItem.id == item_id, BatchItem.state == before)
-                    .values(state=after, claim=claim)
+                    update(BatchItem).where(*conditions).values(state=after, claim=claim)
                 )
+            )
+
+    def give_back(self, item_id: int, claim: str) -> None:
+        """A claimed item back to `pending` with its try: it never reached the model."""
+        with self._db.session(write_lock=True) as session:
+            session.execute(
+                update(BatchItem)
+                .where(BatchItem.id == item_id, BatchItem.claim == claim)
+                .values(state="pending", claim=None, attempts=BatchItem.attempts - 1)
+            )
+
+    def release(self, job_id: int, claim: str, note: str) -> None:
+        """Give a claim back after a step broke: `sending` to planned, `collecting` to
+        running (the next poll tries again), items it was applying back to `sent`."""
+        with self._db.session(write_lock=True) as session:
+            job = session.get(BatchJob, job_id)
+            if job is None or job.claim != claim or job.state not in ("sending", "collecting"):
+                return
+            back = "planned" if job.state == "sending" else "running"
+            session.execute(
+                update(BatchJob)
+                .where(BatchJob.id == job_id, BatchJob.claim == claim)
+                .values(state=back, claim=None, updated_at=now(), note=note[:500])
+            )
+            session.execute(
+                update(BatchItem)
+                .where(BatchItem.job_id == job_id, BatchItem.claim == claim)
+                .values(state="sent", claim=None)
             )
 
     def end_item(

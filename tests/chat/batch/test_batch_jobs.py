@@ -21,7 +21,7 @@ from parley.chat.gateway.providers.scripted import ScriptedProvider
 from parley.core.background import BackgroundWork
 from parley.core.config import BatchSettings, PiiSettings, Settings
 from parley.core.domain import Principal, Purpose
-from parley.core.errors import InvalidInput, PermissionDenied, ProviderUnavailable
+from parley.core.errors import InvalidInput, Overloaded, PermissionDenied, ProviderUnavailable
 from parley.core.llm import BatchOutcome, BatchProgress, ChatRequest
 from parley.fakes.anthropic_server import FakeAnthropic, Fault, Reply
 from parley.memory.summaries import SummaryStore
@@ -413,7 +413,7 @@ def test_a_refused_send_is_tried_again_and_a_request_the_api_rejects_fails_the_j
     fake.batches.refuse("overloaded")
     job = services.batches.submit(ROOT, "documents")
     assert job is not None and job.state == "planned"
-    assert "sent again at the next poll" in job.note
+    assert job.note.startswith("The next poll sends it again. (The model service is overloaded")
     assert fake.batches.ids == []
     services.batches.poll()
     assert services.batches.job(ROOT, job.id).state == "running"
@@ -484,6 +484,9 @@ def test_a_silent_collector_is_taken_over_and_no_item_is_applied_twice(
     again = services.batches.job(ROOT, job.id)
     assert (again.done, again.skipped, again.cost_usd) == (3, 0, final.cost_usd)
     assert len([r for r in ledger(services) if r.purpose is Purpose.BATCH]) == 3
+    with services._database.session() as session:  # as if sent again in a later round
+        session.execute(update(BatchItem).where(BatchItem.id == silent.id).values(state="sent"))
+    assert not store.claim_item(silent.id, "sent", "settling", "silent", job_id=job.id)
 
 
 def fake_outcomes(services: Services, batch_id: str) -> list[BatchOutcome]:
@@ -688,3 +691,41 @@ def test_an_item_that_breaks_while_applied_fails_alone(
     final = services.batches.collect(ROOT, job.id)
     assert (final.state, final.done, final.failed) == ("done", 1, 1)
     assert final.errors == ("1 × an internal error (see the log)",)
+
+
+def test_a_lost_send_never_adopts_another_jobs_batch(
+    settings: Settings, tmp_path: Path, fake: FakeAnthropic, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, fake, scripted)
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    documents_of(services, alice, 1)
+    scripted.enqueue("An answer.")
+    list(services.chat.send(alice, None, "Where shall we go in May?"))
+    fake.batches.refuse("server_error")  # its fate unknown to the sender
+    documents = services.batches.submit(ROOT, "documents")
+    assert documents is not None and documents.state == "planned"
+    titles = services.batches.submit(ROOT, "titles")  # one request too, made meanwhile
+    assert titles is not None and titles.state == "running"
+    (theirs,) = fake.batches.ids
+    services.batches.poll()
+    with services._database.session() as session:
+        ours = session.scalar(select(BatchJob.provider_batch_id).where(BatchJob.id == documents.id))
+    assert ours is not None and ours != theirs and fake.batches.ids == [theirs, ours]
+
+
+def test_a_busy_local_model_pauses_the_job_without_spending_tries(
+    settings: Settings, tmp_path: Path, scripted: ScriptedProvider
+) -> None:
+    services = make(settings, tmp_path, None, scripted, batch=BatchSettings(attempts=1))
+    alice = services.accounts.create_user(ROOT, name="alice", password="alice-password")
+    documents_of(services, alice, 1)
+    scripted.enqueue_error(Overloaded("the queue is full"))
+    scripted.enqueue("A summary after the wait.")
+    job = services.batches.submit(ROOT, "documents")
+    assert job is not None
+    paused = services.batches.job(ROOT, job.id)
+    assert (paused.state, paused.done, paused.failed) == ("running", 0, 0)
+    services.batches.poll()  # the next poll goes on with it: its one try is still there
+    final = services.batches.job(ROOT, job.id)
+    assert (final.state, final.done) == ("done", 1)
+    assert summaries(services) == ["A summary after the wait."]

@@ -5,7 +5,8 @@ work nobody waits for through it (`parley.chat.batch`). The requests are built e
 as `AnthropicProvider` builds a streamed call (`_params`, the same system block, search
 results and output format), with the same key source: a rejected key is reloaded once
 and the call retried (a rotation without restart). The SDK's own retries and timeouts
-apply to every call.
+apply to every call but a create, which is sent once (a retry of a create the API took
+but answered late would be a second, billed batch; the caller looks for it instead).
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from typing import Any, TypeVar
 from parley.chat.gateway.providers.anthropic import AnthropicProvider, _read_key, _usage
 from parley.chat.gateway.providers.errors import translate
 from parley.core.errors import AuthenticationFailed
-from parley.core.llm import BatchOutcome, BatchProgress, ChatRequest, Usage
+from parley.core.llm import (
+    BATCH_CREATE_TIMEOUT_S,
+    BatchOutcome,
+    BatchProgress,
+    ChatRequest,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-CREATE_TIMEOUT_S = 600.0  # a batch of up to 100 MB goes up in one request
 
 
 class AnthropicBatches:
@@ -59,12 +64,12 @@ class AnthropicBatches:
         # API took but answered late. The caller looks for it (`recent`) before again.
         batch = self._call(
             lambda client: client.with_options(
-                max_retries=0, timeout=CREATE_TIMEOUT_S
+                max_retries=0, timeout=BATCH_CREATE_TIMEOUT_S
             ).messages.batches.create(requests=payload)
         )
         return str(batch.id)
 
-    def recent(self, since: datetime) -> list[tuple[str, int]]:
+    def recent(self, since: datetime) -> list[tuple[str, int, datetime]]:
         page = self._call(lambda client: client.messages.batches.list(limit=100))
         found = []
         for batch in page.data:
@@ -77,11 +82,11 @@ class AnthropicBatches:
                     + counts.canceled
                     + counts.expired
                 )
-                found.append((str(batch.id), total))
+                found.append((str(batch.id), total, batch.created_at))
         return found
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
-        params = self._provider._params(self.model, request)
+        params = _translated(lambda: self._provider._params(self.model, request))
         # A batch request is the body itself: what the SDK would add as extra_body is in it.
         params.update(params.pop("extra_body", None) or {})
         return params
@@ -100,31 +105,29 @@ class AnthropicBatches:
 
     def outcomes(self, batch_id: str) -> Iterator[BatchOutcome]:
         lines = self._call(lambda client: list(client.messages.batches.results(batch_id)))
-        for line in lines:
-            result = line.result
-            if result.type == "succeeded":
-                message = result.message
-                text = "".join(b.text for b in message.content if b.type == "text")
-                yield BatchOutcome(
-                    custom_id=line.custom_id,
-                    text=text,
-                    model=message.model,
-                    usage=_usage(message.usage),
-                    stop_reason=message.stop_reason,
-                )
-            elif result.type == "errored":
-                yield BatchOutcome(
-                    custom_id=line.custom_id,
-                    text=None,
-                    model=self.model,
-                    usage=Usage(),
-                    error=str(getattr(result.error.error, "type", "error")),
-                )
-            else:  # "canceled" or "expired"
-                yield BatchOutcome(line.custom_id, None, self.model, Usage(), error=result.type)
+        return iter(_translated(lambda: [_outcome(line, self.model) for line in lines]))
 
     def cancel(self, batch_id: str) -> None:
         self._call(lambda client: client.messages.batches.cancel(batch_id))
+
+
+def _outcome(line: Any, model: str) -> BatchOutcome:
+    """One line of a batch's results (a line that does not parse is the provider's
+    error, said as such by `_translated`)."""
+    result = line.result
+    if result.type == "succeeded":
+        message = result.message
+        return BatchOutcome(
+            custom_id=line.custom_id,
+            text="".join(b.text for b in message.content if b.type == "text"),
+            model=message.model,
+            usage=_usage(message.usage),
+            stop_reason=message.stop_reason,
+        )
+    if result.type == "errored":
+        error = str(getattr(result.error.error, "type", "error"))
+        return BatchOutcome(line.custom_id, None, model, Usage(), error=error)
+    return BatchOutcome(line.custom_id, None, model, Usage(), error=result.type)
 
 
 def _translated(do: Callable[[], T]) -> T:
